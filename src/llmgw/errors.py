@@ -1,0 +1,174 @@
+"""One exception tree for the whole project.
+
+Every error a user can meet is an ``LlmgwError`` subclass that knows its HTTP status, its
+OpenAI envelope ``type``/``code``, its Anthropic envelope type and the CLI exit code. Front ends
+never invent error shapes: the server renders ``openai_body()`` / ``anthropic_body()``, the CLI
+prints ``str(err)`` and exits with ``exit_code``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LlmgwError(Exception):
+    status: int = 500
+    type: str = "internal_error"
+    code: str | None = None
+    anthropic_type: str = "api_error"
+    exit_code: int = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.param = param
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def openai_body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def anthropic_body(self) -> dict[str, Any]:
+        return {"type": "error", "error": {"type": self.anthropic_type, "message": self.message}}
+
+
+# ---- client errors (4xx) -------------------------------------------------------------------
+
+
+class InvalidRequest(LlmgwError):
+    status = 400
+    type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    exit_code = 2
+
+
+class BodyTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+    anthropic_type = "request_too_large"
+
+
+class Unauthorized(LlmgwError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+    anthropic_type = "authentication_error"
+    exit_code = 3
+
+
+class PermissionDenied(LlmgwError):
+    status = 403
+    type = "permission_error"
+    anthropic_type = "permission_error"
+    exit_code = 3
+
+
+class ModelNotFound(LlmgwError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+    anthropic_type = "not_found_error"
+    exit_code = 2
+
+
+class NotFound(LlmgwError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+    anthropic_type = "not_found_error"
+    exit_code = 4
+
+
+class MethodNotAllowed(LlmgwError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+    anthropic_type = "invalid_request_error"
+
+
+class Cancelled(LlmgwError):
+    """The client went away before the answer was complete (logged as status 499)."""
+
+    status = 499
+    type = "cancelled"
+    code = "client_closed_request"
+    anthropic_type = "api_error"
+
+
+# ---- upstream errors (5xx, or the upstream's own 4xx passed through) ------------------------
+
+
+class UpstreamError(LlmgwError):
+    status = 502
+    type = "upstream_error"
+    anthropic_type = "api_error"
+    exit_code = 5
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    type = "upstream_timeout"
+    anthropic_type = "timeout_error"
+
+
+class UpstreamRejected(LlmgwError):
+    """The provider answered a 4xx about the request itself; passed on with its status and type."""
+
+    type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    exit_code = 5
+
+    def __init__(self, message: str, *, status: int, type: str | None = None, code: str | None = None,
+                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, code=code, param=param, status=status, headers=headers)
+        if type:
+            self.type = type
+        self.anthropic_type = _ANTHROPIC_BY_STATUS.get(status, "invalid_request_error")
+
+
+class ServiceUnavailable(LlmgwError):
+    status = 503
+    type = "service_unavailable"
+    anthropic_type = "overloaded_error"
+    exit_code = 5
+
+
+# ---- local (CLI / config) errors ------------------------------------------------------------
+
+
+class ConfigError(LlmgwError):
+    """A configuration file problem; message names the file and the key."""
+
+    status = 500
+    type = "config_error"
+    exit_code = 2
+
+
+class UsageError(LlmgwError):
+    status = 400
+    type = "usage_error"
+    exit_code = 2
+
+
+_ANTHROPIC_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}

@@ -1,0 +1,47 @@
+"""Every filesystem location llmgw uses.
+
+``LLMGW_HOME`` (or ``--home``) overrides the base directory; otherwise the XDG data dir
+(``$XDG_DATA_HOME/llmgw``, default ``~/.local/share/llmgw``). Nothing else in the code builds paths.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DB_NAME = "llmgw.db"
+CONFIG_NAME = "llmgw.toml"
+
+
+def home(override: str | os.PathLike[str] | None = None) -> Path:
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get("LLMGW_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(xdg) / "llmgw"
+
+
+def db_path(home_dir: Path) -> Path:
+    return home_dir / DB_NAME
+
+
+def default_config_path(home_dir: Path) -> Path:
+    return home_dir / CONFIG_NAME
+
+
+def find_config(explicit: str | os.PathLike[str] | None, home_dir: Path) -> Path | None:
+    """``--config``, then ``LLMGW_CONFIG``, then ``LLMGW_HOME/llmgw.toml`` if it exists."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("LLMGW_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    candidate = default_config_path(home_dir)
+    return candidate if candidate.exists() else None
+
+
+def ensure_home(home_dir: Path) -> Path:
+    home_dir.mkdir(parents=True, exist_ok=True)
+    return home_dir
