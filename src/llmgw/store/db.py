@@ -1,0 +1,135 @@
+"""Opening the SQLite database and migrating its schema.
+
+Owns: connection pragmas and the append-only migration list.
+
+Invariants:
+- Every connection uses WAL, ``synchronous=NORMAL``, ``busy_timeout=5000`` and ``foreign_keys=ON``.
+- Migrations are ``sqlite_utils.Migrations`` functions in ``MIGRATIONS``. The list is append-only: a
+  released migration is never edited, removed or reordered; a schema change is a new function.
+- ``migrate`` is cheap when nothing is pending (one raw query, no sqlite-utils import), and safe
+  when two processes (daemon and CLI) race to migrate: check and apply run under one write lock.
+- Money is integer nano-dollars (``cost_nanos``), never a float.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database, Migrations
+
+MIGRATION_SET = "llmgw"
+MIGRATIONS_TABLE = "_sqlite_migrations"  # sqlite_utils.Migrations.migrations_table
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open ``path`` with the project's pragmas; the parent directory is created unless readonly.
+
+    Durability: WAL with ``synchronous=NORMAL`` means a committed transaction survives the process
+    being killed (even SIGKILL): the commit has reached the WAL file in the OS before ``commit()``
+    returns. It is not fsynced on every commit, so an OS crash or power loss may lose the last few
+    transactions (never corrupt the file). Surviving a process kill is our requirement.
+
+    ``readonly=True`` opens with ``mode=ro`` (the file must already exist).
+    """
+    path = Path(path)
+    if readonly:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout=5000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file; a reader inherits it
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def data_version(conn: sqlite3.Connection) -> int:
+    """``PRAGMA data_version``: changes when *another* connection commits (the daemon's reload cue)."""
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+# ---- migrations (append-only: never edit a released function, add a new one) ---------------------
+
+
+def m001_initial(db: Database) -> None:
+    for sql in (
+        """CREATE TABLE customers (
+            id TEXT PRIMARY KEY, name TEXT, created_at TEXT NOT NULL, meta TEXT)""",
+        """CREATE TABLE teams (
+            id TEXT PRIMARY KEY, customer_id TEXT NOT NULL REFERENCES customers(id), name TEXT,
+            created_at TEXT NOT NULL, meta TEXT)""",
+        """CREATE TABLE keys (
+            id TEXT PRIMARY KEY, name TEXT UNIQUE, key_hash TEXT NOT NULL UNIQUE, display TEXT NOT NULL,
+            customer_id TEXT REFERENCES customers(id), team_id TEXT REFERENCES teams(id),
+            status TEXT NOT NULL DEFAULT 'active', models TEXT, created_at TEXT NOT NULL,
+            expires_at TEXT, meta TEXT)""",
+        """CREATE TABLE ledger (
+            id INTEGER PRIMARY KEY, request_id TEXT NOT NULL, ts_ms INTEGER NOT NULL, route TEXT NOT NULL,
+            model TEXT, provider TEXT, upstream_model TEXT, stream INTEGER NOT NULL DEFAULT 0,
+            status INTEGER NOT NULL, outcome TEXT NOT NULL, error_type TEXT, error_code TEXT,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
+            cached_tokens INTEGER NOT NULL DEFAULT 0, cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_nanos INTEGER NOT NULL DEFAULT 0, latency_ms REAL, ttfb_ms REAL,
+            attempts INTEGER NOT NULL DEFAULT 0, key_id TEXT, team_id TEXT, customer_id TEXT,
+            client_retry INTEGER, cache TEXT, request_body TEXT, response_body TEXT)""",
+        "CREATE INDEX ledger_ts_ms ON ledger(ts_ms)",
+        "CREATE INDEX ledger_request_id ON ledger(request_id)",
+        "CREATE INDEX ledger_customer_ts ON ledger(customer_id, ts_ms)",
+        "CREATE INDEX ledger_key_ts ON ledger(key_id, ts_ms)",
+    ):
+        db.execute(sql)
+
+
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial,)
+
+
+def _migration_set() -> Migrations:
+    from sqlite_utils import Migrations
+
+    migrations = Migrations(MIGRATION_SET)
+    for fn in MIGRATIONS:
+        migrations()(fn)
+    return migrations
+
+
+def _applied(conn: sqlite3.Connection) -> set[str]:
+    try:
+        cur = conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE} WHERE migration_set = ?", (MIGRATION_SET,))
+    except sqlite3.OperationalError:  # no migrations table yet
+        return set()
+    return {row[0] for row in cur}
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply pending migrations in one ``BEGIN IMMEDIATE`` transaction (idempotent)."""
+    if {fn.__name__ for fn in MIGRATIONS} <= _applied(conn):
+        return
+    from sqlite_utils import Database
+
+    db = Database(conn, recursive_triggers=False, execute_plugins=False)
+    conn.commit()
+    conn.execute("BEGIN IMMEDIATE")  # serialise racing migrators; re-check under the lock
+    try:
+        _migration_set().apply(db)  # nested in our transaction: each migration is a savepoint
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+
+
+def open_db(path: Path) -> sqlite3.Connection:
+    """``connect`` + ``migrate``: the way every component opens the database for writing."""
+    conn = connect(path)
+    try:
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -1,0 +1,162 @@
+"""The ledger: one row per request, the source of truth for usage and spend.
+
+Owns: the ledger's column list, row validation (``normalise_row``), the insert statement used by the
+single writer, and read/roll-up queries.
+
+Invariants:
+- Rows are appended only, by ``store.writer.LedgerWriter`` in the daemon.
+- Money is ``cost_nanos``: integer nano-dollars. Integer columns reject floats, so sums are exact.
+- A row counts as an error when ``status >= 400`` or ``error_type`` is set (a stream that fails
+  after a 200 has ``error_type``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+_INT, _REAL, _TEXT = "int", "real", "text"
+
+# column -> (kind, default when missing; _REQUIRED when NOT NULL without a default)
+_REQUIRED = object()
+_SCHEMA: dict[str, tuple[str, Any]] = {
+    "request_id": (_TEXT, _REQUIRED),
+    "ts_ms": (_INT, _REQUIRED),
+    "route": (_TEXT, _REQUIRED),
+    "model": (_TEXT, None),
+    "provider": (_TEXT, None),
+    "upstream_model": (_TEXT, None),
+    "stream": (_INT, 0),
+    "status": (_INT, _REQUIRED),
+    "outcome": (_TEXT, _REQUIRED),
+    "error_type": (_TEXT, None),
+    "error_code": (_TEXT, None),
+    "prompt_tokens": (_INT, 0),
+    "completion_tokens": (_INT, 0),
+    "cached_tokens": (_INT, 0),
+    "cache_write_tokens": (_INT, 0),
+    "cost_nanos": (_INT, 0),
+    "latency_ms": (_REAL, None),
+    "ttfb_ms": (_REAL, None),
+    "attempts": (_INT, 0),
+    "key_id": (_TEXT, None),
+    "team_id": (_TEXT, None),
+    "customer_id": (_TEXT, None),
+    "client_retry": (_INT, None),
+    "cache": (_TEXT, None),
+    "request_body": (_TEXT, None),
+    "response_body": (_TEXT, None),
+}
+
+LEDGER_COLUMNS: tuple[str, ...] = tuple(_SCHEMA)
+"""Insertable columns (all but ``id``), in table order."""
+
+SUM_COLUMNS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "cost_nanos")
+GROUP_BY = ("model", "provider", "customer_id", "team_id", "key_id", "status")
+
+_INT64 = 2**63
+
+
+def _type_ok(kind: str, value: Any) -> bool:
+    if kind == _TEXT:
+        return isinstance(value, str)
+    if kind == _INT:
+        return isinstance(value, int) and -_INT64 <= value < _INT64
+    return isinstance(value, int | float)
+
+
+def normalise_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Return a full row (every column of ``LEDGER_COLUMNS``) with defaults filled in.
+
+    Raises ValueError for an unknown column, a missing required column (request_id, ts_ms, route,
+    status, outcome) or a value of the wrong type (a float in an integer column included).
+    """
+    unknown = row.keys() - _SCHEMA.keys()
+    if unknown:
+        raise ValueError(f"unknown ledger column(s): {', '.join(sorted(unknown))}")
+    out: dict[str, Any] = {}
+    for col, (kind, default) in _SCHEMA.items():
+        value = row.get(col)
+        if value is None:
+            if default is _REQUIRED:
+                raise ValueError(f"ledger column {col!r} is required")
+            value = default
+        elif not _type_ok(kind, value):
+            raise ValueError(f"ledger column {col!r} expects {kind}, got {type(value).__name__}")
+        out[col] = value
+    return out
+
+
+def insert_sql() -> str:
+    """``INSERT`` with named parameters for every column; feed it ``normalise_row`` output."""
+    cols = ", ".join(LEDGER_COLUMNS)
+    params = ", ".join(f":{c}" for c in LEDGER_COLUMNS)
+    return f"INSERT INTO ledger ({cols}) VALUES ({params})"
+
+
+def _where(since_ms: int | None, until_ms: int | None) -> tuple[str, dict[str, int]]:
+    clauses, params = [], {}
+    if since_ms is not None:
+        clauses.append("ts_ms >= :since_ms")
+        params["since_ms"] = since_ms
+    if until_ms is not None:
+        clauses.append("ts_ms < :until_ms")
+        params["until_ms"] = until_ms
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def rows(
+    conn: sqlite3.Connection,
+    *,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Ledger rows with ``since_ms <= ts_ms < until_ms``, oldest first.
+
+    With ``limit``, the *latest* ``limit`` rows (still returned oldest first), as ``tail`` wants.
+    """
+    where, params = _where(since_ms, until_ms)
+    sql = f"SELECT * FROM ledger{where} ORDER BY id DESC"
+    if limit is not None:
+        sql += " LIMIT :limit"
+        params["limit"] = limit
+    cur = conn.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in reversed(cur.fetchall())]
+
+
+def totals(
+    conn: sqlite3.Connection,
+    *,
+    group_by: str | None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> list[dict[str, Any]]:
+    """Roll-up: ``requests``, ``errors`` and integer sums of tokens and ``cost_nanos``.
+
+    ``group_by`` is one of ``GROUP_BY`` (the dicts then carry that key, sorted by cost, highest
+    first) or None (one row of grand totals, zeros when the ledger is empty).
+    """
+    if group_by is not None and group_by not in GROUP_BY:
+        raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}")
+    where, params = _where(since_ms, until_ms)
+    sums = ", ".join(f"COALESCE(SUM({c}), 0) AS {c}" for c in SUM_COLUMNS)
+    select = (
+        f"COUNT(*) AS requests, COALESCE(SUM(status >= 400 OR error_type IS NOT NULL), 0) AS errors, {sums}"
+    )
+    if group_by is None:
+        sql = f"SELECT {select} FROM ledger{where}"
+    else:
+        sql = (
+            f"SELECT {group_by}, {select} FROM ledger{where} "
+            f"GROUP BY {group_by} ORDER BY cost_nanos DESC, {group_by}"
+        )
+    cur = conn.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def count(conn: sqlite3.Connection) -> int:
+    """Number of ledger rows."""
+    return int(conn.execute("SELECT COUNT(*) FROM ledger").fetchone()[0])

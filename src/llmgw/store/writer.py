@@ -1,0 +1,170 @@
+"""The single ledger writer: one thread, one connection, group commit.
+
+Owns: every ledger write in the daemon.
+
+Invariants:
+- The event loop never touches SQLite: ``submit`` validates the row and enqueues it, nothing more.
+- The writer thread blocks on the queue, drains whatever is already waiting (up to ``max_batch``),
+  inserts it with one ``executemany`` and one commit, then resolves the batch's futures with ONE
+  ``call_soon_threadsafe`` per event loop.
+- A future resolves only after its row is committed (visible to other connections and durable
+  against a process kill); it carries the exception if its row could not be written.
+- A bad row never costs the rest of its batch: if the batch insert fails, rows are retried one
+  by one and only the failing rows' futures fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from llmgw.store.db import open_db
+from llmgw.store.ledger import insert_sql, normalise_row
+
+_Item = tuple[dict[str, Any], "asyncio.Future[None]", asyncio.AbstractEventLoop]
+_Result = tuple["asyncio.Future[None]", BaseException | None]
+
+_INSERT = insert_sql()
+
+
+def _resolve(results: list[_Result]) -> None:
+    for fut, exc in results:
+        if fut.done():  # the awaiting task was cancelled
+            continue
+        if exc is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(exc)
+
+
+class LedgerWriter:
+    def __init__(self, db_path: Path, *, max_batch: int = 512) -> None:
+        self.db_path = Path(db_path)
+        self.max_batch = max_batch
+        self.batches = 0
+        self.rows_written = 0
+        self.last_commit_seconds = 0.0
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # orders submit's put against stop's sentinel
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._submitted = 0
+        self._done = 0
+
+    @property
+    def queue_depth(self) -> int:
+        """Rows submitted but not yet committed or failed (approximate)."""
+        return self._submitted - self._done
+
+    def start(self) -> None:
+        """Open the database (migrating it) and start the writer thread."""
+        with self._lock:
+            if self._stopped or self._thread is not None:
+                raise RuntimeError("LedgerWriter already started or stopped")
+            conn = open_db(self.db_path)
+            self._thread = threading.Thread(
+                target=self._run, args=(conn,), name="llmgw-ledger-writer", daemon=True
+            )
+            self._thread.start()
+
+    def submit(self, row: dict[str, Any]) -> asyncio.Future[None]:
+        """Queue ``row``; the future resolves once its batch is committed. Call on the event loop.
+
+        Raises ValueError for an invalid row (see ``normalise_row``), RuntimeError if the writer
+        is not running.
+        """
+        norm = normalise_row(row)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._thread is None or self._stopped:
+                raise RuntimeError("LedgerWriter is not running")
+            self._submitted += 1
+            self._queue.put((norm, fut, loop))
+        return fut
+
+    async def write(self, row: dict[str, Any]) -> None:
+        """Submit ``row`` and wait until it is committed."""
+        await self.submit(row)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write and commit everything queued, close the connection, join the thread. Idempotent.
+
+        Blocks: from the event loop, call it as ``await asyncio.to_thread(writer.stop)``.
+        """
+        with self._lock:
+            if not self._stopped:
+                self._stopped = True
+                if self._thread is not None:
+                    self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError(f"ledger writer did not finish within {timeout}s")
+
+    # ---- writer thread ---------------------------------------------------------------------------
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        try:
+            stopping = False
+            while not stopping:
+                first = self._queue.get()
+                batch: list[_Item] = []
+                if first is None:
+                    stopping = True
+                else:
+                    batch.append(first)
+                while not stopping and len(batch) < self.max_batch:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stopping = True  # the sentinel is the last item ever queued
+                    else:
+                        batch.append(item)
+                if batch:
+                    self._write_batch(conn, batch)
+        finally:
+            conn.close()
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        errors = self._insert(conn, [row for row, _, _ in batch])
+        self.last_commit_seconds = time.perf_counter() - started
+        self.batches += 1
+        self.rows_written += sum(e is None for e in errors)
+        self._done += len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Result]] = {}
+        for (_, fut, loop), exc in zip(batch, errors, strict=True):
+            by_loop.setdefault(loop, []).append((fut, exc))
+        for loop, results in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, results)
+            except RuntimeError:  # loop already closed: nobody is waiting any more
+                pass
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> list[BaseException | None]:
+        """Insert and commit; return one error (or None) per row."""
+        try:
+            conn.executemany(_INSERT, rows)
+            conn.commit()
+            return [None] * len(rows)
+        except Exception:
+            conn.rollback()
+        errors: list[BaseException | None] = []
+        for row in rows:  # rare path: one transaction per row, so one failure cannot undo another
+            try:
+                conn.execute(_INSERT, row)
+                conn.commit()
+                errors.append(None)
+            except Exception as exc:
+                conn.rollback()
+                errors.append(exc)
+        return errors
