@@ -87,7 +87,13 @@ def m001_initial(db: Database) -> None:
         db.execute(sql)
 
 
-MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial,)
+def m002_usage_estimated(db: Database) -> None:
+    # 1 when the provider never reported usage (stream broken or abandoned) and the tokens are an
+    # estimate from the bytes seen; 0 when they are the provider's own numbers.
+    db.execute("ALTER TABLE ledger ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial, m002_usage_estimated)
 
 
 def _migration_set() -> Migrations:

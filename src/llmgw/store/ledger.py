@@ -46,6 +46,7 @@ _SCHEMA: dict[str, tuple[str, Any]] = {
     "cache": (_TEXT, None),
     "request_body": (_TEXT, None),
     "response_body": (_TEXT, None),
+    "usage_estimated": (_INT, 0),
 }
 
 LEDGER_COLUMNS: tuple[str, ...] = tuple(_SCHEMA)

@@ -1,0 +1,1 @@
+"""The ``llmgw`` command line: one module per command group, one error funnel in ``main``."""

@@ -1,0 +1,137 @@
+"""The ``llmgw`` Typer app and the single place that turns ``LlmgwError`` into an exit code.
+
+Exit codes: 0 ok, 1 internal error, 2 bad usage or configuration, 3 authentication or
+permission, 4 not found, 5 upstream problem.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import ConfigOpt, HomeOpt, err, load_config, resolve_home
+
+app = typer.Typer(
+    name="llmgw",
+    help="llmgw: a self-hosted LLM gateway with virtual keys, budgets, caching and an exact cost ledger.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _register() -> None:
+    from . import config_cmd, keys_cmd
+
+    app.add_typer(config_cmd.app, name="config")
+    app.add_typer(keys_cmd.app, name="keys")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on. Default: server.host (127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (0 = any free port). Default: server.port (8080).")] = None,
+    config: ConfigOpt = None,
+    home: HomeOpt = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Mint a demo virtual key and print it, with a curl example "
+                                                        "for the offline demo/echo model.")] = False,
+) -> None:
+    """Run the gateway daemon (OpenAI- and Anthropic-compatible HTTP API)."""
+    import logging
+
+    from .. import paths
+    from ..server.runner import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    h = resolve_home(home)
+    cfg = load_config(config, h)
+    if demo and "demo" not in cfg.enabled_providers():
+        from ..errors import ConfigError
+
+        raise ConfigError("--demo needs the demo provider, but the config disables it ([providers.demo] enabled = false)")
+    secret = None
+    if demo:
+        from ..governance.keys import mint
+        from ..store import db
+
+        paths.ensure_home(h)
+        conn = db.open_db(paths.db_path(h))
+        try:
+            secret, _ = mint(conn, name="demo", replace=True)
+        finally:
+            conn.close()
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        url = f"http://{bound_host}:{bound_port}"
+        err(f"llmgw listening on {url}  (home: {h}, config: {cfg.path or 'none, built-in defaults'})")
+        if secret:
+            err("")
+            err(f"demo key: {secret}")
+            err("try it:")
+            err(f"  curl {url}/v1/chat/completions -H 'Authorization: Bearer {secret}' \\")
+            err("    -H 'content-type: application/json' "
+                "-d '{\"model\":\"demo/echo\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}]}'")
+            err("")
+        sys.stderr.flush()
+
+    run(cfg, h, host=host or cfg.server.host, port=cfg.server.port if port is None else port, on_ready=ready)
+
+
+@app.command()
+def init(
+    home: HomeOpt = None,
+    path: Annotated[Path | None, typer.Option("--path", help="Where to write. Default: LLMGW_HOME/llmgw.toml.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter llmgw.toml."""
+    from .. import paths
+    from ..config import STARTER_TOML
+    from ..errors import UsageError
+
+    target = path or paths.default_config_path(resolve_home(home))
+    if target.exists() and not force:
+        raise UsageError(f"{target} already exists (use --force to overwrite)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(STARTER_TOML)
+    err(f"wrote {target}")
+    sys.stdout.write(f"{target}\n")
+
+
+@app.command()
+def version() -> None:
+    """Print the llmgw version."""
+    from .. import __version__
+
+    sys.stdout.write(f"{__version__}\n")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ..errors import LlmgwError
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except LlmgwError as e:
+        err(f"llmgw: error: {e.message}")
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # click's own usage errors
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(2)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise

@@ -1,0 +1,310 @@
+"""The spine: one request, top to bottom, in ``Gateway.handle``.
+
+    authenticate → parse + validate → resolve route → [authorize, rate-limit, reserve: governance]
+    → [cache lookup] → provider call via the router (retries, fallbacks) → settle cost → record
+
+Invariants:
+- Every API request produces exactly one ledger row (success, error or cancelled), written by the
+  single writer. A response is only completed (last byte / terminal SSE event sent) after its row
+  is committed, so a client that has its full answer knows the gateway has billed it.
+- A stream whose client disconnects is drained to the end so that the provider's own usage
+  numbers are billed; only when the provider never reports usage are tokens estimated (and the
+  row says ``usage_estimated = 1``).
+- Upstream retries never happen after the first streamed byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from . import validate
+from .config import Config
+from .errors import BodyTooLarge, InvalidRequest, LlmgwError
+from .governance.keys import KeyInfo, KeyTable
+from .metrics import Metrics
+from .pricing import PriceBook, cost_nanos
+from .providers import sse
+from .providers.base import OpenStream, StreamState, Target
+from .providers.router import Router
+from .store.writer import LedgerWriter
+from .usage import Usage
+
+log = logging.getLogger("llmgw.gateway")
+
+ROUTE_CHAT, ROUTE_MESSAGES, ROUTE_EMBEDDINGS = "chat", "messages", "embeddings"
+VALIDATORS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    ROUTE_CHAT: validate.chat_request,
+    ROUTE_MESSAGES: validate.messages_request,
+    ROUTE_EMBEDDINGS: validate.embeddings_request,
+}
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Call:
+    """Everything known about one request; becomes its ledger row."""
+
+    request_id: str
+    route: str
+    inbound: str  # "openai" | "anthropic": the client's dialect
+    t0: float = field(default_factory=time.perf_counter)
+    ts_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    stream: bool = False
+    model: str | None = None
+    provider: str | None = None
+    upstream_model: str | None = None
+    key: KeyInfo | None = None
+    attempts: int = 0
+    usage: Usage = field(default_factory=Usage)
+    usage_estimated: bool = False
+    ttfb: float | None = None
+    status: int = 200
+    outcome: str = "ok"
+    error: LlmgwError | None = None
+    client_retry: int | None = None
+    raw_body: bytes = b""
+    response_body: str | None = None
+    cost: int = 0
+
+
+def bearer(request: web.Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def error_response(err: LlmgwError, inbound: str, request_id: str) -> web.Response:
+    body = err.anthropic_body() if inbound == "anthropic" else err.openai_body()
+    headers = {**err.headers, "x-request-id": request_id}
+    if inbound == "anthropic":
+        headers["request-id"] = request_id
+    return web.Response(body=orjson.dumps(body), status=err.status, content_type="application/json",
+                        headers=headers)
+
+
+class Gateway:
+    def __init__(self, config: Config, router: Router, writer: LedgerWriter, keys: KeyTable,
+                 prices: PriceBook, metrics: Metrics) -> None:
+        self.config = config
+        self.router = router
+        self.writer = writer
+        self.keys = keys
+        self.prices = prices
+        self.metrics = metrics
+        self.max_body = config.server.max_body_bytes
+        self.request_timeout = config.server.request_timeout
+        self.log_bodies = config.log.bodies
+        self._unpriced_warned: set[str] = set()
+
+    # ---- the spine -------------------------------------------------------------------------
+    async def handle(self, request: web.Request, route: str) -> web.StreamResponse:
+        call = Call(request_id=request.get("request_id") or new_request_id(), route=route,
+                    inbound="anthropic" if route == ROUTE_MESSAGES else "openai")
+        retry = request.headers.get("x-stainless-retry-count")
+        if retry and retry.isdigit():
+            call.client_retry = int(retry)
+        self.metrics.in_flight.inc()
+        try:
+            call.key = self.keys.authenticate(bearer(request))
+            body = VALIDATORS[route](await self._read_json(request, call))
+            call.model = body["model"]
+            call.stream = bool(body.get("stream")) and route != ROUTE_EMBEDDINGS
+            targets = self.router.resolve(call.model)
+            deadline = time.monotonic() + self.request_timeout
+            if call.stream:
+                return await self._stream(request, call, body, targets, deadline)
+            if route == ROUTE_EMBEDDINGS:
+                completion = await self.router.run(
+                    targets, lambda t, to: t.provider.embeddings(body, t.model, to), deadline, call)
+            else:
+                completion = await self.router.run(
+                    targets, lambda t, to: t.provider.complete(call.inbound, body, t.model, to), deadline, call)
+            call.usage = completion.usage
+            if self.log_bodies:
+                call.response_body = completion.body.decode("utf-8", "replace")
+            await self._record(call)
+            headers = {"x-request-id": call.request_id}
+            if call.inbound == "anthropic":
+                headers["request-id"] = call.request_id
+            return web.Response(body=completion.body, status=completion.status, content_type="application/json",
+                                headers=headers)
+        except LlmgwError as e:
+            self._fail(call, e)
+            await self._record(call)
+            return error_response(e, call.inbound, call.request_id)
+        finally:
+            self.metrics.in_flight.dec()
+
+    # ---- pieces ----------------------------------------------------------------------------
+    async def _read_json(self, request: web.Request, call: Call) -> Any:
+        if request.content_length is not None and request.content_length > self.max_body:
+            raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of "
+                               f"{self.max_body} bytes")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge as e:
+            raise BodyTooLarge(f"request body exceeds the limit of {self.max_body} bytes") from e
+        call.raw_body = raw
+        if not raw:
+            raise InvalidRequest("request body is empty; expected a JSON object", code="invalid_json")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise InvalidRequest(f"request body is not valid JSON: {e}", code="invalid_json") from e
+
+    def _fail(self, call: Call, err: LlmgwError) -> None:
+        call.error = err
+        call.status = err.status
+        call.outcome = "cancelled" if err.status == 499 else "error"
+
+    async def _stream(self, request: web.Request, call: Call, body: dict[str, Any], targets: list[Target],
+                      deadline: float) -> web.StreamResponse:
+        state = StreamState(capture_text=True)
+        stream: OpenStream = await self.router.run(
+            targets, lambda t, to: t.provider.open_stream(call.inbound, body, t.model, to, state), deadline, call)
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache",
+                                           "x-request-id": call.request_id})
+        if call.inbound == "anthropic":
+            resp.headers["request-id"] = call.request_id
+        client_gone = False
+        try:
+            try:
+                await resp.prepare(request)
+            except OSError:
+                client_gone = True
+            try:
+                async for event in stream.events():
+                    if call.ttfb is None:
+                        call.ttfb = time.perf_counter() - call.t0
+                    if not client_gone:
+                        try:
+                            await resp.write(event)
+                        except OSError:
+                            client_gone = True  # keep draining: the provider's usage is the bill
+            except LlmgwError as e:  # the upstream broke mid-stream: no retry after the first byte
+                self._settle_stream(call, state)
+                self._fail(call, e)
+                call.status = 200 if not client_gone else 499
+                await self._record(call)
+                if not client_gone:
+                    await self._write_quietly(resp, self._stream_error(call, e))
+                return resp
+            self._settle_stream(call, state)
+            if client_gone:
+                call.status, call.outcome = 499, "cancelled"
+            await self._record(call)
+            if not client_gone:
+                await self._write_quietly(resp, stream.terminal())
+            return resp
+        except asyncio.CancelledError:
+            # shutdown drain ran out of time: record what we know without waiting for the commit
+            self._settle_stream(call, state)
+            call.status, call.outcome = 499, "cancelled"
+            self._record_nowait(call)
+            raise
+        finally:
+            await stream.aclose()
+
+    def _settle_stream(self, call: Call, state: StreamState) -> None:
+        call.usage = state.usage
+        if not state.usage_reported or (state.usage.completion_tokens == 0 and state.text):
+            call.usage_estimated = True
+            call.usage = Usage(
+                prompt_tokens=state.usage.prompt_tokens or max(1, len(call.raw_body) // 4),
+                completion_tokens=max(state.usage.completion_tokens, math.ceil(len(state.text) / 4)),
+                cached_tokens=state.usage.cached_tokens, cache_write_tokens=state.usage.cache_write_tokens)
+        if self.log_bodies:
+            call.response_body = state.text
+
+    def _stream_error(self, call: Call, err: LlmgwError) -> bytes:
+        if call.inbound == "anthropic":
+            return sse.anthropic_event("error", err.anthropic_body())
+        return sse.openai_event(err.openai_body())
+
+    @staticmethod
+    async def _write_quietly(resp: web.StreamResponse, data: bytes) -> None:
+        try:
+            await resp.write(data)
+            await resp.write_eof()
+        except OSError:
+            pass
+
+    # ---- settle + record -------------------------------------------------------------------
+    def _row(self, call: Call) -> dict[str, Any]:
+        if call.provider and call.upstream_model:
+            ptype = self.router.providers[call.provider].type if call.provider in self.router.providers else None
+            price = self.prices.lookup(call.provider or "", call.upstream_model or "", provider_type=ptype)
+            if price is None and call.usage.total_tokens and ptype != "demo":
+                name = f"{call.provider}/{call.upstream_model}"
+                self.metrics.unpriced.labels(call.provider, call.upstream_model).inc()
+                if name not in self._unpriced_warned:
+                    self._unpriced_warned.add(name)
+                    log.warning("no price known for %s: its requests are recorded at cost 0", name)
+            call.cost = cost_nanos(price, call.usage)
+        latency = time.perf_counter() - call.t0
+        key = call.key
+        err = call.error
+        u = call.usage
+        row: dict[str, Any] = {
+            "request_id": call.request_id, "ts_ms": call.ts_ms, "route": call.route, "model": call.model,
+            "provider": call.provider, "upstream_model": call.upstream_model, "stream": int(call.stream),
+            "status": call.status, "outcome": call.outcome,
+            "error_type": err.type if err else None, "error_code": err.code if err else None,
+            "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "cached_tokens": u.cached_tokens, "cache_write_tokens": u.cache_write_tokens,
+            "cost_nanos": call.cost, "latency_ms": round(latency * 1000, 3),
+            "ttfb_ms": round(call.ttfb * 1000, 3) if call.ttfb is not None else None,
+            "attempts": call.attempts, "key_id": key.id if key else None,
+            "team_id": key.team_id if key else None, "customer_id": key.customer_id if key else None,
+            "client_retry": call.client_retry, "usage_estimated": int(call.usage_estimated),
+        }
+        if self.log_bodies:
+            row["request_body"] = call.raw_body.decode("utf-8", "replace") if call.raw_body else None
+            row["response_body"] = call.response_body
+        self._observe(call, latency)
+        return row
+
+    def _observe(self, call: Call, latency: float) -> None:
+        m = self.metrics
+        provider = call.provider or ""
+        model = call.model or ""
+        m.requests.labels(call.route, provider, model, f"{call.status // 100}xx", call.outcome).inc()
+        m.duration.labels(call.route, provider).observe(latency)
+        if call.attempts:
+            m.attempts.labels(provider).inc(call.attempts)
+        if call.ttfb is not None:
+            m.ttfb.labels(provider).observe(call.ttfb)
+        u = call.usage
+        if u.total_tokens:
+            customer = (call.key.customer_id if call.key else None) or ""
+            m.tokens.labels(provider, model, customer, "prompt").inc(u.prompt_tokens)
+            m.tokens.labels(provider, model, customer, "completion").inc(u.completion_tokens)
+            if u.cached_tokens:
+                m.tokens.labels(provider, model, customer, "cached").inc(u.cached_tokens)
+            if call.cost:
+                m.cost.labels(provider, model, customer).inc(call.cost / 1e9)
+
+    async def _record(self, call: Call) -> None:
+        await self.writer.write(self._row(call))
+
+    def _record_nowait(self, call: Call) -> None:
+        try:
+            self.writer.submit(self._row(call))
+        except RuntimeError:
+            log.error("ledger writer stopped; request %s could not be recorded", call.request_id)

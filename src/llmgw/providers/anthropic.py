@@ -1,0 +1,161 @@
+"""Anthropic Messages upstream: native pass-through for Anthropic clients (``/v1/messages``),
+translation for OpenAI clients (``/v1/chat/completions``).
+
+``base_url`` has the official SDK's meaning: requests go to ``base_url + "/v1/messages"``.
+Anthropic requires ``max_tokens``; the configured default is supplied when the client gave none.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..config import ProviderConfig
+from ..errors import InvalidRequest, UpstreamError
+from ..usage import Usage
+from . import sse, translate
+from .base import Completion, StreamState
+from .http import iter_sse, loads, open_sse, post_json
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+class AnthropicProvider:
+    type = "anthropic"
+
+    def __init__(self, cfg: ProviderConfig, session: aiohttp.ClientSession, keys: list[tuple[str, int]],
+                 default_max_tokens: int) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self.models = list(cfg.models)
+        self.session = session
+        self.keys = keys
+        self.url = cfg.base_url + "/v1/messages"
+        self.default_max_tokens = default_max_tokens
+        self._headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+        self._headers.update(cfg.headers)
+
+    def __repr__(self) -> str:  # never show keys
+        return f"AnthropicProvider({self.name!r}, {self.url!r}, keys={len(self.keys)})"
+
+    def serves(self, model: str) -> bool:
+        import fnmatch
+        return not self.models or any(fnmatch.fnmatchcase(model, m) for m in self.models)
+
+    def listed_models(self) -> list[str]:
+        return [m for m in self.models if not any(c in m for c in "*?[")]
+
+    async def close(self) -> None:
+        return None
+
+    def _pick_headers(self) -> dict[str, str]:
+        h = dict(self._headers)
+        if self.keys:
+            secret = self.keys[0][0] if len(self.keys) == 1 else random.choices(
+                [k for k, _ in self.keys], weights=[w for _, w in self.keys])[0]
+            h["x-api-key"] = secret
+        return h
+
+    def _payload(self, inbound: str, body: dict[str, Any], model: str) -> dict[str, Any]:
+        if inbound == "anthropic":
+            payload = dict(body)
+            payload["model"] = model
+            if payload.get("max_tokens") is None:
+                payload["max_tokens"] = self.default_max_tokens
+            return payload
+        return translate.openai_to_anthropic_request(body, model=model, default_max_tokens=self.default_max_tokens)
+
+    async def complete(self, inbound: str, body: dict[str, Any], model: str, timeout: float) -> Completion:
+        payload = self._payload(inbound, body, model)
+        payload.pop("stream", None)
+        data = await post_json(self.session, self.name, self.url, orjson.dumps(payload), self._pick_headers(), timeout)
+        parsed = loads(data)
+        usage = Usage.from_anthropic(parsed.get("usage"))
+        if inbound == "anthropic":
+            return Completion(body=data, usage=usage)
+        out = translate.anthropic_to_openai_response(parsed, model=body.get("model") or model)
+        return Completion(body=orjson.dumps(out), usage=usage)
+
+    async def open_stream(self, inbound: str, body: dict[str, Any], model: str, timeout: float,
+                          state: StreamState) -> AnthropicStream:
+        payload = self._payload(inbound, body, model)
+        payload["stream"] = True
+        payload.pop("stream_options", None)
+        resp = await open_sse(self.session, self.name, self.url, orjson.dumps(payload), self._pick_headers(), timeout)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if inbound == "openai" else False
+        return AnthropicStream(self.name, inbound, resp, state, include_usage, body.get("model") or model)
+
+    async def embeddings(self, body: dict[str, Any], model: str, timeout: float) -> Completion:
+        raise InvalidRequest(f"provider {self.name} (Anthropic) has no embeddings endpoint", param="model")
+
+
+class AnthropicStream:
+    def __init__(self, provider: str, inbound: str, resp: aiohttp.ClientResponse, state: StreamState,
+                 include_usage: bool, client_model: str) -> None:
+        self.provider = provider
+        self.inbound = inbound
+        self._resp = resp
+        self.state = state
+        self.completed = False
+        self._terminal = b""
+        self._to_openai = (
+            translate.AnthropicStreamToOpenAI(client_model, "chatcmpl-" + format(random.getrandbits(96), "x"),
+                                              int(time.time()), include_usage)
+            if inbound == "openai" else None
+        )
+
+    async def events(self) -> AsyncIterator[bytes]:
+        state = self.state
+        async for name, data in iter_sse(self._resp, self.provider):
+            ev = loads(data)
+            etype = ev.get("type") if isinstance(ev, dict) else None
+            if etype == "error":
+                err = ev.get("error") or {}
+                raise UpstreamError(f"{self.provider} stream error: {err.get('message', err)}",
+                                    code="upstream_stream_error")
+            if etype == "message_start":
+                state.usage.merge_max(Usage.from_anthropic((ev.get("message") or {}).get("usage")))
+                state.usage_reported = True
+            elif etype == "message_delta":
+                u = ev.get("usage")
+                if u:
+                    # message_delta carries cumulative output (and, lately, input) counts
+                    merged = Usage.from_anthropic({**u})
+                    state.usage.completion_tokens = max(state.usage.completion_tokens, merged.completion_tokens)
+                    if u.get("input_tokens") is not None:
+                        state.usage.merge_max(merged)
+                stop = (ev.get("delta") or {}).get("stop_reason")
+                if stop:
+                    state.finish_reason = stop
+            elif etype == "content_block_delta":
+                d = ev.get("delta") or {}
+                if d.get("type") == "text_delta":
+                    state.add_text(d.get("text"))
+            if self._to_openai is not None:
+                if etype == "message_stop":
+                    # the usage chunk (if the client asked) goes out before [DONE]
+                    for chunk in self._to_openai.feed(ev):
+                        yield sse.openai_event(chunk)
+                    self.completed = True
+                    break
+                for chunk in self._to_openai.feed(ev):
+                    yield sse.openai_event(chunk)
+            else:
+                if etype == "message_stop":
+                    self._terminal = sse.anthropic_raw(name or b"message_stop", data)
+                    self.completed = True
+                    break
+                yield sse.anthropic_raw(name or (etype or "message").encode(), data)
+        if not self.completed:
+            raise UpstreamError(f"{self.provider} stream ended before message_stop", code="upstream_stream_truncated")
+
+    def terminal(self) -> bytes:
+        return sse.DONE if self._to_openai is not None else self._terminal
+
+    async def aclose(self) -> None:
+        self._resp.close()

@@ -1,0 +1,106 @@
+"""The provider contract and the per-call state that flows through a provider.
+
+A provider speaks one upstream wire format (OpenAI chat completions or Anthropic messages) and
+answers in the *client's* format: an adapter translates when the two differ. Routing, retries and
+fallbacks live in ``router``; a provider makes exactly one upstream attempt per call.
+
+Errors an attempt can raise:
+- ``AttemptFailed`` (retryable: connect error, timeout, 408/409/429/5xx; carries Retry-After);
+- an ``LlmgwError`` (not retryable: the upstream rejected the request itself, e.g. 400 or 404).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import LlmgwError
+from ..usage import Usage
+
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+
+
+class AttemptFailed(Exception):
+    """One upstream attempt failed in a way worth retrying (or falling back from)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
+                 timeout: bool = False, error: LlmgwError | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+        self.timeout = timeout
+        self.error = error
+
+
+@dataclass(slots=True)
+class StreamState:
+    """What a stream has produced so far; read by the gateway for billing and the ledger."""
+
+    usage: Usage = field(default_factory=Usage)
+    usage_reported: bool = False
+    finish_reason: str | None = None
+    text_parts: list[str] = field(default_factory=list)
+    capture_text: bool = False
+
+    def add_text(self, s: str | None) -> None:
+        if s and self.capture_text:
+            self.text_parts.append(s)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+
+@dataclass(slots=True)
+class Completion:
+    """A non-streamed answer, already in the client's format."""
+
+    body: bytes
+    usage: Usage
+    status: int = 200
+
+
+class OpenStream(Protocol):
+    """An upstream stream whose response headers were 200: from here on there are no retries."""
+
+    state: StreamState
+
+    def events(self) -> AsyncIterator[bytes]:
+        """SSE-encoded events in the client's format, excluding the terminal event."""
+        ...
+
+    def terminal(self) -> bytes:
+        """The final event(s) (``data: [DONE]`` or ``message_stop``), sent after the ledger commit."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Target:
+    provider: Provider
+    model: str  # the upstream model name
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.provider.name}/{self.model}"
+
+
+class Provider(Protocol):
+    name: str
+    type: str
+
+    async def complete(self, inbound: str, body: dict[str, Any], model: str, timeout: float) -> Completion: ...
+
+    async def open_stream(self, inbound: str, body: dict[str, Any], model: str, timeout: float,
+                          state: StreamState) -> OpenStream: ...
+
+    async def embeddings(self, body: dict[str, Any], model: str, timeout: float) -> Completion: ...
+
+    def serves(self, model: str) -> bool: ...
+
+    def listed_models(self) -> list[str]: ...
+
+    async def close(self) -> None: ...

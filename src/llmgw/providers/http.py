@@ -1,0 +1,146 @@
+"""HTTP plumbing shared by the upstream adapters: one attempt, typed failures, SSE parsing.
+
+Maps every upstream outcome to either a retryable ``AttemptFailed`` or a non-retryable
+``LlmgwError`` so the router never looks at raw statuses. Provider secrets are only ever placed in
+request headers here; they are never part of an exception message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..errors import ModelNotFound, UpstreamError, UpstreamRejected
+from .base import RETRYABLE_STATUS, AttemptFailed
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if not ra:
+        return None
+    try:
+        return max(0.0, float(ra))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(ra)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+
+def _upstream_message(data: bytes) -> tuple[str, str | None, str | None]:
+    """(message, type, code) from an OpenAI or Anthropic error envelope, best effort."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        text = data[:300].decode("utf-8", "replace").strip()
+        return text or "no error body", None, None
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message") or err), err.get("type"), err.get("code")
+    if isinstance(err, str):
+        return err, None, None
+    return str(body)[:300], None, None
+
+
+def failure_for(provider: str, status: int, data: bytes, headers: Any) -> Exception:
+    """The exception for a non-2xx upstream answer (returned, not raised)."""
+    message, etype, code = _upstream_message(data)
+    text = f"{provider} answered {status}: {message}"
+    if status in RETRYABLE_STATUS:
+        err = UpstreamError(text, code=f"upstream_{status}")
+        return AttemptFailed(text, status=status, retry_after=parse_retry_after(headers), error=err)
+    if status in (401, 403):
+        # The gateway's provider key was refused: not the client's fault, and another key or
+        # provider in the chain may work.
+        err = UpstreamError(f"{provider} refused the gateway's provider credentials ({status}): {message}",
+                            code="upstream_auth_failed")
+        return AttemptFailed(err.message, status=status, error=err)
+    if status == 404 and ("model" in message.lower() or code == "model_not_found" or etype == "not_found_error"):
+        return ModelNotFound(f"{provider}: {message}")
+    return UpstreamRejected(text, status=status, type=etype if status < 500 else None, code=code)
+
+
+async def post_json(session: aiohttp.ClientSession, provider: str, url: str, payload: bytes,
+                    headers: dict[str, str], timeout: float) -> bytes:
+    """One non-streaming attempt; returns the 2xx body bytes."""
+    try:
+        async with session.post(url, data=payload, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(10.0, timeout))) as r:
+            data = await r.read()
+            status = r.status
+            rheaders = r.headers
+    except TimeoutError as e:
+        raise AttemptFailed(f"{provider} did not answer within {timeout:g}s", timeout=True) from e
+    except aiohttp.ClientError as e:
+        raise AttemptFailed(f"{provider} connection failed: {type(e).__name__}: {e}") from e
+    if status >= 300:
+        raise failure_for(provider, status, data, rheaders)
+    return data
+
+
+async def open_sse(session: aiohttp.ClientSession, provider: str, url: str, payload: bytes,
+                   headers: dict[str, str], timeout: float) -> aiohttp.ClientResponse:
+    """Start a streaming attempt; returns the response once its status is 2xx."""
+    try:
+        r = await session.post(url, data=payload, headers=headers,
+                               timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, timeout),
+                                                             sock_read=timeout))
+    except TimeoutError as e:
+        raise AttemptFailed(f"{provider} did not answer within {timeout:g}s", timeout=True) from e
+    except aiohttp.ClientError as e:
+        raise AttemptFailed(f"{provider} connection failed: {type(e).__name__}: {e}") from e
+    if r.status >= 300:
+        try:
+            data = await r.read()
+        except (aiohttp.ClientError, TimeoutError):
+            data = b""
+        finally:
+            r.release()
+        raise failure_for(provider, r.status, data, r.headers)
+    return r
+
+
+async def iter_sse(resp: aiohttp.ClientResponse, provider: str) -> AsyncIterator[tuple[bytes | None, bytes]]:
+    """Yield (event name, data) for each SSE event; raises UpstreamError if the stream breaks."""
+    event: bytes | None = None
+    data: list[bytes] = []
+    try:
+        async for raw in resp.content:
+            line = raw.rstrip(b"\r\n")
+            if not line:
+                if data:
+                    yield event, b"\n".join(data)
+                event, data = None, []
+                continue
+            if line.startswith(b"data:"):
+                data.append(line[5:].lstrip(b" "))
+            elif line.startswith(b"event:"):
+                event = line[6:].strip()
+            # comments (":") and other fields are ignored
+        if data:
+            yield event, b"\n".join(data)
+    except TimeoutError as e:
+        raise UpstreamError(f"{provider} stream stalled (no data within the read timeout)",
+                            code="upstream_stream_timeout") from e
+    except (aiohttp.ClientError, asyncio.IncompleteReadError) as e:
+        raise UpstreamError(f"{provider} stream broke: {type(e).__name__}", code="upstream_stream_broken") from e
+
+
+def loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise UpstreamError(f"upstream sent invalid JSON: {e}", code="upstream_bad_json") from e

@@ -1,0 +1,194 @@
+"""OpenAI-format upstreams: OpenAI itself and any OpenAI-compatible server (vLLM, OpenRouter,
+llama.cpp) by ``base_url``.
+
+``OpenAIFormat`` holds the dialect logic (pass-through for OpenAI clients, translation for
+Anthropic clients, usage capture from streams); subclasses supply the transport: HTTP here, an
+in-process generator in ``demo``. Streams always ask the upstream for ``include_usage`` so the
+cost is known; the usage chunk is forwarded only if the client asked for it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..config import ProviderConfig
+from ..errors import UpstreamError
+from ..usage import Usage
+from . import sse, translate
+from .base import Completion, StreamState
+from .http import iter_sse, loads, open_sse, post_json
+
+
+class OpenAIFormat:
+    type = "openai"
+
+    def __init__(self, name: str, models: list[str] | None = None) -> None:
+        self.name = name
+        self.models = list(models or [])
+
+    # -- transport (overridden) -------------------------------------------------------------
+    async def _send(self, path: str, payload: dict[str, Any], timeout: float) -> bytes:
+        raise NotImplementedError
+
+    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[bytes], Any]:
+        """Returns (iterator of SSE data payloads, closer)."""
+        raise NotImplementedError
+
+    # -- model catalogue ----------------------------------------------------------------------
+    def serves(self, model: str) -> bool:
+        return not self.models or any(fnmatch.fnmatchcase(model, m) for m in self.models)
+
+    def listed_models(self) -> list[str]:
+        return [m for m in self.models if not any(c in m for c in "*?[")]
+
+    async def close(self) -> None:
+        return None
+
+    # -- calls ----------------------------------------------------------------------------------
+    async def complete(self, inbound: str, body: dict[str, Any], model: str, timeout: float) -> Completion:
+        if inbound == "openai":
+            payload = dict(body)
+            payload["model"] = model
+            payload.pop("stream_options", None)
+            data = await self._send("/chat/completions", payload, timeout)
+            parsed = loads(data)
+            return Completion(body=data, usage=Usage.from_openai(parsed.get("usage")))
+        payload = translate.anthropic_request_to_openai(body, model=model)
+        payload.pop("stream", None)
+        payload.pop("stream_options", None)
+        parsed = loads(await self._send("/chat/completions", payload, timeout))
+        out = translate.openai_to_anthropic_response(parsed, model=body.get("model") or model)
+        return Completion(body=orjson.dumps(out), usage=Usage.from_openai(parsed.get("usage")))
+
+    async def open_stream(self, inbound: str, body: dict[str, Any], model: str, timeout: float,
+                          state: StreamState) -> OpenAIStream:
+        if inbound == "openai":
+            payload = dict(body)
+            payload["model"] = model
+            client_opts = body.get("stream_options") or {}
+            include_usage = bool(client_opts.get("include_usage"))
+            payload["stream_options"] = {**client_opts, "include_usage": True}
+        else:
+            payload = translate.anthropic_request_to_openai(body, model=model)
+            payload["stream"] = True
+            payload["stream_options"] = {"include_usage": True}
+            include_usage = False
+        chunks, closer = await self._open(payload, timeout)
+        return OpenAIStream(self.name, inbound, chunks, closer, state, include_usage,
+                            client_model=body.get("model") or model)
+
+    async def embeddings(self, body: dict[str, Any], model: str, timeout: float) -> Completion:
+        payload = dict(body)
+        payload["model"] = model
+        data = await self._send("/embeddings", payload, timeout)
+        return Completion(body=data, usage=Usage.from_openai(loads(data).get("usage")))
+
+
+class OpenAIStream:
+    """Relays an OpenAI-format upstream stream to the client, in the client's dialect."""
+
+    def __init__(self, provider: str, inbound: str, chunks: AsyncIterator[bytes], closer: Any,
+                 state: StreamState, include_usage: bool, client_model: str) -> None:
+        self.provider = provider
+        self.inbound = inbound
+        self._chunks = chunks
+        self._closer = closer
+        self.state = state
+        self._include_usage = include_usage
+        self.completed = False
+        self._to_anthropic = (
+            translate.OpenAIStreamToAnthropic(client_model, "msg_" + format(random.getrandbits(96), "x"))
+            if inbound == "anthropic" else None
+        )
+
+    async def events(self) -> AsyncIterator[bytes]:
+        state = self.state
+        async for data in self._chunks:
+            if data == b"[DONE]":
+                self.completed = True
+                break
+            chunk = loads(data)
+            if not isinstance(chunk, dict):
+                continue
+            if "error" in chunk and "choices" not in chunk:
+                err = chunk["error"]
+                raise UpstreamError(f"{self.provider} stream error: {err.get('message') if isinstance(err, dict) else err}",
+                                    code="upstream_stream_error")
+            usage = chunk.get("usage")
+            if usage:
+                state.usage = Usage.from_openai(usage)
+                state.usage_reported = True
+            choices = chunk.get("choices") or []
+            if choices:
+                c0 = choices[0]
+                delta = c0.get("delta") or {}
+                state.add_text(delta.get("content"))
+                if c0.get("finish_reason"):
+                    state.finish_reason = c0["finish_reason"]
+            if self._to_anthropic is not None:
+                for name, obj in self._to_anthropic.feed(chunk):
+                    yield sse.anthropic_event(name, obj)
+            elif choices or self._include_usage:
+                yield sse.openai_raw(data)
+        else:
+            # the upstream closed without [DONE]: only acceptable if it told us it finished
+            self.completed = state.finish_reason is not None
+        if not self.completed:
+            raise UpstreamError(f"{self.provider} stream ended before completion", code="upstream_stream_truncated")
+
+    def terminal(self) -> bytes:
+        if self._to_anthropic is not None:
+            return b"".join(sse.anthropic_event(n, o) for n, o in self._to_anthropic.finish())
+        return sse.DONE
+
+    async def aclose(self) -> None:
+        if self._closer is not None:
+            self._closer()
+            self._closer = None
+
+
+class OpenAIProvider(OpenAIFormat):
+    """OpenAI or any OpenAI-compatible HTTP server, with a weighted pool of API keys."""
+
+    def __init__(self, cfg: ProviderConfig, session: aiohttp.ClientSession, keys: list[tuple[str, int]]) -> None:
+        super().__init__(cfg.name, cfg.models)
+        self.cfg = cfg
+        self.session = session
+        self.keys = keys
+        self.base_url = cfg.base_url
+        self._headers = dict(cfg.headers)
+        self._headers["content-type"] = "application/json"
+
+    def __repr__(self) -> str:  # never show keys
+        return f"OpenAIProvider({self.name!r}, {self.base_url!r}, keys={len(self.keys)})"
+
+    def _pick_headers(self) -> dict[str, str]:
+        h = dict(self._headers)
+        if self.keys:
+            if len(self.keys) == 1:
+                secret = self.keys[0][0]
+            else:
+                secret = random.choices([k for k, _ in self.keys], weights=[w for _, w in self.keys])[0]
+            h["authorization"] = "Bearer " + secret
+        return h
+
+    async def _send(self, path: str, payload: dict[str, Any], timeout: float) -> bytes:
+        return await post_json(self.session, self.name, self.base_url + path, orjson.dumps(payload),
+                               self._pick_headers(), timeout)
+
+    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[bytes], Any]:
+        resp = await open_sse(self.session, self.name, self.base_url + "/chat/completions",
+                              orjson.dumps(payload), self._pick_headers(), timeout)
+
+        async def data_only() -> AsyncIterator[bytes]:
+            async for _event, data in iter_sse(resp, self.name):
+                yield data
+
+        return data_only(), resp.close
+

@@ -1,0 +1,125 @@
+"""Routing: model names to provider chains, retries with backoff and jitter, fallbacks, deadlines.
+
+``provider/model`` names one target; an alias names a fallback chain of targets tried in order.
+Each target gets up to ``1 + retry.max_retries`` attempts on retryable failures (connect errors,
+timeouts, 408/409/429/5xx); an upstream ``Retry-After`` is honoured when it is at most
+``retry.max_retry_after`` seconds and fits in the request's deadline, otherwise the router moves
+on to the next target at once. Non-retryable errors (the upstream rejected the request itself)
+end the call. Streams are only ever retried before their first byte: ``attempt`` returns once the
+upstream answered 200, and nothing after that passes through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import aiohttp
+
+from ..config import Config
+from ..errors import ModelNotFound, UpstreamError, UpstreamTimeout
+from .anthropic import AnthropicProvider
+from .base import AttemptFailed, Provider, Target
+from .demo import DemoProvider
+from .openai import OpenAIProvider
+
+log = logging.getLogger("llmgw.router")
+T = TypeVar("T")
+
+
+class Router:
+    def __init__(self, config: Config, session: aiohttp.ClientSession, environ: Mapping[str, str]) -> None:
+        self.config = config
+        self.retry = config.retry
+        self.aliases = config.aliases
+        self.providers: dict[str, Provider] = {}
+        self.timeouts: dict[str, float] = {}
+        for name, pc in config.providers.items():
+            if not pc.enabled:
+                continue
+            self.timeouts[name] = pc.timeout
+            if pc.type == "demo":
+                self.providers[name] = DemoProvider(name)
+                continue
+            keys = pc.resolve_keys(environ)
+            if not keys and pc.keys:
+                log.warning("provider %s: none of its API key variables (%s) is set", name,
+                            ", ".join(k.env for k in pc.keys))
+            if pc.type == "anthropic":
+                self.providers[name] = AnthropicProvider(pc, session, keys, config.defaults.max_tokens)
+            else:
+                self.providers[name] = OpenAIProvider(pc, session, keys)
+
+    def resolve(self, model: str) -> list[Target]:
+        chain = self.aliases.get(model)
+        if chain is None:
+            if "/" not in model:
+                known = ", ".join(sorted(self.aliases)) or "none"
+                raise ModelNotFound(f"model {model!r} is neither provider/model nor an alias (aliases: {known})",
+                                    param="model")
+            chain = [model]
+        targets = []
+        for qualified in chain:
+            pname, _, mname = qualified.partition("/")
+            provider = self.providers.get(pname)
+            if provider is None:
+                known = ", ".join(sorted(self.providers))
+                raise ModelNotFound(f"unknown provider {pname!r} in model {qualified!r} (providers: {known})",
+                                    param="model")
+            if not mname or not provider.serves(mname):
+                raise ModelNotFound(f"provider {pname!r} does not serve model {mname!r}", param="model")
+            targets.append(Target(provider, mname))
+        return targets
+
+    def catalogue(self) -> list[str]:
+        names = list(self.aliases)
+        for pname, p in self.providers.items():
+            names.extend(f"{pname}/{m}" for m in p.listed_models())
+        return names
+
+    def backoff(self, retry: int) -> float:
+        cap = min(self.retry.backoff_max, self.retry.backoff_base * (2 ** retry))
+        return random.uniform(cap / 2, cap)  # "equal jitter": never zero, never synchronised
+
+    async def run(self, targets: list[Target], attempt: Callable[[Target, float], Awaitable[T]],
+                  deadline: float, call: Any) -> T:
+        """Try ``attempt`` over the chain; ``call.attempts``/``provider``/``upstream_model`` are updated."""
+        last: AttemptFailed | None = None
+        for target in targets:
+            call.provider = target.provider.name
+            call.upstream_model = target.model
+            per_attempt = self.timeouts.get(target.provider.name, 600.0)
+            for retry in range(self.retry.max_retries + 1):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                call.attempts += 1
+                try:
+                    return await attempt(target, min(per_attempt, remaining))
+                except AttemptFailed as e:
+                    last = e
+                    log.info("attempt %d on %s failed: %s", call.attempts, target.qualified, e.message)
+                    if retry == self.retry.max_retries:
+                        break
+                    delay = self.backoff(retry)
+                    if e.retry_after is not None:
+                        if e.retry_after > self.retry.max_retry_after:
+                            break  # do not park the client: fall back now
+                        delay = max(delay, e.retry_after)
+                    if delay >= deadline - time.monotonic():
+                        break
+                    await asyncio.sleep(delay)
+        if last is None or last.timeout or time.monotonic() >= deadline:
+            what = last.message if last else "no attempt fitted in the request deadline"
+            raise UpstreamTimeout(f"upstream timed out after {call.attempts} attempt(s): {what}",
+                                  code="upstream_timeout")
+        code = last.error.code if last.error is not None and last.error.code else "upstream_unavailable"
+        raise UpstreamError(f"all {call.attempts} upstream attempt(s) failed; last: {last.message}", code=code)
+
+    async def close(self) -> None:
+        for p in self.providers.values():
+            await p.close()

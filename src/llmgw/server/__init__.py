@@ -1,0 +1,1 @@
+"""The HTTP front end: app factory, routes, middleware and the runner."""

@@ -1,0 +1,173 @@
+"""aiohttp app factory, thin route handlers and the error/request-id middleware.
+
+Handlers only pick the route; ``Gateway.handle`` does the work. The middleware gives every
+response an ``x-request-id`` and turns any error into the dialect's envelope: the Anthropic one
+under ``/v1/messages``, the OpenAI one everywhere else. An unexpected exception becomes a typed
+500 with the request id, never a traceback in the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from .. import paths
+from ..config import Config
+from ..errors import LlmgwError, MethodNotAllowed, NotFound
+from ..gateway import ROUTE_CHAT, ROUTE_EMBEDDINGS, ROUTE_MESSAGES, Gateway, bearer, error_response, new_request_id
+from ..governance.keys import KeyTable
+from ..metrics import Metrics
+from ..pricing import PriceBook
+from ..providers.router import Router
+from ..store import db as store_db
+from ..store.writer import LedgerWriter
+
+log = logging.getLogger("llmgw.server")
+
+GATEWAY = web.AppKey("gateway", Gateway)
+STATE = web.AppKey("state", dict)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rid = new_request_id()
+    request["request_id"] = rid
+    inbound = "anthropic" if request.path.startswith("/v1/messages") else "openai"
+    try:
+        resp = await handler(request)
+    except web.HTTPException as e:
+        if e.status == 404:
+            err: LlmgwError = NotFound(f"no route {request.method} {request.path}")
+        elif e.status == 405:
+            err = MethodNotAllowed(f"method {request.method} not allowed on {request.path}")
+        else:
+            err = LlmgwError(e.reason or "HTTP error", status=e.status)
+        return error_response(err, inbound, rid)
+    except LlmgwError as e:
+        return error_response(e, inbound, rid)
+    except Exception:
+        log.exception("unhandled error in request %s", rid)
+        return error_response(LlmgwError(f"internal error (request {rid})", code="internal_error"), inbound, rid)
+    if "x-request-id" not in resp.headers and not resp.prepared:
+        resp.headers["x-request-id"] = rid
+    return resp
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].handle(request, ROUTE_CHAT)
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].handle(request, ROUTE_MESSAGES)
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].handle(request, ROUTE_EMBEDDINGS)
+
+
+async def models(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    gw.keys.authenticate(bearer(request))
+    created = int(time.time())
+    data = [{"id": m, "object": "model", "created": created, "owned_by": m.split("/", 1)[0] if "/" in m else "llmgw"}
+            for m in gw.router.catalogue()]
+    return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    gw = request.app[GATEWAY]
+    problems = []
+    if state.get("draining"):
+        problems.append("draining")
+    thread = gw.writer._thread
+    if thread is None or not thread.is_alive():
+        problems.append("ledger writer not running")
+    if problems:
+        return web.json_response({"status": "unavailable", "problems": problems}, status=503)
+    return web.json_response({"status": "ready", "keys": len(gw.keys), "providers": sorted(gw.router.providers)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    gw.metrics.writer_queue.set(gw.writer.queue_depth)
+    gw.metrics.commit_seconds.set(gw.writer.last_commit_seconds)
+    return web.Response(body=gw.metrics.render(), headers={"content-type": gw.metrics.content_type})
+
+
+def _reload_keys(conn: sqlite3.Connection, keys: KeyTable, last: int) -> int:
+    version = store_db.data_version(conn)
+    if version != last:
+        keys.load(conn)
+    return version
+
+
+async def _watch_definitions(conn: sqlite3.Connection, keys: KeyTable, last: int, interval: float) -> None:
+    """Reload definitions when another process (the CLI) changed the database."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            last = await asyncio.to_thread(_reload_keys, conn, keys, last)
+        except sqlite3.Error as e:
+            log.warning("could not reload keys: %s", e)
+
+
+def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None = None,
+               reload_interval: float = 0.5) -> web.Application:
+    env = dict(os.environ if environ is None else environ)
+    app = web.Application(middlewares=[envelope], client_max_size=config.server.max_body_bytes)
+    app[STATE] = {}
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        paths.ensure_home(home)
+        dbfile = paths.db_path(home)
+        writer = LedgerWriter(dbfile)
+        writer.start()
+        reader = store_db.connect(dbfile)
+        keys = KeyTable()
+        last = _reload_keys(reader, keys, -1)
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            json_serialize=lambda o: orjson.dumps(o).decode(), auto_decompress=True)
+        router = Router(config, session, env)
+        gw = Gateway(config, router, writer, keys, PriceBook.load(config.pricing), Metrics())
+        app[GATEWAY] = gw
+        watcher = asyncio.create_task(_watch_definitions(reader, keys, last, reload_interval))
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            try:
+                await watcher
+            except asyncio.CancelledError:
+                pass
+            await router.close()
+            await session.close()
+            await asyncio.to_thread(writer.stop)
+            reader.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/chat/completions", chat_completions)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app

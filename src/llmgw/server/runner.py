@@ -1,0 +1,69 @@
+"""Running the daemon: event loop, listening socket, signals and graceful drain.
+
+SIGTERM / SIGINT: stop accepting connections, let in-flight requests finish for up to
+``server.drain_timeout`` seconds, cancel what is left (each still gets its ledger row), then
+flush and stop the ledger writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from ..config import Config
+from .app import STATE, create_app
+
+log = logging.getLogger("llmgw.server")
+
+
+async def serve_async(config: Config, home: Path, *, host: str, port: int,
+                      on_ready: Callable[[str, int], None] | None = None,
+                      stop: asyncio.Event | None = None) -> None:
+    app = create_app(config, home)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=config.server.drain_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, shutdown_timeout=config.server.drain_timeout)
+    await site.start()
+    bound = port
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        bound = server.sockets[0].getsockname()[1]
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests) or not Unix
+            pass
+    if on_ready:
+        on_ready(host, bound)
+    try:
+        await stop.wait()
+    finally:
+        app[STATE]["draining"] = True
+        log.info("shutting down: draining in-flight requests (up to %gs)", config.server.drain_timeout)
+        await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+
+
+def run(config: Config, home: Path, *, host: str, port: int,
+        on_ready: Callable[[str, int], None] | None = None) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Unix
+        uvloop = None
+    if uvloop is not None and sys.platform != "win32":
+        uvloop.run(serve_async(config, home, host=host, port=port, on_ready=on_ready))
+    else:
+        asyncio.run(serve_async(config, home, host=host, port=port, on_ready=on_ready))
