@@ -1,0 +1,434 @@
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from llmgw import config
+from llmgw.config import Config, ProviderKey, load, validate_file
+from llmgw.errors import ConfigError
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write(text: str) -> Path:
+    """Write ./llmgw.toml (tests run in tmp_path) so messages read ``llmgw.toml: ...``."""
+    path = Path("llmgw.toml")
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
+    return validate_file(write(text), environ=environ or {})
+
+
+# ---- defaults ---------------------------------------------------------------------------------
+
+
+def test_no_file_gives_every_default() -> None:
+    cfg = load(None, environ={})
+    assert isinstance(cfg, Config)
+    assert cfg.path is None
+    assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 8080)
+    assert cfg.server.max_body_bytes == 20971520
+    assert cfg.server.request_timeout == 600.0 and cfg.server.drain_timeout == 30.0
+    assert cfg.log.bodies is False
+    assert cfg.defaults.max_tokens == 4096
+    assert (cfg.retry.max_retries, cfg.retry.backoff_base, cfg.retry.backoff_max) == (2, 0.5, 8.0)
+    assert cfg.retry.max_retry_after == 30.0
+    assert list(cfg.providers) == ["openai", "anthropic", "demo"]
+    openai, anthropic, demo = cfg.providers["openai"], cfg.providers["anthropic"], cfg.providers["demo"]
+    assert (openai.type, openai.base_url, openai.keys) == (
+        "openai", "https://api.openai.com/v1", [ProviderKey("OPENAI_API_KEY", 1)])
+    assert (anthropic.type, anthropic.base_url, anthropic.keys) == (
+        "anthropic", "https://api.anthropic.com", [ProviderKey("ANTHROPIC_API_KEY", 1)])
+    assert (demo.type, demo.keys, demo.enabled) == ("demo", [], True)
+    assert openai.timeout == 600.0 and openai.models == [] and openai.headers == {}
+    assert cfg.aliases == {} and cfg.pricing == {} and cfg.raw == {}
+
+
+def test_base_url_from_environment_trailing_slash_stripped() -> None:
+    cfg = load(None, environ={"OPENAI_BASE_URL": "http://localhost:9999/v1/",
+                              "ANTHROPIC_BASE_URL": "http://localhost:9998/"})
+    assert cfg.providers["openai"].base_url == "http://localhost:9999/v1"
+    assert cfg.providers["anthropic"].base_url == "http://localhost:9998"
+
+
+def test_empty_file_is_all_defaults(in_tmp: Path) -> None:
+    cfg = load(write(""), environ={})
+    assert cfg.path == Path("llmgw.toml")
+    assert list(cfg.providers) == ["openai", "anthropic", "demo"]
+
+
+# ---- the starter file -------------------------------------------------------------------------
+
+
+def test_starter_toml_loads_without_error(in_tmp: Path) -> None:
+    path = write(config.STARTER_TOML)
+    assert validate_file(path, environ={}) == []
+    cfg = load(path, environ={})
+    assert cfg.aliases["caption"] == ["anthropic/claude-haiku-4-5-20251001", "openai/gpt-4o-mini"]
+    assert set(cfg.providers) == {"openai", "anthropic", "demo"}
+    assert cfg.providers["openai"].keys == [ProviderKey("OPENAI_API_KEY")]
+    assert cfg.providers["anthropic"].keys == [ProviderKey("ANTHROPIC_API_KEY")]
+    # the values it shows are the defaults
+    assert cfg.server == load(None, environ={}).server
+    assert cfg.retry == load(None, environ={}).retry
+
+
+def test_starter_toml_documents_every_section() -> None:
+    text = config.STARTER_TOML
+    for section in ("[server]", "[log]", "[defaults]", "[retry]", "[providers.openai]",
+                    "[providers.anthropic]", "# [providers.vllm]", "[aliases]", '# [pricing."openai/'):
+        assert section in text
+
+
+def test_starter_toml_commented_examples_are_valid(in_tmp: Path) -> None:
+    setting = re.compile(r'^# (\[.*\]|[A-Za-z_"][^=]* = .*)$')
+    lines = [line[2:] if setting.match(line) else line for line in config.STARTER_TOML.splitlines()]
+    uncommented = "\n".join(lines)
+    assert "\n[providers.vllm]\n" in uncommented and '\n[pricing."openai/gpt-4o-mini"]\n' in uncommented
+    cfg = load(write(uncommented), environ={})
+    assert cfg.providers["vllm"].base_url == "http://localhost:8000/v1"
+    assert cfg.providers["demo"].enabled is False
+    assert cfg.aliases["fast"] == ["openai/gpt-4o-mini"]
+    assert cfg.pricing["openai/gpt-4o-mini"].cached_input == Decimal("0.075")
+
+
+# ---- sections, unknown keys, raw sections ---------------------------------------------------
+
+
+def test_full_file(in_tmp: Path) -> None:
+    cfg = load(write("""
+[server]
+host = "0.0.0.0"
+port = 9000
+max_body_bytes = 1024
+request_timeout = 30
+drain_timeout = 0
+[log]
+bodies = true
+[defaults]
+max_tokens = 1000
+[retry]
+max_retries = 0
+backoff_base = 0
+backoff_max = 1.5
+max_retry_after = 5
+[providers.openai]
+keys = [{env = "OA_1", weight = 3}, {env = "OA_2"}]
+headers = {"OpenAI-Organization" = "org-123"}
+[providers.vllm]
+type = "openai"
+base_url = "http://localhost:8000/v1/"
+models = ["meta-llama/Llama-3.1-8B-Instruct"]
+timeout = 120
+[aliases]
+fast = "openai/gpt-4o-mini"
+llama = ["vllm/meta-llama/Llama-3.1-8B-Instruct", "openai/gpt-4o-mini"]
+[pricing."openai/gpt-4o-mini"]
+input = 0.2
+[pricing."vllm/meta-llama/Llama-3.1-8B-Instruct"]
+input = "0"
+output = 0.001
+"""), environ={})
+    assert (cfg.server.host, cfg.server.port, cfg.server.max_body_bytes) == ("0.0.0.0", 9000, 1024)
+    assert cfg.server.request_timeout == 30.0 and isinstance(cfg.server.request_timeout, float)
+    assert cfg.log.bodies is True and cfg.defaults.max_tokens == 1000
+    assert cfg.retry.max_retries == 0 and cfg.retry.backoff_base == 0.0
+    assert list(cfg.providers) == ["openai", "vllm", "demo"]  # no anthropic: providers were listed
+    assert cfg.providers["openai"].keys == [ProviderKey("OA_1", 3), ProviderKey("OA_2", 1)]
+    assert cfg.providers["openai"].base_url == "https://api.openai.com/v1"
+    assert cfg.providers["openai"].headers == {"OpenAI-Organization": "org-123"}
+    vllm = cfg.providers["vllm"]
+    assert (vllm.type, vllm.base_url, vllm.keys, vllm.timeout) == ("openai", "http://localhost:8000/v1", [], 120.0)
+    assert cfg.aliases == {"fast": ["openai/gpt-4o-mini"],
+                           "llama": ["vllm/meta-llama/Llama-3.1-8B-Instruct", "openai/gpt-4o-mini"]}
+    assert cfg.pricing["openai/gpt-4o-mini"].input == Decimal("0.2")
+    assert cfg.pricing["openai/gpt-4o-mini"].output is None
+    assert cfg.pricing["vllm/meta-llama/Llama-3.1-8B-Instruct"].output == Decimal("0.001")
+
+
+def test_later_sections_are_kept_raw_unvalidated(in_tmp: Path) -> None:
+    cfg = load(write("""
+[budgets]
+anything = {goes = "here"}
+[cache.semantic]
+threshold = 0.9
+[webhooks]
+url = 3
+[customers]
+[teams]
+[keys]
+[metrics]
+[admin]
+"""), environ={})
+    assert cfg.raw["budgets"] == {"anything": {"goes": "here"}}
+    assert cfg.raw["cache"]["semantic"]["threshold"] == 0.9
+    assert cfg.raw["webhooks"] == {"url": 3}
+
+
+def test_unknown_section_and_keys_are_errors(in_tmp: Path) -> None:
+    found = problems("""
+port = 1
+[servers]
+[server]
+prot = 80
+[log]
+body = true
+[retry]
+whatever = 1
+[providers.openai]
+api_key = "sk-oops"
+""")
+    assert 'llmgw.toml: port: unknown top-level key; did you mean "server"?' not in found  # no bogus hint
+    assert any(p.startswith("llmgw.toml: port: unknown top-level key") for p in found)
+    assert 'llmgw.toml: servers: unknown section; did you mean "server"?' in found
+    assert 'llmgw.toml: server.prot: unknown key; did you mean "port"?' in found
+    assert 'llmgw.toml: log.body: unknown key; did you mean "bodies"?' in found
+    assert any(p.startswith("llmgw.toml: retry.whatever: unknown key") for p in found)
+    assert any(p.startswith("llmgw.toml: providers.openai.api_key: unknown key") for p in found)
+    assert len(found) == 6
+
+
+def test_load_raises_config_error_with_every_problem(in_tmp: Path) -> None:
+    path = write('[server]\nhost = 1\nport = "80"\n')
+    with pytest.raises(ConfigError) as info:
+        load(path, environ={})
+    assert str(info.value).splitlines() == [
+        "llmgw.toml: server.host: expected a string, got 1",
+        'llmgw.toml: server.port: expected an integer, got "80"',
+    ]
+    assert info.value.exit_code == 2
+
+
+def test_missing_and_invalid_files(in_tmp: Path) -> None:
+    assert validate_file(Path("nope.toml")) == ["nope.toml: file not found"]
+    with pytest.raises(ConfigError, match="nope.toml: file not found"):
+        load(Path("nope.toml"))
+    found = problems("[server\nport = 1\n")
+    assert len(found) == 1 and found[0].startswith("llmgw.toml: invalid TOML: ")
+
+
+def test_section_must_be_a_table(in_tmp: Path) -> None:
+    assert problems("server = 3\n") == ["llmgw.toml: server: expected a table, got 3"]
+
+
+# ---- types and ranges -------------------------------------------------------------------------
+
+
+def test_the_documented_example_message(in_tmp: Path) -> None:
+    assert problems('[providers.openai]\ntimeout = "abc"\n') == [
+        'llmgw.toml: providers.openai.timeout: expected a number, got "abc"'
+    ]
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("[server]\nport = true", "server.port: expected an integer, got true"),
+    ("[server]\nport = 65536", "server.port: must be between 0 and 65535, got 65536"),
+    ("[server]\nport = -1", "server.port: must be between 0 and 65535, got -1"),
+    ("[server]\nport = 80.0", "server.port: expected an integer, got 80.0"),
+    ("[server]\nmax_body_bytes = 0", "server.max_body_bytes: must be at least 1, got 0"),
+    ("[server]\nrequest_timeout = 0", "server.request_timeout: must be greater than 0, got 0"),
+    ("[server]\nrequest_timeout = nan", "server.request_timeout: expected a finite number, got nan"),
+    ("[server]\nrequest_timeout = true", "server.request_timeout: expected a number, got true"),
+    ("[server]\ndrain_timeout = -1.5", "server.drain_timeout: must not be negative, got -1.5"),
+    ('[server]\nhost = ""', "server.host: must not be empty"),
+    ('[log]\nbodies = "yes"', 'log.bodies: expected true or false, got "yes"'),
+    ("[log]\nbodies = 1", "log.bodies: expected true or false, got 1"),
+    ("[defaults]\nmax_tokens = 0", "defaults.max_tokens: must be at least 1, got 0"),
+    ("[retry]\nmax_retries = -1", "retry.max_retries: must be at least 0, got -1"),
+    ("[retry]\nbackoff_max = [1]", "retry.backoff_max: expected a number, got an array"),
+    ("[providers.openai]\ntimeout = 0", "providers.openai.timeout: must be greater than 0, got 0"),
+    ("[providers.openai]\nenabled = 0", "providers.openai.enabled: expected true or false, got 0"),
+])
+def test_type_and_range_errors(in_tmp: Path, toml: str, message: str) -> None:
+    assert problems(toml) == [f"llmgw.toml: {message}"]
+
+
+# ---- providers -------------------------------------------------------------------------------
+
+
+def test_demo_is_always_present_unless_disabled(in_tmp: Path) -> None:
+    cfg = load(write("[providers.anthropic]\n"), environ={})
+    assert list(cfg.providers) == ["anthropic", "demo"]
+    cfg = load(write("[providers.demo]\nenabled = false\n"), environ={})
+    assert cfg.providers["demo"].enabled is False
+    assert cfg.enabled_providers() == {}
+    cfg = load(write("[providers]\n"), environ={})
+    assert list(cfg.providers) == ["demo"]
+
+
+def test_other_names_need_type_and_base_url(in_tmp: Path) -> None:
+    assert problems("[providers.vllm]\n") == [
+        "llmgw.toml: providers.vllm.type: required for a provider not named openai, anthropic, demo",
+    ]
+    assert problems('[providers.vllm]\ntype = "openai"\n') == [
+        "llmgw.toml: providers.vllm.base_url: required for a provider not named openai, anthropic, demo",
+    ]
+    assert problems('[providers.x]\ntype = "gemini"\nbase_url = "https://x"\n') == [
+        'llmgw.toml: providers.x.type: expected one of "openai", "anthropic", "demo", got "gemini"',
+    ]
+    # a second provider of a known type gets no defaults for key or URL
+    cfg = load(write('[providers.openai-eu]\ntype = "openai"\nbase_url = "https://eu.example/v1"\n'), environ={})
+    assert cfg.providers["openai-eu"].keys == []
+    # a renamed demo provider needs no URL
+    assert problems('[providers.fake]\ntype = "demo"\n') == []
+
+
+def test_provider_name_and_url_checks(in_tmp: Path) -> None:
+    assert problems('[providers.OpenAI]\n') == [
+        'llmgw.toml: providers.OpenAI: provider names use only a-z, 0-9, _ and -'
+    ]
+    assert problems('[providers.openai]\nbase_url = "api.openai.com"\n') == [
+        'llmgw.toml: providers.openai.base_url: expected an http:// or https:// URL, got "api.openai.com"'
+    ]
+    found = problems('[providers.openai]\n', environ={"OPENAI_BASE_URL": "ftp://x"})
+    assert found == ['llmgw.toml: providers.openai.base_url (from OPENAI_BASE_URL): '
+                     'expected an http:// or https:// URL, got "ftp://x"']
+
+
+def test_key_checks(in_tmp: Path) -> None:
+    assert problems('[providers.openai]\napi_key_env = "1BAD-NAME"\n') == [
+        'llmgw.toml: providers.openai.api_key_env: not an environment variable name '
+        '([A-Za-z_][A-Za-z0-9_]*): "1BAD-NAME"'
+    ]
+    assert problems('[providers.openai]\napi_key_env = "A"\nkeys = [{env = "B"}]\n') == [
+        "llmgw.toml: providers.openai: set api_key_env or keys, not both"
+    ]
+    assert problems('[providers.openai]\nkeys = [{env = "A", weight = 0}, {env = "B", weight = true}]\n') == [
+        "llmgw.toml: providers.openai.keys[0].weight: must be at least 1, got 0",
+        "llmgw.toml: providers.openai.keys[1].weight: expected an integer, got true",
+    ]
+    assert problems('[providers.openai]\nkeys = [{env = "A", wieght = 2}, {weight = 2}, 3, {env = "A"}]\n') == [
+        'llmgw.toml: providers.openai.keys[0].wieght: unknown key; did you mean "weight"?',
+        "llmgw.toml: providers.openai.keys[1].env: required",
+        "llmgw.toml: providers.openai.keys[2]: expected a table like {env = \"A\", weight = 1}, got 3",
+        'llmgw.toml: providers.openai.keys[3].env: "A" is listed twice',
+    ]
+    assert problems('[providers.openai]\nkeys = []\n') == [
+        "llmgw.toml: providers.openai.keys: expected at least one key (omit keys for a provider without a key)"
+    ]
+    cfg = load(write('[providers.openai]\nkeys = ["A", "B"]\n'), environ={})
+    assert cfg.providers["openai"].keys == [ProviderKey("A"), ProviderKey("B")]
+
+
+def test_models_and_headers_checks(in_tmp: Path) -> None:
+    assert problems('[providers.openai]\nmodels = ["gpt-4o", 3]\nheaders = {"X-A" = 1, "bad name" = "v"}\n') == [
+        "llmgw.toml: providers.openai.models[1]: expected a model name, got 3",
+        'llmgw.toml: providers.openai.headers.X-A: expected a string, got 1',
+        'llmgw.toml: providers.openai.headers."bad name": not a valid HTTP header name',
+    ]
+
+
+def test_resolve_keys_reads_only_set_variables() -> None:
+    cfg = load(None, environ={})
+    assert cfg.providers["openai"].resolve_keys({"OPENAI_API_KEY": "sk-secret"}) == [("sk-secret", 1)]
+    assert cfg.providers["openai"].resolve_keys({"OPENAI_API_KEY": ""}) == []
+    assert cfg.providers["demo"].resolve_keys({"OPENAI_API_KEY": "sk-secret"}) == []
+
+
+def test_resolve_keys_with_weights(in_tmp: Path) -> None:
+    cfg = load(write('[providers.openai]\nkeys = [{env = "A", weight = 3}, {env = "B"}, {env = "C"}]\n'),
+               environ={})
+    assert cfg.providers["openai"].resolve_keys({"A": "sk-a", "C": "sk-c"}) == [("sk-a", 3), ("sk-c", 1)]
+
+
+def test_no_secret_in_repr(in_tmp: Path) -> None:
+    cfg = load(write("""
+[providers.openai]
+base_url = "https://user:hunter2@proxy.example/v1"
+headers = {"Authorization" = "Bearer sk-header-secret"}
+"""), environ={"OPENAI_API_KEY": "sk-env-secret"})
+    provider = cfg.providers["openai"]
+    assert provider.resolve_keys({"OPENAI_API_KEY": "sk-env-secret"}) == [("sk-env-secret", 1)]
+    for text in (repr(cfg), str(cfg), repr(provider), str(provider), repr(provider.keys)):
+        assert "sk-header-secret" not in text
+        assert "hunter2" not in text
+        assert "sk-env-secret" not in text
+    assert "Authorization" in repr(provider)  # header names are fine
+    assert "OPENAI_API_KEY" in repr(provider)  # env names are fine
+
+
+# ---- aliases and pricing ----------------------------------------------------------------------
+
+
+def test_alias_checks(in_tmp: Path) -> None:
+    found = problems("""
+[providers.openai]
+models = ["gpt-4o"]
+[aliases]
+"a/b" = "openai/gpt-4o"
+empty = []
+bad = ["openai/gpt-4o", "nope/model", "no-slash", 7, "openai/gpt-5"]
+""")
+    assert found == [
+        'llmgw.toml: aliases."a/b": alias names must not be empty or contain "/"',
+        'llmgw.toml: aliases.empty: expected "provider/model" or a non-empty array of them, got an array',
+        'llmgw.toml: aliases.bad[1]: "nope/model": no provider named "nope" (configured: demo, openai)',
+        'llmgw.toml: aliases.bad[2]: expected "provider/model", got "no-slash"',
+        'llmgw.toml: aliases.bad[3]: expected "provider/model", got 7',
+        'llmgw.toml: aliases.bad[4]: "openai/gpt-5": provider "openai" does not list model "gpt-5" in its models',
+    ]
+    assert problems('[aliases]\nx = "anthropic/claude-haiku-4-5"\n') == []
+
+
+def test_pricing_override_checks(in_tmp: Path) -> None:
+    found = problems("""
+[pricing."openai/gpt-4o-mini"]
+input = 0.0001
+output = "abc"
+cached = 1
+[pricing.gpt-4o]
+input = 1
+[pricing."openai/x"]
+input = -1
+output = true
+""")
+    assert found == [
+        'llmgw.toml: pricing."openai/gpt-4o-mini".cached: unknown key; did you mean "cached_input"?',
+        'llmgw.toml: pricing."openai/gpt-4o-mini".input: 0.0001 USD per million tokens is not a whole '
+        "number of nano-dollars per token (use at most 3 decimals)",
+        'llmgw.toml: pricing."openai/gpt-4o-mini".output: expected a price in USD per million tokens, got "abc"',
+        'llmgw.toml: pricing.gpt-4o: expected a "provider/model" key, e.g. [pricing."openai/gpt-4o-mini"]',
+        'llmgw.toml: pricing."openai/x".input: a price cannot be negative, got -1',
+        'llmgw.toml: pricing."openai/x".output: expected a price in USD per million tokens '
+        "(a number or a decimal string), got true",
+    ]
+
+
+def test_validate_collects_problems_from_every_section(in_tmp: Path) -> None:
+    found = problems("""
+[server]
+port = 70000
+[providers.openai]
+timeout = -1
+[aliases]
+x = "ghost/model"
+[pricing."openai/gpt-4o"]
+input = 0.00001
+""")
+    assert [p.split(": ")[1] for p in found] == [
+        "server.port", "providers.openai.timeout", "aliases.x", 'pricing."openai/gpt-4o".input',
+    ]
+
+
+# ---- dump -------------------------------------------------------------------------------------
+
+
+def test_dump_round_trips_raw(in_tmp: Path) -> None:
+    cfg = load(write(config.STARTER_TOML), environ={})
+    raw = dict(cfg.raw)
+    raw["server"] = {**raw["server"], "port": 9999}
+    text = config.dump(raw)
+    assert "#" not in text  # comments are not preserved
+    again = load(write(text), environ={})
+    assert again.server.port == 9999
+    assert again.aliases == cfg.aliases and again.providers == cfg.providers
+    assert "not preserved" in (config.dump.__doc__ or "")
