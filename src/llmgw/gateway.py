@@ -49,6 +49,9 @@ VALIDATORS: dict[str, Callable[[Any], dict[str, Any]]] = {
 }
 
 
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
 def new_request_id() -> str:
     return "req_" + uuid.uuid4().hex
 
@@ -114,7 +117,7 @@ class Gateway:
 
     # ---- the spine -------------------------------------------------------------------------
     async def handle(self, request: web.Request, route: str) -> web.StreamResponse:
-        call = Call(request_id=request.get("request_id") or new_request_id(), route=route,
+        call = Call(request_id=request.get(REQUEST_ID) or new_request_id(), route=route,
                     inbound="anthropic" if route == ROUTE_MESSAGES else "openai")
         retry = request.headers.get("x-stainless-retry-count")
         if retry and retry.isdigit():

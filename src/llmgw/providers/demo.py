@@ -91,7 +91,7 @@ class DemoProvider(OpenAIFormat):
             "id": "chatcmpl-demo" + format(random.getrandbits(64), "x"),
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": payload["model"],
+            "model": f"{self.name}/{payload['model']}",
             "choices": [{"index": i, "message": {"role": "assistant", "content": reply}, "finish_reason": finish,
                          "logprobs": None} for i in range(n)],
             "usage": {**usage, "completion_tokens": usage["completion_tokens"] * n,
@@ -102,7 +102,7 @@ class DemoProvider(OpenAIFormat):
         reply, finish, usage = self._answer(payload)
         cid = "chatcmpl-demo" + format(random.getrandbits(64), "x")
         created = int(time.time())
-        model = payload["model"]
+        model = f"{self.name}/{payload['model']}"
 
         def chunk(delta: dict[str, Any], fin: str | None = None) -> bytes:
             return orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,

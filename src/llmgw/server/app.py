@@ -23,7 +23,7 @@ from aiohttp import web
 from .. import paths
 from ..config import Config
 from ..errors import LlmgwError, MethodNotAllowed, NotFound
-from ..gateway import ROUTE_CHAT, ROUTE_EMBEDDINGS, ROUTE_MESSAGES, Gateway, bearer, error_response, new_request_id
+from ..gateway import REQUEST_ID, ROUTE_CHAT, ROUTE_EMBEDDINGS, ROUTE_MESSAGES, Gateway, bearer, error_response, new_request_id
 from ..governance.keys import KeyTable
 from ..metrics import Metrics
 from ..pricing import PriceBook
@@ -42,7 +42,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = new_request_id()
-    request["request_id"] = rid
+    request[REQUEST_ID] = rid
     inbound = "anthropic" if request.path.startswith("/v1/messages") else "openai"
     try:
         resp = await handler(request)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -24,27 +24,27 @@ log = logging.getLogger("llmgw.server")
 
 async def serve_async(config: Config, home: Path, *, host: str, port: int,
                       on_ready: Callable[[str, int], None] | None = None,
-                      stop: asyncio.Event | None = None) -> None:
-    app = create_app(config, home)
+                      stop: asyncio.Event | None = None, environ: Mapping[str, str] | None = None) -> None:
+    app = create_app(config, home, environ=environ)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=config.server.drain_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=config.server.drain_timeout)
-    await site.start()
-    bound = port
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        bound = server.sockets[0].getsockname()[1]
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread (tests) or not Unix
-            pass
-    if on_ready:
-        on_ready(host, bound)
     try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = port
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            bound = server.sockets[0].getsockname()[1]
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests) or not Unix
+                pass
+        if on_ready:
+            on_ready(host, bound)
         await stop.wait()
     finally:
         app[STATE]["draining"] = True
@@ -53,7 +53,7 @@ async def serve_async(config: Config, home: Path, *, host: str, port: int,
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.remove_signal_handler(sig)
-            except (NotImplementedError, RuntimeError):
+            except (NotImplementedError, RuntimeError, ValueError):
                 pass
 
 

@@ -1,0 +1,156 @@
+"""Shared fixtures: the real daemon (in a thread, on an ephemeral loopback port, with a real
+SQLite file under a temp LLMGW_HOME) and the fake upstream (a real aiohttp server)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_upstream import FakeUpstream
+
+from llmgw import config as cfgmod
+from llmgw import paths
+from llmgw.governance.keys import mint
+from llmgw.server.runner import serve_async
+from llmgw.store import db as store_db
+
+
+@dataclass
+class Daemon:
+    url: str
+    home: Path
+    key: str
+    _loop: asyncio.AbstractEventLoop
+    _stop: asyncio.Event
+    _thread: threading.Thread
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def openai_base(self) -> str:
+        return self.url + "/v1"
+
+    def db(self) -> sqlite3.Connection:
+        return store_db.connect(paths.db_path(self.home))
+
+    def ledger(self) -> list[dict[str, Any]]:
+        conn = self.db()
+        try:
+            return [dict(r) for r in conn.execute("SELECT * FROM ledger ORDER BY id")]
+        finally:
+            conn.close()
+
+    def mint(self, **kw: Any) -> str:
+        conn = store_db.open_db(paths.db_path(self.home))
+        try:
+            return mint(conn, **kw)[0]
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(30)
+
+
+def start_daemon(home: Path, config_text: str = "", environ: dict[str, str] | None = None) -> Daemon:
+    cfg_path = home / "llmgw.toml"
+    home.mkdir(parents=True, exist_ok=True)
+    cfg_path.write_text(config_text)
+    env = dict(environ or {})
+    config = cfgmod.load(cfg_path, environ=env)
+    conn = store_db.open_db(paths.db_path(home))
+    try:
+        key = mint(conn, name="test")[0]
+    finally:
+        conn.close()
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def on_ready(host: str, port: int) -> None:
+        box["url"] = f"http://{host}:{port}"
+        ready.set()
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        box["loop"] = loop
+        stop = asyncio.Event()
+        box["stop"] = stop
+        try:
+            loop.run_until_complete(serve_async(config, home, host="127.0.0.1", port=0, on_ready=on_ready,
+                                                stop=stop, environ=env))
+        except BaseException as e:  # surfaced to the test via box
+            box["error"] = e
+            ready.set()
+        finally:
+            loop.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    if not ready.wait(20) or "error" in box:
+        raise RuntimeError(f"daemon did not start: {box.get('error')!r}")
+    return Daemon(box["url"], home, key, box["loop"], box["stop"], t)
+
+
+def upstream_config(fake: FakeUpstream, extra: str = "") -> str:
+    return f"""
+[providers.openai]
+type = "openai"
+base_url = "{fake.openai_url}"
+api_key_env = "TEST_OPENAI_KEY"
+
+[providers.anthropic]
+type = "anthropic"
+base_url = "{fake.url}"
+api_key_env = "TEST_ANTHROPIC_KEY"
+
+[providers.demo]
+type = "demo"
+
+[retry]
+backoff_base = 0.01
+backoff_max = 0.05
+{extra}
+"""
+
+
+UPSTREAM_ENV = {"TEST_OPENAI_KEY": "sk-test-openai", "TEST_ANTHROPIC_KEY": "sk-ant-test"}
+
+
+@pytest.fixture(scope="session")
+def fake() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as f:
+        yield f
+
+
+@pytest.fixture
+def upstream(fake: FakeUpstream) -> Iterator[FakeUpstream]:
+    fake.reset()
+    fake.clear_faults()
+    yield fake
+    fake.clear_faults()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[Daemon] = []
+
+    def factory(config_text: str = "", environ: dict[str, str] | None = None, home: Path | None = None) -> Daemon:
+        d = start_daemon(home or tmp_path / f"home{len(started)}", config_text, environ)
+        started.append(d)
+        return d
+
+    yield factory
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def gw(daemon_factory: Any, upstream: FakeUpstream) -> Daemon:
+    """The daemon in front of the fake upstream (providers openai, anthropic, demo)."""
+    return daemon_factory(upstream_config(upstream), UPSTREAM_ENV)
