@@ -1,0 +1,1 @@
+"""Upstream providers: the Provider protocol, the OpenAI and Anthropic adapters, translation, routing."""
