@@ -226,7 +226,7 @@ class Gateway:
 
     def _settle_stream(self, call: Call, state: StreamState) -> None:
         call.usage = state.usage
-        if not state.usage_reported or (state.usage.completion_tokens == 0 and state.text):
+        if not state.usage_reported:
             call.usage_estimated = True
             call.usage = Usage(
                 prompt_tokens=state.usage.prompt_tokens or max(1, len(call.raw_body) // 4),

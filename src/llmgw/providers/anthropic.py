@@ -119,16 +119,14 @@ class AnthropicStream:
                 raise UpstreamError(f"{self.provider} stream error: {err.get('message', err)}",
                                     code="upstream_stream_error")
             if etype == "message_start":
+                # exact input counts; output is final only in message_delta
                 state.usage.merge_max(Usage.from_anthropic((ev.get("message") or {}).get("usage")))
-                state.usage_reported = True
             elif etype == "message_delta":
                 u = ev.get("usage")
-                if u:
-                    # message_delta carries cumulative output (and, lately, input) counts
-                    merged = Usage.from_anthropic({**u})
-                    state.usage.completion_tokens = max(state.usage.completion_tokens, merged.completion_tokens)
-                    if u.get("input_tokens") is not None:
-                        state.usage.merge_max(merged)
+                if u:  # cumulative counts; lately input counts too
+                    state.usage.merge_max(Usage.from_anthropic(u))
+                    state.usage.completion_tokens = int(u.get("output_tokens") or state.usage.completion_tokens)
+                    state.usage_reported = True
                 stop = (ev.get("delta") or {}).get("stop_reason")
                 if stop:
                     state.finish_reason = stop
