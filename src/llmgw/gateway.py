@@ -253,7 +253,7 @@ class Gateway:
         if call.provider and call.upstream_model:
             ptype = self.router.providers[call.provider].type if call.provider in self.router.providers else None
             price = self.prices.lookup(call.provider or "", call.upstream_model or "", provider_type=ptype)
-            if price is None and call.usage.total_tokens and ptype != "demo":
+            if price is None and call.usage.total_tokens:
                 name = f"{call.provider}/{call.upstream_model}"
                 self.metrics.unpriced.labels(call.provider, call.upstream_model).inc()
                 if name not in self._unpriced_warned:
