@@ -124,14 +124,21 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as e:  # click's own usage errors
+    except Exception as e:  # click's usage errors: click's own classes, or the copy newer typer vendors
         import click
 
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            e.show()
+        exits: tuple[type[Exception], ...] = (click.exceptions.Exit, typer.Exit)
+        aborts: tuple[type[Exception], ...] = (click.exceptions.Abort, typer.Abort)
+        shown: tuple[type[Exception], ...] = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
+        if isinstance(e, exits):
+            sys.exit(getattr(e, "exit_code", 0))
+        if isinstance(e, shown):
+            show = getattr(e, "show", None)
+            if callable(show):
+                show()
+            else:
+                err(f"llmgw: error: {e}")
             sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, aborts):
             sys.exit(130)
         raise

@@ -23,7 +23,16 @@ from aiohttp import web
 from .. import paths
 from ..config import Config
 from ..errors import LlmgwError, MethodNotAllowed, NotFound
-from ..gateway import REQUEST_ID, ROUTE_CHAT, ROUTE_EMBEDDINGS, ROUTE_MESSAGES, Gateway, bearer, error_response, new_request_id
+from ..gateway import (
+    REQUEST_ID,
+    ROUTE_CHAT,
+    ROUTE_EMBEDDINGS,
+    ROUTE_MESSAGES,
+    Gateway,
+    bearer,
+    error_response,
+    new_request_id,
+)
 from ..governance.keys import KeyTable
 from ..metrics import Metrics
 from ..pricing import PriceBook

@@ -59,11 +59,10 @@ async def serve_async(config: Config, home: Path, *, host: str, port: int,
 
 def run(config: Config, home: Path, *, host: str, port: int,
         on_ready: Callable[[str, int], None] | None = None) -> None:
-    try:
+    coro = serve_async(config, home, host=host, port=port, on_ready=on_ready)
+    if sys.platform != "win32":
         import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Unix
-        uvloop = None
-    if uvloop is not None and sys.platform != "win32":
-        uvloop.run(serve_async(config, home, host=host, port=port, on_ready=on_ready))
-    else:
-        asyncio.run(serve_async(config, home, host=host, port=port, on_ready=on_ready))
+
+        uvloop.run(coro)
+    else:  # pragma: no cover
+        asyncio.run(coro)
