@@ -35,12 +35,13 @@ def validate(config: ConfigOpt = None, home: HomeOpt = None) -> None:
 @app.command()
 def show(config: ConfigOpt = None, home: HomeOpt = None) -> None:
     """Print the effective providers and aliases (no secrets: key variables are shown by name)."""
+    from ..config import _redact_url
     from .common import load_config, print_json
 
     cfg = load_config(config, resolve_home(home))
     print_json({
         "path": str(cfg.path) if cfg.path else None,
-        "providers": {n: {"type": p.type, "base_url": p.base_url, "key_env": [k.env for k in p.keys],
+        "providers": {n: {"type": p.type, "base_url": _redact_url(p.base_url), "key_env": [k.env for k in p.keys],
                           "enabled": p.enabled, "models": p.models} for n, p in cfg.providers.items()},
         "aliases": cfg.aliases,
     })

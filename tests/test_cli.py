@@ -1,0 +1,373 @@
+"""The real ``llmgw`` command line, run as a subprocess: stdout is data, stderr diagnostics, and every
+failure goes through the one error funnel (``llmgw: error: ...``, a documented exit code, no traceback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import llmgw
+from llmgw.config import STARTER_TOML
+
+# variables of the caller's environment that would change what the CLI reads
+_SCRUB = ("LLMGW_CONFIG", "LLMGW_HOME", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL",
+          "ANTHROPIC_BASE_URL")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def __str__(self) -> str:  # shown by pytest when an assertion on a Result fails
+        return f"exit {self.code}\n--- stdout ---\n{self.out}\n--- stderr ---\n{self.err}"
+
+
+@dataclass
+class Cli:
+    home: Path
+    tmp: Path
+
+    def __call__(self, *args: str | Path, env: dict[str, str] | None = None) -> Result:
+        environ = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+        environ.update(LLMGW_HOME=str(self.home), XDG_DATA_HOME=str(self.tmp / "xdg"), COLUMNS="200")
+        environ.update(env or {})
+        proc = subprocess.run([sys.executable, "-m", "llmgw", *map(str, args)], env=environ, cwd=self.tmp,
+                              capture_output=True, text=True, timeout=60)
+        res = Result(proc.returncode, proc.stdout, proc.stderr)
+        assert "Traceback" not in res.out + res.err, res
+        return res
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(home=tmp_path / "home", tmp=tmp_path)
+
+
+def assert_error(res: Result, code: int, *fragments: str) -> None:
+    """A failure through the funnel: the documented exit code and one ``llmgw: error:`` line on stderr."""
+    assert res.code == code, res
+    assert res.err.startswith("llmgw: error: "), res
+    for fragment in fragments:
+        assert fragment in res.err, res
+
+
+# ---- init ----------------------------------------------------------------------------------------
+
+
+def test_init_writes_starter_file_and_prints_its_path(cli: Cli) -> None:
+    res = cli("init")
+    target = cli.home / "llmgw.toml"
+    assert res.code == 0, res
+    assert res.out == f"{target}\n"
+    assert target.read_text() == STARTER_TOML
+    # the file it writes is a valid config, found by discovery (LLMGW_HOME/llmgw.toml) ...
+    res = cli("config", "validate")
+    assert res.code == 0, res
+    assert res.out == ""
+    assert f"{target}: ok" in res.err
+    # ... and named explicitly
+    assert cli("config", "validate", "--config", target).code == 0
+
+
+def test_init_refuses_to_overwrite_without_force(cli: Cli) -> None:
+    assert cli("init").code == 0
+    target = cli.home / "llmgw.toml"
+    target.write_text("# my edits\n")
+
+    res = cli("init")
+    assert_error(res, 2, str(target), "--force")
+    assert res.out == ""
+    assert target.read_text() == "# my edits\n"
+
+    res = cli("init", "--force")
+    assert res.code == 0, res
+    assert res.out == f"{target}\n"
+    assert target.read_text() == STARTER_TOML
+
+
+def test_init_path(cli: Cli) -> None:
+    target = cli.tmp / "etc" / "llmgw" / "gw.toml"
+    res = cli("init", "--path", target)
+    assert res.code == 0, res
+    assert res.out == f"{target}\n"
+    assert target.read_text() == STARTER_TOML
+    assert not (cli.home / "llmgw.toml").exists()
+
+    res = cli("config", "validate", "--config", target)
+    assert res.code == 0, res
+    assert f"{target}: ok" in res.err
+
+    assert_error(cli("init", "--path", target), 2, str(target))
+
+
+# ---- config validate -----------------------------------------------------------------------------
+
+BAD_TOML = """\
+[server]
+port = "8080"
+
+[retry]
+max_retrys = 3
+
+[aliases]
+fast = "nope/gpt-4o-mini"
+"""
+
+
+def test_validate_reports_every_problem_with_file_and_key(cli: Cli) -> None:
+    bad = cli.tmp / "bad.toml"
+    bad.write_text(BAD_TOML)
+    res = cli("config", "validate", "--config", bad)
+    assert_error(res, 2, str(bad), "3 problem(s)")
+    lines = res.out.splitlines()
+    assert len(lines) == 3, res
+    assert all(line.startswith(f"{bad}: ") for line in lines), res
+    by_key = {line.removeprefix(f"{bad}: ").split(": ", 1)[0]: line for line in lines}
+    assert set(by_key) == {"server.port", "retry.max_retrys", "aliases.fast"}, res
+    assert "expected an integer" in by_key["server.port"]
+    assert 'unknown key; did you mean "max_retries"?' in by_key["retry.max_retrys"]
+    assert 'no provider named "nope"' in by_key["aliases.fast"]
+
+
+def test_validate_invalid_toml(cli: Cli) -> None:
+    bad = cli.tmp / "broken.toml"
+    bad.write_text('[server\nport = 8080\n')
+    res = cli("config", "validate", "--config", bad)
+    assert_error(res, 2, str(bad))
+    assert res.out.startswith(f"{bad}: invalid TOML"), res
+    assert "line 1" in res.out
+    assert len(res.out.splitlines()) == 1, res
+
+
+def test_validate_missing_file(cli: Cli) -> None:
+    missing = cli.tmp / "missing.toml"
+    res = cli("config", "validate", "--config", missing)
+    assert_error(res, 2, str(missing), "not found")
+    assert res.out == ""
+
+
+def test_validate_without_any_config_file(cli: Cli) -> None:
+    res = cli("config", "validate")
+    assert res.code == 0, res
+    assert res.out == ""
+    assert "no config file found" in res.err
+
+
+def test_config_discovery_order(cli: Cli) -> None:
+    """``--config`` beats ``LLMGW_CONFIG`` beats ``LLMGW_HOME/llmgw.toml``."""
+    valid = cli.tmp / "valid.toml"
+    valid.write_text('[server]\nport = 9000\n')
+    env_bad = cli.tmp / "env-bad.toml"
+    env_bad.write_text('[server]\nport = "env"\n')
+    home_bad = cli.home / "llmgw.toml"
+    home_bad.parent.mkdir(parents=True)
+    home_bad.write_text('[log]\nbodys = true\n')
+
+    # only the home file: it is found
+    res = cli("config", "validate")
+    assert_error(res, 2, str(home_bad))
+    assert res.out.startswith(f"{home_bad}: log.bodys: unknown key"), res
+
+    # LLMGW_CONFIG beats the home file (either way round)
+    res = cli("config", "validate", env={"LLMGW_CONFIG": str(env_bad)})
+    assert_error(res, 2, str(env_bad))
+    assert res.out.startswith(f"{env_bad}: server.port: "), res
+    assert str(home_bad) not in res.out + res.err
+    res = cli("config", "validate", env={"LLMGW_CONFIG": str(valid)})
+    assert res.code == 0, res
+    assert f"{valid}: ok" in res.err
+
+    # --config beats LLMGW_CONFIG (either way round)
+    res = cli("config", "validate", "--config", valid, env={"LLMGW_CONFIG": str(env_bad)})
+    assert res.code == 0, res
+    assert f"{valid}: ok" in res.err
+    res = cli("config", "validate", "--config", env_bad, env={"LLMGW_CONFIG": str(valid)})
+    assert_error(res, 2, str(env_bad))
+
+    # config show follows the same order
+    res = cli("config", "show", "--config", valid, env={"LLMGW_CONFIG": str(env_bad)})
+    assert res.code == 0, res
+    assert json.loads(res.out)["path"] == str(valid)
+    res = cli("config", "show", env={"LLMGW_CONFIG": str(valid)})
+    assert res.code == 0, res
+    assert json.loads(res.out)["path"] == str(valid)
+    assert_error(cli("config", "show"), 2, str(home_bad), "log.bodys")
+
+
+# ---- config show ---------------------------------------------------------------------------------
+
+SHOW_TOML = """\
+[providers.openai]
+api_key_env = "OPENAI_API_KEY"
+
+[providers.anthropic]
+type = "anthropic"
+
+[providers.vllm]
+type = "openai"
+base_url = "https://user:url-password-123@vllm.internal:8000/v1"
+keys = [{ env = "VLLM_KEY_A", weight = 3 }, "VLLM_KEY_B"]
+headers = { "X-Secret-Header" = "header-secret-456" }
+models = ["llama"]
+
+[aliases]
+fast = ["vllm/llama", "openai/gpt-4o-mini"]
+"""
+
+SECRETS = {
+    "OPENAI_API_KEY": "sk-secret-xyz",
+    "ANTHROPIC_API_KEY": "sk-ant-secret-abc",
+    "VLLM_KEY_A": "vllm-secret-a-789",
+    "VLLM_KEY_B": "vllm-secret-b-012",
+}
+
+
+def test_config_show_prints_providers_without_secrets(cli: Cli) -> None:
+    path = cli.tmp / "show.toml"
+    path.write_text(SHOW_TOML)
+    res = cli("config", "show", "--config", path, env=SECRETS)
+    assert res.code == 0, res
+    doc = json.loads(res.out)
+    assert doc["path"] == str(path)
+    assert set(doc["providers"]) == {"openai", "anthropic", "vllm", "demo"}
+    assert doc["providers"]["openai"]["key_env"] == ["OPENAI_API_KEY"]
+    assert doc["providers"]["anthropic"]["key_env"] == ["ANTHROPIC_API_KEY"]
+    assert doc["providers"]["vllm"]["key_env"] == ["VLLM_KEY_A", "VLLM_KEY_B"]
+    assert doc["providers"]["vllm"]["models"] == ["llama"]
+    assert doc["aliases"] == {"fast": ["vllm/llama", "openai/gpt-4o-mini"]}
+    for secret in (*SECRETS.values(), "url-password-123", "header-secret-456"):
+        assert secret not in res.out + res.err
+
+
+def test_config_show_defaults_without_a_file(cli: Cli) -> None:
+    res = cli("config", "show", env=SECRETS)
+    assert res.code == 0, res
+    doc = json.loads(res.out)
+    assert doc["path"] is None
+    assert set(doc["providers"]) == {"openai", "anthropic", "demo"}
+    assert doc["providers"]["openai"]["key_env"] == ["OPENAI_API_KEY"]
+    for secret in SECRETS.values():
+        assert secret not in res.out + res.err
+
+
+# ---- keys ----------------------------------------------------------------------------------------
+
+
+def test_keys_create_list_and_secret_never_stored(cli: Cli) -> None:
+    res = cli("keys", "create", "--name", "a")
+    assert res.code == 0, res
+    lines = res.out.splitlines()
+    assert len(lines) == 1 and res.out == lines[0] + "\n", res
+    secret = lines[0]
+    assert secret.startswith("sk-llmgw-")
+    assert len(secret) > len("sk-llmgw-") + 30
+    assert secret not in res.err
+
+    # the same name again: refused through the funnel, nothing on stdout
+    res = cli("keys", "create", "--name", "a")
+    assert_error(res, 2, "already exists")
+    assert res.out == ""
+
+    res = cli("keys", "list", "--json")
+    assert res.code == 0, res
+    rows = json.loads(res.out)
+    assert len(rows) == 1
+    assert rows[0]["name"] == "a"
+    assert rows[0]["status"] == "active"
+    assert rows[0]["display"] == "sk-llmgw-…" + secret[-4:]
+    assert secret not in res.out + res.err
+    assert secret[len("sk-llmgw-"):-4] not in res.out
+
+    res = cli("keys", "list")
+    assert res.code == 0, res
+    assert "sk-llmgw-…" + secret[-4:] in res.out
+    assert secret not in res.out + res.err
+
+    # at rest: only the hash, in the database and in any file next to it (WAL included)
+    db = cli.home / "llmgw.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        dump = "\n".join(conn.iterdump())
+    assert secret not in dump
+    assert hashlib.sha256(secret.encode()).hexdigest() in dump
+    for f in cli.home.iterdir():
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+
+
+def test_keys_create_twice_gives_distinct_secrets(cli: Cli) -> None:
+    a = cli("keys", "create", "--name", "one")
+    b = cli("keys", "create", "--name", "two")
+    assert a.code == b.code == 0
+    assert a.out != b.out
+    rows = json.loads(cli("keys", "list", "--json").out)
+    assert sorted(r["name"] for r in rows) == ["one", "two"]
+
+
+# ---- version, help, usage errors -----------------------------------------------------------------
+
+
+def _command_paths() -> list[tuple[str, ...]]:
+    """Every command and subcommand of the Typer app, e.g. ("keys", "create")."""
+    import typer.main
+
+    from llmgw.cli.main import app
+
+    out: list[tuple[str, ...]] = []
+
+    def walk(cmd: object, path: tuple[str, ...]) -> None:
+        out.append(path)
+        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
+            walk(sub, (*path, name))
+
+    walk(typer.main.get_command(app), ())
+    return out
+
+
+COMMAND_PATHS = _command_paths()
+
+
+def test_command_tree_is_known() -> None:
+    expected = {(), ("serve",), ("init",), ("version",), ("config",), ("config", "validate"),
+                ("config", "show"), ("keys",), ("keys", "create"), ("keys", "list")}
+    assert expected <= set(COMMAND_PATHS)
+
+
+def test_version(cli: Cli) -> None:
+    res = cli("version")
+    assert res.code == 0, res
+    assert res.out == f"{llmgw.__version__}\n"
+
+
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=lambda p: " ".join(p) or "llmgw")
+def test_help(cli: Cli, path: tuple[str, ...]) -> None:
+    res = cli(*path, "--help")
+    assert res.code == 0, res
+    assert "Usage:" in res.out
+    assert res.err == ""
+
+
+@pytest.mark.parametrize("args", [("bogus",), ("keys", "bogus"), ("keys", "create", "--bogus"),
+                                  ("init", "--force", "extra")])
+def test_usage_errors_exit_2_without_traceback(cli: Cli, args: tuple[str, ...]) -> None:
+    res = cli(*args)  # the fixture asserts there is no traceback
+    assert res.code == 2, res
+    assert res.out == ""
+    assert "Error:" in res.err
+
+
+def test_no_arguments_shows_help(cli: Cli) -> None:
+    res = cli()
+    assert res.code in (0, 2), res
+    assert "Usage:" in res.out + res.err
