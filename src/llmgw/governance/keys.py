@@ -85,7 +85,7 @@ def mint(conn: sqlite3.Connection, *, name: str | None = None, customer_id: str 
 
 def list_keys(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     rows = conn.execute("SELECT id, name, display, status, customer_id, team_id, models, created_at, expires_at"
-                        " FROM keys ORDER BY created_at, id").fetchall()
+                        " FROM keys ORDER BY created_at, rowid").fetchall()
     out = []
     for r in rows:
         d = dict(r)
