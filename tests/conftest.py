@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_upstream import FakeUpstream
 
+from fake_upstream import FakeUpstream
 from llmgw import config as cfgmod
 from llmgw import paths
 from llmgw.governance.keys import mint

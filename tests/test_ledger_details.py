@@ -7,6 +7,7 @@ import socket
 
 import httpx
 import openai
+
 from conftest import UPSTREAM_ENV, upstream_config
 
 MSG = [{"role": "user", "content": "ledger me"}]

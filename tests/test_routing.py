@@ -8,6 +8,7 @@ import time
 import httpx
 import openai
 import pytest
+
 from conftest import UPSTREAM_ENV, upstream_config
 
 MSG = [{"role": "user", "content": "route me"}]
