@@ -19,6 +19,7 @@ from llmgw import paths
 from llmgw.governance.keys import mint
 from llmgw.server.runner import serve_async
 from llmgw.store import db as store_db
+from llmgw.store.ledger import normalise_row
 
 
 @dataclass
@@ -41,9 +42,12 @@ class Daemon:
     def ledger(self) -> list[dict[str, Any]]:
         conn = self.db()
         try:
-            return [dict(r) for r in conn.execute("SELECT * FROM ledger ORDER BY id")]
+            rows = [dict(r) for r in conn.execute("SELECT * FROM ledger ORDER BY id")]
         finally:
             conn.close()
+        for r in rows:  # the daemon writes its rows unvalidated (hot path): they must pass validation
+            normalise_row({k: v for k, v in r.items() if k != "id"})
+        return rows
 
     def mint(self, **kw: Any) -> str:
         conn = store_db.open_db(paths.db_path(self.home))

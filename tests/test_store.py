@@ -160,7 +160,7 @@ def test_totals_group_by_exact_integers(reader: sqlite3.Connection) -> None:
         row(3, model="a", cost_nanos=big, cached_tokens=7),
         row(4, model="b", cost_nanos=5, cache_write_tokens=3),
     ]
-    reader.executemany(ledger.insert_sql(), [ledger.normalise_row(r) for r in data])
+    reader.executemany(ledger.insert_sql(), [ledger.as_tuple(ledger.normalise_row(r)) for r in data])
     reader.commit()
 
     by_model = ledger.totals(reader, group_by="model")

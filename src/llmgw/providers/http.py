@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -73,12 +74,27 @@ def failure_for(provider: str, status: int, data: bytes, headers: Any) -> Except
     return UpstreamRejected(text, status=status, type=etype if status < 500 else None, code=code)
 
 
+@functools.lru_cache(maxsize=256)
+def _total_timeout(timeout: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=timeout, sock_connect=min(10.0, timeout))
+
+
+@functools.lru_cache(maxsize=256)
+def _stream_timeout(timeout: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, timeout), sock_read=timeout)
+
+
+def _quantise(timeout: float) -> float:
+    """Round a remaining-deadline timeout so the ClientTimeout objects above can be cached."""
+    return max(0.05, round(timeout, 1)) if timeout < 10 else float(int(timeout))
+
+
 async def post_json(session: aiohttp.ClientSession, provider: str, url: str, payload: bytes,
                     headers: dict[str, str], timeout: float) -> bytes:
     """One non-streaming attempt; returns the 2xx body bytes."""
     try:
         async with session.post(url, data=payload, headers=headers,
-                                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(10.0, timeout))) as r:
+                                timeout=_total_timeout(_quantise(timeout))) as r:
             data = await r.read()
             status = r.status
             rheaders = r.headers
@@ -95,9 +111,7 @@ async def open_sse(session: aiohttp.ClientSession, provider: str, url: str, payl
                    headers: dict[str, str], timeout: float) -> aiohttp.ClientResponse:
     """Start a streaming attempt; returns the response once its status is 2xx."""
     try:
-        r = await session.post(url, data=payload, headers=headers,
-                               timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, timeout),
-                                                             sock_read=timeout))
+        r = await session.post(url, data=payload, headers=headers, timeout=_stream_timeout(_quantise(timeout)))
     except TimeoutError as e:
         raise AttemptFailed(f"{provider} did not answer within {timeout:g}s", timeout=True) from e
     except aiohttp.ClientError as e:

@@ -89,10 +89,23 @@ def normalise_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def insert_sql() -> str:
-    """``INSERT`` with named parameters for every column; feed it ``normalise_row`` output."""
+    """``INSERT`` with positional parameters in ``LEDGER_COLUMNS`` order; feed it ``as_tuple`` output
+    (positional binding is measurably cheaper than named binding in the writer thread)."""
     cols = ", ".join(LEDGER_COLUMNS)
-    params = ", ".join(f":{c}" for c in LEDGER_COLUMNS)
+    params = ", ".join("?" for _ in LEDGER_COLUMNS)
     return f"INSERT INTO ledger ({cols}) VALUES ({params})"
+
+
+_DEFAULTS: tuple[tuple[str, Any], ...] = tuple(
+    (col, None if default is _REQUIRED else default) for col, (_, default) in _SCHEMA.items()
+)
+
+
+def as_tuple(row: dict[str, Any]) -> tuple[Any, ...]:
+    """The row as insert parameters, defaults filled in, *without* validation: for rows the daemon
+    builds itself on the hot path (tests check those rows against ``normalise_row``)."""
+    get = row.get
+    return tuple(d if (v := get(c)) is None else v for c, d in _DEFAULTS)
 
 
 def _where(since_ms: int | None, until_ms: int | None) -> tuple[str, dict[str, int]]:
