@@ -33,7 +33,7 @@ from .config import Config
 from .errors import BodyTooLarge, InvalidRequest, LlmgwError
 from .governance.keys import KeyInfo, KeyTable
 from .metrics import Metrics
-from .pricing import PriceBook, cost_nanos
+from .pricing import Price, PriceBook, cost_nanos
 from .providers import sse
 from .providers.base import OpenStream, StreamState, Target
 from .providers.router import Router
@@ -121,6 +121,7 @@ class Gateway:
         self.request_timeout = config.server.request_timeout
         self.log_bodies = config.log.bodies
         self._unpriced_warned: set[str] = set()
+        self._prices: dict[tuple[str, str], Price | None] = {}
 
     # ---- the spine -------------------------------------------------------------------------
     async def handle(self, request: web.Request, route: str) -> web.StreamResponse:
@@ -129,7 +130,7 @@ class Gateway:
         retry = request.headers.get("x-stainless-retry-count")
         if retry and retry.isdigit():
             call.client_retry = int(retry)
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight += 1
         try:
             call.key = self.keys.authenticate(bearer(request))
             body = VALIDATORS[route](await self._read_json(request, call))
@@ -158,7 +159,7 @@ class Gateway:
             await self._record(call)
             return error_response(e, call.inbound, call.request_id)
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.in_flight -= 1
 
     # ---- pieces ----------------------------------------------------------------------------
     async def _read_json(self, request: web.Request, call: Call) -> Any:
@@ -255,13 +256,23 @@ class Gateway:
             pass
 
     # ---- settle + record -------------------------------------------------------------------
+    def _price(self, provider: str, model: str) -> Price | None:
+        key = (provider, model)
+        try:
+            return self._prices[key]
+        except KeyError:
+            p = self.router.providers.get(provider)
+            price = self.prices.lookup(provider, model, provider_type=p.type if p else None)
+            if len(self._prices) < 10_000:  # bounded: model names come from clients
+                self._prices[key] = price
+            return price
+
     def _row(self, call: Call) -> dict[str, Any]:
         if call.provider and call.upstream_model:
-            ptype = self.router.providers[call.provider].type if call.provider in self.router.providers else None
-            price = self.prices.lookup(call.provider or "", call.upstream_model or "", provider_type=ptype)
+            price = self._price(call.provider, call.upstream_model)
             if price is None and call.usage.total_tokens:
                 name = f"{call.provider}/{call.upstream_model}"
-                self.metrics.unpriced.labels(call.provider, call.upstream_model).inc()
+                self.metrics.unpriced[(call.provider, call.upstream_model)] += 1
                 if name not in self._unpriced_warned:
                     self._unpriced_warned.add(name)
                     log.warning("no price known for %s: its requests are recorded at cost 0", name)

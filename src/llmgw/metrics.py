@@ -1,74 +1,121 @@
-"""Prometheus metrics on a per-app registry (``prometheus_client``).
+"""Prometheus metrics, exposed with ``prometheus_client`` on a per-app registry.
 
-Labels stay low-cardinality on histograms (provider, route); customer labels are only on
-counters. Every metric is listed in the README's metrics table.
-
-Hot path: ``labels()`` costs a lock and a tuple build per call, so ``observe_request`` keeps the
-labelled children in plain dicts and reuses them.
+Hot path: the request path only bumps plain dicts and ints on the event loop thread (no locks,
+no ``labels()`` lookups); a custom collector turns them into metric families when ``/metrics`` is
+scraped, on the same thread. Labels stay low-cardinality on histograms (route, provider);
+customer labels are only on counters. Every metric is listed in the README's metrics table.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .usage import Usage
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class _Histogram:
+    __slots__ = ("counts", "sum", "count")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, v)] += 1
+        self.sum += v
+        self.count += 1
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        acc = 0
+        for bound, c in zip(LATENCY_BUCKETS, self.counts, strict=False):
+            acc += c
+            out.append((repr(bound), acc))
+        out.append(("+Inf", self.count))
+        return out
 
 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("llmgw_requests", "Requests handled, by route, provider, model and outcome.",
-                                ["route", "provider", "model", "status_class", "outcome"], registry=r)
-        self.duration = Histogram("llmgw_request_duration_seconds", "Request latency as seen by the client.",
-                                  ["route", "provider"], buckets=LATENCY_BUCKETS, registry=r)
-        self.ttfb = Histogram("llmgw_stream_first_byte_seconds", "Time to the first streamed event.",
-                              ["provider"], buckets=LATENCY_BUCKETS, registry=r)
-        self.in_flight = Gauge("llmgw_requests_in_flight", "Requests being handled now.", registry=r)
-        self.attempts = Counter("llmgw_upstream_attempts", "Upstream attempts, retries and fallbacks included.",
-                                ["provider"], registry=r)
-        self.tokens = Counter("llmgw_tokens", "Tokens by kind (prompt, completion, cached, cache_write).",
-                              ["provider", "model", "customer", "kind"], registry=r)
-        self.cost = Counter("llmgw_cost_usd", "Cost in US dollars (the ledger holds exact integer nano-dollars).",
-                            ["provider", "model", "customer"], registry=r)
-        self.unpriced = Counter("llmgw_unpriced_requests", "Requests to models without a known price (cost 0).",
-                                ["provider", "model"], registry=r)
-        self.writer_queue = Gauge("llmgw_ledger_queue_depth", "Ledger rows waiting for the writer.", registry=r)
-        self.commit_seconds = Gauge("llmgw_ledger_last_commit_seconds", "Duration of the last ledger commit.",
-                                    registry=r)
-        self._children: dict[tuple[Any, ...], Any] = {}
+    def __init__(self, gauges: dict[str, tuple[str, Callable[[], float]]] | None = None) -> None:
+        """``gauges``: extra gauges read at scrape time, name -> (help text, function)."""
+        self.in_flight = 0
+        self.requests: defaultdict[tuple[str, ...], int] = defaultdict(int)
+        self.duration: defaultdict[tuple[str, ...], _Histogram] = defaultdict(_Histogram)
+        self.ttfb: defaultdict[tuple[str, ...], _Histogram] = defaultdict(_Histogram)
+        self.attempts: defaultdict[tuple[str, ...], int] = defaultdict(int)
+        self.tokens: defaultdict[tuple[str, ...], int] = defaultdict(int)
+        self.cost_nanos: defaultdict[tuple[str, ...], int] = defaultdict(int)
+        self.unpriced: defaultdict[tuple[str, ...], int] = defaultdict(int)
+        self.gauges = dict(gauges or {})
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)  # a Collector: anything with collect()
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
-
+    # ---- hot path --------------------------------------------------------------------------
     def observe_request(self, route: str, provider: str, model: str, status: int, outcome: str, latency: float,
                         attempts: int, ttfb: float | None, customer: str, usage: Usage, cost_nanos: int) -> None:
-        child = self._child
-        child(self.requests, route, provider, model, f"{status // 100}xx", outcome).inc()
-        child(self.duration, route, provider).observe(latency)
+        self.requests[(route, provider, model, f"{status // 100}xx", outcome)] += 1
+        self.duration[(route, provider)].observe(latency)
         if attempts:
-            child(self.attempts, provider).inc(attempts)
+            self.attempts[(provider,)] += attempts
         if ttfb is not None:
-            child(self.ttfb, provider).observe(ttfb)
+            self.ttfb[(provider,)].observe(ttfb)
         if usage.prompt_tokens or usage.completion_tokens:
-            child(self.tokens, provider, model, customer, "prompt").inc(usage.prompt_tokens)
-            child(self.tokens, provider, model, customer, "completion").inc(usage.completion_tokens)
+            t = self.tokens
+            t[(provider, model, customer, "prompt")] += usage.prompt_tokens
+            t[(provider, model, customer, "completion")] += usage.completion_tokens
             if usage.cached_tokens:
-                child(self.tokens, provider, model, customer, "cached").inc(usage.cached_tokens)
+                t[(provider, model, customer, "cached")] += usage.cached_tokens
             if usage.cache_write_tokens:
-                child(self.tokens, provider, model, customer, "cache_write").inc(usage.cache_write_tokens)
+                t[(provider, model, customer, "cache_write")] += usage.cache_write_tokens
         if cost_nanos:
-            child(self.cost, provider, model, customer).inc(cost_nanos / 1e9)
+            self.cost_nanos[(provider, model, customer)] += cost_nanos
+
+    # ---- scrape ----------------------------------------------------------------------------
+    def collect(self) -> Iterator[Metric]:
+        def counter(name: str, doc: str, labels: list[str], data: dict[tuple[str, ...], Any],
+                    scale: float = 1.0) -> CounterMetricFamily:
+            fam = CounterMetricFamily(name, doc, labels=labels)
+            for key, value in data.items():
+                fam.add_metric(list(key), value * scale if scale != 1.0 else value)
+            return fam
+
+        def histogram(name: str, doc: str, labels: list[str],
+                      data: dict[tuple[str, ...], _Histogram]) -> HistogramMetricFamily:
+            fam = HistogramMetricFamily(name, doc, labels=labels)
+            for key, h in data.items():
+                fam.add_metric(list(key), h.buckets(), h.sum)
+            return fam
+
+        yield counter("llmgw_requests", "Requests handled, by route, provider, model and outcome.",
+                      ["route", "provider", "model", "status_class", "outcome"], self.requests)
+        yield histogram("llmgw_request_duration_seconds", "Request latency as seen by the client.",
+                        ["route", "provider"], self.duration)
+        yield histogram("llmgw_stream_first_byte_seconds", "Time to the first streamed event.",
+                        ["provider"], self.ttfb)
+        yield GaugeMetricFamily("llmgw_requests_in_flight", "Requests being handled now.", value=self.in_flight)
+        yield counter("llmgw_upstream_attempts", "Upstream attempts, retries and fallbacks included.",
+                      ["provider"], self.attempts)
+        yield counter("llmgw_tokens", "Tokens by kind (prompt, completion, cached, cache_write).",
+                      ["provider", "model", "customer", "kind"], self.tokens)
+        yield counter("llmgw_cost_usd", "Cost in US dollars (the ledger holds exact integer nano-dollars).",
+                      ["provider", "model", "customer"], self.cost_nanos, scale=1e-9)
+        yield counter("llmgw_unpriced_requests", "Requests to models without a known price (cost 0).",
+                      ["provider", "model"], self.unpriced)
+        for name, (doc, fn) in self.gauges.items():
+            yield GaugeMetricFamily(name, doc, value=fn())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+

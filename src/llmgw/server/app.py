@@ -114,8 +114,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    gw.metrics.writer_queue.set(gw.writer.queue_depth)
-    gw.metrics.commit_seconds.set(gw.writer.last_commit_seconds)
     return web.Response(body=gw.metrics.render(), headers={"content-type": gw.metrics.content_type})
 
 
@@ -154,7 +152,11 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             json_serialize=lambda o: orjson.dumps(o).decode(), auto_decompress=True)
         router = Router(config, session, env)
-        gw = Gateway(config, router, writer, keys, PriceBook.load(config.pricing), Metrics())
+        gw = Gateway(config, router, writer, keys, PriceBook.load(config.pricing), Metrics({
+            "llmgw_ledger_queue_depth": ("Ledger rows waiting for the writer.", lambda: writer.queue_depth),
+            "llmgw_ledger_last_commit_seconds": ("Duration of the last ledger commit.",
+                                                 lambda: writer.last_commit_seconds),
+        }))
         app[GATEWAY] = gw
         watcher = asyncio.create_task(_watch_definitions(reader, keys, last, reload_interval))
         try:

@@ -53,7 +53,8 @@ class LedgerWriter:
         self.batches = 0
         self.rows_written = 0
         self.last_commit_seconds = 0.0
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         self._lock = threading.Lock()  # orders submit's put against stop's sentinel
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -85,12 +86,29 @@ class LedgerWriter:
         norm = as_tuple(row) if trusted else as_tuple(normalise_row(row))
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            if self._thread is None or self._stopped:
-                raise RuntimeError("LedgerWriter is not running")
-            self._submitted += 1
-            self._queue.put((norm, fut, loop))
+        if self._thread is None or self._stopped:
+            raise RuntimeError("LedgerWriter is not running")
+        self._submitted += 1
+        # Rows submitted in one event-loop iteration cross to the writer thread as one queue item:
+        # one thread wake-up per iteration instead of one per request.
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        pending.append((norm, fut, loop))
         return fut
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        items = self._pending.pop(loop, None)
+        if not items:
+            return
+        with self._lock:
+            if not self._stopped:
+                self._queue.put(items)
+                return
+        for _, fut, _ in items:  # stop() won the race: say so instead of dropping rows silently
+            if not fut.done():
+                fut.set_exception(RuntimeError("LedgerWriter stopped before the row was handed over"))
 
     async def write(self, row: dict[str, Any], *, trusted: bool = False) -> None:
         """Submit ``row`` and wait until it is committed."""
@@ -105,6 +123,10 @@ class LedgerWriter:
             if not self._stopped:
                 self._stopped = True
                 if self._thread is not None:
+                    for loop in list(self._pending):  # rows submitted but not yet handed over
+                        items = self._pending.pop(loop, None)
+                        if items:
+                            self._queue.put(items)
                     self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
@@ -123,7 +145,7 @@ class LedgerWriter:
                 if first is None:
                     stopping = True
                 else:
-                    batch.append(first)
+                    batch.extend(first)
                 deadline = time.monotonic() + self.linger if last_size > 1 else 0.0
                 while not stopping and len(batch) < self.max_batch:
                     try:
@@ -139,10 +161,10 @@ class LedgerWriter:
                     if item is None:
                         stopping = True  # the sentinel is the last item ever queued
                     else:
-                        batch.append(item)
+                        batch.extend(item)
                 last_size = len(batch)
-                if batch:
-                    self._write_batch(conn, batch)
+                for i in range(0, len(batch), self.max_batch):  # one hand-over may exceed max_batch
+                    self._write_batch(conn, batch[i : i + self.max_batch])
         finally:
             conn.close()
 
