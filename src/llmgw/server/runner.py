@@ -8,6 +8,7 @@ flush and stop the ledger writer.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -20,6 +21,19 @@ from ..config import Config
 from .app import STATE, create_app
 
 log = logging.getLogger("llmgw.server")
+
+
+def tune_gc() -> None:
+    """Keep the cyclic GC off the request path's tail latency.
+
+    Everything allocated at start-up (modules, config, tables) is moved out of the collector's
+    sight with ``gc.freeze()``, and the young-generation threshold is raised: per-request garbage
+    is almost all freed by reference counting, so frequent collections only cost time (measured:
+    p99 at c=32 went from ~33 ms to ~14 ms, see bench/README.md).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 async def serve_async(config: Config, home: Path, *, host: str, port: int,
@@ -43,6 +57,7 @@ async def serve_async(config: Config, home: Path, *, host: str, port: int,
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests) or not Unix
                 pass
+        tune_gc()
         if on_ready:
             on_ready(host, bound)
         await stop.wait()
