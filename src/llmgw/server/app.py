@@ -1,9 +1,10 @@
-"""aiohttp app factory, thin route handlers and the error/request-id middleware.
+"""aiohttp app factory and thin route handlers.
 
-Handlers only pick the route; ``Gateway.handle`` does the work. The middleware gives every
-response an ``x-request-id`` and turns any error into the dialect's envelope: the Anthropic one
-under ``/v1/messages``, the OpenAI one everywhere else. An unexpected exception becomes a typed
-500 with the request id, never a traceback in the body.
+Handlers only pick the route; ``Gateway.handle`` does the work and owns the error envelope and
+the ledger row of API requests. Every other route is wrapped by ``guarded``: an ``x-request-id``
+on every answer, errors in the dialect's envelope (the Anthropic one under ``/v1/messages``, the
+OpenAI one everywhere else), unknown routes and methods as typed 404/405, and a typed 500 with the
+request id, never a traceback, for a bug. (No aiohttp middleware: it costs on every request.)
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from .. import paths
 from ..config import Config
 from ..errors import LlmgwError, MethodNotAllowed, NotFound
 from ..gateway import (
-    REQUEST_ID,
     ROUTE_CHAT,
     ROUTE_EMBEDDINGS,
     ROUTE_MESSAGES,
@@ -48,29 +48,38 @@ STATE = web.AppKey("state", dict)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
-    rid = new_request_id()
-    request[REQUEST_ID] = rid
-    inbound = "anthropic" if request.path.startswith("/v1/messages") else "openai"
-    try:
-        resp = await handler(request)
-    except web.HTTPException as e:
-        if e.status == 404:
-            err: LlmgwError = NotFound(f"no route {request.method} {request.path}")
-        elif e.status == 405:
-            err = MethodNotAllowed(f"method {request.method} not allowed on {request.path}")
-        else:
-            err = LlmgwError(e.reason or "HTTP error", status=e.status)
-        return error_response(err, inbound, rid)
-    except LlmgwError as e:
-        return error_response(e, inbound, rid)
-    except Exception:
-        log.exception("unhandled error in request %s", rid)
-        return error_response(LlmgwError(f"internal error (request {rid})", code="internal_error"), inbound, rid)
-    if "x-request-id" not in resp.headers and not resp.prepared:
-        resp.headers["x-request-id"] = rid
-    return resp
+def _dialect(request: web.Request) -> str:
+    return "anthropic" if request.path.startswith("/v1/messages") else "openai"
+
+
+def guarded(handler: Handler) -> Handler:
+    """Give a plain handler the envelope: typed errors in the dialect's shape, an ``x-request-id``
+    on every answer, a typed 500 (never a traceback) for a bug. Done per handler instead of as an
+    aiohttp middleware, which measurably costs on every request (~15 us at c=32)."""
+
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        rid = new_request_id()
+        try:
+            resp = await handler(request)
+        except LlmgwError as e:
+            return error_response(e, _dialect(request), rid)
+        except Exception:
+            log.exception("unhandled error in request %s", rid)
+            return error_response(LlmgwError(f"internal error (request {rid})", code="internal_error"),
+                                  _dialect(request), rid)
+        if not resp.prepared and "x-request-id" not in resp.headers:
+            resp.headers["x-request-id"] = rid
+        return resp
+
+    return wrapper
+
+
+async def not_found(request: web.Request) -> web.StreamResponse:
+    raise NotFound(f"no route {request.method} {request.path}")
+
+
+async def method_not_allowed(request: web.Request) -> web.StreamResponse:
+    raise MethodNotAllowed(f"method {request.method} not allowed on {request.path}")
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -137,7 +146,7 @@ async def _watch_definitions(conn: sqlite3.Connection, keys: KeyTable, last: int
 def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None = None,
                reload_interval: float = 0.5) -> web.Application:
     env = dict(os.environ if environ is None else environ)
-    app = web.Application(middlewares=[envelope], client_max_size=config.server.max_body_bytes)
+    app = web.Application(client_max_size=config.server.max_body_bytes)
     app[STATE] = {}
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -173,12 +182,20 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             reader.close()
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/chat/completions", chat_completions)
-    app.router.add_post("/v1/messages", messages)
-    app.router.add_post("/v1/embeddings", embeddings)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    # The gateway routes handle their own errors (and ledger rows) in Gateway.handle.
+    routes: list[tuple[str, str, Handler]] = [
+        ("POST", "/v1/chat/completions", chat_completions),
+        ("POST", "/chat/completions", chat_completions),
+        ("POST", "/v1/messages", messages),
+        ("POST", "/v1/embeddings", embeddings),
+        ("GET", "/v1/models", guarded(models)),
+        ("GET", "/healthz", guarded(healthz)),
+        ("GET", "/readyz", guarded(readyz)),
+        ("GET", "/metrics", guarded(metrics)),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
+    for path in dict.fromkeys(p for _, p, _ in routes):
+        app.router.add_route("*", path, guarded(method_not_allowed))
+    app.router.add_route("*", "/{tail:.*}", guarded(not_found))
     return app
