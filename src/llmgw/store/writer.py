@@ -16,6 +16,8 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import queue
 import sqlite3
 import threading
@@ -43,7 +45,7 @@ def _resolve(results: list[_Result]) -> None:
 
 
 class LedgerWriter:
-    def __init__(self, db_path: Path, *, max_batch: int = 512, linger: float = 0.001) -> None:
+    def __init__(self, db_path: Path, *, max_batch: int = 512, linger: float = 0.0005) -> None:
         self.db_path = Path(db_path)
         self.max_batch = max_batch
         # Under concurrent load (the previous batch had more than one row) the writer waits up to
@@ -72,6 +74,7 @@ class LedgerWriter:
             if self._stopped or self._thread is not None:
                 raise RuntimeError("LedgerWriter already started or stopped")
             conn = open_db(self.db_path)
+            conn.isolation_level = None  # autocommit: _insert manages its transactions
             self._thread = threading.Thread(
                 target=self._run, args=(conn,), name="llmgw-ledger-writer", daemon=True
             )
@@ -146,18 +149,13 @@ class LedgerWriter:
                     stopping = True
                 else:
                     batch.extend(first)
-                deadline = time.monotonic() + self.linger if last_size > 1 else 0.0
+                if last_size > 1 and not stopping:
+                    time.sleep(self.linger)  # one wake-up, GIL released: not one per arriving row
                 while not stopping and len(batch) < self.max_batch:
                     try:
                         item = self._queue.get_nowait()
                     except queue.Empty:
-                        wait = deadline - time.monotonic()
-                        if wait <= 0:
-                            break
-                        try:
-                            item = self._queue.get(timeout=wait)
-                        except queue.Empty:
-                            break
+                        break
                     if item is None:
                         stopping = True  # the sentinel is the last item ever queued
                     else:
@@ -186,20 +184,47 @@ class LedgerWriter:
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[BaseException | None]:
-        """Insert and commit; return one error (or None) per row."""
+        """Insert and commit; return one error (or None) per row.
+
+        Rows go in as multi-row ``INSERT ... VALUES (...), (...)`` statements of power-of-two
+        sizes (a handful of distinct statements for the statement cache): one ``sqlite3_step``
+        per statement instead of one per row, which matters because the GIL is handed back and
+        forth around every step, stealing the event loop's time. A batch that fits one statement
+        is its own transaction (the connection is in autocommit mode).
+        """
+        pieces: list[list[tuple[Any, ...]]] = []
+        i = 0
+        while i < len(rows):
+            size = 1 << ((len(rows) - i).bit_length() - 1)
+            pieces.append(rows[i : i + size])
+            i += size
         try:
-            conn.executemany(_INSERT, rows)
-            conn.commit()
+            if len(pieces) == 1:
+                conn.execute(_insert_sql(len(rows)), _flatten(rows))
+            else:
+                conn.execute("BEGIN")
+                for piece in pieces:
+                    conn.execute(_insert_sql(len(piece)), _flatten(piece))
+                conn.execute("COMMIT")
             return [None] * len(rows)
         except Exception:
-            conn.rollback()
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
         errors: list[BaseException | None] = []
         for row in rows:  # rare path: one transaction per row, so one failure cannot undo another
             try:
                 conn.execute(_INSERT, row)
-                conn.commit()
                 errors.append(None)
             except Exception as exc:
-                conn.rollback()
                 errors.append(exc)
         return errors
+
+
+@functools.lru_cache(maxsize=16)
+def _insert_sql(n: int) -> str:
+    head, _, values = _INSERT.partition(" VALUES ")
+    return head + " VALUES " + ", ".join([values] * n)
+
+
+def _flatten(rows: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    return tuple(itertools.chain.from_iterable(rows))
