@@ -110,47 +110,49 @@ class AnthropicStream:
         )
 
     async def events(self) -> AsyncIterator[bytes]:
+        """One bytes blob per upstream batch: a burst of upstream events becomes one client write."""
         state = self.state
-        async for name, data in iter_sse(self._resp, self.provider):
-            ev = loads(data)
-            etype = ev.get("type") if isinstance(ev, dict) else None
-            if etype == "error":
-                err = ev.get("error") or {}
-                raise UpstreamError(f"{self.provider} stream error: {err.get('message', err)}",
-                                    code="upstream_stream_error")
-            if etype == "message_start":
-                # exact input counts; output is final only in message_delta
-                state.usage.merge_max(Usage.from_anthropic((ev.get("message") or {}).get("usage")))
-            elif etype == "message_delta":
-                u = ev.get("usage")
-                if u:  # cumulative counts; lately input counts too
-                    state.usage.merge_max(Usage.from_anthropic(u))
-                    state.usage.completion_tokens = int(u.get("output_tokens") or state.usage.completion_tokens)
-                    state.usage_reported = True
-                stop = (ev.get("delta") or {}).get("stop_reason")
-                if stop:
-                    state.finish_reason = stop
-            elif etype == "content_block_delta":
-                d = ev.get("delta") or {}
-                if d.get("type") == "text_delta":
-                    state.add_text(d.get("text"))
-            if self._to_openai is not None:
-                if etype == "message_stop":
-                    # the usage chunk (if the client asked) goes out before [DONE]
-                    for chunk in self._to_openai.feed(ev):
-                        yield sse.openai_event(chunk)
-                    self.completed = True
-                    break
-                for chunk in self._to_openai.feed(ev):
-                    yield sse.openai_event(chunk)
-            else:
-                if etype == "message_stop":
+        to_openai = self._to_openai
+        out: list[bytes] = []
+        async for batch in iter_sse(self._resp, self.provider):
+            for name, data in batch:
+                ev = loads(data)
+                etype = ev.get("type") if isinstance(ev, dict) else None
+                if etype == "content_block_delta":
+                    d = ev.get("delta") or {}
+                    if d.get("type") == "text_delta":
+                        state.add_text(d.get("text"))
+                elif etype == "message_start":
+                    # exact input counts; output is final only in message_delta
+                    state.usage.merge_max(Usage.from_anthropic((ev.get("message") or {}).get("usage")))
+                elif etype == "message_delta":
+                    u = ev.get("usage")
+                    if u:  # cumulative counts; lately input counts too
+                        state.usage.merge_max(Usage.from_anthropic(u))
+                        state.usage.completion_tokens = int(u.get("output_tokens") or state.usage.completion_tokens)
+                        state.usage_reported = True
+                    stop = (ev.get("delta") or {}).get("stop_reason")
+                    if stop:
+                        state.finish_reason = stop
+                elif etype == "error":
+                    err = ev.get("error") or {}
+                    raise UpstreamError(f"{self.provider} stream error: {err.get('message', err)}",
+                                        code="upstream_stream_error")
+                if to_openai is not None:
+                    out.extend(sse.openai_event(c) for c in to_openai.feed(ev))
+                elif etype == "message_stop":
                     self._terminal = sse.anthropic_raw(name or b"message_stop", data)
+                else:
+                    out.append(sse.anthropic_raw(name or (etype or "message").encode(), data))
+                if etype == "message_stop":
                     self.completed = True
                     break
-                yield sse.anthropic_raw(name or (etype or "message").encode(), data)
-        if not self.completed:
-            raise UpstreamError(f"{self.provider} stream ended before message_stop", code="upstream_stream_truncated")
+            if out:
+                yield b"".join(out)
+                out = []
+            if self.completed:
+                return
+        raise UpstreamError(f"{self.provider} stream ended before message_stop", code="upstream_stream_truncated")
 
     def terminal(self) -> bytes:
         return sse.DONE if self._to_openai is not None else self._terminal

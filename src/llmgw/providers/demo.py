@@ -98,7 +98,7 @@ class DemoProvider(OpenAIFormat):
                       "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"] * n},
         })
 
-    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[bytes], Any]:
+    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[bytes]], Any]:
         reply, finish, usage = self._answer(payload)
         cid = "chatcmpl-demo" + format(random.getrandbits(64), "x")
         created = int(time.time())
@@ -108,16 +108,16 @@ class DemoProvider(OpenAIFormat):
             return orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                                  "choices": [{"index": 0, "delta": delta, "finish_reason": fin}]})
 
-        async def gen() -> AsyncIterator[bytes]:
-            yield chunk({"role": "assistant", "content": ""})
+        async def gen() -> AsyncIterator[list[bytes]]:
+            yield [chunk({"role": "assistant", "content": ""})]
             words = reply.split(" ")
             for i, w in enumerate(words):
-                yield chunk({"content": w if i == 0 else " " + w})
-            yield chunk({}, finish)
+                yield [chunk({"content": w if i == 0 else " " + w})]
+            tail = [chunk({}, finish)]
             if (payload.get("stream_options") or {}).get("include_usage"):
-                yield orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                                    "choices": [], "usage": usage})
-            yield b"[DONE]"
+                tail.append(orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                          "model": model, "choices": [], "usage": usage}))
+            yield tail + [b"[DONE]"]
 
         return gen(), None
 

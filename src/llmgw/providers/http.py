@@ -127,30 +127,49 @@ async def open_sse(session: aiohttp.ClientSession, provider: str, url: str, payl
     return r
 
 
-async def iter_sse(resp: aiohttp.ClientResponse, provider: str) -> AsyncIterator[tuple[bytes | None, bytes]]:
-    """Yield (event name, data) for each SSE event; raises UpstreamError if the stream breaks."""
-    event: bytes | None = None
-    data: list[bytes] = []
+async def iter_sse(resp: aiohttp.ClientResponse, provider: str) -> AsyncIterator[list[tuple[bytes | None, bytes]]]:
+    """Yield, per network read, the list of complete SSE events as (event name, data).
+
+    Batching per read (rather than per line or per event) lets the caller translate and write a
+    whole burst of events at once: one write to the client for many upstream events. Raises
+    UpstreamError if the stream breaks or stalls.
+    """
+    buf = b""
     try:
-        async for raw in resp.content:
-            line = raw.rstrip(b"\r\n")
-            if not line:
-                if data:
-                    yield event, b"\n".join(data)
-                event, data = None, []
+        async for chunk in resp.content.iter_any():
+            if b"\r" in chunk:
+                chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            buf += chunk
+            if b"\n\n" not in buf:
                 continue
-            if line.startswith(b"data:"):
-                data.append(line[5:].lstrip(b" "))
-            elif line.startswith(b"event:"):
-                event = line[6:].strip()
-            # comments (":") and other fields are ignored
-        if data:
-            yield event, b"\n".join(data)
+            *blocks, buf = buf.split(b"\n\n")
+            events = [ev for ev in map(_parse_event, blocks) if ev is not None]
+            if events:
+                yield events
+        tail = _parse_event(buf)
+        if tail is not None:
+            yield [tail]
     except TimeoutError as e:
         raise UpstreamError(f"{provider} stream stalled (no data within the read timeout)",
                             code="upstream_stream_timeout") from e
     except (aiohttp.ClientError, asyncio.IncompleteReadError) as e:
         raise UpstreamError(f"{provider} stream broke: {type(e).__name__}", code="upstream_stream_broken") from e
+
+
+def _parse_event(block: bytes) -> tuple[bytes | None, bytes] | None:
+    if block.startswith(b"data:") and b"\n" not in block:  # the common case: one data line
+        return None, block[5:].lstrip(b" ")
+    event: bytes | None = None
+    data: list[bytes] = []
+    for line in block.split(b"\n"):
+        if line.startswith(b"data:"):
+            data.append(line[5:].lstrip(b" "))
+        elif line.startswith(b"event:"):
+            event = line[6:].strip()
+        # comments (":") and other fields are ignored
+    if not data:
+        return None
+    return event, b"\n".join(data)
 
 
 def loads(data: bytes) -> Any:

@@ -36,8 +36,8 @@ class OpenAIFormat:
     async def _send(self, path: str, payload: dict[str, Any], timeout: float) -> bytes:
         raise NotImplementedError
 
-    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[bytes], Any]:
-        """Returns (iterator of SSE data payloads, closer)."""
+    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[bytes]], Any]:
+        """Returns (iterator over batches of SSE data payloads, closer)."""
         raise NotImplementedError
 
     # -- model catalogue ----------------------------------------------------------------------
@@ -93,7 +93,7 @@ class OpenAIFormat:
 class OpenAIStream:
     """Relays an OpenAI-format upstream stream to the client, in the client's dialect."""
 
-    def __init__(self, provider: str, inbound: str, chunks: AsyncIterator[bytes], closer: Any,
+    def __init__(self, provider: str, inbound: str, chunks: AsyncIterator[list[bytes]], closer: Any,
                  state: StreamState, include_usage: bool, client_model: str) -> None:
         self.provider = provider
         self.inbound = inbound
@@ -108,37 +108,45 @@ class OpenAIStream:
         )
 
     async def events(self) -> AsyncIterator[bytes]:
+        """One bytes blob per upstream batch: a burst of upstream events becomes one client write."""
         state = self.state
-        async for data in self._chunks:
-            if data == b"[DONE]":
-                self.completed = True
-                break
-            chunk = loads(data)
-            if not isinstance(chunk, dict):
-                continue
-            if "error" in chunk and "choices" not in chunk:
-                err = chunk["error"]
-                raise UpstreamError(f"{self.provider} stream error: {err.get('message') if isinstance(err, dict) else err}",
-                                    code="upstream_stream_error")
-            usage = chunk.get("usage")
-            if usage:
-                state.usage = Usage.from_openai(usage)
-                state.usage_reported = True
-            choices = chunk.get("choices") or []
-            if choices:
-                c0 = choices[0]
-                delta = c0.get("delta") or {}
-                state.add_text(delta.get("content"))
-                if c0.get("finish_reason"):
-                    state.finish_reason = c0["finish_reason"]
-            if self._to_anthropic is not None:
-                for name, obj in self._to_anthropic.feed(chunk):
-                    yield sse.anthropic_event(name, obj)
-            elif choices or self._include_usage:
-                yield sse.openai_raw(data)
-        else:
-            # the upstream closed without [DONE]: only acceptable if it told us it finished
-            self.completed = state.finish_reason is not None
+        to_anthropic = self._to_anthropic
+        out: list[bytes] = []
+        async for batch in self._chunks:
+            for data in batch:
+                if data == b"[DONE]":
+                    self.completed = True
+                    break
+                chunk = loads(data)
+                if not isinstance(chunk, dict):
+                    continue
+                if "error" in chunk and "choices" not in chunk:
+                    err = chunk["error"]
+                    message = err.get("message") if isinstance(err, dict) else err
+                    raise UpstreamError(f"{self.provider} stream error: {message}", code="upstream_stream_error")
+                usage = chunk.get("usage")
+                if usage:
+                    state.usage = Usage.from_openai(usage)
+                    state.usage_reported = True
+                choices = chunk.get("choices")
+                if choices:
+                    c0 = choices[0]
+                    delta = c0.get("delta")
+                    if delta:
+                        state.add_text(delta.get("content"))
+                    if c0.get("finish_reason"):
+                        state.finish_reason = c0["finish_reason"]
+                if to_anthropic is not None:
+                    out.extend(sse.anthropic_event(n, o) for n, o in to_anthropic.feed(chunk))
+                elif choices or self._include_usage:
+                    out.append(sse.openai_raw(data))
+            if out:
+                yield b"".join(out)
+                out = []
+            if self.completed:
+                return
+        # the upstream closed without [DONE]: only acceptable if it told us it finished
+        self.completed = state.finish_reason is not None
         if not self.completed:
             raise UpstreamError(f"{self.provider} stream ended before completion", code="upstream_stream_truncated")
 
@@ -182,13 +190,13 @@ class OpenAIProvider(OpenAIFormat):
         return await post_json(self.session, self.name, self.base_url + path, orjson.dumps(payload),
                                self._pick_headers(), timeout)
 
-    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[bytes], Any]:
+    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[bytes]], Any]:
         resp = await open_sse(self.session, self.name, self.base_url + "/chat/completions",
                               orjson.dumps(payload), self._pick_headers(), timeout)
 
-        async def data_only() -> AsyncIterator[bytes]:
-            async for _event, data in iter_sse(resp, self.name):
-                yield data
+        async def data_only() -> AsyncIterator[list[bytes]]:
+            async for batch in iter_sse(resp, self.name):
+                yield [data for _event, data in batch]
 
         return data_only(), resp.close
 
