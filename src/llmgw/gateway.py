@@ -105,6 +105,13 @@ def error_response(err: LlmgwError, inbound: str, request_id: str) -> web.Respon
                         headers=headers)
 
 
+class _SSEResponse(web.StreamResponse):
+    """An SSE response whose headers go out with the first event instead of in a write of their
+    own (aiohttp's ``Response`` does the same): one syscall less per stream."""
+
+    _send_headers_immediately = False
+
+
 class Gateway:
     def __init__(self, config: Config, router: Router, writer: LedgerWriter, keys: KeyTable,
                  prices: PriceBook, metrics: Metrics) -> None:
@@ -188,11 +195,11 @@ class Gateway:
 
     async def _stream(self, request: web.Request, call: Call, body: dict[str, Any], targets: list[Target],
                       deadline: float) -> web.StreamResponse:
-        state = StreamState(capture_text=True)
+        state = StreamState()
         stream: OpenStream = await self.router.run(
             targets, lambda t, to: t.provider.open_stream(call.inbound, body, t.model, to, state), deadline, call)
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache",
-                                           "x-request-id": call.request_id})
+        resp = _SSEResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache",
+                                     "x-request-id": call.request_id})
         if call.inbound == "anthropic":
             resp.headers["request-id"] = call.request_id
         client_gone = False
@@ -253,8 +260,7 @@ class Gateway:
     @staticmethod
     async def _write_quietly(resp: web.StreamResponse, data: bytes) -> None:
         try:
-            await resp.write(data)
-            await resp.write_eof()
+            await resp.write_eof(data)  # the last event and the end of the body in one write
         except OSError:
             pass
 

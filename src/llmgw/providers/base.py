@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from ..errors import LlmgwError
 from ..usage import Usage
 
@@ -36,20 +38,37 @@ class AttemptFailed(Exception):
 
 @dataclass(slots=True)
 class StreamState:
-    """What a stream has produced so far; read by the gateway for billing and the ledger."""
+    """What a stream has produced so far; read by the gateway for billing and the ledger.
+
+    The generated text is only needed when the provider never reports usage (an estimate) or
+    when bodies are logged, so it is assembled lazily: OpenAI-format chunks are kept raw in
+    ``openai_chunks`` and parsed only if ``text`` is asked for.
+    """
 
     usage: Usage = field(default_factory=Usage)
     usage_reported: bool = False
     finish_reason: str | None = None
     text_parts: list[str] = field(default_factory=list)
-    capture_text: bool = False
+    openai_chunks: list[bytes] = field(default_factory=list)
 
     def add_text(self, s: str | None) -> None:
-        if s and self.capture_text:
+        if s:
             self.text_parts.append(s)
 
     @property
     def text(self) -> str:
+        if self.openai_chunks:
+            parts = []
+            for data in self.openai_chunks:
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    continue
+                for choice in (chunk.get("choices") or [])[:1] if isinstance(chunk, dict) else []:
+                    content = (choice.get("delta") or {}).get("content")
+                    if isinstance(content, str):
+                        parts.append(content)
+            return "".join(parts)
         return "".join(self.text_parts)
 
 

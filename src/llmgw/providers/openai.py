@@ -90,6 +90,20 @@ class OpenAIFormat:
         return Completion(body=data, usage=Usage.from_openai(loads(data).get("usage")))
 
 
+def _needs_parsing(data: bytes) -> bool:
+    """True unless the chunk is plainly a content delta: no usage, no finish reason, no error.
+
+    A cheap byte scan; a false positive only costs a parse, and every chunk that carries usage,
+    a finish reason or an error contains one of these keys with a non-null value.
+    """
+    if b'"error"' in data:
+        return True
+    usage = b'"usage"' in data and b'"usage":null' not in data and b'"usage": null' not in data
+    finish = (b'"finish_reason"' in data and b'"finish_reason":null' not in data
+              and b'"finish_reason": null' not in data)
+    return usage or finish
+
+
 class OpenAIStream:
     """Relays an OpenAI-format upstream stream to the client, in the client's dialect."""
 
@@ -117,6 +131,11 @@ class OpenAIStream:
                 if data == b"[DONE]":
                     self.completed = True
                     break
+                if to_anthropic is None and not _needs_parsing(data):
+                    # pass-through fast path: a plain content chunk is relayed as it came
+                    state.openai_chunks.append(data)
+                    out.append(sse.openai_raw(data))
+                    continue
                 chunk = loads(data)
                 if not isinstance(chunk, dict):
                     continue
@@ -124,18 +143,14 @@ class OpenAIStream:
                     err = chunk["error"]
                     message = err.get("message") if isinstance(err, dict) else err
                     raise UpstreamError(f"{self.provider} stream error: {message}", code="upstream_stream_error")
+                state.openai_chunks.append(data)
                 usage = chunk.get("usage")
                 if usage:
                     state.usage = Usage.from_openai(usage)
                     state.usage_reported = True
                 choices = chunk.get("choices")
-                if choices:
-                    c0 = choices[0]
-                    delta = c0.get("delta")
-                    if delta:
-                        state.add_text(delta.get("content"))
-                    if c0.get("finish_reason"):
-                        state.finish_reason = c0["finish_reason"]
+                if choices and choices[0].get("finish_reason"):
+                    state.finish_reason = choices[0]["finish_reason"]
                 if to_anthropic is not None:
                     out.extend(sse.anthropic_event(n, o) for n, o in to_anthropic.feed(chunk))
                 elif choices or self._include_usage:
