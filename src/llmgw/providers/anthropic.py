@@ -20,7 +20,7 @@ from ..errors import InvalidRequest, UpstreamError
 from ..usage import Usage
 from . import sse, translate
 from .base import Completion, StreamState
-from .http import iter_sse, loads, open_sse, post_json
+from .http import finish, iter_sse, loads, open_sse, post_json
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -158,4 +158,4 @@ class AnthropicStream:
         return sse.DONE if self._to_openai is not None else self._terminal
 
     async def aclose(self) -> None:
-        self._resp.close()
+        await finish(self._resp, self.completed)

@@ -156,6 +156,21 @@ async def iter_sse(resp: aiohttp.ClientResponse, provider: str) -> AsyncIterator
         raise UpstreamError(f"{provider} stream broke: {type(e).__name__}", code="upstream_stream_broken") from e
 
 
+async def finish(resp: aiohttp.ClientResponse, completed: bool) -> None:
+    """End an upstream stream. A completed one is read to its end (the last bytes after the
+    terminal event) so its connection goes back to the pool for the next request; anything
+    else, or an upstream that keeps the stream open after its terminal event, is closed."""
+    if completed and not resp.closed:
+        try:
+            async with asyncio.timeout(1.0):
+                await resp.read()
+            resp.release()
+            return
+        except (TimeoutError, aiohttp.ClientError):
+            pass
+    resp.close()
+
+
 def _parse_event(block: bytes) -> tuple[bytes | None, bytes] | None:
     if block.startswith(b"data:") and b"\n" not in block:  # the common case: one data line
         return None, block[5:].lstrip(b" ")

@@ -10,6 +10,7 @@ cost is known; the usage chunk is forwarded only if the client asked for it.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,7 +23,7 @@ from ..errors import UpstreamError
 from ..usage import Usage
 from . import sse, translate
 from .base import Completion, StreamState
-from .http import iter_sse, loads, open_sse, post_json
+from .http import finish, iter_sse, loads, open_sse, post_json
 
 
 class OpenAIFormat:
@@ -37,7 +38,7 @@ class OpenAIFormat:
         raise NotImplementedError
 
     async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[bytes]], Any]:
-        """Returns (iterator over batches of SSE data payloads, closer)."""
+        """Returns (iterator over batches of SSE data payloads, async closer(completed) or None)."""
         raise NotImplementedError
 
     # -- model catalogue ----------------------------------------------------------------------
@@ -172,8 +173,8 @@ class OpenAIStream:
 
     async def aclose(self) -> None:
         if self._closer is not None:
-            self._closer()
-            self._closer = None
+            closer, self._closer = self._closer, None
+            await closer(self.completed)
 
 
 class OpenAIProvider(OpenAIFormat):
@@ -213,5 +214,5 @@ class OpenAIProvider(OpenAIFormat):
             async for batch in iter_sse(resp, self.name):
                 yield [data for _event, data in batch]
 
-        return data_only(), resp.close
+        return data_only(), functools.partial(finish, resp)
 
