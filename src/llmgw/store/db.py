@@ -93,7 +93,61 @@ def m002_usage_estimated(db: Database) -> None:
     db.execute("ALTER TABLE ledger ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0")
 
 
-MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial, m002_usage_estimated)
+def m003_governance(db: Database) -> None:
+    """Budgets, key options (limits, rotation), governance events, idempotency, ledger extras."""
+    for sql in (
+        # per-key options; limits NULL = unlimited
+        "ALTER TABLE keys ADD COLUMN rpm INTEGER",
+        "ALTER TABLE keys ADD COLUMN tpm INTEGER",
+        "ALTER TABLE keys ADD COLUMN clamp INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE keys ADD COLUMN cache_mode TEXT",
+        # rotation: the previous secret stays valid until prev_valid_until (ISO-8601 UTC)
+        "ALTER TABLE keys ADD COLUMN prev_key_hash TEXT",
+        "ALTER TABLE keys ADD COLUMN prev_valid_until TEXT",
+        "ALTER TABLE keys ADD COLUMN revoked_at TEXT",
+        """CREATE TABLE budgets (
+            id TEXT PRIMARY KEY,
+            scope TEXT NOT NULL CHECK (scope IN ('customer', 'team', 'key')),
+            scope_id TEXT NOT NULL,
+            period TEXT NOT NULL CHECK (period IN ('day', 'week', 'month', 'total')),
+            limit_nanos INTEGER NOT NULL CHECK (limit_nanos >= 0),
+            hard INTEGER NOT NULL DEFAULT 1,
+            warn_pct INTEGER NOT NULL DEFAULT 80 CHECK (warn_pct BETWEEN 1 AND 100),
+            grace_nanos INTEGER NOT NULL DEFAULT 0 CHECK (grace_nanos >= 0),
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            UNIQUE (scope, scope_id, period))""",
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            ts_ms INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            budget_id TEXT,
+            scope TEXT,
+            scope_id TEXT,
+            period_start_ms INTEGER,
+            threshold INTEGER,
+            detail TEXT,
+            delivered INTEGER NOT NULL DEFAULT 0)""",
+        # one soft-cap / grace event per budget per period per threshold
+        "CREATE UNIQUE INDEX events_once ON events(kind, budget_id, period_start_ms, threshold)"
+        " WHERE budget_id IS NOT NULL",
+        """CREATE TABLE idempotency (
+            key_id TEXT NOT NULL,
+            idem_key TEXT NOT NULL,
+            request_hash TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            content_type TEXT NOT NULL,
+            body BLOB NOT NULL,
+            created_ms INTEGER NOT NULL,
+            PRIMARY KEY (key_id, idem_key))""",
+        "ALTER TABLE ledger ADD COLUMN reserved_nanos INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE ledger ADD COLUMN idempotent_replay INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX ledger_team_ts ON ledger(team_id, ts_ms)",
+    ):
+        db.execute(sql)
+
+
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial, m002_usage_estimated, m003_governance)
 
 
 def _migration_set() -> Migrations:

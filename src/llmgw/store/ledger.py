@@ -47,6 +47,8 @@ _SCHEMA: dict[str, tuple[str, Any]] = {
     "request_body": (_TEXT, None),
     "response_body": (_TEXT, None),
     "usage_estimated": (_INT, 0),
+    "reserved_nanos": (_INT, 0),
+    "idempotent_replay": (_INT, 0),
 }
 
 LEDGER_COLUMNS: tuple[str, ...] = tuple(_SCHEMA)
