@@ -82,7 +82,16 @@ def test_open_creates_dir_sets_pragmas_and_schema(db_path: Path) -> None:
                 "created_at",
                 "expires_at",
                 "meta",
+                "rpm",
+                "tpm",
+                "clamp",
+                "cache_mode",
+                "prev_key_hash",
+                "prev_valid_until",
+                "revoked_at",
             },
+            "budgets": {"id", "scope", "scope_id", "period", "limit_nanos", "hard", "warn_pct", "grace_nanos",
+                        "created_at", "updated_at"},
         }.items():
             assert {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")} == expected
         indexed = {
