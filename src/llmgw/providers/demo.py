@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from ..errors import ModelNotFound
+from .http import Event
 from .openai import OpenAIFormat
 
 MODELS = ("echo", "lorem", "embed")
@@ -98,26 +99,26 @@ class DemoProvider(OpenAIFormat):
                       "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"] * n},
         })
 
-    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[bytes]], Any]:
+    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[Event]], Any]:
         reply, finish, usage = self._answer(payload)
         cid = "chatcmpl-demo" + format(random.getrandbits(64), "x")
         created = int(time.time())
         model = f"{self.name}/{payload['model']}"
 
-        def chunk(delta: dict[str, Any], fin: str | None = None) -> bytes:
-            return orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+        def chunk(delta: dict[str, Any], fin: str | None = None) -> Event:
+            return None, orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                                  "choices": [{"index": 0, "delta": delta, "finish_reason": fin}]})
 
-        async def gen() -> AsyncIterator[list[bytes]]:
+        async def gen() -> AsyncIterator[list[Event]]:
             yield [chunk({"role": "assistant", "content": ""})]
             words = reply.split(" ")
             for i, w in enumerate(words):
                 yield [chunk({"content": w if i == 0 else " " + w})]
             tail = [chunk({}, finish)]
             if (payload.get("stream_options") or {}).get("include_usage"):
-                tail.append(orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                          "model": model, "choices": [], "usage": usage}))
-            yield tail + [b"[DONE]"]
+                tail.append((None, orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                                 "model": model, "choices": [], "usage": usage})))
+            yield tail + [(None, b"[DONE]")]
 
         return gen(), None
 

@@ -127,7 +127,10 @@ async def open_sse(session: aiohttp.ClientSession, provider: str, url: str, payl
     return r
 
 
-async def iter_sse(resp: aiohttp.ClientResponse, provider: str) -> AsyncIterator[list[tuple[bytes | None, bytes]]]:
+Event = tuple[bytes | None, bytes]  # (SSE event name, data)
+
+
+async def iter_sse(resp: aiohttp.ClientResponse, provider: str) -> AsyncIterator[list[Event]]:
     """Yield, per network read, the list of complete SSE events as (event name, data).
 
     Batching per read (rather than per line or per event) lets the caller translate and write a
@@ -171,7 +174,7 @@ async def finish(resp: aiohttp.ClientResponse, completed: bool) -> None:
     resp.close()
 
 
-def _parse_event(block: bytes) -> tuple[bytes | None, bytes] | None:
+def _parse_event(block: bytes) -> Event | None:
     if block.startswith(b"data:") and b"\n" not in block:  # the common case: one data line
         return None, block[5:].lstrip(b" ")
     event: bytes | None = None

@@ -23,7 +23,7 @@ from ..errors import UpstreamError
 from ..usage import Usage
 from . import sse, translate
 from .base import Completion, StreamState
-from .http import finish, iter_sse, loads, open_sse, post_json
+from .http import Event, finish, iter_sse, loads, open_sse, post_json
 
 
 class OpenAIFormat:
@@ -37,8 +37,8 @@ class OpenAIFormat:
     async def _send(self, path: str, payload: dict[str, Any], timeout: float) -> bytes:
         raise NotImplementedError
 
-    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[bytes]], Any]:
-        """Returns (iterator over batches of SSE data payloads, async closer(completed) or None)."""
+    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[Event]], Any]:
+        """Returns (iterator over batches of SSE (event, data) pairs, async closer(completed) or None)."""
         raise NotImplementedError
 
     # -- model catalogue ----------------------------------------------------------------------
@@ -108,7 +108,7 @@ def _needs_parsing(data: bytes) -> bool:
 class OpenAIStream:
     """Relays an OpenAI-format upstream stream to the client, in the client's dialect."""
 
-    def __init__(self, provider: str, inbound: str, chunks: AsyncIterator[list[bytes]], closer: Any,
+    def __init__(self, provider: str, inbound: str, chunks: AsyncIterator[list[Event]], closer: Any,
                  state: StreamState, include_usage: bool, client_model: str) -> None:
         self.provider = provider
         self.inbound = inbound
@@ -128,7 +128,7 @@ class OpenAIStream:
         to_anthropic = self._to_anthropic
         out: list[bytes] = []
         async for batch in self._chunks:
-            for data in batch:
+            for _event, data in batch:
                 if data == b"[DONE]":
                     self.completed = True
                     break
@@ -206,13 +206,9 @@ class OpenAIProvider(OpenAIFormat):
         return await post_json(self.session, self.name, self.base_url + path, orjson.dumps(payload),
                                self._pick_headers(), timeout)
 
-    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[bytes]], Any]:
+    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[Event]], Any]:
         resp = await open_sse(self.session, self.name, self.base_url + "/chat/completions",
                               orjson.dumps(payload), self._pick_headers(), timeout)
 
-        async def data_only() -> AsyncIterator[list[bytes]]:
-            async for batch in iter_sse(resp, self.name):
-                yield [data for _event, data in batch]
-
-        return data_only(), functools.partial(finish, resp)
+        return iter_sse(resp, self.name), functools.partial(finish, resp)
 
