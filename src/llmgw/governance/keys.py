@@ -1,27 +1,53 @@
-"""Virtual keys: minting, hashing at rest, and the daemon's in-memory lookup table.
+"""Virtual keys: minting, hashing at rest, lifecycle (disable, enable, revoke, rotate) and the
+daemon's in-memory lookup table.
 
 A secret is ``sk-llmgw-`` + 43 URL-safe random characters (256 bits). Only its SHA-256 is stored
 (like Bifrost and LiteLLM: a fast hash is right for high-entropy random secrets) together with a
-display form ``sk-llmgw-…abcd``. The clear secret is returned once by ``mint`` and never logged.
-The daemon keeps ``KeyTable`` in memory and reloads it when the database changes.
+display form ``sk-llmgw-…abcd``. The clear secret is returned once by ``mint`` / ``rotate`` and never
+logged or stored.
+
+Invariants:
+- A key belongs to a customer, optionally through a team; with a team, the key's customer is the
+  team's customer. Both must exist when the key is made.
+- Status is ``active``, ``disabled`` or ``revoked``. Revocation is final: a revoked key is never
+  enabled or rotated again.
+- Rotation keeps exactly one previous secret (``prev_key_hash``), accepted until
+  ``prev_valid_until``; after that it is answered with 401 ``key_rotated``. Rotating again drops the
+  older previous secret at once.
+- Times are ISO-8601 UTC strings (``2027-01-01T00:00:00+00:00``); the table compares epoch seconds.
+- ``KeyTable`` is swapped whole on reload (readers never see a half-built table) and compares hashes in
+  constant time.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import hmac
+import re
 import secrets
 import sqlite3
+import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
 
-from ..errors import Unauthorized, UsageError
+from ..errors import NotFound, Unauthorized, UsageError
+from .hierarchy import get_customer, get_team
 
 PREFIX = "sk-llmgw-"
+STATUSES = ("active", "disabled", "revoked")
+CACHE_MODES = ("off", "exact", "semantic")
+PERIODS = ("day", "week", "month", "total")
+DEFAULT_GRACE_SECONDS = 24 * 3600
+NANOS_PER_USD = 1_000_000_000
+
+# one path segment of a model name or glob: "gpt-4o-mini", "claude-haiku-4-5-20251001", "llama-3.1:free", "*"
+_MODEL_SEGMENT = re.compile(r"[A-Za-z0-9_.:@+~*?\[\]!-]+")
 
 
 def hash_secret(secret: str) -> str:
@@ -40,6 +66,31 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _epoch(iso: str | None) -> float | None:
+    """ISO-8601 → epoch seconds; an unreadable time counts as long past (fail closed)."""
+    if not iso:
+        return None
+    try:
+        dt = datetime.fromisoformat(iso)
+    except ValueError:
+        return 0.0
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _col(row: sqlite3.Row | dict[str, Any], name: str) -> Any:
+    """A column that older rows (or hand-made dicts) may lack: ``None`` then."""
+    try:
+        return row[name]
+    except (IndexError, KeyError):
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
     id: str
@@ -50,18 +101,138 @@ class KeyInfo:
     team_id: str | None
     models: tuple[str, ...]
     expires_at: str | None
+    rpm: int | None = None
+    tpm: int | None = None
+    clamp: bool = False
+    cache_mode: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row | dict[str, Any]) -> KeyInfo:
         models = orjson.loads(row["models"]) if row["models"] else []
         return cls(row["id"], row["name"], row["key_hash"], row["status"], row["customer_id"], row["team_id"],
-                   tuple(models), row["expires_at"])
+                   tuple(models), row["expires_at"], _col(row, "rpm"), _col(row, "tpm"), bool(_col(row, "clamp")),
+                   _col(row, "cache_mode"))
+
+    def allows(self, model: str) -> bool:
+        """Whether this key may use ``model`` (no allow-list: every model)."""
+        return not self.models or any(fnmatch.fnmatchcase(model, m) for m in self.models)
+
+
+# ---- validation of key options --------------------------------------------------------------------
+
+
+def parse_expires(value: str | None, *, now: datetime | None = None) -> str | None:
+    """``YYYY-MM-DD`` (midnight UTC that day) or an ISO datetime (naive = UTC) → ISO UTC; must be future."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            dt = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+        else:
+            dt = datetime.fromisoformat(text)
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+    except ValueError:
+        raise UsageError(f"invalid expiry {value!r}: use YYYY-MM-DD or an ISO datetime such as "
+                         "2027-01-01T12:00:00Z") from None
+    if dt <= (now or datetime.now(UTC)):
+        raise UsageError(f"expiry {_iso(dt)} is in the past")
+    return _iso(dt)
+
+
+def validate_models(models: list[str] | tuple[str, ...] | None) -> list[str] | None:
+    """An allow-list of model names and globs (``openai/gpt-4o-mini``, ``openai/*``, ``fast``).
+
+    ``None`` means every model; an empty list is refused (it would allow nothing). Duplicates are dropped.
+    """
+    if models is None:
+        return None
+    out: list[str] = []
+    for raw in models:
+        m = raw.strip() if isinstance(raw, str) else raw
+        if not m:
+            raise UsageError("empty model name in --models (give names separated by commas, e.g. "
+                             "openai/gpt-4o-mini,anthropic/*)")
+        if not isinstance(m, str) or not all(_MODEL_SEGMENT.fullmatch(seg) for seg in m.split("/")):
+            raise UsageError(f"invalid model {raw!r}: expected provider/model, a glob such as openai/*, "
+                             "or an alias name")
+        if m not in out:
+            out.append(m)
+    if not out:
+        raise UsageError("--models is empty: leave it out to allow every model")
+    return out
+
+
+def _positive_int(name: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UsageError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _cache_mode(value: str | None) -> str | None:
+    if value is not None and value not in CACHE_MODES:
+        raise UsageError(f"invalid cache mode {value!r}: expected one of {', '.join(CACHE_MODES)}")
+    return value
+
+
+def usd_to_nanos(usd: str | int | Decimal) -> int:
+    """An amount of USD → integer nano-dollars, exactly (never through a float)."""
+    try:
+        d = Decimal(str(usd).strip())
+    except InvalidOperation:
+        raise UsageError(f"invalid amount {usd!r}: expected a number of USD such as 200 or 12.50") from None
+    if not d.is_finite() or d < 0:
+        raise UsageError(f"invalid amount {usd!r}: expected a non-negative number of USD")
+    nanos = d * NANOS_PER_USD
+    if nanos != nanos.to_integral_value():
+        raise UsageError(f"invalid amount {usd!r}: more precise than a nano-dollar")
+    return int(nanos)
+
+
+def _resolve_owner(conn: sqlite3.Connection, customer_id: str | None,
+                   team_id: str | None) -> tuple[str | None, str | None]:
+    if team_id is not None:
+        team = get_team(conn, team_id)
+        if customer_id is not None and customer_id != team["customer_id"]:
+            raise UsageError(f"team {team_id!r} belongs to customer {team['customer_id']!r}, not {customer_id!r}")
+        return team["customer_id"], team_id
+    if customer_id is not None:
+        get_customer(conn, customer_id)
+    return customer_id, None
+
+
+# ---- minting and lookup ---------------------------------------------------------------------------
 
 
 def mint(conn: sqlite3.Connection, *, name: str | None = None, customer_id: str | None = None,
          team_id: str | None = None, models: list[str] | None = None, expires_at: str | None = None,
-         replace: bool = False) -> tuple[str, KeyInfo]:
-    """Create a key (or, with ``replace``, give the key of that name a new secret); returns the secret."""
+         replace: bool = False, rpm: int | None = None, tpm: int | None = None, clamp: bool = False,
+         cache_mode: str | None = None, budget_nanos: int | None = None,
+         budget_period: str | None = None) -> tuple[str, KeyInfo]:
+    """Create a key (or, with ``replace``, give the key of that name a new secret); returns the secret.
+
+    Everything is checked before anything is written, and the key and its optional hard budget
+    (``budget_nanos`` per ``budget_period``, default month) are written in one transaction.
+    ``replace`` keeps the existing key's options and only issues a new secret (the demo key).
+    """
+    if name is not None and not name.strip():
+        raise UsageError("a key name cannot be empty")
+    models = validate_models(models)
+    expires = parse_expires(expires_at)
+    rpm = _positive_int("rpm", rpm)
+    tpm = _positive_int("tpm", tpm)
+    cache_mode = _cache_mode(cache_mode)
+    if budget_period is not None and budget_nanos is None:
+        raise UsageError("--period needs --budget")
+    if budget_nanos is not None:
+        budget_period = budget_period or "month"
+        if budget_period not in PERIODS:
+            raise UsageError(f"invalid period {budget_period!r}: expected one of {', '.join(PERIODS)}")
+        if isinstance(budget_nanos, bool) or not isinstance(budget_nanos, int) or budget_nanos < 0:
+            raise UsageError(f"invalid budget {budget_nanos!r}: expected a non-negative amount")
     secret = new_secret()
     h = hash_secret(secret)
     with conn:
@@ -70,52 +241,166 @@ def mint(conn: sqlite3.Connection, *, name: str | None = None, customer_id: str 
             raise UsageError(f"a key named {name!r} already exists")
         if existing is not None:
             kid = existing["id"]
-            conn.execute("UPDATE keys SET key_hash = ?, display = ?, status = 'active' WHERE id = ?",
-                         (h, display(secret), kid))
+            conn.execute("UPDATE keys SET key_hash = ?, display = ?, status = 'active', revoked_at = NULL,"
+                         " prev_key_hash = NULL, prev_valid_until = NULL WHERE id = ?", (h, display(secret), kid))
         else:
+            customer_id, team_id = _resolve_owner(conn, customer_id, team_id)
             kid = "key_" + uuid.uuid4().hex[:16]
             conn.execute(
                 "INSERT INTO keys (id, name, key_hash, display, customer_id, team_id, status, models, created_at,"
-                " expires_at) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)",
+                " expires_at, rpm, tpm, clamp, cache_mode) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
                 (kid, name, h, display(secret), customer_id, team_id,
-                 orjson.dumps(models).decode() if models else None, now_iso(), expires_at))
+                 orjson.dumps(models).decode() if models else None, now_iso(), expires, rpm, tpm, int(clamp),
+                 cache_mode))
+            if budget_nanos is not None:
+                ts = now_iso()
+                conn.execute(
+                    "INSERT INTO budgets (id, scope, scope_id, period, limit_nanos, hard, warn_pct, grace_nanos,"
+                    " created_at, updated_at) VALUES (?, 'key', ?, ?, ?, 1, 80, 0, ?, ?)",
+                    ("bud_" + uuid.uuid4().hex[:16], kid, budget_period, budget_nanos, ts, ts))
         row = conn.execute("SELECT * FROM keys WHERE id = ?", (kid,)).fetchone()
     return secret, KeyInfo.from_row(row)
 
 
-def list_keys(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    rows = conn.execute("SELECT id, name, display, status, customer_id, team_id, models, created_at, expires_at"
-                        " FROM keys ORDER BY created_at, rowid").fetchall()
-    out = []
-    for r in rows:
-        d = dict(r)
-        d["models"] = orjson.loads(d["models"]) if d["models"] else []
-        out.append(d)
-    return out
+_PUBLIC = ("id, name, display, status, customer_id, team_id, models, created_at, expires_at, rpm, tpm, clamp,"
+           " cache_mode, revoked_at, prev_valid_until")
+
+
+def _public(row: sqlite3.Row) -> dict[str, Any]:
+    d = dict(row)
+    d["models"] = orjson.loads(d["models"]) if d["models"] else []
+    d["clamp"] = bool(d["clamp"])
+    return d
+
+
+def list_keys(conn: sqlite3.Connection, *, customer_id: str | None = None,
+              team_id: str | None = None) -> list[dict[str, Any]]:
+    """Keys in creation order (public fields only), optionally those of one customer or team."""
+    where, args = [], []
+    if customer_id is not None:
+        where.append("customer_id = ?")
+        args.append(customer_id)
+    if team_id is not None:
+        where.append("team_id = ?")
+        args.append(team_id)
+    sql = f"SELECT {_PUBLIC} FROM keys" + (" WHERE " + " AND ".join(where) if where else "")
+    return [_public(r) for r in conn.execute(sql + " ORDER BY created_at, rowid", args)]
+
+
+def _row(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
+    row = conn.execute(f"SELECT {_PUBLIC} FROM keys WHERE id = ?", (ref,)).fetchone()
+    if row is None:
+        row = conn.execute(f"SELECT {_PUBLIC} FROM keys WHERE name = ?", (ref,)).fetchone()
+    if row is None:
+        raise NotFound(f"no key with id or name {ref!r}")
+    return row
+
+
+def get_key(conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
+    """One key by id (``key_…``) or name, public fields only (never a hash)."""
+    return _public(_row(conn, ref))
+
+
+# ---- lifecycle ------------------------------------------------------------------------------------
+
+
+def set_status(conn: sqlite3.Connection, ref: str, status: str) -> dict[str, Any]:
+    """Disable or (re-)enable a key. A revoked key stays revoked."""
+    if status not in ("active", "disabled"):
+        raise UsageError(f"invalid status {status!r}: expected active or disabled (use revoke to revoke)")
+    with conn:
+        row = _row(conn, ref)
+        if row["status"] == "revoked":
+            raise UsageError(f"key {row['id']} was revoked at {row['revoked_at']}; revocation is final")
+        conn.execute("UPDATE keys SET status = ? WHERE id = ?", (status, row["id"]))
+    return get_key(conn, row["id"])
+
+
+def revoke(conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
+    """Revoke a key for good (idempotent: revoking again keeps the first ``revoked_at``)."""
+    with conn:
+        row = _row(conn, ref)
+        if row["status"] != "revoked":
+            conn.execute("UPDATE keys SET status = 'revoked', revoked_at = ? WHERE id = ?", (now_iso(), row["id"]))
+    return get_key(conn, row["id"])
+
+
+def rotate(conn: sqlite3.Connection, ref: str, grace_seconds: int = DEFAULT_GRACE_SECONDS, *,
+           now: datetime | None = None) -> tuple[str, dict[str, Any]]:
+    """Give a key a new secret; the current one stays valid for ``grace_seconds`` (0: invalid at once).
+
+    Returns the new secret (shown once) and the key's public fields.
+    """
+    if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, int) or grace_seconds < 0:
+        raise UsageError(f"invalid grace {grace_seconds!r}: expected a number of seconds >= 0")
+    secret = new_secret()
+    until = _iso((now or datetime.now(UTC)) + timedelta(seconds=grace_seconds))
+    with conn:
+        row = _row(conn, ref)
+        if row["status"] == "revoked":
+            raise UsageError(f"key {row['id']} was revoked at {row['revoked_at']}; a revoked key cannot be rotated")
+        conn.execute("UPDATE keys SET prev_key_hash = key_hash, prev_valid_until = ?, key_hash = ?, display = ?"
+                     " WHERE id = ?", (until, hash_secret(secret), display(secret), row["id"]))
+    return secret, get_key(conn, row["id"])
+
+
+# ---- the daemon's table ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    info: KeyInfo
+    key_hash: str  # the hash this entry was indexed under (current or previous)
+    expires: float | None  # the key's expiry, epoch seconds
+    prev_until: float | None  # set for a previous (rotated) secret: accepted until then
 
 
 class KeyTable:
-    """Hash → KeyInfo, swapped whole on reload (readers never see a half-built table)."""
+    """Hash → key, swapped whole on reload (readers never see a half-built table).
+
+    Current and previous (rotated) secrets are both indexed; a previous secret past its grace
+    period is kept in the table so that it is answered with ``key_rotated`` rather than as unknown.
+    """
 
     def __init__(self) -> None:
-        self._by_hash: dict[str, KeyInfo] = {}
+        self._by_hash: dict[str, _Entry] = {}
+        self._count = 0
 
     def load(self, conn: sqlite3.Connection) -> None:
         rows = conn.execute("SELECT * FROM keys").fetchall()
-        self._by_hash = {r["key_hash"]: KeyInfo.from_row(r) for r in rows}
+        table: dict[str, _Entry] = {}
+        current: list[_Entry] = []
+        for r in rows:
+            info = KeyInfo.from_row(r)
+            expires = _epoch(r["expires_at"])
+            current.append(_Entry(info, r["key_hash"], expires, None))
+            prev = _col(r, "prev_key_hash")
+            if prev:
+                until = _epoch(_col(r, "prev_valid_until"))
+                table[prev] = _Entry(info, prev, expires, until if until is not None else 0.0)
+        for e in current:  # a current secret wins over any previous one
+            table[e.key_hash] = e
+        self._by_hash = table
+        self._count = len(rows)
 
     def __len__(self) -> int:
-        return len(self._by_hash)
+        return self._count
 
-    def authenticate(self, secret: str | None) -> KeyInfo:
+    def authenticate(self, secret: str | None, *, now: float | None = None) -> KeyInfo:
+        """The key for ``secret`` or ``Unauthorized`` with a distinct code; ``now`` (epoch) for tests."""
         if not secret:
             raise Unauthorized("no API key: send Authorization: Bearer <key> or x-api-key", code="missing_api_key")
         h = hash_secret(secret)
-        info = self._by_hash.get(h)
-        if info is None or not hmac.compare_digest(info.key_hash, h):
+        entry = self._by_hash.get(h)
+        if entry is None or not hmac.compare_digest(entry.key_hash, h):
             raise Unauthorized("invalid API key", code="invalid_api_key")
+        info = entry.info
         if info.status != "active":
             raise Unauthorized(f"API key is {info.status}", code=f"key_{info.status}")
-        if info.expires_at and info.expires_at <= now_iso():
-            raise Unauthorized(f"API key expired at {info.expires_at}", code="key_expired")
+        if entry.expires is not None or entry.prev_until is not None:
+            t = time.time() if now is None else now
+            if entry.prev_until is not None and t >= entry.prev_until:
+                raise Unauthorized("API key was rotated: use the new secret", code="key_rotated")
+            if entry.expires is not None and t >= entry.expires:
+                raise Unauthorized(f"API key expired at {info.expires_at}", code="key_expired")
         return info

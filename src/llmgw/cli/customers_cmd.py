@@ -1,0 +1,77 @@
+"""``llmgw customers``: the customers keys, teams and budgets belong to."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from .common import HomeOpt, JsonOpt, err, open_db, print_json, resolve_home
+
+app = typer.Typer(help="Create, list and show customers.", no_args_is_help=True)
+
+IdArg = Annotated[str, typer.Argument(metavar="ID", help="The customer's id, your own slug (e.g. acme_corp).")]
+
+
+@app.command()
+def create(
+    customer_id: IdArg,
+    home: HomeOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="A display name, e.g. \"Acme Corp\".")] = None,
+) -> None:
+    """Create a customer (ids: lowercase letters, digits, '_', '.', '-')."""
+    from ..governance.hierarchy import create_customer
+
+    conn = open_db(resolve_home(home))
+    try:
+        row = create_customer(conn, customer_id, name=name)
+    finally:
+        conn.close()
+    err(f"created customer {row['id']}")
+
+
+@app.command("list")
+def list_(home: HomeOpt = None, json: JsonOpt = False) -> None:
+    """List customers with their number of teams and keys."""
+    from ..governance.hierarchy import list_customers
+
+    conn = open_db(resolve_home(home))
+    try:
+        rows = list_customers(conn)
+    finally:
+        conn.close()
+    if json:
+        print_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "name", "teams", "keys", "created")
+    for r in rows:
+        table.add_row(r["id"], r["name"] or "", str(r["teams"]), str(r["keys"]), r["created_at"])
+    Console().print(table)
+
+
+@app.command()
+def show(customer_id: IdArg, home: HomeOpt = None, json: JsonOpt = False) -> None:
+    """Show a customer with its teams and keys (never a secret)."""
+    from ..governance.hierarchy import show_customer
+
+    conn = open_db(resolve_home(home))
+    try:
+        doc = show_customer(conn, customer_id)
+    finally:
+        conn.close()
+    if json:
+        print_json(doc)
+        return
+    out = sys.stdout
+    out.write(f"id: {doc['id']}\nname: {doc['name'] or ''}\ncreated_at: {doc['created_at']}\n")
+    out.write(f"teams: {len(doc['teams'])}\n")
+    for t in doc["teams"]:
+        out.write(f"  {t['id']}" + (f"  {t['name']}" if t["name"] else "") + f"  ({t['keys']} keys)\n")
+    out.write(f"keys: {len(doc['keys'])}\n")
+    for k in doc["keys"]:
+        out.write(f"  {k['id']}  {k['name'] or ''}  {k['display']}  {k['status']}"
+                  + (f"  team={k['team_id']}" if k["team_id"] else "") + "\n")
