@@ -40,7 +40,14 @@ def test_cli_entry_point_does_not_import_the_server_stack(tmp_path: Path) -> Non
 
 
 def test_help_and_keys_list_stay_light(tmp_path: Path) -> None:
-    """Rendering ``--help`` and running ``keys list`` load neither aiohttp nor a heavy library."""
+    """Rendering ``--help`` and running ``keys list`` load neither aiohttp nor a heavy library.
+
+    The database exists already (the normal case): creating it runs the migrations through
+    sqlite-utils, which imports numpy when numpy is installed; that happens once per home.
+    """
+    from llmgw.store import db
+
+    db.open_db(tmp_path / "home" / "llmgw.db").close()
     code = """
         import contextlib, io
         from llmgw.cli.main import main

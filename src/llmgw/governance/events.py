@@ -1,0 +1,188 @@
+"""Governance events (soft-cap warnings, hard caps reached, grace used): stored once, delivered
+to an optional webhook in the background.
+
+Invariants:
+- An event is stored at most once per budget, period window and threshold (the ``events_once``
+  unique index); only newly stored events are delivered.
+- Delivery never blocks a request: events go on an in-memory queue drained by one task that
+  POSTs JSON to ``[webhooks] url`` with retries and exponential backoff, and marks rows
+  delivered. A webhook that stays down loses nothing: undelivered rows stay ``delivered = 0``
+  and are retried at the next start.
+- Configuration: ``[webhooks] url = "https://..."``, optional ``secret_env`` (name of an
+  environment variable holding an HMAC-SHA256 key; the body's signature is sent in
+  ``x-llmgw-signature: sha256=<hex>``), ``timeout`` (seconds, default 5), ``max_attempts``
+  (default 6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..errors import ConfigError
+from ..store import db as store_db
+
+log = logging.getLogger("llmgw.events")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    url: str
+    secret: bytes | None = None
+    timeout: float = 5.0
+    max_attempts: int = 6
+
+
+def webhook_config(raw: Mapping[str, Any], environ: Mapping[str, str], source: str = "llmgw.toml"
+                   ) -> WebhookConfig | None:
+    section = raw.get("webhooks")
+    if not section:
+        return None
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: webhooks: expected a table")
+    unknown = set(section) - {"url", "secret_env", "timeout", "max_attempts"}
+    if unknown:
+        raise ConfigError(f"{source}: webhooks.{sorted(unknown)[0]}: unknown key")
+    url = section.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{source}: webhooks.url: expected an http(s) URL")
+    secret = None
+    env = section.get("secret_env")
+    if env is not None:
+        if not isinstance(env, str) or not environ.get(env):
+            raise ConfigError(f"{source}: webhooks.secret_env: environment variable {env!r} is not set")
+        secret = environ[env].encode()
+    timeout = section.get("timeout", 5.0)
+    attempts = section.get("max_attempts", 6)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError(f"{source}: webhooks.timeout: expected a positive number")
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise ConfigError(f"{source}: webhooks.max_attempts: expected an integer >= 1")
+    return WebhookConfig(url, secret, float(timeout), attempts)
+
+
+def store(conn: sqlite3.Connection, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert events, ignoring repeats; return the ones that were new (with their row id)."""
+    new = []
+    with conn:
+        for ev in events:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO events (ts_ms, kind, budget_id, scope, scope_id, period_start_ms, threshold,"
+                " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (ev["ts_ms"], ev["kind"], ev.get("budget_id"), ev.get("scope"), ev.get("scope_id"),
+                 ev.get("period_start_ms"), ev.get("threshold"), orjson.dumps(ev.get("detail") or {}).decode()))
+            if cur.rowcount:
+                new.append({**ev, "id": cur.lastrowid})
+    return new
+
+
+class EventSink:
+    """Stores events off the event loop and delivers new ones to the webhook, in order."""
+
+    def __init__(self, db_path: Path, webhook: WebhookConfig | None, session: aiohttp.ClientSession) -> None:
+        self.db_path = db_path
+        self.webhook = webhook
+        self.session = session
+        self.delivered = 0
+        self.failed = 0
+        self._queue: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    def start(self) -> None:
+        self._conn = store_db.connect(self.db_path)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="llmgw-events")
+        if self.webhook is not None:  # what a previous run could not deliver
+            rows = self._conn.execute("SELECT * FROM events WHERE delivered = 0 ORDER BY id").fetchall()
+            if rows:
+                self._queue.put_nowait([{"_stored": True, **_from_row(r)} for r in rows])
+
+    def emit(self, events: list[dict[str, Any]]) -> None:
+        """Called on the event loop; returns at once."""
+        if events:
+            self._queue.put_nowait(events)
+
+    async def _run(self) -> None:
+        assert self._conn is not None
+        while True:
+            batch = await self._queue.get()
+            try:
+                fresh = [e for e in batch if e.get("_stored")]
+                to_store = [e for e in batch if not e.get("_stored")]
+                if to_store:
+                    fresh += await asyncio.to_thread(store, self._conn, to_store)
+                for ev in fresh:
+                    log.warning("budget event: %s %s %s at %s%%", ev["kind"], ev.get("scope"), ev.get("scope_id"),
+                                ev.get("threshold"))
+                    if self.webhook is not None:
+                        await self._deliver(ev)
+            except Exception:  # never let the sink die: log and go on
+                log.exception("could not store or deliver budget events")
+            finally:
+                self._queue.task_done()
+
+    async def _deliver(self, ev: dict[str, Any]) -> None:
+        assert self.webhook is not None and self._conn is not None
+        payload = {k: v for k, v in ev.items() if not k.startswith("_")}
+        body = orjson.dumps(payload)
+        headers = {"content-type": "application/json", "user-agent": "llmgw-webhook"}
+        if self.webhook.secret:
+            headers["x-llmgw-signature"] = "sha256=" + hmac.new(self.webhook.secret, body, hashlib.sha256).hexdigest()
+        delay = 0.5
+        for attempt in range(1, self.webhook.max_attempts + 1):
+            try:
+                async with self.session.post(self.webhook.url, data=body, headers=headers,
+                                             timeout=aiohttp.ClientTimeout(total=self.webhook.timeout)) as r:
+                    await r.read()
+                    if r.status < 300:
+                        self.delivered += 1
+                        await asyncio.to_thread(_mark_delivered, self._conn, ev["id"])
+                        return
+                    reason = f"HTTP {r.status}"
+            except (aiohttp.ClientError, TimeoutError) as e:
+                reason = type(e).__name__
+            log.info("webhook attempt %d for event %s failed: %s", attempt, ev.get("id"), reason)
+            if attempt < self.webhook.max_attempts:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        self.failed += 1
+        log.warning("webhook gave up on event %s after %d attempts; it stays undelivered",
+                    ev.get("id"), self.webhook.max_attempts)
+
+    async def drain(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._queue.join()
+        except TimeoutError:
+            log.warning("shutting down with budget events still being delivered")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._conn is not None:
+            self._conn.close()
+
+
+def _mark_delivered(conn: sqlite3.Connection, event_id: int) -> None:
+    with conn:
+        conn.execute("UPDATE events SET delivered = 1 WHERE id = ?", (event_id,))
+
+
+def _from_row(r: sqlite3.Row) -> dict[str, Any]:
+    d = dict(r)
+    d["detail"] = orjson.loads(d["detail"]) if d.get("detail") else {}
+    return d
