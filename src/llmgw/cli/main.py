@@ -25,12 +25,14 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import config_cmd, customers_cmd, keys_cmd, teams_cmd
+    from . import config_cmd, customers_cmd, keys_cmd, report_cmd, tail_cmd, teams_cmd
 
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(keys_cmd.app, name="keys")
     app.add_typer(customers_cmd.app, name="customers")
     app.add_typer(teams_cmd.app, name="teams")
+    app.command("report")(report_cmd.report)
+    app.command("tail")(tail_cmd.tail)
 
 
 @app.command()
