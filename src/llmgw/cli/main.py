@@ -34,6 +34,10 @@ def _register() -> None:
     app.command("report")(report_cmd.report)
     app.command("tail")(tail_cmd.tail)
 
+    from . import budget_cmd
+
+    app.add_typer(budget_cmd.app, name="budget")
+
 
 @app.command()
 def serve(

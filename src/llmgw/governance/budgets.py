@@ -1,0 +1,436 @@
+"""Budgets: calendar periods, and the daemon's in-memory book of spend that decides admission.
+
+Owns the period windows (UTC, calendar-aligned), the ``Budget`` definition, ``BudgetBook`` (reserve
+an upper bound before a request, settle to the real cost after it, threshold events) and
+``BudgetExceeded``.
+
+Invariants:
+
+* Money is integer nano-dollars; no float takes part in it (``utilisation`` is a ratio for display).
+* The ledger is the source of truth: ``BudgetBook.load`` rebuilds every counter from it, so after a
+  restart the counters equal the ledger. For that, the gateway must write the ledger row with the
+  same ``ts_ms`` it passed to ``reserve`` (the request's start), so the row falls in the window that
+  the reservation was made in.
+* Single-threaded, no I/O, no clock: every method takes ``now_ms`` (an injectable clock) and runs to
+  completion without awaiting, so ``reserve`` (check every budget, then charge every budget) is atomic
+  on the event loop. Hard caps hold under any concurrency: a budget admits only when
+  ``spent + reserved + amount <= limit (+ grace)``.
+* Windows roll over at request time (``now_ms >= end``): spent and reserved restart at 0. A
+  reservation made in an earlier window settles nothing into the new one.
+* Events are produced, never written: ``settle`` returns them and the gateway stores them (the events
+  table's unique index keeps each one once, also across restarts).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from ..errors import LlmgwError
+
+PERIODS = ("day", "week", "month", "total")
+SCOPES = ("customer", "team", "key")
+ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly", "total": "total"}
+DAY_MS = 86_400_000
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+NANOS_PER_USD = 1_000_000_000
+
+#: ``(scope, scope_id, since_ms) -> spent nano-dollars`` read from the ledger
+SpendFn = Callable[[str, str, int], int]
+
+
+# ---- periods -------------------------------------------------------------------------------------
+
+
+def _month_start_day(year: int, month: int) -> int:
+    return date(year, month, 1).toordinal() - _EPOCH_ORDINAL
+
+
+def window(period: str, now_ms: int) -> tuple[int, int | None]:
+    """``(start_ms, end_ms)`` of the calendar window (UTC) holding ``now_ms``; end is exclusive.
+
+    ``day``: midnight to midnight; ``week``: ISO week, Monday 00:00; ``month``: the 1st 00:00;
+    ``total``: ``(0, None)`` (never resets).
+    """
+    if period == "total":
+        return 0, None
+    day = now_ms // DAY_MS
+    if period == "day":
+        return day * DAY_MS, (day + 1) * DAY_MS
+    if period == "week":
+        monday = day - (day + 3) % 7  # 1970-01-01 was a Thursday (weekday 3, Monday = 0)
+        return monday * DAY_MS, (monday + 7) * DAY_MS
+    if period == "month":
+        d = date.fromordinal(day + _EPOCH_ORDINAL)
+        nxt = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
+        return _month_start_day(d.year, d.month) * DAY_MS, _month_start_day(*nxt) * DAY_MS
+    raise ValueError(f"unknown period {period!r} (expected one of {', '.join(PERIODS)})")
+
+
+def iso_utc(ms: int) -> str:
+    """``2026-12-01T00:00:00Z`` (whole seconds)."""
+    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def usd(nanos: int) -> str:
+    """``$200.00``, ``$0.000150``, ``-$1.50``: at least 2 decimals, more only to stay exact."""
+    sign = "-" if nanos < 0 else ""
+    whole, frac = divmod(abs(nanos), NANOS_PER_USD)
+    digits = f"{frac:09d}".rstrip("0").ljust(2, "0")
+    return f"{sign}${whole}.{digits}"
+
+
+def usd_plain(nanos: int) -> str:
+    """``usd`` without the dollar sign (for headers and JSON)."""
+    return usd(nanos).replace("$", "")
+
+
+def nanos_from_usd(value: str | int | Decimal) -> int:
+    """Exact nano-dollars from a decimal amount; ``ValueError`` when not a whole number of nanos."""
+    amount = Decimal(str(value).strip())
+    if not amount.is_finite():
+        raise ValueError(f"not a finite amount: {value}")
+    nanos = amount.scaleb(9)
+    if nanos != nanos.to_integral_value():
+        raise ValueError(f"{value} has more than 9 decimals")
+    return int(nanos)
+
+
+# ---- definitions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    id: str
+    scope: str  # customer | team | key
+    scope_id: str
+    period: str  # day | week | month | total
+    limit_nanos: int
+    hard: bool = True
+    warn_pct: int = 80
+    grace_nanos: int = 0
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row | Mapping[str, Any]) -> Budget:
+        return cls(id=row["id"], scope=row["scope"], scope_id=row["scope_id"], period=row["period"],
+                   limit_nanos=int(row["limit_nanos"]), hard=bool(row["hard"]), warn_pct=int(row["warn_pct"]),
+                   grace_nanos=int(row["grace_nanos"]))
+
+    @property
+    def label(self) -> str:
+        """``customer acme_corp monthly budget``"""
+        return f"{self.scope} {self.scope_id} {ADJECTIVE[self.period]} budget"
+
+    @property
+    def cap_nanos(self) -> int:
+        """What a hard budget admits up to: the limit plus the grace."""
+        return self.limit_nanos + self.grace_nanos
+
+
+#: a budgets table row (``sqlite3.Row`` or dict) or a ``Budget``
+BudgetRow = sqlite3.Row | Mapping[str, Any] | Budget
+
+
+def read_budgets(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Every budgets row, in a stable order (what ``BudgetBook.load``/``reload`` take)."""
+    return conn.execute("SELECT * FROM budgets ORDER BY scope, scope_id, period").fetchall()
+
+
+_SPEND_COLUMN = {"customer": "customer_id", "team": "team_id", "key": "key_id"}
+
+
+def ledger_spend(conn: sqlite3.Connection) -> SpendFn:
+    """A ``spend_by_scope`` reading ``conn``'s ledger: sum of ``cost_nanos`` since ``since_ms``."""
+
+    def spend(scope: str, scope_id: str, since_ms: int) -> int:
+        column = _SPEND_COLUMN[scope]
+        row = conn.execute(f"SELECT COALESCE(SUM(cost_nanos), 0) FROM ledger WHERE {column} = ? AND ts_ms >= ?",
+                           (scope_id, since_ms)).fetchone()
+        return int(row[0])
+
+    return spend
+
+
+# ---- errors and events ---------------------------------------------------------------------------
+
+
+class BudgetExceeded(LlmgwError):
+    """A hard budget cannot pay for the request: 429 (or 402), never retried, no Retry-After."""
+
+    status = 429
+    type = "budget_exceeded"
+    anthropic_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, period: str, status: int = 429, budget_id: str | None = None,
+                 reset_ms: int | None = None) -> None:
+        super().__init__(message, code=f"{period}_budget_exceeded", status=status,
+                         headers={"x-should-retry": "false"})
+        self.anthropic_type = "billing_error" if status == 402 else "rate_limit_error"
+        self.period = period
+        self.budget_id = budget_id
+        self.reset_ms = reset_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str  # soft_cap | hard_cap | grace_used
+    budget_id: str
+    scope: str
+    scope_id: str
+    period_start_ms: int
+    threshold: int  # percent of the limit
+    detail: dict[str, Any]
+
+    def as_dict(self, ts_ms: int) -> dict[str, Any]:
+        """The event as the ``events`` table columns (``detail`` still a dict), e.g. for
+        ``governance.events.store`` / ``EventSink.emit`` (``INSERT OR IGNORE``: once only)."""
+        return {"ts_ms": ts_ms, "kind": self.kind, "budget_id": self.budget_id, "scope": self.scope,
+                "scope_id": self.scope_id, "period_start_ms": self.period_start_ms, "threshold": self.threshold,
+                "detail": dict(self.detail)}
+
+
+# ---- the book ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _State:
+    budget: Budget
+    start_ms: int
+    end_ms: int | None
+    spent: int = 0
+    reserved: int = 0
+    fired: set[tuple[str, int]] = field(default_factory=set)  # (kind, threshold) in this window
+
+    def roll(self, now_ms: int) -> None:
+        if self.end_ms is not None and now_ms >= self.end_ms:
+            self.start_ms, self.end_ms = window(self.budget.period, now_ms)
+            self.spent = 0
+            self.reserved = 0
+            self.fired.clear()
+
+
+@dataclass(slots=True)
+class Reservation:
+    """What ``reserve`` charged: ``amount`` on each ``(budget_id, window_start_ms)`` of ``parts``."""
+
+    amount: int
+    now_ms: int
+    parts: tuple[tuple[str, int], ...]
+    in_grace: tuple[str, ...] = ()  # budgets that admitted only thanks to their grace
+    settled: bool = False
+
+
+class BudgetBook:
+    """Spent and reserved per budget in its current window; rebuilt from the ledger by ``load``."""
+
+    def __init__(self, *, error_status: int = 429) -> None:
+        if error_status not in (402, 429):
+            raise ValueError("error_status must be 402 or 429")
+        self.error_status = error_status
+        self._states: dict[str, _State] = {}
+        self._by_scope: dict[tuple[str, str], list[Budget]] = {}
+
+    # -- definitions -------------------------------------------------------------------------------
+
+    def load(self, budget_rows: Iterable[BudgetRow], spend_by_scope: SpendFn,
+             now_ms: int) -> None:
+        """Rebuild everything: each budget's current window and what the ledger says was spent in it."""
+        self._states = {}
+        self.reload(budget_rows, spend_by_scope, now_ms)
+
+    def reload(self, budget_rows: Iterable[BudgetRow], spend_by_scope: SpendFn,
+               now_ms: int) -> None:
+        """Apply changed definitions: new budgets read their spend from the ledger; a budget it already
+        had (same id, scope and period) keeps its spent and reserved counters with the new limit, warn
+        level, grace and hardness; removed budgets are dropped (their reservations settle to nothing)."""
+        states: dict[str, _State] = {}
+        for row in budget_rows:
+            b = row if isinstance(row, Budget) else Budget.from_row(row)
+            old = self._states.get(b.id)
+            if old is not None and (old.budget.scope, old.budget.scope_id, old.budget.period) == (
+                    b.scope, b.scope_id, b.period):
+                old.budget = b
+                old.roll(now_ms)
+                states[b.id] = old
+                continue
+            start, end = window(b.period, now_ms)
+            states[b.id] = _State(b, start, end, spent=spend_by_scope(b.scope, b.scope_id, start))
+        by_scope: dict[tuple[str, str], list[Budget]] = {}
+        for st in states.values():
+            by_scope.setdefault((st.budget.scope, st.budget.scope_id), []).append(st.budget)
+        order = {p: i for i, p in enumerate(PERIODS)}
+        for lst in by_scope.values():
+            lst.sort(key=lambda b: order.get(b.period, 9))
+        self._states = states
+        self._by_scope = by_scope
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def budgets(self) -> list[Budget]:
+        return [st.budget for st in self._states.values()]
+
+    def get(self, budget_id: str) -> Budget | None:
+        st = self._states.get(budget_id)
+        return st.budget if st else None
+
+    def applicable(self, key_id: str | None, team_id: str | None, customer_id: str | None) -> list[Budget]:
+        """Every budget that must admit a request of this key: the key's, its team's, its customer's."""
+        out: list[Budget] = []
+        for scope, sid in (("key", key_id), ("team", team_id), ("customer", customer_id)):
+            if sid is not None:
+                found = self._by_scope.get((scope, sid))
+                if found:
+                    out.extend(found)
+        return out
+
+    # -- admission ---------------------------------------------------------------------------------
+
+    def _live(self, budgets: Iterable[Budget], now_ms: int) -> list[_State]:
+        out = []
+        for b in budgets:
+            st = self._states.get(b.id)
+            if st is not None:
+                st.roll(now_ms)
+                out.append(st)
+        return out
+
+    def reserve(self, budgets: Iterable[Budget], amount_nanos: int, now_ms: int) -> Reservation:
+        """Charge ``amount_nanos`` on every budget at once, or on none (``BudgetExceeded``)."""
+        amount = max(0, amount_nanos)
+        states = self._live(budgets, now_ms)
+        refused: list[_State] = []
+        in_grace: list[str] = []
+        for st in states:
+            b = st.budget
+            if not b.hard:
+                continue
+            cap = b.cap_nanos
+            if st.spent >= cap or st.spent + st.reserved + amount > cap:
+                refused.append(st)
+            elif st.spent + st.reserved + amount > b.limit_nanos:
+                in_grace.append(b.id)
+        if refused:
+            raise self._exceeded(refused, amount)
+        for st in states:
+            st.reserved += amount
+        return Reservation(amount, now_ms, tuple((st.budget.id, st.start_ms) for st in states), tuple(in_grace))
+
+    def _exceeded(self, refused: list[_State], amount: int) -> BudgetExceeded:
+        # name the budget that frees up last: retrying before then cannot succeed
+        st = max(refused, key=lambda s: (s.end_ms is None, s.end_ms or 0))
+        b = st.budget
+        when = "it does not reset" if st.end_ms is None else f"resets {iso_utc(st.end_ms)}"
+        if st.spent >= b.limit_nanos:
+            what = f"exhausted ({usd(st.spent)} spent)"
+        else:
+            what = (f"cannot cover this request (up to {usd(amount)}; {usd(st.spent)} spent, {usd(st.reserved)} "
+                    "reserved by requests in flight)")
+        message = f"{ADJECTIVE[b.period]} budget of {usd(b.limit_nanos)} for {b.scope} {b.scope_id} {what}; {when}"
+        return BudgetExceeded(message, period=b.period, status=self.error_status, budget_id=b.id,
+                              reset_ms=st.end_ms)
+
+    def remaining(self, budgets: Iterable[Budget], now_ms: int, *, include_grace: bool = False) -> int | None:
+        """The most a request may still reserve: min over hard budgets of limit - spent - reserved
+        (plus grace with ``include_grace``: what ``reserve`` admits); ``None`` with no hard budget."""
+        best: int | None = None
+        for st in self._live(budgets, now_ms):
+            b = st.budget
+            if not b.hard:
+                continue
+            left = (b.cap_nanos if include_grace else b.limit_nanos) - st.spent - st.reserved
+            best = left if best is None else min(best, left)
+        return None if best is None else max(0, best)
+
+    def settle(self, reservation: Reservation, actual_nanos: int, now_ms: int) -> list[Event]:
+        """Release the reservation, add the real cost and return the threshold events it crossed.
+
+        A second call for the same reservation does nothing. A budget whose window rolled over since
+        the reservation gets nothing (the cost belongs to the old window, as its ledger row does).
+        """
+        if reservation.settled:
+            return []
+        reservation.settled = True
+        actual = max(0, actual_nanos)
+        events: list[Event] = []
+        for budget_id, start in reservation.parts:
+            st = self._states.get(budget_id)
+            if st is None:
+                continue
+            st.roll(now_ms)
+            if st.start_ms != start:
+                continue
+            st.reserved = max(0, st.reserved - reservation.amount)
+            st.spent += actual
+            self._events(st, events)
+        return events
+
+    def _events(self, st: _State, out: list[Event]) -> None:
+        b = st.budget
+        limit = b.limit_nanos
+        checks: list[tuple[str, int]] = []
+        if _past(st.spent, limit, b.warn_pct):
+            checks.append(("soft_cap", b.warn_pct))
+        if _past(st.spent, limit, 100):
+            checks.append(("hard_cap", 100) if b.hard else ("soft_cap", 100))
+        if b.hard and st.spent > limit:
+            checks.append(("grace_used", 100))
+        for kind, threshold in checks:
+            if (kind, threshold) in st.fired:
+                continue
+            st.fired.add((kind, threshold))
+            out.append(Event(kind, b.id, b.scope, b.scope_id, st.start_ms, threshold, {
+                "period": b.period, "hard": b.hard, "limit_nanos": limit, "spent_nanos": st.spent,
+                "grace_nanos": b.grace_nanos, "warn_pct": b.warn_pct, "window_end_ms": st.end_ms,
+                "message": f"{b.label} at {_pct(st.spent, limit)}% ({usd(st.spent)} of {usd(limit)})",
+            }))
+
+    # -- reporting ---------------------------------------------------------------------------------
+
+    def status(self, budget: Budget | str, now_ms: int) -> dict[str, Any]:
+        """Limit, spent, reserved, remaining (nano-dollars), utilisation and the window, for one budget."""
+        st = self._states[budget if isinstance(budget, str) else budget.id]
+        st.roll(now_ms)
+        b = st.budget
+        return {
+            "id": b.id, "scope": b.scope, "scope_id": b.scope_id, "period": b.period, "hard": b.hard,
+            "limit_nanos": b.limit_nanos, "spent_nanos": st.spent, "reserved_nanos": st.reserved,
+            "remaining_nanos": max(0, b.limit_nanos - st.spent - st.reserved), "grace_nanos": b.grace_nanos,
+            "utilisation": (st.spent / b.limit_nanos) if b.limit_nanos else (1.0 if st.spent else 0.0),
+            "utilisation_pct": _pct(st.spent, b.limit_nanos), "warn_pct": b.warn_pct,
+            "warn": _past(st.spent, b.limit_nanos, b.warn_pct),
+            "window_start_ms": st.start_ms, "window_end_ms": st.end_ms,
+        }
+
+    def warning_headers(self, budgets: Iterable[Budget], now_ms: int) -> dict[str, str]:
+        """``x-llmgw-budget-remaining`` (USD left on the tightest hard budget, or soft if there is no hard
+        one) and ``x-llmgw-budget-warning`` naming the budgets past their warn level, most used first;
+        empty when no budget is past its warn level."""
+        states = self._live(budgets, now_ms)
+        warned = [st for st in states if _past(st.spent, st.budget.limit_nanos, st.budget.warn_pct)]
+        if not warned:
+            return {}
+        pool = [st for st in states if st.budget.hard] or states  # a soft budget blocks nothing
+        tightest = min(max(0, st.budget.limit_nanos - st.spent - st.reserved) for st in pool)
+        warned.sort(key=lambda st: -_pct(st.spent, st.budget.limit_nanos))
+        return {
+            "x-llmgw-budget-remaining": usd_plain(tightest),
+            "x-llmgw-budget-warning": ", ".join(f"{st.budget.label} at {_pct(st.spent, st.budget.limit_nanos)}%"
+                                                for st in warned),
+        }
+
+
+def _past(spent: int, limit: int, pct: int) -> bool:
+    """Has ``spent`` reached ``pct`` percent of ``limit``? (Nothing spent never has.)"""
+    return spent > 0 and spent * 100 >= limit * pct
+
+
+def _pct(spent: int, limit: int) -> int:
+    """Whole percent used, rounded down (an empty limit counts as 100 % once anything is spent)."""
+    if limit <= 0:
+        return 100 if spent > 0 else 0
+    return spent * 100 // limit
