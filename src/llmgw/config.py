@@ -73,6 +73,7 @@ class LogConfig:
 @dataclass(frozen=True, slots=True)
 class DefaultsConfig:
     max_tokens: int = 4096  # supplied when Anthropic needs max_tokens and the client gave none
+    budget_error_status: int = 429  # HTTP status of budget_exceeded: 429 (default) or 402
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,9 +394,14 @@ def _log(c: _Checker, t: dict[str, Any]) -> LogConfig:
 
 
 def _defaults(c: _Checker, t: dict[str, Any]) -> DefaultsConfig:
-    c.unknown_keys(t, ("max_tokens",), "defaults")
-    default = DefaultsConfig().max_tokens
-    return DefaultsConfig(max_tokens=c.integer(t, "max_tokens", default, "defaults", lo=1))
+    c.unknown_keys(t, ("max_tokens", "budget_error_status"), "defaults")
+    d = DefaultsConfig()
+    status = c.integer(t, "budget_error_status", d.budget_error_status, "defaults")
+    if status not in (402, 429):
+        c.err("defaults.budget_error_status", f"expected 429 or 402, got {status}")
+        status = d.budget_error_status
+    return DefaultsConfig(max_tokens=c.integer(t, "max_tokens", d.max_tokens, "defaults", lo=1),
+                          budget_error_status=status)
 
 
 def _retry(c: _Checker, t: dict[str, Any]) -> RetryConfig:
@@ -671,8 +677,11 @@ drain_timeout = 30.0
 bodies = false
 
 [defaults]
-# max_tokens sent to Anthropic when the client gave none (Anthropic requires it).
+# max_tokens sent upstream when the client gave none: Anthropic requires it, and budgets need it
+# to bound a request's cost before it runs.
 max_tokens = 4096
+# HTTP status of a budget_exceeded error: 429 (default) or 402. Both carry x-should-retry: false.
+budget_error_status = 429
 
 [retry]
 # Retries against one upstream before moving on to the next target of an alias.

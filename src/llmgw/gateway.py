@@ -30,8 +30,12 @@ from aiohttp import web
 
 from . import validate
 from .config import Config
-from .errors import BodyTooLarge, InvalidRequest, LlmgwError
+from .errors import BodyTooLarge, InvalidRequest, LlmgwError, PermissionDenied
+from .governance.bounds import bound_nanos, clamp_max_tokens, cost_bound, prompt_price, unbounded_features
+from .governance.budgets import BudgetBook, BudgetExceeded, Reservation
+from .governance.events import EventSink
 from .governance.keys import KeyInfo, KeyTable
+from .governance.ratelimit import RateLimiter
 from .metrics import Metrics
 from .pricing import Price, PriceBook, cost_nanos
 from .providers import sse
@@ -85,6 +89,11 @@ class Call:
     raw_body: bytes = b""
     response_body: str | None = None
     cost: int = 0
+    # governance
+    reservation: Reservation | None = None
+    reserved: int = 0
+    rl_estimate: int = 0
+    headers: dict[str, str] = field(default_factory=dict)  # added to every response of this call
 
 
 def bearer(request: web.Request) -> str | None:
@@ -114,8 +123,13 @@ class _SSEResponse(web.StreamResponse):
 
 class Gateway:
     def __init__(self, config: Config, router: Router, writer: LedgerWriter, keys: KeyTable,
-                 prices: PriceBook, metrics: Metrics) -> None:
+                 prices: PriceBook, metrics: Metrics, budgets: BudgetBook | None = None,
+                 events: EventSink | None = None) -> None:
         self.config = config
+        self.budgets = budgets or BudgetBook(error_status=config.defaults.budget_error_status)
+        self.ratelimiter = RateLimiter()
+        self.events = events
+        self.default_max_tokens = config.defaults.max_tokens
         self.router = router
         self.writer = writer
         self.keys = keys
@@ -141,6 +155,7 @@ class Gateway:
             call.model = body["model"]
             call.stream = bool(body.get("stream")) and route != ROUTE_EMBEDDINGS
             targets = self.router.resolve(call.model)
+            self._admit(call, body, targets)
             deadline = time.monotonic() + self.request_timeout
             if call.stream:
                 return await self._stream(request, call, body, targets, deadline)
@@ -154,14 +169,17 @@ class Gateway:
             if self.log_bodies:
                 call.response_body = completion.body.decode("utf-8", "replace")
             await self._record(call)
-            headers = {"Content-Type": "application/json", "x-request-id": call.request_id}
+            headers = {"Content-Type": "application/json", "x-request-id": call.request_id, **call.headers}
             if call.inbound == "anthropic":
                 headers["request-id"] = call.request_id
             return web.Response(body=completion.body, status=completion.status, headers=headers)
         except LlmgwError as e:
             self._fail(call, e)
             await self._record(call)
-            return error_response(e, call.inbound, call.request_id)
+            resp = error_response(e, call.inbound, call.request_id)
+            for k, v in call.headers.items():
+                resp.headers.setdefault(k, v)
+            return resp
         except Exception:  # a bug: still a typed answer and a ledger row, never a traceback
             log.exception("unhandled error in request %s", call.request_id)
             err = LlmgwError(f"internal error (request {call.request_id})", code="internal_error")
@@ -170,6 +188,82 @@ class Gateway:
             return error_response(err, call.inbound, call.request_id)
         finally:
             self.metrics.in_flight -= 1
+
+    # ---- governance: authorize, rate-limit, reserve -----------------------------------------
+    def _admit(self, call: Call, body: dict[str, Any], targets: list[Target]) -> None:
+        key = call.key
+        assert key is not None and call.model is not None
+        if not key.allows(call.model) and not (call.model in self.router.aliases
+                                               and all(key.allows(t.qualified) for t in targets)):
+            raise PermissionDenied(f"this key may not use model {call.model!r}", code="model_not_allowed",
+                                   param="model")
+        budgets = self.budgets.applicable(key.id, key.team_id, key.customer_id)
+        if not budgets and not key.rpm and not key.tpm:
+            return
+        if call.route != ROUTE_EMBEDDINGS and _max_tokens_of(body) is None:
+            # make the output bound real: the upstream gets the same limit the reservation assumed
+            body[_max_tokens_param(call.inbound, targets)] = self.default_max_tokens
+        price = self._bound_price(targets)
+        prompt_bound, output_bound, bound = cost_bound(body, len(call.raw_body), price, inbound=call.inbound,
+                                                       default_max_tokens=self.default_max_tokens)
+        if key.rpm or key.tpm:
+            call.rl_estimate = prompt_bound + output_bound
+            info = self.ratelimiter.check(key.id, key.rpm, key.tpm, call.rl_estimate, time.monotonic())
+            call.headers.update(info.headers())
+        if not budgets:
+            return
+        if budgets and any(b.hard for b in budgets):
+            unbounded = unbounded_features(body)
+            if unbounded:
+                raise InvalidRequest(f"{', '.join(unbounded)} cannot be cost-bounded before the request runs, so "
+                                     "they are refused under a hard budget", code="unbounded_cost")
+        try:
+            call.reservation = self.budgets.reserve(budgets, bound, call.ts_ms)
+        except BudgetExceeded:
+            if not key.clamp:
+                raise
+            remaining = self.budgets.remaining(budgets, call.ts_ms)
+            n = int(body.get("n") or 1) if call.inbound == "openai" else 1
+            m = clamp_max_tokens(remaining or 0, prompt_bound, price, n)
+            if not m:
+                raise
+            body[_max_tokens_param(call.inbound, targets)] = m
+            body.pop("max_tokens" if _max_tokens_param(call.inbound, targets) != "max_tokens"
+                     else "max_completion_tokens", None)
+            bound = bound_nanos(prompt_bound, m * n, price)
+            call.reservation = self.budgets.reserve(budgets, bound, call.ts_ms)
+            call.headers["x-llmgw-max-tokens-clamped"] = str(m)
+        call.reserved = bound
+        call.headers.update(self.budgets.warning_headers(budgets, call.ts_ms))
+
+    def _bound_price(self, targets: list[Target]) -> Price | None:
+        """The dearest price in the fallback chain: any target may end up serving the request."""
+        best: Price | None = None
+        for t in targets:
+            p = self._price(t.provider.name, t.model)
+            if p is not None and (best is None or prompt_price(p) + p.output > prompt_price(best) + best.output):
+                best = p
+        return best
+
+    def _settle(self, call: Call) -> None:
+        """Real cost from real usage; release reservations; count tokens against the rate limit."""
+        if call.provider and call.upstream_model:
+            price = self._price(call.provider, call.upstream_model)
+            if price is None and call.usage.total_tokens:
+                name = f"{call.provider}/{call.upstream_model}"
+                self.metrics.unpriced[(call.provider, call.upstream_model)] += 1
+                if name not in self._unpriced_warned:
+                    self._unpriced_warned.add(name)
+                    log.warning("no price known for %s: its requests are recorded at cost 0", name)
+            call.cost = cost_nanos(price, call.usage)
+        if call.reservation is not None:
+            events = self.budgets.settle(call.reservation, call.cost, call.ts_ms)
+            if events and self.events is not None:
+                now = int(time.time() * 1000)
+                self.events.emit([e.as_dict(now) for e in events])
+        key = call.key
+        if call.rl_estimate and key is not None:
+            self.ratelimiter.settle(key.id, call.rl_estimate, call.usage.total_tokens, time.monotonic())
 
     # ---- pieces ----------------------------------------------------------------------------
     async def _read_json(self, request: web.Request, call: Call) -> Any:
@@ -199,7 +293,7 @@ class Gateway:
         stream: OpenStream = await self.router.run(
             targets, lambda t, to: t.provider.open_stream(call.inbound, body, t.model, to, state), deadline, call)
         resp = _SSEResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache",
-                                     "x-request-id": call.request_id})
+                                     "x-request-id": call.request_id, **call.headers})
         if call.inbound == "anthropic":
             resp.headers["request-id"] = call.request_id
         client_gone = False
@@ -277,15 +371,6 @@ class Gateway:
             return price
 
     def _row(self, call: Call) -> dict[str, Any]:
-        if call.provider and call.upstream_model:
-            price = self._price(call.provider, call.upstream_model)
-            if price is None and call.usage.total_tokens:
-                name = f"{call.provider}/{call.upstream_model}"
-                self.metrics.unpriced[(call.provider, call.upstream_model)] += 1
-                if name not in self._unpriced_warned:
-                    self._unpriced_warned.add(name)
-                    log.warning("no price known for %s: its requests are recorded at cost 0", name)
-            call.cost = cost_nanos(price, call.usage)
         latency = time.perf_counter() - call.t0
         key = call.key
         err = call.error
@@ -302,6 +387,7 @@ class Gateway:
             "attempts": call.attempts, "key_id": key.id if key else None,
             "team_id": key.team_id if key else None, "customer_id": key.customer_id if key else None,
             "client_retry": call.client_retry, "usage_estimated": int(call.usage_estimated),
+            "reserved_nanos": call.reserved,
         }
         if self.log_bodies:
             row["request_body"] = call.raw_body.decode("utf-8", "replace") if call.raw_body else None
@@ -317,10 +403,28 @@ class Gateway:
                                      call.attempts, call.ttfb, customer, call.usage, call.cost)
 
     async def _record(self, call: Call) -> None:
+        self._settle(call)
         await self.writer.write(self._row(call), trusted=True)
 
     def _record_nowait(self, call: Call) -> None:
+        self._settle(call)
         try:
             self.writer.submit(self._row(call), trusted=True)
         except RuntimeError:
             log.error("ledger writer stopped; request %s could not be recorded", call.request_id)
+
+
+_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+
+def _max_tokens_of(body: dict[str, Any]) -> Any:
+    mct = body.get("max_completion_tokens")
+    return mct if mct is not None else body.get("max_tokens")
+
+
+def _max_tokens_param(inbound: str, targets: list[Target]) -> str:
+    """OpenAI reasoning models refuse ``max_tokens``; everything else understands it."""
+    if inbound == "openai" and any(t.provider.type == "openai" and t.model.startswith(_REASONING_PREFIXES)
+                                   for t in targets):
+        return "max_completion_tokens"
+    return "max_tokens"

@@ -33,6 +33,8 @@ from ..gateway import (
     error_response,
     new_request_id,
 )
+from ..governance.budgets import ledger_spend, read_budgets, window
+from ..governance.events import EventSink, webhook_config
 from ..governance.keys import KeyTable
 from ..metrics import Metrics
 from ..pricing import PriceBook
@@ -96,10 +98,10 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 async def models(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    gw.keys.authenticate(bearer(request))
+    key = gw.keys.authenticate(bearer(request))
     created = int(time.time())
     data = [{"id": m, "object": "model", "created": created, "owned_by": m.split("/", 1)[0] if "/" in m else "llmgw"}
-            for m in gw.router.catalogue()]
+            for m in gw.router.catalogue() if key.allows(m)]
     return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
 
 
@@ -126,21 +128,42 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=gw.metrics.render(), headers={"content-type": gw.metrics.content_type})
 
 
-def _reload_keys(conn: sqlite3.Connection, keys: KeyTable, last: int) -> int:
+def _read_definitions(conn: sqlite3.Connection, keys: KeyTable, last: int,
+                      now_ms: int) -> tuple[int, list[sqlite3.Row] | None, dict[tuple[str, str, int], int]]:
+    """In a worker thread: reload keys if the database changed, and read budget rows plus the
+    ledger spend of each budget's current window (so the loop never waits on SQLite)."""
     version = store_db.data_version(conn)
-    if version != last:
-        keys.load(conn)
-    return version
+    if version == last:
+        return version, None, {}
+    keys.load(conn)
+    rows = read_budgets(conn)
+    spend = ledger_spend(conn)
+    spends = {}
+    for r in rows:
+        start, _ = window(r["period"], now_ms)
+        spends[(r["scope"], r["scope_id"], start)] = spend(r["scope"], r["scope_id"], start)
+    return version, rows, spends
 
 
-async def _watch_definitions(conn: sqlite3.Connection, keys: KeyTable, last: int, interval: float) -> None:
-    """Reload definitions when another process (the CLI) changed the database."""
+def _apply_budgets(gw: Gateway, rows: list[sqlite3.Row], spends: dict[tuple[str, str, int], int],
+                   now_ms: int) -> None:
+    def spend_of(scope: str, scope_id: str, start: int) -> int:
+        return spends.get((scope, scope_id, start), 0)
+
+    gw.budgets.reload(rows, spend_of, now_ms)
+
+
+async def _watch_definitions(conn: sqlite3.Connection, gw: Gateway, last: int, interval: float) -> None:
+    """Reload keys and budgets when another process (the CLI) changed the database."""
     while True:
         await asyncio.sleep(interval)
         try:
-            last = await asyncio.to_thread(_reload_keys, conn, keys, last)
+            now_ms = int(time.time() * 1000)
+            last, rows, spends = await asyncio.to_thread(_read_definitions, conn, gw.keys, last, now_ms)
+            if rows is not None:
+                _apply_budgets(gw, rows, spends, now_ms)
         except sqlite3.Error as e:
-            log.warning("could not reload keys: %s", e)
+            log.warning("could not reload definitions: %s", e)
 
 
 def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None = None,
@@ -156,7 +179,8 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         writer.start()
         reader = store_db.connect(dbfile)
         keys = KeyTable()
-        last = _reload_keys(reader, keys, -1)
+        now_ms = int(time.time() * 1000)
+        last, rows, spends = _read_definitions(reader, keys, -1, now_ms)
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             json_serialize=lambda o: orjson.dumps(o).decode(), auto_decompress=True)
@@ -165,9 +189,12 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             "llmgw_ledger_queue_depth": ("Ledger rows waiting for the writer.", lambda: writer.queue_depth),
             "llmgw_ledger_last_commit_seconds": ("Duration of the last ledger commit.",
                                                  lambda: writer.last_commit_seconds),
-        }))
+        }), events=EventSink(dbfile, webhook_config(config.raw, env, str(config.path or "llmgw.toml")), session))
+        _apply_budgets(gw, rows or [], spends, now_ms)
+        assert gw.events is not None
+        gw.events.start()
         app[GATEWAY] = gw
-        watcher = asyncio.create_task(_watch_definitions(reader, keys, last, reload_interval))
+        watcher = asyncio.create_task(_watch_definitions(reader, gw, last, reload_interval))
         try:
             yield
         finally:
@@ -176,6 +203,8 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
                 await watcher
             except asyncio.CancelledError:
                 pass
+            await gw.events.drain(5.0)
+            await gw.events.close()
             await router.close()
             await session.close()
             await asyncio.to_thread(writer.stop)
