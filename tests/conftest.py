@@ -70,7 +70,7 @@ def start_daemon(home: Path, config_text: str = "", environ: dict[str, str] | No
     config = cfgmod.load(cfg_path, environ=env)
     conn = store_db.open_db(paths.db_path(home))
     try:
-        key = mint(conn, name="test")[0]
+        key = mint(conn, name="test", replace=True)[0]
     finally:
         conn.close()
     ready = threading.Event()

@@ -126,7 +126,7 @@ class Gateway:
                  prices: PriceBook, metrics: Metrics, budgets: BudgetBook | None = None,
                  events: EventSink | None = None) -> None:
         self.config = config
-        self.budgets = budgets or BudgetBook(error_status=config.defaults.budget_error_status)
+        self.budgets = budgets if budgets is not None else BudgetBook(error_status=config.defaults.budget_error_status)
         self.ratelimiter = RateLimiter()
         self.events = events
         self.default_max_tokens = config.defaults.max_tokens

@@ -48,8 +48,11 @@ class _Histogram:
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, gauges: dict[str, tuple[str, Callable[[], float]]] | None = None) -> None:
-        """``gauges``: extra gauges read at scrape time, name -> (help text, function)."""
+    def __init__(self, gauges: dict[str, tuple[str, Callable[[], float]]] | None = None,
+                 budgets: Callable[[], list[dict[str, Any]]] | None = None) -> None:
+        """``gauges``: extra gauges read at scrape time, name -> (help text, function);
+        ``budgets``: the in-memory budget states (``BudgetBook.status`` dicts) at scrape time."""
+        self.budgets = budgets
         self.in_flight = 0
         self.requests: defaultdict[tuple[str, ...], int] = defaultdict(int)
         self.duration: defaultdict[tuple[str, ...], _Histogram] = defaultdict(_Histogram)
@@ -115,6 +118,21 @@ class Metrics:
                       ["provider", "model"], self.unpriced)
         for name, (doc, fn) in self.gauges.items():
             yield GaugeMetricFamily(name, doc, value=fn())
+        if self.budgets is not None:
+            labels = ["budget", "scope", "scope_id", "period"]
+            limit = GaugeMetricFamily("llmgw_budget_limit_usd", "Budget limit in US dollars.", labels=labels)
+            spend = GaugeMetricFamily("llmgw_budget_spend_usd",
+                                      "Spend in the budget's current window (the daemon's live counter).",
+                                      labels=labels)
+            util = GaugeMetricFamily("llmgw_budget_utilisation_ratio", "Spend divided by limit.", labels=labels)
+            for st in self.budgets():
+                lv = [st["id"], st["scope"], st["scope_id"], st["period"]]
+                limit.add_metric(lv, st["limit_nanos"] / 1e9)
+                spend.add_metric(lv, st["spent_nanos"] / 1e9)
+                util.add_metric(lv, st["spent_nanos"] / st["limit_nanos"] if st["limit_nanos"] else 0.0)
+            yield limit
+            yield spend
+            yield util
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

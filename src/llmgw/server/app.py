@@ -33,7 +33,7 @@ from ..gateway import (
     error_response,
     new_request_id,
 )
-from ..governance.budgets import ledger_spend, read_budgets, window
+from ..governance.budgets import BudgetBook, ledger_spend, read_budgets, window
 from ..governance.events import EventSink, webhook_config
 from ..governance.keys import KeyTable
 from ..metrics import Metrics
@@ -185,11 +185,12 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             json_serialize=lambda o: orjson.dumps(o).decode(), auto_decompress=True)
         router = Router(config, session, env)
+        book = BudgetBook(error_status=config.defaults.budget_error_status)
         gw = Gateway(config, router, writer, keys, PriceBook.load(config.pricing), Metrics({
             "llmgw_ledger_queue_depth": ("Ledger rows waiting for the writer.", lambda: writer.queue_depth),
             "llmgw_ledger_last_commit_seconds": ("Duration of the last ledger commit.",
                                                  lambda: writer.last_commit_seconds),
-        }), events=EventSink(dbfile, webhook_config(config.raw, env, str(config.path or "llmgw.toml")), session))
+        }, budgets=lambda: [book.status(b, int(time.time() * 1000)) for b in book.budgets()]), budgets=book, events=EventSink(dbfile, webhook_config(config.raw, env, str(config.path or "llmgw.toml")), session))
         _apply_budgets(gw, rows or [], spends, now_ms)
         assert gw.events is not None
         gw.events.start()

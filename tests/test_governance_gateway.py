@@ -1,0 +1,277 @@
+"""Governance through the real daemon: allow-lists, budgets that hold under concurrency, typed
+errors the official SDKs do not retry, rate limits, soft caps, clamping, live reload."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+
+import anthropic
+import httpx
+import openai
+import pytest
+from aiohttp import web
+
+from conftest import UPSTREAM_ENV, upstream_config
+from llmgw.governance import hierarchy
+
+CHAT = "/v1/chat/completions"
+MSG = [{"role": "user", "content": "hello"}]
+
+
+def budget(d, scope, scope_id, usd_nanos, period="month", hard=1, warn_pct=80, grace=0):
+    conn = d.db()
+    try:
+        with conn:
+            conn.execute(
+                "INSERT INTO budgets (id, scope, scope_id, period, limit_nanos, hard, warn_pct, grace_nanos,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '2026-01-01', '2026-01-01')",
+                (f"bud_{scope}_{scope_id}_{period}", scope, scope_id, period, usd_nanos, hard, warn_pct, grace))
+    finally:
+        conn.close()
+
+
+def customer(d, cid, team=None):
+    conn = d.db()
+    try:
+        hierarchy.create_customer(conn, cid)
+        if team:
+            hierarchy.create_team(conn, team, customer_id=cid)
+    finally:
+        conn.close()
+
+
+def wait_reload():
+    time.sleep(1.2)  # the daemon polls the database every 0.5 s
+
+
+def upstream_calls(upstream):
+    return sum(1 for r in upstream.requests if r["path"] in (CHAT, "/v1/messages"))
+
+
+def test_model_allow_list(gw, upstream):
+    key = gw.mint(name="limited", models=["openai/gpt-4o-mini", "demo/*"])
+    wait_reload()
+    with openai.OpenAI(base_url=gw.openai_base, api_key=key, max_retries=0) as c:
+        c.chat.completions.create(model="demo/echo", messages=MSG)
+        before = upstream_calls(upstream)
+        with pytest.raises(openai.PermissionDeniedError) as e:
+            c.chat.completions.create(model="anthropic/claude-haiku-4-5-20251001", messages=MSG)
+        assert e.value.code == "model_not_allowed"
+        assert upstream_calls(upstream) == before  # rejected requests never reach a provider
+        ids = {m.id for m in c.models.list()}
+    assert "demo/echo" in ids and not any(i.startswith("anthropic/") for i in ids)
+    assert gw.ledger()[-1]["status"] == 403 and gw.ledger()[-1]["cost_nanos"] == 0
+
+
+def test_budget_exceeded_is_typed_and_not_retried_by_sdks(gw, upstream):
+    customer(gw, "acme_corp")
+    key = gw.mint(name="acme", customer_id="acme_corp")
+    budget(gw, "customer", "acme_corp", 0)  # nothing left
+    wait_reload()
+    before = upstream_calls(upstream)
+    with openai.OpenAI(base_url=gw.openai_base, api_key=key) as c:  # default: 2 retries
+        with pytest.raises(openai.RateLimitError) as e:
+            c.chat.completions.create(model="openai/gpt-4o-mini", messages=MSG)
+    err = e.value
+    assert err.type == "budget_exceeded" and err.code == "month_budget_exceeded"
+    assert "customer acme_corp" in err.message and "resets" in err.message
+    assert err.response.headers["x-should-retry"] == "false"
+    assert "retry-after" not in err.response.headers
+    with anthropic.Anthropic(base_url=gw.url, api_key=key) as a:
+        with pytest.raises(anthropic.RateLimitError) as e2:
+            a.messages.create(model="anthropic/claude-haiku-4-5-20251001", max_tokens=10, messages=MSG)
+    assert e2.value.body["error"]["type"] == "rate_limit_error"
+    rows = [r for r in gw.ledger() if r["key_id"] and r["status"] == 429]
+    assert len(rows) == 2  # exactly one HTTP attempt per SDK call: the SDKs honoured x-should-retry
+    assert all(r["error_type"] == "budget_exceeded" and r["cost_nanos"] == 0 for r in rows)
+    assert upstream_calls(upstream) == before
+
+
+def test_budget_error_status_402(daemon_factory, upstream):
+    d = daemon_factory(upstream_config(upstream, "[defaults]\nbudget_error_status = 402\n"), UPSTREAM_ENV)
+    key = d.mint(name="k402")
+    conn = d.db()
+    kid = conn.execute("SELECT id FROM keys WHERE name='k402'").fetchone()[0]
+    conn.close()
+    budget(d, "key", kid, 0)
+    wait_reload()
+    r = httpx.post(d.openai_base + "/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                   json={"model": "demo/echo", "messages": MSG})
+    assert r.status_code == 402 and r.json()["error"]["type"] == "budget_exceeded"
+    with anthropic.Anthropic(base_url=d.url, api_key=key) as a:
+        with pytest.raises(anthropic.APIStatusError) as e:
+            a.messages.create(model="demo/echo", max_tokens=10, messages=MSG)
+    assert e.value.status_code == 402 and e.value.body["error"]["type"] == "billing_error"
+
+
+def test_hard_cap_holds_under_200_concurrent_requests(gw, upstream):
+    customer(gw, "burst")
+    key = gw.mint(name="burst", customer_id="burst")
+    # one request costs ~5-6k nano-dollars on gpt-4o-mini here; the cap fits about 10 of them
+    cap = 60_000
+    budget(gw, "customer", "burst", cap)
+    wait_reload()
+    before = upstream_calls(upstream)
+
+    async def fire():
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as c:
+            return await asyncio.gather(*[
+                c.post(gw.openai_base + "/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                       json={"model": "openai/gpt-4o-mini", "max_tokens": 10,
+                             "messages": [{"role": "user", "content": f"caption {i}"}]})
+                for i in range(200)])
+
+    responses = asyncio.run(fire())
+    ok = [r for r in responses if r.status_code == 200]
+    rejected = [r for r in responses if r.status_code == 429]
+    assert len(ok) + len(rejected) == 200
+    assert len(ok) >= 1  # a burst reserves upper bounds at once: fewer fit than the cap/actual ratio
+    assert all(r.json()["error"]["type"] == "budget_exceeded" for r in rejected)
+    rows = [r for r in gw.ledger() if r["customer_id"] == "burst"]
+    assert len(rows) == 200  # every request accounted for
+    spent = sum(r["cost_nanos"] for r in rows)
+    assert 0 < spent <= cap
+    assert sum(1 for r in rows if r["status"] == 200) == len(ok)
+    assert upstream_calls(upstream) - before == len(ok)  # rejected ones never reached the provider
+    assert all(r["reserved_nanos"] >= r["cost_nanos"] for r in rows)  # reservations were upper bounds
+
+
+def test_rate_limit_requests(gw):
+    key = gw.mint(name="slow", rpm=2)
+    wait_reload()
+    h = {"Authorization": f"Bearer {key}"}
+    body = {"model": "demo/echo", "messages": MSG}
+    r1 = httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body)
+    assert r1.status_code == 200
+    assert r1.headers["x-ratelimit-limit-requests"] == "2"
+    assert r1.headers["x-ratelimit-remaining-requests"] == "1"
+    httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body)
+    r3 = httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body)
+    assert r3.status_code == 429
+    err = r3.json()["error"]
+    assert err["type"] == "rate_limit_exceeded" and err["code"] == "requests"
+    assert 1 <= int(r3.headers["retry-after"]) <= 120 and int(r3.headers["retry-after-ms"]) > 0
+    assert r3.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_soft_cap_warning_headers_event_and_webhook(daemon_factory, upstream):
+    received: list[dict] = []
+    app = web.Application()
+
+    async def hook(request):
+        received.append(await request.json())
+        return web.Response(text="ok")
+
+    app.router.add_post("/hook", hook)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]
+    t = threading.Thread(target=loop.run_forever, daemon=True)
+    t.start()
+    try:
+        d = daemon_factory(upstream_config(upstream, f'[webhooks]\nurl = "http://127.0.0.1:{port}/hook"\n'),
+                           UPSTREAM_ENV)
+        customer(d, "soft")
+        key = d.mint(name="soft", customer_id="soft")
+        budget(d, "customer", "soft", 20_000, hard=0, warn_pct=50)
+        wait_reload()
+        h = {"Authorization": f"Bearer {key}"}
+        seen = []
+        for _ in range(8):
+            r = httpx.post(d.openai_base + "/chat/completions", headers=h,
+                           json={"model": "openai/gpt-4o-mini", "max_tokens": 10, "messages": MSG})
+            assert r.status_code == 200  # a soft cap never blocks
+            seen.append(r.headers.get("x-llmgw-budget-warning"))
+        assert seen[0] is None and seen[-1] and "soft" in seen[-1]
+        deadline = time.monotonic() + 5
+        while len(received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kinds = sorted((e["kind"], e["threshold"]) for e in received)
+        assert kinds == [("soft_cap", 50), ("soft_cap", 100)]  # once per threshold, not per request
+        conn = d.db()
+        rows = conn.execute("SELECT kind, threshold, delivered FROM events ORDER BY id").fetchall()
+        conn.close()
+        assert [(r[0], r[1], r[2]) for r in rows] == [("soft_cap", 50, 1), ("soft_cap", 100, 1)]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(5)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+
+def test_clamp_lowers_max_tokens_to_what_the_budget_can_pay(gw, upstream):
+    key = gw.mint(name="clampy", clamp=True)
+    conn = gw.db()
+    kid = conn.execute("SELECT id FROM keys WHERE name='clampy'").fetchone()[0]
+    conn.close()
+    budget(gw, "key", kid, 100_000)
+    wait_reload()
+    r = httpx.post(gw.openai_base + "/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                   json={"model": "openai/gpt-4o-mini", "max_tokens": 100_000, "messages": MSG})
+    assert r.status_code == 200
+    clamped = int(r.headers["x-llmgw-max-tokens-clamped"])
+    sent = upstream.requests[-1]["json"]
+    assert sent["max_tokens"] == clamped and 0 < clamped < 100_000
+
+
+def test_default_max_tokens_injected_under_a_budget(gw, upstream):
+    customer(gw, "bounded")
+    key = gw.mint(name="bounded", customer_id="bounded")
+    budget(gw, "customer", "bounded", 10**12)
+    wait_reload()
+    httpx.post(gw.openai_base + "/chat/completions", headers={"Authorization": f"Bearer {key}"},
+               json={"model": "openai/gpt-4o-mini", "messages": MSG})
+    assert upstream.requests[-1]["json"]["max_tokens"] == 4096  # the bound the reservation assumed
+
+
+def test_cli_budget_change_applies_without_restart(gw):
+    customer(gw, "live")
+    key = gw.mint(name="live", customer_id="live")
+    wait_reload()
+    h = {"Authorization": f"Bearer {key}"}
+    body = {"model": "demo/echo", "messages": MSG}
+    assert httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body).status_code == 200
+    r = subprocess.run([sys.executable, "-m", "llmgw", "budget", "set", "--customer", "live", "--limit", "0",
+                        "--period", "day", "--home", str(gw.home)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    wait_reload()
+    r2 = httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body)
+    assert r2.status_code == 429 and r2.json()["error"]["code"] == "day_budget_exceeded"
+    subprocess.run([sys.executable, "-m", "llmgw", "keys", "disable", "live", "--home", str(gw.home)],
+                   capture_output=True, text=True, timeout=30, check=True)
+    wait_reload()
+    r3 = httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body)
+    assert r3.status_code == 401 and r3.json()["error"]["code"] == "key_disabled"
+
+
+def test_counters_equal_ledger_after_restart(daemon_factory, upstream, tmp_path):
+    home = tmp_path / "persist"
+    d = daemon_factory(upstream_config(upstream), UPSTREAM_ENV, home=home)
+    customer(d, "steady")
+    key = d.mint(name="steady", customer_id="steady")
+    budget(d, "customer", "steady", 10**9)
+    wait_reload()
+    with openai.OpenAI(base_url=d.openai_base, api_key=key, max_retries=0) as c:
+        for _ in range(5):
+            c.chat.completions.create(model="openai/gpt-4o-mini", messages=MSG, max_tokens=20)
+    gateway_before = _live_spend(d, "steady")
+    d.stop()
+    ledger_sum = sum(r["cost_nanos"] for r in d.ledger() if r["customer_id"] == "steady")
+    assert gateway_before == pytest.approx(ledger_sum / 1e9, abs=1e-12) and ledger_sum > 0
+    d2 = daemon_factory(upstream_config(upstream), UPSTREAM_ENV, home=home)
+    assert _live_spend(d2, "steady") == pytest.approx(ledger_sum / 1e9, abs=1e-12)
+
+
+def _live_spend(d, customer_id):
+    """The daemon's in-memory counter, as exported on /metrics."""
+    for line in httpx.get(d.url + "/metrics").text.splitlines():
+        if line.startswith("llmgw_budget_spend_usd{") and f'scope_id="{customer_id}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no budget gauge in:\n" + httpx.get(d.url + "/metrics").text[-3000:])
