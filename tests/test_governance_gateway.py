@@ -275,3 +275,44 @@ def _live_spend(d, customer_id):
         if line.startswith("llmgw_budget_spend_usd{") and f'scope_id="{customer_id}"' in line:
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError("no budget gauge in:\n" + httpx.get(d.url + "/metrics").text[-3000:])
+
+
+def test_idempotency_key_replays_without_charging(gw, upstream):
+    h = {"Authorization": f"Bearer {gw.key}", "Idempotency-Key": "caption-sku-10482"}
+    body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "caption sku 10482"}]}
+    before = upstream_calls(upstream)
+    r1 = httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body)
+    r2 = httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body)
+    assert r1.status_code == r2.status_code == 200
+    assert r2.content == r1.content and r2.headers["x-llmgw-idempotent-replay"] == "true"
+    assert upstream_calls(upstream) - before == 1
+    first, second = gw.ledger()[-2:]
+    assert first["cost_nanos"] > 0 and first["idempotent_replay"] == 0
+    assert second["cost_nanos"] == 0 and second["idempotent_replay"] == 1 and second["status"] == 200
+    # the same key with another body is a client bug, not a replay
+    r3 = httpx.post(gw.openai_base + "/chat/completions", headers=h,
+                    json={**body, "messages": [{"role": "user", "content": "something else"}]})
+    assert r3.status_code == 400 and r3.json()["error"]["code"] == "idempotency_key_reused"
+    # another virtual key has its own idempotency space
+    other = gw.mint(name="other")
+    wait_reload()
+    r4 = httpx.post(gw.openai_base + "/chat/completions",
+                    headers={**h, "Authorization": f"Bearer {other}"}, json=body)
+    assert r4.status_code == 200 and "x-llmgw-idempotent-replay" not in r4.headers
+
+
+def test_concurrent_duplicates_call_upstream_once(gw, upstream):
+    upstream.add_fault(path=CHAT, delay=0.5)
+    h = {"Authorization": f"Bearer {gw.key}", "Idempotency-Key": "dup-1"}
+    body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "once"}]}
+    before = upstream_calls(upstream)
+
+    async def both():
+        async with httpx.AsyncClient(timeout=10) as c:
+            return await asyncio.gather(*[c.post(gw.openai_base + "/chat/completions", headers=h, json=body)
+                                          for _ in range(3)])
+
+    rs = asyncio.run(both())
+    assert [r.status_code for r in rs] == [200, 200, 200]
+    assert len({r.content for r in rs}) == 1
+    assert upstream_calls(upstream) - before == 1

@@ -34,6 +34,7 @@ from .errors import BodyTooLarge, InvalidRequest, LlmgwError, PermissionDenied
 from .governance.bounds import bound_nanos, clamp_max_tokens, cost_bound, prompt_price, unbounded_features
 from .governance.budgets import BudgetBook, BudgetExceeded, Reservation
 from .governance.events import EventSink
+from .governance.idempotency import Idempotency, Stored
 from .governance.keys import KeyInfo, KeyTable
 from .governance.ratelimit import RateLimiter
 from .metrics import Metrics
@@ -94,6 +95,9 @@ class Call:
     reserved: int = 0
     rl_estimate: int = 0
     headers: dict[str, str] = field(default_factory=dict)  # added to every response of this call
+    idem_key: str | None = None
+    idem_answer: Stored | None = None
+    idempotent_replay: bool = False
 
 
 def bearer(request: web.Request) -> str | None:
@@ -124,8 +128,9 @@ class _SSEResponse(web.StreamResponse):
 class Gateway:
     def __init__(self, config: Config, router: Router, writer: LedgerWriter, keys: KeyTable,
                  prices: PriceBook, metrics: Metrics, budgets: BudgetBook | None = None,
-                 events: EventSink | None = None) -> None:
+                 events: EventSink | None = None, idempotency: Idempotency | None = None) -> None:
         self.config = config
+        self.idempotency = idempotency
         self.budgets = budgets if budgets is not None else BudgetBook(error_status=config.defaults.budget_error_status)
         self.ratelimiter = RateLimiter()
         self.events = events
@@ -155,6 +160,11 @@ class Gateway:
             call.model = body["model"]
             call.stream = bool(body.get("stream")) and route != ROUTE_EMBEDDINGS
             targets = self.router.resolve(call.model)
+            idem = request.headers.get("idempotency-key")
+            if idem is not None and not call.stream and self.idempotency is not None:
+                replay = await self._idempotent(call, idem)
+                if replay is not None:
+                    return replay
             self._admit(call, body, targets)
             deadline = time.monotonic() + self.request_timeout
             if call.stream:
@@ -168,6 +178,8 @@ class Gateway:
             call.usage = completion.usage
             if self.log_bodies:
                 call.response_body = completion.body.decode("utf-8", "replace")
+            if call.idem_key is not None:
+                call.idem_answer = Stored(completion.status, "application/json", completion.body)
             await self._record(call)
             headers = {"Content-Type": "application/json", "x-request-id": call.request_id, **call.headers}
             if call.inbound == "anthropic":
@@ -188,6 +200,25 @@ class Gateway:
             return error_response(err, call.inbound, call.request_id)
         finally:
             self.metrics.in_flight -= 1
+            if call.idem_key is not None and call.key is not None and self.idempotency is not None:
+                # runs before aiohttp sends the response: a retry after this answer finds it
+                await self.idempotency.finish(call.key.id, call.idem_key, call.raw_body, call.idem_answer)
+
+    async def _idempotent(self, call: Call, idem: str) -> web.Response | None:
+        assert call.key is not None and self.idempotency is not None
+        idem = self.idempotency.check_key(idem)
+        stored = await self.idempotency.begin(call.key.id, idem, call.raw_body)
+        if stored is None:
+            call.idem_key = idem
+            return None
+        call.idempotent_replay = True
+        call.status = stored.status
+        await self._record(call)
+        headers = {"Content-Type": stored.content_type, "x-request-id": call.request_id,
+                   "x-llmgw-idempotent-replay": "true"}
+        if call.inbound == "anthropic":
+            headers["request-id"] = call.request_id
+        return web.Response(body=stored.body, status=stored.status, headers=headers)
 
     # ---- governance: authorize, rate-limit, reserve -----------------------------------------
     def _admit(self, call: Call, body: dict[str, Any], targets: list[Target]) -> None:
@@ -387,7 +418,7 @@ class Gateway:
             "attempts": call.attempts, "key_id": key.id if key else None,
             "team_id": key.team_id if key else None, "customer_id": key.customer_id if key else None,
             "client_retry": call.client_retry, "usage_estimated": int(call.usage_estimated),
-            "reserved_nanos": call.reserved,
+            "reserved_nanos": call.reserved, "idempotent_replay": int(call.idempotent_replay),
         }
         if self.log_bodies:
             row["request_body"] = call.raw_body.decode("utf-8", "replace") if call.raw_body else None

@@ -35,6 +35,7 @@ from ..gateway import (
 )
 from ..governance.budgets import BudgetBook, ledger_spend, read_budgets, window
 from ..governance.events import EventSink, webhook_config
+from ..governance.idempotency import Idempotency
 from ..governance.keys import KeyTable
 from ..metrics import Metrics
 from ..pricing import PriceBook
@@ -190,7 +191,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             "llmgw_ledger_queue_depth": ("Ledger rows waiting for the writer.", lambda: writer.queue_depth),
             "llmgw_ledger_last_commit_seconds": ("Duration of the last ledger commit.",
                                                  lambda: writer.last_commit_seconds),
-        }, budgets=lambda: [book.status(b, int(time.time() * 1000)) for b in book.budgets()]), budgets=book, events=EventSink(dbfile, webhook_config(config.raw, env, str(config.path or "llmgw.toml")), session))
+        }, budgets=lambda: [book.status(b, int(time.time() * 1000)) for b in book.budgets()]), budgets=book, idempotency=Idempotency(dbfile), events=EventSink(dbfile, webhook_config(config.raw, env, str(config.path or "llmgw.toml")), session))
         _apply_budgets(gw, rows or [], spends, now_ms)
         assert gw.events is not None
         gw.events.start()

@@ -1,0 +1,114 @@
+"""Idempotent requests: a repeated ``Idempotency-Key`` within 24 hours gets the stored answer and
+is not charged again.
+
+Scope and rules:
+- Keys are per virtual key (two customers may use the same idempotency key independently).
+- Only completed, non-streaming 200 answers are stored (in the ``idempotency`` table, written
+  before the response is sent, so a retry that follows a received answer always finds it).
+- The same idempotency key with a different request body is a client bug: 400
+  ``idempotency_key_reused``, as Stripe and OpenAI-style APIs do.
+- A duplicate that arrives while the first is still running waits for the first and then gets
+  its answer (in-process; the daemon is a single process).
+- Streaming requests ignore the header (an SSE stream is not replayed from here).
+SQLite work runs in worker threads with short-lived connections: only requests carrying the
+header pay for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InvalidRequest
+from ..store import db as store_db
+
+TTL_MS = 24 * 3600 * 1000
+MAX_KEY_LEN = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    status: int
+    content_type: str
+    body: bytes
+
+
+def request_hash(raw_body: bytes) -> str:
+    return hashlib.sha256(raw_body).hexdigest()
+
+
+def _lookup(db_path: Path, key_id: str, idem_key: str, now_ms: int) -> tuple[str, Stored] | None:
+    conn = store_db.connect(db_path)
+    try:
+        row = conn.execute("SELECT request_hash, status, content_type, body, created_ms FROM idempotency"
+                           " WHERE key_id = ? AND idem_key = ?", (key_id, idem_key)).fetchone()
+    finally:
+        conn.close()
+    if row is None or row["created_ms"] < now_ms - TTL_MS:
+        return None
+    return row["request_hash"], Stored(row["status"], row["content_type"], bytes(row["body"]))
+
+
+def _store(db_path: Path, key_id: str, idem_key: str, rhash: str, stored: Stored, now_ms: int) -> None:
+    conn = store_db.connect(db_path)
+    try:
+        with conn:
+            conn.execute("DELETE FROM idempotency WHERE created_ms < ?", (now_ms - TTL_MS,))
+            conn.execute("INSERT OR REPLACE INTO idempotency (key_id, idem_key, request_hash, status, content_type,"
+                         " body, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (key_id, idem_key, rhash, stored.status, stored.content_type, stored.body, now_ms))
+    finally:
+        conn.close()
+
+
+class Idempotency:
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self._in_flight: dict[tuple[str, str], asyncio.Future[Stored | None]] = {}
+
+    @staticmethod
+    def check_key(idem_key: str) -> str:
+        if not idem_key or len(idem_key) > MAX_KEY_LEN or not idem_key.isprintable():
+            raise InvalidRequest(f"Idempotency-Key must be 1-{MAX_KEY_LEN} printable characters",
+                                 param="Idempotency-Key", code="invalid_value")
+        return idem_key
+
+    async def begin(self, key_id: str, idem_key: str, raw_body: bytes) -> Stored | None:
+        """The stored answer to replay, or None when this request should run (and ``finish`` later)."""
+        rhash = request_hash(raw_body)
+        slot = (key_id, idem_key)
+        while (running := self._in_flight.get(slot)) is not None:
+            await asyncio.shield(running)
+        # hold the slot before the first await, so a duplicate arriving meanwhile waits for us
+        mine: asyncio.Future[Stored | None] = asyncio.get_running_loop().create_future()
+        self._in_flight[slot] = mine
+        try:
+            found = await asyncio.to_thread(_lookup, self.db_path, key_id, idem_key, int(time.time() * 1000))
+            if found is not None and found[0] != rhash:
+                raise InvalidRequest("this Idempotency-Key was already used with a different request body",
+                                     param="Idempotency-Key", code="idempotency_key_reused")
+        except BaseException:
+            self._release(slot, None)
+            raise
+        if found is not None:
+            self._release(slot, found[1])
+            return found[1]
+        return None
+
+    def _release(self, slot: tuple[str, str], stored: Stored | None) -> None:
+        fut = self._in_flight.pop(slot, None)
+        if fut is not None and not fut.done():
+            fut.set_result(stored)
+
+    async def finish(self, key_id: str, idem_key: str, raw_body: bytes, stored: Stored | None) -> None:
+        """Store a 200 answer (``stored``) or give the slot up (None); wakes waiting duplicates."""
+        slot = (key_id, idem_key)
+        try:
+            if stored is not None and stored.status == 200:
+                await asyncio.to_thread(_store, self.db_path, key_id, idem_key, request_hash(raw_body), stored,
+                                        int(time.time() * 1000))
+        finally:
+            self._release(slot, stored)
