@@ -186,17 +186,17 @@ def test_budget_exceeded_error_shape() -> None:
     assert e.message == ("monthly budget of $200.00 for customer acme_corp exhausted ($200.00 spent); "
                          "resets 2026-12-01T00:00:00Z")
     assert (e.status, e.type, e.code, e.anthropic_type) == (429, "budget_exceeded", "month_budget_exceeded",
-                                                            "rate_limit_error")
+                                                            "budget_exceeded")
     assert e.headers == {"x-should-retry": "false"}  # and no Retry-After: the Anthropic SDK would sleep it
     assert e.openai_body() == {"error": {"message": e.message, "type": "budget_exceeded", "param": None,
                                          "code": "month_budget_exceeded"}}
-    assert e.anthropic_body()["error"]["type"] == "rate_limit_error"
+    assert e.anthropic_body()["error"]["type"] == "budget_exceeded"
     assert e.reset_ms == ms("2026-12-01T00:00:00") and e.budget_id == "b1"
     # configurable to 402
     book402 = book_of(b, now=NOW, spend=lambda scope, sid, since: 200 * USD, status=402)
     with pytest.raises(BudgetExceeded) as ei:
         book402.reserve([b], 1, NOW)
-    assert (ei.value.status, ei.value.anthropic_type) == (402, "billing_error")
+    assert (ei.value.status, ei.value.anthropic_type) == (402, "budget_exceeded")
     # a request too big for what is left (not yet exhausted) says so; a total budget never resets
     t = budget(5 * USD, id="bt", scope="key", scope_id="key_9", period="total")
     book = book_of(t, now=NOW, spend=lambda scope, sid, since: 4 * USD)

@@ -84,7 +84,7 @@ def test_budget_exceeded_is_typed_and_not_retried_by_sdks(gw, upstream):
     with anthropic.Anthropic(base_url=gw.url, api_key=key) as a:
         with pytest.raises(anthropic.RateLimitError) as e2:
             a.messages.create(model="anthropic/claude-haiku-4-5-20251001", max_tokens=10, messages=MSG)
-    assert e2.value.body["error"]["type"] == "rate_limit_error"
+    assert e2.value.body["error"]["type"] == "budget_exceeded"
     rows = [r for r in gw.ledger() if r["key_id"] and r["status"] == 429]
     assert len(rows) == 2  # exactly one HTTP attempt per SDK call: the SDKs honoured x-should-retry
     assert all(r["error_type"] == "budget_exceeded" and r["cost_nanos"] == 0 for r in rows)
@@ -105,7 +105,7 @@ def test_budget_error_status_402(daemon_factory, upstream):
     with anthropic.Anthropic(base_url=d.url, api_key=key) as a:
         with pytest.raises(anthropic.APIStatusError) as e:
             a.messages.create(model="demo/echo", max_tokens=10, messages=MSG)
-    assert e.value.status_code == 402 and e.value.body["error"]["type"] == "billing_error"
+    assert e.value.status_code == 402 and e.value.body["error"]["type"] == "budget_exceeded"
 
 
 def test_hard_cap_holds_under_200_concurrent_requests(gw, upstream):

@@ -2,7 +2,9 @@
 
 Owns the period windows (UTC, calendar-aligned), the ``Budget`` definition, ``BudgetBook`` (reserve
 an upper bound before a request, settle to the real cost after it, threshold events) and
-``BudgetExceeded``.
+``BudgetExceeded``; and the budgets table as the CLI and the admin API edit it (``parse_usd``,
+``upsert_budget``, ``delete_budget``, ``select_budgets``, ``budget_report``), so both front ends
+apply the same rules.
 
 Invariants:
 
@@ -24,13 +26,14 @@ Invariants:
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ..errors import LlmgwError
+from ..errors import LlmgwError, NotFound, UsageError
 
 PERIODS = ("day", "week", "month", "total")
 SCOPES = ("customer", "team", "key")
@@ -163,13 +166,14 @@ class BudgetExceeded(LlmgwError):
 
     status = 429
     type = "budget_exceeded"
-    anthropic_type = "rate_limit_error"
+    # the Anthropic envelope carries the precise type too: the SDK picks its exception class by
+    # status (RateLimitError / PermissionDenied-like 402), and the body says what happened
+    anthropic_type = "budget_exceeded"
 
     def __init__(self, message: str, *, period: str, status: int = 429, budget_id: str | None = None,
                  reset_ms: int | None = None) -> None:
         super().__init__(message, code=f"{period}_budget_exceeded", status=status,
                          headers={"x-should-retry": "false"})
-        self.anthropic_type = "billing_error" if status == 402 else "rate_limit_error"
         self.period = period
         self.budget_id = budget_id
         self.reset_ms = reset_ms
@@ -434,3 +438,151 @@ def _pct(spent: int, limit: int) -> int:
     if limit <= 0:
         return 100 if spent > 0 else 0
     return spent * 100 // limit
+
+
+# ---- budgets in the database (shared by ``llmgw budget`` and the admin API) ---------------------
+
+MAX_NANOS = 2**63 - 1  # what an SQLite INTEGER holds
+
+
+def parse_usd(value: str | int, what: str) -> int:
+    """An amount of USD (``150``, ``12.50``, ``$1_000``) → exact nano-dollars; ``UsageError`` naming
+    ``what`` when it is not a finite, non-negative amount of at most 9 decimals that fits the database."""
+    text = str(value).strip().removeprefix("$").replace("_", "")
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise UsageError(f"{what}: expected an amount in USD such as 150 or 12.50, got {value!r}") from None
+    if not amount.is_finite():
+        raise UsageError(f"{what}: expected a finite amount in USD, got {value!r}")
+    if amount < 0:
+        raise UsageError(f"{what}: an amount cannot be negative, got {value!r}")
+    nanos = amount.scaleb(9)
+    if nanos != nanos.to_integral_value():
+        raise UsageError(f"{what}: {value!r} is finer than a nano-dollar (use at most 9 decimals)")
+    if nanos > MAX_NANOS:
+        raise UsageError(f"{what}: {value!r} is too large")
+    return int(nanos)
+
+
+def resolve_scope(conn: sqlite3.Connection, scope: str, value: str) -> str:
+    """The id of an existing customer, team or key (keys by id or name); ``NotFound`` otherwise."""
+    if scope == "key":
+        row = conn.execute("SELECT id FROM keys WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1",
+                           (value, value, value)).fetchone()
+    elif scope in ("customer", "team"):
+        table = "customers" if scope == "customer" else "teams"
+        row = conn.execute(f"SELECT id FROM {table} WHERE id = ?", (value,)).fetchone()
+    else:
+        raise ValueError(f"unknown scope {scope!r} (expected one of {', '.join(SCOPES)})")
+    if row is None:
+        raise NotFound(f"no {scope} {value!r}")
+    return str(row[0])
+
+
+def select_budgets(conn: sqlite3.Connection, scope: str | None = None,
+                   value: str | None = None) -> list[sqlite3.Row]:
+    """Every budget, or those of one customer (with its teams' and keys'), team (with its keys') or key
+    (by id or name); ``NotFound`` for an unknown one. Customers first, then teams, then keys."""
+    if scope is None or value is None:
+        return conn.execute("SELECT * FROM budgets ORDER BY scope, scope_id, period").fetchall()
+    sid = resolve_scope(conn, scope, value)
+    if scope == "customer":
+        sql = ("SELECT * FROM budgets WHERE (scope = 'customer' AND scope_id = :c)"
+               " OR (scope = 'team' AND scope_id IN (SELECT id FROM teams WHERE customer_id = :c))"
+               " OR (scope = 'key' AND scope_id IN (SELECT id FROM keys WHERE customer_id = :c))")
+    elif scope == "team":
+        sql = ("SELECT * FROM budgets WHERE (scope = 'team' AND scope_id = :c)"
+               " OR (scope = 'key' AND scope_id IN (SELECT id FROM keys WHERE team_id = :c))")
+    else:
+        sql = "SELECT * FROM budgets WHERE scope = 'key' AND scope_id = :c"
+    order = " ORDER BY CASE scope WHEN 'customer' THEN 0 WHEN 'team' THEN 1 ELSE 2 END, scope_id, period"
+    return conn.execute(sql + order, {"c": sid}).fetchall()
+
+
+def upsert_budget(conn: sqlite3.Connection, scope: str, value: str, period: str, limit_nanos: int, *,
+                  hard: bool | None = None, warn_pct: int | None = None,
+                  grace_nanos: int | None = None) -> tuple[sqlite3.Row, bool]:
+    """Create or update the budget of (scope, customer/team/key, period) in one write transaction.
+
+    An update keeps the budget's id (so a running daemon keeps its spent counter) and the options
+    not given (``None``); a new budget defaults to hard, warn at 80 %, no grace. Returns the row and
+    whether it was created. ``UsageError`` for a bad option, ``NotFound`` for an unknown
+    customer/team/key (keys by id or name); nothing is written then.
+    """
+    if scope not in SCOPES:
+        raise UsageError(f"scope: expected one of {', '.join(SCOPES)}, got {scope!r}")
+    if period not in PERIODS:
+        raise UsageError(f"period: expected one of {', '.join(PERIODS)}, got {period!r}")
+    for what, n in (("limit", limit_nanos), ("grace", grace_nanos)):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_NANOS):
+            raise UsageError(f"{what}: expected a non-negative amount, got {n!r}")
+    if warn_pct is not None and (isinstance(warn_pct, bool) or not isinstance(warn_pct, int)
+                                 or not 1 <= warn_pct <= 100):
+        raise UsageError(f"warn at: expected a percent from 1 to 100, got {warn_pct!r}")
+    if hard is False and grace_nanos:
+        raise UsageError("a grace applies to hard budgets only")
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        scope_id = resolve_scope(conn, scope, value)
+        old = conn.execute("SELECT * FROM budgets WHERE scope = ? AND scope_id = ? AND period = ?",
+                           (scope, scope_id, period)).fetchone()
+        if old is None:
+            bid = "bud_" + uuid.uuid4().hex[:16]
+            conn.execute(
+                "INSERT INTO budgets (id, scope, scope_id, period, limit_nanos, hard, warn_pct, grace_nanos,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (bid, scope, scope_id, period, limit_nanos, 1 if hard is None else int(hard),
+                 80 if warn_pct is None else warn_pct, grace_nanos or 0, now, now))
+        else:
+            bid = old["id"]
+            conn.execute(
+                "UPDATE budgets SET limit_nanos = ?, hard = ?, warn_pct = ?, grace_nanos = ?, updated_at = ?"
+                " WHERE id = ?",
+                (limit_nanos, old["hard"] if hard is None else int(hard),
+                 old["warn_pct"] if warn_pct is None else warn_pct,
+                 old["grace_nanos"] if grace_nanos is None else grace_nanos, now, bid))
+        row = conn.execute("SELECT * FROM budgets WHERE id = ?", (bid,)).fetchone()
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return row, old is None
+
+
+def delete_budget(conn: sqlite3.Connection, budget_id: str) -> sqlite3.Row:
+    """Delete one budget by id and return its row (the ledger keeps every charge); ``NotFound``."""
+    with conn:
+        row = conn.execute("SELECT * FROM budgets WHERE id = ?", (budget_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no budget {budget_id!r}")
+        conn.execute("DELETE FROM budgets WHERE id = ?", (budget_id,))
+    return row
+
+
+def budget_report(conn: sqlite3.Connection, rows: list[Any], now_ms: int) -> list[dict[str, Any]]:
+    """Each budget with spent (from the ledger), remaining and utilisation in its current window.
+
+    Money as integer ``*_nanos`` and exact decimal ``*_usd`` strings (never a float); the daemon's
+    in-flight reservations are not visible here.
+    """
+    book = BudgetBook()
+    book.load(rows, ledger_spend(conn), now_ms)
+    names = {("key", r["id"]): r["name"] for r in conn.execute("SELECT id, name FROM keys")}
+    out = []
+    for row in rows:
+        st = book.status(row["id"], now_ms)
+        end = st["window_end_ms"]
+        out.append({
+            "id": st["id"], "scope": st["scope"], "scope_id": st["scope_id"],
+            "name": names.get((st["scope"], st["scope_id"])), "period": st["period"],
+            "hard": st["hard"], "limit_nanos": st["limit_nanos"], "spent_nanos": st["spent_nanos"],
+            "remaining_nanos": st["remaining_nanos"], "grace_nanos": st["grace_nanos"],
+            "limit_usd": usd_plain(st["limit_nanos"]), "spent_usd": usd_plain(st["spent_nanos"]),
+            "remaining_usd": usd_plain(st["remaining_nanos"]), "grace_usd": usd_plain(st["grace_nanos"]),
+            "utilisation_pct": st["utilisation_pct"], "warn_pct": st["warn_pct"], "warn": st["warn"],
+            "window_start": iso_utc(st["window_start_ms"]) if st["period"] != "total" else None,
+            "resets": iso_utc(end) if end is not None else None,
+        })
+    return out
