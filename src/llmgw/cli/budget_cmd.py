@@ -26,9 +26,6 @@ KeyOpt = Annotated[str | None, typer.Option("--key", help="Virtual key id or nam
 PeriodOpt = Annotated[str | None, typer.Option("--period", help="day, week (ISO, from Monday), month or total "
                                                                 "(calendar-aligned, UTC).")]
 
-_MAX_NANOS = 2**63 - 1
-
-
 def _usage(msg: str) -> Exception:
     from ..errors import UsageError
 
@@ -36,23 +33,9 @@ def _usage(msg: str) -> Exception:
 
 
 def _parse_usd(value: str, option: str) -> int:
-    from decimal import Decimal, InvalidOperation
+    from ..governance.budgets import parse_usd
 
-    text = value.strip().removeprefix("$").replace("_", "")
-    try:
-        amount = Decimal(text)
-    except InvalidOperation:
-        raise _usage(f"{option}: expected an amount in USD such as 150 or 12.50, got {value!r}") from None
-    if not amount.is_finite():
-        raise _usage(f"{option}: expected a finite amount in USD, got {value!r}")
-    if amount < 0:
-        raise _usage(f"{option}: an amount cannot be negative, got {value!r}")
-    nanos = amount.scaleb(9)
-    if nanos != nanos.to_integral_value():
-        raise _usage(f"{option}: {value!r} is finer than a nano-dollar (use at most 9 decimals)")
-    if nanos > _MAX_NANOS:
-        raise _usage(f"{option}: {value!r} is too large")
-    return int(nanos)
+    return parse_usd(value, option)
 
 
 def _period(period: str | None, *, required: bool = True) -> str | None:
@@ -76,27 +59,6 @@ def _one_scope(customer: str | None, team: str | None, key: str | None) -> tuple
     if not value.strip():
         raise _usage(f"--{scope}: expected a non-empty id")
     return scope, value.strip()
-
-
-def _resolve(conn: sqlite3.Connection, scope: str, value: str) -> str:
-    """The id of an existing customer, team or key (keys by id or name); ``NotFound`` otherwise."""
-    from ..errors import NotFound
-
-    if scope == "key":
-        row = conn.execute("SELECT id FROM keys WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1",
-                           (value, value, value)).fetchone()
-    else:
-        table = "customers" if scope == "customer" else "teams"
-        row = conn.execute(f"SELECT id FROM {table} WHERE id = ?", (value,)).fetchone()
-    if row is None:
-        raise NotFound(f"no {scope} {value!r}")
-    return str(row[0])
-
-
-def _now_iso() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _describe(row: Any) -> str:
@@ -126,11 +88,14 @@ def set_(
     json: Annotated[bool, typer.Option("--json", help="Print the budget as JSON instead of its id.")] = False,
 ) -> None:
     """Create or update the budget of one customer, team or key for one period; prints its id."""
+    from ..governance.budgets import upsert_budget
+
     scope, value = _one_scope(customer, team, key)
     if limit is None:
         raise _usage("--limit is required (USD per period)")
     limit_nanos = _parse_usd(limit, "--limit")
     p = _period(period)
+    assert p is not None
     if warn_at is not None and not 1 <= warn_at <= 100:
         raise _usage(f"--warn-at: expected a percent from 1 to 100, got {warn_at}")
     grace_nanos = None if grace is None else _parse_usd(grace, "--grace")
@@ -139,37 +104,12 @@ def set_(
 
     conn = open_db(resolve_home(home))
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            scope_id = _resolve(conn, scope, value)
-            old = conn.execute("SELECT * FROM budgets WHERE scope = ? AND scope_id = ? AND period = ?",
-                               (scope, scope_id, p)).fetchone()
-            now = _now_iso()
-            if old is None:
-                import uuid
-
-                bid = "bud_" + uuid.uuid4().hex[:16]
-                conn.execute(
-                    "INSERT INTO budgets (id, scope, scope_id, period, limit_nanos, hard, warn_pct, grace_nanos,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (bid, scope, scope_id, p, limit_nanos, 1 if hard is None else int(hard),
-                     80 if warn_at is None else warn_at, grace_nanos or 0, now, now))
-            else:
-                bid = old["id"]
-                conn.execute(
-                    "UPDATE budgets SET limit_nanos = ?, hard = ?, warn_pct = ?, grace_nanos = ?, updated_at = ?"
-                    " WHERE id = ?",
-                    (limit_nanos, old["hard"] if hard is None else int(hard),
-                     old["warn_pct"] if warn_at is None else warn_at,
-                     old["grace_nanos"] if grace_nanos is None else grace_nanos, now, bid))
-            row = conn.execute("SELECT * FROM budgets WHERE id = ?", (bid,)).fetchone()
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
+        row, created = upsert_budget(conn, scope, value, p, limit_nanos, hard=hard, warn_pct=warn_at,
+                                     grace_nanos=grace_nanos)
     finally:
         conn.close()
-    err(f"{'created' if old is None else 'updated'} {bid}: {_describe(row)}")
+    bid = row["id"]
+    err(f"{'created' if created else 'updated'} {bid}: {_describe(row)}")
     if json:
         print_json(dict(row))
     else:
@@ -177,46 +117,20 @@ def set_(
 
 
 def _selected(conn: sqlite3.Connection, customer: str | None, team: str | None, key: str | None) -> list[Any]:
+    from ..governance.budgets import select_budgets
+
     if customer is None and team is None and key is None:
-        return conn.execute("SELECT * FROM budgets ORDER BY scope, scope_id, period").fetchall()
+        return select_budgets(conn)
     scope, value = _one_scope(customer, team, key)
-    sid = _resolve(conn, scope, value)
-    if scope == "customer":  # the customer's own budgets and those of its teams and keys
-        sql = ("SELECT * FROM budgets WHERE (scope = 'customer' AND scope_id = :c)"
-               " OR (scope = 'team' AND scope_id IN (SELECT id FROM teams WHERE customer_id = :c))"
-               " OR (scope = 'key' AND scope_id IN (SELECT id FROM keys WHERE customer_id = :c))")
-    elif scope == "team":
-        sql = ("SELECT * FROM budgets WHERE (scope = 'team' AND scope_id = :c)"
-               " OR (scope = 'key' AND scope_id IN (SELECT id FROM keys WHERE team_id = :c))")
-    else:
-        sql = "SELECT * FROM budgets WHERE scope = 'key' AND scope_id = :c"
-    order = " ORDER BY CASE scope WHEN 'customer' THEN 0 WHEN 'team' THEN 1 ELSE 2 END, scope_id, period"
-    return conn.execute(sql + order, {"c": sid}).fetchall()
+    return select_budgets(conn, scope, value)
 
 
 def budget_report(conn: sqlite3.Connection, rows: list[Any], now_ms: int) -> list[dict[str, Any]]:
-    """Each budget with spent (from the ledger), remaining and utilisation in its current window."""
-    from ..governance.budgets import BudgetBook, iso_utc, ledger_spend, usd_plain
+    """Each budget with spent (from the ledger), remaining and utilisation in its current window
+    (``governance.budgets.budget_report``, kept here for callers of the CLI module)."""
+    from ..governance.budgets import budget_report as report
 
-    book = BudgetBook()
-    book.load(rows, ledger_spend(conn), now_ms)
-    names = {("key", r["id"]): r["name"] for r in conn.execute("SELECT id, name FROM keys")}
-    out = []
-    for row in rows:
-        st = book.status(row["id"], now_ms)
-        end = st["window_end_ms"]
-        out.append({
-            "id": st["id"], "scope": st["scope"], "scope_id": st["scope_id"],
-            "name": names.get((st["scope"], st["scope_id"])), "period": st["period"],
-            "hard": st["hard"], "limit_nanos": st["limit_nanos"], "spent_nanos": st["spent_nanos"],
-            "remaining_nanos": st["remaining_nanos"], "grace_nanos": st["grace_nanos"],
-            "limit_usd": usd_plain(st["limit_nanos"]), "spent_usd": usd_plain(st["spent_nanos"]),
-            "remaining_usd": usd_plain(st["remaining_nanos"]),
-            "utilisation_pct": st["utilisation_pct"], "warn_pct": st["warn_pct"], "warn": st["warn"],
-            "window_start": iso_utc(st["window_start_ms"]) if st["period"] != "total" else None,
-            "resets": iso_utc(end) if end is not None else None,
-        })
-    return out
+    return report(conn, rows, now_ms)
 
 
 @app.command()
@@ -264,26 +178,23 @@ def delete(
 ) -> None:
     """Delete one budget, by --id or by scope and --period (the ledger keeps every charge)."""
     from ..errors import NotFound
+    from ..governance.budgets import delete_budget, resolve_scope
 
     by_scope = customer is not None or team is not None or key is not None
     if (budget_id is None) == (not by_scope):
         raise _usage("give either --id, or one of --customer, --team or --key with --period")
     conn = open_db(resolve_home(home))
     try:
-        with conn:
-            if budget_id is not None:
-                row = conn.execute("SELECT * FROM budgets WHERE id = ?", (budget_id,)).fetchone()
-                what = f"budget {budget_id!r}"
-            else:
-                scope, value = _one_scope(customer, team, key)
-                p = _period(period)
-                scope_id = _resolve(conn, scope, value)
-                row = conn.execute("SELECT * FROM budgets WHERE scope = ? AND scope_id = ? AND period = ?",
-                                   (scope, scope_id, p)).fetchone()
-                what = f"{p} budget for {scope} {value!r}"
-            if row is None:
-                raise NotFound(f"no {what}")
-            conn.execute("DELETE FROM budgets WHERE id = ?", (row["id"],))
+        if budget_id is None:
+            scope, value = _one_scope(customer, team, key)
+            p = _period(period)
+            scope_id = resolve_scope(conn, scope, value)
+            found = conn.execute("SELECT id FROM budgets WHERE scope = ? AND scope_id = ? AND period = ?",
+                                 (scope, scope_id, p)).fetchone()
+            if found is None:
+                raise NotFound(f"no {p} budget for {scope} {value!r}")
+            budget_id = str(found["id"])
+        row = delete_budget(conn, budget_id)
     finally:
         conn.close()
     err(f"deleted {row['id']}: {_describe(row)}")

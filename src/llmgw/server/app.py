@@ -42,6 +42,7 @@ from ..pricing import PriceBook
 from ..providers.router import Router
 from ..store import db as store_db
 from ..store.writer import LedgerWriter
+from .admin import add_routes as add_admin_routes
 
 log = logging.getLogger("llmgw.server")
 
@@ -228,5 +229,6 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         app.router.add_route(method, path, handler)
     for path in dict.fromkeys(p for _, p, _ in routes):
         app.router.add_route("*", path, guarded(method_not_allowed))
+    add_admin_routes(app, config, home, env, guarded)  # /admin/...: 404 unless an admin token is set
     app.router.add_route("*", "/{tail:.*}", guarded(not_found))
     return app
