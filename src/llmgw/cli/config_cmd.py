@@ -1,14 +1,21 @@
-"""``llmgw config``: check the configuration file."""
+"""``llmgw config``: check the configuration file; apply and export the customers, teams, keys and
+budgets it declares (``governance/declare.py`` does the work; here only printing).
+
+``apply`` prints one line per change on stdout (a new key's secret on its ``+ key`` line: the only
+time it is shown) and diagnostics on stderr.
+"""
 
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
-from .common import ConfigOpt, HomeOpt, err, resolve_home
+from .common import ConfigOpt, HomeOpt, err, open_db, print_json, resolve_home
 
-app = typer.Typer(help="Inspect and check the configuration.", no_args_is_help=True)
+app = typer.Typer(help="Inspect and check the configuration; apply and export declared customers, teams, keys "
+                       "and budgets.", no_args_is_help=True)
 
 
 @app.command()
@@ -47,3 +54,75 @@ def show(config: ConfigOpt = None, home: HomeOpt = None) -> None:
     })
 
 
+
+
+@app.command()
+def apply(
+    config: ConfigOpt = None,
+    home: HomeOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; write nothing (no key "
+                                                            "secret is made).")] = False,
+    json: Annotated[bool, typer.Option("--json", help="Print the changes as JSON on stdout.")] = False,
+) -> None:
+    """Create and update the customers, teams, keys and budgets declared in the config file.
+
+    Idempotent: prints one line per change ('+ customer acme_corp', '~ key vk: rpm 30 -> 60',
+    '+ budget customer acme_corp month $200.00'), nothing when all is already as declared. A key
+    created here gets a secret printed ONCE on its '+ key NAME: sk-llmgw-...' line; keep it.
+
+    It never deletes: customers, teams, keys and budgets that are not in the file are left as they
+    are (delete budgets with 'llmgw budget delete', revoke keys with 'llmgw keys revoke' or
+    status = "revoked"). The ledger is never touched. Any problem in the file: every problem is
+    listed, nothing is written, exit 2. Everything is applied in one transaction.
+    """
+    from .. import paths
+    from ..errors import ConfigError
+    from ..governance.declare import apply as apply_decl
+    from ..governance.declare import parse_file
+
+    h = resolve_home(home)
+    path = paths.find_config(config, h)
+    if path is None:
+        raise ConfigError("no config file found (--config, $LLMGW_CONFIG, LLMGW_HOME/llmgw.toml)")
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    decl, problems = parse_file(path)
+    conn = open_db(h)
+    try:
+        result = apply_decl(conn, decl, dry_run=dry_run, problems_before=problems)
+    finally:
+        conn.close()
+    for w in result.warnings:
+        err(w)
+    if json:
+        print_json({"dry_run": dry_run, "changes": [c.as_json() for c in result.changes]})
+    else:
+        for change in result.changes:
+            sys.stdout.write(change.line() + "\n")
+    sys.stdout.flush()
+    if not result.changes:
+        err("no changes")
+    elif dry_run:
+        err(f"dry run: {len(result.changes)} change(s) not applied")
+    elif any(c.secret for c in result.changes):
+        err("the secrets above are shown only this once: store them now")
+
+
+@app.command()
+def export(home: HomeOpt = None) -> None:
+    """Print the customers, teams, keys and budgets in the database as llmgw.toml sections.
+
+    Secrets and their hashes are never exported (revoked keys are left out). Applying the output to
+    another home recreates the definitions, with new secrets for the keys; applying it to the same
+    home changes nothing.
+    """
+    from ..governance.declare import export as export_decl
+
+    conn = open_db(resolve_home(home))
+    try:
+        text, notes = export_decl(conn)
+    finally:
+        conn.close()
+    sys.stdout.write(text)
+    for note in notes:
+        err(note)
