@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,17 @@ class Daemon:
         finally:
             conn.close()
 
+    @property
+    def gateway(self) -> Any:
+        from llmgw.server.app import GATEWAY
+
+        return self.extra["app"][GATEWAY]
+
+    def set_clock(self, ms: int) -> None:
+        """Freeze the daemon's wall clock (budget windows, ledger timestamps) at ``ms``."""
+        self._loop.call_soon_threadsafe(setattr, self.gateway, "clock_ms", lambda: ms)
+        time.sleep(0.05)
+
     def stop(self) -> None:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
@@ -87,7 +99,7 @@ def start_daemon(home: Path, config_text: str = "", environ: dict[str, str] | No
         box["stop"] = stop
         try:
             loop.run_until_complete(serve_async(config, home, host="127.0.0.1", port=0, on_ready=on_ready,
-                                                stop=stop, environ=env))
+                                                stop=stop, environ=env, on_app=lambda app: box.update(app=app)))
         except BaseException as e:  # surfaced to the test via box
             box["error"] = e
             ready.set()
@@ -98,7 +110,7 @@ def start_daemon(home: Path, config_text: str = "", environ: dict[str, str] | No
     t.start()
     if not ready.wait(20) or "error" in box:
         raise RuntimeError(f"daemon did not start: {box.get('error')!r}")
-    return Daemon(box["url"], home, key, box["loop"], box["stop"], t)
+    return Daemon(box["url"], home, key, box["loop"], box["stop"], t, extra={"app": box["app"]})
 
 
 def upstream_config(fake: FakeUpstream, extra: str = "") -> str:

@@ -316,3 +316,77 @@ def test_concurrent_duplicates_call_upstream_once(gw, upstream):
     assert [r.status_code for r in rs] == [200, 200, 200]
     assert len({r.content for r in rs}) == 1
     assert upstream_calls(upstream) - before == 1
+
+
+def _ms(iso):
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(iso + "+00:00").timestamp() * 1000)
+
+
+@pytest.mark.parametrize("level", ["key", "team", "customer"])
+def test_daily_budget_at_each_level_rolls_over_at_midnight_utc(gw, level):
+    customer(gw, f"roll_{level}", team=f"team_{level}")
+    key = gw.mint(name=f"roll_{level}", team_id=f"team_{level}")
+    conn = gw.db()
+    kid = conn.execute("SELECT id FROM keys WHERE name = ?", (f"roll_{level}",)).fetchone()[0]
+    conn.close()
+    scope_id = {"key": kid, "team": f"team_{level}", "customer": f"roll_{level}"}[level]
+    gw.set_clock(_ms("2026-11-27T23:59:00"))
+    budget(gw, level, scope_id, 40_000, period="day")  # a handful of demo/echo answers
+    wait_reload()
+    h = {"Authorization": f"Bearer {key}"}
+    body = {"model": "demo/echo", "max_tokens": 5, "messages": MSG}
+    codes = [httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body).status_code for _ in range(15)]
+    assert codes[0] == 200 and codes[-1] == 429  # the day's budget ran out
+    rejected = httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body)
+    assert rejected.json()["error"]["code"] == "day_budget_exceeded"
+    assert "resets 2026-11-28T00:00:00Z" in rejected.json()["error"]["message"]
+    assert f"{level} " in rejected.json()["error"]["message"]
+    gw.set_clock(_ms("2026-11-28T00:00:01"))  # a new UTC day: the window rolls at request time
+    assert httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body).status_code == 200
+    rows = [r for r in gw.ledger() if r["key_id"] == kid]
+    spent_day1 = sum(r["cost_nanos"] for r in rows if r["ts_ms"] < _ms("2026-11-28T00:00:00"))
+    assert 0 < spent_day1 <= 40_000
+    assert rows[-1]["ts_ms"] == _ms("2026-11-28T00:00:01") and rows[-1]["team_id"] == f"team_{level}"
+    assert rows[-1]["customer_id"] == f"roll_{level}"
+
+
+def test_key_rotation_with_grace_through_the_daemon(gw):
+    old = gw.mint(name="rotating")
+    wait_reload()
+    body = {"model": "demo/echo", "messages": MSG}
+
+    def status(secret):
+        return httpx.post(gw.openai_base + "/chat/completions", headers={"Authorization": f"Bearer {secret}"},
+                          json=body)
+
+    assert status(old).status_code == 200
+    r = subprocess.run([sys.executable, "-m", "llmgw", "keys", "rotate", "rotating", "--grace", "2",
+                        "--home", str(gw.home)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    new = r.stdout.strip()
+    assert new.startswith("sk-llmgw-") and new != old
+    wait_reload()
+    assert status(new).status_code == 200
+    assert status(old).status_code == 200  # still inside the grace period
+    time.sleep(2.0)
+    gone = status(old)
+    assert gone.status_code == 401 and gone.json()["error"]["code"] == "key_rotated"
+    subprocess.run([sys.executable, "-m", "llmgw", "keys", "revoke", "rotating", "--home", str(gw.home)],
+                   capture_output=True, text=True, timeout=30, check=True)
+    wait_reload()
+    assert status(new).json()["error"]["code"] == "key_revoked"
+
+
+def test_rate_limit_tokens(gw):
+    key = gw.mint(name="tokeny", tpm=300)
+    wait_reload()
+    h = {"Authorization": f"Bearer {key}"}
+    body = {"model": "demo/echo", "max_tokens": 100, "messages": MSG}
+    first = httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body)
+    assert first.status_code == 200 and first.headers["x-ratelimit-limit-tokens"] == "300"
+    codes = [httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body) for _ in range(5)]
+    limited = [r for r in codes if r.status_code == 429]
+    assert limited and limited[0].json()["error"]["code"] == "tokens"
+    assert 1 <= int(limited[0].headers["retry-after"]) <= 120

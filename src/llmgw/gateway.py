@@ -131,6 +131,8 @@ class Gateway:
                  events: EventSink | None = None, idempotency: Idempotency | None = None) -> None:
         self.config = config
         self.idempotency = idempotency
+        # wall-clock time of a request (budget windows, ledger ts_ms); tests inject a clock here
+        self.clock_ms: Callable[[], int] = _wall_clock_ms
         self.budgets = budgets if budgets is not None else BudgetBook(error_status=config.defaults.budget_error_status)
         self.ratelimiter = RateLimiter()
         self.events = events
@@ -148,7 +150,7 @@ class Gateway:
 
     # ---- the spine -------------------------------------------------------------------------
     async def handle(self, request: web.Request, route: str) -> web.StreamResponse:
-        call = Call(request_id=new_request_id(), route=route,
+        call = Call(request_id=new_request_id(), route=route, ts_ms=self.clock_ms(),
                     inbound="anthropic" if route == ROUTE_MESSAGES else "openai")
         retry = request.headers.get("x-stainless-retry-count")
         if retry and retry.isdigit():
@@ -446,6 +448,10 @@ class Gateway:
 
 
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+
+def _wall_clock_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _max_tokens_of(body: dict[str, Any]) -> Any:

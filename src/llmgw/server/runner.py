@@ -38,7 +38,8 @@ def tune_gc() -> None:
 
 async def serve_async(config: Config, home: Path, *, host: str, port: int,
                       on_ready: Callable[[str, int], None] | None = None,
-                      stop: asyncio.Event | None = None, environ: Mapping[str, str] | None = None) -> None:
+                      stop: asyncio.Event | None = None, environ: Mapping[str, str] | None = None,
+                      on_app: Callable[[web.Application], None] | None = None) -> None:
     app = create_app(config, home, environ=environ)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=config.server.drain_timeout)
@@ -58,6 +59,8 @@ async def serve_async(config: Config, home: Path, *, host: str, port: int,
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests) or not Unix
                 pass
         tune_gc()
+        if on_app:  # tests reach into the running app (e.g. to inject a clock)
+            on_app(app)
         if on_ready:
             on_ready(host, bound)
         await stop.wait()
