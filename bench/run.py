@@ -271,14 +271,21 @@ def start_llmgw(procs: Procs, mock_port: int, workdir: Path, python: str) -> Tar
     env = {**os.environ, **NO_PROXY_ENV, "PYTHONPATH": pythonpath, "MOCK_KEY": "x"}
     env.pop("LLMGW_HOME", None)
     env.pop("LLMGW_CONFIG", None)
-    created = subprocess.run(
-        [python, "-m", "llmgw", "keys", "create", "--home", str(home), "--name", "bench"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=workdir,
-        timeout=60,
-    )
+    # Governance on, as the target demands: the key belongs to a team and a customer, has a
+    # monthly budget, the customer a daily one, and the key request and token rate limits (all far
+    # above what the run can spend, so every request is admitted but pays for the checks).
+    def llmgw_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([python, "-m", "llmgw", *args, "--home", str(home)], capture_output=True,
+                              text=True, env=env, cwd=workdir, timeout=60)
+
+    for step in (("customers", "create", "bench_customer"),
+                 ("teams", "create", "bench_team", "--customer", "bench_customer"),
+                 ("budget", "set", "--customer", "bench_customer", "--limit", "1000000", "--period", "day")):
+        done = llmgw_cli(*step)
+        if done.returncode != 0:
+            raise BenchError(f"`llmgw {' '.join(step)}` failed: {(done.stderr or done.stdout).strip()[-800:]}")
+    created = llmgw_cli("keys", "create", "--name", "bench", "--team", "bench_team", "--budget", "1000000",
+                        "--period", "month", "--rpm", "100000000", "--tpm", "100000000000")
     lines = created.stdout.strip().splitlines()
     if created.returncode != 0 or len(lines) != 1:
         raise BenchError(
