@@ -1,5 +1,6 @@
 """``llmgw config``: check the configuration file; apply and export the customers, teams, keys and
-budgets it declares (``governance/declare.py`` does the work; here only printing).
+budgets it declares (``governance/declare.py`` reads the file, ``governance/declare_apply.py`` applies and
+exports; here only printing).
 
 ``apply`` prints one line per change on stdout (a new key's secret on its ``+ key`` line: the only
 time it is shown) and diagnostics on stderr.
@@ -77,8 +78,8 @@ def apply(
     """
     from .. import paths
     from ..errors import ConfigError
-    from ..governance.declare import apply as apply_decl
     from ..governance.declare import parse_file
+    from ..governance.declare_apply import apply as apply_decl
 
     h = resolve_home(home)
     path = paths.find_config(config, h)
@@ -116,7 +117,7 @@ def export(home: HomeOpt = None) -> None:
     another home recreates the definitions, with new secrets for the keys; applying it to the same
     home changes nothing.
     """
-    from ..governance.declare import export as export_decl
+    from ..governance.declare_apply import export as export_decl
 
     conn = open_db(resolve_home(home))
     try:

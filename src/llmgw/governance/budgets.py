@@ -529,12 +529,9 @@ def upsert_budget(conn: sqlite3.Connection, scope: str, value: str, period: str,
         old = conn.execute("SELECT * FROM budgets WHERE scope = ? AND scope_id = ? AND period = ?",
                            (scope, scope_id, period)).fetchone()
         if old is None:
-            bid = "bud_" + uuid.uuid4().hex[:16]
-            conn.execute(
-                "INSERT INTO budgets (id, scope, scope_id, period, limit_nanos, hard, warn_pct, grace_nanos,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (bid, scope, scope_id, period, limit_nanos, 1 if hard is None else int(hard),
-                 80 if warn_pct is None else warn_pct, grace_nanos or 0, now, now))
+            bid = insert_budget(conn, scope, scope_id, period, limit_nanos, hard=True if hard is None else hard,
+                                warn_pct=80 if warn_pct is None else warn_pct, grace_nanos=grace_nanos or 0,
+                                ts=now)
         else:
             bid = old["id"]
             conn.execute(
@@ -549,6 +546,18 @@ def upsert_budget(conn: sqlite3.Connection, scope: str, value: str, period: str,
         conn.rollback()
         raise
     return row, old is None
+
+
+def insert_budget(conn: sqlite3.Connection, scope: str, scope_id: str, period: str, limit_nanos: int, *,
+                  hard: bool, warn_pct: int, grace_nanos: int, ts: str) -> str:
+    """Insert one budget row under a new id and return the id; checks nothing and runs in the caller's
+    transaction (``upsert_budget``'s, or ``llmgw config apply``'s one for the whole file)."""
+    bid = "bud_" + uuid.uuid4().hex[:16]
+    conn.execute(
+        "INSERT INTO budgets (id, scope, scope_id, period, limit_nanos, hard, warn_pct, grace_nanos,"
+        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (bid, scope, scope_id, period, limit_nanos, int(hard), warn_pct, grace_nanos, ts, ts))
+    return bid
 
 
 def delete_budget(conn: sqlite3.Connection, budget_id: str) -> sqlite3.Row:
