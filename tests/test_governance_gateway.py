@@ -383,7 +383,7 @@ def test_rate_limit_tokens(gw):
     key = gw.mint(name="tokeny", tpm=300)
     wait_reload()
     h = {"Authorization": f"Bearer {key}"}
-    body = {"model": "demo/echo", "max_tokens": 100, "messages": MSG}
+    body = {"model": "demo/lorem", "max_tokens": 100, "messages": MSG}  # ~100 real output tokens each
     first = httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body)
     assert first.status_code == 200 and first.headers["x-ratelimit-limit-tokens"] == "300"
     codes = [httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body) for _ in range(5)]
