@@ -18,7 +18,7 @@ Invariants:
   exact ``*_usd`` decimal strings; never a float.
 * Every SQLite access runs in a worker thread (``asyncio.to_thread``) on a short-lived connection,
   never on the event loop. Changes reach the running gateway through its reload watcher
-  (``PRAGMA data_version``), within a second; the ledger is never written here.
+  (the ``definitions_version`` counter), within a second; the ledger is never written here.
 * Secrets: a key's secret is in the answer of ``POST /admin/keys`` and ``.../rotate`` only, once.
 """
 

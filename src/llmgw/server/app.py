@@ -130,11 +130,13 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=gw.metrics.render(), headers={"content-type": gw.metrics.content_type})
 
 
-def _read_definitions(conn: sqlite3.Connection, keys: KeyTable, last: int,
-                      now_ms: int) -> tuple[int, list[sqlite3.Row] | None, dict[tuple[str, str, int], int]]:
-    """In a worker thread: reload keys if the database changed, and read budget rows plus the
-    ledger spend of each budget's current window (so the loop never waits on SQLite)."""
-    version = store_db.data_version(conn)
+def _read_definitions(conn: sqlite3.Connection, keys: KeyTable, last: int, now_ms: int,
+                      known: frozenset[tuple[str, str, str, str]] = frozenset(),
+                      ) -> tuple[int, list[sqlite3.Row] | None, dict[tuple[str, str, int], int]]:
+    """In a worker thread: if definitions changed, reload keys and read the budget rows plus the
+    ledger spend of the current window of each budget the daemon does not track yet (``known``:
+    (id, scope, scope_id, period) of tracked ones), so the loop never waits on SQLite."""
+    version = store_db.definitions_version(conn)
     if version == last:
         return version, None, {}
     keys.load(conn)
@@ -142,6 +144,8 @@ def _read_definitions(conn: sqlite3.Connection, keys: KeyTable, last: int,
     spend = ledger_spend(conn)
     spends = {}
     for r in rows:
+        if (r["id"], r["scope"], r["scope_id"], r["period"]) in known:
+            continue
         start, _ = window(r["period"], now_ms)
         spends[(r["scope"], r["scope_id"], start)] = spend(r["scope"], r["scope_id"], start)
     return version, rows, spends
@@ -161,7 +165,8 @@ async def _watch_definitions(conn: sqlite3.Connection, gw: Gateway, last: int, i
         await asyncio.sleep(interval)
         try:
             now_ms = int(time.time() * 1000)
-            last, rows, spends = await asyncio.to_thread(_read_definitions, conn, gw.keys, last, now_ms)
+            known = frozenset((b.id, b.scope, b.scope_id, b.period) for b in gw.budgets.budgets())
+            last, rows, spends = await asyncio.to_thread(_read_definitions, conn, gw.keys, last, now_ms, known)
             if rows is not None:
                 _apply_budgets(gw, rows, spends, now_ms)
         except sqlite3.Error as e:

@@ -51,8 +51,16 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 def data_version(conn: sqlite3.Connection) -> int:
-    """``PRAGMA data_version``: changes when *another* connection commits (the daemon's reload cue)."""
+    """``PRAGMA data_version``: changes when *another* connection commits anything at all."""
     return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def definitions_version(conn: sqlite3.Connection) -> int:
+    """A counter that triggers bump on every change to customers, teams, keys or budgets.
+
+    The daemon's reload cue: unlike ``data_version`` it does not move on ledger writes, which the
+    daemon's own writer makes hundreds of times a second."""
+    return int(conn.execute("SELECT version FROM definitions_version").fetchone()[0])
 
 
 # ---- migrations (append-only: never edit a released function, add a new one) ---------------------
@@ -147,7 +155,18 @@ def m003_governance(db: Database) -> None:
         db.execute(sql)
 
 
-MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial, m002_usage_estimated, m003_governance)
+def m004_definitions_version(db: Database) -> None:
+    """A version counter for definitions, bumped by triggers (see ``definitions_version``)."""
+    db.execute("CREATE TABLE definitions_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO definitions_version (version) VALUES (0)")
+    for table in ("customers", "teams", "keys", "budgets"):
+        for op in ("INSERT", "UPDATE", "DELETE"):
+            db.execute(f"CREATE TRIGGER {table}_{op.lower()}_bumps_version AFTER {op} ON {table} "
+                       "BEGIN UPDATE definitions_version SET version = version + 1; END")
+
+
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial, m002_usage_estimated, m003_governance,
+                                                      m004_definitions_version)
 
 
 def _migration_set() -> Migrations:
