@@ -31,6 +31,8 @@ import tomli_w
 
 from llmgw.errors import ConfigError
 from llmgw.pricing import PRICE_FIELDS, parse_usd_per_mtok
+from llmgw.tomltext import dotted as _key
+from llmgw.tomltext import show as _show
 
 PROVIDER_TYPES = ("openai", "anthropic", "demo")
 #: top-level sections owned by later features: kept raw in ``Config.raw``, not validated here
@@ -39,7 +41,6 @@ KNOWN_SECTIONS = ("server", "log", "defaults", "retry", "providers", "aliases", 
 
 _PROVIDER_NAME = re.compile(r"^[a-z0-9_-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -211,29 +212,6 @@ def dump(config_dict: Mapping[str, Any]) -> str:
 
 
 # ---- reading and checking ----------------------------------------------------------------------
-
-
-def _show(value: object) -> str:
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return str(value)
-
-
-def _key(*parts: str | int) -> str:
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            text = part if _BARE_KEY.match(part) else _show(part)
-            out = f"{out}.{text}" if out else text
-    return out
 
 
 class _Checker:

@@ -100,6 +100,16 @@ class Call:
     idempotent_replay: bool = False
 
 
+async def read_body(request: web.Request, max_body: int) -> bytes:
+    """The request body, or a typed 413 when it is over ``max_body`` bytes (declared or not)."""
+    if request.content_length is not None and request.content_length > max_body:
+        raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {max_body} bytes")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as e:
+        raise BodyTooLarge(f"request body exceeds the limit of {max_body} bytes") from e
+
+
 def bearer(request: web.Request) -> str | None:
     auth = request.headers.get("authorization")
     if auth:
@@ -300,14 +310,7 @@ class Gateway:
 
     # ---- pieces ----------------------------------------------------------------------------
     async def _read_json(self, request: web.Request, call: Call) -> Any:
-        if request.content_length is not None and request.content_length > self.max_body:
-            raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of "
-                               f"{self.max_body} bytes")
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge as e:
-            raise BodyTooLarge(f"request body exceeds the limit of {self.max_body} bytes") from e
-        call.raw_body = raw
+        raw = call.raw_body = await read_body(request, self.max_body)
         if not raw:
             raise InvalidRequest("request body is empty; expected a JSON object", code="invalid_json")
         try:

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from llmgw.errors import ConfigError
+from llmgw.tomltext import dotted
+from llmgw.tomltext import show as _show
 from llmgw.usage import Usage
 
 NANOS_PER_USD = 1_000_000_000
@@ -38,7 +40,6 @@ BUNDLED_NAME = "pricing.toml"
 
 # A trailing date or "-latest": -20251001, -2024-08-06, -latest.
 _DATE_SUFFIX = re.compile(r"-(?:\d{8}|\d{4}-\d{2}-\d{2}|latest)$")
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,20 +81,8 @@ def parse_usd_per_mtok(value: object, *, where: str) -> int:
     return int(nanos)
 
 
-def _show(value: object) -> str:
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return str(value)
-
-
 def _quote_key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else _show(key)
+    return dotted(key)
 
 
 def _override_fields(override: object, *, where: str) -> dict[str, object]:

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..tomltext import dotted, show
 from .budgets import MAX_NANOS, PERIODS, SCOPES
 from .hierarchy import SLUG_MAX, SLUG_RE
 from .keys import CACHE_MODES, PREFIX, STATUSES, validate_models
@@ -71,7 +72,6 @@ KEY_FIELDS = ("customer", "team", "models", "rpm", "tpm", "clamp", "cache", "exp
 BUDGET_FIELDS = ("period", "limit", "hard", "warn_at", "grace")
 SCOPE_FIELDS = SCOPES  # a [[budgets]] entry names one of these
 _SECRET_FIELDS = ("secret", "key", "key_hash", "hash", "api_key", "display", "prev_key_hash")
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -131,29 +131,6 @@ class Declarations:
 
 
 # ---- reading and checking -------------------------------------------------------------------------
-
-
-def show(value: object) -> str:
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return str(value)
-
-
-def dotted(*parts: str | int) -> str:
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            text = part if _BARE_KEY.match(part) else show(part)
-            out = f"{out}.{text}" if out else text
-    return out
 
 
 class Problems:

@@ -19,13 +19,13 @@ from ..config import ProviderConfig
 from ..errors import InvalidRequest, UpstreamError
 from ..usage import Usage
 from . import sse, translate
-from .base import Completion, StreamState
+from .base import Completion, ModelCatalogue, StreamState, pick_key
 from .http import finish, iter_sse, loads, open_sse, post_json
 
 ANTHROPIC_VERSION = "2023-06-01"
 
 
-class AnthropicProvider:
+class AnthropicProvider(ModelCatalogue):
     type = "anthropic"
 
     def __init__(self, cfg: ProviderConfig, session: aiohttp.ClientSession, keys: list[tuple[str, int]],
@@ -43,21 +43,13 @@ class AnthropicProvider:
     def __repr__(self) -> str:  # never show keys
         return f"AnthropicProvider({self.name!r}, {self.url!r}, keys={len(self.keys)})"
 
-    def serves(self, model: str) -> bool:
-        import fnmatch
-        return not self.models or any(fnmatch.fnmatchcase(model, m) for m in self.models)
-
-    def listed_models(self) -> list[str]:
-        return [m for m in self.models if not any(c in m for c in "*?[")]
-
     async def close(self) -> None:
         return None
 
     def _pick_headers(self) -> dict[str, str]:
         h = dict(self._headers)
-        if self.keys:
-            secret = self.keys[0][0] if len(self.keys) == 1 else random.choices(
-                [k for k, _ in self.keys], weights=[w for _, w in self.keys])[0]
+        secret = pick_key(self.keys)
+        if secret:
             h["x-api-key"] = secret
         return h
 

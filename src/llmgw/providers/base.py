@@ -11,6 +11,8 @@ Errors an attempt can raise:
 
 from __future__ import annotations
 
+import fnmatch
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -95,6 +97,27 @@ class OpenStream(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class ModelCatalogue:
+    """``models`` from the provider's config: names or globs it serves (empty: any model)."""
+
+    models: list[str]
+
+    def serves(self, model: str) -> bool:
+        return not self.models or any(fnmatch.fnmatchcase(model, m) for m in self.models)
+
+    def listed_models(self) -> list[str]:
+        return [m for m in self.models if not any(c in m for c in "*?[")]
+
+
+def pick_key(keys: list[tuple[str, int]]) -> str | None:
+    """One secret from a weighted key pool (None: no key configured)."""
+    if not keys:
+        return None
+    if len(keys) == 1:
+        return keys[0][0]
+    return random.choices([k for k, _ in keys], weights=[w for _, w in keys])[0]
 
 
 @dataclass(slots=True)

@@ -9,7 +9,6 @@ cost is known; the usage chunk is forwarded only if the client asked for it.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import random
 from collections.abc import AsyncIterator
@@ -22,11 +21,11 @@ from ..config import ProviderConfig
 from ..errors import UpstreamError
 from ..usage import Usage
 from . import sse, translate
-from .base import Completion, StreamState
+from .base import Completion, ModelCatalogue, StreamState, pick_key
 from .http import Event, finish, iter_sse, loads, open_sse, post_json
 
 
-class OpenAIFormat:
+class OpenAIFormat(ModelCatalogue):
     type = "openai"
 
     def __init__(self, name: str, models: list[str] | None = None) -> None:
@@ -40,13 +39,6 @@ class OpenAIFormat:
     async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[Event]], Any]:
         """Returns (iterator over batches of SSE (event, data) pairs, async closer(completed) or None)."""
         raise NotImplementedError
-
-    # -- model catalogue ----------------------------------------------------------------------
-    def serves(self, model: str) -> bool:
-        return not self.models or any(fnmatch.fnmatchcase(model, m) for m in self.models)
-
-    def listed_models(self) -> list[str]:
-        return [m for m in self.models if not any(c in m for c in "*?[")]
 
     async def close(self) -> None:
         return None
@@ -194,11 +186,8 @@ class OpenAIProvider(OpenAIFormat):
 
     def _pick_headers(self) -> dict[str, str]:
         h = dict(self._headers)
-        if self.keys:
-            if len(self.keys) == 1:
-                secret = self.keys[0][0]
-            else:
-                secret = random.choices([k for k, _ in self.keys], weights=[w for _, w in self.keys])[0]
+        secret = pick_key(self.keys)
+        if secret:
             h["authorization"] = "Bearer " + secret
         return h
 

@@ -42,7 +42,6 @@ from aiohttp import web
 from .. import paths, reports
 from ..config import Config
 from ..errors import (
-    BodyTooLarge,
     ConfigError,
     InvalidRequest,
     MethodNotAllowed,
@@ -50,6 +49,7 @@ from ..errors import (
     Unauthorized,
     UsageError,
 )
+from ..gateway import read_body
 from ..governance import hierarchy
 from ..governance import keys as govkeys
 from ..governance.budgets import (
@@ -269,13 +269,7 @@ class AdminApi:
         return await asyncio.to_thread(run)
 
     async def body(self, request: web.Request, allowed: tuple[str, ...], *, optional: bool = False) -> Fields:
-        if request.content_length is not None and request.content_length > self.max_body:
-            raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of "
-                               f"{self.max_body} bytes")
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge as e:
-            raise BodyTooLarge(f"request body exceeds the limit of {self.max_body} bytes") from e
+        raw = await read_body(request, self.max_body)
         if not raw.strip():
             if optional:
                 return Fields({}, allowed)
