@@ -38,6 +38,10 @@ def _register() -> None:
 
     app.add_typer(budget_cmd.app, name="budget")
 
+    from . import doctor_cmd
+
+    app.command("doctor")(doctor_cmd.doctor)
+
 
 @app.command()
 def serve(
