@@ -68,8 +68,8 @@ def test_metrics_count_requests_and_cost(gw):
     scrape = httpx.get(gw.url + "/metrics")
     assert scrape.headers["content-type"].startswith("text/plain")
     text = scrape.text
-    assert ('llmgw_requests_total{model="openai/gpt-4o-mini",outcome="ok",provider="openai",route="chat",'
-            'status_class="2xx"} 1.0') in text
+    assert ('llmgw_requests_total{cache="off",model="openai/gpt-4o-mini",outcome="ok",provider="openai",'
+            'route="chat",status_class="2xx"} 1.0') in text
     cost = gw.ledger()[-1]["cost_nanos"] / 1e9
     line = next(ln for ln in text.splitlines() if ln.startswith("llmgw_cost_usd_total{"))
     assert abs(float(line.rsplit(" ", 1)[1]) - cost) < 1e-12

@@ -30,13 +30,13 @@ from aiohttp import web
 
 from . import validate
 from .config import Config
-from .errors import BodyTooLarge, InvalidRequest, LlmgwError, PermissionDenied
+from .errors import BodyTooLarge, InvalidRequest, LlmgwError, ModelNotFound, PermissionDenied, Unauthorized
 from .governance.bounds import bound_nanos, clamp_max_tokens, cost_bound, prompt_price, unbounded_features
 from .governance.budgets import BudgetBook, BudgetExceeded, Reservation
 from .governance.events import EventSink
 from .governance.idempotency import Idempotency, Stored
 from .governance.keys import KeyInfo, KeyTable
-from .governance.ratelimit import RateLimiter
+from .governance.ratelimit import RateLimited, RateLimiter
 from .metrics import Metrics
 from .pricing import Price, PriceBook, cost_nanos
 from .providers import sse
@@ -80,6 +80,7 @@ class Call:
     upstream_model: str | None = None
     key: KeyInfo | None = None
     attempts: int = 0
+    upstream_seconds: float = 0.0  # time in upstream attempts (the router) and reading a stream's body
     usage: Usage = field(default_factory=Usage)
     usage_estimated: bool = False
     ttfb: float | None = None
@@ -199,6 +200,10 @@ class Gateway:
             return web.Response(body=completion.body, status=completion.status, headers=headers)
         except LlmgwError as e:
             self._fail(call, e)
+            if not call.attempts:  # refused before any upstream attempt: the gateway's own decision
+                reason = rejection_reason(e)
+                if reason is not None:
+                    self.metrics.rejections[reason] += 1
             await self._record(call)
             resp = error_response(e, call.inbound, call.request_id)
             for k, v in call.headers.items():
@@ -328,6 +333,7 @@ class Gateway:
         state = StreamState()
         stream: OpenStream = await self.router.run(
             targets, lambda t, to: t.provider.open_stream(call.inbound, body, t.model, to, state), deadline, call)
+        opened = time.perf_counter()
         resp = _SSEResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache",
                                      "x-request-id": call.request_id, **call.headers})
         if call.inbound == "anthropic":
@@ -348,14 +354,14 @@ class Gateway:
                         except OSError:
                             client_gone = True  # keep draining: the provider's usage is the bill
             except LlmgwError as e:  # the upstream broke mid-stream: no retry after the first byte
-                self._settle_stream(call, state)
+                self._settle_stream(call, state, opened)
                 self._fail(call, e)
                 call.status = 200 if not client_gone else 499
                 await self._record(call)
                 if not client_gone:
                     await self._write_quietly(resp, self._stream_error(call, e))
                 return resp
-            self._settle_stream(call, state)
+            self._settle_stream(call, state, opened)
             if client_gone:
                 call.status, call.outcome = 499, "cancelled"
             await self._record(call)
@@ -364,14 +370,15 @@ class Gateway:
             return resp
         except asyncio.CancelledError:
             # shutdown drain ran out of time: record what we know without waiting for the commit
-            self._settle_stream(call, state)
+            self._settle_stream(call, state, opened)
             call.status, call.outcome = 499, "cancelled"
             self._record_nowait(call)
             raise
         finally:
             await stream.aclose()
 
-    def _settle_stream(self, call: Call, state: StreamState) -> None:
+    def _settle_stream(self, call: Call, state: StreamState, opened: float) -> None:
+        call.upstream_seconds += time.perf_counter() - opened  # the body: still the upstream's time
         call.usage = state.usage
         if not state.usage_reported:
             call.usage_estimated = True
@@ -436,7 +443,8 @@ class Gateway:
         model = call.model or ""
         customer = (call.key.customer_id if call.key else None) or ""
         self.metrics.observe_request(call.route, provider, model, call.status, call.outcome, latency,
-                                     call.attempts, call.ttfb, customer, call.usage, call.cost)
+                                     call.attempts, call.ttfb, customer, call.usage, call.cost,
+                                     call.upstream_seconds)
 
     async def _record(self, call: Call) -> None:
         self._settle(call)
@@ -451,6 +459,29 @@ class Gateway:
 
 
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+# error class -> ``llmgw_rejections_total`` reason for an error raised before any upstream attempt
+# (None: not a refusal, e.g. a bug); filled lazily, one dict lookup per error afterwards
+_REJECTION_CLASSES: tuple[tuple[type[LlmgwError], str], ...] = (
+    (BudgetExceeded, "budget_exceeded"),
+    (RateLimited, "rate_limit_exceeded"),
+    (PermissionDenied, "model_not_allowed"),
+    (Unauthorized, "auth"),
+    (InvalidRequest, "invalid_request"),  # bad JSON or fields, body too large, unbounded cost, idempotency
+    (ModelNotFound, "invalid_request"),  # the client named a model no route serves
+)
+_REJECTIONS: dict[type[LlmgwError], str | None] = {}
+
+
+def rejection_reason(err: LlmgwError) -> str | None:
+    """The reason the gateway refused a request with ``err``, or None if it did not refuse it."""
+    cls = type(err)
+    try:
+        return _REJECTIONS[cls]
+    except KeyError:
+        reason = next((r for c, r in _REJECTION_CLASSES if issubclass(cls, c)), None)
+        _REJECTIONS[cls] = reason
+        return reason
 
 
 def _wall_clock_ms() -> int:

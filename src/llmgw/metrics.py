@@ -2,76 +2,150 @@
 
 Hot path: the request path only bumps plain dicts and ints on the event loop thread (no locks,
 no ``labels()`` lookups); a custom collector turns them into metric families when ``/metrics`` is
-scraped, on the same thread. Labels stay low-cardinality on histograms (route, provider);
-customer labels are only on counters. Every metric is listed in the README's metrics table.
+scraped, on the same thread. State owned by other threads (the ledger writer's commit times) is
+read at scrape time through functions that take their owner's lock, never on the request path.
+
+Invariants:
+- Labels stay low-cardinality on histograms (route, provider); customer labels are only on
+  counters; no key or team label anywhere.
+- Label sets that dashboards rate() over (rejection reasons, cache hit types) are exported from
+  the start with value 0, so a series exists before its first event.
+- Every metric is listed in the README's metrics table; ``/metrics`` is clean under
+  ``promtool check metrics`` (tests/test_metrics.py).
 """
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .errors import ConfigError
 from .usage import Usage
 
+#: request and upstream latency (seconds): from a cached reply to a long generation
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+#: sub-millisecond work: cache lookups, ledger commits
+FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+REJECTION_REASONS = ("budget_exceeded", "rate_limit_exceeded", "model_not_allowed", "auth", "invalid_request")
+CACHE_HIT_TYPES = ("exact", "semantic")
+#: value of the ``cache`` label of ``llmgw_requests_total`` while no cache is in the request path
+CACHE_OFF = "off"
+
+#: a scrape-time histogram source: () -> (bucket upper bounds, per-bucket counts incl. +Inf, sum)
+HistogramSource = Callable[[], tuple[Sequence[float], Sequence[int], float]]
+
+CONFIG_KEYS = ("token_env",)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def metrics_token(raw: Mapping[str, Any], environ: Mapping[str, str], source: str = "llmgw.toml") -> str | None:
+    """The bearer token ``/metrics`` requires, or ``None`` (open). ``[metrics] token_env = "NAME"``
+    names the environment variable holding it, which must then be set. ``ConfigError`` naming
+    ``metrics.<key>`` for an unknown key, a wrong type or an unset variable."""
+    section = raw.get("metrics")
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: metrics: expected a table")
+    for k in section:
+        if k not in CONFIG_KEYS:
+            raise ConfigError(f"{source}: metrics.{k}: unknown key (known: {', '.join(CONFIG_KEYS)})")
+    name = section.get("token_env")
+    if name is None:
+        return None
+    if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+        raise ConfigError(f"{source}: metrics.token_env: expected the name of an environment variable, got {name!r}")
+    token = environ.get(name, "").strip()
+    if not token:
+        raise ConfigError(f"{source}: metrics.token_env: environment variable {name!r} is not set")
+    return token
 
 
 class _Histogram:
-    __slots__ = ("counts", "sum", "count")
+    __slots__ = ("bounds", "counts", "sum", "count")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
         self.count = 0
 
     def observe(self, v: float) -> None:
-        self.counts[bisect_left(LATENCY_BUCKETS, v)] += 1
+        self.counts[bisect_left(self.bounds, v)] += 1
         self.sum += v
         self.count += 1
 
     def buckets(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        acc = 0
-        for bound, c in zip(LATENCY_BUCKETS, self.counts, strict=False):
-            acc += c
-            out.append((repr(bound), acc))
-        out.append(("+Inf", self.count))
-        return out
+        return cumulative(self.bounds, self.counts)
+
+
+def cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+    """Prometheus buckets (``le`` string, cumulative count) from per-bucket counts; the last count
+    is the overflow (+Inf) bucket."""
+    out: list[tuple[str, float]] = []
+    acc = 0
+    for bound, c in zip(bounds, counts, strict=False):
+        acc += c
+        out.append((repr(float(bound)), acc))
+    out.append(("+Inf", acc + sum(counts[len(bounds):])))
+    return out
 
 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, gauges: dict[str, tuple[str, Callable[[], float]]] | None = None,
-                 budgets: Callable[[], list[dict[str, Any]]] | None = None) -> None:
+                 budgets: Callable[[], list[dict[str, Any]]] | None = None,
+                 histograms: dict[str, tuple[str, HistogramSource]] | None = None) -> None:
         """``gauges``: extra gauges read at scrape time, name -> (help text, function);
-        ``budgets``: the in-memory budget states (``BudgetBook.status`` dicts) at scrape time."""
+        ``budgets``: the in-memory budget states (``BudgetBook.status`` dicts) at scrape time;
+        ``histograms``: extra unlabelled histograms read at scrape time, name -> (help, source)."""
         self.budgets = budgets
         self.in_flight = 0
         self.requests: defaultdict[tuple[str, ...], int] = defaultdict(int)
         self.duration: defaultdict[tuple[str, ...], _Histogram] = defaultdict(_Histogram)
         self.ttfb: defaultdict[tuple[str, ...], _Histogram] = defaultdict(_Histogram)
+        self.upstream: defaultdict[tuple[str, ...], _Histogram] = defaultdict(_Histogram)
         self.attempts: defaultdict[tuple[str, ...], int] = defaultdict(int)
+        self.retries: defaultdict[tuple[str, ...], int] = defaultdict(int)
         self.tokens: defaultdict[tuple[str, ...], int] = defaultdict(int)
         self.cost_nanos: defaultdict[tuple[str, ...], int] = defaultdict(int)
         self.unpriced: defaultdict[tuple[str, ...], int] = defaultdict(int)
+        #: the gateway refused the request itself: reason -> count (every reason present from 0)
+        self.rejections: dict[str, int] = dict.fromkeys(REJECTION_REASONS, 0)
+        # the response cache (filled by the cache through ``observe_cache``; zeros until then)
+        self.cache_hits: dict[str, int] = dict.fromkeys(CACHE_HIT_TYPES, 0)
+        self.cache_misses = 0
+        self.cache_lookup = _Histogram(FAST_BUCKETS)
+        self.cache_saved_nanos = 0
+        self.cache_entries = 0  # set by the cache whenever its size changes
         self.gauges = dict(gauges or {})
+        self.histograms = dict(histograms or {})
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # a Collector: anything with collect()
 
     # ---- hot path --------------------------------------------------------------------------
     def observe_request(self, route: str, provider: str, model: str, status: int, outcome: str, latency: float,
-                        attempts: int, ttfb: float | None, customer: str, usage: Usage, cost_nanos: int) -> None:
-        self.requests[(route, provider, model, f"{status // 100}xx", outcome)] += 1
+                        attempts: int, ttfb: float | None, customer: str, usage: Usage, cost_nanos: int,
+                        upstream_seconds: float = 0.0, cache: str = CACHE_OFF) -> None:
+        """One finished API request. ``attempts``: upstream attempts (0: never reached a provider);
+        ``upstream_seconds``: time spent in those attempts (and, for a stream, reading its body);
+        ``cache``: the request's cache result (the ledger's ``cache`` value; "off" without a cache)."""
+        self.requests[(route, provider, model, f"{status // 100}xx", outcome, cache)] += 1
         self.duration[(route, provider)].observe(latency)
         if attempts:
-            self.attempts[(provider,)] += attempts
+            p = (provider,)
+            self.attempts[p] += attempts
+            self.retries[p] += attempts - 1  # += 0 still creates the series: rate() sees a 0, not nothing
+            self.upstream[p].observe(upstream_seconds)
         if ttfb is not None:
             self.ttfb[(provider,)].observe(ttfb)
         if usage.prompt_tokens or usage.completion_tokens:
@@ -84,6 +158,17 @@ class Metrics:
                 t[(provider, model, customer, "cache_write")] += usage.cache_write_tokens
         if cost_nanos:
             self.cost_nanos[(provider, model, customer)] += cost_nanos
+
+    def observe_cache(self, hit: str | None, lookup_seconds: float, saved_nanos: int = 0) -> None:
+        """One cache lookup, for the cache to call on the event loop: ``hit`` is the hit type
+        ("exact" or "semantic") or ``None`` for a miss; ``saved_nanos`` is what the replayed answer
+        would have cost upstream (nano-dollars). Set ``cache_entries`` when the cache's size changes."""
+        self.cache_lookup.observe(lookup_seconds)
+        if hit is None:
+            self.cache_misses += 1
+            return
+        self.cache_hits[hit] = self.cache_hits.get(hit, 0) + 1
+        self.cache_saved_nanos += saved_nanos
 
     # ---- scrape ----------------------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
@@ -101,23 +186,51 @@ class Metrics:
                 fam.add_metric(list(key), h.buckets(), h.sum)
             return fam
 
-        yield counter("llmgw_requests", "Requests handled, by route, provider, model and outcome.",
-                      ["route", "provider", "model", "status_class", "outcome"], self.requests)
+        yield counter("llmgw_requests", "API requests handled, by route, provider, model, status class, "
+                      "outcome and cache result.",
+                      ["route", "provider", "model", "status_class", "outcome", "cache"], self.requests)
         yield histogram("llmgw_request_duration_seconds", "Request latency as seen by the client.",
                         ["route", "provider"], self.duration)
         yield histogram("llmgw_stream_first_byte_seconds", "Time to the first streamed event.",
                         ["provider"], self.ttfb)
+        yield histogram("llmgw_upstream_duration_seconds", "Time per request spent in upstream attempts "
+                        "(backoff excluded; a stream's body included).", ["provider"], self.upstream)
         yield GaugeMetricFamily("llmgw_requests_in_flight", "Requests being handled now.", value=self.in_flight)
         yield counter("llmgw_upstream_attempts", "Upstream attempts, retries and fallbacks included.",
                       ["provider"], self.attempts)
+        yield counter("llmgw_upstream_retries", "Upstream attempts beyond the first of a request "
+                      "(retries and fallbacks).", ["provider"], self.retries)
+        rej = CounterMetricFamily("llmgw_rejections", "Requests the gateway refused itself, by reason.",
+                                  labels=["reason"])
+        for reason, n in self.rejections.items():
+            rej.add_metric([reason], n)
+        yield rej
         yield counter("llmgw_tokens", "Tokens by kind (prompt, completion, cached, cache_write).",
                       ["provider", "model", "customer", "kind"], self.tokens)
         yield counter("llmgw_cost_usd", "Cost in US dollars (the ledger holds exact integer nano-dollars).",
                       ["provider", "model", "customer"], self.cost_nanos, scale=1e-9)
         yield counter("llmgw_unpriced_requests", "Requests to models without a known price (cost 0).",
                       ["provider", "model"], self.unpriced)
+        hits = CounterMetricFamily("llmgw_cache_hits", "Response cache hits, by type (exact, semantic).",
+                                   labels=["type"])
+        for kind, n in self.cache_hits.items():
+            hits.add_metric([kind], n)
+        yield hits
+        yield CounterMetricFamily("llmgw_cache_misses", "Response cache lookups that found nothing.",
+                                  value=self.cache_misses)
+        lookup = HistogramMetricFamily("llmgw_cache_lookup_seconds", "Response cache lookup duration.")
+        lookup.add_metric([], self.cache_lookup.buckets(), self.cache_lookup.sum)
+        yield lookup
+        yield GaugeMetricFamily("llmgw_cache_entries", "Entries in the response cache.", value=self.cache_entries)
+        yield CounterMetricFamily("llmgw_cache_saved_usd", "Upstream cost avoided by cache hits, in US dollars.",
+                                  value=self.cache_saved_nanos / 1e9)
         for name, (doc, fn) in self.gauges.items():
             yield GaugeMetricFamily(name, doc, value=fn())
+        for name, (doc, source) in self.histograms.items():
+            bounds, counts, total = source()
+            fam = HistogramMetricFamily(name, doc)
+            fam.add_metric([], cumulative(bounds, counts), total)
+            yield fam
         if self.budgets is not None:
             labels = ["budget", "scope", "scope_id", "period"]
             limit = GaugeMetricFamily("llmgw_budget_limit_usd", "Budget limit in US dollars.", labels=labels)
@@ -136,4 +249,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-

@@ -87,7 +87,8 @@ class Router:
 
     async def run(self, targets: list[Target], attempt: Callable[[Target, float], Awaitable[T]],
                   deadline: float, call: Any) -> T:
-        """Try ``attempt`` over the chain; ``call.attempts``/``provider``/``upstream_model`` are updated."""
+        """Try ``attempt`` over the chain; ``call.attempts``/``provider``/``upstream_model`` are updated,
+        and ``call.upstream_seconds`` grows by the time spent in attempts."""
         last: AttemptFailed | None = None
         for target in targets:
             call.provider = target.provider.name
@@ -98,8 +99,12 @@ class Router:
                 if remaining <= 0:
                     break
                 call.attempts += 1
+                started = time.perf_counter()
                 try:
-                    return await attempt(target, min(per_attempt, remaining))
+                    try:
+                        return await attempt(target, min(per_attempt, remaining))
+                    finally:  # attempts only, backoff excluded: llmgw_upstream_duration_seconds
+                        call.upstream_seconds += time.perf_counter() - started
                 except AttemptFailed as e:
                     last = e
                     log.info("attempt %d on %s failed: %s", call.attempts, target.qualified, e.message)

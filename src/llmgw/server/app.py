@@ -10,6 +10,8 @@ request id, never a traceback, for a bug. (No aiohttp middleware: it costs on ev
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
 import sqlite3
@@ -23,7 +25,7 @@ from aiohttp import web
 
 from .. import paths
 from ..config import Config
-from ..errors import LlmgwError, MethodNotAllowed, NotFound
+from ..errors import LlmgwError, MethodNotAllowed, NotFound, Unauthorized
 from ..gateway import (
     ROUTE_CHAT,
     ROUTE_EMBEDDINGS,
@@ -37,7 +39,7 @@ from ..governance.budgets import BudgetBook, ledger_spend, read_budgets, window
 from ..governance.events import EventSink, webhook_config
 from ..governance.idempotency import Idempotency
 from ..governance.keys import KeyTable
-from ..metrics import Metrics
+from ..metrics import Metrics, metrics_token
 from ..pricing import PriceBook
 from ..providers.router import Router
 from ..store import db as store_db
@@ -126,6 +128,17 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """The Prometheus scrape; behind ``Authorization: Bearer <token>`` when ``[metrics] token_env``
+    is set (compared in constant time, as the admin token), 401 otherwise."""
+    digest = request.app[STATE].get("metrics_token_digest")
+    if digest is not None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        challenge = {"www-authenticate": 'Bearer realm="llmgw-metrics"'}
+        if scheme.lower() != "bearer" or not given.strip():
+            raise Unauthorized("metrics: send Authorization: Bearer <metrics token>", code="missing_metrics_token",
+                               headers=challenge)
+        if not hmac.compare_digest(hashlib.sha256(given.strip().encode("utf-8")).digest(), digest):
+            raise Unauthorized("metrics: invalid metrics token", code="invalid_metrics_token", headers=challenge)
     gw = request.app[GATEWAY]
     return web.Response(body=gw.metrics.render(), headers={"content-type": gw.metrics.content_type})
 
@@ -178,6 +191,9 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
     env = dict(os.environ if environ is None else environ)
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[STATE] = {}
+    token = metrics_token(config.raw, env, str(config.path or "llmgw.toml"))
+    if token is not None:
+        app[STATE]["metrics_token_digest"] = hashlib.sha256(token.encode("utf-8")).digest()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         paths.ensure_home(home)
@@ -193,11 +209,15 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             json_serialize=lambda o: orjson.dumps(o).decode(), auto_decompress=True)
         router = Router(config, session, env)
         book = BudgetBook(error_status=config.defaults.budget_error_status)
-        gw = Gateway(config, router, writer, keys, PriceBook.load(config.pricing), Metrics({
+        prom = Metrics({
             "llmgw_ledger_queue_depth": ("Ledger rows waiting for the writer.", lambda: writer.queue_depth),
             "llmgw_ledger_last_commit_seconds": ("Duration of the last ledger commit.",
                                                  lambda: writer.last_commit_seconds),
-        }, budgets=lambda: [book.status(b, int(time.time() * 1000)) for b in book.budgets()]), budgets=book, idempotency=Idempotency(dbfile), events=EventSink(dbfile, webhook_config(config.raw, env, str(config.path or "llmgw.toml")), session))
+        }, budgets=lambda: [book.status(b, int(time.time() * 1000)) for b in book.budgets()], histograms={
+            "llmgw_ledger_commit_seconds": ("Ledger writer batch insert + commit duration.",
+                                            writer.commit_times.snapshot),
+        })
+        gw = Gateway(config, router, writer, keys, PriceBook.load(config.pricing), prom, budgets=book, idempotency=Idempotency(dbfile), events=EventSink(dbfile, webhook_config(config.raw, env, str(config.path or "llmgw.toml")), session))
         _apply_budgets(gw, rows or [], spends, now_ms)
         assert gw.events is not None
         gw.events.start()

@@ -11,6 +11,9 @@ Invariants:
   against a process kill); it carries the exception if its row could not be written.
 - A bad row never costs the rest of its batch: if the batch insert fails, rows are retried one
   by one and only the failing rows' futures fail.
+- Commit durations go into ``commit_times`` (a cumulative histogram behind its own lock, taken
+  once per batch by the writer and once per scrape by ``/metrics``: never by the event loop's
+  request path).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import queue
 import sqlite3
 import threading
 import time
+from bisect import bisect_left
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,34 @@ def _resolve(results: list[_Result]) -> None:
             fut.set_exception(exc)
 
 
+#: upper bounds (seconds) of the commit-duration buckets: a commit is ~40 us to a few ms
+COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class CommitTimes:
+    """A cumulative histogram of commit durations, shared between the writer thread (``record``)
+    and whoever reads it (``snapshot``, e.g. a Prometheus scrape) under one small lock."""
+
+    __slots__ = ("bounds", "_counts", "_sum", "_lock")
+
+    def __init__(self, bounds: tuple[float, ...] = COMMIT_BUCKETS) -> None:
+        self.bounds = bounds
+        self._counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def record(self, seconds: float) -> None:
+        i = bisect_left(self.bounds, seconds)
+        with self._lock:
+            self._counts[i] += 1
+            self._sum += seconds
+
+    def snapshot(self) -> tuple[tuple[float, ...], list[int], float]:
+        """(bucket upper bounds, per-bucket counts with the +Inf bucket last, sum of durations)."""
+        with self._lock:
+            return self.bounds, list(self._counts), self._sum
+
+
 class LedgerWriter:
     def __init__(self, db_path: Path, *, max_batch: int = 512, linger: float = 0.0005) -> None:
         self.db_path = Path(db_path)
@@ -55,6 +87,7 @@ class LedgerWriter:
         self.batches = 0
         self.rows_written = 0
         self.last_commit_seconds = 0.0
+        self.commit_times = CommitTimes()
         self._queue: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()
         self._pending: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         self._lock = threading.Lock()  # orders submit's put against stop's sentinel
@@ -169,7 +202,8 @@ class LedgerWriter:
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
         started = time.perf_counter()
         errors = self._insert(conn, [row for row, _, _ in batch])
-        self.last_commit_seconds = time.perf_counter() - started
+        self.last_commit_seconds = elapsed = time.perf_counter() - started
+        self.commit_times.record(elapsed)
         self.batches += 1
         self.rows_written += sum(e is None for e in errors)
         self._done += len(batch)
