@@ -334,7 +334,11 @@ def rotate(conn: sqlite3.Connection, ref: str, grace_seconds: int = DEFAULT_GRAC
     if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, int) or grace_seconds < 0:
         raise UsageError(f"invalid grace {grace_seconds!r}: expected a number of seconds >= 0")
     secret = new_secret()
-    until = _iso((now or datetime.now(UTC)) + timedelta(seconds=grace_seconds))
+    # stored to the second: round up, so the old secret stays valid for at least grace_seconds
+    end = (now or datetime.now(UTC)) + timedelta(seconds=grace_seconds)
+    if end.microsecond and grace_seconds:
+        end = end.replace(microsecond=0) + timedelta(seconds=1)
+    until = _iso(end)
     with conn:
         row = _row(conn, ref)
         if row["status"] == "revoked":
