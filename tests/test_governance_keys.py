@@ -356,7 +356,7 @@ def test_keys_rotate_through_cli(cli: Cli) -> None:
     assert res.code == 0, res
     (row,) = rows(cli.home, "SELECT prev_valid_until FROM keys")
     until = datetime.fromisoformat(str(row["prev_valid_until"]))
-    assert timedelta(hours=23, minutes=59) < until - datetime.now(UTC) <= timedelta(hours=24)
+    assert timedelta(hours=23, minutes=59) < until - datetime.now(UTC) <= timedelta(hours=24, seconds=1)
     assert_error(cli("keys", "rotate", "k", "--grace", "-1"), 2, "invalid grace")
 
 
