@@ -8,7 +8,7 @@ _llmgw_spec() {
     _llmgw_subs="" _llmgw_opts="" _llmgw_vopts="" _llmgw_args=0
     case "$1" in
         "llmgw")
-            _llmgw_subs="serve init version report tail doctor config keys customers teams budget"
+            _llmgw_subs="serve init version report tail top doctor config keys customers teams budget"
             _llmgw_opts="-h --help"
             _llmgw_vopts=""
             _llmgw_args=0 ;;
@@ -36,6 +36,11 @@ _llmgw_spec() {
             _llmgw_subs=""
             _llmgw_opts="--customer --key --follow --no-follow -n --last --json --home -h --help"
             _llmgw_vopts="--customer --key -n --last --home"
+            _llmgw_args=0 ;;
+        "llmgw top")
+            _llmgw_subs=""
+            _llmgw_opts="--home --refresh -h --help"
+            _llmgw_vopts="--home --refresh"
             _llmgw_args=0 ;;
         "llmgw doctor")
             _llmgw_subs=""
@@ -184,6 +189,8 @@ _llmgw_values() {
         "llmgw report --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw tail --home")
+            compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw top --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw doctor -c"|"llmgw doctor --config")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;

@@ -5,7 +5,7 @@
 function __llmgw_subcommands --argument-names path
     switch $path
         case 'llmgw'
-            printf '%s\n' 'serve' 'init' 'version' 'report' 'tail' 'doctor' 'config' 'keys' 'customers' 'teams' 'budget'
+            printf '%s\n' 'serve' 'init' 'version' 'report' 'tail' 'top' 'doctor' 'config' 'keys' 'customers' 'teams' 'budget'
         case 'llmgw config'
             printf '%s\n' 'validate' 'show' 'apply' 'export'
         case 'llmgw keys'
@@ -30,6 +30,8 @@ function __llmgw_value_options --argument-names path
             printf '%s\n' --by --period --since --until --customer --format --home
         case 'llmgw tail'
             printf '%s\n' --customer --key -n --last --home
+        case 'llmgw top'
+            printf '%s\n' --home --refresh
         case 'llmgw doctor'
             printf '%s\n' -c --config --home --timeout
         case 'llmgw config validate'
@@ -112,6 +114,7 @@ complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'init' -d 'Write a commented s
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'version' -d 'Print the llmgw version.'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'report' -d 'Totals per group from the ledger: requests, errors, tokens and exact cost...'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'tail' -d 'Print the latest requests, then each new one as it lands: time (UTC)...'
+complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'top' -d 'Live dashboard: customers\' spend against budgets, requests/min, cost per...'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'doctor' -d 'Check the config, the database, the providers and the cache index; say what...'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'config' -d 'Inspect and check the configuration; apply and export declared customers...'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'keys' -d 'Create, list and manage virtual keys.'
@@ -157,6 +160,11 @@ complete -c llmgw -n '__llmgw_at \'llmgw tail\'' -s n -l last -x -d 'Print the l
 complete -c llmgw -n '__llmgw_at \'llmgw tail\'' -l json -d 'One JSON object per line (JSONL) instead of text.'
 complete -c llmgw -n '__llmgw_at \'llmgw tail\'' -l home -r -F -d 'State directory (database, index).'
 complete -c llmgw -n '__llmgw_at \'llmgw tail\'' -s h -l help -d 'Show this message and exit.'
+
+# llmgw top
+complete -c llmgw -n '__llmgw_at \'llmgw top\'' -l home -r -F -d 'State directory (database, index).'
+complete -c llmgw -n '__llmgw_at \'llmgw top\'' -l refresh -x -d 'Seconds between refreshes.'
+complete -c llmgw -n '__llmgw_at \'llmgw top\'' -s h -l help -d 'Show this message and exit.'
 
 # llmgw doctor
 complete -c llmgw -n '__llmgw_at \'llmgw doctor\'' -s c -l config -r -F -d 'Config file.'

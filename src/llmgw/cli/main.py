@@ -38,6 +38,10 @@ def _register() -> None:
 
     app.add_typer(budget_cmd.app, name="budget")
 
+    from . import top_cmd
+
+    app.command("top")(top_cmd.top)
+
     from . import doctor_cmd
 
     app.command("doctor")(doctor_cmd.doctor)
