@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 DB_NAME = "llmgw.db"
+CACHE_INDEX_NAME = "cache.usearch"
 CONFIG_NAME = "llmgw.toml"
 
 
@@ -25,6 +26,11 @@ def home(override: str | os.PathLike[str] | None = None) -> Path:
 
 def db_path(home_dir: Path) -> Path:
     return home_dir / DB_NAME
+
+
+def cache_index_path(home_dir: Path) -> Path:
+    """The usearch index of the semantic cache, next to the database (rebuilt from it if lost)."""
+    return home_dir / CACHE_INDEX_NAME
 
 
 def default_config_path(home_dir: Path) -> Path:

@@ -165,8 +165,40 @@ def m004_definitions_version(db: Database) -> None:
                        "BEGIN UPDATE definitions_version SET version = version + 1; END")
 
 
+def m005_cache(db: Database) -> None:
+    """Response cache entries (exact + semantic) and the vector index's metadata."""
+    for sql in (
+        # AUTOINCREMENT: ids are usearch keys and are never reused, so a stale vector left in the
+        # index (another process cleared or evicted) can never point at a newer, different entry
+        """CREATE TABLE cache_entries (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            scope TEXT NOT NULL,                 -- customer id, or '*' for global
+            model TEXT NOT NULL,
+            namespace TEXT NOT NULL DEFAULT '',
+            context_hash TEXT NOT NULL,          -- everything not embedded: system, earlier turns, params
+            exact_hash TEXT NOT NULL,
+            facts TEXT NOT NULL DEFAULT '',      -- field-guard fingerprint
+            prompt_text TEXT,
+            vector BLOB,                         -- float16 bytes; the usearch index is rebuilt from these
+            response BLOB NOT NULL,
+            content_type TEXT NOT NULL,
+            usage_json TEXT,
+            cost_nanos INTEGER NOT NULL DEFAULT 0,
+            created_ms INTEGER NOT NULL,
+            expires_ms INTEGER,
+            last_hit_ms INTEGER NOT NULL,
+            hits INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE UNIQUE INDEX cache_entries_exact ON cache_entries(scope, model, namespace, exact_hash)",
+        "CREATE INDEX cache_entries_lru ON cache_entries(last_hit_ms)",
+        "CREATE INDEX cache_entries_expires ON cache_entries(expires_ms) WHERE expires_ms IS NOT NULL",
+        "CREATE INDEX cache_entries_namespace ON cache_entries(namespace)",
+        "CREATE TABLE cache_meta (key TEXT PRIMARY KEY, value TEXT)",
+    ):
+        db.execute(sql)
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial, m002_usage_estimated, m003_governance,
-                                                      m004_definitions_version)
+                                                      m004_definitions_version, m005_cache)
 
 
 def _migration_set() -> Migrations:

@@ -1,0 +1,1 @@
+"""Response cache: exact and semantic layers, vector index, field guard, ablation."""

@@ -1,0 +1,238 @@
+"""Cache entries in SQLite (table ``cache_entries``, migration ``m005_cache``): the source of truth.
+
+Owns: inserting, looking up (exact and semantic candidates), touching, expiring, evicting (LRU) and
+clearing cache entries; the vectors as float16 bytes so the usearch index can be rebuilt; the
+``cache_meta`` key/value table (index dimension, embedder fingerprint).
+
+Invariants:
+- An entry belongs to one exact partition ``(scope, model, namespace)``; a semantic hit must also
+  match ``context_hash`` (everything that is not the embedded text) and ``facts`` (the field-guard
+  fingerprint) exactly. ``(scope, model, namespace, exact_hash)`` is unique: a new insert replaces.
+- Expired entries (``expires_ms <= now``) are never returned, even before ``expire`` removes them.
+- Functions that delete rows return the removed ids so the caller removes them from the index;
+  ids the index still holds but SQLite does not are harmless (``candidates`` drops them).
+- Every write commits before returning. numpy is imported lazily (only for vectors).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+_COLUMNS = ("id", "scope", "model", "namespace", "context_hash", "exact_hash", "facts", "prompt_text",
+            "vector", "response", "content_type", "usage_json", "cost_nanos", "created_ms", "expires_ms",
+            "last_hit_ms", "hits")
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM cache_entries"
+_LIVE = "(expires_ms IS NULL OR expires_ms > ?)"
+_CHUNK = 500  # ids per IN (...) query, under SQLite's variable limit
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    id: int
+    scope: str
+    model: str
+    namespace: str
+    context_hash: str
+    exact_hash: str
+    facts: str
+    prompt_text: str | None
+    vector: bytes | None
+    response: bytes
+    content_type: str
+    usage_json: str | None
+    cost_nanos: int
+    created_ms: int
+    expires_ms: int | None
+    last_hit_ms: int
+    hits: int
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    values = list(row)
+    if isinstance(values[9], str):
+        values[9] = values[9].encode()
+    return Entry(*values)
+
+
+# ---- vectors -------------------------------------------------------------------------------------
+
+
+def vector_to_blob(vec: Any) -> bytes:
+    """A vector as float16 bytes (what the f16 index holds, so a rebuild loses nothing)."""
+    import numpy as np
+
+    return np.asarray(vec, dtype=np.float16).reshape(-1).tobytes()
+
+
+def blob_to_vector(blob: bytes) -> Any:
+    """float16 bytes back to a float32 numpy vector."""
+    import numpy as np
+
+    return np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+
+
+def vector_count(conn: sqlite3.Connection) -> int:
+    """Entries that carry a vector: what the index must hold."""
+    return int(conn.execute("SELECT count(*) FROM cache_entries WHERE vector IS NOT NULL").fetchone()[0])
+
+
+def iter_vectors(conn: sqlite3.Connection) -> Iterator[tuple[int, Any]]:
+    """``(id, vector)`` of every entry with a vector, for ``VectorIndex.rebuild``."""
+    cur = conn.execute("SELECT id, vector FROM cache_entries WHERE vector IS NOT NULL ORDER BY id")
+    for row in cur:
+        yield int(row[0]), blob_to_vector(row[1])
+
+
+# ---- meta ----------------------------------------------------------------------------------------
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM cache_meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else row[0]
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    with conn:
+        conn.execute("INSERT INTO cache_meta (key, value) VALUES (?, ?) "
+                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+
+# ---- entries -------------------------------------------------------------------------------------
+
+
+def insert(conn: sqlite3.Connection, *, scope: str, model: str, exact_hash: str, context_hash: str,
+           response: bytes, content_type: str, now_ms: int, namespace: str = "", facts: str = "",
+           prompt_text: str | None = None, vector: Any = None, usage_json: str | None = None,
+           cost_nanos: int = 0, ttl_ms: int | None = None) -> tuple[int, int | None]:
+    """Store an entry; returns ``(new id, id it replaced or None)``. The replaced id (same scope,
+    model, namespace and exact hash) must be removed from the index by the caller. ``vector`` may
+    be a numpy vector, a sequence of floats or float16 bytes; ``ttl_ms`` None means no expiry."""
+    blob = None if vector is None else (bytes(vector) if isinstance(vector, bytes | bytearray | memoryview)
+                                        else vector_to_blob(vector))
+    expires_ms = None if ttl_ms is None else now_ms + int(ttl_ms)
+    with conn:
+        old = conn.execute("SELECT id FROM cache_entries WHERE scope = ? AND model = ? AND namespace = ? "
+                           "AND exact_hash = ?", (scope, model, namespace, exact_hash)).fetchone()
+        if old is not None:
+            conn.execute("DELETE FROM cache_entries WHERE id = ?", (old[0],))
+        cur = conn.execute(
+            "INSERT INTO cache_entries (scope, model, namespace, context_hash, exact_hash, facts, prompt_text,"
+            " vector, response, content_type, usage_json, cost_nanos, created_ms, expires_ms, last_hit_ms,"
+            " hits) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            (scope, model, namespace, context_hash, exact_hash, facts, prompt_text, blob, bytes(response),
+             content_type, usage_json, int(cost_nanos), now_ms, expires_ms, now_ms))
+    new_id = cur.lastrowid
+    assert new_id is not None
+    return int(new_id), (None if old is None else int(old[0]))
+
+
+def get(conn: sqlite3.Connection, entry_id: int) -> Entry | None:
+    row = conn.execute(f"{_SELECT} WHERE id = ?", (int(entry_id),)).fetchone()
+    return None if row is None else _entry(row)
+
+
+def lookup_exact(conn: sqlite3.Connection, *, scope: str, model: str, exact_hash: str, now_ms: int,
+                 namespace: str = "") -> Entry | None:
+    """The live entry with this exact hash in the partition, or None."""
+    row = conn.execute(f"{_SELECT} WHERE scope = ? AND model = ? AND namespace = ? AND exact_hash = ? "
+                       f"AND {_LIVE}", (scope, model, namespace, exact_hash, now_ms)).fetchone()
+    return None if row is None else _entry(row)
+
+
+def candidates(conn: sqlite3.Connection, ids: Iterable[int], *, scope: str, model: str, context_hash: str,
+               now_ms: int, namespace: str = "", facts: str = "") -> list[Entry]:
+    """Of the index's nearest ``ids``, the live entries in the same exact partition (scope, model,
+    namespace, context hash, facts), in the order of ``ids`` (best first)."""
+    order = [int(i) for i in ids]
+    found: dict[int, Entry] = {}
+    for start in range(0, len(order), _CHUNK):
+        chunk = order[start:start + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        for row in conn.execute(
+                f"{_SELECT} WHERE id IN ({marks}) AND scope = ? AND model = ? AND namespace = ? "
+                f"AND context_hash = ? AND facts = ? AND {_LIVE}",
+                (*chunk, scope, model, namespace, context_hash, facts, now_ms)):
+            found[int(row[0])] = _entry(row)
+    return [found[i] for i in dict.fromkeys(order) if i in found]
+
+
+def touch(conn: sqlite3.Connection, entry_id: int, now_ms: int) -> None:
+    """Record a hit: ``hits + 1`` and ``last_hit_ms`` (the LRU clock)."""
+    with conn:
+        conn.execute("UPDATE cache_entries SET hits = hits + 1, last_hit_ms = ? WHERE id = ?",
+                     (now_ms, int(entry_id)))
+
+
+def _delete(conn: sqlite3.Connection, ids: list[int]) -> None:
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        conn.execute(f"DELETE FROM cache_entries WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+
+
+def evict_lru(conn: sqlite3.Connection, max_entries: int) -> list[int]:
+    """Delete the least recently used entries beyond ``max_entries``; returns their ids, least
+    recently used first (ties: oldest id first)."""
+    with conn:
+        total = int(conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
+        excess = total - max(0, int(max_entries))
+        if excess <= 0:
+            return []
+        ids = [int(r[0]) for r in conn.execute(
+            "SELECT id FROM cache_entries ORDER BY last_hit_ms, id LIMIT ?", (excess,))]
+        _delete(conn, ids)
+    return ids
+
+
+def expire(conn: sqlite3.Connection, now_ms: int) -> list[int]:
+    """Delete entries whose TTL has passed; returns their ids."""
+    with conn:
+        ids = [int(r[0]) for r in conn.execute(
+            "SELECT id FROM cache_entries WHERE expires_ms IS NOT NULL AND expires_ms <= ? ORDER BY id",
+            (now_ms,))]
+        _delete(conn, ids)
+    return ids
+
+
+def clear(conn: sqlite3.Connection, namespace: str | None = None) -> int:
+    """Delete every entry (or those of ``namespace``); returns how many. The index is brought back
+    in line by its count check on next open, or by the caller (``clear_ids`` gives the ids)."""
+    return len(clear_ids(conn, namespace))
+
+
+def clear_ids(conn: sqlite3.Connection, namespace: str | None = None) -> list[int]:
+    """``clear`` returning the removed ids."""
+    with conn:
+        if namespace is None:
+            ids = [int(r[0]) for r in conn.execute("SELECT id FROM cache_entries ORDER BY id")]
+            conn.execute("DELETE FROM cache_entries")
+        else:
+            ids = [int(r[0]) for r in conn.execute(
+                "SELECT id FROM cache_entries WHERE namespace = ? ORDER BY id", (namespace,))]
+            conn.execute("DELETE FROM cache_entries WHERE namespace = ?", (namespace,))
+    return ids
+
+
+def stats(conn: sqlite3.Connection, now_ms: int | None = None) -> dict[str, Any]:
+    """Totals for ``llmgw cache stats``: entries, with vectors, expired (if ``now_ms``), hits, the
+    cost the hits saved, stored bytes, oldest/newest entry, and entries/hits per namespace."""
+    row = conn.execute(
+        "SELECT count(*), count(vector), coalesce(sum(hits), 0), coalesce(sum(hits * cost_nanos), 0),"
+        " coalesce(sum(length(response) + coalesce(length(vector), 0) + coalesce(length(prompt_text), 0)),"
+        " 0), min(created_ms), max(created_ms), max(last_hit_ms) FROM cache_entries").fetchone()
+    out: dict[str, Any] = {
+        "entries": int(row[0]), "with_vector": int(row[1]), "hits": int(row[2]),
+        "saved_nanos": int(row[3]), "bytes": int(row[4]), "oldest_ms": row[5], "newest_ms": row[6],
+        "last_hit_ms": row[7],
+    }
+    if now_ms is not None:
+        out["expired"] = int(conn.execute(
+            "SELECT count(*) FROM cache_entries WHERE expires_ms IS NOT NULL AND expires_ms <= ?",
+            (now_ms,)).fetchone()[0])
+    out["namespaces"] = {
+        r[0]: {"entries": int(r[1]), "hits": int(r[2])}
+        for r in conn.execute("SELECT namespace, count(*), coalesce(sum(hits), 0) FROM cache_entries "
+                              "GROUP BY namespace ORDER BY namespace")}
+    return out
