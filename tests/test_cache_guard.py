@@ -1,0 +1,222 @@
+"""Field guard: structured facts must be equal for a semantic cache hit."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+
+from llmgw.cache.guard import NULL, extract_facts, facts_match, fingerprint, fingerprint_facts
+
+
+# --- the story --------------------------------------------------------------------------------
+def test_brand_null_vs_nike_never_match() -> None:
+    a = "Write a short caption for this product photo.\nbrand: null\nsku: 10482"
+    b = "Write a short caption for this product photo.\nbrand: Nike\nsku: 10482"
+    assert not facts_match(a, b)
+    assert fingerprint(a) != fingerprint(b)
+    assert ("brand", NULL) in extract_facts(a)
+    assert ("brand", "nike") in extract_facts(b)
+
+
+@pytest.mark.parametrize(
+    "empty", ["brand: null", "brand:", 'brand=""', "brand: None", "brand: N/A", "brand = nil"]
+)
+def test_every_empty_spelling_is_null_and_differs_from_a_value(empty: str) -> None:
+    assert (("brand", NULL)) in extract_facts(f"{empty}\nsku: 1")
+    assert facts_match(f"{empty}\nsku: 1", "brand: null\nsku: 1")
+    assert not facts_match(f"{empty}\nsku: 1", "brand: Nike\nsku: 1")
+
+
+def test_sku_10482_vs_10483_never_match() -> None:
+    assert not facts_match("Caption for SKU 10482", "Caption for SKU 10483")
+    assert not facts_match("sku=10482 brand=Nike", "sku=10483 brand=Nike")
+    assert not facts_match("Caption SKU-10482 please", "Caption SKU-10483 please")
+
+
+def test_same_facts_with_paraphrased_prose_match() -> None:
+    a = "Write a short, catchy caption for this product.\nbrand: Nike\nsku: 10482"
+    b = "Please   produce a catchy caption (short) for the product shown!\n  Brand : nike \nSKU: 10482."
+    assert facts_match(a, b)
+    assert fingerprint(a) == fingerprint(b)
+
+
+# --- kinds ------------------------------------------------------------------------------------
+def test_json_fields_are_flattened_to_dotted_paths() -> None:
+    f = extract_facts('Item: {"brand": null, "sku": 10482, "meta": {"tags": ["a", "B"], "w": 1.50}} ok')
+    assert {
+        ("brand", NULL),
+        ("sku", "10482"),
+        ("meta.tags.0", "a"),
+        ("meta.tags.1", "b"),
+        ("meta.w", "1.5"),
+    } <= f
+    assert not facts_match('{"brand": null}', '{"brand": "Nike"}')
+    assert facts_match('{"brand":"Nike","sku":10482}', 'x {"sku": 10482,  "brand": "nike"} y')
+    # JSON and key: value spell the same fact
+    assert facts_match('{"brand": "Nike"}', "brand: Nike")
+
+
+def test_invalid_json_still_yields_fields() -> None:
+    f = extract_facts("{'brand': 'Nike', 'sku': 10482,}")
+    assert ("brand", "nike") in f and ("sku", "10482") in f
+
+
+def test_key_value_pairs_many_per_line_and_across_lines() -> None:
+    f = extract_facts("brand: Nike, sku: 10482; color=red | size = 42\nmaterial:leather")
+    assert {
+        ("brand", "nike"),
+        ("sku", "10482"),
+        ("color", "red"),
+        ("size", "42"),
+        ("material", "leather"),
+    } <= f
+    assert ("brand", "nike") in extract_facts("brand: Nike sku: 10482")
+    assert ("sku", "10482") in extract_facts("brand: Nike sku: 10482")
+
+
+def test_keys_case_insensitive_values_case_folded_and_trimmed() -> None:
+    assert facts_match("BRAND:   Nike  ", "brand: nike.")
+    assert facts_match('brand="Nike"', "brand = Nike")
+
+
+def test_numbers_with_and_without_separators() -> None:
+    assert facts_match("weighs 10,482 grams", "weighs 10482 grams")
+    assert facts_match("costs 10.50", "costs 10.5")
+    assert not facts_match("costs 10.5", "costs 10.6")
+    assert not facts_match("zip 02134", "zip 2134")  # leading zeros kept
+    assert not facts_match("costs $10", "costs 10")
+    assert not facts_match("10% off", "10 off")
+    assert ("#num", "-5") in extract_facts("delta -5 today")
+    assert facts_match("the total is 42.", "the total is 42")
+
+
+def test_quoted_strings_all_styles() -> None:
+    f = extract_facts("say \"Just Do It\" and 'Air Max' but it's the shoe's name")
+    assert ("#quote", "just do it") in f and ("#quote", "air max") in f
+    assert len([k for k, _ in f if k == "#quote"]) == 2  # apostrophes are not quotes
+    assert facts_match("title “Air Max”", 'title "Air Max"')
+    assert facts_match("title ‘Air Max’", "title «air max»")
+    assert not facts_match('title "Air Max"', 'title "Air Force"')
+
+
+def test_identifiers_with_digits() -> None:
+    f = extract_facts("Order ORD_99812 item AB12-34 model gpt-4o ver v1.2.3 on 2024-01-05, ip 10.0.0.1")
+    for ident in ("ord_99812", "ab12-34", "gpt-4o", "v1.2.3", "2024-01-05", "10.0.0.1"):
+        assert ("#id", ident) in f
+    assert not facts_match("order ORD_99812", "order ORD_99813")
+    assert not facts_match("on 2024-01-05", "on 2024-05-01")
+    assert facts_match("order ord_99812", "ORDER ORD_99812!")
+
+
+def test_extra_patterns_by_index_and_name() -> None:
+    pats = [r"\bEAN\d{8}\b"]
+    assert ("#x:0", "EAN12345678") in extract_facts("code EAN12345678", pats)
+    assert not facts_match("code EAN12345678", "code EAN12345679", pats)
+    named = {"colour": r"\b(?:red|green|blue)\b"}
+    assert ("#x:colour", "red") in extract_facts("a red shoe", named)
+    assert not facts_match("a red shoe", "a blue shoe", named)
+    assert facts_match("a red shoe", "a blue shoe")  # without the pattern, colours are prose
+
+
+def test_urls_are_facts_not_key_value_pairs() -> None:
+    f = extract_facts("See https://example.com/p?brand=nike&sku=1.")
+    assert ("#url", "https://example.com/p?brand=nike&sku=1") in f
+    assert not any(k in ("https", "brand", "sku") for k, _ in f)
+    assert not facts_match("img https://x.com/a.png", "img https://x.com/b.png")
+    assert ("image", "https://x.com/a.png") in extract_facts("image: https://x.com/a.png, size: 3")
+
+
+def test_times_are_facts_not_key_value_pairs() -> None:
+    f = extract_facts("Deliver at 10:30 or 9:05 PM")
+    assert ("#time", "10:30") in f and ("#time", "9:05pm") in f
+    assert not any(k in ("10", "9") for k, _ in f)
+    assert not facts_match("at 10:30", "at 10:31")
+    assert ("#num", "10") not in f
+
+
+def test_unicode_quotes_and_whitespace_insensitive() -> None:
+    assert facts_match("name “Nike   Air”\n\n", "name  “nike air”")
+
+
+def test_no_facts_in_plain_prose() -> None:
+    assert extract_facts("Write a nice caption for this product photo please.") == frozenset()
+    assert facts_match("Describe the shoe.", "Tell me about the trainer!")
+
+
+def test_fingerprint_is_stable_across_processes() -> None:
+    text = 'brand: Nike\nsku: 10482 {"a": [1, null]} "q" ORD_1 10:30'
+    code = f"from llmgw.cache.guard import fingerprint; print(fingerprint({text!r}))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == fingerprint(text)
+    assert fingerprint_facts(frozenset()) == fingerprint("plain prose")
+
+
+# --- property-style -----------------------------------------------------------------------------
+_BRANDS = [None, "Nike", "Adidas", "Puma", "New Balance", "", "Asics"]
+_PROSE = [
+    "Write a short caption for this product photo.",
+    "Please write a   short caption for the product in the photo!",
+    "Caption this product photo briefly",
+    "Give me a brief caption for the photo of this product.",
+]
+
+
+def _render(rng: random.Random, brand: str | None, sku: int, colour: str) -> str:
+    style = rng.choice(["colon", "equals", "json", "inline"])
+    if style == "json":
+        facts = json.dumps({"brand": brand, "sku": sku, "colour": colour})
+    else:
+        b = rng.choice(["null", "", "None", "N/A"]) if brand is None else brand
+        if style == "colon":
+            facts = f"brand: {b}\nsku: {sku}\ncolour: {colour}"
+        elif style == "equals":
+            facts = (
+                f'brand="{b}" sku={sku} colour={colour}'
+                if rng.random() < 0.5
+                else f"brand={b} sku={sku} colour={colour}"
+            )
+        else:
+            facts = f"Brand: {b}, SKU: {sku:,}, Colour: {colour}"
+    if rng.random() < 0.5:
+        facts = facts.upper() if rng.random() < 0.2 else facts
+    prose = rng.choice(_PROSE)
+    return f"{prose}\n{facts}" if rng.random() < 0.5 else f"{facts}\n\n{prose}"
+
+
+def test_property_match_iff_field_values_equal() -> None:
+    rng = random.Random(20240415)
+    seen = {True: 0, False: 0}
+    for _ in range(400):
+        fa = (rng.choice(_BRANDS), rng.choice([10482, 10483, 99812, 1000]), rng.choice(["red", "blue"]))
+        fb = (
+            fa
+            if rng.random() < 0.5
+            else (rng.choice(_BRANDS), rng.choice([10482, 10483, 99812, 1000]), rng.choice(["red", "blue"]))
+        )
+        norm = lambda f: (None if not f[0] else f[0].casefold(), f[1], f[2])  # noqa: E731
+        expected = norm(fa) == norm(fb)
+        a, b = _render(rng, *fa), _render(rng, *fb)
+        assert facts_match(a, b) is expected, (a, b)
+        assert (fingerprint(a) == fingerprint(b)) is expected
+        seen[expected] += 1
+    assert seen[True] > 100 and seen[False] > 100
+
+
+def test_fast_enough() -> None:
+    text = (
+        "Write a short catchy caption for this product photo, mention the material.\n"
+        'brand: Nike, sku: 10482, size=42\n{"brand": "Nike", "sku": 10482, "tags": ["running", "men"]}\n'
+        'Order ORD_99812 shipped 2024-01-05 at 10:30, see https://example.com/p/10482 "Air Max".'
+    )
+    extract_facts(text)
+    n = 2000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        extract_facts(text)
+    per = (time.perf_counter() - t0) / n
+    assert per < 1e-3  # generous bound for slow CI; measured ~110 us here
