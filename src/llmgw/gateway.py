@@ -29,6 +29,9 @@ import orjson
 from aiohttp import web
 
 from . import validate
+from .cache.replay import replay_stream
+from .cache.semantic import Hit, Keys, ResponseCache, request_keys
+from .cache.semantic import request_options as cache_request_options
 from .config import Config
 from .errors import BodyTooLarge, InvalidRequest, LlmgwError, ModelNotFound, PermissionDenied, Unauthorized
 from .governance.bounds import bound_nanos, clamp_max_tokens, cost_bound, prompt_price, unbounded_features
@@ -99,6 +102,11 @@ class Call:
     idem_key: str | None = None
     idem_answer: Stored | None = None
     idempotent_replay: bool = False
+    # response cache
+    cache: str | None = None  # hit-exact | hit-semantic | miss | bypass; None: cache off
+    cache_similarity: float | None = None
+    saved: int = 0
+    cache_put: tuple[Keys, bool, int | None] | None = None  # where to store the answer (keys, semantic, ttl)
 
 
 async def read_body(request: web.Request, max_body: int) -> bytes:
@@ -139,9 +147,11 @@ class _SSEResponse(web.StreamResponse):
 class Gateway:
     def __init__(self, config: Config, router: Router, writer: LedgerWriter, keys: KeyTable,
                  prices: PriceBook, metrics: Metrics, budgets: BudgetBook | None = None,
-                 events: EventSink | None = None, idempotency: Idempotency | None = None) -> None:
+                 events: EventSink | None = None, idempotency: Idempotency | None = None,
+                 cache: ResponseCache | None = None) -> None:
         self.config = config
         self.idempotency = idempotency
+        self.cache = cache
         # wall-clock time of a request (budget windows, ledger ts_ms); tests inject a clock here
         self.clock_ms: Callable[[], int] = _wall_clock_ms
         self.budgets = budgets if budgets is not None else BudgetBook(error_status=config.defaults.budget_error_status)
@@ -179,6 +189,10 @@ class Gateway:
                 if replay is not None:
                     return replay
             self._admit(call, body, targets)
+            if self.cache is not None and route != ROUTE_EMBEDDINGS:
+                hit = await self._cache_lookup(request, call, body)
+                if hit is not None:
+                    return await self._serve_hit(request, call, body, hit)
             deadline = time.monotonic() + self.request_timeout
             if call.stream:
                 return await self._stream(request, call, body, targets, deadline)
@@ -194,6 +208,10 @@ class Gateway:
             if call.idem_key is not None:
                 call.idem_answer = Stored(completion.status, "application/json", completion.body)
             await self._record(call)
+            if call.cache_put is not None and completion.status == 200 and self.cache is not None:
+                keys, semantic, ttl_ms = call.cache_put
+                await self.cache.store(keys, semantic, completion.body, orjson.dumps(call.usage.to_openai()).decode(),
+                                       call.cost, ttl_ms, call.ts_ms)
             headers = {"Content-Type": "application/json", "x-request-id": call.request_id, **call.headers}
             if call.inbound == "anthropic":
                 headers["request-id"] = call.request_id
@@ -236,6 +254,63 @@ class Gateway:
         if call.inbound == "anthropic":
             headers["request-id"] = call.request_id
         return web.Response(body=stored.body, status=stored.status, headers=headers)
+
+    # ---- response cache ----------------------------------------------------------------------
+    async def _cache_lookup(self, request: web.Request, call: Call, body: dict[str, Any]) -> Hit | None:
+        assert self.cache is not None and call.key is not None
+        cfg = self.cache.config
+        mode = call.key.cache_mode or cfg.mode
+        if mode == "off":
+            return None
+        do_lookup, do_store, threshold, ttl_ms, namespace = cache_request_options(request.headers, cfg)
+        key = call.key
+        scope = "*" if cfg.scope == "global" else (key.customer_id or f"key:{key.id}")
+        keys = request_keys(body, inbound=call.inbound, scope=scope, namespace=namespace, use_guard=cfg.guard,
+                            patterns=cfg.guard_patterns)
+        semantic = mode == "semantic"
+        call.cache_put = (keys, semantic, ttl_ms) if do_store else None
+        if not do_lookup:
+            call.cache = "bypass"
+            call.headers["x-llmgw-cache"] = "bypass"
+            return None
+        t0 = time.perf_counter()
+        hit = await self.cache.lookup(keys, semantic, threshold, call.ts_ms)
+        self.metrics.observe_cache(hit.kind if hit else None, time.perf_counter() - t0, hit.cost_nanos if hit else 0)
+        self.metrics.cache_entries = self.cache.entries
+        if hit is None:
+            call.cache = "miss"
+            call.headers["x-llmgw-cache"] = "miss"
+        return hit
+
+    async def _serve_hit(self, request: web.Request, call: Call, body: dict[str, Any], hit: Hit) -> web.StreamResponse:
+        assert self.cache is not None
+        call.cache = f"hit-{hit.kind}"
+        call.cache_put = None
+        call.headers["x-llmgw-cache"] = call.cache
+        if hit.kind == "semantic":
+            call.cache_similarity = round(hit.similarity, 6)
+            call.headers["x-llmgw-cache-similarity"] = f"{hit.similarity:.4f}"
+        call.usage = Usage.from_openai(orjson.loads(hit.usage_json)) if hit.usage_json else Usage()
+        call.saved = hit.cost_nanos
+        if self.cache.config.charge_hits:
+            call.cost = hit.cost_nanos
+        headers = {"x-request-id": call.request_id, **call.headers}
+        if call.inbound == "anthropic":
+            headers["request-id"] = call.request_id
+        if not call.stream:
+            await self._record(call)
+            return web.Response(body=hit.body, headers={"Content-Type": "application/json", **headers})
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        events, terminal = replay_stream(call.inbound, hit.body, include_usage)
+        resp = _SSEResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache", **headers})
+        await self._record(call)
+        try:
+            await resp.prepare(request)
+            await resp.write(events)
+            await resp.write_eof(terminal)
+        except OSError:
+            pass
+        return resp
 
     # ---- governance: authorize, rate-limit, reserve -----------------------------------------
     def _admit(self, call: Call, body: dict[str, Any], targets: list[Target]) -> None:
@@ -431,6 +506,7 @@ class Gateway:
             "team_id": key.team_id if key else None, "customer_id": key.customer_id if key else None,
             "client_retry": call.client_retry, "usage_estimated": int(call.usage_estimated),
             "reserved_nanos": call.reserved, "idempotent_replay": int(call.idempotent_replay),
+            "cache": call.cache, "cache_similarity": call.cache_similarity, "saved_nanos": call.saved,
         }
         if self.log_bodies:
             row["request_body"] = call.raw_body.decode("utf-8", "replace") if call.raw_body else None
@@ -444,7 +520,7 @@ class Gateway:
         customer = (call.key.customer_id if call.key else None) or ""
         self.metrics.observe_request(call.route, provider, model, call.status, call.outcome, latency,
                                      call.attempts, call.ttfb, customer, call.usage, call.cost,
-                                     call.upstream_seconds)
+                                     call.upstream_seconds, cache=call.cache or "off")
 
     async def _record(self, call: Call) -> None:
         self._settle(call)

@@ -24,6 +24,7 @@ import orjson
 from aiohttp import web
 
 from .. import paths
+from ..cache.semantic import ResponseCache, cache_config
 from ..config import Config
 from ..errors import LlmgwError, MethodNotAllowed, NotFound, Unauthorized
 from ..gateway import (
@@ -217,10 +218,13 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             "llmgw_ledger_commit_seconds": ("Ledger writer batch insert + commit duration.",
                                             writer.commit_times.snapshot),
         })
-        gw = Gateway(config, router, writer, keys, PriceBook.load(config.pricing), prom, budgets=book, idempotency=Idempotency(dbfile), events=EventSink(dbfile, webhook_config(config.raw, env, str(config.path or "llmgw.toml")), session))
+        gw = Gateway(config, router, writer, keys, PriceBook.load(config.pricing), prom, budgets=book, idempotency=Idempotency(dbfile),
+                     cache=ResponseCache(home, cache_config(config.raw, str(config.path or "llmgw.toml"))), events=EventSink(dbfile, webhook_config(config.raw, env, str(config.path or "llmgw.toml")), session))
         _apply_budgets(gw, rows or [], spends, now_ms)
         assert gw.events is not None
         gw.events.start()
+        assert gw.cache is not None
+        await asyncio.to_thread(gw.cache.warm, gw.cache.config.mode == "semantic")
         app[GATEWAY] = gw
         watcher = asyncio.create_task(_watch_definitions(reader, gw, last, reload_interval))
         try:
@@ -233,6 +237,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
                 pass
             await gw.events.drain(5.0)
             await gw.events.close()
+            await asyncio.to_thread(gw.cache.close)
             await router.close()
             await session.close()
             await asyncio.to_thread(writer.stop)

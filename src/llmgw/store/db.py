@@ -197,8 +197,14 @@ def m005_cache(db: Database) -> None:
         db.execute(sql)
 
 
+def m006_cache_ledger(db: Database) -> None:
+    """Ledger columns for cache hits: the semantic similarity and the upstream cost saved."""
+    db.execute("ALTER TABLE ledger ADD COLUMN cache_similarity REAL")
+    db.execute("ALTER TABLE ledger ADD COLUMN saved_nanos INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial, m002_usage_estimated, m003_governance,
-                                                      m004_definitions_version, m005_cache)
+                                                      m004_definitions_version, m005_cache, m006_cache_ledger)
 
 
 def _migration_set() -> Migrations:

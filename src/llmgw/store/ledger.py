@@ -49,6 +49,8 @@ _SCHEMA: dict[str, tuple[str, Any]] = {
     "usage_estimated": (_INT, 0),
     "reserved_nanos": (_INT, 0),
     "idempotent_replay": (_INT, 0),
+    "cache_similarity": (_REAL, None),
+    "saved_nanos": (_INT, 0),
 }
 
 LEDGER_COLUMNS: tuple[str, ...] = tuple(_SCHEMA)

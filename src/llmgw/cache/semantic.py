@@ -1,0 +1,303 @@
+"""The response cache policy: what may be served from the cache, and to whom.
+
+Two layers. **Exact**: a hash of the normalised request (model, messages, tools and every
+parameter that changes the output). **Semantic**: the embedding of the prompt text (the last user
+message) searched in the usearch index, cosine >= threshold.
+
+Isolation, for both layers:
+- scope: the customer (or, for a key without one, the key) unless ``[cache] scope = "global"``;
+- the dialect and the model name as the client gave it;
+- an optional namespace (``x-llmgw-cache-namespace``, e.g. a SKU);
+- for a semantic hit also the *context hash* (system prompt, earlier turns, images by content
+  hash, parameters: everything that is not the embedded text) and the *facts* fingerprint of the
+  field guard (``brand: null`` vs ``brand: Nike`` can never hit each other).
+
+Only complete 200 answers are stored (never an errored or truncated stream). Everything that
+touches SQLite, the embedder or the index runs in a worker thread under one lock; the event loop
+only awaits it. Configuration (``[cache]``, all optional): ``mode`` off|exact|semantic (default
+off: a gateway must not silently serve stored samples), ``threshold`` (0.95), ``ttl`` seconds
+(86400; 0 = no expiry), ``max_entries`` (100000, least recently used evicted), ``scope``
+customer|global, ``guard`` (true), ``guard_patterns`` (extra regexes), ``model`` (a model2vec path
+or hub id; default the bundled one), ``charge_hits`` (false: hits cost the customer nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .. import paths
+from ..errors import ConfigError, InvalidRequest
+from ..store import db as store_db
+from . import guard
+from . import store as cstore
+
+log = logging.getLogger("llmgw.cache")
+
+MODES = ("off", "exact", "semantic")
+# parameters that do not change the answer (transport and bookkeeping only)
+_NOT_OUTPUT = frozenset({"stream", "stream_options", "user", "metadata", "model", "messages", "system"})
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    mode: str = "off"
+    threshold: float = 0.95
+    ttl: int = 86400
+    max_entries: int = 100_000
+    scope: str = "customer"
+    guard: bool = True
+    guard_patterns: tuple[str, ...] = ()
+    model: str | None = None
+    charge_hits: bool = False
+
+
+def cache_config(raw: Mapping[str, Any], source: str = "llmgw.toml") -> CacheConfig:
+    t = raw.get("cache") or {}
+    if not isinstance(t, dict):
+        raise ConfigError(f"{source}: cache: expected a table")
+    d = CacheConfig()
+    known = set(CacheConfig.__dataclass_fields__)
+    for k in t:
+        if k not in known:
+            raise ConfigError(f"{source}: cache.{k}: unknown key (known: {', '.join(sorted(known))})")
+
+    def get(name: str, kinds: tuple[type, ...], default: Any) -> Any:
+        v = t.get(name, default)
+        if isinstance(v, bool) and bool not in kinds or not isinstance(v, kinds):
+            raise ConfigError(f"{source}: cache.{name}: expected {' or '.join(k.__name__ for k in kinds)}")
+        return v
+
+    mode = get("mode", (str,), d.mode)
+    scope = get("scope", (str,), d.scope)
+    threshold = float(get("threshold", (int, float), d.threshold))
+    ttl = get("ttl", (int,), d.ttl)
+    max_entries = get("max_entries", (int,), d.max_entries)
+    if mode not in MODES:
+        raise ConfigError(f"{source}: cache.mode: expected one of {', '.join(MODES)}")
+    if scope not in ("customer", "global"):
+        raise ConfigError(f"{source}: cache.scope: expected customer or global")
+    if not 0 < threshold <= 1:
+        raise ConfigError(f"{source}: cache.threshold: expected a number in (0, 1]")
+    if ttl < 0 or max_entries < 1:
+        raise ConfigError(f"{source}: cache.ttl / cache.max_entries: out of range")
+    patterns = get("guard_patterns", (list,), [])
+    if not all(isinstance(p, str) for p in patterns):
+        raise ConfigError(f"{source}: cache.guard_patterns: expected an array of regular expressions")
+    model = t.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ConfigError(f"{source}: cache.model: expected a path or hub id")
+    return CacheConfig(mode, threshold, ttl, max_entries, scope, get("guard", (bool,), d.guard), tuple(patterns),
+                       model, get("charge_hits", (bool,), d.charge_hits))
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def _image_hash(part: dict[str, Any]) -> str:
+    src = part.get("image_url") or part.get("source") or {}
+    ref = src.get("url") if isinstance(src, dict) else src
+    if isinstance(src, dict) and src.get("data"):
+        ref = src["data"]
+    return hashlib.sha256(str(ref).encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class Keys:
+    """Where a request lives in the cache."""
+
+    scope: str
+    model: str
+    namespace: str
+    exact_hash: str
+    context_hash: str
+    prompt: str
+    facts: str = ""
+
+
+def request_keys(body: dict[str, Any], *, inbound: str, scope: str, namespace: str, use_guard: bool,
+                 patterns: tuple[str, ...]) -> Keys:
+    messages = body.get("messages") or []
+    last_user = next((i for i in range(len(messages) - 1, -1, -1)
+                      if isinstance(messages[i], dict) and messages[i].get("role") == "user"), None)
+    prompt = _text_of(messages[last_user].get("content")) if last_user is not None else ""
+    context: list[Any] = [body.get("system")]
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            continue
+        content = m.get("content")
+        images = [_image_hash(p) for p in content if isinstance(p, dict) and p.get("type") in ("image_url", "image")] \
+            if isinstance(content, list) else []
+        if i == last_user:
+            context.append(["user", images])  # the text itself is what gets embedded
+        else:
+            context.append([m.get("role"), _text_of(content), images, m.get("tool_calls"), m.get("tool_call_id")])
+    params = {k: v for k, v in body.items() if k not in _NOT_OUTPUT}
+    context.append(params)
+    exact = {k: v for k, v in body.items() if k not in ("stream", "stream_options", "user", "metadata")}
+    return Keys(
+        scope=scope, model=f"{inbound}:{body.get('model')}", namespace=namespace,
+        exact_hash=hashlib.sha256(orjson.dumps(exact, option=orjson.OPT_SORT_KEYS)).hexdigest(),
+        context_hash=hashlib.sha256(orjson.dumps(context, option=orjson.OPT_SORT_KEYS)).hexdigest(),
+        prompt=prompt, facts=guard.fingerprint(prompt, patterns) if use_guard else "")
+
+
+@dataclass(slots=True)
+class Hit:
+    kind: str  # "exact" | "semantic"
+    similarity: float
+    body: bytes
+    usage_json: str | None
+    cost_nanos: int
+
+
+@dataclass
+class ResponseCache:
+    home: Path
+    config: CacheConfig
+    embedder: Any = None  # an Embedder; created lazily for semantic mode
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _conn: Any = None
+    _index: Any = None
+    entries: int = 0
+
+    # ---- lifecycle (worker thread) -----------------------------------------------------------
+    def _open(self) -> None:
+        if self._conn is not None:
+            return
+        self._conn = store_db.connect(paths.db_path(self.home))
+        self.entries = int(self._conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
+
+    def _semantic(self) -> Any:
+        if self._index is None:
+            from .embedder import Model2VecEmbedder
+            from .index import VectorIndex
+
+            if self.embedder is None:
+                self.embedder = Model2VecEmbedder(self.config.model)
+            conn = self._conn
+            self._index = VectorIndex(paths.cache_index_path(self.home), self.embedder.dim,
+                                      expected_count=cstore.vector_count(conn),
+                                      entries=lambda: cstore.iter_vectors(conn))
+        return self._index
+
+    def warm(self, semantic: bool) -> None:
+        with self._lock:
+            self._open()
+            if semantic:
+                self._semantic()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._index is not None:
+                self._index.save()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # ---- lookup / store (worker thread) ------------------------------------------------------
+    def _lookup(self, keys: Keys, semantic: bool, threshold: float, now_ms: int) -> Hit | None:
+        with self._lock:
+            self._open()
+            e = cstore.lookup_exact(self._conn, scope=keys.scope, model=keys.model, exact_hash=keys.exact_hash,
+                                    now_ms=now_ms, namespace=keys.namespace)
+            if e is not None:
+                cstore.touch(self._conn, e.id, now_ms)
+                return Hit("exact", 1.0, e.response, e.usage_json, e.cost_nanos)
+            if not semantic or not keys.prompt.strip():
+                return None
+            index = self._semantic()
+            vec = self.embedder.encode([keys.prompt])[0]
+            near = index.search(vec, 8, threshold)
+            if not near:
+                return None
+            sims = dict(near)
+            found = cstore.candidates(self._conn, [i for i, _ in near], scope=keys.scope, model=keys.model,
+                                      context_hash=keys.context_hash, now_ms=now_ms, namespace=keys.namespace,
+                                      facts=keys.facts)
+            if not found:
+                return None
+            best = found[0]
+            cstore.touch(self._conn, best.id, now_ms)
+            return Hit("semantic", sims[best.id], best.response, best.usage_json, best.cost_nanos)
+
+    def _store(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int, ttl_ms: int | None,
+               now_ms: int) -> None:
+        with self._lock:
+            self._open()
+            vec = None
+            if semantic and keys.prompt.strip():
+                vec = self.embedder_vector(keys.prompt)
+            new_id, replaced = cstore.insert(
+                self._conn, scope=keys.scope, model=keys.model, exact_hash=keys.exact_hash,
+                context_hash=keys.context_hash, response=body, content_type="application/json", now_ms=now_ms,
+                namespace=keys.namespace, facts=keys.facts, prompt_text=keys.prompt, vector=vec,
+                usage_json=usage_json, cost_nanos=cost, ttl_ms=ttl_ms)
+            gone = cstore.evict_lru(self._conn, self.config.max_entries)
+            if self._index is not None:
+                if replaced is not None:
+                    gone.append(replaced)
+                self._index.remove_many(gone)
+                if vec is not None:
+                    self._index.add(new_id, vec)
+            self.entries = int(self._conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
+
+    def embedder_vector(self, text: str) -> Any:
+        self._semantic()
+        return self.embedder.encode([text])[0]
+
+    # ---- the loop-side API -------------------------------------------------------------------
+    async def lookup(self, keys: Keys, semantic: bool, threshold: float, now_ms: int) -> Hit | None:
+        return await asyncio.to_thread(self._lookup, keys, semantic, threshold, now_ms)
+
+    async def store(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int,
+                    ttl_ms: int | None, now_ms: int) -> None:
+        try:
+            await asyncio.to_thread(self._store, keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
+        except Exception:  # a cache write must never fail a request that already has its answer
+            log.exception("could not store a cache entry")
+
+
+def request_options(headers: Mapping[str, str], config: CacheConfig) -> tuple[bool, bool, float, int | None, str]:
+    """(lookup?, store?, threshold, ttl_ms, namespace) from the request's headers."""
+    cc = {p.strip().lower() for p in headers.get("cache-control", "").split(",")}
+    threshold = config.threshold
+    if "x-llmgw-cache-threshold" in headers:
+        try:
+            threshold = float(headers["x-llmgw-cache-threshold"])
+        except ValueError as e:
+            raise InvalidRequest("x-llmgw-cache-threshold: expected a number in (0, 1]",
+                                 param="x-llmgw-cache-threshold", code="invalid_value") from e
+        if not 0 < threshold <= 1:
+            raise InvalidRequest("x-llmgw-cache-threshold: expected a number in (0, 1]",
+                                 param="x-llmgw-cache-threshold", code="invalid_value")
+    ttl_ms = config.ttl * 1000 if config.ttl else None
+    if "x-llmgw-cache-ttl" in headers:
+        raw = headers["x-llmgw-cache-ttl"]
+        if not raw.isdigit():
+            raise InvalidRequest("x-llmgw-cache-ttl: expected whole seconds", param="x-llmgw-cache-ttl",
+                                 code="invalid_value")
+        ttl_ms = int(raw) * 1000 or None
+    namespace = headers.get("x-llmgw-cache-namespace", "")
+    if len(namespace) > 200:
+        raise InvalidRequest("x-llmgw-cache-namespace: at most 200 characters", param="x-llmgw-cache-namespace",
+                             code="invalid_value")
+    return "no-cache" not in cc, "no-store" not in cc, threshold, ttl_ms, namespace
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
