@@ -29,7 +29,7 @@ import orjson
 from aiohttp import web
 
 from . import validate
-from .cache.replay import replay_stream
+from .cache.replay import completion_from_stream, replay_stream
 from .cache.semantic import Hit, Keys, ResponseCache, request_keys
 from .cache.semantic import request_options as cache_request_options
 from .config import Config
@@ -107,6 +107,8 @@ class Call:
     cache_similarity: float | None = None
     saved: int = 0
     cache_put: tuple[Keys, bool, int | None] | None = None  # where to store the answer (keys, semantic, ttl)
+    response: web.StreamResponse | None = None  # a stream already sent to the client
+    recorded: bool = False
 
 
 async def read_body(request: web.Request, max_body: int) -> bytes:
@@ -230,8 +232,11 @@ class Gateway:
         except Exception:  # a bug: still a typed answer and a ledger row, never a traceback
             log.exception("unhandled error in request %s", call.request_id)
             err = LlmgwError(f"internal error (request {call.request_id})", code="internal_error")
-            self._fail(call, err)
-            await self._record(call)
+            if not call.recorded:
+                self._fail(call, err)
+                await self._record(call)
+            if call.response is not None and call.response.prepared:
+                return call.response  # the stream has begun: a second response would corrupt it
             return error_response(err, call.inbound, call.request_id)
         finally:
             self.metrics.in_flight -= 1
@@ -303,6 +308,7 @@ class Gateway:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         events, terminal = replay_stream(call.inbound, hit.body, include_usage)
         resp = _SSEResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache", **headers})
+        call.response = resp
         await self._record(call)
         try:
             await resp.prepare(request)
@@ -414,6 +420,7 @@ class Gateway:
         if call.inbound == "anthropic":
             resp.headers["request-id"] = call.request_id
         client_gone = False
+        call.response = resp
         try:
             try:
                 await resp.prepare(request)
@@ -440,6 +447,13 @@ class Gateway:
             if client_gone:
                 call.status, call.outcome = 499, "cancelled"
             await self._record(call)
+            if call.cache_put is not None and self.cache is not None and not call.usage_estimated:
+                answer = completion_from_stream(call.inbound, call.model or "", state.text, state.finish_reason,
+                                                call.usage)
+                if answer is not None:
+                    keys, semantic, ttl_ms = call.cache_put
+                    await self.cache.store(keys, semantic, answer, orjson.dumps(call.usage.to_openai()).decode(),
+                                           call.cost, ttl_ms, call.ts_ms)
             if not client_gone:
                 await self._write_quietly(resp, stream.terminal())
             return resp
@@ -523,10 +537,12 @@ class Gateway:
                                      call.upstream_seconds, cache=call.cache or "off")
 
     async def _record(self, call: Call) -> None:
+        call.recorded = True
         self._settle(call)
         await self.writer.write(self._row(call), trusted=True)
 
     def _record_nowait(self, call: Call) -> None:
+        call.recorded = True
         self._settle(call)
         try:
             self.writer.submit(self._row(call), trusted=True)

@@ -1,0 +1,174 @@
+"""The response cache through the real daemon, with the real bundled embedding model."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from conftest import UPSTREAM_ENV, upstream_config
+
+from llmgw import paths
+from llmgw.governance import hierarchy
+
+CHAT = "/v1/chat/completions"
+BROKEN = "Describe a blue ceramic teapot for a catalogue. sku: 555; brand: Acme"
+PROMPT = ("Write a short product caption. brand: Nike; sku: 10482; colour: red; "
+          "category: running shoes; tone: upbeat")
+
+
+def ask(d, key, text, headers=None, model="openai/gpt-4o-mini", **extra):
+    return httpx.post(d.openai_base + "/chat/completions", timeout=30,
+                      headers={"Authorization": f"Bearer {key}", **(headers or {})},
+                      json={"model": model, "messages": [{"role": "user", "content": text}], **extra})
+
+
+def calls(upstream):
+    return sum(1 for r in upstream.requests if r["path"] == CHAT)
+
+
+@pytest.fixture
+def semantic(daemon_factory, upstream):
+    return daemon_factory(upstream_config(upstream, '[cache]\nmode = "semantic"\nthreshold = 0.9\n'), UPSTREAM_ENV)
+
+
+def test_cache_is_off_by_default(gw, upstream):
+    before = calls(upstream)
+    r1, r2 = ask(gw, gw.key, PROMPT), ask(gw, gw.key, PROMPT)
+    assert calls(upstream) - before == 2
+    assert "x-llmgw-cache" not in r2.headers
+    assert gw.ledger()[-1]["cache"] is None
+
+
+def test_exact_hit_costs_nothing_and_records_savings(semantic, upstream):
+    d = semantic
+    before = calls(upstream)
+    first = ask(d, d.key, PROMPT)
+    second = ask(d, d.key, PROMPT)
+    assert first.headers["x-llmgw-cache"] == "miss" and second.headers["x-llmgw-cache"] == "hit-exact"
+    assert second.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
+    assert calls(upstream) - before == 1
+    miss, hit = d.ledger()[-2:]
+    assert miss["cache"] == "miss" and miss["cost_nanos"] > 0
+    assert hit["cache"] == "hit-exact" and hit["cost_nanos"] == 0 and hit["saved_nanos"] == miss["cost_nanos"]
+    assert hit["provider"] is None and hit["attempts"] == 0
+
+
+def test_semantic_hit_on_a_paraphrase_but_never_on_a_field_flip(semantic, upstream):
+    d = semantic
+    ask(d, d.key, PROMPT)
+    before = calls(upstream)
+    para = ask(d, d.key, PROMPT.replace("Write a short product caption.", "Please write a short caption for this product."))
+    assert para.headers["x-llmgw-cache"] == "hit-semantic"
+    assert 0.9 <= float(para.headers["x-llmgw-cache-similarity"]) < 1.0
+    assert d.ledger()[-1]["cache_similarity"] >= 0.9
+    flip = ask(d, d.key, PROMPT.replace("brand: Nike", "brand: null"))
+    sku = ask(d, d.key, PROMPT.replace("10482", "10483"))
+    assert flip.headers["x-llmgw-cache"] == "miss" and sku.headers["x-llmgw-cache"] == "miss"
+    assert calls(upstream) - before == 2
+
+
+def test_namespaces_customers_and_cache_control(semantic, upstream):
+    d = semantic
+    conn = d.db()
+    hierarchy.create_customer(conn, "other")
+    conn.close()
+    other = d.mint(name="other", customer_id="other")
+    import time
+
+    time.sleep(1.2)
+    ask(d, d.key, PROMPT, {"x-llmgw-cache-namespace": "sku-10482"})
+    assert ask(d, d.key, PROMPT, {"x-llmgw-cache-namespace": "sku-10482"}).headers["x-llmgw-cache"] == "hit-exact"
+    assert ask(d, d.key, PROMPT, {"x-llmgw-cache-namespace": "sku-99"}).headers["x-llmgw-cache"] == "miss"
+    assert ask(d, other, PROMPT, {"x-llmgw-cache-namespace": "sku-10482"}).headers["x-llmgw-cache"] == "miss"
+    fresh = ask(d, d.key, PROMPT, {"x-llmgw-cache-namespace": "sku-10482", "cache-control": "no-cache"})
+    assert fresh.headers["x-llmgw-cache"] == "bypass"
+    ask(d, d.key, "never stored " + PROMPT, {"cache-control": "no-store"})
+    assert ask(d, d.key, "never stored " + PROMPT).headers["x-llmgw-cache"] == "miss"
+
+
+def test_per_key_cache_mode(gw, upstream):
+    key = gw.mint(name="cached", cache_mode="exact")
+    import time
+
+    time.sleep(1.2)
+    ask(gw, key, PROMPT)
+    assert ask(gw, key, PROMPT).headers["x-llmgw-cache"] == "hit-exact"
+    assert "x-llmgw-cache" not in ask(gw, gw.key, PROMPT).headers  # the config default is off
+
+
+def test_streaming_replay_with_the_openai_sdk(semantic, upstream):
+    d = semantic
+    with openai.OpenAI(base_url=d.openai_base, api_key=d.key, max_retries=0) as c:
+        first = c.chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}])
+        before = calls(upstream)
+        chunks = list(c.chat.completions.create(model="openai/gpt-4o-mini", stream=True,
+                                                stream_options={"include_usage": True},
+                                                messages=[{"role": "user", "content": PROMPT}]))
+    assert calls(upstream) == before
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == first.choices[0].message.content
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == first.usage.completion_tokens
+    assert d.ledger()[-1]["cache"] == "hit-exact" and d.ledger()[-1]["stream"] == 1
+
+
+def test_a_streamed_answer_is_stored_once_complete(semantic, upstream):
+    d = semantic
+    with openai.OpenAI(base_url=d.openai_base, api_key=d.key, max_retries=0) as c:
+        streamed = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+            model="openai/gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "stream " + PROMPT}])
+            if ch.choices)
+        before = calls(upstream)
+        again = c.chat.completions.create(model="openai/gpt-4o-mini",
+                                          messages=[{"role": "user", "content": "stream " + PROMPT}])
+    assert calls(upstream) == before and again.choices[0].message.content == streamed
+    upstream.add_fault(path=CHAT, disconnect_after=2)
+    with openai.OpenAI(base_url=d.openai_base, api_key=d.key, max_retries=0) as c:
+        with pytest.raises(openai.APIError):
+            list(c.chat.completions.create(model="openai/gpt-4o-mini", stream=True,
+                                           messages=[{"role": "user", "content": BROKEN}]))
+    assert ask(d, d.key, BROKEN).headers["x-llmgw-cache"] == "miss"  # a broken stream is never stored
+
+
+def test_errors_are_never_stored(semantic, upstream):
+    d = semantic
+    upstream.add_fault(path=CHAT, status=400)
+    assert ask(d, d.key, "bad " + PROMPT).status_code == 400
+    assert ask(d, d.key, "bad " + PROMPT).headers["x-llmgw-cache"] == "miss"
+
+
+def test_ttl_expiry_with_an_injected_clock(semantic, upstream):
+    d = semantic
+    d.set_clock(1_800_000_000_000)
+    ask(d, d.key, PROMPT, {"x-llmgw-cache-ttl": "60"})
+    assert ask(d, d.key, PROMPT).headers["x-llmgw-cache"] == "hit-exact"
+    d.set_clock(1_800_000_061_000)
+    assert ask(d, d.key, PROMPT).headers["x-llmgw-cache"] == "miss"
+
+
+def test_lru_eviction(daemon_factory, upstream):
+    d = daemon_factory(upstream_config(upstream, '[cache]\nmode = "exact"\nmax_entries = 2\n'), UPSTREAM_ENV)
+    for i in range(3):
+        ask(d, d.key, f"prompt {i}")
+    assert ask(d, d.key, "prompt 2").headers["x-llmgw-cache"] == "hit-exact"
+    assert ask(d, d.key, "prompt 0").headers["x-llmgw-cache"] == "miss"  # the least recently used went
+
+
+def test_restart_persistence_and_index_rebuild(daemon_factory, upstream, tmp_path):
+    home = tmp_path / "cachehome"
+    cfg = upstream_config(upstream, '[cache]\nmode = "semantic"\nthreshold = 0.9\n')
+    d = daemon_factory(cfg, UPSTREAM_ENV, home=home)
+    ask(d, d.key, PROMPT)
+    d.stop()
+    index_file = paths.cache_index_path(home)
+    assert index_file.exists()
+    index_file.unlink()  # the index is rebuilt from SQLite
+    d2 = daemon_factory(cfg, UPSTREAM_ENV, home=home)
+    para = ask(d2, d2.key, PROMPT.replace("Write a short product caption.",
+                                          "Please write a short caption for this product."))
+    assert para.headers["x-llmgw-cache"] == "hit-semantic"
+    assert index_file.exists()
+
+
+def test_bad_cache_headers_are_typed_errors(semantic):
+    r = ask(semantic, semantic.key, PROMPT, {"x-llmgw-cache-threshold": "high"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "x-llmgw-cache-threshold"
