@@ -8,7 +8,7 @@ _llmgw_spec() {
     _llmgw_subs="" _llmgw_opts="" _llmgw_vopts="" _llmgw_args=0
     case "$1" in
         "llmgw")
-            _llmgw_subs="serve init version report tail top doctor config keys customers teams budget"
+            _llmgw_subs="serve init version report tail top doctor config keys customers teams budget cache"
             _llmgw_opts="-h --help"
             _llmgw_vopts=""
             _llmgw_args=0 ;;
@@ -167,6 +167,16 @@ _llmgw_spec() {
             _llmgw_opts="--id --customer --team --key --period --home -h --help"
             _llmgw_vopts="--id --customer --team --key --period --home"
             _llmgw_args=0 ;;
+        "llmgw cache")
+            _llmgw_subs="ablate"
+            _llmgw_opts="-h --help"
+            _llmgw_vopts=""
+            _llmgw_args=0 ;;
+        "llmgw cache ablate")
+            _llmgw_subs=""
+            _llmgw_opts="--pairs --from-log --since --until --thresholds --variants --target-error --examples --model --seed --format --home -h --help"
+            _llmgw_vopts="--pairs --since --until --thresholds --variants --target-error --examples --model --seed --format --home"
+            _llmgw_args=0 ;;
     esac
 }
 
@@ -239,6 +249,12 @@ _llmgw_values() {
         "llmgw budget show --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw budget delete --home")
+            compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw cache ablate --pairs")
+            compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw cache ablate --format")
+            COMPREPLY=($(compgen -W "table json csv" -- "$3")) ;;
+        "llmgw cache ablate --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
     esac
 }

@@ -5,7 +5,7 @@
 function __llmgw_subcommands --argument-names path
     switch $path
         case 'llmgw'
-            printf '%s\n' 'serve' 'init' 'version' 'report' 'tail' 'top' 'doctor' 'config' 'keys' 'customers' 'teams' 'budget'
+            printf '%s\n' 'serve' 'init' 'version' 'report' 'tail' 'top' 'doctor' 'config' 'keys' 'customers' 'teams' 'budget' 'cache'
         case 'llmgw config'
             printf '%s\n' 'validate' 'show' 'apply' 'export'
         case 'llmgw keys'
@@ -16,6 +16,8 @@ function __llmgw_subcommands --argument-names path
             printf '%s\n' 'create' 'list'
         case 'llmgw budget'
             printf '%s\n' 'set' 'show' 'delete'
+        case 'llmgw cache'
+            printf '%s\n' 'ablate'
     end
 end
 
@@ -72,6 +74,8 @@ function __llmgw_value_options --argument-names path
             printf '%s\n' --customer --team --key --home
         case 'llmgw budget delete'
             printf '%s\n' --id --customer --team --key --period --home
+        case 'llmgw cache ablate'
+            printf '%s\n' --pairs --since --until --thresholds --variants --target-error --examples --model --seed --format --home
     end
 end
 
@@ -121,6 +125,7 @@ complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'keys' -d 'Create, list and ma
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'customers' -d 'Create, list and show customers.'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'teams' -d 'Create and list teams.'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'budget' -d 'Set, show and delete spending budgets (per customer, team or key).'
+complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'cache' -d 'The response cache: measure and choose the semantic threshold.'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -s h -l help -d 'Show this message and exit.'
 
 # llmgw serve
@@ -330,3 +335,22 @@ complete -c llmgw -n '__llmgw_at \'llmgw budget delete\'' -l key -x -d 'Virtual 
 complete -c llmgw -n '__llmgw_at \'llmgw budget delete\'' -l period -x -d 'day, week (ISO, from Monday), month or total (calendar-aligned, UTC).'
 complete -c llmgw -n '__llmgw_at \'llmgw budget delete\'' -l home -r -F -d 'State directory (database, index).'
 complete -c llmgw -n '__llmgw_at \'llmgw budget delete\'' -s h -l help -d 'Show this message and exit.'
+
+# llmgw cache
+complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -f -a 'ablate' -d 'Measure hit rate against false hits per semantic threshold, with and without...'
+complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -s h -l help -d 'Show this message and exit.'
+
+# llmgw cache ablate
+complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l pairs -r -F -d 'Labelled pairs: TSV (text_a, text_b, label; optional leading id column and header), JSONL...'
+complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l from-log -d 'Replay the ledger\'s logged requests (needs [log] bodies = true) in time order.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l since -x -d 'With --from-log: start (inclusive), ISO-8601 date or date-time, UTC unless an offset is given.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l until -x -d 'With --from-log: end (exclusive), ISO-8601 date or date-time.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l thresholds -x -d 'Cosine thresholds: a list (0.9,0.95) or start:stop:step, both ends inclusive.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l variants -x -d 'Comma-separated: guard (facts must match too), no-guard (similarity only).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l target-error -x -d 'Recommend the lowest threshold whose 95 % Wilson upper bound of the error (false-hit rate; with...'
+complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l examples -x -d 'Show this many colliding pairs (wrong hits) at the recommended threshold.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l model -x -d 'A model2vec model directory or hub id.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l seed -x -d 'Seed for the negatives of a GPTCache mock file (origin i paired with another item\'s similar).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l format -x -a 'table json csv' -d 'table (with a chart) for people; json or csv for machines.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l home -r -F -d 'State directory (database, index).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -s h -l help -d 'Show this message and exit.'

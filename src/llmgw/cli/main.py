@@ -46,6 +46,10 @@ def _register() -> None:
 
     app.command("doctor")(doctor_cmd.doctor)
 
+    from . import cache_cmd
+
+    app.add_typer(cache_cmd.app, name="cache")
+
 
 @app.command()
 def serve(
