@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llmgw.cache.index")
 
-DEFAULT_EXPANSION_SEARCH = 192
+DEFAULT_EXPANSION_SEARCH = 64  # 192 cost ~400 us/search at 100k; 64: ~140 us, same top-1 recall on near-duplicates
 
 VectorEntries = Iterable[tuple[int, Any]]
 

@@ -152,7 +152,9 @@ def candidates(conn: sqlite3.Connection, ids: Iterable[int], *, scope: str, mode
         chunk = order[start:start + _CHUNK]
         marks = ", ".join("?" * len(chunk))
         for row in conn.execute(
-                f"{_SELECT} WHERE id IN ({marks}) AND scope = ? AND model = ? AND namespace = ? "
+                # "+" keeps SQLite from choosing the partition index (a scan of the whole partition,
+                # ~4 ms at 100k entries) over fetching the few ids by primary key (~11 us)
+                f"{_SELECT} WHERE id IN ({marks}) AND +scope = ? AND +model = ? AND +namespace = ? "
                 f"AND context_hash = ? AND facts = ? AND {_LIVE}",
                 (*chunk, scope, model, namespace, context_hash, facts, now_ms)):
             found[int(row[0])] = _entry(row)
