@@ -168,7 +168,7 @@ _llmgw_spec() {
             _llmgw_vopts="--id --customer --team --key --period --home"
             _llmgw_args=0 ;;
         "llmgw cache")
-            _llmgw_subs="ablate"
+            _llmgw_subs="ablate stats clear inspect"
             _llmgw_opts="-h --help"
             _llmgw_vopts=""
             _llmgw_args=0 ;;
@@ -177,6 +177,21 @@ _llmgw_spec() {
             _llmgw_opts="--pairs --from-log --since --until --thresholds --variants --target-error --examples --model --seed --format --home -h --help"
             _llmgw_vopts="--pairs --since --until --thresholds --variants --target-error --examples --model --seed --format --home"
             _llmgw_args=0 ;;
+        "llmgw cache stats")
+            _llmgw_subs=""
+            _llmgw_opts="--home --json -h --help"
+            _llmgw_vopts="--home"
+            _llmgw_args=0 ;;
+        "llmgw cache clear")
+            _llmgw_subs=""
+            _llmgw_opts="--home --namespace -h --help"
+            _llmgw_vopts="--home --namespace"
+            _llmgw_args=0 ;;
+        "llmgw cache inspect")
+            _llmgw_subs=""
+            _llmgw_opts="--home --k --model --json -h --help"
+            _llmgw_vopts="--home --k --model"
+            _llmgw_args=1 ;;
     esac
 }
 
@@ -255,6 +270,12 @@ _llmgw_values() {
         "llmgw cache ablate --format")
             COMPREPLY=($(compgen -W "table json csv" -- "$3")) ;;
         "llmgw cache ablate --home")
+            compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw cache stats --home")
+            compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw cache clear --home")
+            compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw cache inspect --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
     esac
 }

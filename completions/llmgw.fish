@@ -17,7 +17,7 @@ function __llmgw_subcommands --argument-names path
         case 'llmgw budget'
             printf '%s\n' 'set' 'show' 'delete'
         case 'llmgw cache'
-            printf '%s\n' 'ablate'
+            printf '%s\n' 'ablate' 'stats' 'clear' 'inspect'
     end
 end
 
@@ -76,6 +76,12 @@ function __llmgw_value_options --argument-names path
             printf '%s\n' --id --customer --team --key --period --home
         case 'llmgw cache ablate'
             printf '%s\n' --pairs --since --until --thresholds --variants --target-error --examples --model --seed --format --home
+        case 'llmgw cache stats'
+            printf '%s\n' --home
+        case 'llmgw cache clear'
+            printf '%s\n' --home --namespace
+        case 'llmgw cache inspect'
+            printf '%s\n' --home --k --model
     end
 end
 
@@ -125,7 +131,7 @@ complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'keys' -d 'Create, list and ma
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'customers' -d 'Create, list and show customers.'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'teams' -d 'Create and list teams.'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'budget' -d 'Set, show and delete spending budgets (per customer, team or key).'
-complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'cache' -d 'The response cache: measure and choose the semantic threshold.'
+complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'cache' -d 'The response cache: stats, clear, inspect, and choosing the semantic threshold.'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -s h -l help -d 'Show this message and exit.'
 
 # llmgw serve
@@ -338,6 +344,9 @@ complete -c llmgw -n '__llmgw_at \'llmgw budget delete\'' -s h -l help -d 'Show 
 
 # llmgw cache
 complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -f -a 'ablate' -d 'Measure hit rate against false hits per semantic threshold, with and without...'
+complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -f -a 'stats' -d 'Entries, hits, money saved and size of the response cache (by namespace).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -f -a 'clear' -d 'Delete cache entries (all, or one namespace).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -f -a 'inspect' -d 'Show the stored prompts nearest to PROMPT: similarity, partition, and...'
 complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -s h -l help -d 'Show this message and exit.'
 
 # llmgw cache ablate
@@ -354,3 +363,20 @@ complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l seed -x -d 'Seed for
 complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l format -x -a 'table json csv' -d 'table (with a chart) for people; json or csv for machines.'
 complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l home -r -F -d 'State directory (database, index).'
 complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -s h -l help -d 'Show this message and exit.'
+
+# llmgw cache stats
+complete -c llmgw -n '__llmgw_at \'llmgw cache stats\'' -l home -r -F -d 'State directory (database, index).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache stats\'' -l json -d 'Print JSON.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache stats\'' -s h -l help -d 'Show this message and exit.'
+
+# llmgw cache clear
+complete -c llmgw -n '__llmgw_at \'llmgw cache clear\'' -l home -r -F -d 'State directory (database, index).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache clear\'' -l namespace -x -d 'Only this namespace.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache clear\'' -s h -l help -d 'Show this message and exit.'
+
+# llmgw cache inspect
+complete -c llmgw -n '__llmgw_at \'llmgw cache inspect\'' -l home -r -F -d 'State directory (database, index).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache inspect\'' -l k -x -d 'How many neighbours to show.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache inspect\'' -l model -x -d 'A model2vec model (default: the bundled one).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache inspect\'' -l json -d 'Print JSON.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache inspect\'' -s h -l help -d 'Show this message and exit.'

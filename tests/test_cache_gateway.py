@@ -173,3 +173,29 @@ def test_restart_persistence_and_index_rebuild(daemon_factory, upstream, tmp_pat
 def test_bad_cache_headers_are_typed_errors(semantic):
     r = ask(semantic, semantic.key, PROMPT, {"x-llmgw-cache-threshold": "high"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "x-llmgw-cache-threshold"
+
+
+def test_cache_cli_stats_inspect_clear(semantic):
+    import json
+    import subprocess
+    import sys
+
+    d = semantic
+    ask(d, d.key, PROMPT, {"x-llmgw-cache-namespace": "sku-10482"})
+    ask(d, d.key, "Describe a blue ceramic teapot. sku: 555")
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "llmgw", "cache", *args, "--home", str(d.home)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    stats = json.loads(cli("stats", "--json"))
+    assert stats["entries"] == 2
+    near = json.loads(cli("inspect", PROMPT.replace("brand: Nike", "brand: null"), "--json"))
+    top = near[0]
+    assert top["namespace"] == "sku-10482" and top["similarity"] > 0.9
+    assert top["facts_match"] is False  # close, but the field guard would never serve it
+    assert cli("clear", "--namespace", "sku-10482").strip() == "1"
+    assert json.loads(cli("stats", "--json"))["entries"] == 1
+    assert ask(d, d.key, PROMPT, {"x-llmgw-cache-namespace": "sku-10482"}).headers["x-llmgw-cache"] == "miss"

@@ -14,7 +14,7 @@ from .common import HomeOpt, err
 if TYPE_CHECKING:
     from ..cache.ablate import PairReport, ReplayReport
 
-app = typer.Typer(help="The response cache: measure and choose the semantic threshold.", no_args_is_help=True)
+app = typer.Typer(help="The response cache: stats, clear, inspect, and choosing the semantic threshold.", no_args_is_help=True)
 
 
 class Format(StrEnum):
@@ -224,3 +224,90 @@ def _print_replay(rep: ReplayReport, examples: int) -> None:
             for s, cached, req in row.examples:
                 console.print(f"  {s:.4f}  cached {cached.request_id}: {cached.text}\n"
                               f"          request {req.request_id}: {req.text}", highlight=False, markup=False)
+
+
+@app.command("stats")
+def stats(home: HomeOpt = None, json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Entries, hits, money saved and size of the response cache (by namespace)."""
+    import time
+
+    from ..cache import store as cstore
+    from .common import open_db, print_json, resolve_home
+
+    conn = open_db(resolve_home(home))
+    try:
+        data = cstore.stats(conn, int(time.time() * 1000))
+    finally:
+        conn.close()
+    if json:
+        print_json(data)
+        return
+    for k, v in data.items():
+        if k != "namespaces":
+            sys.stdout.write(f"{k}: {v}\n")
+    for ns in data.get("namespaces") or []:
+        sys.stdout.write(f"namespace {ns}\n")
+
+
+@app.command("clear")
+def clear(
+    home: HomeOpt = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", help="Only this namespace.")] = None,
+) -> None:
+    """Delete cache entries (all, or one namespace). The vector index drops them at the daemon's next
+    start; until then a running daemon ignores ids that are no longer in the database."""
+    from ..cache import store as cstore
+    from .common import open_db, resolve_home
+
+    conn = open_db(resolve_home(home))
+    try:
+        n = cstore.clear(conn, namespace)
+    finally:
+        conn.close()
+    sys.stdout.write(f"{n}\n")
+    err(f"removed {n} cache entr{'y' if n == 1 else 'ies'}" + (f" in namespace {namespace!r}" if namespace else ""))
+
+
+@app.command("inspect")
+def inspect(
+    prompt: Annotated[str, typer.Argument(help="The prompt text to look up.")],
+    home: HomeOpt = None,
+    k: Annotated[int, typer.Option("--k", help="How many neighbours to show.", min=1, max=100)] = 5,
+    model: Annotated[str | None, typer.Option("--model", help="A model2vec model (default: the bundled one).")] = None,
+    json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the stored prompts nearest to PROMPT: similarity, partition, and whether the field guard
+    would allow a hit (the facts must match exactly)."""
+    from .. import paths
+    from ..cache import guard
+    from ..cache import store as cstore
+    from ..cache.index import VectorIndex
+    from .common import open_db, print_json, resolve_home
+
+    h = resolve_home(home)
+    conn = open_db(h)
+    try:
+        emb = _embedder(model)
+        index = VectorIndex(paths.cache_index_path(h), emb.dim, expected_count=cstore.vector_count(conn),
+                            entries=lambda: cstore.iter_vectors(conn))
+        near = index.search(emb.encode([prompt])[0], k)
+        facts = guard.fingerprint(prompt)
+        rows = []
+        for entry_id, sim in near:
+            e = cstore.get(conn, entry_id)
+            if e is None:
+                continue
+            rows.append({"id": e.id, "similarity": round(sim, 4), "scope": e.scope, "model": e.model,
+                         "namespace": e.namespace, "facts_match": e.facts in ("", facts), "hits": e.hits,
+                         "prompt": e.prompt_text})
+    finally:
+        conn.close()
+    if json:
+        print_json(rows)
+        return
+    if not rows:
+        err("no stored prompts")
+    for r in rows:
+        guard_note = "facts match" if r["facts_match"] else "facts differ: never a hit"
+        sys.stdout.write(f"{r['similarity']:.4f}  #{r['id']}  {r['scope']}  {r['model']}  "
+                         f"ns={r['namespace'] or '-'}  {guard_note}  {str(r['prompt'])[:80]!r}\n")
