@@ -52,6 +52,14 @@ def test_exact_hit_costs_nothing_and_records_savings(semantic, upstream):
     assert miss["cache"] == "miss" and miss["cost_nanos"] > 0
     assert hit["cache"] == "hit-exact" and hit["cost_nanos"] == 0 and hit["saved_nanos"] == miss["cost_nanos"]
     assert hit["provider"] is None and hit["attempts"] == 0
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "llmgw", "report", "--format", "json", "--home", str(d.home)],
+                       capture_output=True, text=True, timeout=60)
+    total = json.loads(r.stdout)["total"]
+    assert total["cache_hits"] == 1 and total["saved_nanos"] == miss["cost_nanos"]  # report shows the savings
 
 
 def test_semantic_hit_on_a_paraphrase_but_never_on_a_field_flip(semantic, upstream):

@@ -191,16 +191,16 @@ def test_report_by_customer_json_exact(home: Path) -> None:
     assert [x["id"] for x in rep["groups"]] == ["globex", "acme", None]  # highest cost first, no-customer last
     assert g["globex"] == {"id": "globex", "name": "Globex Inc", "requests": 2, "errors": 1, "prompt_tokens": 500,
                            "completion_tokens": 50, "cached_tokens": 100, "cost_nanos": BIG,
-                           "cost_usd": "9007199.254741"}
+                           "cost_usd": "9007199.254741", "cache_hits": 0, "saved_nanos": 0, "saved_usd": "0.000000"}
     acme_nanos = 123_456_789 + 1 + 2_000_500
     assert g["acme"] == {"id": "acme", "name": "Acme Corp", "requests": 3, "errors": 1, "prompt_tokens": 1050,
                          "completion_tokens": 205, "cached_tokens": 5, "cost_nanos": acme_nanos,
-                         "cost_usd": "0.125457"}
+                         "cost_usd": "0.125457", "cache_hits": 0, "saved_nanos": 0, "saved_usd": "0.000000"}
     assert g[None]["requests"] == 2 and g[None]["errors"] == 1 and g[None]["name"] is None
     assert g[None]["cost_nanos"] == 555_555 and g[None]["cost_usd"] == "0.000556"  # half-up
     total_nanos = BIG + acme_nanos + 555_555
     assert rep["total"] == {"requests": 7, "errors": 3, "prompt_tokens": 1557, "completion_tokens": 258,
-                            "cached_tokens": 105, "cost_nanos": total_nanos, "cost_usd": usd6(total_nanos)}
+                            "cached_tokens": 105, "cost_nanos": total_nanos, "cost_usd": usd6(total_nanos), "cache_hits": 0, "saved_nanos": 0, "saved_usd": "0.000000"}
     assert rep["total"]["cost_nanos"] == ledger_sum(home, "2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z")[1]
 
 
@@ -242,12 +242,12 @@ def test_report_csv(home: Path) -> None:
     assert res.err == ""
     table = list(csv.reader(io.StringIO(res.out)))
     assert table[0] == ["customer", "name", "requests", "errors", "prompt_tokens", "completion_tokens",
-                        "cached_tokens", "cost_nanos", "cost_usd"]
-    assert table[1] == ["globex", "Globex Inc", "2", "1", "500", "50", "100", str(BIG), "9007199.254741"]
-    assert table[2] == ["acme", "Acme Corp", "3", "1", "1050", "205", "5", "125457290", "0.125457"]
-    assert table[3] == ["(none)", "", "2", "1", "7", "3", "0", "555555", "0.000556"]
+                        "cached_tokens", "cost_nanos", "cost_usd", "cache_hits", "saved_nanos", "saved_usd"]
+    assert table[1] == ["globex", "Globex Inc", "2", "1", "500", "50", "100", str(BIG), "9007199.254741", "0", "0", "0.000000"]
+    assert table[2] == ["acme", "Acme Corp", "3", "1", "1050", "205", "5", "125457290", "0.125457", "0", "0", "0.000000"]
+    assert table[3] == ["(none)", "", "2", "1", "7", "3", "0", "555555", "0.000556", "0", "0", "0.000000"]
     total = BIG + 125_457_290 + 555_555
-    assert table[4] == ["TOTAL", "", "7", "3", "1557", "258", "105", str(total), usd6(total)]
+    assert table[4] == ["TOTAL", "", "7", "3", "1557", "258", "105", str(total), usd6(total), "0", "0", "0.000000"]
     assert len(table) == 5
     assert sum(int(r[7]) for r in table[1:-1]) == int(table[-1][7])
 
@@ -319,7 +319,7 @@ def test_report_default_period_is_the_current_month(tmp_path: Path) -> None:
     rep = report_json(h)
     assert rep["window"]["label"] == f"{now:%Y-%m}"
     assert rep["total"] == {"requests": 2, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                            "cached_tokens": 0, "cost_nanos": 16, "cost_usd": "0.000000"}
+                            "cached_tokens": 0, "cost_nanos": 16, "cost_usd": "0.000000", "cache_hits": 0, "saved_nanos": 0, "saved_usd": "0.000000"}
 
 
 def test_report_empty_window(home: Path) -> None:
@@ -327,7 +327,7 @@ def test_report_empty_window(home: Path) -> None:
     assert rep["groups"] == []
     assert rep["total"]["requests"] == 0 and rep["total"]["cost_nanos"] == 0 and rep["total"]["cost_usd"] == "0.000000"
     res = run(home, "report", "--period", "2001-01", "--format", "csv")
-    assert res.out.splitlines()[-1] == "TOTAL,,0,0,0,0,0,0,0.000000"
+    assert res.out.splitlines()[-1] == "TOTAL,,0,0,0,0,0,0,0.000000,0,0,0.000000"
 
 
 @pytest.mark.parametrize("args,fragment", [

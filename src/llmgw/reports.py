@@ -41,6 +41,10 @@ BY: dict[str, tuple[str, str | None]] = {
     "provider": ("provider", None),
 }
 SUMS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_nanos")
+# what the response cache saved: answers served from it, and the upstream cost they avoided
+SAVINGS = ("cache_hits", "saved_nanos")
+_SAVINGS_SQL = ("COALESCE(SUM(cache LIKE 'hit-%'), 0) AS cache_hits, "
+                "COALESCE(SUM(saved_nanos), 0) AS saved_nanos")
 # the ledger's definition of an error row (see store.ledger): status >= 400, or a stream that failed after a 200
 _ERROR_EXPR = "(status >= 400 OR error_type IS NOT NULL)"
 
@@ -217,7 +221,7 @@ def report(conn: sqlite3.Connection, *, by: str, window: Window, customer: str |
         check_customer(conn, customer)
     where, params = _window_where(window, customer)
     select = f"COUNT(*) AS requests, COALESCE(SUM({_ERROR_EXPR}), 0) AS errors, " + ", ".join(
-        f"COALESCE(SUM({c}), 0) AS {c}" for c in SUMS)
+        f"COALESCE(SUM({c}), 0) AS {c}" for c in SUMS) + ", " + _SAVINGS_SQL
     grouped = f"SELECT {col} AS id, {select} FROM ledger{where} GROUP BY {col}"
     if names:
         sql = (f"SELECT g.*, n.name AS name FROM ({grouped}) AS g LEFT JOIN {names} AS n ON n.id = g.id "
@@ -244,6 +248,9 @@ _NUMBERS = ("requests", "errors", *SUMS)
 def _json_row(r: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {k: int(r[k]) for k in _NUMBERS}
     out["cost_usd"] = usd(out["cost_nanos"])
+    out["cache_hits"] = int(r["cache_hits"])
+    out["saved_nanos"] = int(r["saved_nanos"])
+    out["saved_usd"] = usd(out["saved_nanos"])
     return out
 
 
@@ -267,7 +274,7 @@ def to_json_text(rep: Report) -> str:
 
 def _headers(rep: Report) -> list[str]:
     return [rep.by, *(["name"] if rep.has_names else []), "requests", "errors", "prompt_tokens",
-            "completion_tokens", "cached_tokens", "cost_nanos", "cost_usd"]
+            "completion_tokens", "cached_tokens", "cost_nanos", "cost_usd", "cache_hits", "saved_nanos", "saved_usd"]
 
 
 def _cells(rep: Report, r: dict[str, Any], label: str, *, usd_prefix: str = "") -> list[str]:
@@ -276,6 +283,7 @@ def _cells(rep: Report, r: dict[str, Any], label: str, *, usd_prefix: str = "") 
         cells.append(r.get("name") or "")
     cells += [str(int(r[k])) for k in _NUMBERS]
     cells.append(usd_prefix + usd(int(r["cost_nanos"])))
+    cells += [str(int(r["cache_hits"])), str(int(r["saved_nanos"])), usd_prefix + usd(int(r["saved_nanos"]))]
     return cells
 
 
@@ -300,10 +308,11 @@ def table_title(rep: Report) -> str:
 def table_rows(rep: Report) -> tuple[list[str], list[list[str]], list[str]]:
     """Headers, group rows and the TOTAL row for a human table (cost shown as ``$`` with 6 decimals)."""
     headers = [rep.by, *(["name"] if rep.has_names else []), "requests", "errors", "prompt", "completion",
-               "cached", "cost (USD)"]
+               "cached", "cost (USD)", "cache hits", "saved (USD)"]
     def cells(r: dict[str, Any], label: str) -> list[str]:
         c = _cells(rep, r, label, usd_prefix="$")
-        del c[-2]  # cost_nanos: exact in csv/json, noise in a table
+        del c[-2]  # saved_nanos and cost_nanos: exact in csv/json, noise in a table
+        del c[-4]
         return c
     body = [cells(g, NONE_LABEL if g["id"] is None else str(g["id"])) for g in rep.groups]
     return headers, body, cells(rep.total, TOTAL_LABEL)
