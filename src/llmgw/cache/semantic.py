@@ -44,6 +44,7 @@ from . import store as cstore
 log = logging.getLogger("llmgw.cache")
 
 MODES = ("off", "exact", "semantic")
+_INDEX_MARGIN = 0.02  # bf16 cosine error is far below this
 # parameters that do not change the answer (transport and bookkeeping only)
 _NOT_OUTPUT = frozenset({"stream", "stream_options", "user", "metadata", "model", "messages", "system"})
 
@@ -222,18 +223,21 @@ class ResponseCache:
                 return None
             index = self._semantic()
             vec = self.embedder.encode([keys.prompt])[0]
-            near = index.search(vec, 8, threshold)
+            # the index (bf16) only proposes candidates, with a margin; the threshold is applied to
+            # the exact cosine against each candidate's stored f16 vector
+            near = index.search(vec, 8, threshold - _INDEX_MARGIN)
             if not near:
                 return None
-            sims = dict(near)
             found = cstore.candidates(self._conn, [i for i, _ in near], scope=keys.scope, model=keys.model,
                                       context_hash=keys.context_hash, now_ms=now_ms, namespace=keys.namespace,
                                       facts=keys.facts)
-            if not found:
+            scored = [(float(vec @ cstore.blob_to_vector(e.vector)), e) for e in found if e.vector]
+            scored = [(sim, e) for sim, e in scored if sim >= threshold]
+            if not scored:
                 return None
-            best = found[0]
+            sim, best = max(scored, key=lambda x: x[0])
             cstore.touch(self._conn, best.id, now_ms)
-            return Hit("semantic", sims[best.id], best.response, best.usage_json, best.cost_nanos)
+            return Hit("semantic", min(sim, 1.0), best.response, best.usage_json, best.cost_nanos)
 
     def _store(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int, ttl_ms: int | None,
                now_ms: int) -> None:
