@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from ..config import Config, ProviderConfig
 
 #: the semantic cache's vector index, next to the database (usearch file)
-CACHE_INDEX_NAME = "cache.usearch"
 #: a WAL file larger than this means checkpoints are not keeping up (a reader holding a snapshot?)
 WAL_WARN_BYTES = 512 * 1024 * 1024
 ANTHROPIC_VERSION = "2023-06-01"
@@ -345,7 +344,9 @@ def _model_count(body: bytes) -> int | None:
 
 
 def _check_cache_index(out: list[Check], home: Path) -> None:
-    index = home / CACHE_INDEX_NAME
+    from .. import paths
+
+    index = paths.cache_index_path(home)
     if not index.exists():
         out.append(Check("cache index", "ok", "no semantic cache index (cache not in use)"))
     elif not index.is_file():
