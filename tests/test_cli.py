@@ -141,6 +141,17 @@ def test_validate_reports_every_problem_with_file_and_key(cli: Cli) -> None:
     assert 'no provider named "nope"' in by_key["aliases.fast"]
 
 
+def test_validate_checks_the_sections_the_daemon_checks(cli: Cli) -> None:
+    bad = cli.tmp / "sections.toml"
+    bad.write_text('[cache]\nmode = "sometimes"\n\n[webhooks]\nurl = "ftp://x"\n')
+    res = cli("config", "validate", "--config", bad)
+    assert_error(res, 2, str(bad), "2 problem(s)")
+    assert f"{bad}: cache.mode:" in res.out and f"{bad}: webhooks.url:" in res.out, res
+    good = cli.tmp / "good.toml"
+    good.write_text('[cache]\nmode = "semantic"\nthreshold = 0.97\n')
+    assert cli("config", "validate", "--config", good).code == 0
+
+
 def test_validate_invalid_toml(cli: Cli) -> None:
     bad = cli.tmp / "broken.toml"
     bad.write_text('[server\nport = 8080\n')

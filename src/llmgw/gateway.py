@@ -341,7 +341,7 @@ class Gateway:
             call.headers.update(info.headers())
         if not budgets:
             return
-        if budgets and any(b.hard for b in budgets):
+        if any(b.hard for b in budgets):
             unbounded = unbounded_features(body)
             if unbounded:
                 raise InvalidRequest(f"{', '.join(unbounded)} cannot be cost-bounded before the request runs, so "
@@ -356,9 +356,9 @@ class Gateway:
             m = clamp_max_tokens(remaining or 0, prompt_bound, price, n)
             if not m:
                 raise
-            body[_max_tokens_param(call.inbound, targets)] = m
-            body.pop("max_tokens" if _max_tokens_param(call.inbound, targets) != "max_tokens"
-                     else "max_completion_tokens", None)
+            param = _max_tokens_param(call.inbound, targets)
+            body.pop("max_completion_tokens" if param == "max_tokens" else "max_tokens", None)
+            body[param] = m
             bound = bound_nanos(prompt_bound, m * n, price)
             call.reservation = self.budgets.reserve(budgets, bound, call.ts_ms)
             call.headers["x-llmgw-max-tokens-clamped"] = str(m)

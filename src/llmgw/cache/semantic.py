@@ -27,7 +27,6 @@ import asyncio
 import hashlib
 import logging
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,7 +300,3 @@ def request_options(headers: Mapping[str, str], config: CacheConfig) -> tuple[bo
         raise InvalidRequest("x-llmgw-cache-namespace: at most 200 characters", param="x-llmgw-cache-namespace",
                              code="invalid_value")
     return "no-cache" not in cc, "no-store" not in cc, threshold, ttl_ms, namespace
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

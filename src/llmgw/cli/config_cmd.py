@@ -9,6 +9,7 @@ time it is shown) and diagnostics on stderr.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -33,11 +34,36 @@ def validate(config: ConfigOpt = None, home: HomeOpt = None) -> None:
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
     problems = validate_file(path)
+    if not problems:
+        problems = _section_problems(path)
     for p in problems:
         sys.stdout.write(p + "\n")
     if problems:
         raise ConfigError(f"{path}: {len(problems)} problem(s)")
     err(f"{path}: ok")
+
+
+def _section_problems(path: Path) -> list[str]:
+    """The sections the daemon checks at start ([cache], [webhooks], [admin], [metrics]), checked
+    here too, so a typo there is found before `llmgw serve` refuses to start."""
+    import os
+
+    from ..cache.semantic import cache_config
+    from ..config import load
+    from ..errors import ConfigError
+    from ..governance.events import webhook_config
+    from ..metrics import metrics_token
+    from ..server.admin import admin_token
+
+    raw = load(path).raw
+    problems = []
+    for check in (lambda: cache_config(raw, str(path)), lambda: webhook_config(raw, os.environ, str(path)),
+                  lambda: admin_token(raw, os.environ, str(path)), lambda: metrics_token(raw, os.environ, str(path))):
+        try:
+            check()
+        except ConfigError as e:
+            problems.append(e.message)
+    return problems
 
 
 @app.command()

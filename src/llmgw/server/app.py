@@ -218,13 +218,14 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             "llmgw_ledger_commit_seconds": ("Ledger writer batch insert + commit duration.",
                                             writer.commit_times.snapshot),
         })
-        gw = Gateway(config, router, writer, keys, PriceBook.load(config.pricing), prom, budgets=book, idempotency=Idempotency(dbfile),
-                     cache=ResponseCache(home, cache_config(config.raw, str(config.path or "llmgw.toml"))), events=EventSink(dbfile, webhook_config(config.raw, env, str(config.path or "llmgw.toml")), session))
+        source = str(config.path or "llmgw.toml")
+        events = EventSink(dbfile, webhook_config(config.raw, env, source), session)
+        cache = ResponseCache(home, cache_config(config.raw, source))
+        gw = Gateway(config, router, writer, keys, PriceBook.load(config.pricing), prom, budgets=book,
+                     idempotency=Idempotency(dbfile), cache=cache, events=events)
         _apply_budgets(gw, rows or [], spends, now_ms)
-        assert gw.events is not None
-        gw.events.start()
-        assert gw.cache is not None
-        await asyncio.to_thread(gw.cache.warm, gw.cache.config.mode == "semantic")
+        events.start()
+        await asyncio.to_thread(cache.warm, cache.config.mode == "semantic")
         app[GATEWAY] = gw
         watcher = asyncio.create_task(_watch_definitions(reader, gw, last, reload_interval))
         try:
@@ -235,9 +236,9 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
                 await watcher
             except asyncio.CancelledError:
                 pass
-            await gw.events.drain(5.0)
-            await gw.events.close()
-            await asyncio.to_thread(gw.cache.close)
+            await events.drain(5.0)
+            await events.close()
+            await asyncio.to_thread(cache.close)
             await router.close()
             await session.close()
             await asyncio.to_thread(writer.stop)
