@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..config import ProviderConfig
@@ -21,6 +20,7 @@ from ..usage import Usage
 from . import sse, translate
 from .base import Completion, ModelCatalogue, StreamState, pick_key
 from .http import finish, iter_sse, loads, open_sse, post_json
+from .upstream import UpstreamClient, UpstreamResponse
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -28,12 +28,12 @@ ANTHROPIC_VERSION = "2023-06-01"
 class AnthropicProvider(ModelCatalogue):
     type = "anthropic"
 
-    def __init__(self, cfg: ProviderConfig, session: aiohttp.ClientSession, keys: list[tuple[str, int]],
+    def __init__(self, cfg: ProviderConfig, client: UpstreamClient, keys: list[tuple[str, int]],
                  default_max_tokens: int) -> None:
         self.name = cfg.name
         self.cfg = cfg
         self.models = list(cfg.models)
-        self.session = session
+        self.client = client
         self.keys = keys
         self.url = cfg.base_url + "/v1/messages"
         self.default_max_tokens = default_max_tokens
@@ -65,7 +65,7 @@ class AnthropicProvider(ModelCatalogue):
     async def complete(self, inbound: str, body: dict[str, Any], model: str, timeout: float) -> Completion:
         payload = self._payload(inbound, body, model)
         payload.pop("stream", None)
-        data = await post_json(self.session, self.name, self.url, orjson.dumps(payload), self._pick_headers(), timeout)
+        data = await post_json(self.client, self.name, self.url, orjson.dumps(payload), self._pick_headers(), timeout)
         parsed = loads(data)
         usage = Usage.from_anthropic(parsed.get("usage"))
         if inbound == "anthropic":
@@ -78,7 +78,7 @@ class AnthropicProvider(ModelCatalogue):
         payload = self._payload(inbound, body, model)
         payload["stream"] = True
         payload.pop("stream_options", None)
-        resp = await open_sse(self.session, self.name, self.url, orjson.dumps(payload), self._pick_headers(), timeout)
+        resp = await open_sse(self.client, self.name, self.url, orjson.dumps(payload), self._pick_headers(), timeout)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if inbound == "openai" else False
         return AnthropicStream(self.name, inbound, resp, state, include_usage, body.get("model") or model)
 
@@ -87,7 +87,7 @@ class AnthropicProvider(ModelCatalogue):
 
 
 class AnthropicStream:
-    def __init__(self, provider: str, inbound: str, resp: aiohttp.ClientResponse, state: StreamState,
+    def __init__(self, provider: str, inbound: str, resp: UpstreamResponse, state: StreamState,
                  include_usage: bool, client_model: str) -> None:
         self.provider = provider
         self.inbound = inbound

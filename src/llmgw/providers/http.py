@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..errors import ModelNotFound, UpstreamError, UpstreamRejected
 from .base import RETRYABLE_STATUS, AttemptFailed
+from .upstream import UpstreamClient, UpstreamResponse
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -74,55 +73,36 @@ def failure_for(provider: str, status: int, data: bytes, headers: Any) -> Except
     return UpstreamRejected(text, status=status, type=etype if status < 500 else None, code=code)
 
 
-@functools.lru_cache(maxsize=256)
-def _total_timeout(timeout: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=timeout, sock_connect=min(10.0, timeout))
-
-
-@functools.lru_cache(maxsize=256)
-def _stream_timeout(timeout: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, timeout), sock_read=timeout)
-
-
-def _quantise(timeout: float) -> float:
-    """Round a remaining-deadline timeout so the ClientTimeout objects above can be cached."""
-    return max(0.05, round(timeout, 1)) if timeout < 10 else float(int(timeout))
-
-
-async def post_json(session: aiohttp.ClientSession, provider: str, url: str, payload: bytes,
+async def post_json(client: UpstreamClient, provider: str, url: str, payload: bytes,
                     headers: dict[str, str], timeout: float) -> bytes:
-    """One non-streaming attempt; returns the 2xx body bytes."""
+    """One non-streaming attempt within ``timeout`` seconds; returns the 2xx body bytes."""
     try:
-        async with session.post(url, data=payload, headers=headers,
-                                timeout=_total_timeout(_quantise(timeout))) as r:
-            data = await r.read()
-            status = r.status
-            rheaders = r.headers
+        r = await client.post(url, payload, headers, timeout=timeout)
+        data = await r.read()
     except TimeoutError as e:
         raise AttemptFailed(f"{provider} did not answer within {timeout:g}s", timeout=True) from e
-    except aiohttp.ClientError as e:
-        raise AttemptFailed(f"{provider} connection failed: {type(e).__name__}: {e}") from e
-    if status >= 300:
-        raise failure_for(provider, status, data, rheaders)
+    except OSError as e:
+        raise AttemptFailed(f"{provider} connection failed: {e}") from e
+    if r.status >= 300:
+        raise failure_for(provider, r.status, data, r.headers)
     return data
 
 
-async def open_sse(session: aiohttp.ClientSession, provider: str, url: str, payload: bytes,
-                   headers: dict[str, str], timeout: float) -> aiohttp.ClientResponse:
-    """Start a streaming attempt; returns the response once its status is 2xx."""
+async def open_sse(client: UpstreamClient, provider: str, url: str, payload: bytes,
+                   headers: dict[str, str], timeout: float) -> UpstreamResponse:
+    """Start a streaming attempt; returns the response once its status is 2xx. ``timeout`` bounds
+    the wait for the headers and then each wait for the next bytes of the stream."""
     try:
-        r = await session.post(url, data=payload, headers=headers, timeout=_stream_timeout(_quantise(timeout)))
+        r = await client.post(url, payload, headers, read_timeout=timeout)
     except TimeoutError as e:
         raise AttemptFailed(f"{provider} did not answer within {timeout:g}s", timeout=True) from e
-    except aiohttp.ClientError as e:
-        raise AttemptFailed(f"{provider} connection failed: {type(e).__name__}: {e}") from e
+    except OSError as e:
+        raise AttemptFailed(f"{provider} connection failed: {e}") from e
     if r.status >= 300:
         try:
-            data = await r.read()
-        except (aiohttp.ClientError, TimeoutError):
+            data = await r.read()  # releases the connection, or closes it if the read fails
+        except (OSError, TimeoutError):
             data = b""
-        finally:
-            r.release()
         raise failure_for(provider, r.status, data, r.headers)
     return r
 
@@ -130,7 +110,7 @@ async def open_sse(session: aiohttp.ClientSession, provider: str, url: str, payl
 Event = tuple[bytes | None, bytes]  # (SSE event name, data)
 
 
-async def iter_sse(resp: aiohttp.ClientResponse, provider: str) -> AsyncIterator[list[Event]]:
+async def iter_sse(resp: UpstreamResponse, provider: str) -> AsyncIterator[list[Event]]:
     """Yield, per network read, the list of complete SSE events as (event name, data).
 
     Batching per read (rather than per line or per event) lets the caller translate and write a
@@ -139,7 +119,7 @@ async def iter_sse(resp: aiohttp.ClientResponse, provider: str) -> AsyncIterator
     """
     buf = b""
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in resp.iter_chunks():
             if b"\r" in chunk:
                 chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
             buf += chunk
@@ -155,21 +135,23 @@ async def iter_sse(resp: aiohttp.ClientResponse, provider: str) -> AsyncIterator
     except TimeoutError as e:
         raise UpstreamError(f"{provider} stream stalled (no data within the read timeout)",
                             code="upstream_stream_timeout") from e
-    except (aiohttp.ClientError, asyncio.IncompleteReadError) as e:
-        raise UpstreamError(f"{provider} stream broke: {type(e).__name__}", code="upstream_stream_broken") from e
+    except OSError as e:
+        raise UpstreamError(f"{provider} stream broke: {e}", code="upstream_stream_broken") from e
 
 
-async def finish(resp: aiohttp.ClientResponse, completed: bool) -> None:
+async def finish(resp: UpstreamResponse, completed: bool) -> None:
     """End an upstream stream. A completed one is read to its end (the last bytes after the
     terminal event) so its connection goes back to the pool for the next request; anything
     else, or an upstream that keeps the stream open after its terminal event, is closed."""
     if completed and not resp.closed:
-        try:
-            async with asyncio.timeout(1.0):
-                await resp.read()
+        if resp.at_eof:
             resp.release()
             return
-        except (TimeoutError, aiohttp.ClientError):
+        try:
+            async with asyncio.timeout(1.0):
+                await resp.read()  # releases the connection
+            return
+        except (TimeoutError, OSError):
             pass
     resp.close()
 

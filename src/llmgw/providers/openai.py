@@ -14,7 +14,6 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..config import ProviderConfig
@@ -23,6 +22,7 @@ from ..usage import Usage
 from . import sse, translate
 from .base import Completion, ModelCatalogue, StreamState, pick_key
 from .http import Event, finish, iter_sse, loads, open_sse, post_json
+from .upstream import UpstreamClient
 
 
 class OpenAIFormat(ModelCatalogue):
@@ -172,10 +172,10 @@ class OpenAIStream:
 class OpenAIProvider(OpenAIFormat):
     """OpenAI or any OpenAI-compatible HTTP server, with a weighted pool of API keys."""
 
-    def __init__(self, cfg: ProviderConfig, session: aiohttp.ClientSession, keys: list[tuple[str, int]]) -> None:
+    def __init__(self, cfg: ProviderConfig, client: UpstreamClient, keys: list[tuple[str, int]]) -> None:
         super().__init__(cfg.name, cfg.models)
         self.cfg = cfg
-        self.session = session
+        self.client = client
         self.keys = keys
         self.base_url = cfg.base_url
         self._headers = dict(cfg.headers)
@@ -192,11 +192,11 @@ class OpenAIProvider(OpenAIFormat):
         return h
 
     async def _send(self, path: str, payload: dict[str, Any], timeout: float) -> bytes:
-        return await post_json(self.session, self.name, self.base_url + path, orjson.dumps(payload),
+        return await post_json(self.client, self.name, self.base_url + path, orjson.dumps(payload),
                                self._pick_headers(), timeout)
 
     async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[Event]], Any]:
-        resp = await open_sse(self.session, self.name, self.base_url + "/chat/completions",
+        resp = await open_sse(self.client, self.name, self.base_url + "/chat/completions",
                               orjson.dumps(payload), self._pick_headers(), timeout)
 
         return iter_sse(resp, self.name), functools.partial(finish, resp)

@@ -18,21 +18,20 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-import aiohttp
-
 from ..config import Config
 from ..errors import ModelNotFound, UpstreamError, UpstreamTimeout
 from .anthropic import AnthropicProvider
 from .base import AttemptFailed, Provider, Target
 from .demo import DemoProvider
 from .openai import OpenAIProvider
+from .upstream import UpstreamClient
 
 log = logging.getLogger("llmgw.router")
 T = TypeVar("T")
 
 
 class Router:
-    def __init__(self, config: Config, session: aiohttp.ClientSession, environ: Mapping[str, str]) -> None:
+    def __init__(self, config: Config, client: UpstreamClient, environ: Mapping[str, str]) -> None:
         self.config = config
         self.retry = config.retry
         self.aliases = config.aliases
@@ -50,9 +49,9 @@ class Router:
                 log.warning("provider %s: none of its API key variables (%s) is set", name,
                             ", ".join(k.env for k in pc.keys))
             if pc.type == "anthropic":
-                self.providers[name] = AnthropicProvider(pc, session, keys, config.defaults.max_tokens)
+                self.providers[name] = AnthropicProvider(pc, client, keys, config.defaults.max_tokens)
             else:
-                self.providers[name] = OpenAIProvider(pc, session, keys)
+                self.providers[name] = OpenAIProvider(pc, client, keys)
 
     def resolve(self, model: str) -> list[Target]:
         chain = self.aliases.get(model)

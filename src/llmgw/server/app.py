@@ -43,6 +43,7 @@ from ..governance.keys import KeyTable
 from ..metrics import Metrics, metrics_token
 from ..pricing import PriceBook
 from ..providers.router import Router
+from ..providers.upstream import UpstreamClient
 from ..store import db as store_db
 from ..store.writer import LedgerWriter
 from .admin import add_routes as add_admin_routes
@@ -205,10 +206,11 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         keys = KeyTable()
         now_ms = int(time.time() * 1000)
         last, rows, spends = _read_definitions(reader, keys, -1, now_ms)
-        session = aiohttp.ClientSession(
+        upstream = UpstreamClient()  # provider calls: the hot path (see providers/upstream.py)
+        session = aiohttp.ClientSession(  # webhooks
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             json_serialize=lambda o: orjson.dumps(o).decode(), auto_decompress=True)
-        router = Router(config, session, env)
+        router = Router(config, upstream, env)
         book = BudgetBook(error_status=config.defaults.budget_error_status)
         prom = Metrics({
             "llmgw_ledger_queue_depth": ("Ledger rows waiting for the writer.", lambda: writer.queue_depth),
@@ -240,6 +242,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             await events.close()
             await asyncio.to_thread(cache.close)
             await router.close()
+            await upstream.close()
             await session.close()
             await asyncio.to_thread(writer.stop)
             reader.close()
