@@ -3,6 +3,7 @@
     python bench/cache_bench.py                          # 100,000 entries, 5,000 lookups
     python bench/cache_bench.py --entries 20000 --queries 2000
     python bench/cache_bench.py --expansion-search 64 --json out.json
+    python bench/cache_bench.py --keep                   # then: --reuse /tmp/llmgw-cache-bench-XXXX
 
 Builds a temporary LLMGW_HOME (migrated SQLite database + usearch index file), fills the cache with
 ``--entries`` synthetic product-caption prompts (brand/SKU/colour/size fields around varied prose;
@@ -20,6 +21,7 @@ of issue 4: **embed + search p99 <= 1 ms, RSS <= 200 MB**. No network.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -315,6 +317,12 @@ def measure(home: Path, expansion_search: int, k: int) -> dict[str, Any]:
         ids = [i for i, _ in index.search(embedder.encode([q["text"]])[0], k)]
         store.candidates(conn, ids, scope=q["scope"], model=MODEL, context_hash=q["context"], now_ms=now_ms,
                          facts=guard.fingerprint(q["text"]))
+    # what the daemon does once it is up (llmgw.server.runner.tune_gc, not imported here: it would
+    # pull aiohttp into this process's RSS): start-up objects out of the collector's sight, and a
+    # raised young-generation threshold
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     pc = time.perf_counter_ns
     t_emb: list[int] = []
     t_search: list[int] = []
@@ -405,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1024, help="embedding batch size while building")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' = stdout)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary LLMGW_HOME and print its path")
+    ap.add_argument("--reuse", metavar="HOME", help="measure again in a home kept by --keep (no rebuild; "
+                    "--entries and --queries are those it was built with)")
     ap.add_argument("--_measure", metavar="HOME", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -417,13 +427,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.entries < 1 or args.queries < 2:
         ap.error("--entries must be >= 1 and --queries >= 2")
 
-    tmp = tempfile.mkdtemp(prefix="llmgw-cache-bench-")
-    home = Path(tmp)
+    if args.reuse:
+        tmp = args.reuse
+        home = Path(tmp)
+        if not (home / "build.json").is_file():
+            ap.error(f"--reuse {tmp}: no build.json (keep a home with --keep)")
+        b = json.loads((home / "build.json").read_text())
+    else:
+        tmp = tempfile.mkdtemp(prefix="llmgw-cache-bench-")
+        home = Path(tmp)
     os.environ["LLMGW_HOME"] = tmp
     try:
-        print(f"building {args.entries:,} entries in {tmp} ...", file=sys.stderr)
-        b = build(home, args.entries, args.queries, args.batch, es)
-        print(f"built in {b['total_s']:.1f} s; measuring in a fresh process ...", file=sys.stderr)
+        if not args.reuse:
+            print(f"building {args.entries:,} entries in {tmp} ...", file=sys.stderr)
+            b = build(home, args.entries, args.queries, args.batch, es)
+            (home / "build.json").write_text(json.dumps(b))
+            print(f"built in {b['total_s']:.1f} s; measuring in a fresh process ...", file=sys.stderr)
         env = dict(os.environ, LLMGW_HOME=tmp, PYTHONPATH=str(ROOT / "src"))
         env.pop("HF_HUB_OFFLINE", None)
         env["HF_HUB_OFFLINE"] = "1"
@@ -442,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 Path(args.json).write_text(data + "\n")
     finally:
-        if args.keep:
+        if args.keep or args.reuse:
             print(f"kept {tmp}", file=sys.stderr)
         else:
             import shutil
