@@ -180,3 +180,43 @@ def test_wheel_ships_the_model(tmp_path: Path) -> None:
     for name in ("model.safetensors", "tokenizer.json", "config.json", "LICENSE", "NOTICE", "README.md",
                  "modules.json"):
         assert prefix + name in names, name
+
+
+def _fuzz_texts() -> list[str]:
+    import random
+
+    r = random.Random(7)
+    alphabet = "ab Z9_-.,!?\t\n\r\"'{}[]()<>@#$%^&*+=|\\/~`;:UNKPADuNk"
+    texts = ["".join(r.choice(alphabet) for _ in range(r.randrange(0, 80))) for _ in range(2000)]
+    texts += ["[UNK] here", "x[PAD]y", "[unk]", "[Unk] [pad]", "a" * 150 + " short", "word " * 700,
+              "Write a caption. brand: Nike, sku: 10482, colour: red, size: 42",
+              '{"brand": null, "price": "$19.99"} don\'t re-use it_now', "tab\tnew\nline\rcr", "",
+              "héllo wörld", "日本語", "ctrl\x00\x0b\x0c\x7fchars", "emoji 🙂 ok"]
+    return texts
+
+
+def test_word_cache_tokens_equal_the_tokenizer(model: Model2VecEmbedder) -> None:
+    """The ASCII fast path's token ids are exactly the tokenizer's (before unknown-token removal);
+    texts it does not handle (non-ASCII, control characters, added tokens) return None."""
+    tok = model._model.tokenizer
+    assert model._words is not None  # the bundled model is BERT uncased
+    handled = 0
+    for text in _fuzz_texts():
+        got = model._word_ids(text)
+        if got is None:
+            continue
+        handled += 1
+        assert got == tok.encode(text, add_special_tokens=False).ids, repr(text)
+    assert handled > 1500
+    assert model._word_ids("héllo") is None and model._word_ids("a\x00b") is None
+    assert model._word_ids("x [UNK] y") is None
+
+
+def test_single_text_fast_path_matches_the_library(model: Model2VecEmbedder) -> None:
+    """One text (the cache's hot path) skips StaticModel.encode; the vector is the library's."""
+    for text in _fuzz_texts()[::10] + ["word " * 700, "a" * 5000]:
+        fast = model.encode([text])
+        lib = model._model.encode([text], show_progress_bar=False, use_multiprocessing=False)
+        lib = lib / max(float(np.linalg.norm(lib)), 1e-30)
+        assert fast.shape == (1, BUNDLED_DIM) and fast.dtype == np.float32 and fast.flags.c_contiguous
+        np.testing.assert_allclose(fast[0], lib[0], atol=1e-6, err_msg=repr(text))

@@ -113,12 +113,28 @@ class Model2VecEmbedder:
         self.source = source
         self._model = model
         self._dim = int(model.dim)
+        # The single-text fast path (the cache's hot path) does what ``StaticModel.encode`` does for
+        # one text, minus its per-call overhead (batching, tqdm, re-setting the tokenizer's
+        # truncation twice, a second normalisation): the same tokenizer (truncation at max_length
+        # already set), the same character pre-cut, the same unknown-token removal, the same mean.
+        # Models with a token mapping or weights (vocabulary quantisation) keep the library path.
+        self._fast = model.token_mapping is None and model.weights is None
+        self._tokenizer = model.tokenizer
+        self._embedding = model.embedding
+        self._unk = model.unk_token_id
+        self._max_tokens: int | None = model.max_length
+        self._char_limit = model.max_length * model.median_token_length if model.max_length else None
+        self._words: dict[str, list[int]] | None = {} if _is_bert_uncased(model.tokenizer) else None
+        # added tokens ([CLS], [UNK]...) are matched in the raw text even without special tokens
+        self._added = tuple(t.content for t in model.tokenizer.get_added_tokens_decoder().values())
 
     @property
     def dim(self) -> int:
         return self._dim
 
     def encode(self, texts: list[str]) -> Vectors:
+        if len(texts) == 1 and self._fast:
+            return self._encode_one(texts[0])
         if not texts:
             import numpy as np
 
@@ -126,8 +142,77 @@ class Model2VecEmbedder:
         raw = self._model.encode(list(texts), show_progress_bar=False, use_multiprocessing=False)
         return _normalise(raw)
 
+    def _encode_one(self, text: str) -> Vectors:
+        import numpy as np
+
+        if self._char_limit is not None:
+            text = text[:self._char_limit]
+        ids = self._word_ids(text) if self._words is not None else None
+        if ids is None:
+            ids = self._tokenizer.encode(text, add_special_tokens=False).ids
+        if self._unk is not None and self._unk in ids:
+            ids = [i for i in ids if i != self._unk]
+        out = np.zeros((1, self._dim), dtype=np.float32)
+        if ids:
+            emb = self._embedding
+            # the mean's direction: an exact integer sum for int8 weights, then one normalisation
+            out[0] = np.take(emb, ids, axis=0).sum(axis=0, dtype=np.int32 if emb.dtype == np.int8 else None)
+            norm = float(np.sqrt(out[0] @ out[0]))
+            if norm > 0:
+                out /= norm
+        return out
+
+    def _word_ids(self, text: str) -> list[int] | None:
+        """Token ids of a printable-ASCII ``text`` from a cache of per-word WordPiece ids; ``None``
+        for any other text, or one that contains an added token (the tokenizer handles those).
+
+        For such text a BERT uncased tokenizer (normaliser: clean text, lowercase; pre-tokenizer:
+        split on whitespace, every ASCII punctuation character a word of its own; no special tokens)
+        is exactly: lower-case, split with ``_ASCII_WORDS``, WordPiece each word on its own, keep
+        the first ``max_length`` ids. The words are cached, so the tokenizer only sees a word the
+        first time (tests check the ids equal the tokenizer's on many texts)."""
+        if not text.isascii() or _NOT_PRINTABLE.search(text):
+            return None
+        lowered = text.lower()
+        if any(t in text or t.lower() in lowered for t in self._added):
+            return None
+        words = self._words
+        assert words is not None
+        if len(words) > _WORD_CACHE_MAX:
+            words.clear()
+        ids: list[int] = []
+        for w in _ASCII_WORDS.findall(lowered):
+            got = words.get(w)
+            if got is None:
+                got = words[w] = self._tokenizer.encode(w, add_special_tokens=False).ids
+            ids += got
+        if self._max_tokens is not None and len(ids) > self._max_tokens:
+            del ids[self._max_tokens:]
+        return ids
+
     def close(self) -> None:
         self._stack.close()
+
+
+_ASCII_WORDS = re.compile(r"[a-z0-9]+|[!-/:-@\[-`{-~]")  # runs of letters/digits, or one punctuation char
+_NOT_PRINTABLE = re.compile(r"[^\t\n\r -~]")  # control characters (the normaliser drops or maps them)
+_WORD_CACHE_MAX = 50_000
+
+
+def _is_bert_uncased(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` is the BERT uncased pipeline ``Model2VecEmbedder._word_ids`` mirrors."""
+    import json
+
+    try:
+        spec = json.loads(tokenizer.to_str())
+    except Exception:  # pragma: no cover - a tokenizer that cannot describe itself keeps the slow path
+        return False
+    norm = spec.get("normalizer") or {}
+    model = spec.get("model") or {}
+    return (norm.get("type") == "BertNormalizer" and norm.get("clean_text") is True
+            and norm.get("lowercase") is True and norm.get("strip_accents") in (None, True)
+            and (spec.get("pre_tokenizer") or {}).get("type") == "BertPreTokenizer"
+            and model.get("type") == "WordPiece")
 
 
 def _looks_like_local_path(s: str) -> bool:
