@@ -121,8 +121,7 @@ async def readyz(request: web.Request) -> web.Response:
     problems = []
     if state.get("draining"):
         problems.append("draining")
-    thread = gw.writer._thread
-    if thread is None or not thread.is_alive():
+    if not gw.writer.alive:
         problems.append("ledger writer not running")
     if problems:
         return web.json_response({"status": "unavailable", "problems": problems}, status=503)

@@ -1,51 +1,58 @@
-"""The single ledger writer: one thread, one connection, group commit.
+"""The ledger writer: one process, one connection, group commit.
 
 Owns: every ledger write in the daemon.
 
 Invariants:
-- The event loop never touches SQLite: ``submit`` validates the row and enqueues it, nothing more.
-- The writer thread blocks on the queue, drains whatever is already waiting (up to ``max_batch``),
-  inserts it with one ``executemany`` and one commit, then resolves the batch's futures with ONE
-  ``call_soon_threadsafe`` per event loop.
+- The event loop never touches SQLite: ``submit`` turns the row into a tuple and queues it; rows
+  submitted in one event-loop iteration go to the writer process as ONE frame on its stdin (a
+  non-blocking pipe write; what the pipe cannot take yet is written when it drains).
+- The writer process (``store.writer_proc``) commits rows in order, in batches, and answers each
+  commit with one frame: "every row up to N is committed, except these". The daemon reads those
+  answers with the event loop's reader on the pipe and resolves the rows' futures there: no
+  thread, no GIL hand-offs, no ``call_soon_threadsafe``.
 - A future resolves only after its row is committed (visible to other connections and durable
-  against a process kill); it carries the exception if its row could not be written.
+  against a process kill); it carries the exception if its row could not be written (rebuilt as
+  the same ``sqlite3`` exception class when there is one).
 - A bad row never costs the rest of its batch: if the batch insert fails, rows are retried one
   by one and only the failing rows' futures fail.
-- Commit durations go into ``commit_times`` (a cumulative histogram behind its own lock, taken
-  once per batch by the writer and once per scrape by ``/metrics``: never by the event loop's
-  request path).
+- If the writer process dies, every waiting future fails and ``submit`` raises: requests get a
+  typed internal error and ``/readyz`` reports the writer down, never a silent loss.
+- Commit durations go into ``commit_times`` (a cumulative histogram behind its own lock, updated
+  once per commit answer and read once per scrape by ``/metrics``).
+- The writer is bound to the event loop of its first ``submit``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import itertools
-import queue
+import logging
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
-import time
 from bisect import bisect_left
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from llmgw.store.db import open_db
-from llmgw.store.ledger import as_tuple, insert_sql, normalise_row
+from llmgw.store.ledger import as_tuple, normalise_row
+from llmgw.store.writer_proc import frame, unframe
 
-_Item = tuple[tuple[Any, ...], "asyncio.Future[None]", asyncio.AbstractEventLoop]
-_Result = tuple["asyncio.Future[None]", BaseException | None]
-
-_INSERT = insert_sql()
+log = logging.getLogger("llmgw.ledger")
 
 
-def _resolve(results: list[_Result]) -> None:
-    for fut, exc in results:
-        if fut.done():  # the awaiting task was cancelled
-            continue
-        if exc is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(exc)
+class LedgerWriteError(RuntimeError):
+    """A row could not be written (and no matching ``sqlite3`` exception class exists)."""
+
+
+def _error(kind: str, message: str) -> BaseException:
+    cls = getattr(sqlite3, kind, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        return cls(message)
+    return LedgerWriteError(f"{kind}: {message}")
 
 
 #: upper bounds (seconds) of the commit-duration buckets: a commit is ~40 us to a few ms
@@ -53,7 +60,7 @@ COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 
 
 class CommitTimes:
-    """A cumulative histogram of commit durations, shared between the writer thread (``record``)
+    """A cumulative histogram of commit durations, shared between the event loop (``record``)
     and whoever reads it (``snapshot``, e.g. a Prometheus scrape) under one small lock."""
 
     __slots__ = ("bounds", "_counts", "_sum", "_lock")
@@ -88,31 +95,52 @@ class LedgerWriter:
         self.rows_written = 0
         self.last_commit_seconds = 0.0
         self.commit_times = CommitTimes()
-        self._queue: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()
-        self._pending: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
-        self._lock = threading.Lock()  # orders submit's put against stop's sentinel
-        self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._fd_out = -1  # the writer's stdin (we write rows)
+        self._fd_in = -1  # the writer's stdout (we read commit answers)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._futures: dict[int, asyncio.Future[None]] = {}
+        self._seq = 0  # last sequence number handed out
+        self._acked = 0  # last sequence number answered
+        self._pending: list[tuple[Any, ...]] = []  # rows of this loop iteration, not yet framed
+        self._pending_first = 0
+        self._outbuf = bytearray()  # framed rows the pipe could not take yet
+        self._inbuf = bytearray()
         self._stopped = False
-        self._submitted = 0
-        self._done = 0
+        self._dead: str | None = None  # why the writer process is gone, if it is
+        self._lock = threading.Lock()
+        self._waker: asyncio.Event | None = None  # stop() waits on it for the pipe to drain / EOF
 
     @property
     def queue_depth(self) -> int:
-        """Rows submitted but not yet committed or failed (approximate)."""
-        return self._submitted - self._done
+        """Rows submitted but not yet committed or failed."""
+        return self._seq - self._acked
+
+    @property
+    def alive(self) -> bool:
+        return (self._proc is not None and self._dead is None and not self._stopped
+                and self._proc.poll() is None)
 
     def start(self) -> None:
-        """Open the database (migrating it) and start the writer thread."""
+        """Open the database (migrating it) and start the writer process."""
         with self._lock:
-            if self._stopped or self._thread is not None:
+            if self._stopped or self._proc is not None:
                 raise RuntimeError("LedgerWriter already started or stopped")
-            conn = open_db(self.db_path)
-            conn.isolation_level = None  # autocommit: _insert manages its transactions
-            self._thread = threading.Thread(
-                target=self._run, args=(conn,), name="llmgw-ledger-writer", daemon=True
-            )
-            self._thread.start()
+            open_db(self.db_path).close()  # migrate here: a bad database fails start(), not a request
+            env = dict(os.environ)
+            pkg_root = str(Path(__file__).resolve().parents[2])  # the directory holding llmgw/
+            env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "llmgw.store.writer_proc", str(self.db_path), str(self.max_batch),
+                 repr(self.linger)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            self._fd_out = self._proc.stdin.fileno()
+            self._fd_in = self._proc.stdout.fileno()
+            os.set_blocking(self._fd_out, False)
+            os.set_blocking(self._fd_in, False)
 
+    # ---- the event loop side ---------------------------------------------------------------------
     def submit(self, row: dict[str, Any], *, trusted: bool = False) -> asyncio.Future[None]:
         """Queue ``row``; the future resolves once its batch is committed. Call on the event loop.
 
@@ -121,144 +149,235 @@ class LedgerWriter:
         """
         norm = as_tuple(row) if trusted else as_tuple(normalise_row(row))
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        if self._thread is None or self._stopped:
+        if self._proc is None or self._stopped:
             raise RuntimeError("LedgerWriter is not running")
-        self._submitted += 1
-        # Rows submitted in one event-loop iteration cross to the writer thread as one queue item:
-        # one thread wake-up per iteration instead of one per request.
-        pending = self._pending.get(loop)
-        if pending is None:
-            pending = self._pending[loop] = []
-            loop.call_soon(self._hand_over, loop)
-        pending.append((norm, fut, loop))
+        if self._dead is not None:
+            raise RuntimeError(f"ledger writer process is gone: {self._dead}")
+        if self._loop is not loop:
+            if self._loop is not None:
+                raise RuntimeError("LedgerWriter is bound to another event loop")
+            self._loop = loop
+            loop.add_reader(self._fd_in, self._on_answers)
+        fut: asyncio.Future[None] = loop.create_future()
+        self._seq += 1
+        self._futures[self._seq] = fut
+        if not self._pending:
+            self._pending_first = self._seq
+            loop.call_soon(self._hand_over)
+        self._pending.append(norm)
         return fut
-
-    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        items = self._pending.pop(loop, None)
-        if not items:
-            return
-        with self._lock:
-            if not self._stopped:
-                self._queue.put(items)
-                return
-        for _, fut, _ in items:  # stop() won the race: say so instead of dropping rows silently
-            if not fut.done():
-                fut.set_exception(RuntimeError("LedgerWriter stopped before the row was handed over"))
 
     async def write(self, row: dict[str, Any], *, trusted: bool = False) -> None:
         """Submit ``row`` and wait until it is committed."""
         await self.submit(row, trusted=trusted)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Write and commit everything queued, close the connection, join the thread. Idempotent.
+    def _hand_over(self) -> None:
+        rows, self._pending = self._pending, []
+        if not rows or self._dead is not None:
+            return
+        first = self._pending_first
+        try:
+            data = frame([first, rows])
+        except TypeError:  # a value orjson cannot encode: fail those rows alone
+            data = b""
+            good: list[tuple[int, tuple[Any, ...]]] = []
+            for i, r in enumerate(rows):
+                try:
+                    orjson.dumps(r)
+                    good.append((first + i, r))
+                except TypeError as e:
+                    self._resolve_one(first + i, LedgerWriteError(f"row cannot be encoded: {e}"))
+            # keep sequence numbers contiguous for the writer: a frame per run of good rows
+            runs: list[list[tuple[int, tuple[Any, ...]]]] = []
+            for seq, r in good:
+                if runs and runs[-1][-1][0] == seq - 1:
+                    runs[-1].append((seq, r))
+                else:
+                    runs.append([(seq, r)])
+            data = b"".join(frame([run[0][0], [r for _, r in run]]) for run in runs)
+        self._send(data)
 
-        Blocks: from the event loop, call it as ``await asyncio.to_thread(writer.stop)``.
+    def _send(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._outbuf:
+            self._outbuf += data
+            return
+        try:
+            n = os.write(self._fd_out, data)
+        except BlockingIOError:
+            n = 0
+        except OSError as e:  # the writer process is gone
+            self._die(f"cannot write to it: {e}")
+            return
+        if n < len(data):
+            self._outbuf += data[n:]
+            assert self._loop is not None
+            self._loop.add_writer(self._fd_out, self._flush)
+
+    def _flush(self) -> None:
+        try:
+            n = os.write(self._fd_out, self._outbuf)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._die(f"cannot write to it: {e}")
+            return
+        del self._outbuf[:n]
+        if not self._outbuf and self._loop is not None:
+            self._loop.remove_writer(self._fd_out)
+            if self._waker is not None:
+                self._waker.set()
+
+    def _on_answers(self) -> None:
+        try:
+            data = os.read(self._fd_in, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._die(f"cannot read from it: {e}")
+            return
+        if not data:
+            self._die("it exited")
+            return
+        self._inbuf += data
+        self._apply(unframe(self._inbuf))
+
+    def _apply(self, answers: list[Any]) -> None:
+        for last, failed, seconds in answers:
+            errors = {seq: _error(kind, msg) for seq, kind, msg in failed}
+            for seq in range(self._acked + 1, last + 1):
+                self._resolve_one(seq, errors.get(seq))
+            self.rows_written += (last - self._acked) - len(errors)
+            self._acked = last
+            self.batches += 1
+            self.last_commit_seconds = seconds
+            self.commit_times.record(seconds)
+
+    def _resolve_one(self, seq: int, exc: BaseException | None) -> None:
+        fut = self._futures.pop(seq, None)
+        if fut is None or fut.done():  # the awaiting task was cancelled
+            return
+        if exc is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(exc)
+
+    def _die(self, why: str) -> None:
+        """The writer process is gone: fail everything still waiting, loudly."""
+        if self._dead is not None:
+            return
+        self._dead = why
+        if self._waker is not None:
+            self._waker.set()
+        if not self._stopped:
+            log.critical("ledger writer process stopped unexpectedly (%s): requests fail until restart", why)
+        self._detach()
+        err = RuntimeError(f"ledger writer process is gone ({why}); the row was not written")
+        for seq in list(self._futures):
+            self._resolve_one(seq, err)
+
+    def _detach(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self._fd_in)
+            loop.remove_writer(self._fd_out)
+
+    # ---- stopping ------------------------------------------------------------------------------
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write and commit everything submitted, stop the writer process. Idempotent.
+
+        Blocks: from the event loop, call it as ``await asyncio.to_thread(writer.stop)`` (called
+        on the loop's own thread it still works, but holds the loop until the writer is done).
         """
         with self._lock:
-            if not self._stopped:
-                self._stopped = True
-                if self._thread is not None:
-                    for loop in list(self._pending):  # rows submitted but not yet handed over
-                        items = self._pending.pop(loop, None)
-                        if items:
-                            self._queue.put(items)
-                    self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                raise TimeoutError(f"ledger writer did not finish within {timeout}s")
+            if self._stopped:
+                return
+            self._stopped = True
+        proc = self._proc
+        if proc is None:
+            return
+        loop = self._loop
+        on_other_thread = False
+        if loop is not None and loop.is_running():
+            try:
+                on_other_thread = asyncio.get_running_loop() is not loop
+            except RuntimeError:
+                on_other_thread = True
+        if on_other_thread:
+            assert loop is not None
+            done = asyncio.run_coroutine_threadsafe(self._stop_on_loop(proc, timeout), loop)
+            done.result(timeout + 5)
+        else:
+            self._stop_here(proc, timeout)
 
-    # ---- writer thread ---------------------------------------------------------------------------
-
-    def _run(self, conn: sqlite3.Connection) -> None:
+    async def _stop_on_loop(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        self._hand_over()
         try:
-            stopping = False
-            last_size = 0
-            while not stopping:
-                first = self._queue.get()
-                batch: list[_Item] = []
-                if first is None:
-                    stopping = True
-                else:
-                    batch.extend(first)
-                if last_size > 1 and not stopping:
-                    time.sleep(self.linger)  # one wake-up, GIL released: not one per arriving row
-                while not stopping and len(batch) < self.max_batch:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stopping = True  # the sentinel is the last item ever queued
-                    else:
-                        batch.extend(item)
-                last_size = len(batch)
-                for i in range(0, len(batch), self.max_batch):  # one hand-over may exceed max_batch
-                    self._write_batch(conn, batch[i : i + self.max_batch])
+            async with asyncio.timeout(timeout):
+                self._waker = waker = asyncio.Event()
+                while self._outbuf and self._dead is None:
+                    waker.clear()
+                    await waker.wait()  # set by _flush once the pipe took everything
+                self._close_input()
+                while self._dead is None:  # answers keep coming in through _on_answers until EOF
+                    waker.clear()
+                    await waker.wait()  # set by _die
+        except TimeoutError:
+            proc.kill()
+            self._die("it did not finish in time and was killed")
+            raise TimeoutError(f"ledger writer did not finish within {timeout}s") from None
         finally:
-            conn.close()
+            await asyncio.to_thread(proc.wait)
+            self._close_fds()
 
-    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
-        started = time.perf_counter()
-        errors = self._insert(conn, [row for row, _, _ in batch])
-        self.last_commit_seconds = elapsed = time.perf_counter() - started
-        self.commit_times.record(elapsed)
-        self.batches += 1
-        self.rows_written += sum(e is None for e in errors)
-        self._done += len(batch)
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Result]] = {}
-        for (_, fut, loop), exc in zip(batch, errors, strict=True):
-            by_loop.setdefault(loop, []).append((fut, exc))
-        for loop, results in by_loop.items():
+    def _stop_here(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        """Stop without the event loop's help: blocking writes and reads on this thread."""
+        self._detach()
+        if self._dead is None:
+            self._hand_over()
+            os.set_blocking(self._fd_out, True)
+            os.set_blocking(self._fd_in, True)
             try:
-                loop.call_soon_threadsafe(_resolve, results)
-            except RuntimeError:  # loop already closed: nobody is waiting any more
+                if self._outbuf:
+                    os.write(self._fd_out, self._outbuf)  # blocking: writes it all
+                    self._outbuf.clear()
+            except OSError:
                 pass
-
-    @staticmethod
-    def _insert(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[BaseException | None]:
-        """Insert and commit; return one error (or None) per row.
-
-        Rows go in as multi-row ``INSERT ... VALUES (...), (...)`` statements of power-of-two
-        sizes (a handful of distinct statements for the statement cache): one ``sqlite3_step``
-        per statement instead of one per row, which matters because the GIL is handed back and
-        forth around every step, stealing the event loop's time. A batch that fits one statement
-        is its own transaction (the connection is in autocommit mode).
-        """
-        pieces: list[list[tuple[Any, ...]]] = []
-        i = 0
-        while i < len(rows):
-            size = 1 << ((len(rows) - i).bit_length() - 1)
-            pieces.append(rows[i : i + size])
-            i += size
+            self._close_input()
+            while True:
+                try:
+                    data = os.read(self._fd_in, 1 << 16)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                self._inbuf += data
+                self._apply(unframe(self._inbuf))
         try:
-            if len(pieces) == 1:
-                conn.execute(_insert_sql(len(rows)), _flatten(rows))
-            else:
-                conn.execute("BEGIN")
-                for piece in pieces:
-                    conn.execute(_insert_sql(len(piece)), _flatten(piece))
-                conn.execute("COMMIT")
-            return [None] * len(rows)
-        except Exception:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-        errors: list[BaseException | None] = []
-        for row in rows:  # rare path: one transaction per row, so one failure cannot undo another
-            try:
-                conn.execute(_INSERT, row)
-                errors.append(None)
-            except Exception as exc:
-                errors.append(exc)
-        return errors
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise TimeoutError(f"ledger writer did not finish within {timeout}s") from None
+        finally:
+            self._dead = self._dead or "stopped"
+            self._close_fds()
+            err = RuntimeError("ledger writer stopped before the row was committed")
+            for seq in list(self._futures):
+                self._resolve_one(seq, err)
 
+    def _close_input(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.stdin is not None and not proc.stdin.closed:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_writer(self._fd_out)
+            proc.stdin.close()  # EOF: the writer commits what it has and exits
 
-@functools.lru_cache(maxsize=16)
-def _insert_sql(n: int) -> str:
-    head, _, values = _INSERT.partition(" VALUES ")
-    return head + " VALUES " + ", ".join([values] * n)
-
-
-def _flatten(rows: list[tuple[Any, ...]]) -> tuple[Any, ...]:
-    return tuple(itertools.chain.from_iterable(rows))
+    def _close_fds(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        for f in (proc.stdin, proc.stdout):
+            if f is not None and not f.closed:
+                f.close()

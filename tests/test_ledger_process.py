@@ -1,0 +1,174 @@
+"""The ledger writer runs as its own process (store/writer_proc.py): what that adds to the contract.
+
+Real writer processes on real SQLite files; the daemon tests go through ``daemon_factory``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from llmgw.store import db as dbmod
+from llmgw.store import ledger
+from llmgw.store.writer import LedgerWriter
+from llmgw.store.writer_proc import frame, unframe
+
+
+def row(i: int = 0, **kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"request_id": f"req-{i}", "ts_ms": 1_700_000_000_000 + i,
+                            "route": "/v1/chat/completions", "status": 200, "outcome": "ok"}
+    base.update(kw)
+    return base
+
+
+def count(db_path: Path) -> int:
+    conn = dbmod.open_db(db_path)
+    try:
+        return ledger.count(conn)
+    finally:
+        conn.close()
+
+
+def test_frames_round_trip_and_wait_for_the_rest() -> None:
+    data = frame([1, [["a", 1, None, 2.5]]]) + frame([2, []])
+    buf = bytearray(data[:-3])  # the second frame is incomplete
+    assert unframe(buf) == [[1, [["a", 1, None, 2.5]]]]
+    buf += data[-3:]
+    assert unframe(buf) == [[2, []]]
+    assert buf == bytearray()
+
+
+async def test_rows_larger_than_the_pipe_arrive_whole(tmp_path: Path) -> None:
+    # ~20 MB in one loop iteration: far more than a pipe holds, so the writer gets it in pieces
+    db_path = tmp_path / "llmgw.db"
+    w = LedgerWriter(db_path)
+    w.start()
+    try:
+        body = "x" * 100_000
+        futs = [w.submit(row(i, request_body=body)) for i in range(200)]
+        await asyncio.wait_for(asyncio.gather(*futs), 60)
+        assert w.rows_written == 200 and w.queue_depth == 0
+        conn = dbmod.open_db(db_path)
+        try:
+            lengths = [r[0] for r in conn.execute("SELECT length(request_body) FROM ledger")]
+        finally:
+            conn.close()
+        assert lengths == [100_000] * 200
+    finally:
+        await asyncio.to_thread(w.stop)
+
+
+async def test_writer_process_ignores_sigterm_and_sigint(tmp_path: Path) -> None:
+    # a Ctrl-C or systemd's stop signals the whole process group: the daemon decides when the
+    # ledger stops, so the writer must outlive the signal and keep committing
+    db_path = tmp_path / "llmgw.db"
+    w = LedgerWriter(db_path)
+    w.start()
+    try:
+        await w.write(row(0))
+        assert w._proc is not None
+        os.kill(w._proc.pid, signal.SIGTERM)
+        os.kill(w._proc.pid, signal.SIGINT)
+        await asyncio.sleep(0.3)
+        assert w._proc.poll() is None
+        await asyncio.wait_for(w.write(row(1)), 10)
+        assert count(db_path) == 2
+    finally:
+        await asyncio.to_thread(w.stop)
+    assert w._proc is not None and w._proc.returncode == 0
+
+
+async def test_a_dead_writer_fails_waiting_rows_and_refuses_new_ones(tmp_path: Path) -> None:
+    db_path = tmp_path / "llmgw.db"
+    w = LedgerWriter(db_path)
+    w.start()
+    try:
+        await w.write(row(0))
+        assert w.alive
+        assert w._proc is not None
+        w._proc.send_signal(signal.SIGSTOP)  # hold it so that the next row is surely in flight
+        fut = w.submit(row(1))
+        await asyncio.sleep(0.05)
+        w._proc.kill()
+        w._proc.send_signal(signal.SIGCONT)
+        with pytest.raises(RuntimeError, match="ledger writer process is gone"):
+            await asyncio.wait_for(fut, 10)
+        assert not w.alive
+        with pytest.raises(RuntimeError, match="gone"):
+            w.submit(row(2))
+    finally:
+        await asyncio.to_thread(w.stop)
+    assert count(db_path) == 1
+
+
+async def test_stop_on_the_loop_thread_commits_everything(tmp_path: Path) -> None:
+    # stop() called synchronously on the loop's own thread (as a fixture teardown does) cannot
+    # wait for the loop: it must drain the writer itself
+    db_path = tmp_path / "llmgw.db"
+    w = LedgerWriter(db_path, max_batch=3)
+    w.start()
+    futs = [w.submit(row(i)) for i in range(50)]
+    w.stop()
+    assert count(db_path) == 50
+    assert all(f.done() and f.exception() is None for f in futs)
+    assert w.rows_written == 50
+
+
+def test_submit_outside_a_loop_and_after_stop(tmp_path: Path) -> None:
+    w = LedgerWriter(tmp_path / "llmgw.db")
+    w.start()
+    w.stop()
+    w.stop()  # idempotent
+
+    async def go() -> None:
+        with pytest.raises(RuntimeError, match="not running"):
+            w.submit(row())
+
+    asyncio.run(go())
+    assert w._proc is not None and w._proc.returncode == 0
+
+
+async def test_integrity_error_keeps_its_class(tmp_path: Path) -> None:
+    db_path = tmp_path / "llmgw.db"
+    w = LedgerWriter(db_path)
+    w.start()
+    try:
+        conn = dbmod.open_db(db_path)
+        conn.execute("CREATE TRIGGER boom BEFORE INSERT ON ledger WHEN NEW.route = 'boom' "
+                     "BEGIN SELECT RAISE(ABORT, 'boom'); END")
+        conn.commit()
+        conn.close()
+        with pytest.raises(sqlite3.IntegrityError, match="boom"):
+            await w.write(row(1, route="boom"))
+        await w.write(row(2))
+    finally:
+        await asyncio.to_thread(w.stop)
+    assert count(db_path) == 1
+
+
+def test_daemon_readyz_reports_a_dead_writer(daemon_factory: Any) -> None:
+    d = daemon_factory("[providers.demo]\ntype = \"demo\"\n")
+    assert httpx.get(d.url + "/readyz").status_code == 200
+    proc = d.gateway.writer._proc
+    proc.kill()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = httpx.get(d.url + "/readyz")
+        if r.status_code == 503:
+            break
+        time.sleep(0.05)
+    assert r.status_code == 503
+    assert "ledger writer not running" in r.json()["problems"]
+    # a request now gets a typed internal error instead of an unrecorded success
+    r = httpx.post(d.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {d.key}"},
+                   json={"model": "demo/echo", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == "internal_error"
