@@ -196,7 +196,7 @@ class Model2VecEmbedder:
 
 _ASCII_WORDS = re.compile(r"[a-z0-9]+|[!-/:-@\[-`{-~]")  # runs of letters/digits, or one punctuation char
 _NOT_PRINTABLE = re.compile(r"[^\t\n\r -~]")  # control characters (the normaliser drops or maps them)
-_WORD_CACHE_MAX = 50_000
+_WORD_CACHE_MAX = 20_000  # words; a few MB at most, cleared when full (unique ids churn through it)
 
 
 def _is_bert_uncased(tokenizer: Any) -> bool:
