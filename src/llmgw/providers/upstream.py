@@ -60,7 +60,7 @@ class _Conn(asyncio.Protocol):
     """One HTTP/1.1 connection and the response currently being read on it."""
 
     __slots__ = ("transport", "parser", "closed", "reused", "status", "headers", "chunks", "complete",
-                 "error", "waiter", "got_bytes", "framed", "keep_alive")
+                 "error", "waiter", "got_bytes", "framed", "keep_alive", "interim")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -79,6 +79,7 @@ class _Conn(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.got_bytes = False
         self.framed = False  # the body has a content-length or is chunked (else: it ends at close)
+        self.interim = False  # parsing a 1xx interim answer, which precedes the real one
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -90,6 +91,9 @@ class _Conn(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
             self._fail(UpstreamConnectionError(f"malformed HTTP response from upstream: {e}"))
+            self.close()
+        except httptools.HttpParserUpgrade:  # not an HttpParserError: it would escape to the event loop
+            self._fail(UpstreamConnectionError("upstream switched protocols (101), which a provider call cannot use"))
             self.close()
 
     def eof_received(self) -> bool:
@@ -115,9 +119,16 @@ class _Conn(asyncio.Protocol):
         self.headers[key] = text if prev is None else f"{prev}, {text}"
 
     def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim answer (100 Continue, 103 Early Hints) has no body and is followed by the
+            # real one, possibly in the same read: forget it, headers and all.
+            self.headers = None
+            self.interim = True
+            return
         if self.headers is None:
             self.headers = {}
-        self.status = self.parser.get_status_code()
+        self.status = status
         h = self.headers
         self.framed = "content-length" in h or "chunked" in h.get("transfer-encoding", "")
         self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message is done
@@ -128,6 +139,9 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.complete = True
         self._wake()
 
@@ -213,8 +227,15 @@ class UpstreamResponse:
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         conn.chunks = []
         if self._decoder is not None:
-            data = self._decoder.decompress(data)
+            data = self._decode(data)
         return data
+
+    def _decode(self, data: bytes | None) -> bytes:
+        """Decompress ``data`` (None: flush the decoder's end)."""
+        try:
+            return self._decoder.flush() if data is None else self._decoder.decompress(data)
+        except zlib.error as e:
+            raise UpstreamConnectionError(f"cannot decode the upstream's compressed body: {e}") from e
 
     async def read(self) -> bytes:
         """The whole body."""
@@ -222,12 +243,12 @@ class UpstreamResponse:
         try:
             while not conn.complete:
                 await conn.wait(self._read_timeout, self._deadline)
+            data = self._take()
+            if self._decoder is not None:
+                data += self._decode(None)
         except BaseException:
             self.close()
             raise
-        data = self._take()
-        if self._decoder is not None:
-            data += self._decoder.flush()
         self.release()
         return data
 
@@ -244,7 +265,7 @@ class UpstreamResponse:
                         yield data
                 elif conn.complete:
                     if self._decoder is not None:
-                        tail = self._decoder.flush()
+                        tail = self._decode(None)
                         if tail:
                             yield tail
                     return
@@ -376,7 +397,7 @@ class UpstreamClient:
                 conn.transport.write(payload)
                 while not conn.status:
                     await conn.wait(read_timeout, deadline)
-                if conn.status < 200:  # 1xx interim answers (100 Continue): wait for the real one
+                if conn.status < 200:  # 101 (interim 1xx answers are skipped by the parser callbacks)
                     raise UpstreamConnectionError(f"upstream sent an unexpected interim status {conn.status}")
                 return UpstreamResponse(conn, self, origin, read_timeout, deadline)
             except UpstreamConnectionError:
