@@ -21,6 +21,7 @@ import orjson
 
 from ..errors import LlmgwError
 from ..usage import Usage
+from .sse import split_events
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 
@@ -43,15 +44,16 @@ class StreamState:
     """What a stream has produced so far; read by the gateway for billing and the ledger.
 
     The generated text is only needed when the provider never reports usage (an estimate) or
-    when bodies are logged, so it is assembled lazily: OpenAI-format chunks are kept raw in
-    ``openai_chunks`` and parsed only if ``text`` is asked for.
+    when bodies are logged, so it is assembled lazily: OpenAI-format events are kept as the raw
+    SSE text they came in (``openai_sse``, runs of ``data: ...`` blocks each ending with a blank
+    line) and parsed only if ``text`` is asked for.
     """
 
     usage: Usage = field(default_factory=Usage)
     usage_reported: bool = False
     finish_reason: str | None = None
     text_parts: list[str] = field(default_factory=list)
-    openai_chunks: list[bytes] = field(default_factory=list)
+    openai_sse: list[bytes] = field(default_factory=list)
 
     def add_text(self, s: str | None) -> None:
         if s:
@@ -59,9 +61,9 @@ class StreamState:
 
     @property
     def text(self) -> str:
-        if self.openai_chunks:
+        if self.openai_sse:
             parts = []
-            for data in self.openai_chunks:
+            for _, data in split_events(b"".join(self.openai_sse)):
                 try:
                     chunk = orjson.loads(data)
                 except orjson.JSONDecodeError:

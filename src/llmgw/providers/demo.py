@@ -99,7 +99,7 @@ class DemoProvider(OpenAIFormat):
                       "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"] * n},
         })
 
-    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[Event]], Any]:
+    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[Event] | bytes], Any]:
         reply, finish, usage = self._answer(payload)
         cid = "chatcmpl-demo" + format(random.getrandbits(64), "x")
         created = int(time.time())

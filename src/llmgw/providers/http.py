@@ -17,6 +17,7 @@ import orjson
 
 from ..errors import ModelNotFound, UpstreamError, UpstreamRejected
 from .base import RETRYABLE_STATUS, AttemptFailed
+from .sse import Event, split_events
 from .upstream import UpstreamClient, UpstreamResponse
 
 
@@ -107,36 +108,45 @@ async def open_sse(client: UpstreamClient, provider: str, url: str, payload: byt
     return r
 
 
-Event = tuple[bytes | None, bytes]  # (SSE event name, data)
+async def iter_sse_regions(resp: UpstreamResponse, provider: str) -> AsyncIterator[bytes]:
+    """Yield, per network read, the run of complete SSE event blocks it completed: the exact
+    bytes (line ends normalised to ``\n``), ending with a blank line. A caller that needs no
+    event of a run can relay it as it came; ``sse.split_events`` takes it apart otherwise.
+    Raises UpstreamError if the stream breaks or stalls."""
+    buf = b""
+    try:
+        while (chunk := await resp.next_chunk()) is not None:
+            buf += chunk
+            if b"\r" in buf:
+                held = buf.endswith(b"\r")  # maybe the first half of a \r\n split across reads
+                buf = (buf[:-1] if held else buf).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+                if held:
+                    buf += b"\r"
+            cut = buf.rfind(b"\n\n")
+            if cut < 0:
+                continue
+            region, buf = buf[: cut + 2], buf[cut + 2 :]
+            yield region
+        tail = buf.rstrip(b"\r\n")
+        if tail:  # the last event without its blank line
+            yield tail.replace(b"\r", b"\n") + b"\n\n"
+    except TimeoutError as e:
+        raise UpstreamError(f"{provider} stream stalled (no data within the read timeout)",
+                            code="upstream_stream_timeout") from e
+    except OSError as e:
+        raise UpstreamError(f"{provider} stream broke: {e}", code="upstream_stream_broken") from e
 
 
 async def iter_sse(resp: UpstreamResponse, provider: str) -> AsyncIterator[list[Event]]:
     """Yield, per network read, the list of complete SSE events as (event name, data).
 
     Batching per read (rather than per line or per event) lets the caller translate and write a
-    whole burst of events at once: one write to the client for many upstream events. Raises
-    UpstreamError if the stream breaks or stalls.
+    whole burst of events at once: one write to the client for many upstream events.
     """
-    buf = b""
-    try:
-        async for chunk in resp.iter_chunks():
-            if b"\r" in chunk:
-                chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            buf += chunk
-            if b"\n\n" not in buf:
-                continue
-            *blocks, buf = buf.split(b"\n\n")
-            events = [ev for ev in map(_parse_event, blocks) if ev is not None]
-            if events:
-                yield events
-        tail = _parse_event(buf)
-        if tail is not None:
-            yield [tail]
-    except TimeoutError as e:
-        raise UpstreamError(f"{provider} stream stalled (no data within the read timeout)",
-                            code="upstream_stream_timeout") from e
-    except OSError as e:
-        raise UpstreamError(f"{provider} stream broke: {e}", code="upstream_stream_broken") from e
+    async for region in iter_sse_regions(resp, provider):
+        events = split_events(region)
+        if events:
+            yield events
 
 
 async def finish(resp: UpstreamResponse, completed: bool) -> None:
@@ -154,22 +164,6 @@ async def finish(resp: UpstreamResponse, completed: bool) -> None:
         except (TimeoutError, OSError):
             pass
     resp.close()
-
-
-def _parse_event(block: bytes) -> Event | None:
-    if block.startswith(b"data:") and b"\n" not in block:  # the common case: one data line
-        return None, block[5:].lstrip(b" ")
-    event: bytes | None = None
-    data: list[bytes] = []
-    for line in block.split(b"\n"):
-        if line.startswith(b"data:"):
-            data.append(line[5:].lstrip(b" "))
-        elif line.startswith(b"event:"):
-            event = line[6:].strip()
-        # comments (":") and other fields are ignored
-    if not data:
-        return None
-    return event, b"\n".join(data)
 
 
 def loads(data: bytes) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +22,8 @@ from ..errors import UpstreamError
 from ..usage import Usage
 from . import sse, translate
 from .base import Completion, ModelCatalogue, StreamState, pick_key
-from .http import Event, finish, iter_sse, loads, open_sse, post_json
+from .http import finish, iter_sse_regions, loads, open_sse, post_json
+from .sse import Event
 from .upstream import UpstreamClient
 
 
@@ -36,8 +38,9 @@ class OpenAIFormat(ModelCatalogue):
     async def _send(self, path: str, payload: dict[str, Any], timeout: float) -> bytes:
         raise NotImplementedError
 
-    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[Event]], Any]:
-        """Returns (iterator over batches of SSE (event, data) pairs, async closer(completed) or None)."""
+    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[Event] | bytes], Any]:
+        """Returns (iterator over batches of SSE (event, data) pairs or runs of raw SSE event
+        blocks, async closer(completed) or None)."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -83,24 +86,16 @@ class OpenAIFormat(ModelCatalogue):
         return Completion(body=data, usage=Usage.from_openai(loads(data).get("usage")))
 
 
-def _needs_parsing(data: bytes) -> bool:
-    """True unless the chunk is plainly a content delta: no usage, no finish reason, no error.
-
-    A cheap byte scan; a false positive only costs a parse, and every chunk that carries usage,
-    a finish reason or an error contains one of these keys with a non-null value.
-    """
-    if b'"error"' in data:
-        return True
-    usage = b'"usage"' in data and b'"usage":null' not in data and b'"usage": null' not in data
-    finish = (b'"finish_reason"' in data and b'"finish_reason":null' not in data
-              and b'"finish_reason": null' not in data)
-    return usage or finish
+# What makes an OpenAI stream event more than a plain content delta: usage, a finish reason, an
+# error (each with a non-null value) or the terminal [DONE]. One regex pass over a whole network
+# read: a read without any of them is relayed as it came. A false positive only costs a parse.
+_MARKERS = re.compile(rb'"error"|"(?:usage|finish_reason)"\s*:\s*[^\sn]|\[DONE\]')
 
 
 class OpenAIStream:
     """Relays an OpenAI-format upstream stream to the client, in the client's dialect."""
 
-    def __init__(self, provider: str, inbound: str, chunks: AsyncIterator[list[Event]], closer: Any,
+    def __init__(self, provider: str, inbound: str, chunks: AsyncIterator[list[Event] | bytes], closer: Any,
                  state: StreamState, include_usage: bool, client_model: str) -> None:
         self.provider = provider
         self.inbound = inbound
@@ -120,14 +115,22 @@ class OpenAIStream:
         to_anthropic = self._to_anthropic
         out: list[bytes] = []
         async for batch in self._chunks:
-            for _event, data in batch:
+            if isinstance(batch, bytes):  # a run of raw SSE events from the network
+                if to_anthropic is None and _MARKERS.search(batch) is None:
+                    state.openai_sse.append(batch)  # pass-through: relayed exactly as it came
+                    yield batch
+                    continue
+                events = sse.split_events(batch)
+            else:
+                events = batch
+            for _event, data in events:
                 if data == b"[DONE]":
                     self.completed = True
                     break
-                if to_anthropic is None and not _needs_parsing(data):
-                    # pass-through fast path: a plain content chunk is relayed as it came
-                    state.openai_chunks.append(data)
-                    out.append(sse.openai_raw(data))
+                if to_anthropic is None and _MARKERS.search(data) is None:
+                    ev = sse.openai_raw(data)  # a plain content delta
+                    state.openai_sse.append(ev)
+                    out.append(ev)
                     continue
                 chunk = loads(data)
                 if not isinstance(chunk, dict):
@@ -136,7 +139,8 @@ class OpenAIStream:
                     err = chunk["error"]
                     message = err.get("message") if isinstance(err, dict) else err
                     raise UpstreamError(f"{self.provider} stream error: {message}", code="upstream_stream_error")
-                state.openai_chunks.append(data)
+                ev = sse.openai_raw(data)
+                state.openai_sse.append(ev)
                 usage = chunk.get("usage")
                 if usage:
                     state.usage = Usage.from_openai(usage)
@@ -147,7 +151,7 @@ class OpenAIStream:
                 if to_anthropic is not None:
                     out.extend(sse.anthropic_event(n, o) for n, o in to_anthropic.feed(chunk))
                 elif choices or self._include_usage:
-                    out.append(sse.openai_raw(data))
+                    out.append(ev)
             if out:
                 yield b"".join(out)
                 out = []
@@ -195,9 +199,9 @@ class OpenAIProvider(OpenAIFormat):
         return await post_json(self.client, self.name, self.base_url + path, orjson.dumps(payload),
                                self._pick_headers(), timeout)
 
-    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[Event]], Any]:
+    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[Event] | bytes], Any]:
         resp = await open_sse(self.client, self.name, self.base_url + "/chat/completions",
                               orjson.dumps(payload), self._pick_headers(), timeout)
 
-        return iter_sse(resp, self.name), functools.partial(finish, resp)
+        return iter_sse_regions(resp, self.name), functools.partial(finish, resp)
 

@@ -252,30 +252,35 @@ class UpstreamResponse:
         self.release()
         return data
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives: everything received since the last piece, in one bytes. A
-        failed or cancelled read closes the connection; stopping early leaves that to the caller
-        (``release`` keeps it only if the response was complete)."""
+    async def next_chunk(self) -> bytes | None:
+        """Everything received since the last call (waiting for it if need be), or None at the
+        end of the body. A failed or cancelled read closes the connection; stopping early leaves
+        that to the caller (``release`` keeps it only if the response was complete). A stream's
+        hot loop calls this directly: no async generator step per piece."""
         conn = self._conn
         try:
             while True:
                 if conn.chunks:
                     data = self._take()
                     if data:
-                        yield data
+                        return data
                 elif conn.complete:
                     if self._decoder is not None:
                         tail = self._decode(None)
+                        self._decoder = None
                         if tail:
-                            yield tail
-                    return
+                            return tail
+                    return None
                 else:
                     await conn.wait(self._read_timeout, self._deadline)
-        except GeneratorExit:
-            raise
         except BaseException:
             self.close()
             raise
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, piece by piece (see ``next_chunk``)."""
+        while (data := await self.next_chunk()) is not None:
+            yield data
 
     @property
     def at_eof(self) -> bool:

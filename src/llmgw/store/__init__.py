@@ -1,5 +1,5 @@
 """SQLite storage: open and migrate (``db``), the ledger's rows and roll-ups (``ledger``), and the
-single writer thread with group commit (``writer``). Importing this package imports neither
+single ledger writer with group commit (``writer``, which runs ``writer_proc`` as a process). Importing this package imports neither
 sqlite-utils (only when a migration is pending) nor the writer's asyncio machinery (only the
 daemon needs it): CLI commands stay fast.
 """

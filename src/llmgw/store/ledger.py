@@ -94,7 +94,7 @@ def normalise_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def insert_sql() -> str:
     """``INSERT`` with positional parameters in ``LEDGER_COLUMNS`` order; feed it ``as_tuple`` output
-    (positional binding is measurably cheaper than named binding in the writer thread)."""
+    (positional binding is measurably cheaper than named binding in the writer)."""
     cols = ", ".join(LEDGER_COLUMNS)
     params = ", ".join("?" for _ in LEDGER_COLUMNS)
     return f"INSERT INTO ledger ({cols}) VALUES ({params})"
