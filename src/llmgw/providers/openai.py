@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import random
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -86,10 +85,24 @@ class OpenAIFormat(ModelCatalogue):
         return Completion(body=data, usage=Usage.from_openai(loads(data).get("usage")))
 
 
-# What makes an OpenAI stream event more than a plain content delta: usage, a finish reason, an
-# error (each with a non-null value) or the terminal [DONE]. One regex pass over a whole network
-# read: a read without any of them is relayed as it came. A false positive only costs a parse.
-_MARKERS = re.compile(rb'"error"|"(?:usage|finish_reason)"\s*:\s*[^\sn]|\[DONE\]')
+def _needs_parsing(data: bytes) -> bool:
+    """Whether SSE data (one event or a run of them) holds more than plain content deltas: usage,
+    a finish reason or an error with a value, or the terminal [DONE]. A read without any of them
+    is relayed as it came; a false positive only costs a parse.
+
+    Substring tests, not a regex: ``re`` tries its alternation at every ``"`` of the JSON (5.8 us
+    for a 650-byte read against 2.9 us). A non-null usage is an object and a non-null finish
+    reason a string in every OpenAI-format server's output; a key written with other spacing than
+    ``":"`` or ``": "`` is parsed rather than guessed at.
+    """
+    if b"[DONE]" in data or b'"error"' in data:
+        return True
+    if b'"usage"' in data and (b'"usage":{' in data or b'"usage": {' in data
+                               or (b'"usage":' not in data and b'"usage": ' not in data)):
+        return True
+    return b'"finish_reason"' in data and (
+        b'"finish_reason":"' in data or b'"finish_reason": "' in data
+        or (b'"finish_reason":' not in data and b'"finish_reason": ' not in data))
 
 
 class OpenAIStream:
@@ -116,7 +129,7 @@ class OpenAIStream:
         out: list[bytes] = []
         async for batch in self._chunks:
             if isinstance(batch, bytes):  # a run of raw SSE events from the network
-                if to_anthropic is None and _MARKERS.search(batch) is None:
+                if to_anthropic is None and not _needs_parsing(batch):
                     state.openai_sse.append(batch)  # pass-through: relayed exactly as it came
                     yield batch
                     continue
@@ -127,12 +140,7 @@ class OpenAIStream:
                 if data == b"[DONE]":
                     self.completed = True
                     break
-                if to_anthropic is None and _MARKERS.search(data) is None:
-                    ev = sse.openai_raw(data)  # a plain content delta
-                    state.openai_sse.append(ev)
-                    out.append(ev)
-                    continue
-                chunk = loads(data)
+                chunk = loads(data)  # a read with a marker: cheaper to parse its events than to test each
                 if not isinstance(chunk, dict):
                     continue
                 if "error" in chunk and "choices" not in chunk:

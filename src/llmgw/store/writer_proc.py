@@ -12,8 +12,9 @@ Protocol (both directions: frames of a 4-byte little-endian length and an orjson
   ``first_seq`` on; sequence numbers are contiguous across frames.
 - stdout: ``[last_seq, [[seq, error_class, message], ...], commit_seconds]`` after each commit:
   every row up to ``last_seq`` is committed, except the listed ones, which failed.
-Rows are committed in order, in batches of up to MAX_BATCH rows; under load (the previous batch
-had more than one row) it waits LINGER seconds for more rows before committing. It exits after
+Rows are committed in order, in batches of up to MAX_BATCH rows: whatever arrived during the
+previous commit. With LINGER > 0 it also waits that long for more rows under load (the previous
+batch had more than one row). It exits after
 committing everything once stdin reaches EOF: the daemon closed it, or the daemon died. SIGINT
 and SIGTERM are ignored (a Ctrl-C or systemd's stop reaches the whole process group): the daemon
 decides when the ledger stops, so no committed-but-unacknowledged or accepted-but-unwritten row

@@ -1,0 +1,110 @@
+"""The OpenAI stream relay's fast path: network reads of plain content deltas go to the client
+exactly as they came; reads with usage, a finish reason, an error or [DONE] are parsed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from llmgw.errors import UpstreamError
+from llmgw.providers.base import StreamState
+from llmgw.providers.openai import OpenAIStream, _needs_parsing
+
+
+def ev(obj: Any, sep: str = ": ") -> bytes:
+    text = orjson.dumps(obj).decode()
+    if sep != ":":
+        text = text.replace('":', '"' + sep)
+    return f"data: {text}\n\n".encode()
+
+
+def delta(content: str, **extra: Any) -> dict[str, Any]:
+    return {"id": "c1", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}], "usage": None, **extra}
+
+
+FINISH = {"id": "c1", "object": "chat.completion.chunk", "model": "m",
+          "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": None}
+USAGE = {"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": [],
+         "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+
+
+@pytest.mark.parametrize("sep", [":", ": "])
+def test_needs_parsing(sep: str) -> None:
+    plain = ev(delta("hi"), sep) + ev(delta(" there"), sep)
+    assert not _needs_parsing(plain)
+    assert _needs_parsing(plain + ev(FINISH, sep))
+    assert _needs_parsing(ev(USAGE, sep) + plain)
+    assert _needs_parsing(plain + b"data: [DONE]\n\n")
+    assert _needs_parsing(ev({"error": {"message": "boom"}}, sep))
+    # content that merely talks about these keys is still plain (quotes are escaped in JSON)
+    assert not _needs_parsing(ev(delta('say "usage": {1} and "error"'), sep))
+    # unusual spacing around a key is parsed, not guessed at
+    assert _needs_parsing(plain.replace(b'"usage"' + sep.encode(), b'"usage" :'))
+
+
+async def relay(regions: list[bytes], include_usage: bool) -> tuple[list[bytes], StreamState, OpenAIStream]:
+    async def source() -> AsyncIterator[bytes]:
+        for r in regions:
+            yield r
+
+    state = StreamState()
+    stream = OpenAIStream("up", "openai", source(), None, state, include_usage, client_model="m")
+    out = [b async for b in stream.events()]
+    return out, state, stream
+
+
+async def test_plain_reads_are_relayed_byte_for_byte() -> None:
+    first = ev(delta("Hel")) + b": a comment\n\n" + ev(delta("lo"))
+    last = ev(delta("!")) + ev(FINISH) + ev(USAGE) + b"data: [DONE]\n\n"
+    out, state, stream = await relay([first, last], include_usage=True)
+    assert out[0] == first  # as it came, comment and all
+    parsed = [orjson.loads(line[6:]) for line in out[1].split(b"\n\n") if line]
+    assert [p["choices"][0]["delta"].get("content") if p["choices"] else None for p in parsed] == ["!", None, None]
+    assert parsed[-1]["usage"]["total_tokens"] == 10
+    assert state.usage.prompt_tokens == 7 and state.usage.completion_tokens == 3 and state.usage_reported
+    assert state.finish_reason == "stop"
+    assert stream.completed
+    assert state.text == "Hello!"
+
+
+async def test_usage_chunk_is_dropped_unless_the_client_asked() -> None:
+    regions = [ev(delta("a")) + ev(FINISH), ev(USAGE) + b"data: [DONE]\n\n"]
+    out, state, _ = await relay(regions, include_usage=False)
+    assert b'"usage":{' not in b"".join(out)
+    assert state.usage.total_tokens == 10  # still billed from it
+
+
+async def test_error_event_mid_stream_raises() -> None:
+    regions = [ev(delta("a")), ev({"error": {"message": "overloaded"}})]
+    with pytest.raises(UpstreamError) as e:
+        await relay(regions, include_usage=True)
+    assert e.value.code == "upstream_stream_error"
+
+
+async def test_stream_without_done_or_finish_is_truncated() -> None:
+    with pytest.raises(UpstreamError) as e:
+        await relay([ev(delta("a")), ev(delta("b"))], include_usage=True)
+    assert e.value.code == "upstream_stream_truncated"
+
+
+class _Pieces:
+    """Stands in for an UpstreamResponse: hands out fixed network reads."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = list(pieces)
+
+    async def next_chunk(self) -> bytes | None:
+        return self.pieces.pop(0) if self.pieces else None
+
+
+async def test_regions_normalise_a_crlf_split_across_reads() -> None:
+    from llmgw.providers.http import iter_sse_regions
+
+    pieces = [b'data: {"a":1}\r', b'\n\r\ndata: {"b":2}\r\n', b"\r\ndata: [DONE]"]
+    regions = [r async for r in iter_sse_regions(_Pieces(pieces), "up")]  # type: ignore[arg-type]
+    assert b"".join(regions) == b'data: {"a":1}\n\ndata: {"b":2}\n\ndata: [DONE]\n\n'
+    assert all(r.endswith(b"\n\n") for r in regions)
