@@ -44,8 +44,11 @@ class UpstreamConnectionError(ConnectionError):
     """The upstream connection failed or the upstream sent something that is not HTTP/1.1."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class _Origin:
+    """Scheme, host and port of a pool. Interned by ``UpstreamClient._parse`` (one object per
+    origin), so it hashes by identity: a generated dataclass hash cost ~1 us per pool lookup."""
+
     scheme: str
     host: str
     port: int
@@ -310,6 +313,7 @@ class UpstreamClient:
         self._ssl = ssl_context
         self._idle: dict[_Origin, collections.deque[_Conn]] = {}
         self._origins: dict[str, tuple[_Origin, str]] = {}
+        self._interned: dict[tuple[str, str, int], _Origin] = {}
         self._closing = False
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -329,7 +333,12 @@ class UpstreamClient:
         port = parts.port or default
         host = parts.hostname
         shown = f"[{host}]" if ":" in host else host
-        origin = _Origin(parts.scheme, host, port, shown if port == default else f"{shown}:{port}")
+        ident = (parts.scheme, host, port)
+        origin = self._interned.get(ident)
+        if origin is None:
+            origin = _Origin(parts.scheme, host, port, shown if port == default else f"{shown}:{port}")
+            if len(self._interned) < 1024:
+                self._interned[ident] = origin
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if len(self._origins) < 1024:
             self._origins[url] = (origin, target)
