@@ -61,8 +61,11 @@ async def test_plain_reads_are_relayed_byte_for_byte() -> None:
     first = ev(delta("Hel")) + b": a comment\n\n" + ev(delta("lo"))
     last = ev(delta("!")) + ev(FINISH) + ev(USAGE) + b"data: [DONE]\n\n"
     out, state, stream = await relay([first, last], include_usage=True)
-    assert out[0] == first  # as it came, comment and all
-    parsed = [orjson.loads(line[6:]) for line in out[1].split(b"\n\n") if line]
+    assert out == [first]  # as it came, comment and all
+    # what came with [DONE] waits for the terminal write (after the ledger commit), with it
+    end = stream.terminal()
+    assert end.endswith(b"data: [DONE]\n\n")
+    parsed = [orjson.loads(line[6:]) for line in end.split(b"\n\n") if line and line != b"data: [DONE]"]
     assert [p["choices"][0]["delta"].get("content") if p["choices"] else None for p in parsed] == ["!", None, None]
     assert parsed[-1]["usage"]["total_tokens"] == 10
     assert state.usage.prompt_tokens == 7 and state.usage.completion_tokens == 3 and state.usage_reported
@@ -73,8 +76,8 @@ async def test_plain_reads_are_relayed_byte_for_byte() -> None:
 
 async def test_usage_chunk_is_dropped_unless_the_client_asked() -> None:
     regions = [ev(delta("a")) + ev(FINISH), ev(USAGE) + b"data: [DONE]\n\n"]
-    out, state, _ = await relay(regions, include_usage=False)
-    assert b'"usage":{' not in b"".join(out)
+    out, state, stream = await relay(regions, include_usage=False)
+    assert b'"usage":{' not in b"".join(out) + stream.terminal()
     assert state.usage.total_tokens == 10  # still billed from it
 
 

@@ -435,6 +435,10 @@ class Gateway:
                             await resp.write(event)
                         except OSError:
                             client_gone = True  # keep draining: the provider's usage is the bill
+                if call.ttfb is None:  # the whole answer came in the read that held its end
+                    call.ttfb = time.perf_counter() - call.t0
+                if not client_gone and (request.transport is None or request.transport.is_closing()):
+                    client_gone = True  # hung up before the last events (they go out after the commit)
             except LlmgwError as e:  # the upstream broke mid-stream: no retry after the first byte
                 self._settle_stream(call, state, opened)
                 self._fail(call, e)

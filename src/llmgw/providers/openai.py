@@ -117,6 +117,7 @@ class OpenAIStream:
         self.state = state
         self._include_usage = include_usage
         self.completed = False
+        self._tail = b""  # events held back to go out with the terminal event
         self._to_anthropic = (
             translate.OpenAIStreamToAnthropic(client_model, "msg_" + format(random.getrandbits(96), "x"))
             if inbound == "anthropic" else None
@@ -160,11 +161,14 @@ class OpenAIStream:
                     out.extend(sse.anthropic_event(n, o) for n, o in to_anthropic.feed(chunk))
                 elif choices or self._include_usage:
                     out.append(ev)
+            if self.completed:
+                # the events that came with [DONE] go out with the terminal event, in the one write
+                # that follows the ledger commit: a send less per stream
+                self._tail = b"".join(out)
+                return
             if out:
                 yield b"".join(out)
                 out = []
-            if self.completed:
-                return
         # the upstream closed without [DONE]: only acceptable if it told us it finished
         self.completed = state.finish_reason is not None
         if not self.completed:
@@ -172,8 +176,8 @@ class OpenAIStream:
 
     def terminal(self) -> bytes:
         if self._to_anthropic is not None:
-            return b"".join(sse.anthropic_event(n, o) for n, o in self._to_anthropic.finish())
-        return sse.DONE
+            return self._tail + b"".join(sse.anthropic_event(n, o) for n, o in self._to_anthropic.finish())
+        return self._tail + sse.DONE
 
     async def aclose(self) -> None:
         if self._closer is not None:

@@ -314,6 +314,7 @@ class UpstreamClient:
         self._idle: dict[_Origin, collections.deque[_Conn]] = {}
         self._origins: dict[str, tuple[_Origin, str]] = {}
         self._interned: dict[tuple[str, str, int], _Origin] = {}
+        self._heads: dict[tuple[Any, ...], bytes] = {}
         self._closing = False
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -393,14 +394,7 @@ class UpstreamClient:
         if timeout is not None:
             connect_timeout = min(connect_timeout, timeout)
         origin, target = self._parse(url)
-        head = [f"POST {target} HTTP/1.1\r\nhost: {origin.host_header}\r\nuser-agent: {USER_AGENT}\r\n"
-                f"content-length: {len(body)}\r\n"]
-        for k, v in headers.items():
-            if "\r" in v or "\n" in v:
-                raise ValueError(f"header {k!r} contains a line break")
-            head.append(f"{k}: {v}\r\n")
-        head.append("\r\n")
-        payload = "".join(head).encode("latin-1") + body
+        payload = b"".join((self._head(origin, target, headers), b"content-length: %d\r\n\r\n" % len(body), body))
         while True:
             conn = self._get(origin)
             reused = conn is not None
@@ -422,6 +416,22 @@ class UpstreamClient:
             except BaseException:
                 conn.close()
                 raise
+
+    def _head(self, origin: _Origin, target: str, headers: dict[str, str]) -> bytes:
+        """The request line and headers but content-length, encoded; cached per distinct set (a
+        provider sends the same few sets, one per API key of its pool)."""
+        key = (origin, target, *headers.items())
+        head = self._heads.get(key)
+        if head is None:
+            lines = [f"POST {target} HTTP/1.1\r\nhost: {origin.host_header}\r\nuser-agent: {USER_AGENT}\r\n"]
+            for k, v in headers.items():
+                if "\r" in v or "\n" in v or "\r" in k or "\n" in k or ":" in k:
+                    raise ValueError(f"header {k!r} contains a line break or a colon in its name")
+                lines.append(f"{k}: {v}\r\n")
+            head = "".join(lines).encode("latin-1")
+            if len(self._heads) < 256:
+                self._heads[key] = head
+        return head
 
     async def close(self) -> None:
         self._closing = True
