@@ -153,14 +153,39 @@ class Procs:
         self.items.clear()
 
 
-def rss_mb(pid: int) -> float | None:
+def _rss_kb(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
+                return int(line.split()[1])
     except OSError:
         return None
     return None
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # the field after the state: the parent pid
+            out.append(int(stat.parent.name))
+    return out
+
+
+def rss_mb(pid: int) -> float | None:
+    """VmRSS of ``pid`` and all its descendants (llmgw: the daemon and its ledger writer process)."""
+    total = _rss_kb(pid)
+    if total is None:
+        return None
+    todo = _children(pid)
+    while todo:
+        child = todo.pop()
+        total += _rss_kb(child) or 0
+        todo.extend(_children(child))
+    return total / 1024.0
 
 
 # --------------------------------------------------------------------------- HTTP checks
