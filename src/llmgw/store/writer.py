@@ -129,13 +129,14 @@ class LedgerWriter:
             if self._stopped or self._proc is not None:
                 raise RuntimeError("LedgerWriter already started or stopped")
             open_db(self.db_path).close()  # migrate here: a bad database fails start(), not a request
-            env = dict(os.environ)
-            pkg_root = str(Path(__file__).resolve().parents[2])  # the directory holding llmgw/
-            env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+            # the same interpreter and the same llmgw as this process: its package directory goes at
+            # the END of the child's sys.path (a fallback that never shadows the standard library)
+            pkg_root = str(Path(__file__).resolve().parents[2])
+            boot = (f"import sys; sys.path.append({pkg_root!r}); "
+                    "from llmgw.store.writer_proc import main; main()")
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "llmgw.store.writer_proc", str(self.db_path), str(self.max_batch),
-                 repr(self.linger)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
+                [sys.executable, "-c", boot, str(self.db_path), str(self.max_batch), repr(self.linger)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
             assert self._proc.stdin is not None and self._proc.stdout is not None
             self._fd_out = self._proc.stdin.fileno()
             self._fd_in = self._proc.stdout.fileno()

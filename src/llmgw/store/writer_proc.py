@@ -181,7 +181,11 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     db_path, max_batch, linger = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    run(db_path, max_batch, linger)
+    # answers go to a private copy of stdout; fd 1 becomes stderr, so a stray print (from any
+    # library) lands in the daemon's log instead of corrupting the protocol
+    answers = os.dup(1)
+    os.dup2(2, 1)
+    run(db_path, max_batch, linger, fd_out=answers)
 
 
 if __name__ == "__main__":
