@@ -306,3 +306,16 @@ def test_migration_applies_on_an_existing_database(tmp_path: Path) -> None:
         assert ("scope", "model", "namespace", "exact_hash") in cols_u
     finally:
         conn.close()
+
+
+def test_trim_heap_finds_malloc_trim_on_glibc() -> None:
+    # the semantic cache calls it after every store: on glibc it must really be bound (on other C
+    # libraries it logs once and does nothing)
+    import platform
+
+    from llmgw.cache import semantic
+
+    semantic.trim_heap()
+    semantic.trim_heap()
+    if platform.libc_ver()[0] == "glibc":
+        assert callable(semantic._malloc_trim)

@@ -257,6 +257,7 @@ class ResponseCache:
                 self._index.remove_many(gone)
                 if vec is not None:
                     self._index.add(new_id, vec)
+                    trim_heap()
             self.entries = int(self._conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
 
     def embedder_vector(self, text: str) -> Any:
@@ -273,6 +274,34 @@ class ResponseCache:
             await asyncio.to_thread(self._store, keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
         except Exception:  # a cache write must never fail a request that already has its answer
             log.exception("could not store a cache entry")
+
+
+_malloc_trim: Any = None
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``).
+
+    A usearch ``add`` between searches leaves the glibc heap fragmented: measured at 100k entries,
+    each miss (lookup + store) kept ~0.3 MB that ``malloc_trim`` returned, so a full cache under
+    steady misses grew by 100 MB per 300 requests (163 -> 261 MB), with the trim after every store
+    it peaks at 166 MB. It costs ~0.4 ms in the cache's worker thread (ctypes releases the GIL),
+    small next to the upstream call a miss has just made. Other C libraries have no malloc_trim:
+    then this does nothing (said once in the log).
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+            log.info("this C library has no malloc_trim: the semantic cache's memory may grow with "
+                     "heap fragmentation until restart")
+    if _malloc_trim:
+        _malloc_trim(0)
 
 
 def request_options(headers: Mapping[str, str], config: CacheConfig) -> tuple[bool, bool, float, int | None, str]:
