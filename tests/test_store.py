@@ -1,4 +1,4 @@
-"""store/: real SQLite files under tmp_path; the writer thread; a SIGKILL durability check."""
+"""store/: real SQLite files under tmp_path; the ledger writer (a process); a SIGKILL durability check."""
 
 from __future__ import annotations
 
