@@ -309,13 +309,31 @@ def test_migration_applies_on_an_existing_database(tmp_path: Path) -> None:
 
 
 def test_trim_heap_finds_malloc_trim_on_glibc() -> None:
-    # the semantic cache calls it after every store: on glibc it must really be bound (on other C
-    # libraries it logs once and does nothing)
+    # on glibc it must really be bound (on other C libraries it logs once and does nothing)
     import platform
 
     from llmgw.cache import semantic
 
     semantic.trim_heap()
-    semantic.trim_heap()
     if platform.libc_ver()[0] == "glibc":
         assert callable(semantic._malloc_trim)
+
+
+def test_semantic_store_trims_the_heap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # each index update between searches fragments the heap (bench/daemon_rss.py): every semantic
+    # store must hand the free pages back
+    from llmgw.cache import semantic
+
+    calls: list[int] = []
+    monkeypatch.setattr(semantic, "_malloc_trim", lambda pad: calls.append(pad))
+    dbmod.open_db(paths.db_path(tmp_path)).close()  # migrated, as the daemon's start leaves it
+    cache = semantic.ResponseCache(tmp_path, semantic.cache_config({"cache": {"mode": "semantic"}}))
+    try:
+        for i, mode in enumerate((True, False)):
+            body = {"model": "m", "messages": [{"role": "user", "content": f"caption product {i}"}]}
+            keys = semantic.request_keys(body, inbound="openai", scope="c", namespace="", use_guard=True,
+                                         patterns=[])
+            cache._store(keys, mode, b"{}", "{}", 0, None, 1_700_000_000_000)
+    finally:
+        cache.close()
+    assert calls == [0]  # the semantic store trimmed; the exact-only one had no index update

@@ -172,3 +172,22 @@ def test_daemon_readyz_reports_a_dead_writer(daemon_factory: Any) -> None:
                    json={"model": "demo/echo", "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 500
     assert r.json()["error"]["code"] == "internal_error"
+
+
+async def test_a_row_that_cannot_be_encoded_fails_alone(tmp_path: Path) -> None:
+    from llmgw.store.writer import LedgerWriteError
+
+    db_path = tmp_path / "llmgw.db"
+    w = LedgerWriter(db_path)
+    w.start()
+    try:
+        futs = [w.submit(row(i, request_id=object() if i == 2 else f"req-{i}"), trusted=True) for i in range(5)]
+        results = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 10)
+        assert [type(r).__name__ for r in results] == ["NoneType", "NoneType", "LedgerWriteError", "NoneType",
+                                                      "NoneType"]
+        assert isinstance(results[2], LedgerWriteError)
+        await w.write(row(9))  # the numbering stayed in step: later rows still resolve
+        assert w.rows_written == 5 and w.queue_depth == 0
+    finally:
+        await asyncio.to_thread(w.stop)
+    assert count(db_path) == 5

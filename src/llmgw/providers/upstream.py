@@ -2,8 +2,8 @@
 
 Provider calls are the gateway's hot path, and a general-purpose client pays on every request for
 features a provider call never uses (cookie jars, redirects, tracing hooks, multipart payloads,
-per-request URL objects and multidicts). Measured on the bench's mock upstream, aiohttp's
-``ClientSession`` cost about 40 µs of the event loop's time per call. This client does one thing:
+per-request URL objects and multidicts). Measured against the bench's mock upstream (32 callers,
+uvloop), aiohttp's ``ClientSession`` cost ~100 µs of CPU per call and this client ~39 µs. It does one thing:
 POST a ready-made body to a URL over a pooled keep-alive connection and hand back the status,
 the headers and the body, whole or piece by piece as it arrives (SSE). Responses are parsed by
 ``httptools`` (llhttp, the parser Node.js uses), so content-length, chunked and close-delimited

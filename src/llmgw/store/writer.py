@@ -181,23 +181,16 @@ class LedgerWriter:
         first = self._pending_first
         try:
             data = frame([first, rows])
-        except TypeError:  # a value orjson cannot encode: fail those rows alone
-            data = b""
-            good: list[tuple[int, tuple[Any, ...]]] = []
+        except TypeError:  # a value orjson cannot encode: that row fails alone
+            safe: list[tuple[Any, ...] | None] = []
             for i, r in enumerate(rows):
                 try:
                     orjson.dumps(r)
-                    good.append((first + i, r))
+                    safe.append(r)
                 except TypeError as e:
                     self._resolve_one(first + i, LedgerWriteError(f"row cannot be encoded: {e}"))
-            # keep sequence numbers contiguous for the writer: a frame per run of good rows
-            runs: list[list[tuple[int, tuple[Any, ...]]]] = []
-            for seq, r in good:
-                if runs and runs[-1][-1][0] == seq - 1:
-                    runs[-1].append((seq, r))
-                else:
-                    runs.append([(seq, r)])
-            data = b"".join(frame([run[0][0], [r for _, r in run]]) for run in runs)
+                    safe.append(None)  # keeps the numbering; the writer reports it failed, nobody waits
+            data = frame([first, safe])
         self._send(data)
 
     def _send(self, data: bytes) -> None:

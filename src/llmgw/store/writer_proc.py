@@ -147,9 +147,8 @@ def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int
                 time.sleep(linger)
             inp.read(block=False)
             # one batch: up to max_batch rows from the frames in order (a frame may be split)
-            first, rows = inp.frames[0]
             batch: list[Any] = []
-            batch_first = first
+            batch_first = inp.frames[0][0]
             while inp.frames and len(batch) < max_batch:
                 first, rows = inp.frames.popleft()
                 take = max_batch - len(batch)
