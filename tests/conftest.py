@@ -7,7 +7,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,38 @@ import pytest
 from fake_upstream import FakeUpstream
 from llmgw import config as cfgmod
 from llmgw import paths
+from llmgw.clock import wall_ms
 from llmgw.governance.keys import mint
 from llmgw.server.runner import serve_async
 from llmgw.store import db as store_db
 from llmgw.store.ledger import normalise_row
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "a condition") -> Any:
+    """Poll ``cond`` until it returns something truthy (and return that); fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+class TestClock:
+    """A daemon's business clock in tests: the wall clock until ``freeze``."""
+
+    def __init__(self) -> None:
+        self.frozen: int | None = None
+
+    def __call__(self) -> int:
+        return wall_ms() if self.frozen is None else self.frozen
+
+    def freeze(self, ms: int) -> None:
+        self.frozen = ms
 
 
 @dataclass
@@ -31,6 +59,7 @@ class Daemon:
     _loop: asyncio.AbstractEventLoop
     _stop: asyncio.Event
     _thread: threading.Thread
+    clock: TestClock
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -63,10 +92,21 @@ class Daemon:
 
         return self.extra["app"][GATEWAY]
 
+    def synced(self, timeout: float = 10.0) -> None:
+        """Wait until the daemon has loaded the definitions (keys, budgets) now in the database."""
+        from llmgw.server.app import STATE
+
+        conn = self.db()
+        try:
+            want = store_db.definitions_version(conn)
+        finally:
+            conn.close()
+        defs = self.extra["app"][STATE]["definitions"]
+        wait_until(lambda: defs.version >= want, timeout, "the daemon to reload its definitions")
+
     def set_clock(self, ms: int) -> None:
-        """Freeze the daemon's wall clock (budget windows, ledger timestamps) at ``ms``."""
-        self._loop.call_soon_threadsafe(setattr, self.gateway, "clock_ms", lambda: ms)
-        time.sleep(0.05)
+        """Freeze the daemon's business clock (budget windows, expiry, TTLs, ledger timestamps) at ``ms``."""
+        self.clock.freeze(ms)
 
     def stop(self) -> None:
         if self._thread.is_alive():
@@ -87,6 +127,7 @@ def start_daemon(home: Path, config_text: str = "", environ: dict[str, str] | No
         conn.close()
     ready = threading.Event()
     box: dict[str, Any] = {}
+    clock = TestClock()
 
     def on_ready(host: str, port: int) -> None:
         box["url"] = f"http://{host}:{port}"
@@ -99,7 +140,8 @@ def start_daemon(home: Path, config_text: str = "", environ: dict[str, str] | No
         box["stop"] = stop
         try:
             loop.run_until_complete(serve_async(config, home, host="127.0.0.1", port=0, on_ready=on_ready,
-                                                stop=stop, environ=env, on_app=lambda app: box.update(app=app)))
+                                                stop=stop, environ=env, on_app=lambda app: box.update(app=app),
+                                                clock=clock))
         except BaseException as e:  # surfaced to the test via box
             box["error"] = e
             ready.set()
@@ -110,7 +152,7 @@ def start_daemon(home: Path, config_text: str = "", environ: dict[str, str] | No
     t.start()
     if not ready.wait(20) or "error" in box:
         raise RuntimeError(f"daemon did not start: {box.get('error')!r}")
-    return Daemon(box["url"], home, key, box["loop"], box["stop"], t, extra={"app": box["app"]})
+    return Daemon(box["url"], home, key, box["loop"], box["stop"], t, clock, extra={"app": box["app"]})
 
 
 def upstream_config(fake: FakeUpstream, extra: str = "") -> str:

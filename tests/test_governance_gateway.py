@@ -15,7 +15,8 @@ import openai
 import pytest
 from aiohttp import web
 
-from conftest import UPSTREAM_ENV, upstream_config
+from conftest import UPSTREAM_ENV, upstream_config, wait_until
+from llmgw.clock import wall_ms
 from llmgw.governance import hierarchy
 
 CHAT = "/v1/chat/completions"
@@ -44,17 +45,12 @@ def customer(d, cid, team=None):
         conn.close()
 
 
-def wait_reload():
-    time.sleep(1.2)  # the daemon polls the database every 0.5 s
-
-
 def upstream_calls(upstream):
     return sum(1 for r in upstream.requests if r["path"] in (CHAT, "/v1/messages"))
 
 
 def test_model_allow_list(gw, upstream):
     key = gw.mint(name="limited", models=["openai/gpt-4o-mini", "demo/*"])
-    wait_reload()
     with openai.OpenAI(base_url=gw.openai_base, api_key=key, max_retries=0) as c:
         c.chat.completions.create(model="demo/echo", messages=MSG)
         before = upstream_calls(upstream)
@@ -71,7 +67,7 @@ def test_budget_exceeded_is_typed_and_not_retried_by_sdks(gw, upstream):
     customer(gw, "acme_corp")
     key = gw.mint(name="acme", customer_id="acme_corp")
     budget(gw, "customer", "acme_corp", 0)  # nothing left
-    wait_reload()
+    gw.synced()
     before = upstream_calls(upstream)
     with openai.OpenAI(base_url=gw.openai_base, api_key=key) as c:  # default: 2 retries
         with pytest.raises(openai.RateLimitError) as e:
@@ -98,7 +94,7 @@ def test_budget_error_status_402(daemon_factory, upstream):
     kid = conn.execute("SELECT id FROM keys WHERE name='k402'").fetchone()[0]
     conn.close()
     budget(d, "key", kid, 0)
-    wait_reload()
+    d.synced()
     r = httpx.post(d.openai_base + "/chat/completions", headers={"Authorization": f"Bearer {key}"},
                    json={"model": "demo/echo", "messages": MSG})
     assert r.status_code == 402 and r.json()["error"]["type"] == "budget_exceeded"
@@ -114,7 +110,7 @@ def test_hard_cap_holds_under_200_concurrent_requests(gw, upstream):
     # one request costs ~5-6k nano-dollars on gpt-4o-mini here; the cap fits about 10 of them
     cap = 60_000
     budget(gw, "customer", "burst", cap)
-    wait_reload()
+    gw.synced()
     before = upstream_calls(upstream)
 
     async def fire():
@@ -142,7 +138,6 @@ def test_hard_cap_holds_under_200_concurrent_requests(gw, upstream):
 
 def test_rate_limit_requests(gw):
     key = gw.mint(name="slow", rpm=2)
-    wait_reload()
     h = {"Authorization": f"Bearer {key}"}
     body = {"model": "demo/echo", "messages": MSG}
     r1 = httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body)
@@ -181,7 +176,7 @@ def test_soft_cap_warning_headers_event_and_webhook(daemon_factory, upstream):
         customer(d, "soft")
         key = d.mint(name="soft", customer_id="soft")
         budget(d, "customer", "soft", 20_000, hard=0, warn_pct=50)
-        wait_reload()
+        d.synced()
         h = {"Authorization": f"Bearer {key}"}
         seen = []
         for _ in range(8):
@@ -190,9 +185,7 @@ def test_soft_cap_warning_headers_event_and_webhook(daemon_factory, upstream):
             assert r.status_code == 200  # a soft cap never blocks
             seen.append(r.headers.get("x-llmgw-budget-warning"))
         assert seen[0] is None and seen[-1] and "soft" in seen[-1]
-        deadline = time.monotonic() + 5
-        while len(received) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(received) >= 2, 5, "two webhook deliveries")
         kinds = sorted((e["kind"], e["threshold"]) for e in received)
         assert kinds == [("soft_cap", 50), ("soft_cap", 100)]  # once per threshold, not per request
         conn = d.db()
@@ -212,7 +205,7 @@ def test_clamp_lowers_max_tokens_to_what_the_budget_can_pay(gw, upstream):
     kid = conn.execute("SELECT id FROM keys WHERE name='clampy'").fetchone()[0]
     conn.close()
     budget(gw, "key", kid, 100_000)
-    wait_reload()
+    gw.synced()
     r = httpx.post(gw.openai_base + "/chat/completions", headers={"Authorization": f"Bearer {key}"},
                    json={"model": "openai/gpt-4o-mini", "max_tokens": 100_000, "messages": MSG})
     assert r.status_code == 200
@@ -225,7 +218,7 @@ def test_default_max_tokens_injected_under_a_budget(gw, upstream):
     customer(gw, "bounded")
     key = gw.mint(name="bounded", customer_id="bounded")
     budget(gw, "customer", "bounded", 10**12)
-    wait_reload()
+    gw.synced()
     httpx.post(gw.openai_base + "/chat/completions", headers={"Authorization": f"Bearer {key}"},
                json={"model": "openai/gpt-4o-mini", "messages": MSG})
     assert upstream.requests[-1]["json"]["max_tokens"] == 4096  # the bound the reservation assumed
@@ -234,19 +227,18 @@ def test_default_max_tokens_injected_under_a_budget(gw, upstream):
 def test_cli_budget_change_applies_without_restart(gw):
     customer(gw, "live")
     key = gw.mint(name="live", customer_id="live")
-    wait_reload()
     h = {"Authorization": f"Bearer {key}"}
     body = {"model": "demo/echo", "messages": MSG}
     assert httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body).status_code == 200
     r = subprocess.run([sys.executable, "-m", "llmgw", "budget", "set", "--customer", "live", "--limit", "0",
                         "--period", "day", "--home", str(gw.home)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
-    wait_reload()
+    gw.synced()
     r2 = httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body)
     assert r2.status_code == 429 and r2.json()["error"]["code"] == "day_budget_exceeded"
     subprocess.run([sys.executable, "-m", "llmgw", "keys", "disable", "live", "--home", str(gw.home)],
                    capture_output=True, text=True, timeout=30, check=True)
-    wait_reload()
+    gw.synced()
     r3 = httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body)
     assert r3.status_code == 401 and r3.json()["error"]["code"] == "key_disabled"
 
@@ -257,7 +249,7 @@ def test_counters_equal_ledger_after_restart(daemon_factory, upstream, tmp_path)
     customer(d, "steady")
     key = d.mint(name="steady", customer_id="steady")
     budget(d, "customer", "steady", 10**9)
-    wait_reload()
+    d.synced()
     with openai.OpenAI(base_url=d.openai_base, api_key=key, max_retries=0) as c:
         for _ in range(5):
             c.chat.completions.create(model="openai/gpt-4o-mini", messages=MSG, max_tokens=20)
@@ -295,7 +287,6 @@ def test_idempotency_key_replays_without_charging(gw, upstream):
     assert r3.status_code == 400 and r3.json()["error"]["code"] == "idempotency_key_reused"
     # another virtual key has its own idempotency space
     other = gw.mint(name="other")
-    wait_reload()
     r4 = httpx.post(gw.openai_base + "/chat/completions",
                     headers={**h, "Authorization": f"Bearer {other}"}, json=body)
     assert r4.status_code == 200 and "x-llmgw-idempotent-replay" not in r4.headers
@@ -334,7 +325,7 @@ def test_daily_budget_at_each_level_rolls_over_at_midnight_utc(gw, level):
     scope_id = {"key": kid, "team": f"team_{level}", "customer": f"roll_{level}"}[level]
     gw.set_clock(_ms("2026-11-27T23:59:00"))
     budget(gw, level, scope_id, 40_000, period="day")  # a handful of demo/echo answers
-    wait_reload()
+    gw.synced()
     h = {"Authorization": f"Bearer {key}"}
     body = {"model": "demo/echo", "max_tokens": 5, "messages": MSG}
     codes = [httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body).status_code for _ in range(15)]
@@ -354,7 +345,6 @@ def test_daily_budget_at_each_level_rolls_over_at_midnight_utc(gw, level):
 
 def test_key_rotation_with_grace_through_the_daemon(gw):
     old = gw.mint(name="rotating")
-    wait_reload()
     body = {"model": "demo/echo", "messages": MSG}
 
     def status(secret):
@@ -367,21 +357,20 @@ def test_key_rotation_with_grace_through_the_daemon(gw):
     assert r.returncode == 0, r.stderr
     new = r.stdout.strip()
     assert new.startswith("sk-llmgw-") and new != old
-    wait_reload()
+    gw.synced()
     assert status(new).status_code == 200
     assert status(old).status_code == 200  # still inside the grace period
-    time.sleep(3.1)  # grace 2 s, stored to the second and rounded up
+    gw.set_clock(wall_ms() + 3100)  # grace 2 s, stored to the second and rounded up
     gone = status(old)
     assert gone.status_code == 401 and gone.json()["error"]["code"] == "key_rotated"
     subprocess.run([sys.executable, "-m", "llmgw", "keys", "revoke", "rotating", "--home", str(gw.home)],
                    capture_output=True, text=True, timeout=30, check=True)
-    wait_reload()
+    gw.synced()
     assert status(new).json()["error"]["code"] == "key_revoked"
 
 
 def test_rate_limit_tokens(gw):
     key = gw.mint(name="tokeny", tpm=300)
-    wait_reload()
     h = {"Authorization": f"Bearer {key}"}
     body = {"model": "demo/lorem", "max_tokens": 100, "messages": MSG}  # ~100 real output tokens each
     first = httpx.post(gw.openai_base + "/chat/completions", headers=h, json=body)
@@ -390,3 +379,26 @@ def test_rate_limit_tokens(gw):
     limited = [r for r in codes if r.status_code == 429]
     assert limited and limited[0].json()["error"]["code"] == "tokens"
     assert 1 <= int(limited[0].headers["retry-after"]) <= 120
+
+
+def test_keys_work_on_the_very_next_request(gw):
+    """No reload wait: a key made by another process is looked up in the database before a 401."""
+    h = {"model": "demo/echo", "messages": MSG}
+    for i in range(15):
+        key = gw.mint(name=f"instant{i}")
+        r = httpx.post(gw.openai_base + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=h)
+        assert r.status_code == 200, (i, r.text)
+    r = subprocess.run([sys.executable, "-m", "llmgw", "keys", "create", "--name", "cli-made", "--home", str(gw.home)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    ok = httpx.post(gw.openai_base + "/chat/completions", headers={"Authorization": f"Bearer {r.stdout.strip()}"},
+                    json=h)
+    assert ok.status_code == 200
+    # a flood of one bad key costs one database query, not one per request
+    table = gw.gateway.keys
+    before = table.db_lookups
+    for _ in range(30):
+        bad = httpx.post(gw.openai_base + "/chat/completions", headers={"Authorization": "Bearer sk-llmgw-bogus"},
+                         json=h)
+        assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_api_key"
+    assert table.db_lookups - before == 1

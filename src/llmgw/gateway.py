@@ -32,6 +32,7 @@ from . import validate
 from .cache.replay import completion_from_stream, replay_stream
 from .cache.semantic import Hit, Keys, ResponseCache, request_keys
 from .cache.semantic import request_options as cache_request_options
+from .clock import Clock, wall_ms
 from .config import Config
 from .errors import BodyTooLarge, InvalidRequest, LlmgwError, ModelNotFound, PermissionDenied, Unauthorized
 from .governance.bounds import bound_nanos, clamp_max_tokens, cost_bound, prompt_price, unbounded_features
@@ -75,8 +76,8 @@ class Call:
     request_id: str
     route: str
     inbound: str  # "openai" | "anthropic": the client's dialect
+    ts_ms: int  # business time of the request (the gateway's clock)
     t0: float = field(default_factory=time.perf_counter)
-    ts_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     stream: bool = False
     model: str | None = None
     provider: str | None = None
@@ -150,12 +151,11 @@ class Gateway:
     def __init__(self, config: Config, router: Router, writer: LedgerWriter, keys: KeyTable,
                  prices: PriceBook, metrics: Metrics, budgets: BudgetBook | None = None,
                  events: EventSink | None = None, idempotency: Idempotency | None = None,
-                 cache: ResponseCache | None = None) -> None:
+                 cache: ResponseCache | None = None, clock: Clock = wall_ms) -> None:
         self.config = config
         self.idempotency = idempotency
         self.cache = cache
-        # wall-clock time of a request (budget windows, ledger ts_ms); tests inject a clock here
-        self.clock_ms: Callable[[], int] = _wall_clock_ms
+        self.clock = clock  # business time: budget windows, ledger ts_ms, events, cache TTL
         self.budgets = budgets if budgets is not None else BudgetBook(error_status=config.defaults.budget_error_status)
         self.ratelimiter = RateLimiter()
         self.events = events
@@ -173,14 +173,14 @@ class Gateway:
 
     # ---- the spine -------------------------------------------------------------------------
     async def handle(self, request: web.Request, route: str) -> web.StreamResponse:
-        call = Call(request_id=new_request_id(), route=route, ts_ms=self.clock_ms(),
+        call = Call(request_id=new_request_id(), route=route, ts_ms=self.clock(),
                     inbound="anthropic" if route == ROUTE_MESSAGES else "openai")
         retry = request.headers.get("x-stainless-retry-count")
         if retry and retry.isdigit():
             call.client_retry = int(retry)
         self.metrics.in_flight += 1
         try:
-            call.key = self.keys.authenticate(bearer(request))
+            call.key = await self.keys.resolve(bearer(request))
             body = VALIDATORS[route](await self._read_json(request, call))
             call.model = body["model"]
             call.stream = bool(body.get("stream")) and route != ROUTE_EMBEDDINGS
@@ -388,7 +388,7 @@ class Gateway:
         if call.reservation is not None:
             events = self.budgets.settle(call.reservation, call.cost, call.ts_ms)
             if events and self.events is not None:
-                now = int(time.time() * 1000)
+                now = self.clock()
                 self.events.emit([e.as_dict(now) for e in events])
         key = call.key
         if call.rl_estimate and key is not None:
@@ -578,10 +578,6 @@ def rejection_reason(err: LlmgwError) -> str | None:
         reason = next((r for c, r in _REJECTION_CLASSES if issubclass(cls, c)), None)
         _REJECTIONS[cls] = reason
         return reason
-
-
-def _wall_clock_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _max_tokens_of(body: dict[str, Any]) -> Any:

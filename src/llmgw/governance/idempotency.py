@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..clock import Clock, wall_ms
 from ..errors import InvalidRequest
 from ..store import db as store_db
 
@@ -65,8 +65,9 @@ def _store(db_path: Path, key_id: str, idem_key: str, rhash: str, stored: Stored
 
 
 class Idempotency:
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, clock: Clock = wall_ms) -> None:
         self.db_path = db_path
+        self.clock = clock
         self._in_flight: dict[tuple[str, str], asyncio.Future[Stored | None]] = {}
 
     @staticmethod
@@ -86,7 +87,7 @@ class Idempotency:
         mine: asyncio.Future[Stored | None] = asyncio.get_running_loop().create_future()
         self._in_flight[slot] = mine
         try:
-            found = await asyncio.to_thread(_lookup, self.db_path, key_id, idem_key, int(time.time() * 1000))
+            found = await asyncio.to_thread(_lookup, self.db_path, key_id, idem_key, self.clock())
             if found is not None and found[0] != rhash:
                 raise InvalidRequest("this Idempotency-Key was already used with a different request body",
                                      param="Idempotency-Key", code="idempotency_key_reused")
@@ -109,6 +110,6 @@ class Idempotency:
         try:
             if stored is not None and stored.status == 200:
                 await asyncio.to_thread(_store, self.db_path, key_id, idem_key, request_hash(raw_body), stored,
-                                        int(time.time() * 1000))
+                                        self.clock())
         finally:
             self._release(slot, stored)

@@ -21,22 +21,25 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hashlib
 import hmac
 import re
 import secrets
 import sqlite3
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from ..clock import Clock, wall_ms
 from ..errors import NotFound, Unauthorized, UsageError
+from ..store import db as store_db
 from .hierarchy import get_customer, get_team
 
 PREFIX = "sk-llmgw-"
@@ -359,52 +362,122 @@ class _Entry:
     prev_until: float | None  # set for a previous (rotated) secret: accepted until then
 
 
+class UnknownKey(Unauthorized):
+    """No key in the daemon's table has this hash (it may have been made a moment ago)."""
+
+
+NEGATIVE_CACHE_SIZE = 10_000
+
+
 class KeyTable:
     """Hash → key, swapped whole on reload (readers never see a half-built table).
 
     Current and previous (rotated) secrets are both indexed; a previous secret past its grace
     period is kept in the table so that it is answered with ``key_rotated`` rather than as unknown.
+
+    A hash the table does not know is looked up in the database (``lookup``) before it is refused,
+    so a key made a moment ago by the CLI or the admin API works on its very next request. Those
+    lookups run one at a time in a worker thread on a connection of their own, and up to
+    ``negative_size`` hashes found nowhere are remembered until the next reload, so a flood
+    of bad keys costs at most one indexed point query per distinct key and never more than one
+    query at a time.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, db_path: Path | None = None, clock: Clock = wall_ms,
+                 negative_size: int = NEGATIVE_CACHE_SIZE) -> None:
         self._by_hash: dict[str, _Entry] = {}
+        self.db_lookups = 0  # queries made for hashes the table did not know
+        self._negative_size = negative_size
         self._count = 0
+        self._db_path = db_path
+        self.clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self._unknown: dict[str, None] = {}  # insertion-ordered: the oldest is dropped first
+        self._lookup_lock = asyncio.Lock()
 
     def load(self, conn: sqlite3.Connection) -> None:
-        rows = conn.execute("SELECT * FROM keys").fetchall()
         table: dict[str, _Entry] = {}
-        current: list[_Entry] = []
+        rows = conn.execute("SELECT * FROM keys").fetchall()
         for r in rows:
-            info = KeyInfo.from_row(r)
-            expires = _epoch(r["expires_at"])
-            current.append(_Entry(info, r["key_hash"], expires, None))
-            prev = _col(r, "prev_key_hash")
-            if prev:
-                until = _epoch(_col(r, "prev_valid_until"))
-                table[prev] = _Entry(info, prev, expires, until if until is not None else 0.0)
-        for e in current:  # a current secret wins over any previous one
-            table[e.key_hash] = e
+            for e in _entries(r):
+                if e.prev_until is None or e.key_hash not in table:  # a current secret wins
+                    table[e.key_hash] = e
         self._by_hash = table
         self._count = len(rows)
+        self._unknown = {}
 
     def __len__(self) -> int:
         return self._count
 
-    def authenticate(self, secret: str | None, *, now: float | None = None) -> KeyInfo:
-        """The key for ``secret`` or ``Unauthorized`` with a distinct code; ``now`` (epoch) for tests."""
+    def authenticate(self, secret: str | None) -> KeyInfo:
+        """The key for ``secret`` from the table, or ``Unauthorized`` with a distinct code
+        (``UnknownKey`` when the table has no such hash: see ``lookup``)."""
         if not secret:
             raise Unauthorized("no API key: send Authorization: Bearer <key> or x-api-key", code="missing_api_key")
         h = hash_secret(secret)
         entry = self._by_hash.get(h)
         if entry is None or not hmac.compare_digest(entry.key_hash, h):
-            raise Unauthorized("invalid API key", code="invalid_api_key")
+            raise UnknownKey("invalid API key", code="invalid_api_key")
+        return self._check(entry)
+
+    async def resolve(self, secret: str | None) -> KeyInfo:
+        """``authenticate``, and for a secret the table does not know, ``lookup``."""
+        try:
+            return self.authenticate(secret)
+        except UnknownKey:
+            return await self.lookup(secret or "")
+
+    async def lookup(self, secret: str) -> KeyInfo:
+        """``authenticate`` for a secret the table did not know: read it from the database (off the
+        loop), add it to the table, or refuse it as unknown (and remember that)."""
+        h = hash_secret(secret)
+        if self._db_path is None or h in self._unknown:
+            raise UnknownKey("invalid API key", code="invalid_api_key")
+        async with self._lookup_lock:
+            if h not in self._by_hash and h not in self._unknown:
+                self.db_lookups += 1
+                rows = await asyncio.to_thread(self._query, h)
+                for r in rows:
+                    for e in _entries(r):
+                        if e.key_hash == h:  # a reload meanwhile has the newer word: keep its entry
+                            self._by_hash.setdefault(h, e)
+                if h not in self._by_hash:
+                    if len(self._unknown) >= self._negative_size:
+                        del self._unknown[next(iter(self._unknown))]
+                    self._unknown[h] = None
+        return self.authenticate(secret)
+
+    def _query(self, h: str) -> list[sqlite3.Row]:
+        if self._conn is None:
+            assert self._db_path is not None
+            self._conn = store_db.connect(self._db_path, readonly=True)
+        return self._conn.execute("SELECT * FROM keys WHERE key_hash = ? OR prev_key_hash = ?", (h, h)).fetchall()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _check(self, entry: _Entry) -> KeyInfo:
         info = entry.info
         if info.status != "active":
             raise Unauthorized(f"API key is {info.status}", code=f"key_{info.status}")
         if entry.expires is not None or entry.prev_until is not None:
-            t = time.time() if now is None else now
+            t = self.clock() / 1000
             if entry.prev_until is not None and t >= entry.prev_until:
                 raise Unauthorized("API key was rotated: use the new secret", code="key_rotated")
             if entry.expires is not None and t >= entry.expires:
                 raise Unauthorized(f"API key expired at {info.expires_at}", code="key_expired")
         return info
+
+
+def _entries(row: sqlite3.Row) -> list[_Entry]:
+    """The table entries of one key row: its current secret, and its previous one after a rotation."""
+    info = KeyInfo.from_row(row)
+    expires = _epoch(row["expires_at"])
+    out = [_Entry(info, row["key_hash"], expires, None)]
+    prev = _col(row, "prev_key_hash")
+    if prev:
+        until = _epoch(_col(row, "prev_valid_until"))
+        out.append(_Entry(info, prev, expires, until if until is not None else 0.0))
+    return out

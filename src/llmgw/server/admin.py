@@ -17,8 +17,10 @@ Invariants:
   number with a fraction is refused (it went through a float). Money out: ``*_nanos`` integers and
   exact ``*_usd`` decimal strings; never a float.
 * Every SQLite access runs in a worker thread (``asyncio.to_thread``) on a short-lived connection,
-  never on the event loop. Changes reach the running gateway through its reload watcher
-  (the ``definitions_version`` counter), within a second; the ledger is never written here.
+  never on the event loop. A change made here is in this daemon's key table and budgets before its
+  answer is sent (the app's ``refresh``); other daemons on the same database see it through their
+  reload watchers (the ``definitions_version`` counter) within a second. The ledger is never
+  written here.
 * Secrets: a key's secret is in the answer of ``POST /admin/keys`` and ``.../rotate`` only, once.
 """
 
@@ -30,7 +32,6 @@ import hmac
 import logging
 import re
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +41,7 @@ import orjson
 from aiohttp import web
 
 from .. import paths, reports
+from ..clock import Clock
 from ..config import Config
 from ..errors import (
     ConfigError,
@@ -227,8 +229,11 @@ def _budget_def(row: sqlite3.Row) -> dict[str, Any]:
 
 
 class AdminApi:
-    def __init__(self, dbfile: Path, token: str, max_body: int) -> None:
+    def __init__(self, dbfile: Path, token: str, max_body: int, clock: Clock,
+                 refresh: Callable[[], Awaitable[None]]) -> None:
         self.dbfile = dbfile
+        self.clock = clock
+        self.refresh = refresh  # re-reads keys and budgets into the gateway after a change
         self._token_digest = hashlib.sha256(token.encode("utf-8")).digest()
         self.max_body = max_body
 
@@ -252,7 +257,10 @@ class AdminApi:
         async def wrapper(request: web.Request) -> web.StreamResponse:
             self.authorize(request)
             with _param(None):
-                return await handler(request)
+                resp = await handler(request)
+            if request.method != "GET" and resp.status < 400:
+                await self.refresh()  # the change applies here before the client hears of it
+            return resp
 
         return wrapper
 
@@ -467,7 +475,7 @@ class AdminApi:
         if len(given) > 1:
             raise _bad("give at most one of customer, team or key", given[1][0])
         scope, value = given[0] if given else (None, None)
-        now_ms = int(time.time() * 1000)
+        now_ms = self.clock()
 
         def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             try:
@@ -491,7 +499,7 @@ class AdminApi:
         if hard is False and grace:
             raise _bad("a grace applies to hard budgets only (drop hard: false or the grace)", "grace_usd")
         assert scope is not None and sid is not None and period is not None and limit is not None
-        now_ms = int(time.time() * 1000)
+        now_ms = self.clock()
 
         def run(conn: sqlite3.Connection) -> tuple[dict[str, Any], bool]:
             try:
@@ -554,7 +562,8 @@ def _exists(conn: sqlite3.Connection, kind: str, ident: str, param: str) -> dict
 
 
 def add_routes(app: web.Application, config: Config, home: Path, environ: Mapping[str, str],
-               guarded: Callable[[Handler], Handler]) -> None:
+               guarded: Callable[[Handler], Handler], *, clock: Clock,
+               refresh: Callable[[], Awaitable[None]]) -> None:
     """Register ``/admin/...`` on ``app`` (before its catch-all route); ``guarded`` gives each handler the
     error envelope and the request id. ``ConfigError`` for a bad ``[admin]`` section."""
     token = admin_token(config.raw, environ, str(config.path or "llmgw.toml"))
@@ -568,7 +577,7 @@ def add_routes(app: web.Application, config: Config, home: Path, environ: Mappin
         return
     if len(token) < 16:
         log.warning("the admin token is short (%d characters): use a long random one", len(token))
-    api = AdminApi(paths.db_path(home), token, config.server.max_body_bytes)
+    api = AdminApi(paths.db_path(home), token, config.server.max_body_bytes, clock, refresh)
     methods: dict[str, list[str]] = {}
     for method, path, handler in api.routes():
         app.router.add_route(method, path, guarded(api.protected(handler)))

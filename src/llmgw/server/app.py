@@ -15,7 +15,6 @@ import hmac
 import logging
 import os
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from aiohttp import web
 
 from .. import paths
 from ..cache.semantic import ResponseCache, cache_config
+from ..clock import Clock, wall_ms
 from ..config import Config
 from ..errors import LlmgwError, MethodNotAllowed, NotFound, Unauthorized
 from ..gateway import (
@@ -104,8 +104,8 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 async def models(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    key = gw.keys.authenticate(bearer(request))
-    created = int(time.time())
+    key = await gw.keys.resolve(bearer(request))
+    created = gw.clock() // 1000
     data = [{"id": m, "object": "model", "created": created, "owned_by": m.split("/", 1)[0] if "/" in m else "llmgw"}
             for m in gw.router.catalogue() if key.allows(m)]
     return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
@@ -165,30 +165,47 @@ def _read_definitions(conn: sqlite3.Connection, keys: KeyTable, last: int, now_m
     return version, rows, spends
 
 
-def _apply_budgets(gw: Gateway, rows: list[sqlite3.Row], spends: dict[tuple[str, str, int], int],
-                   now_ms: int) -> None:
-    def spend_of(scope: str, scope_id: str, start: int) -> int:
-        return spends.get((scope, scope_id, start), 0)
+class Definitions:
+    """The daemon's copy of keys and budgets, kept in step with the database.
 
-    gw.budgets.reload(rows, spend_of, now_ms)
+    ``refresh`` re-reads them when the definitions version moved (another process, or this daemon's
+    admin API, changed them); ``watch`` calls it every ``interval`` seconds. Refreshes never overlap,
+    and the SQLite work runs in a worker thread so the loop never waits on it."""
 
+    def __init__(self, conn: sqlite3.Connection, gw: Gateway, interval: float) -> None:
+        self.conn, self.gw, self.interval = conn, gw, interval
+        self.version = -1
+        self._lock = asyncio.Lock()
 
-async def _watch_definitions(conn: sqlite3.Connection, gw: Gateway, last: int, interval: float) -> None:
-    """Reload keys and budgets when another process (the CLI) changed the database."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            now_ms = int(time.time() * 1000)
-            known = frozenset((b.id, b.scope, b.scope_id, b.period) for b in gw.budgets.budgets())
-            last, rows, spends = await asyncio.to_thread(_read_definitions, conn, gw.keys, last, now_ms, known)
-            if rows is not None:
-                _apply_budgets(gw, rows, spends, now_ms)
-        except sqlite3.Error as e:
-            log.warning("could not reload definitions: %s", e)
+    def load(self) -> None:
+        """The first load, at start (before the loop serves requests)."""
+        self._apply(*_read_definitions(self.conn, self.gw.keys, self.version, self.gw.clock()))
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            known = frozenset((b.id, b.scope, b.scope_id, b.period) for b in self.gw.budgets.budgets())
+            self._apply(*await asyncio.to_thread(_read_definitions, self.conn, self.gw.keys, self.version,
+                                                 self.gw.clock(), known))
+
+    def _apply(self, version: int, rows: list[sqlite3.Row] | None, spends: dict[tuple[str, str, int], int]) -> None:
+        self.version = version
+        if rows is not None:
+            self.gw.budgets.reload(rows, lambda scope, scope_id, start: spends.get((scope, scope_id, start), 0),
+                                   self.gw.clock())
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.refresh()
+            except sqlite3.Error as e:
+                log.warning("could not reload definitions: %s", e)
 
 
 def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None = None,
-               reload_interval: float = 0.5) -> web.Application:
+               reload_interval: float = 0.5, clock: Clock = wall_ms) -> web.Application:
+    """The daemon's app. ``clock`` (epoch ms) is its business time: budget windows, key expiry,
+    idempotency and cache TTLs, ledger and event timestamps."""
     env = dict(os.environ if environ is None else environ)
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[STATE] = {}
@@ -202,9 +219,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         writer = LedgerWriter(dbfile)
         writer.start()
         reader = store_db.connect(dbfile)
-        keys = KeyTable()
-        now_ms = int(time.time() * 1000)
-        last, rows, spends = _read_definitions(reader, keys, -1, now_ms)
+        keys = KeyTable(dbfile, clock)
         upstream = UpstreamClient()  # provider calls: the hot path (see providers/upstream.py)
         session = aiohttp.ClientSession(  # webhooks
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
@@ -215,7 +230,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             "llmgw_ledger_queue_depth": ("Ledger rows waiting for the writer.", lambda: writer.queue_depth),
             "llmgw_ledger_last_commit_seconds": ("Duration of the last ledger commit.",
                                                  lambda: writer.last_commit_seconds),
-        }, budgets=lambda: [book.status(b, int(time.time() * 1000)) for b in book.budgets()], histograms={
+        }, budgets=lambda: [book.status(b, clock()) for b in book.budgets()], histograms={
             "llmgw_ledger_commit_seconds": ("Ledger writer batch insert + commit duration.",
                                             writer.commit_times.snapshot),
         })
@@ -223,12 +238,14 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         events = EventSink(dbfile, webhook_config(config.raw, env, source), session)
         cache = ResponseCache(home, cache_config(config.raw, source))
         gw = Gateway(config, router, writer, keys, PriceBook.load(config.pricing), prom, budgets=book,
-                     idempotency=Idempotency(dbfile), cache=cache, events=events)
-        _apply_budgets(gw, rows or [], spends, now_ms)
+                     idempotency=Idempotency(dbfile, clock), cache=cache, events=events, clock=clock)
+        definitions = Definitions(reader, gw, reload_interval)
+        definitions.load()
+        app[STATE]["definitions"] = definitions
         events.start()
         await asyncio.to_thread(cache.warm, cache.config.mode == "semantic")
         app[GATEWAY] = gw
-        watcher = asyncio.create_task(_watch_definitions(reader, gw, last, reload_interval))
+        watcher = asyncio.create_task(definitions.watch())
         try:
             yield
         finally:
@@ -244,6 +261,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             await upstream.close()
             await session.close()
             await asyncio.to_thread(writer.stop)
+            keys.close()
             reader.close()
 
     app.cleanup_ctx.append(lifecycle)
@@ -262,6 +280,6 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         app.router.add_route(method, path, handler)
     for path in dict.fromkeys(p for _, p, _ in routes):
         app.router.add_route("*", path, guarded(method_not_allowed))
-    add_admin_routes(app, config, home, env, guarded)  # /admin/...: 404 unless an admin token is set
+    add_admin_routes(app, config, home, env, guarded, clock=clock, refresh=lambda: app[STATE]["definitions"].refresh())  # /admin/...: 404 unless an admin token is set
     app.router.add_route("*", "/{tail:.*}", guarded(not_found))
     return app

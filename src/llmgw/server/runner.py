@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..clock import Clock, wall_ms
 from ..config import Config
 from .app import STATE, create_app
 
@@ -39,8 +40,9 @@ def tune_gc() -> None:
 async def serve_async(config: Config, home: Path, *, host: str, port: int,
                       on_ready: Callable[[str, int], None] | None = None,
                       stop: asyncio.Event | None = None, environ: Mapping[str, str] | None = None,
-                      on_app: Callable[[web.Application], None] | None = None) -> None:
-    app = create_app(config, home, environ=environ)
+                      on_app: Callable[[web.Application], None] | None = None,
+                      clock: Clock = wall_ms) -> None:
+    app = create_app(config, home, environ=environ, clock=clock)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=config.server.drain_timeout)
     await runner.setup()
