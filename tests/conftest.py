@@ -180,6 +180,24 @@ backoff_max = 0.05
 UPSTREAM_ENV = {"TEST_OPENAI_KEY": "sk-test-openai", "TEST_ANTHROPIC_KEY": "sk-ant-test"}
 
 
+# what the caller's environment must not leak into a test: llmgw's own settings, provider keys
+# and base URLs, and the places that hold per-user state
+_LEAKY_PREFIXES = ("LLMGW_", "OPENAI_", "ANTHROPIC_", "XDG_")
+_LEAKY = {"HOME", "NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES"}
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test runs with a clean environment: no LLMGW_*, provider or XDG variables from the
+    caller, and an empty HOME of its own (subprocesses inherit the same)."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(_LEAKY_PREFIXES) or name in _LEAKY:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+
+
 @pytest.fixture(scope="session")
 def fake() -> Iterator[FakeUpstream]:
     with FakeUpstream() as f:

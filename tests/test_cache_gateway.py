@@ -82,9 +82,6 @@ def test_namespaces_customers_and_cache_control(semantic, upstream):
     hierarchy.create_customer(conn, "other")
     conn.close()
     other = d.mint(name="other", customer_id="other")
-    import time
-
-    time.sleep(1.2)
     ask(d, d.key, PROMPT, {"x-llmgw-cache-namespace": "sku-10482"})
     assert ask(d, d.key, PROMPT, {"x-llmgw-cache-namespace": "sku-10482"}).headers["x-llmgw-cache"] == "hit-exact"
     assert ask(d, d.key, PROMPT, {"x-llmgw-cache-namespace": "sku-99"}).headers["x-llmgw-cache"] == "miss"
@@ -97,9 +94,6 @@ def test_namespaces_customers_and_cache_control(semantic, upstream):
 
 def test_per_key_cache_mode(gw, upstream):
     key = gw.mint(name="cached", cache_mode="exact")
-    import time
-
-    time.sleep(1.2)
     ask(gw, key, PROMPT)
     assert ask(gw, key, PROMPT).headers["x-llmgw-cache"] == "hit-exact"
     assert "x-llmgw-cache" not in ask(gw, gw.key, PROMPT).headers  # the config default is off

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import UPSTREAM_ENV, upstream_config
+from conftest import UPSTREAM_ENV, upstream_config, wait_until
 
 
 class Proc:
@@ -140,7 +141,17 @@ def test_sigterm_drains_in_flight_requests(tmp_path, procs, upstream):
     while not upstream.requests and time.monotonic() < deadline:
         time.sleep(0.02)
     p.p.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
+
+    host, port = p.url.rsplit("/", 1)[-1].split(":")
+
+    def refused() -> bool:  # a bare TCP connect: no request that could reach the ledger
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except OSError:
+            return True
+        return False
+
+    wait_until(refused, 10, "the draining daemon to close its listening socket")
     with pytest.raises(httpx.HTTPError):  # no longer accepting
         chat(p.url, p.key, timeout=2)
     t.join(15)

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,15 +88,6 @@ def _post(d: Daemon, key: str, body: Any, content: bytes | None = None) -> httpx
     return httpx.post(d.openai_base + "/chat/completions", json=body, headers=headers)
 
 
-def _wait_for_keys(d: Daemon, *keys: str) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if all(_post(d, k, {}).status_code != 401 for k in keys):  # {}: a 400 once the key is known
-            return
-        time.sleep(0.1)
-    raise AssertionError("the daemon did not load the new keys")
-
-
 # ---- one daemon, one burst of traffic, one scrape, several tests --------------------------------
 
 
@@ -118,8 +108,7 @@ def scraped(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Ite
         broke = d.mint(name="broke-app", customer_id="broke")
         limited = d.mint(name="limited", models=["demo/*"])
         slow = d.mint(name="slow", rpm=1)
-        _wait_for_keys(d, acme, broke, limited, slow)
-        # the probes above were 400 invalid_request rejections: count from here on
+        d.synced()  # the budgets above are live
         base = parse(httpx.get(d.url + "/metrics").text)
 
         with openai.OpenAI(base_url=d.openai_base, api_key=acme, max_retries=0) as c:

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from conftest import wait_until
 from llmgw import paths, reports
 from llmgw.errors import UsageError
 from llmgw.store.db import open_db
@@ -488,8 +489,7 @@ class Follower:
 def test_tail_follows_new_rows(small: Path) -> None:
     f = Follower(small, "--last", "1", "--customer", "acme")
     try:
-        assert f.line()["request_id"] == ids_in_ledger(small)[-1]
-        time.sleep(0.3)
+        assert f.line()["request_id"] == ids_in_ledger(small)[-1]  # tail has read the ledger: it follows from here
         insert(small, [row("2026-11-27T12:00:00Z", **GLOBEX, cost=3)])  # filtered out
         new = row("2026-11-27T12:00:01Z", **ACME, cost=42, tokens=(5, 6, 0))
         insert(small, [new])
@@ -506,21 +506,26 @@ def test_tail_follows_new_rows(small: Path) -> None:
 
 def test_tail_follows_a_running_daemon(daemon_factory: Any) -> None:
     d = daemon_factory('[providers.demo]\ntype = "demo"\n')
-    f = Follower(d.home, "--last", "0")
-    try:
-        time.sleep(0.6)  # tail is polling
-        with httpx.Client(base_url=d.url, headers={"Authorization": f"Bearer {d.key}"}) as c:
-            for i in range(3):
-                r = c.post("/v1/chat/completions",
-                           json={"model": "demo/echo", "messages": [{"role": "user", "content": f"hi {i}"}]})
-                assert r.status_code == 200, r.text
-        seen = [f.line(timeout=10) for _ in range(3)]
-    finally:
-        code, err = f.stop()
+
+    def ask(c: httpx.Client, i: int) -> None:
+        r = c.post("/v1/chat/completions", json={"model": "demo/echo", "messages": [{"role": "user", "content": f"hi {i}"}]})
+        assert r.status_code == 200, r.text
+
+    with httpx.Client(base_url=d.url, headers={"Authorization": f"Bearer {d.key}"}) as c:
+        ask(c, 0)
+        wait_until(lambda: len(d.ledger()) == 1, 10, "the first row")
+        f = Follower(d.home, "--last", "1")
+        try:
+            seen = [f.line(timeout=10)]  # tail is running and has read the ledger
+            for i in range(1, 4):
+                ask(c, i)
+            seen += [f.line(timeout=10) for _ in range(3)]
+        finally:
+            code, err = f.stop()
     assert code == 0, err
     ledger = d.ledger()
     assert [s["request_id"] for s in seen] == [r["request_id"] for r in ledger]
     assert all(s["model"] == "demo/echo" and s["status"] == 200 and s["key_name"] == "test" for s in seen)
     rep = report_json(d.home, "--by", "key", "--since", "2000-01-01")
-    assert rep["total"]["requests"] == 3
+    assert rep["total"]["requests"] == 4
     assert rep["total"]["cost_nanos"] == sum(r["cost_nanos"] for r in ledger)
