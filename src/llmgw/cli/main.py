@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from ..clock import Clock
+from ..clock import install as install_clock
 from .common import ConfigOpt, HomeOpt, err, load_config, resolve_home
 
 app = typer.Typer(
@@ -64,6 +66,7 @@ def serve(
     import logging
 
     from .. import paths
+    from ..clock import now_ms
     from ..server.runner import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -100,7 +103,8 @@ def serve(
             err("")
         sys.stderr.flush()
 
-    run(cfg, h, host=host or cfg.server.host, port=cfg.server.port if port is None else port, on_ready=ready)
+    run(cfg, h, host=host or cfg.server.host, port=cfg.server.port if port is None else port, on_ready=ready,
+        clock=now_ms)
 
 
 @app.command()
@@ -134,9 +138,12 @@ def version() -> None:
 _register()
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, clock: Clock | None = None) -> None:
+    """The console entry point. ``clock`` (epoch ms; default the wall clock) is the business time of
+    every command: budget windows, report defaults, key expiry and rotation, ``top``, ``serve``."""
     from ..errors import LlmgwError
 
+    install_clock(clock)
     try:
         app(args=argv, standalone_mode=False)
     except LlmgwError as e:

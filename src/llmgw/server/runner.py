@@ -78,8 +78,8 @@ async def serve_async(config: Config, home: Path, *, host: str, port: int,
 
 
 def run(config: Config, home: Path, *, host: str, port: int,
-        on_ready: Callable[[str, int], None] | None = None) -> None:
-    coro = serve_async(config, home, host=host, port=port, on_ready=on_ready)
+        on_ready: Callable[[str, int], None] | None = None, clock: Clock = wall_ms) -> None:
+    coro = serve_async(config, home, host=host, port=port, on_ready=on_ready, clock=clock)
     if sys.platform != "win32":
         import uvloop
 

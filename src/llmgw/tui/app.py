@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +27,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Sparkline, Static
 
+from ..clock import now_ms
 from ..errors import LlmgwError
 from ..governance.budgets import ADJECTIVE
 from . import actions, data, fmt
@@ -102,10 +102,6 @@ DataTable {
     margin: 0 1;
 }
 """
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # ---- cells ---------------------------------------------------------------------------------------
