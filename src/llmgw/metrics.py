@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .errors import ConfigError
+from .units import NANOS_PER_USD
 from .usage import Usage
 
 #: request and upstream latency (seconds): from a cached reply to a long generation
@@ -208,7 +209,7 @@ class Metrics:
         yield counter("llmgw_tokens", "Tokens by kind (prompt, completion, cached, cache_write).",
                       ["provider", "model", "customer", "kind"], self.tokens)
         yield counter("llmgw_cost_usd", "Cost in US dollars (the ledger holds exact integer nano-dollars).",
-                      ["provider", "model", "customer"], self.cost_nanos, scale=1e-9)
+                      ["provider", "model", "customer"], self.cost_nanos, scale=1 / NANOS_PER_USD)
         yield counter("llmgw_unpriced_requests", "Requests to models without a known price (cost 0).",
                       ["provider", "model"], self.unpriced)
         hits = CounterMetricFamily("llmgw_cache_hits", "Response cache hits, by type (exact, semantic).",
@@ -223,7 +224,7 @@ class Metrics:
         yield lookup
         yield GaugeMetricFamily("llmgw_cache_entries", "Entries in the response cache.", value=self.cache_entries)
         yield CounterMetricFamily("llmgw_cache_saved_usd", "Upstream cost avoided by cache hits, in US dollars.",
-                                  value=self.cache_saved_nanos / 1e9)
+                                  value=self.cache_saved_nanos / NANOS_PER_USD)
         for name, (doc, fn) in self.gauges.items():
             yield GaugeMetricFamily(name, doc, value=fn())
         for name, (doc, source) in self.histograms.items():
@@ -240,8 +241,8 @@ class Metrics:
             util = GaugeMetricFamily("llmgw_budget_utilisation_ratio", "Spend divided by limit.", labels=labels)
             for st in self.budgets():
                 lv = [st["id"], st["scope"], st["scope_id"], st["period"]]
-                limit.add_metric(lv, st["limit_nanos"] / 1e9)
-                spend.add_metric(lv, st["spent_nanos"] / 1e9)
+                limit.add_metric(lv, st["limit_nanos"] / NANOS_PER_USD)
+                spend.add_metric(lv, st["spent_nanos"] / NANOS_PER_USD)
                 util.add_metric(lv, st["spent_nanos"] / st["limit_nanos"] if st["limit_nanos"] else 0.0)
             yield limit
             yield spend

@@ -36,7 +36,7 @@ from ..gateway import (
     error_response,
     new_request_id,
 )
-from ..governance.budgets import BudgetBook, ledger_spend, read_budgets, window
+from ..governance.budgets import BudgetBook, ledger_spend, read_budgets
 from ..governance.events import EventSink, webhook_config
 from ..governance.idempotency import Idempotency
 from ..governance.keys import KeyTable
@@ -46,6 +46,7 @@ from ..providers.router import Router
 from ..providers.upstream import UpstreamClient
 from ..store import db as store_db
 from ..store.writer import LedgerWriter
+from ..units import window
 from .admin import add_routes as add_admin_routes
 
 log = logging.getLogger("llmgw.server")
