@@ -51,12 +51,12 @@ from ..errors import (
     Unauthorized,
     UsageError,
 )
-from ..gateway import read_body
 from ..governance import hierarchy
 from ..governance import keys as govkeys
 from ..governance.budgets import PERIODS, SCOPES, budget_report, delete_budget, select_budgets, upsert_budget
 from ..store import db as store_db
 from ..units import parse_time, parse_usd, usd
+from .http import read_body
 
 log = logging.getLogger("llmgw.admin")
 
