@@ -478,16 +478,8 @@ class Gateway:
         if self.log_bodies:
             row["request_body"] = call.raw_body.decode("utf-8", "replace") if call.raw_body else None
             row["response_body"] = call.response_body
-        self._observe(call, latency)
+        self.metrics.observe_request(row, call.upstream_seconds)
         return row
-
-    def _observe(self, call: Call, latency: float) -> None:
-        provider = call.provider or ""
-        model = call.model or ""
-        customer = (call.key.customer_id if call.key else None) or ""
-        self.metrics.observe_request(call.route, provider, model, call.status, call.outcome, latency,
-                                     call.attempts, call.ttfb, customer, call.usage, call.cost,
-                                     call.upstream_seconds, cache=call.cache or "off")
 
     async def _record(self, call: Call) -> None:
         call.recorded = True

@@ -28,7 +28,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .errors import ConfigError
 from .units import NANOS_PER_USD
-from .usage import Usage
 
 #: request and upstream latency (seconds): from a cached reply to a long generation
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -134,31 +133,37 @@ class Metrics:
         self.registry.register(self)  # a Collector: anything with collect()
 
     # ---- hot path --------------------------------------------------------------------------
-    def observe_request(self, route: str, provider: str, model: str, status: int, outcome: str, latency: float,
-                        attempts: int, ttfb: float | None, customer: str, usage: Usage, cost_nanos: int,
-                        upstream_seconds: float = 0.0, cache: str = CACHE_OFF) -> None:
-        """One finished API request. ``attempts``: upstream attempts (0: never reached a provider);
-        ``upstream_seconds``: time spent in those attempts (and, for a stream, reading its body);
-        ``cache``: the request's cache result (the ledger's ``cache`` value; "off" without a cache)."""
-        self.requests[(route, provider, model, f"{status // 100}xx", outcome, cache)] += 1
-        self.duration[(route, provider)].observe(latency)
+    def observe_request(self, row: Mapping[str, Any], upstream_seconds: float = 0.0) -> None:
+        """One finished API request, from its ledger row (``Gateway._row``: route, provider, model,
+        status, outcome, latency_ms, ttfb_ms, attempts, customer_id, the token counts, cost_nanos and
+        cache, None without a cache) and what the row does not hold: ``upstream_seconds``, the time
+        spent in upstream attempts (0 of them: never reached a provider) and reading a stream's body."""
+        route, provider, model = row["route"], row["provider"] or "", row["model"] or ""
+        self.requests[(route, provider, model, f"{row['status'] // 100}xx", row["outcome"],
+                       row["cache"] or CACHE_OFF)] += 1
+        self.duration[(route, provider)].observe(row["latency_ms"] / 1000)
+        attempts = row["attempts"]
         if attempts:
             p = (provider,)
             self.attempts[p] += attempts
             self.retries[p] += attempts - 1  # += 0 still creates the series: rate() sees a 0, not nothing
             self.upstream[p].observe(upstream_seconds)
-        if ttfb is not None:
-            self.ttfb[(provider,)].observe(ttfb)
-        if usage.prompt_tokens or usage.completion_tokens:
+        if row["ttfb_ms"] is not None:
+            self.ttfb[(provider,)].observe(row["ttfb_ms"] / 1000)
+        prompt, completion, cost = row["prompt_tokens"], row["completion_tokens"], row["cost_nanos"]
+        if not (prompt or completion or cost):
+            return
+        customer = row["customer_id"] or ""
+        if prompt or completion:
             t = self.tokens
-            t[(provider, model, customer, "prompt")] += usage.prompt_tokens
-            t[(provider, model, customer, "completion")] += usage.completion_tokens
-            if usage.cached_tokens:
-                t[(provider, model, customer, "cached")] += usage.cached_tokens
-            if usage.cache_write_tokens:
-                t[(provider, model, customer, "cache_write")] += usage.cache_write_tokens
-        if cost_nanos:
-            self.cost_nanos[(provider, model, customer)] += cost_nanos
+            t[(provider, model, customer, "prompt")] += prompt
+            t[(provider, model, customer, "completion")] += completion
+            if row["cached_tokens"]:
+                t[(provider, model, customer, "cached")] += row["cached_tokens"]
+            if row["cache_write_tokens"]:
+                t[(provider, model, customer, "cache_write")] += row["cache_write_tokens"]
+        if cost:
+            self.cost_nanos[(provider, model, customer)] += cost
 
     def observe_cache(self, hit: str | None, lookup_seconds: float, saved_nanos: int = 0) -> None:
         """One cache lookup, for the cache to call on the event loop: ``hit`` is the hit type
