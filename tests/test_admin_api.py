@@ -194,7 +194,7 @@ def test_customer_team_key_made_over_http_serve_requests_and_a_budget_stops_them
     assert secret.startswith("sk-llmgw-") and key["display"].endswith(secret[-4:])
     assert "key_hash" not in key and "prev_key_hash" not in key
     assert (key["customer_id"], key["team_id"], key["models"], key["rpm"], key["status"], key["expires_at"]) == (
-        "acme_corp", "captioning", ["demo/echo"], 600, "active", "2099-01-01T00:00:00+00:00")
+        "acme_corp", "captioning", ["demo/echo"], 600, "active", "2099-01-01T00:00:00Z")
     # the secret is shown once: never again
     assert secret not in admin("GET", f"/admin/keys/{key['id']}").text
     assert admin("GET", "/admin/keys/vk_acme").json() == key  # by name too

@@ -1,4 +1,4 @@
-"""Budgets: calendar windows, the in-memory book (reserve, settle, rollover, caps, events, reload),
+"""Budgets: the in-memory book (reserve, settle, rollover, caps, events, reload),
 the hard-cap proof under concurrency, the cost upper bound and clamping, and ``llmgw budget``."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import random
 import sqlite3
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +32,13 @@ from llmgw.governance.budgets import (
     Budget,
     BudgetBook,
     BudgetExceeded,
-    iso_utc,
     ledger_spend,
     nanos_from_usd,
     read_budgets,
-    usd,
-    window,
 )
 from llmgw.pricing import Price
 from llmgw.store import db as store_db
+from llmgw.units import iso_utc, window
 
 USD = 1_000_000_000
 
@@ -65,68 +63,7 @@ def book_of(*budgets: Budget, now: int, spend: Any = no_spend, status: int = 429
     return book
 
 
-# ---- windows ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("now", "period", "start", "end"), [
-    ("2026-11-26T13:45:10", "day", "2026-11-26T00:00:00", "2026-11-27T00:00:00"),
-    ("2026-11-26T00:00:00", "day", "2026-11-26T00:00:00", "2026-11-27T00:00:00"),
-    ("2026-12-31T23:59:59.999", "day", "2026-12-31T00:00:00", "2027-01-01T00:00:00"),
-    # ISO weeks start on Monday 00:00 UTC, also across a year boundary
-    ("2026-11-26T13:00:00", "week", "2026-11-23T00:00:00", "2026-11-30T00:00:00"),  # a Thursday
-    ("2026-11-23T00:00:00", "week", "2026-11-23T00:00:00", "2026-11-30T00:00:00"),  # Monday midnight
-    ("2026-11-29T23:59:59.999", "week", "2026-11-23T00:00:00", "2026-11-30T00:00:00"),  # Sunday night
-    ("2024-12-31T12:00:00", "week", "2024-12-30T00:00:00", "2025-01-06T00:00:00"),  # ISO 2025-W01
-    ("2021-01-03T12:00:00", "week", "2020-12-28T00:00:00", "2021-01-04T00:00:00"),  # ISO 2020-W53
-    ("1970-01-01T00:00:00", "week", "1969-12-29T00:00:00", "1970-01-05T00:00:00"),
-    # months, leap years included
-    ("2026-11-26T13:00:00", "month", "2026-11-01T00:00:00", "2026-12-01T00:00:00"),
-    ("2026-12-31T23:59:59.999", "month", "2026-12-01T00:00:00", "2027-01-01T00:00:00"),
-    ("2024-02-29T23:59:59.999", "month", "2024-02-01T00:00:00", "2024-03-01T00:00:00"),
-    ("2023-02-15T00:00:00", "month", "2023-02-01T00:00:00", "2023-03-01T00:00:00"),
-    ("2000-02-10T00:00:00", "month", "2000-02-01T00:00:00", "2000-03-01T00:00:00"),  # leap (div by 400)
-    ("2100-02-10T00:00:00", "month", "2100-02-01T00:00:00", "2100-03-01T00:00:00"),  # not leap
-    ("2026-03-01T00:00:00", "month", "2026-03-01T00:00:00", "2026-04-01T00:00:00"),
-])
-def test_calendar_windows(now: str, period: str, start: str, end: str) -> None:
-    assert window(period, ms(now)) == (ms(start), ms(end))
-
-
-def test_month_lengths_follow_leap_years() -> None:
-    days = lambda y, m: (window("month", ms(f"{y}-{m:02d}-10T00:00:00"))[1]  # noqa: E731
-                         - window("month", ms(f"{y}-{m:02d}-10T00:00:00"))[0]) // 86_400_000
-    assert [days(2024, m) for m in range(1, 13)] == [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
-    assert days(2023, 2) == 28 and days(2100, 2) == 28 and days(2000, 2) == 29
-
-
-def test_total_never_resets() -> None:
-    assert window("total", ms("2026-11-26T00:00:00")) == (0, None)
-    with pytest.raises(ValueError):
-        window("year", 0)
-
-
-def test_windows_agree_with_datetime_everywhere() -> None:
-    """Random instants from 1950 to 2150 against the calendar as ``datetime`` computes it."""
-    rng = random.Random(7)
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    for _ in range(3000):
-        now = rng.randrange(ms("1950-01-01T00:00:00"), ms("2150-01-01T00:00:00"))
-        dt = epoch + timedelta(milliseconds=now)
-        day = dt.replace(hour=0, minute=0, second=0, microsecond=0)
-        monday = day - timedelta(days=dt.isoweekday() - 1)
-        first = day.replace(day=1)
-        nxt = first.replace(year=first.year + 1, month=1) if first.month == 12 else first.replace(month=first.month + 1)
-        to_ms = lambda d: int((d - epoch) / timedelta(milliseconds=1))  # noqa: E731
-        assert window("day", now) == (to_ms(day), to_ms(day + timedelta(days=1)))
-        assert window("week", now) == (to_ms(monday), to_ms(monday + timedelta(days=7)))
-        assert window("month", now) == (to_ms(first), to_ms(nxt))
-
-
-def test_money_formatting_is_exact() -> None:
-    assert usd(200 * USD) == "$200.00"
-    assert usd(150_000) == "$0.00015"
-    assert usd(199_999_999_999) == "$199.999999999"
-    assert usd(-1_500_000_000) == "-$1.50"
+def test_dead_nanos_from_usd_still_exact() -> None:
     assert nanos_from_usd("12.5") == 12_500_000_000
     assert nanos_from_usd("0.000000001") == 1
     with pytest.raises(ValueError):
@@ -681,7 +618,7 @@ def test_cli_set_creates_and_updates_in_place(cli: Cli) -> None:
     (["--customer", "nobody", "--limit", "1", "--period", "month"], 4, "no customer 'nobody'"),
     (["--team", "nobody", "--limit", "1", "--period", "month"], 4, "no team 'nobody'"),
     (["--key", "nobody", "--limit", "1", "--period", "month"], 4, "no key 'nobody'"),
-    (["--customer", "acme_corp", "--limit", "-5", "--period", "month"], 2, "cannot be negative"),
+    (["--customer", "acme_corp", "--limit", "-5", "--period", "month"], 2, "--limit: must not be negative"),
     (["--customer", "acme_corp", "--limit", "ten", "--period", "month"], 2, "expected an amount in USD"),
     (["--customer", "acme_corp", "--limit", "nan", "--period", "month"], 2, "finite"),
     (["--customer", "acme_corp", "--limit", "0.0000000001", "--period", "month"], 2, "finer than a nano-dollar"),

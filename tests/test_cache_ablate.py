@@ -288,4 +288,4 @@ def test_cli_from_log(tmp_path: Path) -> None:
     proc = llmgw("--from-log", "--since", "2030-01-01", home=home)
     assert proc.returncode == 2 and "no replayable requests" in proc.stderr
     proc = llmgw("--from-log", "--since", "yesterday", home=home)
-    assert proc.returncode == 2 and "bad --since" in proc.stderr
+    assert proc.returncode == 2 and "--since: expected YYYY-MM-DD" in proc.stderr

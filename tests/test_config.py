@@ -395,11 +395,11 @@ output = true
         'llmgw.toml: pricing."openai/gpt-4o-mini".cached: unknown key; did you mean "cached_input"?',
         'llmgw.toml: pricing."openai/gpt-4o-mini".input: 0.0001 USD per million tokens is not a whole '
         "number of nano-dollars per token (use at most 3 decimals)",
-        'llmgw.toml: pricing."openai/gpt-4o-mini".output: expected a price in USD per million tokens, got "abc"',
+        'llmgw.toml: pricing."openai/gpt-4o-mini".output: expected an amount in USD such as 150 or 12.50, '
+        'got "abc"',
         'llmgw.toml: pricing.gpt-4o: expected a "provider/model" key, e.g. [pricing."openai/gpt-4o-mini"]',
-        'llmgw.toml: pricing."openai/x".input: a price cannot be negative, got -1',
-        'llmgw.toml: pricing."openai/x".output: expected a price in USD per million tokens '
-        "(a number or a decimal string), got true",
+        'llmgw.toml: pricing."openai/x".input: must not be negative, got -1',
+        'llmgw.toml: pricing."openai/x".output: expected an amount in USD such as 150 or 12.50, got true',
     ]
 
 

@@ -128,7 +128,7 @@ def test_apply_creates_everything_and_shows_the_secret_once(cli: Cli) -> None:
     assert (key["customer_id"], key["team_id"], key["status"]) == ("acme_corp", "captioning", "active")
     assert json.loads(key["models"]) == ["openai/gpt-4o-mini", "anthropic/claude-haiku-4-5-20251001"]
     assert (key["rpm"], key["tpm"], key["clamp"], key["cache_mode"]) == (60, 100000, 0, "semantic")
-    assert key["expires_at"] == "2027-01-01T00:00:00+00:00"
+    assert key["expires_at"] == "2027-01-01T00:00:00Z"
     assert key["key_hash"] == hash_secret(secret)  # the secret works, and only its hash is stored
     assert secret not in dump(cli.home)
     budgets = {(b["scope"], b["scope_id"], b["period"]): b for b in rows(cli.home, "SELECT * FROM budgets")}
@@ -386,7 +386,7 @@ def test_expired_keys_are_allowed_with_a_warning(cli: Cli) -> None:
     path = write(cli, '[keys.old]\nexpires = 2020-01-01\n')
     res = cli("config", "apply", "--config", path)
     assert res.code == 0, res
-    assert "keys.old.expires: 2020-01-01T00:00:00+00:00 is in the past" in res.err
+    assert "keys.old.expires: 2020-01-01T00:00:00Z is in the past" in res.err
     res = cli("config", "apply", "--config", path)
     assert (res.code, res.out, res.err.strip()) == (0, "", "no changes")
 

@@ -25,10 +25,10 @@ from llmgw.governance.keys import (
     revoke,
     rotate,
     set_status,
-    usd_to_nanos,
     validate_models,
 )
 from llmgw.store import db as store_db
+from llmgw.units import epoch_ms, iso_utc
 from test_cli import Cli, assert_error
 
 MODELS = "openai/gpt-4o-mini,anthropic/claude-haiku-4-5-20251001"
@@ -178,7 +178,7 @@ def test_keys_create_with_every_option(cli: Cli) -> None:
     assert row["customer_id"] == "acme_corp" and row["team_id"] == "captioning"
     assert json.loads(str(row["models"])) == [*MODELS.split(","), "openai/*"]
     assert (row["rpm"], row["tpm"], row["clamp"], row["cache_mode"]) == (60, 100000, 1, "semantic")
-    assert row["expires_at"] == "2999-01-01T00:00:00+00:00"
+    assert row["expires_at"] == "2999-01-01T00:00:00Z"
     assert row["status"] == "active" and row["revoked_at"] is None and row["prev_key_hash"] is None
     assert row["key_hash"] == hash_secret(secret)
     assert row["display"] == "sk-llmgw-…" + secret[-4:]
@@ -217,17 +217,17 @@ def test_keys_create_defaults_and_budget_precision(cli: Cli) -> None:
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (("--budget", "-5"), "non-negative"),
-    (("--budget", "abc"), "invalid amount"),
+    (("--budget", "-5"), '--budget: must not be negative, got "-5"'),
+    (("--budget", "abc"), "--budget: expected an amount in USD"),
     (("--budget", "0.0000000001"), "nano-dollar"),
-    (("--budget", "nan"), "invalid amount"),
+    (("--budget", "nan"), "--budget: expected a finite amount in USD"),
     (("--budget", "10", "--period", "year"), "invalid period"),
     (("--period", "day"), "--period needs --budget"),
     (("--rpm", "0"), "rpm must be a positive integer"),
     (("--tpm", "-1"), "tpm must be a positive integer"),
     (("--cache", "fuzzy"), "invalid cache mode"),
-    (("--expires", "2020-01-01"), "in the past"),
-    (("--expires", "next tuesday"), "invalid expiry"),
+    (("--expires", "2020-01-01"), "expires: 2020-01-01T00:00:00Z is in the past"),
+    (("--expires", "next tuesday"), "expires: expected YYYY-MM-DD or an ISO-8601 date-time"),
     (("--models", ""), "empty model name"),
     (("--models", "openai/gpt-4o,,x"), "empty model name"),
     (("--models", "openai/"), "invalid model"),
@@ -413,7 +413,7 @@ def test_authenticate_codes(conn: sqlite3.Connection) -> None:
 def test_expired_key(conn: sqlite3.Connection) -> None:
     expires = datetime.now(UTC) + timedelta(hours=1)
     secret, info = mint(conn, expires_at=expires.isoformat())
-    assert info.expires_at == expires.replace(microsecond=0).isoformat()
+    assert info.expires_at == iso_utc(epoch_ms(expires))
     t = table(conn)
     assert auth_code(t, secret) is None
     assert auth_code(t, secret, now=expires.timestamp() - 1) is None
@@ -424,8 +424,8 @@ def test_expired_key(conn: sqlite3.Connection) -> None:
 def test_rotate_grace(conn: sqlite3.Connection) -> None:
     old, info = mint(conn, name="k")
     start = datetime.now(UTC).replace(microsecond=0)
-    new, doc = rotate(conn, "k", 60, now=start)
-    assert doc["prev_valid_until"] == (start + timedelta(seconds=60)).isoformat()
+    new, doc = rotate(conn, "k", 60, now_ms=epoch_ms(start))
+    assert doc["prev_valid_until"] == iso_utc(epoch_ms(start + timedelta(seconds=60)))
     t = table(conn)
     assert len(t) == 1
     assert t.authenticate(new).id == info.id
@@ -473,13 +473,14 @@ def test_core_validation(conn: sqlite3.Connection) -> None:
         with pytest.raises(UsageError):
             validate_models(bad)
 
-    assert parse_expires("2999-12-31") == "2999-12-31T00:00:00+00:00"
-    assert parse_expires("2999-12-31T10:00:00Z") == "2999-12-31T10:00:00+00:00"
-    assert parse_expires("2999-12-31T12:00:00+02:00") == "2999-12-31T10:00:00+00:00"
-    assert parse_expires("2999-12-31T10:00") == "2999-12-31T10:00:00+00:00"  # naive = UTC
-    assert usd_to_nanos("200") == 200_000_000_000
-    assert usd_to_nanos("0.000000001") == 1
-    assert usd_to_nanos("1e3") == 1_000_000_000_000
+    assert parse_expires("2999-12-31") == "2999-12-31T00:00:00Z"
+    assert parse_expires("2999-12-31T10:00:00Z") == "2999-12-31T10:00:00Z"
+    assert parse_expires("2999-12-31T12:00:00+02:00") == "2999-12-31T10:00:00Z"
+    assert parse_expires("2999-12-31T10:00") == "2999-12-31T10:00:00Z"  # naive = UTC
+    assert parse_expires("2027-01-01", now_ms=epoch_ms(datetime(2026, 12, 31, 23, 59, tzinfo=UTC))) \
+        == "2027-01-01T00:00:00Z"
+    with pytest.raises(UsageError, match="is in the past"):
+        parse_expires("2027-01-01", now_ms=epoch_ms(datetime(2027, 1, 1, tzinfo=UTC)))
 
 
 def test_mint_is_backwards_compatible(conn: sqlite3.Connection) -> None:

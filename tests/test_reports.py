@@ -176,8 +176,10 @@ def ledger_sum(home: Path, since: str | None, until: str | None, extra: str = ""
     return count, total or 0
 
 
-def usd6(nanos: int) -> str:
-    return str((Decimal(nanos) / 10**9).quantize(Decimal("0.000001"), rounding="ROUND_HALF_UP"))
+def usd_text(nanos: int) -> str:
+    """Exact USD text, independently of ``units.usd``: every decimal the amount needs, at least 2."""
+    whole, _, frac = f"{Decimal(nanos).scaleb(-9):f}".partition(".")
+    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
 
 
 # ---- report: exact numbers -----------------------------------------------------------------------
@@ -192,16 +194,16 @@ def test_report_by_customer_json_exact(home: Path) -> None:
     assert [x["id"] for x in rep["groups"]] == ["globex", "acme", None]  # highest cost first, no-customer last
     assert g["globex"] == {"id": "globex", "name": "Globex Inc", "requests": 2, "errors": 1, "prompt_tokens": 500,
                            "completion_tokens": 50, "cached_tokens": 100, "cost_nanos": BIG,
-                           "cost_usd": "9007199.254741", "cache_hits": 0, "saved_nanos": 0, "saved_usd": "0.000000"}
+                           "cost_usd": "9007199.254740993", "cache_hits": 0, "saved_nanos": 0, "saved_usd": "0.00"}
     acme_nanos = 123_456_789 + 1 + 2_000_500
     assert g["acme"] == {"id": "acme", "name": "Acme Corp", "requests": 3, "errors": 1, "prompt_tokens": 1050,
                          "completion_tokens": 205, "cached_tokens": 5, "cost_nanos": acme_nanos,
-                         "cost_usd": "0.125457", "cache_hits": 0, "saved_nanos": 0, "saved_usd": "0.000000"}
+                         "cost_usd": "0.12545729", "cache_hits": 0, "saved_nanos": 0, "saved_usd": "0.00"}
     assert g[None]["requests"] == 2 and g[None]["errors"] == 1 and g[None]["name"] is None
-    assert g[None]["cost_nanos"] == 555_555 and g[None]["cost_usd"] == "0.000556"  # half-up
+    assert g[None]["cost_nanos"] == 555_555 and g[None]["cost_usd"] == "0.000555555"  # exact
     total_nanos = BIG + acme_nanos + 555_555
     assert rep["total"] == {"requests": 7, "errors": 3, "prompt_tokens": 1557, "completion_tokens": 258,
-                            "cached_tokens": 105, "cost_nanos": total_nanos, "cost_usd": usd6(total_nanos), "cache_hits": 0, "saved_nanos": 0, "saved_usd": "0.000000"}
+                            "cached_tokens": 105, "cost_nanos": total_nanos, "cost_usd": usd_text(total_nanos), "cache_hits": 0, "saved_nanos": 0, "saved_usd": "0.00"}
     assert rep["total"]["cost_nanos"] == ledger_sum(home, "2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z")[1]
 
 
@@ -222,7 +224,7 @@ def test_report_total_equals_ledger_and_groups_add_up(home: Path, by: str, windo
     assert count > 0
     assert rep["total"]["requests"] == count
     assert rep["total"]["cost_nanos"] == nanos  # the invariant: to the nano-dollar
-    assert rep["total"]["cost_usd"] == usd6(nanos)
+    assert rep["total"]["cost_usd"] == usd_text(nanos)
     for col in ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_nanos"):
         assert sum(g[col] for g in rep["groups"]) == rep["total"][col], col
     # and each group against an independent computation from the rows we inserted
@@ -244,11 +246,11 @@ def test_report_csv(home: Path) -> None:
     table = list(csv.reader(io.StringIO(res.out)))
     assert table[0] == ["customer", "name", "requests", "errors", "prompt_tokens", "completion_tokens",
                         "cached_tokens", "cost_nanos", "cost_usd", "cache_hits", "saved_nanos", "saved_usd"]
-    assert table[1] == ["globex", "Globex Inc", "2", "1", "500", "50", "100", str(BIG), "9007199.254741", "0", "0", "0.000000"]
-    assert table[2] == ["acme", "Acme Corp", "3", "1", "1050", "205", "5", "125457290", "0.125457", "0", "0", "0.000000"]
-    assert table[3] == ["(none)", "", "2", "1", "7", "3", "0", "555555", "0.000556", "0", "0", "0.000000"]
+    assert table[1] == ["globex", "Globex Inc", "2", "1", "500", "50", "100", str(BIG), "9007199.254740993", "0", "0", "0.00"]
+    assert table[2] == ["acme", "Acme Corp", "3", "1", "1050", "205", "5", "125457290", "0.12545729", "0", "0", "0.00"]
+    assert table[3] == ["(none)", "", "2", "1", "7", "3", "0", "555555", "0.000555555", "0", "0", "0.00"]
     total = BIG + 125_457_290 + 555_555
-    assert table[4] == ["TOTAL", "", "7", "3", "1557", "258", "105", str(total), usd6(total), "0", "0", "0.000000"]
+    assert table[4] == ["TOTAL", "", "7", "3", "1557", "258", "105", str(total), usd_text(total), "0", "0", "0.00"]
     assert len(table) == 5
     assert sum(int(r[7]) for r in table[1:-1]) == int(table[-1][7])
 
@@ -278,7 +280,7 @@ def test_report_table(home: Path) -> None:
     lines = res.out.splitlines()
     assert any("Spend by customer, 2026-11" in line for line in lines)
     total = next(line for line in lines if "TOTAL" in line)
-    assert "$" + usd6(BIG + 125_457_290 + 555_555) in total and " 7 " in total
+    assert "$" + usd_text(BIG + 125_457_290 + 555_555) in total and " 7 " in total
     assert any("Acme Corp" in line and "$0.125457" in line for line in lines)
 
 
@@ -320,15 +322,15 @@ def test_report_default_period_is_the_current_month(tmp_path: Path) -> None:
     rep = report_json(h)
     assert rep["window"]["label"] == f"{now:%Y-%m}"
     assert rep["total"] == {"requests": 2, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                            "cached_tokens": 0, "cost_nanos": 16, "cost_usd": "0.000000", "cache_hits": 0, "saved_nanos": 0, "saved_usd": "0.000000"}
+                            "cached_tokens": 0, "cost_nanos": 16, "cost_usd": "0.000000016", "cache_hits": 0, "saved_nanos": 0, "saved_usd": "0.00"}
 
 
 def test_report_empty_window(home: Path) -> None:
     rep = report_json(home, "--period", "2001-01")
     assert rep["groups"] == []
-    assert rep["total"]["requests"] == 0 and rep["total"]["cost_nanos"] == 0 and rep["total"]["cost_usd"] == "0.000000"
+    assert rep["total"]["requests"] == 0 and rep["total"]["cost_nanos"] == 0 and rep["total"]["cost_usd"] == "0.00"
     res = run(home, "report", "--period", "2001-01", "--format", "csv")
-    assert res.out.splitlines()[-1] == "TOTAL,,0,0,0,0,0,0,0.000000,0,0,0.000000"
+    assert res.out.splitlines()[-1] == "TOTAL,,0,0,0,0,0,0,0.00,0,0,0.00"
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -337,7 +339,8 @@ def test_report_empty_window(home: Path) -> None:
     (("--period", "2026-W54"), "bad --period '2026-W54'"),
     (("--period", "november"), "YYYY-MM"),
     (("--period", "2026-11", "--since", "2026-11-01"), "either --period or --since/--until"),
-    (("--since", "yesterday"), "bad --since 'yesterday'"),
+    (("--since", "yesterday"), '--since: expected YYYY-MM-DD or an ISO-8601 date-time such as '
+                               '2027-01-01T12:00:00Z (UTC unless it has an offset), got "yesterday"'),
     (("--since", "2026-11-02", "--until", "2026-11-01"), "must be before --until"),
 ])
 def test_report_bad_window_is_a_usage_error(home: Path, args: tuple[str, ...], fragment: str) -> None:
@@ -366,13 +369,12 @@ def test_parse_period_and_default_window() -> None:
     assert w.until_ms == ms("2027-01-01T00:00:00Z")
     w = reports.parse_period("2026-w01")  # ISO week 1 of 2026 starts on Monday 29 December 2025
     assert (w.since_ms, w.until_ms, w.label) == (ms("2025-12-29T00:00:00Z"), ms("2026-01-05T00:00:00Z"), "2026-W01")
-    w = reports.resolve_window(None, None, None, now=datetime(2026, 3, 31, 23, 59, tzinfo=UTC))
+    w = reports.resolve_window(None, None, None, now_ms=ms("2026-03-31T23:59:59.999Z"))
     assert (w.since_ms, w.until_ms, w.label) == (ms("2026-03-01T00:00:00Z"), ms("2026-04-01T00:00:00Z"), "2026-03")
-    w = reports.resolve_window(None, None, "2026-03-05T10:00:00", now=None)
+    w = reports.resolve_window(None, None, "2026-03-05T10:00:00")
     assert (w.since_ms, w.until_ms) == (None, ms("2026-03-05T10:00:00Z"))
     with pytest.raises(UsageError):
         reports.parse_period("2026-00")
-    assert reports.usd(500) == "0.000001" and reports.usd(499) == "0.000000" and reports.usd(10**9) == "1.000000"
     assert reports.iso_ms(ms("2026-11-27T08:30:00.250Z")) == "2026-11-27T08:30:00.250Z"
 
 
@@ -405,7 +407,7 @@ def test_tail_no_follow_last_json(small: Path) -> None:
     assert [x["request_id"] for x in lines] == ids_in_ledger(small)[-3:]
     first = lines[0]
     assert first["customer_id"] == "globex" and first["key_name"] == "vk_globex" and first["cache"] == "hit"
-    assert first["ts"] == "2026-11-27T10:00:01.000Z" and first["cost_nanos"] == 1 and first["cost_usd"] == "0.000000"
+    assert first["ts"] == "2026-11-27T10:00:01.000Z" and first["cost_nanos"] == 1 and first["cost_usd"] == "0.000000001"
     assert lines[1]["status"] == 429 and lines[1]["error_type"] == "budget_exceeded"
     assert lines[2]["cost_nanos"] == 2_000_000_001
     assert "request_body" not in first and "response_body" not in first
@@ -417,7 +419,7 @@ def test_tail_text_and_filters(small: Path) -> None:
     lines = res.out.splitlines()
     assert len(lines) == 4
     assert lines[0].startswith("2026-11-27 10:00:00.001  req_")
-    for part in ("acme", "vk_acme", "openai/gpt-4o-mini", "200", "1234/56", "$0.000150", "ms"):
+    for part in ("acme", "vk_acme", "openai/gpt-4o-mini", "200", "1234/56", "$0.00015 ", "ms"):
         assert part in lines[0], lines[0]
     assert "hit" in lines[1]
     assert "429" in lines[2] and "budget_exceeded" in lines[2]

@@ -197,6 +197,7 @@ def test_formatting() -> None:
     assert fmt.money(150_000) == "$0.0002"
     assert fmt.money(12_345 * USD) == "$12.3k"
     assert fmt.money(2_500_000 * USD) == "$2.50M"
+    assert fmt.money(1) == "$0.000000001" and fmt.money(-150_000) == "-$0.0002"  # never $0 for a cost
     assert fmt.bar(61, 100) == "████░░░░  61%"
     assert fmt.bar(0, 100) == "░░░░░░░░   0%"
     assert fmt.bar(1, 1000) == "█░░░░░░░   0%"  # anything spent shows
@@ -330,7 +331,7 @@ async def test_refresh_runs_by_itself(home: Path) -> None:
         tail = app.screen.query_one("#tail")
         for _ in range(50):
             await asyncio.sleep(0.05)
-            if cells(tail, tail.coordinate_to_cell_key((0, 0)).row_key.value)[5] == "$0.0000":
+            if cells(tail, tail.coordinate_to_cell_key((0, 0)).row_key.value)[5] == "$0.000000001":  # a cheap call never shows as $0
                 break
         assert int(tail.coordinate_to_cell_key((0, 0)).row_key.value) == query(
             home, "SELECT MAX(id) AS m FROM ledger")[0]["m"]

@@ -34,7 +34,7 @@ from .cache.semantic import Hit, Keys, ResponseCache, request_keys
 from .cache.semantic import request_options as cache_request_options
 from .clock import Clock, wall_ms
 from .config import Config
-from .errors import BodyTooLarge, InvalidRequest, LlmgwError, ModelNotFound, PermissionDenied, Unauthorized
+from .errors import InvalidRequest, LlmgwError, ModelNotFound, PermissionDenied, Unauthorized
 from .governance.bounds import bound_nanos, clamp_max_tokens, cost_bound, prompt_price, unbounded_features
 from .governance.budgets import BudgetBook, BudgetExceeded, Reservation
 from .governance.events import EventSink
@@ -43,9 +43,18 @@ from .governance.keys import KeyInfo, KeyTable
 from .governance.ratelimit import RateLimited, RateLimiter
 from .metrics import Metrics
 from .pricing import Price, PriceBook, cost_nanos
-from .providers import sse
 from .providers.base import OpenStream, StreamState, Target
 from .providers.router import Router
+from .server.http import (
+    JSON,
+    SSEResponse,
+    bearer,
+    error_event,
+    error_response,
+    id_headers,
+    read_body,
+    write_eof_quietly,
+)
 from .store.writer import LedgerWriter
 from .usage import Usage
 
@@ -110,41 +119,6 @@ class Call:
     cache_put: tuple[Keys, bool, int | None] | None = None  # where to store the answer (keys, semantic, ttl)
     response: web.StreamResponse | None = None  # a stream already sent to the client
     recorded: bool = False
-
-
-async def read_body(request: web.Request, max_body: int) -> bytes:
-    """The request body, or a typed 413 when it is over ``max_body`` bytes (declared or not)."""
-    if request.content_length is not None and request.content_length > max_body:
-        raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {max_body} bytes")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as e:
-        raise BodyTooLarge(f"request body exceeds the limit of {max_body} bytes") from e
-
-
-def bearer(request: web.Request) -> str | None:
-    auth = request.headers.get("authorization")
-    if auth:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    return request.headers.get("x-api-key") or None
-
-
-def error_response(err: LlmgwError, inbound: str, request_id: str) -> web.Response:
-    body = err.anthropic_body() if inbound == "anthropic" else err.openai_body()
-    headers = {**err.headers, "x-request-id": request_id}
-    if inbound == "anthropic":
-        headers["request-id"] = request_id
-    return web.Response(body=orjson.dumps(body), status=err.status, content_type="application/json",
-                        headers=headers)
-
-
-class _SSEResponse(web.StreamResponse):
-    """An SSE response whose headers go out with the first event instead of in a write of their
-    own (aiohttp's ``Response`` does the same): one syscall less per stream."""
-
-    _send_headers_immediately = False
 
 
 class Gateway:
@@ -214,10 +188,8 @@ class Gateway:
                 keys, semantic, ttl_ms = call.cache_put
                 await self.cache.store(keys, semantic, completion.body, orjson.dumps(call.usage.to_openai()).decode(),
                                        call.cost, ttl_ms, call.ts_ms)
-            headers = {"Content-Type": "application/json", "x-request-id": call.request_id, **call.headers}
-            if call.inbound == "anthropic":
-                headers["request-id"] = call.request_id
-            return web.Response(body=completion.body, status=completion.status, headers=headers)
+            return web.Response(body=completion.body, status=completion.status,
+                                headers=id_headers(call.request_id, call.inbound, JSON, call.headers))
         except LlmgwError as e:
             self._fail(call, e)
             if not call.attempts:  # refused before any upstream attempt: the gateway's own decision
@@ -225,10 +197,7 @@ class Gateway:
                 if reason is not None:
                     self.metrics.rejections[reason] += 1
             await self._record(call)
-            resp = error_response(e, call.inbound, call.request_id)
-            for k, v in call.headers.items():
-                resp.headers.setdefault(k, v)
-            return resp
+            return error_response(e, call.inbound, call.request_id, call.headers)
         except Exception:  # a bug: still a typed answer and a ledger row, never a traceback
             log.exception("unhandled error in request %s", call.request_id)
             err = LlmgwError(f"internal error (request {call.request_id})", code="internal_error")
@@ -254,10 +223,8 @@ class Gateway:
         call.idempotent_replay = True
         call.status = stored.status
         await self._record(call)
-        headers = {"Content-Type": stored.content_type, "x-request-id": call.request_id,
-                   "x-llmgw-idempotent-replay": "true"}
-        if call.inbound == "anthropic":
-            headers["request-id"] = call.request_id
+        headers = id_headers(call.request_id, call.inbound, {"Content-Type": stored.content_type,
+                                                             "x-llmgw-idempotent-replay": "true"})
         return web.Response(body=stored.body, status=stored.status, headers=headers)
 
     # ---- response cache ----------------------------------------------------------------------
@@ -299,15 +266,12 @@ class Gateway:
         call.saved = hit.cost_nanos
         if self.cache.config.charge_hits:
             call.cost = hit.cost_nanos
-        headers = {"x-request-id": call.request_id, **call.headers}
-        if call.inbound == "anthropic":
-            headers["request-id"] = call.request_id
         if not call.stream:
             await self._record(call)
-            return web.Response(body=hit.body, headers={"Content-Type": "application/json", **headers})
+            return web.Response(body=hit.body, headers=id_headers(call.request_id, call.inbound, JSON, call.headers))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         events, terminal = replay_stream(call.inbound, hit.body, include_usage)
-        resp = _SSEResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache", **headers})
+        resp = SSEResponse(call.request_id, call.inbound, call.headers)
         call.response = resp
         await self._record(call)
         try:
@@ -415,10 +379,7 @@ class Gateway:
         stream: OpenStream = await self.router.run(
             targets, lambda t, to: t.provider.open_stream(call.inbound, body, t.model, to, state), deadline, call)
         opened = time.perf_counter()
-        resp = _SSEResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache",
-                                     "x-request-id": call.request_id, **call.headers})
-        if call.inbound == "anthropic":
-            resp.headers["request-id"] = call.request_id
+        resp = SSEResponse(call.request_id, call.inbound, call.headers)
         client_gone = False
         call.response = resp
         try:
@@ -445,7 +406,7 @@ class Gateway:
                 call.status = 200 if not client_gone else 499
                 await self._record(call)
                 if not client_gone:
-                    await self._write_quietly(resp, self._stream_error(call, e))
+                    await write_eof_quietly(resp, error_event(e, call.inbound))
                 return resp
             self._settle_stream(call, state, opened)
             if client_gone:
@@ -459,7 +420,7 @@ class Gateway:
                     await self.cache.store(keys, semantic, answer, orjson.dumps(call.usage.to_openai()).decode(),
                                            call.cost, ttl_ms, call.ts_ms)
             if not client_gone:
-                await self._write_quietly(resp, stream.terminal())
+                await write_eof_quietly(resp, stream.terminal())
             return resp
         except asyncio.CancelledError:
             # shutdown drain ran out of time: record what we know without waiting for the commit
@@ -481,18 +442,6 @@ class Gateway:
                 cached_tokens=state.usage.cached_tokens, cache_write_tokens=state.usage.cache_write_tokens)
         if self.log_bodies:
             call.response_body = state.text
-
-    def _stream_error(self, call: Call, err: LlmgwError) -> bytes:
-        if call.inbound == "anthropic":
-            return sse.anthropic_event("error", err.anthropic_body())
-        return sse.openai_event(err.openai_body())
-
-    @staticmethod
-    async def _write_quietly(resp: web.StreamResponse, data: bytes) -> None:
-        try:
-            await resp.write_eof(data)  # the last event and the end of the body in one write
-        except OSError:
-            pass
 
     # ---- settle + record -------------------------------------------------------------------
     def _price(self, provider: str, model: str) -> Price | None:
@@ -529,16 +478,8 @@ class Gateway:
         if self.log_bodies:
             row["request_body"] = call.raw_body.decode("utf-8", "replace") if call.raw_body else None
             row["response_body"] = call.response_body
-        self._observe(call, latency)
+        self.metrics.observe_request(row, call.upstream_seconds)
         return row
-
-    def _observe(self, call: Call, latency: float) -> None:
-        provider = call.provider or ""
-        model = call.model or ""
-        customer = (call.key.customer_id if call.key else None) or ""
-        self.metrics.observe_request(call.route, provider, model, call.status, call.outcome, latency,
-                                     call.attempts, call.ttfb, customer, call.usage, call.cost,
-                                     call.upstream_seconds, cache=call.cache or "off")
 
     async def _record(self, call: Call) -> None:
         call.recorded = True

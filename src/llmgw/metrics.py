@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .errors import ConfigError
-from .usage import Usage
+from .units import NANOS_PER_USD
 
 #: request and upstream latency (seconds): from a cached reply to a long generation
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -133,31 +133,37 @@ class Metrics:
         self.registry.register(self)  # a Collector: anything with collect()
 
     # ---- hot path --------------------------------------------------------------------------
-    def observe_request(self, route: str, provider: str, model: str, status: int, outcome: str, latency: float,
-                        attempts: int, ttfb: float | None, customer: str, usage: Usage, cost_nanos: int,
-                        upstream_seconds: float = 0.0, cache: str = CACHE_OFF) -> None:
-        """One finished API request. ``attempts``: upstream attempts (0: never reached a provider);
-        ``upstream_seconds``: time spent in those attempts (and, for a stream, reading its body);
-        ``cache``: the request's cache result (the ledger's ``cache`` value; "off" without a cache)."""
-        self.requests[(route, provider, model, f"{status // 100}xx", outcome, cache)] += 1
-        self.duration[(route, provider)].observe(latency)
+    def observe_request(self, row: Mapping[str, Any], upstream_seconds: float = 0.0) -> None:
+        """One finished API request, from its ledger row (``Gateway._row``: route, provider, model,
+        status, outcome, latency_ms, ttfb_ms, attempts, customer_id, the token counts, cost_nanos and
+        cache, None without a cache) and what the row does not hold: ``upstream_seconds``, the time
+        spent in upstream attempts (0 of them: never reached a provider) and reading a stream's body."""
+        route, provider, model = row["route"], row["provider"] or "", row["model"] or ""
+        self.requests[(route, provider, model, f"{row['status'] // 100}xx", row["outcome"],
+                       row["cache"] or CACHE_OFF)] += 1
+        self.duration[(route, provider)].observe(row["latency_ms"] / 1000)
+        attempts = row["attempts"]
         if attempts:
             p = (provider,)
             self.attempts[p] += attempts
             self.retries[p] += attempts - 1  # += 0 still creates the series: rate() sees a 0, not nothing
             self.upstream[p].observe(upstream_seconds)
-        if ttfb is not None:
-            self.ttfb[(provider,)].observe(ttfb)
-        if usage.prompt_tokens or usage.completion_tokens:
+        if row["ttfb_ms"] is not None:
+            self.ttfb[(provider,)].observe(row["ttfb_ms"] / 1000)
+        prompt, completion, cost = row["prompt_tokens"], row["completion_tokens"], row["cost_nanos"]
+        if not (prompt or completion or cost):
+            return
+        customer = row["customer_id"] or ""
+        if prompt or completion:
             t = self.tokens
-            t[(provider, model, customer, "prompt")] += usage.prompt_tokens
-            t[(provider, model, customer, "completion")] += usage.completion_tokens
-            if usage.cached_tokens:
-                t[(provider, model, customer, "cached")] += usage.cached_tokens
-            if usage.cache_write_tokens:
-                t[(provider, model, customer, "cache_write")] += usage.cache_write_tokens
-        if cost_nanos:
-            self.cost_nanos[(provider, model, customer)] += cost_nanos
+            t[(provider, model, customer, "prompt")] += prompt
+            t[(provider, model, customer, "completion")] += completion
+            if row["cached_tokens"]:
+                t[(provider, model, customer, "cached")] += row["cached_tokens"]
+            if row["cache_write_tokens"]:
+                t[(provider, model, customer, "cache_write")] += row["cache_write_tokens"]
+        if cost:
+            self.cost_nanos[(provider, model, customer)] += cost
 
     def observe_cache(self, hit: str | None, lookup_seconds: float, saved_nanos: int = 0) -> None:
         """One cache lookup, for the cache to call on the event loop: ``hit`` is the hit type
@@ -208,7 +214,7 @@ class Metrics:
         yield counter("llmgw_tokens", "Tokens by kind (prompt, completion, cached, cache_write).",
                       ["provider", "model", "customer", "kind"], self.tokens)
         yield counter("llmgw_cost_usd", "Cost in US dollars (the ledger holds exact integer nano-dollars).",
-                      ["provider", "model", "customer"], self.cost_nanos, scale=1e-9)
+                      ["provider", "model", "customer"], self.cost_nanos, scale=1 / NANOS_PER_USD)
         yield counter("llmgw_unpriced_requests", "Requests to models without a known price (cost 0).",
                       ["provider", "model"], self.unpriced)
         hits = CounterMetricFamily("llmgw_cache_hits", "Response cache hits, by type (exact, semantic).",
@@ -223,7 +229,7 @@ class Metrics:
         yield lookup
         yield GaugeMetricFamily("llmgw_cache_entries", "Entries in the response cache.", value=self.cache_entries)
         yield CounterMetricFamily("llmgw_cache_saved_usd", "Upstream cost avoided by cache hits, in US dollars.",
-                                  value=self.cache_saved_nanos / 1e9)
+                                  value=self.cache_saved_nanos / NANOS_PER_USD)
         for name, (doc, fn) in self.gauges.items():
             yield GaugeMetricFamily(name, doc, value=fn())
         for name, (doc, source) in self.histograms.items():
@@ -240,8 +246,8 @@ class Metrics:
             util = GaugeMetricFamily("llmgw_budget_utilisation_ratio", "Spend divided by limit.", labels=labels)
             for st in self.budgets():
                 lv = [st["id"], st["scope"], st["scope_id"], st["period"]]
-                limit.add_metric(lv, st["limit_nanos"] / 1e9)
-                spend.add_metric(lv, st["spent_nanos"] / 1e9)
+                limit.add_metric(lv, st["limit_nanos"] / NANOS_PER_USD)
+                spend.add_metric(lv, st["spent_nanos"] / NANOS_PER_USD)
                 util.add_metric(lv, st["spent_nanos"] / st["limit_nanos"] if st["limit_nanos"] else 0.0)
             yield limit
             yield spend

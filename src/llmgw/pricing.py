@@ -9,8 +9,8 @@ Invariants:
 * Money is an ``int`` of nano-dollars (1e-9 USD). A price of X USD per million tokens is X * 1000
   nano-dollars per token, so a price must have at most 3 decimals; anything finer is rejected with
   a ``ConfigError`` rather than rounded.
-* Prices are parsed with ``Decimal(str(value))``; no float ever takes part in money arithmetic, so
-  summing any number of costs is exact.
+* Prices are parsed exactly by ``units.parse_usd`` (a float as written, ``str(0.15)``); no float ever
+  takes part in money arithmetic, so summing any number of costs is exact.
 """
 
 from __future__ import annotations
@@ -19,20 +19,16 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmgw.errors import ConfigError
+from llmgw.errors import ConfigError, UsageError
 from llmgw.tomltext import dotted
 from llmgw.tomltext import show as _show
+from llmgw.units import parse_usd
 from llmgw.usage import Usage
-
-NANOS_PER_USD = 1_000_000_000
-#: nano-dollars per token for a price of 1 USD per million tokens
-_NANOS_PER_TOKEN_PER_USD_PER_MTOK = Decimal(1000)
 
 PRICE_FIELDS = ("input", "output", "cached_input", "cache_write")
 
@@ -57,28 +53,15 @@ def parse_usd_per_mtok(value: object, *, where: str) -> int:
 
     ``where`` prefixes the error message (``"llmgw.toml: pricing."x/y".input"``).
     """
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        raise ConfigError(
-            f"{where}: expected a price in USD per million tokens (a number or a decimal string), "
-            f"got {_show(value)}"
-        )
     try:
-        amount = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ConfigError(
-            f"{where}: expected a price in USD per million tokens, got {_show(value)}"
-        ) from None
-    if not amount.is_finite():
-        raise ConfigError(f"{where}: expected a finite price, got {_show(value)}")
-    if amount < 0:
-        raise ConfigError(f"{where}: a price cannot be negative, got {_show(value)}")
-    nanos = amount * _NANOS_PER_TOKEN_PER_USD_PER_MTOK
-    if nanos != nanos.to_integral_value():
-        raise ConfigError(
-            f"{where}: {_show(value)} USD per million tokens is not a whole number of nano-dollars "
-            "per token (use at most 3 decimals)"
-        )
-    return int(nanos)
+        per_mtok = parse_usd(value)
+    except UsageError as e:
+        raise ConfigError(f"{where}: {e.message}") from None
+    nanos, rest = divmod(per_mtok, 1_000_000)  # X USD per million tokens = X * 1000 nano-dollars per token
+    if rest:
+        raise ConfigError(f"{where}: {_show(value)} USD per million tokens is not a whole number of nano-dollars "
+                          "per token (use at most 3 decimals)")
+    return nanos
 
 
 def _quote_key(key: str) -> str:
@@ -223,16 +206,3 @@ def cost_nanos(price: Price | None, usage: Usage) -> int:
         + written * price.cache_write
         + max(0, usage.completion_tokens) * price.output
     )
-
-
-def nanos_to_usd(nanos: int) -> Decimal:
-    """Exact ``Decimal`` dollars (for JSON/CSV output)."""
-    return Decimal(nanos).scaleb(-9)
-
-
-def format_usd(nanos: int) -> str:
-    """``$0.000150``: at least 6 decimals, up to 9 when needed to stay exact; no float involved."""
-    sign = "-" if nanos < 0 else ""
-    whole, frac = divmod(abs(nanos), NANOS_PER_USD)
-    digits = f"{frac:09d}".rstrip("0").ljust(6, "0")
-    return f"{sign}${whole}.{digits}"

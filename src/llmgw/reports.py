@@ -7,7 +7,7 @@ Owns: parsing ``--period`` / ``--since`` / ``--until`` into a UTC window, the gr
 Invariants:
 - Windows are half-open, ``since_ms <= ts_ms < until_ms``, calendar-aligned in UTC.
 - Money is summed in SQL as integers (``cost_nanos``); the USD strings are derived from that integer
-  with ``Decimal`` (6 decimals, half-up), never a float. The report total is its own SQL ``SUM`` over
+  exactly (``units.usd``: every decimal the amount needs), never through a float. The report total is its own SQL ``SUM`` over
   the same window and filter, so it equals the ledger to the nano-dollar, and the groups partition
   the rows, so their sums add up to it.
 - Everything here only reads: it works on a read-only connection next to a running daemon.
@@ -21,16 +21,15 @@ import json
 import re
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from datetime import date
 from typing import Any
 
+from . import clock
 from .errors import NotFound, UsageError
-from .pricing import format_usd, nanos_to_usd
+from .units import epoch_ms, iso_utc, parse_time, usd, window
 
 NONE_LABEL = "(none)"
 TOTAL_LABEL = "TOTAL"
-_USD_QUANTUM = Decimal("0.000001")
 
 # --by value -> (ledger column, definitions table holding a name for the id, or None)
 BY: dict[str, tuple[str, str | None]] = {
@@ -49,14 +48,6 @@ _SAVINGS_SQL = ("COALESCE(SUM(cache LIKE 'hit-%'), 0) AS cache_hits, "
 _ERROR_EXPR = "(status >= 400 OR error_type IS NOT NULL)"
 
 
-# ---- money ---------------------------------------------------------------------------------------
-
-
-def usd(nanos: int) -> str:
-    """Nano-dollars as a USD string with 6 decimals (``"0.000150"``), rounded half-up with Decimal."""
-    return str(nanos_to_usd(nanos).quantize(_USD_QUANTUM, rounding=ROUND_HALF_UP))
-
-
 # ---- windows -------------------------------------------------------------------------------------
 
 
@@ -73,28 +64,9 @@ class Window:
                 "since_ms": self.since_ms, "until_ms": self.until_ms}
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _ms(dt: datetime) -> int:
-    return (dt - _EPOCH) // timedelta(milliseconds=1)  # exact integer arithmetic, no float
-
-
 def iso_ms(ms: int | None) -> str | None:
     """``2026-11-27T10:00:00.123Z`` for an epoch-millisecond value (None stays None)."""
-    if ms is None:
-        return None
-    dt = _EPOCH + timedelta(milliseconds=ms)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
-def _utc(y: int, m: int, d: int) -> datetime:
-    return datetime(y, m, d, tzinfo=UTC)
-
-
-def _month(y: int, m: int) -> tuple[datetime, datetime]:
-    start = _utc(y, m, 1)
-    return start, (_utc(y + 1, 1, 1) if m == 12 else _utc(y, m + 1, 1))
+    return None if ms is None else iso_utc(ms, millis=True)
 
 
 _PERIOD_FORMS = "YYYY, YYYY-MM (month), YYYY-MM-DD (day) or YYYY-Www (ISO week, e.g. 2026-W48)"
@@ -105,58 +77,33 @@ def parse_period(period: str) -> Window:
     ``2026-W48`` (ISO week, Monday to Monday). Raises ``UsageError`` for anything else."""
     p = period.strip()
     try:
-        if m := re.fullmatch(r"(\d{4})", p):
-            start, end = _utc(int(m[1]), 1, 1), _utc(int(m[1]) + 1, 1, 1)
-        elif m := re.fullmatch(r"(\d{4})-(\d{2})", p):
-            start, end = _month(int(m[1]), int(m[2]))
-        elif m := re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})", p):
-            start = _utc(int(m[1]), int(m[2]), int(m[3]))
-            end = start + timedelta(days=1)
+        if m := re.fullmatch(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?", p):
+            kind, d = "day" if m[3] else "month" if m[2] else "year", date(int(m[1]), int(m[2] or 1), int(m[3] or 1))
         elif m := re.fullmatch(r"(\d{4})-?[Ww](\d{2})", p):
-            start = datetime.fromisocalendar(int(m[1]), int(m[2]), 1).replace(tzinfo=UTC)
-            end = start + timedelta(weeks=1)
-            p = f"{m[1]}-W{m[2]}"
+            kind, d, p = "week", date.fromisocalendar(int(m[1]), int(m[2]), 1), f"{m[1]}-W{m[2]}"
         else:
             raise ValueError("unrecognised form")
     except ValueError as e:
         raise UsageError(f"bad --period {period!r}: expected {_PERIOD_FORMS} ({e})") from None
-    return Window(_ms(start), _ms(end), p)
-
-
-def parse_instant(value: str, *, flag: str) -> datetime:
-    """An ISO-8601 date or date-time; without an offset it is UTC. Raises ``UsageError``."""
-    v = value.strip()
-    try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
-            d = date.fromisoformat(v)
-            return _utc(d.year, d.month, d.day)
-        dt = datetime.fromisoformat(v[:-1] + "+00:00" if v[-1:] in "Zz" and v else v)
-    except ValueError:
-        raise UsageError(f"bad {flag} {value!r}: expected an ISO-8601 date or date-time, "
-                         "e.g. 2026-11-27 or 2026-11-27T10:00:00Z (UTC unless an offset is given)") from None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    return Window(*window(kind, epoch_ms(d)), p)
 
 
 def resolve_window(period: str | None, since: str | None, until: str | None,
-                   *, now: datetime | None = None) -> Window:
+                   *, now_ms: int | None = None) -> Window:
     """``--period`` or ``--since``/``--until`` (either end may be left open); neither: the current
-    UTC calendar month at ``now``."""
+    UTC calendar month at ``now_ms``."""
     if period is not None and (since is not None or until is not None):
         raise UsageError("use either --period or --since/--until, not both")
     if period is not None:
         return parse_period(period)
     if since is None and until is None:
-        now = now or datetime.now(UTC)
-        now = now.astimezone(UTC)
-        start, end = _month(now.year, now.month)
-        return Window(_ms(start), _ms(end), f"{now.year:04d}-{now.month:02d}")
-    s = parse_instant(since, flag="--since") if since is not None else None
-    u = parse_instant(until, flag="--until") if until is not None else None
+        start, end = window("month", clock.now_ms() if now_ms is None else now_ms)
+        return Window(start, end, iso_utc(start)[:7])
+    s = parse_time(since, "--since") if since is not None else None
+    u = parse_time(until, "--until") if until is not None else None
     if s is not None and u is not None and s >= u:
         raise UsageError(f"--since ({since}) must be before --until ({until})")
-    s_ms, u_ms = (_ms(s) if s else None), (_ms(u) if u else None)
-    label = f"{iso_ms(s_ms) if s_ms is not None else '…'} .. {iso_ms(u_ms) if u_ms is not None else '…'}"
-    return Window(s_ms, u_ms, label)
+    return Window(s, u, f"{iso_ms(s) or '…'} .. {iso_ms(u) or '…'}")
 
 
 # ---- filters shared by report and tail -----------------------------------------------------------
@@ -247,10 +194,10 @@ _NUMBERS = ("requests", "errors", *SUMS)
 
 def _json_row(r: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {k: int(r[k]) for k in _NUMBERS}
-    out["cost_usd"] = usd(out["cost_nanos"])
+    out["cost_usd"] = usd(out["cost_nanos"], dollar=False)
     out["cache_hits"] = int(r["cache_hits"])
     out["saved_nanos"] = int(r["saved_nanos"])
-    out["saved_usd"] = usd(out["saved_nanos"])
+    out["saved_usd"] = usd(out["saved_nanos"], dollar=False)
     return out
 
 
@@ -277,13 +224,13 @@ def _headers(rep: Report) -> list[str]:
             "completion_tokens", "cached_tokens", "cost_nanos", "cost_usd", "cache_hits", "saved_nanos", "saved_usd"]
 
 
-def _cells(rep: Report, r: dict[str, Any], label: str, *, usd_prefix: str = "") -> list[str]:
+def _cells(rep: Report, r: dict[str, Any], label: str, *, dollar: bool = False) -> list[str]:
     cells = [label]
     if rep.has_names:
         cells.append(r.get("name") or "")
     cells += [str(int(r[k])) for k in _NUMBERS]
-    cells.append(usd_prefix + usd(int(r["cost_nanos"])))
-    cells += [str(int(r["cache_hits"])), str(int(r["saved_nanos"])), usd_prefix + usd(int(r["saved_nanos"]))]
+    cells.append(usd(int(r["cost_nanos"]), dollar=dollar))
+    cells += [str(int(r["cache_hits"])), str(int(r["saved_nanos"])), usd(int(r["saved_nanos"]), dollar=dollar)]
     return cells
 
 
@@ -306,11 +253,11 @@ def table_title(rep: Report) -> str:
 
 
 def table_rows(rep: Report) -> tuple[list[str], list[list[str]], list[str]]:
-    """Headers, group rows and the TOTAL row for a human table (cost shown as ``$`` with 6 decimals)."""
+    """Headers, group rows and the TOTAL row for a human table (cost shown as ``$``, exact)."""
     headers = [rep.by, *(["name"] if rep.has_names else []), "requests", "errors", "prompt", "completion",
                "cached", "cost (USD)", "cache hits", "saved (USD)"]
     def cells(r: dict[str, Any], label: str) -> list[str]:
-        c = _cells(rep, r, label, usd_prefix="$")
+        c = _cells(rep, r, label, dollar=True)
         del c[-2]  # saved_nanos and cost_nanos: exact in csv/json, noise in a table
         del c[-4]
         return c
@@ -364,13 +311,13 @@ def tail_json(r: dict[str, Any]) -> dict[str, Any]:
     out = {k: r[k] for k in TAIL_COLUMNS}
     out["ts"] = iso_ms(r["ts_ms"])
     out["key_name"] = r["key_name"]
-    out["cost_usd"] = usd(r["cost_nanos"])
+    out["cost_usd"] = usd(r["cost_nanos"], dollar=False)
     return out
 
 
 def _aligned_usd(nanos: int) -> str:
-    """Exact ``$`` amount (6 to 9 decimals), padded on the right so decimal points line up."""
-    s = format_usd(nanos)
+    """Exact ``$`` amount, padded on the right to 9 decimals so decimal points line up."""
+    s = usd(nanos)
     return s + " " * (9 - (len(s) - s.index(".") - 1))
 
 

@@ -32,12 +32,6 @@ def _usage(msg: str) -> Exception:
     return UsageError(msg)
 
 
-def _parse_usd(value: str, option: str) -> int:
-    from ..governance.budgets import parse_usd
-
-    return parse_usd(value, option)
-
-
 def _period(period: str | None, *, required: bool = True) -> str | None:
     from ..governance.budgets import PERIODS
 
@@ -62,7 +56,8 @@ def _one_scope(customer: str | None, team: str | None, key: str | None) -> tuple
 
 
 def _describe(row: Any) -> str:
-    from ..governance.budgets import ADJECTIVE, usd
+    from ..governance.budgets import ADJECTIVE
+    from ..units import usd
 
     kind = "hard" if row["hard"] else "soft"
     grace = f", grace {usd(row['grace_nanos'])}" if row["grace_nanos"] and row["hard"] else ""
@@ -89,16 +84,17 @@ def set_(
 ) -> None:
     """Create or update the budget of one customer, team or key for one period; prints its id."""
     from ..governance.budgets import upsert_budget
+    from ..units import parse_usd
 
     scope, value = _one_scope(customer, team, key)
     if limit is None:
         raise _usage("--limit is required (USD per period)")
-    limit_nanos = _parse_usd(limit, "--limit")
+    limit_nanos = parse_usd(limit, "--limit")
     p = _period(period)
     assert p is not None
     if warn_at is not None and not 1 <= warn_at <= 100:
         raise _usage(f"--warn-at: expected a percent from 1 to 100, got {warn_at}")
-    grace_nanos = None if grace is None else _parse_usd(grace, "--grace")
+    grace_nanos = None if grace is None else parse_usd(grace, "--grace")
     if hard is False and grace_nanos:
         raise _usage("--grace applies to hard budgets only (drop --soft or --grace)")
 
@@ -143,12 +139,12 @@ def show(
     json: JsonOpt = False,
 ) -> None:
     """List budgets with what was spent in the current window (from the ledger), remaining and % used."""
-    import time
+    from ..clock import now_ms
 
     conn = open_db(resolve_home(home))
     try:
         rows = _selected(conn, customer, team, key)
-        report = budget_report(conn, rows, int(time.time() * 1000))
+        report = budget_report(conn, rows, now_ms())
     finally:
         conn.close()
     if json:

@@ -88,11 +88,11 @@ def ablate(
             _print_pairs(rep, examples)
         return
 
-    from ..reports import parse_instant
+    from ..units import parse_time
     from .report_cmd import open_ledger_readonly
 
-    since_ms = int(parse_instant(since, flag="--since").timestamp() * 1000) if since else None
-    until_ms = int(parse_instant(until, flag="--until").timestamp() * 1000) if until else None
+    since_ms = parse_time(since, "--since") if since else None
+    until_ms = parse_time(until, "--until") if until else None
     from ..store import ledger
 
     conn = open_ledger_readonly(home)
@@ -185,6 +185,7 @@ def _print_replay(rep: ReplayReport, examples: int) -> None:
     from rich.table import Table
 
     from ..cache.ablate import chart_lines, wilson
+    from ..units import usd
 
     console = _console()
     table = Table(title=f"semantic cache replay ({rep.requests} requests, {rep.skipped} rows skipped)",
@@ -204,7 +205,7 @@ def _print_replay(rep: ReplayReport, examples: int) -> None:
             mark = " *" if rep.recommended.get(v) == r.threshold else ""
             table.add_row(f"{r.threshold:.3f}{mark}", v, str(r.hits), _pct(r.hit_rate), str(r.wrong_hits),
                           f"{_pct(r.wrong_per_request, 2)} ({_pct(lo, 2)}–{_pct(hi, 2)})", wh,
-                          f"{r.saved_nanos / 1e9:.6f}", end_section=i == len(rows) - 1)
+                          usd(r.saved_nanos, dollar=False), end_section=i == len(rows) - 1)
     console.print(table)
     for v in variants:
         rec = rep.recommended.get(v)
@@ -229,14 +230,13 @@ def _print_replay(rep: ReplayReport, examples: int) -> None:
 @app.command("stats")
 def stats(home: HomeOpt = None, json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Entries, hits, money saved and size of the response cache (by namespace)."""
-    import time
-
     from ..cache import store as cstore
+    from ..clock import now_ms
     from .common import open_db, print_json, resolve_home
 
     conn = open_db(resolve_home(home))
     try:
-        data = cstore.stats(conn, int(time.time() * 1000))
+        data = cstore.stats(conn, now_ms())
     finally:
         conn.close()
     if json:

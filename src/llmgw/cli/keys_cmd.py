@@ -41,10 +41,11 @@ def create(
                                               help="Response cache mode for this key. Default: the config's.")] = None,
 ) -> None:
     """Create a virtual key; prints the secret once on stdout (only its hash is stored)."""
-    from ..governance.keys import mint, usd_to_nanos
+    from ..governance.keys import mint
+    from ..units import parse_usd
 
     model_list = models.split(",") if models is not None else None
-    budget_nanos = usd_to_nanos(budget) if budget is not None else None
+    budget_nanos = parse_usd(budget, "--budget") if budget is not None else None
     conn = open_db(resolve_home(home))
     try:
         secret, info = mint(conn, name=name, customer_id=customer, team_id=team, models=model_list,

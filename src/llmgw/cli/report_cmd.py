@@ -58,7 +58,7 @@ def report(
 ) -> None:
     """Totals per group from the ledger: requests, errors, tokens and exact cost, with a TOTAL.
 
-    Cost is summed as integer nano-dollars; csv and json carry both cost_nanos (exact) and cost_usd (6 decimals). Rows without a customer/team/key show as "(none)" (null in json).
+    Cost is summed as integer nano-dollars; csv and json carry both cost_nanos (an integer) and cost_usd (exact: every decimal it needs). Rows without a customer/team/key show as "(none)" (null in json).
     """
     from .. import reports
 

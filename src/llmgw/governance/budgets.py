@@ -1,10 +1,10 @@
-"""Budgets: calendar periods, and the daemon's in-memory book of spend that decides admission.
+"""Budgets: the daemon's in-memory book of spend that decides admission.
 
-Owns the period windows (UTC, calendar-aligned), the ``Budget`` definition, ``BudgetBook`` (reserve
-an upper bound before a request, settle to the real cost after it, threshold events) and
-``BudgetExceeded``; and the budgets table as the CLI and the admin API edit it (``parse_usd``,
-``upsert_budget``, ``delete_budget``, ``select_budgets``, ``budget_report``), so both front ends
-apply the same rules.
+Owns the ``Budget`` definition, ``BudgetBook`` (reserve an upper bound before a request, settle to
+the real cost after it, threshold events) and ``BudgetExceeded``; and the budgets table as the CLI
+and the admin API edit it (``upsert_budget``, ``delete_budget``, ``select_budgets``,
+``budget_report``), so both front ends apply the same rules. Period windows, money parsing and
+formatting are ``units``'.
 
 Invariants:
 
@@ -29,67 +29,18 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
+from .. import clock
 from ..errors import LlmgwError, NotFound, UsageError
+from ..units import MAX_NANOS, PERIODS, iso_utc, usd, window
 
-PERIODS = ("day", "week", "month", "total")
 SCOPES = ("customer", "team", "key")
 ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly", "total": "total"}
-DAY_MS = 86_400_000
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-NANOS_PER_USD = 1_000_000_000
 
 #: ``(scope, scope_id, since_ms) -> spent nano-dollars`` read from the ledger
 SpendFn = Callable[[str, str, int], int]
-
-
-# ---- periods -------------------------------------------------------------------------------------
-
-
-def _month_start_day(year: int, month: int) -> int:
-    return date(year, month, 1).toordinal() - _EPOCH_ORDINAL
-
-
-def window(period: str, now_ms: int) -> tuple[int, int | None]:
-    """``(start_ms, end_ms)`` of the calendar window (UTC) holding ``now_ms``; end is exclusive.
-
-    ``day``: midnight to midnight; ``week``: ISO week, Monday 00:00; ``month``: the 1st 00:00;
-    ``total``: ``(0, None)`` (never resets).
-    """
-    if period == "total":
-        return 0, None
-    day = now_ms // DAY_MS
-    if period == "day":
-        return day * DAY_MS, (day + 1) * DAY_MS
-    if period == "week":
-        monday = day - (day + 3) % 7  # 1970-01-01 was a Thursday (weekday 3, Monday = 0)
-        return monday * DAY_MS, (monday + 7) * DAY_MS
-    if period == "month":
-        d = date.fromordinal(day + _EPOCH_ORDINAL)
-        nxt = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
-        return _month_start_day(d.year, d.month) * DAY_MS, _month_start_day(*nxt) * DAY_MS
-    raise ValueError(f"unknown period {period!r} (expected one of {', '.join(PERIODS)})")
-
-
-def iso_utc(ms: int) -> str:
-    """``2026-12-01T00:00:00Z`` (whole seconds)."""
-    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def usd(nanos: int) -> str:
-    """``$200.00``, ``$0.000150``, ``-$1.50``: at least 2 decimals, more only to stay exact."""
-    sign = "-" if nanos < 0 else ""
-    whole, frac = divmod(abs(nanos), NANOS_PER_USD)
-    digits = f"{frac:09d}".rstrip("0").ljust(2, "0")
-    return f"{sign}${whole}.{digits}"
-
-
-def usd_plain(nanos: int) -> str:
-    """``usd`` without the dollar sign (for headers and JSON)."""
-    return usd(nanos).replace("$", "")
 
 
 def nanos_from_usd(value: str | int | Decimal) -> int:
@@ -422,7 +373,7 @@ class BudgetBook:
         tightest = min(max(0, st.budget.limit_nanos - st.spent - st.reserved) for st in pool)
         warned.sort(key=lambda st: -_pct(st.spent, st.budget.limit_nanos))
         return {
-            "x-llmgw-budget-remaining": usd_plain(tightest),
+            "x-llmgw-budget-remaining": usd(tightest, dollar=False),
             "x-llmgw-budget-warning": ", ".join(f"{st.budget.label} at {_pct(st.spent, st.budget.limit_nanos)}%"
                                                 for st in warned),
         }
@@ -441,29 +392,6 @@ def _pct(spent: int, limit: int) -> int:
 
 
 # ---- budgets in the database (shared by ``llmgw budget`` and the admin API) ---------------------
-
-MAX_NANOS = 2**63 - 1  # what an SQLite INTEGER holds
-
-
-def parse_usd(value: str | int, what: str) -> int:
-    """An amount of USD (``150``, ``12.50``, ``$1_000``) → exact nano-dollars; ``UsageError`` naming
-    ``what`` when it is not a finite, non-negative amount of at most 9 decimals that fits the database."""
-    text = str(value).strip().removeprefix("$").replace("_", "")
-    try:
-        amount = Decimal(text)
-    except InvalidOperation:
-        raise UsageError(f"{what}: expected an amount in USD such as 150 or 12.50, got {value!r}") from None
-    if not amount.is_finite():
-        raise UsageError(f"{what}: expected a finite amount in USD, got {value!r}")
-    if amount < 0:
-        raise UsageError(f"{what}: an amount cannot be negative, got {value!r}")
-    nanos = amount.scaleb(9)
-    if nanos != nanos.to_integral_value():
-        raise UsageError(f"{what}: {value!r} is finer than a nano-dollar (use at most 9 decimals)")
-    if nanos > MAX_NANOS:
-        raise UsageError(f"{what}: {value!r} is too large")
-    return int(nanos)
-
 
 def resolve_scope(conn: sqlite3.Connection, scope: str, value: str) -> str:
     """The id of an existing customer, team or key (keys by id or name); ``NotFound`` otherwise."""
@@ -522,7 +450,7 @@ def upsert_budget(conn: sqlite3.Connection, scope: str, value: str, period: str,
         raise UsageError(f"warn at: expected a percent from 1 to 100, got {warn_pct!r}")
     if hard is False and grace_nanos:
         raise UsageError("a grace applies to hard budgets only")
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    now = iso_utc(clock.now_ms())
     conn.execute("BEGIN IMMEDIATE")
     try:
         scope_id = resolve_scope(conn, scope, value)
@@ -588,8 +516,7 @@ def budget_report(conn: sqlite3.Connection, rows: list[Any], now_ms: int) -> lis
             "name": names.get((st["scope"], st["scope_id"])), "period": st["period"],
             "hard": st["hard"], "limit_nanos": st["limit_nanos"], "spent_nanos": st["spent_nanos"],
             "remaining_nanos": st["remaining_nanos"], "grace_nanos": st["grace_nanos"],
-            "limit_usd": usd_plain(st["limit_nanos"]), "spent_usd": usd_plain(st["spent_nanos"]),
-            "remaining_usd": usd_plain(st["remaining_nanos"]), "grace_usd": usd_plain(st["grace_nanos"]),
+            **{f"{m}_usd": usd(st[f"{m}_nanos"], dollar=False) for m in ("limit", "spent", "remaining", "grace")},
             "utilisation_pct": st["utilisation_pct"], "warn_pct": st["warn_pct"], "warn": st["warn"],
             "window_start": iso_utc(st["window_start_ms"]) if st["period"] != "total" else None,
             "resets": iso_utc(end) if end is not None else None,

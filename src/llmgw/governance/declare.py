@@ -55,14 +55,14 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
 from ..tomltext import dotted, show
-from .budgets import MAX_NANOS, PERIODS, SCOPES
+from ..units import PERIODS, iso_utc, parse_time, parse_usd
+from .budgets import SCOPES
 from .hierarchy import SLUG_MAX, SLUG_RE
 from .keys import CACHE_MODES, PREFIX, STATUSES, validate_models
 
@@ -156,58 +156,6 @@ class Problems:
             self.add(dotted(*at, name), f"unknown key{more}")
 
 
-# not budgets.parse_usd: it raises UsageError("--flag: …"); this reason ends a `file: key: problem` line
-def parse_usd(value: object) -> int:
-    """USD as a TOML integer, ``Decimal`` (a TOML float read exactly) or string → nano-dollars.
-
-    ``ValueError`` with the reason when it is not a non-negative amount of whole nano-dollars.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | Decimal | str | float):
-        raise ValueError(f"expected an amount in USD such as 200 or \"12.50\", got {show(value)}")
-    text = str(value).strip().removeprefix("$").replace("_", "") if isinstance(value, str) else str(value)
-    try:
-        amount = Decimal(text)
-    except InvalidOperation:
-        raise ValueError(f"expected an amount in USD such as 200 or \"12.50\", got {show(value)}") from None
-    if not amount.is_finite():
-        raise ValueError(f"expected a finite amount, got {show(value)}")
-    if amount < 0:
-        raise ValueError(f"must not be negative, got {show(value)}")
-    nanos = amount.scaleb(9)
-    if nanos != nanos.to_integral_value():
-        raise ValueError(f"{show(value)} is finer than a nano-dollar (at most 9 decimals)")
-    if nanos > MAX_NANOS:
-        raise ValueError(f"{show(value)} is too large")
-    return int(nanos)
-
-
-def utc_iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).isoformat(timespec="seconds")
-
-
-def parse_expiry(value: object) -> str:
-    """``YYYY-MM-DD`` (00:00 UTC), an ISO datetime (naive = UTC) or a TOML date/datetime → ISO UTC."""
-    if isinstance(value, datetime):
-        dt = value
-    elif isinstance(value, date):
-        dt = datetime(value.year, value.month, value.day, tzinfo=UTC)
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-                dt = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
-            else:
-                dt = datetime.fromisoformat(text)
-        except ValueError:
-            raise ValueError(f"expected YYYY-MM-DD or an ISO datetime such as \"2027-01-01T12:00:00Z\", "
-                             f"got {show(value)}") from None
-    else:
-        raise ValueError(f"expected a date such as \"2027-01-01\", got {show(value)}")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return utc_iso(dt)
-
-
 def _slug(p: Problems, kind: str, value: object, where: str) -> str | None:
     if not isinstance(value, str):
         p.add(where, f"expected a {kind} id, got {show(value)}")
@@ -248,7 +196,7 @@ def _budget(p: Problems, item: object, scope: str, ref: str, *at: str | int,
     else:
         try:
             limit = parse_usd(item["limit"])
-        except ValueError as exc:
+        except UsageError as exc:
             p.add(dotted(*at, "limit"), str(exc))
     hard = item.get("hard", True)
     if not isinstance(hard, bool):
@@ -262,7 +210,7 @@ def _budget(p: Problems, item: object, scope: str, ref: str, *at: str | int,
     if "grace" in item:
         try:
             grace = parse_usd(item["grace"])
-        except ValueError as exc:
+        except UsageError as exc:
             p.add(dotted(*at, "grace"), str(exc))
         if grace and not hard:
             p.add(dotted(*at, "grace"), "applies to hard budgets only (hard = false here)")
@@ -360,8 +308,8 @@ def _key(p: Problems, name: str, t: Mapping[str, Any]) -> KeyDecl:
     expires = None
     if "expires" in t:
         try:
-            expires = parse_expiry(t["expires"])
-        except ValueError as exc:
+            expires = iso_utc(parse_time(t["expires"]))
+        except UsageError as exc:
             p.add(dotted(*at, "expires"), str(exc))
     status = t.get("status", "active")
     if status not in STATUSES:

@@ -26,15 +26,16 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-from ..errors import ConfigError
-from .budgets import PERIODS, insert_budget, read_budgets, usd, usd_plain
-from .declare import BudgetDecl, Declarations, KeyDecl, Problems, dotted, show, utc_iso
+from .. import clock
+from ..errors import ConfigError, UsageError
+from ..units import DAY_MS, NANOS_PER_USD, PERIODS, iso_utc, parse_time, usd
+from .budgets import insert_budget, read_budgets
+from .declare import BudgetDecl, Declarations, KeyDecl, Problems, dotted, show
 from .keys import display, hash_secret, new_secret
 
 # ---- the difference from the database -------------------------------------------------------------
@@ -44,8 +45,8 @@ def _same_time(a: str | None, b: str | None) -> bool:
     if a is None or b is None:
         return a is b
     try:
-        return datetime.fromisoformat(a) == datetime.fromisoformat(b)
-    except ValueError:
+        return parse_time(a) == parse_time(b)
+    except UsageError:
         return a == b
 
 
@@ -105,7 +106,7 @@ def _text(name: str | None, value: Any) -> str:
 
 
 def _plain(name: str | None, value: Any) -> Any:
-    return usd_plain(value) if name in _MONEY and isinstance(value, int) else value
+    return usd(value, dollar=False) if name in _MONEY and isinstance(value, int) else value
 
 
 @dataclass(slots=True)
@@ -115,12 +116,12 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
 
 
-def plan(conn: sqlite3.Connection, decl: Declarations, *, now: datetime | None = None) -> Plan:
+def plan(conn: sqlite3.Connection, decl: Declarations, *, now_ms: int | None = None) -> Plan:
     """What applying ``decl`` would change in ``conn``'s database, and what stands in the way."""
     out = Plan()
     p = Problems(decl.file)
-    now = now or datetime.now(UTC)
-    ts = utc_iso(now)
+    now = clock.now_ms() if now_ms is None else now_ms
+    ts = iso_utc(now)
     customers = {r["id"]: dict(r) for r in conn.execute("SELECT id, name FROM customers")}
     teams = {r["id"]: dict(r) for r in conn.execute("SELECT id, customer_id, name FROM teams")}
     key_rows = [dict(r) for r in conn.execute(
@@ -202,7 +203,7 @@ def plan(conn: sqlite3.Connection, decl: Declarations, *, now: datetime | None =
             key_ids[k.name] = None
             continue
         if k.expires is not None and (row is None or not _same_time(row["expires_at"], k.expires)) \
-                and datetime.fromisoformat(k.expires) <= now:
+                and parse_time(k.expires) <= now:
             out.warnings.append(f"{decl.file}: {dotted(*at, 'expires')}: {k.expires} is in the past: "
                                 "the key is expired")
         if row is None:
@@ -344,7 +345,7 @@ def _plan_budget(out: Plan, b: BudgetDecl, scope_id: str, row: dict[str, Any] | 
 
 
 def apply(conn: sqlite3.Connection, decl: Declarations, *, dry_run: bool = False,
-          problems_before: list[str] | tuple[str, ...] = (), now: datetime | None = None) -> Plan:
+          problems_before: list[str] | tuple[str, ...] = (), now_ms: int | None = None) -> Plan:
     """Plan and (unless ``dry_run``) apply ``decl`` in one ``BEGIN IMMEDIATE`` transaction.
 
     ``ConfigError`` listing every problem (``problems_before``, e.g. from ``parse_file``, then the
@@ -356,7 +357,7 @@ def apply(conn: sqlite3.Connection, decl: Declarations, *, dry_run: bool = False
     conn.execute("BEGIN IMMEDIATE")
     result = Plan()
     try:
-        result = plan(conn, decl, now=now)
+        result = plan(conn, decl, now_ms=now_ms)
         problems = list(problems_before) + result.problems
         if problems:
             n = len(problems)
@@ -388,8 +389,8 @@ EXPORT_HEADER = """\
 
 
 def _money(nanos: int) -> int | Decimal:
-    whole, frac = divmod(nanos, 1_000_000_000)
-    return whole if frac == 0 else Decimal(usd_plain(nanos))
+    whole, frac = divmod(nanos, NANOS_PER_USD)
+    return whole if frac == 0 else Decimal(usd(nanos, dollar=False))
 
 
 def _export_budget(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -405,10 +406,10 @@ def _export_budget(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def _expiry_text(iso: str) -> str:
     try:
-        dt = datetime.fromisoformat(iso).astimezone(UTC)
-    except ValueError:
+        ms = parse_time(iso)
+    except UsageError:
         return iso
-    return dt.date().isoformat() if dt.time() == time(0) else dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_utc(ms)[:10] if ms % DAY_MS == 0 else iso_utc(ms)
 
 
 def export_doc(conn: sqlite3.Connection) -> tuple[dict[str, Any], list[str]]:

@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from datetime import UTC, datetime
 from typing import Any
 
+from .. import clock, units
 from ..errors import NotFound, UsageError
 
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 SLUG_MAX = 64
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def validate_slug(kind: str, value: str) -> str:
@@ -52,7 +48,7 @@ def create_customer(conn: sqlite3.Connection, customer_id: str, *, name: str | N
         if conn.execute("SELECT 1 FROM customers WHERE id = ?", (customer_id,)).fetchone():
             raise UsageError(f"customer {customer_id!r} already exists")
         conn.execute("INSERT INTO customers (id, name, created_at) VALUES (?, ?, ?)",
-                     (customer_id, _clean_name(name), _now_iso()))
+                     (customer_id, _clean_name(name), units.iso_utc(clock.now_ms())))
     return get_customer(conn, customer_id)
 
 
@@ -96,7 +92,7 @@ def create_team(conn: sqlite3.Connection, team_id: str, *, customer_id: str,
             raise UsageError(f"team {team_id!r} already exists (customer {existing['customer_id']!r});"
                              " team ids are unique across customers")
         conn.execute("INSERT INTO teams (id, customer_id, name, created_at) VALUES (?, ?, ?, ?)",
-                     (team_id, customer_id, _clean_name(name), _now_iso()))
+                     (team_id, customer_id, _clean_name(name), units.iso_utc(clock.now_ms())))
     return get_team(conn, team_id)
 
 

@@ -14,7 +14,8 @@ Invariants:
 - Rotation keeps exactly one previous secret (``prev_key_hash``), accepted until
   ``prev_valid_until``; after that it is answered with 401 ``key_rotated``. Rotating again drops the
   older previous secret at once.
-- Times are ISO-8601 UTC strings (``2027-01-01T00:00:00+00:00``); the table compares epoch seconds.
+- Times are ISO-8601 UTC strings (``2027-01-01T00:00:00Z``, ``units.iso_utc``); the table compares
+  epoch seconds.
 - ``KeyTable`` is swapped whole on reload (readers never see a half-built table) and compares hashes in
   constant time.
 """
@@ -30,24 +31,22 @@ import secrets
 import sqlite3
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from .. import clock, units
 from ..clock import Clock, wall_ms
 from ..errors import NotFound, Unauthorized, UsageError
 from ..store import db as store_db
+from ..units import PERIODS, iso_utc
 from .hierarchy import get_customer, get_team
 
 PREFIX = "sk-llmgw-"
 STATUSES = ("active", "disabled", "revoked")
 CACHE_MODES = ("off", "exact", "semantic")
-PERIODS = ("day", "week", "month", "total")
 DEFAULT_GRACE_SECONDS = 24 * 3600
-NANOS_PER_USD = 1_000_000_000
 
 # one path segment of a model name or glob: "gpt-4o-mini", "claude-haiku-4-5-20251001", "llama-3.1:free", "*"
 _MODEL_SEGMENT = re.compile(r"[A-Za-z0-9_.:@+~*?\[\]!-]+")
@@ -65,25 +64,14 @@ def display(secret: str) -> str:
     return f"{PREFIX}…{secret[-4:]}"
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).isoformat(timespec="seconds")
-
-
 def _epoch(iso: str | None) -> float | None:
     """ISO-8601 → epoch seconds; an unreadable time counts as long past (fail closed)."""
     if not iso:
         return None
     try:
-        dt = datetime.fromisoformat(iso)
-    except ValueError:
+        return units.parse_time(iso) / 1000
+    except UsageError:
         return 0.0
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
 
 
 def _col(row: sqlite3.Row | dict[str, Any], name: str) -> Any:
@@ -124,24 +112,14 @@ class KeyInfo:
 # ---- validation of key options --------------------------------------------------------------------
 
 
-def parse_expires(value: str | None, *, now: datetime | None = None) -> str | None:
+def parse_expires(value: str | None, *, now_ms: int | None = None) -> str | None:
     """``YYYY-MM-DD`` (midnight UTC that day) or an ISO datetime (naive = UTC) → ISO UTC; must be future."""
     if value is None:
         return None
-    text = value.strip()
-    try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-            dt = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
-        else:
-            dt = datetime.fromisoformat(text)
-            if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=UTC)
-    except ValueError:
-        raise UsageError(f"invalid expiry {value!r}: use YYYY-MM-DD or an ISO datetime such as "
-                         "2027-01-01T12:00:00Z") from None
-    if dt <= (now or datetime.now(UTC)):
-        raise UsageError(f"expiry {_iso(dt)} is in the past")
-    return _iso(dt)
+    ms = units.parse_time(value, "expires")
+    if ms <= (clock.now_ms() if now_ms is None else now_ms):
+        raise UsageError(f"expires: {iso_utc(ms)} is in the past", param="expires")
+    return iso_utc(ms)
 
 
 def validate_models(models: list[str] | tuple[str, ...] | None) -> list[str] | None:
@@ -179,20 +157,6 @@ def _cache_mode(value: str | None) -> str | None:
     if value is not None and value not in CACHE_MODES:
         raise UsageError(f"invalid cache mode {value!r}: expected one of {', '.join(CACHE_MODES)}")
     return value
-
-
-def usd_to_nanos(usd: str | int | Decimal) -> int:
-    """An amount of USD → integer nano-dollars, exactly (never through a float)."""
-    try:
-        d = Decimal(str(usd).strip())
-    except InvalidOperation:
-        raise UsageError(f"invalid amount {usd!r}: expected a number of USD such as 200 or 12.50") from None
-    if not d.is_finite() or d < 0:
-        raise UsageError(f"invalid amount {usd!r}: expected a non-negative number of USD")
-    nanos = d * NANOS_PER_USD
-    if nanos != nanos.to_integral_value():
-        raise UsageError(f"invalid amount {usd!r}: more precise than a nano-dollar")
-    return int(nanos)
 
 
 def _resolve_owner(conn: sqlite3.Connection, customer_id: str | None,
@@ -253,10 +217,10 @@ def mint(conn: sqlite3.Connection, *, name: str | None = None, customer_id: str 
                 "INSERT INTO keys (id, name, key_hash, display, customer_id, team_id, status, models, created_at,"
                 " expires_at, rpm, tpm, clamp, cache_mode) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
                 (kid, name, h, display(secret), customer_id, team_id,
-                 orjson.dumps(models).decode() if models else None, now_iso(), expires, rpm, tpm, int(clamp),
+                 orjson.dumps(models).decode() if models else None, iso_utc(clock.now_ms()), expires, rpm, tpm, int(clamp),
                  cache_mode))
             if budget_nanos is not None:
-                ts = now_iso()
+                ts = iso_utc(clock.now_ms())
                 conn.execute(
                     "INSERT INTO budgets (id, scope, scope_id, period, limit_nanos, hard, warn_pct, grace_nanos,"
                     " created_at, updated_at) VALUES (?, 'key', ?, ?, ?, 1, 80, 0, ?, ?)",
@@ -324,12 +288,12 @@ def revoke(conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
     with conn:
         row = _row(conn, ref)
         if row["status"] != "revoked":
-            conn.execute("UPDATE keys SET status = 'revoked', revoked_at = ? WHERE id = ?", (now_iso(), row["id"]))
+            conn.execute("UPDATE keys SET status = 'revoked', revoked_at = ? WHERE id = ?", (iso_utc(clock.now_ms()), row["id"]))
     return get_key(conn, row["id"])
 
 
 def rotate(conn: sqlite3.Connection, ref: str, grace_seconds: int = DEFAULT_GRACE_SECONDS, *,
-           now: datetime | None = None) -> tuple[str, dict[str, Any]]:
+           now_ms: int | None = None) -> tuple[str, dict[str, Any]]:
     """Give a key a new secret; the current one stays valid for ``grace_seconds`` (0: invalid at once).
 
     Returns the new secret (shown once) and the key's public fields.
@@ -338,10 +302,8 @@ def rotate(conn: sqlite3.Connection, ref: str, grace_seconds: int = DEFAULT_GRAC
         raise UsageError(f"invalid grace {grace_seconds!r}: expected a number of seconds >= 0")
     secret = new_secret()
     # stored to the second: round up, so the old secret stays valid for at least grace_seconds
-    end = (now or datetime.now(UTC)) + timedelta(seconds=grace_seconds)
-    if end.microsecond and grace_seconds:
-        end = end.replace(microsecond=0) + timedelta(seconds=1)
-    until = _iso(end)
+    end = (clock.now_ms() if now_ms is None else now_ms) + grace_seconds * 1000
+    until = iso_utc(end + (-end % 1000 if grace_seconds else 0))
     with conn:
         row = _row(conn, ref)
         if row["status"] == "revoked":

@@ -51,20 +51,12 @@ from ..errors import (
     Unauthorized,
     UsageError,
 )
-from ..gateway import read_body
 from ..governance import hierarchy
 from ..governance import keys as govkeys
-from ..governance.budgets import (
-    PERIODS,
-    SCOPES,
-    budget_report,
-    delete_budget,
-    parse_usd,
-    select_budgets,
-    upsert_budget,
-    usd_plain,
-)
+from ..governance.budgets import PERIODS, SCOPES, budget_report, delete_budget, select_budgets, upsert_budget
 from ..store import db as store_db
+from ..units import parse_time, parse_usd, usd
+from .http import read_body
 
 log = logging.getLogger("llmgw.admin")
 
@@ -220,8 +212,8 @@ def _json(obj: Any, status: int = 200) -> web.Response:
 def _budget_def(row: sqlite3.Row) -> dict[str, Any]:
     d = dict(row)
     d["hard"] = bool(d["hard"])
-    d["limit_usd"] = usd_plain(d["limit_nanos"])
-    d["grace_usd"] = usd_plain(d["grace_nanos"])
+    d["limit_usd"] = usd(d["limit_nanos"], dollar=False)
+    d["grace_usd"] = usd(d["grace_nanos"], dollar=False)
     return d
 
 
@@ -536,7 +528,7 @@ class AdminApi:
         for name, value in (("since", since), ("until", until)):
             if value is not None:
                 with _param(name):
-                    reports.parse_instant(value, flag=name)
+                    parse_time(value, name)
         with _param("until"):
             window = reports.resolve_window(period, since, until)
 

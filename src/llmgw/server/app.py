@@ -27,16 +27,8 @@ from ..cache.semantic import ResponseCache, cache_config
 from ..clock import Clock, wall_ms
 from ..config import Config
 from ..errors import LlmgwError, MethodNotAllowed, NotFound, Unauthorized
-from ..gateway import (
-    ROUTE_CHAT,
-    ROUTE_EMBEDDINGS,
-    ROUTE_MESSAGES,
-    Gateway,
-    bearer,
-    error_response,
-    new_request_id,
-)
-from ..governance.budgets import BudgetBook, ledger_spend, read_budgets, window
+from ..gateway import ROUTE_CHAT, ROUTE_EMBEDDINGS, ROUTE_MESSAGES, Gateway, new_request_id
+from ..governance.budgets import BudgetBook, ledger_spend, read_budgets
 from ..governance.events import EventSink, webhook_config
 from ..governance.idempotency import Idempotency
 from ..governance.keys import KeyTable
@@ -46,7 +38,9 @@ from ..providers.router import Router
 from ..providers.upstream import UpstreamClient
 from ..store import db as store_db
 from ..store.writer import LedgerWriter
+from ..units import window
 from .admin import add_routes as add_admin_routes
+from .http import bearer, error_response
 
 log = logging.getLogger("llmgw.server")
 

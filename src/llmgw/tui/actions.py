@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .. import units
 from ..errors import UsageError
 from ..governance import budgets, keys
 from ..store import db
@@ -51,7 +52,7 @@ def create_key(path: Path, *, customer: str | None, team: str | None = None, nam
     model_text = _opt(models)
     model_list = [m.strip() for m in model_text.split(",")] if model_text is not None else None
     budget = _opt(budget_usd)
-    nanos = budgets.parse_usd(budget, "budget") if budget is not None else None
+    nanos = units.parse_usd(budget, "budget") if budget is not None else None
     with writable(path) as conn:
         secret, info = keys.mint(conn, name=name, customer_id=customer, team_id=team, models=model_list,
                                  budget_nanos=nanos, budget_period=_opt(period) if nanos is not None else None)
@@ -65,7 +66,7 @@ def set_budget(path: Path, scope: str, scope_id: str, *, limit_usd: str, period:
     limit = _opt(limit_usd)
     if limit is None:
         raise UsageError("give a limit in USD, e.g. 200 or 12.50")
-    nanos = budgets.parse_usd(limit, "limit")
+    nanos = units.parse_usd(limit, "limit")
     p = (_opt(period) or "month").lower()
     warn: int | None = None
     if _opt(warn_pct) is not None:

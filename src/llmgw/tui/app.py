@@ -30,6 +30,7 @@ from textual.widgets import DataTable, Footer, Sparkline, Static
 from ..clock import now_ms
 from ..errors import LlmgwError
 from ..governance.budgets import ADJECTIVE
+from ..units import usd
 from . import actions, data, fmt
 from .modals import MODAL_CSS, ConfirmScreen, FormScreen, HelpScreen, SecretScreen
 
@@ -509,7 +510,7 @@ class TopApp(App[None]):
 
     def edit_budget(self, customer_id: str) -> None:
         current = self._customer_budget(customer_id)
-        limit = fmt.money(current["limit_nanos"]).lstrip("$") if current else ""
+        limit = usd(current["limit_nanos"], dollar=False) if current else ""  # exact: it is saved as typed
         period = current["period"] if current else "month"
         warn = str(current["warn_pct"]) if current else "80"
         fields = [("limit", "limit USD", limit, "e.g. 200 or 12.50"),

@@ -26,6 +26,7 @@ from .. import reports
 from ..errors import NotFound
 from ..governance import budgets as bud
 from ..store import db
+from ..units import PERIODS, window
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -35,7 +36,7 @@ TAIL_ROWS = 50
 NO_BUDGET_PERIOD = "month"
 
 _COLUMN = {"customer": "customer_id", "team": "team_id", "key": "key_id"}
-_PERIOD_ORDER = {p: i for i, p in enumerate(bud.PERIODS)}  # day < week < month < total
+_PERIOD_ORDER = {p: i for i, p in enumerate(PERIODS)}  # day < week < month < total
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:
@@ -141,7 +142,7 @@ def scope_rows(conn: sqlite3.Connection, scope: str, items: list[dict[str, Any]]
     period_of: dict[str, str] = {}
     for i in ids:
         period_of[i] = budgets[i]["period"] if i in budgets else NO_BUDGET_PERIOD
-        by_since.setdefault(bud.window(period_of[i], now_ms)[0], []).append(i)
+        by_since.setdefault(window(period_of[i], now_ms)[0], []).append(i)
     stats: dict[str, dict[str, Any]] = {}
     for since, group in by_since.items():
         for sid, st in _window_stats(conn, column, group, since).items():
@@ -153,7 +154,7 @@ def scope_rows(conn: sqlite3.Connection, scope: str, items: list[dict[str, Any]]
                            "last_ms": None})
         lookups, hits = int(st["cache_lookups"]), int(st["cache_hits"])
         out.append({
-            **it, "period": period_of[i], "since_ms": bud.window(period_of[i], now_ms)[0],
+            **it, "period": period_of[i], "since_ms": window(period_of[i], now_ms)[0],
             "spent_nanos": int(st["spent_nanos"]), "requests": int(st["requests"]), "errors": int(st["errors"]),
             "cache_lookups": lookups, "cache_hits": hits, "cache_hit_rate": hits / lookups if lookups else None,
             "last_ms": st["last_ms"], "budget": budgets.get(i),

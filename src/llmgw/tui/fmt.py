@@ -1,35 +1,30 @@
 """Compact text for the dashboard's cells: money, bars, sparklines, rates, times (plain strings).
 
 No Textual and no styling here (``app`` adds colour), so every cell's text is testable alone.
-Money is rounded half-up from integer nano-dollars with ``Decimal``, never through a float.
+Money and times are ``units``' formats, shortened to fit a cell.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-NANOS_PER_USD = 1_000_000_000
+from ..units import DAY_MS, iso_utc, usd
+
 SPARK = "▁▂▃▄▅▆▇█"
 DASH = "—"
 
 
 def money(nanos: int) -> str:
-    """``$123.45``, ``$0.0042`` (under a cent: 4 decimals), ``$12.3k``, ``$4.56M``; ``$0`` for zero."""
+    """``units.usd`` to the cent (``$123.45``; less than a cent to its first digit, ``$0.0002``), from
+    $10k in thousands (``$12.3k``), from $1M in millions (``$4.56M``); ``$0`` for zero."""
     if nanos == 0:
         return "$0"
-    sign = "-" if nanos < 0 else ""
-    d = Decimal(abs(nanos)).scaleb(-9)
-    if d >= 1_000_000:
-        s = f"{(d / 1_000_000).quantize(Decimal('0.01'), ROUND_HALF_UP)}M"
-    elif d >= 10_000:
-        s = f"{(d / 1000).quantize(Decimal('0.1'), ROUND_HALF_UP)}k"
-    elif d >= Decimal("0.01"):
-        s = str(d.quantize(Decimal("0.01"), ROUND_HALF_UP))
-    else:
-        s = str(d.quantize(Decimal("0.0001"), ROUND_HALF_UP))
-    return f"{sign}${s}"
+    a, sign = abs(nanos), (1 if nanos > 0 else -1)
+    if a >= 10**15:
+        return usd(sign * (a // 10**6), places=2) + "M"
+    if a >= 10**13:
+        return usd(sign * (a // 10**3), places=1) + "k"
+    return usd(nanos, places=2)
 
 
 def pct_used(spent: int, limit: int) -> int:
@@ -69,15 +64,12 @@ def when(ms: int | None, now_ms: int) -> str:
     """``10:00:05`` (UTC) for a time on the same UTC day as ``now_ms``, else the day: ``11-25``."""
     if ms is None:
         return DASH
-    dt = datetime.fromtimestamp(ms // 1000, UTC)
-    if dt.date() == datetime.fromtimestamp(now_ms // 1000, UTC).date():
-        return dt.strftime("%H:%M:%S")
-    return dt.strftime("%m-%d")
+    return iso_utc(ms)[11:19] if ms // DAY_MS == now_ms // DAY_MS else iso_utc(ms)[5:10]
 
 
 def stamp(ms: int) -> str:
     """``2026-11-27 10:00:05 UTC``"""
-    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return iso_utc(ms).replace("T", " ").replace("Z", " UTC")
 
 
 def ago(ms: int | None, now_ms: int) -> str:
