@@ -221,18 +221,18 @@ def test_keys_create_defaults_and_budget_precision(cli: Cli) -> None:
     (("--budget", "abc"), "invalid amount"),
     (("--budget", "0.0000000001"), "nano-dollar"),
     (("--budget", "nan"), "invalid amount"),
-    (("--budget", "10", "--period", "year"), "invalid period"),
-    (("--period", "day"), "--period needs --budget"),
-    (("--rpm", "0"), "rpm must be a positive integer"),
-    (("--tpm", "-1"), "tpm must be a positive integer"),
-    (("--cache", "fuzzy"), "invalid cache mode"),
-    (("--expires", "2020-01-01"), "in the past"),
-    (("--expires", "next tuesday"), "invalid expiry"),
-    (("--models", ""), "empty model name"),
+    (("--budget", "10", "--period", "year"), "--period: expected one of day, week, month, total, got 'year'"),
+    (("--period", "day"), "--period: applies to a budget: give a budget too"),
+    (("--rpm", "0"), "--rpm: must be a positive integer"),
+    (("--tpm", "-1"), "--tpm: must be a positive integer"),
+    (("--cache", "fuzzy"), "--cache: expected one of off, exact, semantic"),
+    (("--expires", "2020-01-01"), "--expires: 2020-01-01T00:00:00+00:00 is in the past"),
+    (("--expires", "next tuesday"), "--expires: expected YYYY-MM-DD"),
+    (("--models", ""), "--models: empty model name"),
     (("--models", "openai/gpt-4o,,x"), "empty model name"),
-    (("--models", "openai/"), "invalid model"),
+    (("--models", "openai/"), "--models: invalid model"),
     (("--models", "open ai/gpt"), "invalid model"),
-    (("--name", " "), "name cannot be empty"),
+    (("--name", " "), "--name: must not be empty"),
 ])
 def test_keys_create_bad_input_writes_nothing(cli: Cli, args: tuple[str, ...], fragment: str) -> None:
     res = cli("keys", "create", "--name", "k", *args) if "--name" not in args else cli("keys", "create", *args)
@@ -363,7 +363,7 @@ def test_keys_rotate_through_cli(cli: Cli) -> None:
     (row,) = rows(cli.home, "SELECT prev_valid_until FROM keys")
     until = datetime.fromisoformat(str(row["prev_valid_until"]))
     assert timedelta(hours=23, minutes=59) < until - datetime.now(UTC) <= timedelta(hours=24, seconds=1)
-    assert_error(cli("keys", "rotate", "k", "--grace", "-1"), 2, "invalid grace")
+    assert_error(cli("keys", "rotate", "k", "--grace", "-1"), 2, "--grace: expected a number of seconds >= 0")
 
 
 def test_new_commands_have_help(cli: Cli) -> None:
