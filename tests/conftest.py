@@ -82,7 +82,8 @@ class Daemon:
     def mint(self, **kw: Any) -> str:
         conn = store_db.open_db(paths.db_path(self.home))
         try:
-            return mint(conn, **kw)[0]
+            with conn:  # the caller owns the transaction
+                return mint(conn, **kw)[0]
         finally:
             conn.close()
 
@@ -122,7 +123,8 @@ def start_daemon(home: Path, config_text: str = "", environ: dict[str, str] | No
     config = cfgmod.load(cfg_path, environ=env)
     conn = store_db.open_db(paths.db_path(home))
     try:
-        key = mint(conn, name="test", replace=True)[0]
+        with conn:
+            key = mint(conn, name="test", replace=True)[0]
     finally:
         conn.close()
     ready = threading.Event()

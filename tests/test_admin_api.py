@@ -12,13 +12,15 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from llmgw import config as cfgmod
+from llmgw.config import Config
 from llmgw.errors import ConfigError
-from llmgw.server.admin import admin_token
 
 TOKEN = "adm-" + "x" * 40
 DEMO = '[providers.demo]\ntype = "demo"\n'
@@ -156,22 +158,32 @@ def test_token_from_llmgw_admin_token(daemon_factory: Any) -> None:
         a.close()
 
 
-def test_admin_config_is_validated(daemon_factory: Any) -> None:
-    with pytest.raises(ConfigError, match=r"f\.toml: admin\.tokn: unknown key"):
-        admin_token({"admin": {"tokn": "X"}}, {}, "f.toml")
+def test_admin_config_is_validated(daemon_factory: Any, tmp_path: Path) -> None:
+    """``[admin]`` is part of the config's schema: every problem listed, and the daemon refuses to start."""
+    path = tmp_path / "f.toml"
+
+    def load(text: str, env: dict[str, str]) -> Config:
+        path.write_text(text)
+        return cfgmod.load(path, environ=env)
+
+    with pytest.raises(ConfigError) as e:
+        load('[admin]\ntokn = "X"\ntoken_env = "not a name"\n', {})
+    assert str(e.value).splitlines() == [
+        f'{path}: admin.tokn: unknown key; did you mean "token_env"?',
+        f'{path}: admin.token_env: not an environment variable name ([A-Za-z_][A-Za-z0-9_]*): "not a name"']
     with pytest.raises(ConfigError, match=r"admin\.token_env: expected the name of an environment variable"):
-        admin_token({"admin": {"token_env": 5}}, {})
-    with pytest.raises(ConfigError, match=r"admin\.token_env: expected the name"):
-        admin_token({"admin": {"token_env": "not a name"}}, {})
+        load("[admin]\ntoken_env = 5\n", {})
     with pytest.raises(ConfigError, match=r"admin: expected a table"):
-        admin_token({"admin": "secret"}, {})
-    with pytest.raises(ConfigError, match=r"admin\.token_env: environment variable 'NOPE' is not set"):
-        admin_token({"admin": {"token_env": "NOPE"}}, {"LLMGW_ADMIN_TOKEN": TOKEN})
-    assert admin_token({}, {}) is None and admin_token({"admin": {}}, {"LLMGW_ADMIN_TOKEN": " "}) is None
-    assert admin_token({"admin": {"token_env": "T"}}, {"T": "abc\n", "LLMGW_ADMIN_TOKEN": "other"}) == "abc"
-    assert admin_token({}, {"LLMGW_ADMIN_TOKEN": "zzz"}) == "zzz"
+        load('admin = "secret"\n', {})
+    with pytest.raises(ConfigError, match=r'admin\.token_env: environment variable "NOPE" is not set'):
+        load('[admin]\ntoken_env = "NOPE"\n', {"LLMGW_ADMIN_TOKEN": TOKEN})
+    assert load("", {}).token("admin", {}) is None
+    assert load("[admin]\n", {}).token("admin", {"LLMGW_ADMIN_TOKEN": " "}) is None
+    cfg = load('[admin]\ntoken_env = "T"\n', {"T": "abc"})
+    assert cfg.token("admin", {"T": "abc\n", "LLMGW_ADMIN_TOKEN": "other"}) == "abc"
+    assert load("", {}).token("admin", {"LLMGW_ADMIN_TOKEN": "zzz"}) == "zzz"
     # the daemon refuses to start with a bad [admin] section
-    with pytest.raises(RuntimeError, match=r"admin\.tokn: unknown key"):
+    with pytest.raises(ConfigError, match=r"admin\.tokn: unknown key"):
         daemon_factory(DEMO + '\n[admin]\ntokn = "X"\n', ENV)
 
 

@@ -79,7 +79,8 @@ def test_semantic_hit_on_a_paraphrase_but_never_on_a_field_flip(semantic, upstre
 def test_namespaces_customers_and_cache_control(semantic, upstream):
     d = semantic
     conn = d.db()
-    hierarchy.create_customer(conn, "other")
+    with conn:
+        hierarchy.create_customer(conn, "other")
     conn.close()
     other = d.mint(name="other", customer_id="other")
     ask(d, d.key, PROMPT, {"x-llmgw-cache-namespace": "sku-10482"})

@@ -15,6 +15,7 @@ import pytest
 from llmgw import paths
 from llmgw.cache import store
 from llmgw.cache.index import VectorIndex
+from llmgw.config import CacheConfig
 from llmgw.store import db as dbmod
 
 DIM = 16
@@ -327,7 +328,7 @@ def test_semantic_store_trims_the_heap(tmp_path: Path, monkeypatch: pytest.Monke
     calls: list[int] = []
     monkeypatch.setattr(semantic, "_malloc_trim", lambda pad: calls.append(pad))
     dbmod.open_db(paths.db_path(tmp_path)).close()  # migrated, as the daemon's start leaves it
-    cache = semantic.ResponseCache(tmp_path, semantic.cache_config({"cache": {"mode": "semantic"}}))
+    cache = semantic.ResponseCache(tmp_path, CacheConfig(mode="semantic"))
     try:
         for i, mode in enumerate((True, False)):
             body = {"model": "m", "messages": [{"role": "user", "content": f"caption product {i}"}]}

@@ -155,23 +155,76 @@ output = 0.001
     assert cfg.pricing["vllm/meta-llama/Llama-3.1-8B-Instruct"].output == Decimal("0.001")
 
 
-def test_later_sections_are_kept_raw_unvalidated(in_tmp: Path) -> None:
+def test_declared_sections_are_kept_raw(in_tmp: Path) -> None:
+    """[customers], [teams], [keys], [[budgets]] are config apply's (governance/declare.py)."""
+    cfg = load(write('[[budgets]]\ncustomer = "a"\n[customers.a]\nname = 3\n[teams]\n[keys]\n'), environ={})
+    assert cfg.raw["budgets"] == [{"customer": "a"}] and cfg.raw["customers"] == {"a": {"name": 3}}
+
+
+def test_feature_sections_are_typed(in_tmp: Path) -> None:
     cfg = load(write("""
-[budgets]
-anything = {goes = "here"}
-[cache.semantic]
+[cache]
+mode = "semantic"
 threshold = 0.9
+guard_patterns = ['sku-[0-9]+']
+[webhooks]
+url = "https://hooks.example/llmgw"
+secret_env = "HOOK_SECRET"
+[admin]
+token_env = "ADMIN_T"
+[metrics]
+token_env = "METRICS_T"
+"""), environ={"HOOK_SECRET": "s3cret-value", "ADMIN_T": " a ", "METRICS_T": "m"})
+    assert (cfg.cache.mode, cfg.cache.threshold, cfg.cache.guard_patterns) == ("semantic", 0.9, ("sku-[0-9]+",))
+    assert cfg.webhooks == config.WebhookConfig("https://hooks.example/llmgw", "HOOK_SECRET")
+    assert cfg.webhooks.resolve_secret({"HOOK_SECRET": "s3cret-value"}) == b"s3cret-value"
+    assert (cfg.admin_token_env, cfg.metrics_token_env) == ("ADMIN_T", "METRICS_T")
+    assert "s3cret-value" not in repr(cfg)  # secrets by the names of their variables, read on demand
+    assert (cfg.token("admin", {"ADMIN_T": " a "}), cfg.token("metrics", {"METRICS_T": "m"})) == ("a", "m")
+    with pytest.raises(ConfigError, match='llmgw.toml: metrics.token_env: environment variable "METRICS_T" is not'):
+        cfg.token("metrics", {})  # the daemon's environment lacks what load saw: refuse, never open up
+    with pytest.raises(ConfigError, match="webhooks.secret_env: environment variable"):
+        cfg.webhooks.resolve_secret({})
+    defaults = load(None, environ={})
+    assert defaults.cache == config.CacheConfig() and defaults.webhooks is None
+    assert defaults.token("metrics", {}) is None and defaults.token("admin", {}) is None
+    assert defaults.token("admin", {"LLMGW_ADMIN_TOKEN": " zzz "}) == "zzz"
+    assert defaults.token("admin", {"LLMGW_ADMIN_TOKEN": " "}) is None
+
+
+def test_feature_sections_report_every_problem(in_tmp: Path) -> None:
+    found = problems("""
+[cache]
+mode = "fuzzy"
+threshold = 2
+ttl = -1
+mdoe = "exact"
 [webhooks]
 url = 3
-[customers]
-[teams]
-[keys]
-[metrics]
+secret_env = "UNSET_SECRET"
+max_attempts = 0
 [admin]
-"""), environ={})
-    assert cfg.raw["budgets"] == {"anything": {"goes": "here"}}
-    assert cfg.raw["cache"]["semantic"]["threshold"] == 0.9
-    assert cfg.raw["webhooks"] == {"url": 3}
+tokn = "X"
+token_env = "not a name"
+[metrics]
+token_env = "UNSET_TOKEN"
+""")
+    assert found == [
+        'llmgw.toml: cache.mdoe: unknown key; did you mean "mode"?',
+        'llmgw.toml: cache.mode: expected one of "off", "exact", "semantic", got "fuzzy"',
+        "llmgw.toml: cache.threshold: must be at most 1, got 2",
+        "llmgw.toml: cache.ttl: must be at least 0, got -1",
+        "llmgw.toml: webhooks.url: expected a string, got 3",
+        'llmgw.toml: webhooks.secret_env: environment variable "UNSET_SECRET" is not set',
+        "llmgw.toml: webhooks.max_attempts: must be at least 1, got 0",
+        'llmgw.toml: admin.tokn: unknown key; did you mean "token_env"?',
+        'llmgw.toml: admin.token_env: not an environment variable name ([A-Za-z_][A-Za-z0-9_]*): "not a name"',
+        'llmgw.toml: metrics.token_env: environment variable "UNSET_TOKEN" is not set',
+    ]
+    assert problems('admin = "secret"\n[metrics]\ntoken_env = 5\n') == [
+        'llmgw.toml: admin: expected a table, got "secret"',
+        "llmgw.toml: metrics.token_env: expected the name of an environment variable, got 5",
+    ]
 
 
 def test_unknown_section_and_keys_are_errors(in_tmp: Path) -> None:

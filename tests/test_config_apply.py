@@ -322,7 +322,7 @@ def test_invalid_file_lists_every_problem_and_writes_nothing(cli: Cli) -> None:
     ('[customers."Acme Corp"]\n', "invalid customer id"),
     ('[teams.t]\nname = "T"\n', "teams.t.customer: required"),
     ('[customers.a]\n[keys.k]\ncustomer = "a"\nmodels = []\n', "keys.k.models: empty"),
-    ('[customers.a]\n[keys.k]\ncustomer = "a"\nrpm = 0\n', "keys.k.rpm: expected a positive integer"),
+    ('[customers.a]\n[keys.k]\ncustomer = "a"\nrpm = 0\n', "keys.k.rpm: must be at least 1, got 0"),
     ('[customers.a]\n[keys.k]\ncustomer = "a"\nexpires = "soon"\n', "keys.k.expires: expected YYYY-MM-DD"),
     ('[customers.a]\n[keys.k]\ncustomer = "a"\ncache = "fuzzy"\n', "keys.k.cache: expected one of"),
     ('[customers.a]\n[keys.k]\ncustomer = "a"\nstatus = "paused"\n', "keys.k.status: expected one of"),
@@ -330,7 +330,7 @@ def test_invalid_file_lists_every_problem_and_writes_nothing(cli: Cli) -> None:
      "customers.a.budgets[1].period: a day budget is already listed"),
     ('[customers.a]\nbudgets = [{ period = "day", limit = 1, hard = false, grace = 1 }]\n',
      "applies to hard budgets only"),
-    ('[customers.a]\nbudgets = [{ period = "day", limit = 1, warn_at = 0 }]\n', "warn_at: expected a percent"),
+    ('[customers.a]\nbudgets = [{ period = "day", limit = 1, warn_at = 0 }]\n', "warn_at: must be between 1 and 100, got 0"),
     ('[customers.a]\nbudgets = [{ period = "day" }]\n', "customers.a.budgets[0].limit: required"),
     ('[customers.a]\nbudgets = [{ period = "day", limit = "lots" }]\n', "expected an amount in USD"),
     ('[customers.a]\n[customers.b]\n[teams.t]\ncustomer = "a"\n[keys.k]\ncustomer = "b"\nteam = "t"\n',
@@ -394,6 +394,89 @@ def test_expired_keys_are_allowed_with_a_warning(cli: Cli) -> None:
 def test_missing_config_file(cli: Cli) -> None:
     assert_error(cli("config", "apply"), 2, "no config file found")
     assert_error(cli("config", "apply", "--config", cli.tmp / "nope.toml"), 2, "config file not found")
+
+
+# ---- config validate: one pass, everything serve and apply would refuse --------------------------------
+
+EVERYWHERE = BAD + """
+[providers.vllm]
+type = "openai"
+timeout = -1
+
+[cache]
+mode = "fuzzy"
+threshold = 2
+
+[webhooks]
+url = "ftp://hooks.example"
+max_attempts = 0
+
+[admin]
+token_env = "UNSET_ADMIN_TOKEN"
+
+[metrics]
+tokn = "x"
+"""
+
+
+def problem_lines(text: str, path: Path) -> set[str]:
+    return {line for line in text.splitlines() if line.startswith(f"{path}: ")}
+
+
+def test_validate_lists_every_problem_that_serve_and_apply_refuse(cli: Cli) -> None:
+    path = write(cli, EVERYWHERE)
+    res = cli("config", "validate", "--config", path)
+    assert_error(res, 2, "problem(s)")
+    found = problem_lines(res.out, path)
+    assert len(found) == len(res.out.splitlines()), res  # stdout: one problem per line, nothing else
+    for fragment in ("server.port: expected an integer", "providers.vllm.base_url: required",
+                     "providers.vllm.timeout: must be greater than 0", 'cache.mode: expected one of',
+                     "cache.threshold: must be at most 1", "webhooks.url: expected an http:// or https:// URL",
+                     "webhooks.max_attempts: must be at least 1", 'admin.token_env: environment variable '
+                     '"UNSET_ADMIN_TOKEN" is not set', 'metrics.tokn: unknown key',
+                     "customers.acme_corp.budgets[0].period", "keys.vk_acme_corp.secret: secrets are never declared",
+                     'teams.captioning.customer: no customer "nobody" in the file or the database',
+                     'budgets[0].customer: no customer "ghost"'):
+        assert any(fragment in line for line in found), (fragment, res.out)
+    assert not (cli.home / "llmgw.db").exists()  # validate created no database
+
+    applied = cli("config", "apply", "--config", path)
+    assert_error(applied, 2, "nothing applied")
+    refused_by_apply = problem_lines(applied.err, path)
+    assert len(refused_by_apply) >= 15 and refused_by_apply <= found, refused_by_apply - found
+    served = cli("serve", "--config", path, "--port", "0")
+    assert_error(served, 2)
+    refused_by_serve = problem_lines(served.err.removeprefix("llmgw: error: "), path)
+    assert len(refused_by_serve) >= 9 and refused_by_serve <= found, refused_by_serve - found
+    assert found == refused_by_apply | refused_by_serve
+
+
+def test_validate_checks_declarations_against_the_home_database(cli: Cli) -> None:
+    """A reference to what exists only in the database: a problem in a new home, fine once it exists;
+    the problems only the file can show are found either way."""
+    path = write(cli, '[keys.vk]\ncustomer = "made_by_cli"\n[[budgets]]\nkey = "old_key"\nperiod = "day"\n'
+                      "limit = 1\n")
+    res = cli("config", "validate", "--config", path)
+    assert_error(res, 2, "2 problem(s)")
+    assert res.out.splitlines() == [
+        f'{path}: keys.vk.customer: no customer "made_by_cli" in the file or the database',
+        f'{path}: budgets[0].key: no key named "old_key" in the file, and no key with that name or id in the '
+        "database"]
+    assert cli("customers", "create", "made_by_cli").code == 0
+    assert cli("keys", "create", "--name", "old_key").code == 0
+    before = dump(cli.home)
+    res = cli("config", "validate", "--config", path)
+    assert (res.code, res.out) == (0, ""), res
+    assert res.err.strip() == f"{path}: ok"
+    assert dump(cli.home) == before  # read only
+    assert apply_ok(cli, path)[0].startswith("+ key vk: sk-llmgw-")  # what validate passed, apply takes
+
+
+def test_validate_reports_warnings_but_passes(cli: Cli) -> None:
+    path = write(cli, "[keys.old]\nexpires = 2020-01-01\n")
+    res = cli("config", "validate", "--config", path)
+    assert res.code == 0, res
+    assert "keys.old.expires: 2020-01-01T00:00:00Z is in the past" in res.err
 
 
 # ---- dry run ----------------------------------------------------------------------------------------

@@ -37,9 +37,10 @@ def budget(d, scope, scope_id, usd_nanos, period="month", hard=1, warn_pct=80, g
 def customer(d, cid, team=None):
     conn = d.db()
     try:
-        hierarchy.create_customer(conn, cid)
-        if team:
-            hierarchy.create_team(conn, team, customer_id=cid)
+        with conn:
+            hierarchy.create_customer(conn, cid)
+            if team:
+                hierarchy.create_team(conn, team, customer_id=cid)
     finally:
         conn.close()
 

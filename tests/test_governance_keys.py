@@ -221,18 +221,18 @@ def test_keys_create_defaults_and_budget_precision(cli: Cli) -> None:
     (("--budget", "abc"), "--budget: expected an amount in USD"),
     (("--budget", "0.0000000001"), "nano-dollar"),
     (("--budget", "nan"), "--budget: expected a finite amount in USD"),
-    (("--budget", "10", "--period", "year"), "invalid period"),
-    (("--period", "day"), "--period needs --budget"),
-    (("--rpm", "0"), "rpm must be a positive integer"),
-    (("--tpm", "-1"), "tpm must be a positive integer"),
-    (("--cache", "fuzzy"), "invalid cache mode"),
-    (("--expires", "2020-01-01"), "expires: 2020-01-01T00:00:00Z is in the past"),
-    (("--expires", "next tuesday"), "expires: expected YYYY-MM-DD or an ISO-8601 date-time"),
-    (("--models", ""), "empty model name"),
+    (("--budget", "10", "--period", "year"), "--period: expected one of day, week, month, total, got 'year'"),
+    (("--period", "day"), "--period: applies to a budget: give a budget too"),
+    (("--rpm", "0"), "--rpm: must be a positive integer"),
+    (("--tpm", "-1"), "--tpm: must be a positive integer"),
+    (("--cache", "fuzzy"), "--cache: expected one of off, exact, semantic"),
+    (("--expires", "2020-01-01"), "--expires: 2020-01-01T00:00:00Z is in the past"),
+    (("--expires", "next tuesday"), "--expires: expected YYYY-MM-DD"),
+    (("--models", ""), "--models: empty model name"),
     (("--models", "openai/gpt-4o,,x"), "empty model name"),
-    (("--models", "openai/"), "invalid model"),
+    (("--models", "openai/"), "--models: invalid model"),
     (("--models", "open ai/gpt"), "invalid model"),
-    (("--name", " "), "name cannot be empty"),
+    (("--name", " "), "--name: must not be empty"),
 ])
 def test_keys_create_bad_input_writes_nothing(cli: Cli, args: tuple[str, ...], fragment: str) -> None:
     res = cli("keys", "create", "--name", "k", *args) if "--name" not in args else cli("keys", "create", *args)
@@ -363,7 +363,7 @@ def test_keys_rotate_through_cli(cli: Cli) -> None:
     (row,) = rows(cli.home, "SELECT prev_valid_until FROM keys")
     until = datetime.fromisoformat(str(row["prev_valid_until"]))
     assert timedelta(hours=23, minutes=59) < until - datetime.now(UTC) <= timedelta(hours=24, seconds=1)
-    assert_error(cli("keys", "rotate", "k", "--grace", "-1"), 2, "invalid grace")
+    assert_error(cli("keys", "rotate", "k", "--grace", "-1"), 2, "--grace: expected a number of seconds >= 0")
 
 
 def test_new_commands_have_help(cli: Cli) -> None:
@@ -504,7 +504,8 @@ async def test_unknown_hash_is_looked_up_once_and_remembered(tmp_path: Path) -> 
     conn = store_db.open_db(db)
     t = KeyTable(db, negative_size=3)
     t.load(conn)
-    secret, info = mint(conn, name="fresh")  # after the load: the table has not seen it
+    with conn:  # committed: the table's own connection sees it
+        secret, info = mint(conn, name="fresh")  # after the load: the table has not seen it
     assert (await t.resolve(secret)).id == info.id
     assert t.db_lookups == 1
     assert t.authenticate(secret).id == info.id  # now in the table: no more queries
@@ -517,10 +518,52 @@ async def test_unknown_hash_is_looked_up_once_and_remembered(tmp_path: Path) -> 
         with pytest.raises(Unauthorized):
             await t.resolve(f"sk-llmgw-bad{i}")
     assert len(t._unknown) == 3 and t.db_lookups == 7
-    rotated, _ = rotate(conn, "fresh", 60)
+    with conn:
+        rotated, _ = rotate(conn, "fresh", 60)
     assert (await t.resolve(rotated)).id == info.id  # a rotated secret is found too
     assert (await t.resolve(secret)).id == info.id  # and the previous one stays valid in its grace
     t.load(conn)
     assert not t._unknown  # a reload forgets the misses
     t.close()
     conn.close()
+
+
+# ---- transactions: the caller owns them -------------------------------------------------------------
+
+
+def test_callers_own_transactions(conn: sqlite3.Connection, tmp_path: Path) -> None:
+    """Governance functions never commit: two in one transaction, the second failing, leave nothing."""
+    from llmgw.errors import Conflict
+    from llmgw.governance.budgets import delete_budget, upsert_budget
+
+    def committed(sql: str) -> list[tuple[object, ...]]:  # what another connection (the daemon) sees
+        with contextlib.closing(store_db.connect(tmp_path / "llmgw.db", readonly=True)) as other:
+            return [tuple(r) for r in other.execute(sql)]
+
+    with pytest.raises(UsageError) as e, store_db.transaction(conn):
+        hierarchy.create_customer(conn, "acme")
+        mint(conn, name="k", customer_id="acme", budget_nanos=10**9, budget_period="fortnight")
+    assert (e.value.param, e.value.message) == (
+        "period", "period: expected one of day, week, month, total, got 'fortnight'")
+    assert not conn.in_transaction
+    assert conn.execute("SELECT id FROM customers").fetchall() == [] and committed("SELECT id FROM customers") == []
+
+    with store_db.transaction(conn):
+        hierarchy.create_customer(conn, "acme")
+        _, info = mint(conn, name="k", customer_id="acme", budget_nanos=10**9)
+        assert committed("SELECT id FROM keys") == []  # not before the caller commits
+    assert committed("SELECT id FROM keys") == [(info.id,)]
+    assert committed("SELECT scope_id, period FROM budgets") == [(info.id, "month")]  # mint's budget, same transaction
+
+    with pytest.raises(Conflict), store_db.transaction(conn):
+        (bid,) = committed("SELECT id FROM budgets")[0]
+        delete_budget(conn, str(bid))
+        revoke(conn, "k")
+        rotate(conn, "k")  # a revoked key cannot be rotated: the delete and the revocation roll back
+    assert committed("SELECT status FROM keys") == [("active",)] and len(committed("SELECT id FROM budgets")) == 1
+
+    # a plain `with conn:` owns the transaction just the same
+    with pytest.raises(NotFound), conn:
+        upsert_budget(conn, "customer", "acme", "day", 5)
+        upsert_budget(conn, "team", "nobody", "day", 5)
+    assert committed("SELECT period FROM budgets WHERE scope = 'customer'") == []

@@ -30,7 +30,7 @@ from llmgw import config as cfgmod
 from llmgw.errors import ConfigError
 from llmgw.governance import hierarchy
 from llmgw.governance.budgets import upsert_budget
-from llmgw.metrics import Metrics, metrics_token
+from llmgw.metrics import Metrics
 from llmgw.server.app import create_app
 from llmgw.store.writer import CommitTimes
 
@@ -98,10 +98,11 @@ def scraped(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Ite
     try:
         conn = d.db()
         try:
-            hierarchy.create_customer(conn, "acme")
-            hierarchy.create_customer(conn, "broke")
-            upsert_budget(conn, "customer", "acme", "month", 100 * 10**9)
-            upsert_budget(conn, "customer", "broke", "month", 0)
+            with conn:
+                hierarchy.create_customer(conn, "acme")
+                hierarchy.create_customer(conn, "broke")
+                upsert_budget(conn, "customer", "acme", "month", 100 * 10**9)
+                upsert_budget(conn, "customer", "broke", "month", 0)
         finally:
             conn.close()
         acme = d.mint(name="acme-app", customer_id="acme")
@@ -304,32 +305,41 @@ def test_metrics_open_without_token(gw: Daemon) -> None:
     assert httpx.get(gw.url + "/metrics").status_code == 200
 
 
-@pytest.mark.parametrize(("section", "env", "message"), [
-    ({"tokn": "X"}, {}, "llmgw.toml: metrics.tokn: unknown key"),
-    ({"token_env": 5}, {}, "metrics.token_env: expected the name of an environment variable"),
-    ({"token_env": "not a name"}, {}, "metrics.token_env: expected the name"),
-    ({"token_env": "UNSET_METRICS_TOKEN"}, {}, "metrics.token_env: environment variable 'UNSET_METRICS_TOKEN' is not set"),
-    ({"token_env": "EMPTY"}, {"EMPTY": "  "}, "metrics.token_env: environment variable 'EMPTY' is not set"),
-    ("yes", {}, "llmgw.toml: metrics: expected a table"),
+@pytest.mark.parametrize(("text", "env", "message"), [
+    ('[metrics]\ntokn = "X"\n', {}, "llmgw.toml: metrics.tokn: unknown key"),
+    ("[metrics]\ntoken_env = 5\n", {}, "metrics.token_env: expected the name of an environment variable"),
+    ('[metrics]\ntoken_env = "not a name"\n', {}, "metrics.token_env: not an environment variable name"),
+    ('[metrics]\ntoken_env = "UNSET_METRICS_TOKEN"\n', {},
+     'metrics.token_env: environment variable "UNSET_METRICS_TOKEN" is not set'),
+    ('[metrics]\ntoken_env = "EMPTY"\n', {"EMPTY": "  "}, 'metrics.token_env: environment variable "EMPTY" is not set'),
+    ('metrics = "yes"\n', {}, "llmgw.toml: metrics: expected a table"),
 ])
-def test_metrics_token_config_errors(section: Any, env: dict[str, str], message: str) -> None:
+def test_metrics_token_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str,
+                                     env: dict[str, str], message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("llmgw.toml").write_text(text)
     with pytest.raises(ConfigError) as e:
-        metrics_token({"metrics": section}, env)
+        cfgmod.load(Path("llmgw.toml"), environ=env)
     assert message in str(e.value)
 
 
-def test_metrics_token_config_values() -> None:
-    assert metrics_token({}, {}) is None
-    assert metrics_token({"metrics": {}}, {}) is None
-    assert metrics_token({"metrics": {"token_env": "T"}}, {"T": " tok "}) == "tok"
+def test_metrics_token_config_values(tmp_path: Path) -> None:
+    path = tmp_path / "llmgw.toml"
+    assert cfgmod.load(None, environ={}).token("metrics", {"T": "x"}) is None
+    path.write_text("[metrics]\n")
+    assert cfgmod.load(path, environ={}).token("metrics", {}) is None
+    path.write_text('[metrics]\ntoken_env = "T"\n')
+    assert cfgmod.load(path, environ={"T": " tok "}).token("metrics", {"T": " tok "}) == "tok"
 
 
 def test_bad_metrics_config_stops_the_daemon_before_it_listens(tmp_path: Path) -> None:
     path = tmp_path / "llmgw.toml"
     path.write_text('[metrics]\ntoken_env = "NOT_SET_ANYWHERE"\n')
-    config = cfgmod.load(path, environ={})
     with pytest.raises(ConfigError, match=r"llmgw.toml: metrics.token_env: environment variable"):
-        create_app(config, tmp_path, environ={})
+        cfgmod.load(path, environ={})  # serve never gets as far as the app
+    config = cfgmod.load(path, environ={"NOT_SET_ANYWHERE": "t"})
+    with pytest.raises(ConfigError, match=r"llmgw.toml: metrics.token_env: environment variable"):
+        create_app(config, tmp_path, environ={})  # an app whose environment lacks it refuses too
 
 
 # ---- units: the cache hook, the writer's commit times ------------------------------------------------

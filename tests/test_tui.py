@@ -79,22 +79,22 @@ def home(tmp_path: Path) -> Path:
     h = tmp_path / "home"
     conn = db.open_db(paths.db_path(h))
     try:
-        hierarchy.create_customer(conn, "acme", name="Acme Corp")
-        hierarchy.create_customer(conn, "globex", name="Globex")
-        hierarchy.create_customer(conn, "initech")
-        hierarchy.create_customer(conn, "umbrella")
-        hierarchy.create_team(conn, "acme-ml", customer_id="acme")
-        hierarchy.create_team(conn, "acme-web", customer_id="acme")
-        for (kid, team, cust), name in ((ACME_PROD, "acme-prod"), (ACME_DEV, "acme-dev"), (GLOBEX, "globex-1"),
-                                        (INITECH, "initech-1")):
-            _, info = keys.mint(conn, name=name, customer_id=cust, team_id=team)
-            with conn:
+        with conn:
+            hierarchy.create_customer(conn, "acme", name="Acme Corp")
+            hierarchy.create_customer(conn, "globex", name="Globex")
+            hierarchy.create_customer(conn, "initech")
+            hierarchy.create_customer(conn, "umbrella")
+            hierarchy.create_team(conn, "acme-ml", customer_id="acme")
+            hierarchy.create_team(conn, "acme-web", customer_id="acme")
+            for (kid, team, cust), name in ((ACME_PROD, "acme-prod"), (ACME_DEV, "acme-dev"), (GLOBEX, "globex-1"),
+                                            (INITECH, "initech-1")):
+                _, info = keys.mint(conn, name=name, customer_id=cust, team_id=team)
                 conn.execute("UPDATE keys SET id = ?, created_at = ? WHERE id = ?",
                              (kid, "2026-11-01T00:00:00+00:00", info.id))
-        budgets.upsert_budget(conn, "customer", "acme", "month", 100 * USD)
-        budgets.upsert_budget(conn, "customer", "globex", "month", 10 * USD, warn_pct=50)
-        budgets.upsert_budget(conn, "customer", "initech", "day", 1 * USD)
-        budgets.upsert_budget(conn, "team", "acme-ml", "month", 50 * USD)
+            budgets.upsert_budget(conn, "customer", "acme", "month", 100 * USD)
+            budgets.upsert_budget(conn, "customer", "globex", "month", 10 * USD, warn_pct=50)
+            budgets.upsert_budget(conn, "customer", "initech", "day", 1 * USD)
+            budgets.upsert_budget(conn, "team", "acme-ml", "month", 50 * USD)
     finally:
         conn.close()
     led = Ledger(paths.db_path(h))  # oldest first, as the daemon writes them
@@ -155,7 +155,8 @@ def test_customers_numbers(home: Path) -> None:
 def test_binding_budget_is_the_most_used(home: Path) -> None:
     conn = db.connect(db_file(home))
     try:
-        budgets.upsert_budget(conn, "customer", "acme", "day", 200 * USD)  # 30.5 % used vs 61 % monthly
+        with conn:
+            budgets.upsert_budget(conn, "customer", "acme", "day", 200 * USD)  # 30.5 % used vs 61 % monthly
     finally:
         conn.close()
     conn = data.open_readonly(db_file(home))

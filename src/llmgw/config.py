@@ -1,22 +1,25 @@
 """Typed settings loaded from ``llmgw.toml`` (``tomllib``); writing back with ``tomli-w``.
 
 Owns the schema of the config file: ``[server]``, ``[log]``, ``[defaults]``, ``[retry]``,
-``[providers.NAME]``, ``[aliases]`` and ``[pricing."provider/model"]``, with their defaults.
+``[providers.NAME]``, ``[aliases]``, ``[pricing."provider/model"]``, ``[cache]``, ``[webhooks]``,
+``[admin]`` and ``[metrics]``, with their defaults. The governance sections (``[customers]``,
+``[teams]``, ``[keys]``, ``[[budgets]]``) belong to ``llmgw config apply`` (``governance/declare.py``)
+and are kept unchecked in ``Config.raw``.
 
 Invariants:
 
-* Every problem is reported as ``file: dotted.key: problem``; ``validate_file`` collects them all,
-  ``load`` raises one ``ConfigError`` listing them.
-* Unknown sections and keys are errors (typo protection), except the top-level sections owned by
-  later features (``LATER_SECTIONS``), which are kept unvalidated in ``Config.raw``.
-* The config never holds a secret: providers name environment variables; ``resolve_keys`` reads
-  them on demand, and no ``repr`` shows header values or URL credentials.
+* Every problem is reported as ``file: dotted.key: problem`` (``checks.Checks``); ``validate_file``
+  collects them all, ``load`` raises one ``ConfigError`` listing them. Whatever ``llmgw serve`` would
+  refuse is refused here, so it never starts with a half-checked file.
+* Unknown sections and keys are errors (typo protection).
+* The config never holds a secret: providers, tokens and the webhook secret name environment
+  variables, read on demand (``resolve_keys``, ``token``, ``resolve_secret``); no ``repr``
+  shows header values or URL credentials.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 import tomllib
@@ -29,15 +32,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 import tomli_w
 
+from llmgw.checks import Checks
 from llmgw.errors import ConfigError
 from llmgw.pricing import PRICE_FIELDS, parse_usd_per_mtok
 from llmgw.tomltext import dotted as _key
 from llmgw.tomltext import show as _show
 
 PROVIDER_TYPES = ("openai", "anthropic", "demo")
-#: top-level sections owned by later features: kept raw in ``Config.raw``, not validated here
-LATER_SECTIONS = ("customers", "teams", "keys", "budgets", "cache", "metrics", "admin", "webhooks")
-KNOWN_SECTIONS = ("server", "log", "defaults", "retry", "providers", "aliases", "pricing")
+CACHE_MODES = ("off", "exact", "semantic")
+#: the governance sections, read by ``llmgw config apply``: kept raw in ``Config.raw``, not checked here
+DECLARED_SECTIONS = ("customers", "teams", "keys", "budgets")
+KNOWN_SECTIONS = ("server", "log", "defaults", "retry", "providers", "aliases", "pricing", "cache", "webhooks",
+                  "admin", "metrics")
+#: the admin API's token when ``[admin]`` names no other variable
+ADMIN_TOKEN_ENV = "LLMGW_ADMIN_TOKEN"
 
 _PROVIDER_NAME = re.compile(r"^[a-z0-9_-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -83,6 +91,36 @@ class RetryConfig:
     backoff_base: float = 0.5
     backoff_max: float = 8.0
     max_retry_after: float = 30.0  # a longer upstream Retry-After is not waited for: fail over
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """``[cache]``: the response cache policy (``cache/semantic.py`` says what each field does)."""
+
+    mode: str = "off"
+    threshold: float = 0.95
+    ttl: int = 86400
+    max_entries: int = 100_000
+    scope: str = "customer"
+    guard: bool = True
+    guard_patterns: tuple[str, ...] = ()
+    model: str | None = None
+    charge_hits: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """``[webhooks]``: where budget events are POSTed; the HMAC key by the name of its variable."""
+
+    url: str
+    secret_env: str | None = None
+    timeout: float = 5.0
+    max_attempts: int = 6
+
+    def resolve_secret(self, environ: Mapping[str, str] | None = None) -> bytes | None:
+        """The HMAC key (``None``: unsigned); ``ConfigError`` when ``secret_env`` is not set."""
+        value = _env_value(self.secret_env, environ, "webhooks.secret_env")
+        return value.encode() if value else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +190,33 @@ class Config:
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
     aliases: dict[str, list[str]] = field(default_factory=dict)
     pricing: dict[str, PriceOverride] = field(default_factory=dict)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    webhooks: WebhookConfig | None = None
+    admin_token_env: str | None = None  # None: $LLMGW_ADMIN_TOKEN if set, else the admin API is off
+    metrics_token_env: str | None = None  # None: /metrics is open
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the whole parsed file
 
     def enabled_providers(self) -> dict[str, ProviderConfig]:
         return {name: p for name, p in self.providers.items() if p.enabled}
+
+    def token(self, section: str, environ: Mapping[str, str] | None = None) -> str | None:
+        """The bearer token of ``[admin]`` or ``[metrics]`` from the environment (``None``: none);
+        ``ConfigError`` when the variable the file names is not set."""
+        name = self.admin_token_env if section == "admin" else self.metrics_token_env
+        if name is None and section == "admin":
+            return (os.environ if environ is None else environ).get(ADMIN_TOKEN_ENV, "").strip() or None
+        return _env_value(name, environ, f"{self.path or 'llmgw.toml'}: {section}.token_env")
+
+
+def _env_value(name: str | None, environ: Mapping[str, str] | None, where: str) -> str | None:
+    """The stripped value of the variable ``name`` (``None`` when unnamed); ``ConfigError`` naming
+    ``where`` when it is not set (``load`` checked it against its own environment)."""
+    if name is None:
+        return None
+    value = (os.environ if environ is None else environ).get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{where}: environment variable {_show(name)} is not set")
+    return value
 
 
 def _redact_url(url: str) -> str:
@@ -179,16 +240,16 @@ def load(path: str | os.PathLike[str] | None, *, environ: Mapping[str, str] | No
     env = os.environ if environ is None else environ
     config: Config | None = None
     if path is None:
-        checker = _Checker("<no config file>")
-        config = _build(checker, None, {}, env)
+        c = Checks("<no config file>")
+        config = _build(c, None, {}, env)
     else:
         p = Path(path)
-        checker = _Checker(str(p))
-        doc = _read(checker, p)
+        c = Checks(str(p))
+        doc = _read(c, p)
         if doc is not None:
-            config = _build(checker, p, doc, env)
-    if checker.problems or config is None:
-        raise ConfigError("\n".join(checker.problems))
+            config = _build(c, p, doc, env)
+    if c.problems or config is None:
+        raise ConfigError("\n".join(c.problems))
     return config
 
 
@@ -196,11 +257,11 @@ def validate_file(path: str | os.PathLike[str], *, environ: Mapping[str, str] | 
     """Every problem found in ``path`` as ``file: dotted.key: problem`` lines (empty if fine)."""
     env = os.environ if environ is None else environ
     p = Path(path)
-    checker = _Checker(str(p))
-    doc = _read(checker, p)
+    c = Checks(str(p))
+    doc = _read(c, p)
     if doc is not None:
-        _build(checker, p, doc, env)
-    return list(checker.problems)
+        _build(c, p, doc, env)
+    return list(c.problems)
 
 
 def dump(config_dict: Mapping[str, Any]) -> str:
@@ -214,182 +275,92 @@ def dump(config_dict: Mapping[str, Any]) -> str:
 # ---- reading and checking ----------------------------------------------------------------------
 
 
-class _Checker:
-    """Collects ``file: key: problem`` lines."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.problems: list[str] = []
-
-    def err(self, key: str, problem: str) -> None:
-        self.problems.append(f"{self.file}: {key}: {problem}" if key else f"{self.file}: {problem}")
-
-    # typed getters: report a problem and return the default when the value is wrong
-
-    def table(self, value: object, key: str) -> dict[str, Any] | None:
-        if isinstance(value, dict):
-            return value
-        self.err(key, f"expected a table, got {_show(value)}")
-        return None
-
-    def unknown_keys(self, table: Mapping[str, Any], allowed: tuple[str, ...], *parts: str | int) -> None:
-        for name in table:
-            if name not in allowed:
-                hint = difflib.get_close_matches(name, allowed, n=1)
-                more = f'; did you mean "{hint[0]}"?' if hint else f" (known: {', '.join(allowed)})"
-                self.err(_key(*parts, name), f"unknown key{more}")
-
-    def string(self, table: Mapping[str, Any], name: str, default: str, *parts: str | int,
-               nonempty: bool = True) -> str:
-        if name not in table:
-            return default
-        value = table[name]
-        if not isinstance(value, str):
-            self.err(_key(*parts, name), f"expected a string, got {_show(value)}")
-            return default
-        if nonempty and not value.strip():
-            self.err(_key(*parts, name), "must not be empty")
-            return default
-        return value
-
-    def boolean(self, table: Mapping[str, Any], name: str, default: bool, *parts: str | int) -> bool:
-        if name not in table:
-            return default
-        value = table[name]
-        if not isinstance(value, bool):
-            self.err(_key(*parts, name), f"expected true or false, got {_show(value)}")
-            return default
-        return value
-
-    def integer(self, table: Mapping[str, Any], name: str, default: int, *parts: str | int,
-                lo: int | None = None, hi: int | None = None) -> int:
-        if name not in table:
-            return default
-        value = table[name]
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.err(_key(*parts, name), f"expected an integer, got {_show(value)}")
-            return default
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            if hi is None:
-                self.err(_key(*parts, name), f"must be at least {lo}, got {value}")
-            elif lo is None:
-                self.err(_key(*parts, name), f"must be at most {hi}, got {value}")
-            else:
-                self.err(_key(*parts, name), f"must be between {lo} and {hi}, got {value}")
-            return default
-        return value
-
-    def number(self, table: Mapping[str, Any], name: str, default: float, *parts: str | int,
-               positive: bool = False) -> float:
-        """A finite float (integers accepted); ``positive``: > 0, else >= 0."""
-        if name not in table:
-            return default
-        value = table[name]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.err(_key(*parts, name), f"expected a number, got {_show(value)}")
-            return default
-        number = float(value)
-        if not math.isfinite(number):
-            self.err(_key(*parts, name), f"expected a finite number, got {_show(value)}")
-            return default
-        if positive and number <= 0:
-            self.err(_key(*parts, name), f"must be greater than 0, got {_show(value)}")
-            return default
-        if number < 0:
-            self.err(_key(*parts, name), f"must not be negative, got {_show(value)}")
-            return default
-        return number
-
-
-def _read(checker: _Checker, path: Path) -> dict[str, Any] | None:
+def _read(c: Checks, path: Path) -> dict[str, Any] | None:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        checker.err("", "file not found")
+        c.add("", "file not found")
         return None
     except OSError as exc:
-        checker.err("", f"cannot read: {exc.strerror or exc}")
+        c.add("", f"cannot read: {exc.strerror or exc}")
         return None
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
-        checker.err("", "not UTF-8 text")
+        c.add("", "not UTF-8 text")
     except tomllib.TOMLDecodeError as exc:
-        checker.err("", f"invalid TOML: {exc}")
+        c.add("", f"invalid TOML: {exc}")
     return None
 
 
-def _build(checker: _Checker, path: Path | None, doc: dict[str, Any], env: Mapping[str, str]) -> Config:
+def _build(c: Checks, path: Path | None, doc: dict[str, Any], env: Mapping[str, str]) -> Config:
     for name, value in doc.items():
-        if name in LATER_SECTIONS:
+        if name in DECLARED_SECTIONS:
             continue
         if name not in KNOWN_SECTIONS:
-            allowed = KNOWN_SECTIONS + LATER_SECTIONS
+            allowed = KNOWN_SECTIONS + DECLARED_SECTIONS
             hint = difflib.get_close_matches(name, allowed, n=1)
             more = f'; did you mean "{hint[0]}"?' if hint else f" (known: {', '.join(allowed)})"
             what = "section" if isinstance(value, dict) else "top-level key"
-            checker.err(_key(name), f"unknown {what}{more}")
+            c.add((name,), f"unknown {what}{more}", "unknown_field")
 
     def section(name: str) -> dict[str, Any]:
         if name not in doc:
             return {}
-        return checker.table(doc[name], name) or {}
+        return c.table(doc[name], name) or {}
 
     # built in section order so that problems are reported in that order
-    server = _server(checker, section("server"))
-    log = _log(checker, section("log"))
-    defaults = _defaults(checker, section("defaults"))
-    retry = _retry(checker, section("retry"))
-    providers = _providers(checker, doc, env)
+    server = _server(c, section("server"))
+    log = _log(c, section("log"))
+    defaults = _defaults(c, section("defaults"))
+    retry = _retry(c, section("retry"))
+    providers = _providers(c, doc, env)
+    aliases = _aliases(c, section("aliases"), providers)
+    pricing = _pricing(c, section("pricing"))
     return Config(
-        path=path,
-        server=server,
-        log=log,
-        defaults=defaults,
-        retry=retry,
-        providers=providers,
-        aliases=_aliases(checker, section("aliases"), providers),
-        pricing=_pricing(checker, section("pricing")),
-        raw=doc,
+        path=path, server=server, log=log, defaults=defaults, retry=retry, providers=providers, aliases=aliases,
+        pricing=pricing, cache=_cache(c, section("cache")), webhooks=_webhooks(c, section("webhooks"), env),
+        admin_token_env=_token(c, section("admin"), "admin", env),
+        metrics_token_env=_token(c, section("metrics"), "metrics", env), raw=doc,
     )
 
 
-def _server(c: _Checker, t: dict[str, Any]) -> ServerConfig:
+def _server(c: Checks, t: dict[str, Any]) -> ServerConfig:
     d = ServerConfig()
-    c.unknown_keys(t, ("host", "port", "max_body_bytes", "request_timeout", "drain_timeout"), "server")
+    c.unknown(t, ("host", "port", "max_body_bytes", "request_timeout", "drain_timeout"), "server")
     return ServerConfig(
-        host=c.string(t, "host", d.host, "server"),
-        port=c.integer(t, "port", d.port, "server", lo=0, hi=65535),
-        max_body_bytes=c.integer(t, "max_body_bytes", d.max_body_bytes, "server", lo=1),
-        request_timeout=c.number(t, "request_timeout", d.request_timeout, "server", positive=True),
-        drain_timeout=c.number(t, "drain_timeout", d.drain_timeout, "server"),
+        host=c.string(t, "host", "server", default=d.host),
+        port=c.integer(t, "port", "server", default=d.port, lo=0, hi=65535),
+        max_body_bytes=c.integer(t, "max_body_bytes", "server", default=d.max_body_bytes, lo=1),
+        request_timeout=c.number(t, "request_timeout", "server", default=d.request_timeout, positive=True),
+        drain_timeout=c.number(t, "drain_timeout", "server", default=d.drain_timeout),
     )
 
 
-def _log(c: _Checker, t: dict[str, Any]) -> LogConfig:
-    c.unknown_keys(t, ("bodies",), "log")
-    return LogConfig(bodies=c.boolean(t, "bodies", LogConfig().bodies, "log"))
+def _log(c: Checks, t: dict[str, Any]) -> LogConfig:
+    c.unknown(t, ("bodies",), "log")
+    return LogConfig(bodies=c.boolean(t, "bodies", "log", default=LogConfig().bodies))
 
 
-def _defaults(c: _Checker, t: dict[str, Any]) -> DefaultsConfig:
-    c.unknown_keys(t, ("max_tokens", "budget_error_status"), "defaults")
+def _defaults(c: Checks, t: dict[str, Any]) -> DefaultsConfig:
+    c.unknown(t, ("max_tokens", "budget_error_status"), "defaults")
     d = DefaultsConfig()
-    status = c.integer(t, "budget_error_status", d.budget_error_status, "defaults")
+    status = c.integer(t, "budget_error_status", "defaults", default=d.budget_error_status)
     if status not in (402, 429):
-        c.err("defaults.budget_error_status", f"expected 429 or 402, got {status}")
+        c.add("defaults.budget_error_status", f"expected 429 or 402, got {status}")
         status = d.budget_error_status
-    return DefaultsConfig(max_tokens=c.integer(t, "max_tokens", d.max_tokens, "defaults", lo=1),
+    return DefaultsConfig(max_tokens=c.integer(t, "max_tokens", "defaults", default=d.max_tokens, lo=1),
                           budget_error_status=status)
 
 
-def _retry(c: _Checker, t: dict[str, Any]) -> RetryConfig:
+def _retry(c: Checks, t: dict[str, Any]) -> RetryConfig:
     d = RetryConfig()
-    c.unknown_keys(t, ("max_retries", "backoff_base", "backoff_max", "max_retry_after"), "retry")
+    c.unknown(t, ("max_retries", "backoff_base", "backoff_max", "max_retry_after"), "retry")
     return RetryConfig(
-        max_retries=c.integer(t, "max_retries", d.max_retries, "retry", lo=0),
-        backoff_base=c.number(t, "backoff_base", d.backoff_base, "retry"),
-        backoff_max=c.number(t, "backoff_max", d.backoff_max, "retry"),
-        max_retry_after=c.number(t, "max_retry_after", d.max_retry_after, "retry"),
+        max_retries=c.integer(t, "max_retries", "retry", default=d.max_retries, lo=0),
+        backoff_base=c.number(t, "backoff_base", "retry", default=d.backoff_base),
+        backoff_max=c.number(t, "backoff_max", "retry", default=d.backoff_max),
+        max_retry_after=c.number(t, "max_retry_after", "retry", default=d.max_retry_after),
     )
 
 
@@ -398,16 +369,16 @@ def _retry(c: _Checker, t: dict[str, Any]) -> RetryConfig:
 _PROVIDER_KEYS = ("type", "base_url", "api_key_env", "keys", "timeout", "models", "headers", "enabled")
 
 
-def _providers(c: _Checker, doc: dict[str, Any], env: Mapping[str, str]) -> dict[str, ProviderConfig]:
+def _providers(c: Checks, doc: dict[str, Any], env: Mapping[str, str]) -> dict[str, ProviderConfig]:
     if "providers" not in doc:
         return {name: _provider(c, name, {}, env) for name in ("openai", "anthropic", "demo")}
     table = c.table(doc["providers"], "providers") or {}
     out: dict[str, ProviderConfig] = {}
     for name, entry in table.items():
         if not _PROVIDER_NAME.match(name):
-            c.err(_key("providers", name), "provider names use only a-z, 0-9, _ and -")
+            c.add(("providers", name), "provider names use only a-z, 0-9, _ and -")
             continue
-        t = c.table(entry, _key("providers", name))
+        t = c.table(entry, "providers", name)
         if t is not None:
             out[name] = _provider(c, name, t, env)
     if "demo" not in out:
@@ -415,44 +386,39 @@ def _providers(c: _Checker, doc: dict[str, Any], env: Mapping[str, str]) -> dict
     return out
 
 
-def _provider(c: _Checker, name: str, t: dict[str, Any], env: Mapping[str, str]) -> ProviderConfig:
+def _provider(c: Checks, name: str, t: dict[str, Any], env: Mapping[str, str]) -> ProviderConfig:
     at = ("providers", name)
-    c.unknown_keys(t, _PROVIDER_KEYS, *at)
+    c.unknown(t, _PROVIDER_KEYS, *at)
     known = _WELL_KNOWN.get(name)
 
-    ptype = known[0] if known else ""
-    if "type" in t:
-        value = t["type"]
-        if value in PROVIDER_TYPES:
-            ptype = value
-        else:
-            choices = ", ".join(map(_show, PROVIDER_TYPES))
-            c.err(_key(*at, "type"), f"expected one of {choices}, got {_show(value)}")
-    elif not known:
-        c.err(_key(*at, "type"), f"required for a provider not named {', '.join(_WELL_KNOWN)}")
+    ptype = c.choice(t, "type", PROVIDER_TYPES, *at, default=known[0] if known else "")
+    if "type" not in t and not known:
+        c.add((*at, "type"), f"required for a provider not named {', '.join(_WELL_KNOWN)}", "missing_field")
     # the well-known defaults apply when the name and the type agree
     defaults = known if known and known[0] == ptype else None
 
     base_url = ""
     if "base_url" in t:
-        base_url = _base_url(c, t["base_url"], _key(*at, "base_url"))
+        base_url = c.parsed(t, "base_url", _base_url, *at, default="")
     elif defaults:
         url_env = defaults[2]
         from_env = env.get(url_env, "").strip() if url_env else ""
-        if from_env and url_env:
-            base_url = _base_url(c, from_env, f"{_key(*at, 'base_url')} (from {url_env})")
-        else:
-            base_url = defaults[3]
+        base_url = defaults[3]
+        if from_env:
+            try:
+                base_url = _base_url(from_env)
+            except ValueError as e:
+                c.add(f"{_key(*at, 'base_url')} (from {url_env})", str(e))
+                base_url = ""
     elif ptype in ("openai", "anthropic"):
-        c.err(_key(*at, "base_url"), f"required for a provider not named {', '.join(_WELL_KNOWN)}")
+        c.add((*at, "base_url"), f"required for a provider not named {', '.join(_WELL_KNOWN)}", "missing_field")
 
     keys: list[ProviderKey] = []
     if "api_key_env" in t and "keys" in t:
-        c.err(_key(*at), "set api_key_env or keys, not both")
+        c.add(at, "set api_key_env or keys, not both")
     elif "api_key_env" in t:
-        env_name = _env_name(c, t["api_key_env"], _key(*at, "api_key_env"))
-        if env_name:
-            keys = [ProviderKey(env_name)]
+        env_name = c.parsed(t, "api_key_env", _env_name, *at)
+        keys = [ProviderKey(env_name)] if env_name else []
     elif "keys" in t:
         keys = _keys(c, t["keys"], at)
     elif defaults and defaults[1]:
@@ -463,17 +429,16 @@ def _provider(c: _Checker, name: str, t: dict[str, Any], env: Mapping[str, str])
         type=ptype or "openai",
         base_url=base_url,
         keys=keys,
-        timeout=c.number(t, "timeout", 600.0, *at, positive=True),
-        models=_models(c, t, at),
+        timeout=c.number(t, "timeout", *at, default=600.0, positive=True),
+        models=c.strings(t, "models", *at, what="model name", default=[]),
         headers=_headers(c, t, at),
-        enabled=c.boolean(t, "enabled", True, *at),
+        enabled=c.boolean(t, "enabled", *at, default=True),
     )
 
 
-def _base_url(c: _Checker, value: object, key: str) -> str:
+def _base_url(value: object) -> str:
     if not isinstance(value, str):
-        c.err(key, f"expected a string, got {_show(value)}")
-        return ""
+        raise ValueError(f"expected a string, got {_show(value)}")
     url = value.strip().rstrip("/")
     try:
         parts = urlsplit(url)
@@ -481,27 +446,24 @@ def _base_url(c: _Checker, value: object, key: str) -> str:
     except ValueError:
         ok = False
     if not ok:
-        c.err(key, f"expected an http:// or https:// URL, got {_show(_redact_url(value))}")
-        return ""
+        raise ValueError(f"expected an http:// or https:// URL, got {_show(_redact_url(value))}")
     return url
 
 
-def _env_name(c: _Checker, value: object, key: str) -> str | None:
+def _env_name(value: object) -> str:
     if not isinstance(value, str):
-        c.err(key, f"expected the name of an environment variable, got {_show(value)}")
-        return None
+        raise ValueError(f"expected the name of an environment variable, got {_show(value)}")
     if not _ENV_NAME.match(value):
-        c.err(key, f"not an environment variable name ([A-Za-z_][A-Za-z0-9_]*): {_show(value)}")
-        return None
+        raise ValueError(f"not an environment variable name ([A-Za-z_][A-Za-z0-9_]*): {_show(value)}")
     return value
 
 
-def _keys(c: _Checker, value: object, at: tuple[str, ...]) -> list[ProviderKey]:
+def _keys(c: Checks, value: object, at: tuple[str, ...]) -> list[ProviderKey]:
     if not isinstance(value, list):
-        c.err(_key(*at, "keys"), f'expected an array like [{{env = "A", weight = 1}}], got {_show(value)}')
+        c.add((*at, "keys"), f'expected an array like [{{env = "A", weight = 1}}], got {_show(value)}')
         return []
     if not value:
-        c.err(_key(*at, "keys"), "expected at least one key (omit keys for a provider without a key)")
+        c.add((*at, "keys"), "expected at least one key (omit keys for a provider without a key)")
         return []
     out: list[ProviderKey] = []
     seen: set[str] = set()
@@ -510,53 +472,34 @@ def _keys(c: _Checker, value: object, at: tuple[str, ...]) -> list[ProviderKey]:
         if isinstance(item, str):  # shorthand: keys = ["A", "B"]
             item = {"env": item}
         if not isinstance(item, dict):
-            c.err(_key(*here), f'expected a table like {{env = "A", weight = 1}}, got {_show(item)}')
+            c.add(here, f'expected a table like {{env = "A", weight = 1}}, got {_show(item)}')
             continue
-        c.unknown_keys(item, ("env", "weight"), *here)
-        if "env" not in item:
-            c.err(_key(*here, "env"), "required")
-            continue
-        env_name = _env_name(c, item["env"], _key(*here, "env"))
-        weight = c.integer(item, "weight", 1, *here, lo=1)
+        c.unknown(item, ("env", "weight"), *here)
+        env_name = c.parsed(item, "env", _env_name, *here, required=True)
+        weight = c.integer(item, "weight", *here, default=1, lo=1)
         if env_name is None:
             continue
         if env_name in seen:
-            c.err(_key(*here, "env"), f"{_show(env_name)} is listed twice")
+            c.add((*here, "env"), f"{_show(env_name)} is listed twice")
             continue
         seen.add(env_name)
         out.append(ProviderKey(env_name, weight))
     return out
 
 
-def _models(c: _Checker, t: dict[str, Any], at: tuple[str, ...]) -> list[str]:
-    if "models" not in t:
-        return []
-    value = t["models"]
-    if not isinstance(value, list):
-        c.err(_key(*at, "models"), f"expected an array of model names, got {_show(value)}")
-        return []
-    out: list[str] = []
-    for i, item in enumerate(value):
-        if not isinstance(item, str) or not item.strip():
-            c.err(_key(*at, "models", i), f"expected a model name, got {_show(item)}")
-        else:
-            out.append(item)
-    return out
-
-
-def _headers(c: _Checker, t: dict[str, Any], at: tuple[str, ...]) -> dict[str, str]:
+def _headers(c: Checks, t: dict[str, Any], at: tuple[str, ...]) -> dict[str, str]:
     if "headers" not in t:
         return {}
-    table = c.table(t["headers"], _key(*at, "headers"))
+    table = c.table(t["headers"], *at, "headers")
     out: dict[str, str] = {}
     for name, value in (table or {}).items():
-        key = _key(*at, "headers", name)
+        key = (*at, "headers", name)
         if not _HEADER_NAME.match(name):
-            c.err(key, "not a valid HTTP header name")
+            c.add(key, "not a valid HTTP header name")
         elif not isinstance(value, str):
-            c.err(key, f"expected a string, got {_show(value)}")
+            c.add(key, f"expected a string, got {_show(value)}", "invalid_type")
         elif "\r" in value or "\n" in value:
-            c.err(key, "header values cannot contain line breaks")
+            c.add(key, "header values cannot contain line breaks")
         else:
             out[name] = value
     return out
@@ -565,69 +508,116 @@ def _headers(c: _Checker, t: dict[str, Any], at: tuple[str, ...]) -> dict[str, s
 # ---- aliases and pricing -----------------------------------------------------------------------
 
 
-def _aliases(c: _Checker, t: dict[str, Any], providers: Mapping[str, ProviderConfig]) -> dict[str, list[str]]:
+def _aliases(c: Checks, t: dict[str, Any], providers: Mapping[str, ProviderConfig]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for name, value in t.items():
         at = ("aliases", name)
         if "/" in name or not name.strip():
-            c.err(_key(*at), 'alias names must not be empty or contain "/"')
+            c.add(at, 'alias names must not be empty or contain "/"')
             continue
         chain = [value] if isinstance(value, str) else value
         if not isinstance(chain, list) or not chain:
-            c.err(_key(*at), f'expected "provider/model" or a non-empty array of them, got {_show(value)}')
+            c.add(at, f'expected "provider/model" or a non-empty array of them, got {_show(value)}')
             continue
         targets: list[str] = []
         for i, target in enumerate(chain):
-            here = _key(*at, i) if isinstance(value, list) else _key(*at)
+            here = (*at, i) if isinstance(value, list) else at
             if _check_target(c, here, target, providers):
                 targets.append(target)
         out[name] = targets
     return out
 
 
-def _check_target(c: _Checker, key: str, target: object, providers: Mapping[str, ProviderConfig]) -> bool:
+def _check_target(c: Checks, key: tuple[str | int, ...], target: object,
+                  providers: Mapping[str, ProviderConfig]) -> bool:
     if not isinstance(target, str):
-        c.err(key, f'expected "provider/model", got {_show(target)}')
+        c.add(key, f'expected "provider/model", got {_show(target)}')
         return False
     provider, sep, model = target.partition("/")
     if not sep or not provider or not model:
-        c.err(key, f'expected "provider/model", got {_show(target)}')
+        c.add(key, f'expected "provider/model", got {_show(target)}')
         return False
     if provider not in providers:
-        c.err(key, f"{_show(target)}: no provider named {_show(provider)} "
+        c.add(key, f"{_show(target)}: no provider named {_show(provider)} "
                    f"(configured: {', '.join(sorted(providers))})")
         return False
     if not providers[provider].serves(model):
-        c.err(key, f"{_show(target)}: provider {_show(provider)} does not list model {_show(model)} "
+        c.add(key, f"{_show(target)}: provider {_show(provider)} does not list model {_show(model)} "
                    "in its models")
         return False
     return True
 
 
-def _pricing(c: _Checker, t: dict[str, Any]) -> dict[str, PriceOverride]:
+def _pricing(c: Checks, t: dict[str, Any]) -> dict[str, PriceOverride]:
     out: dict[str, PriceOverride] = {}
     for name, value in t.items():
         at = ("pricing", name)
         provider, sep, model = name.partition("/")
         if not sep or not provider or not model:
-            c.err(_key(*at), 'expected a "provider/model" key, e.g. [pricing."openai/gpt-4o-mini"]')
+            c.add(at, 'expected a "provider/model" key, e.g. [pricing."openai/gpt-4o-mini"]')
             continue
-        table = c.table(value, _key(*at))
+        table = c.table(value, *at)
         if table is None:
             continue
-        c.unknown_keys(table, PRICE_FIELDS, *at)
+        c.unknown(table, PRICE_FIELDS, *at)
         fields: dict[str, Decimal] = {}
         for f in PRICE_FIELDS:
             if f not in table:
                 continue
             try:
-                nanos = parse_usd_per_mtok(table[f], where=f"{c.file}: {_key(*at, f)}")
+                nanos = parse_usd_per_mtok(table[f], where=_key(*at, f))
             except ConfigError as exc:
-                c.problems.append(exc.message)
+                c.add("", exc.message)
                 continue
             fields[f] = Decimal(nanos).scaleb(-3)  # exact: USD per million tokens
         out[name] = PriceOverride(**fields)
     return out
+
+
+# ---- the sections of the daemon's features ---------------------------------------------------------
+
+
+def _cache(c: Checks, t: dict[str, Any]) -> CacheConfig:
+    d = CacheConfig()
+    c.unknown(t, tuple(CacheConfig.__dataclass_fields__), "cache")
+    patterns = c.strings(t, "guard_patterns", "cache", what="regular expression", default=[])
+    return CacheConfig(
+        mode=c.choice(t, "mode", CACHE_MODES, "cache", default=d.mode),
+        threshold=c.number(t, "threshold", "cache", default=d.threshold, positive=True, hi=1),
+        ttl=c.integer(t, "ttl", "cache", default=d.ttl, lo=0),
+        max_entries=c.integer(t, "max_entries", "cache", default=d.max_entries, lo=1),
+        scope=c.choice(t, "scope", ("customer", "global"), "cache", default=d.scope),
+        guard=c.boolean(t, "guard", "cache", default=d.guard),
+        guard_patterns=tuple(patterns),
+        model=c.string(t, "model", "cache"),
+        charge_hits=c.boolean(t, "charge_hits", "cache", default=d.charge_hits),
+    )
+
+
+def _webhooks(c: Checks, t: dict[str, Any], env: Mapping[str, str]) -> WebhookConfig | None:
+    if not t:
+        return None
+    c.unknown(t, ("url", "secret_env", "timeout", "max_attempts"), "webhooks")
+    url = c.string(t, "url", "webhooks", required=True)
+    if url is not None and not url.startswith(("http://", "https://")):
+        c.add("webhooks.url", f"expected an http:// or https:// URL, got {_show(_redact_url(url))}")
+    return WebhookConfig(url or "", _secret_env(c, t, "secret_env", env, "webhooks"),
+                         timeout=c.number(t, "timeout", "webhooks", default=5.0, positive=True),
+                         max_attempts=c.integer(t, "max_attempts", "webhooks", default=6, lo=1))
+
+
+def _token(c: Checks, t: dict[str, Any], section: str, env: Mapping[str, str]) -> str | None:
+    """``[admin]`` / ``[metrics]``: ``token_env``, the variable holding the bearer token."""
+    c.unknown(t, ("token_env",), section)
+    return _secret_env(c, t, "token_env", env, section)
+
+
+def _secret_env(c: Checks, t: dict[str, Any], name: str, env: Mapping[str, str], *at: str) -> str | None:
+    """A secret by the name of its environment variable, which must then be set."""
+    var = c.parsed(t, name, _env_name, *at)
+    if var is not None and not env.get(var, "").strip():
+        c.add((*at, name), f"environment variable {_show(var)} is not set")
+    return var
 
 
 # ---- the starter file --------------------------------------------------------------------------

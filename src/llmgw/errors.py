@@ -3,11 +3,14 @@
 Every error a user can meet is an ``LlmgwError`` subclass that knows its HTTP status, its
 OpenAI envelope ``type``/``code``, its Anthropic envelope type and the CLI exit code. Front ends
 never invent error shapes: the server renders ``openai_body()`` / ``anthropic_body()``, the CLI
-prints ``str(err)`` and exits with ``exit_code``.
+prints the message and exits with ``exit_code``. An error about one field of the input names it in
+``param`` and its message reads ``param: problem`` (``period: expected one of ...``); each front end
+shows the field in its own terms through ``about`` (``--period``, the JSON field, the TOML key).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -35,6 +38,13 @@ class LlmgwError(Exception):
             self.status = status
         self.param = param
         self.headers: dict[str, str] = dict(headers or {})
+
+    def about(self, name: Callable[[str], str]) -> str:
+        """The message, its field named as a front end calls it: a message about field ``param`` reads
+        ``param: problem``; ``name(param)`` replaces the prefix (the CLI shows ``--period: ...``)."""
+        if self.param and self.message.startswith(self.param + ": "):
+            return name(self.param) + self.message[len(self.param):]
+        return self.message
 
     def openai_body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -159,6 +169,13 @@ class UsageError(LlmgwError):
     status = 400
     type = "usage_error"
     exit_code = 2
+
+
+class Conflict(UsageError):
+    """The operation clashes with what exists: an id taken (``already_exists``), a revoked key."""
+
+    status = 409
+    code = "already_exists"
 
 
 _ANTHROPIC_BY_STATUS = {

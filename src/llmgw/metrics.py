@@ -16,7 +16,6 @@ Invariants:
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,7 +25,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .errors import ConfigError
 from .units import NANOS_PER_USD
 
 #: request and upstream latency (seconds): from a cached reply to a long generation
@@ -41,33 +39,6 @@ CACHE_OFF = "off"
 
 #: a scrape-time histogram source: () -> (bucket upper bounds, per-bucket counts incl. +Inf, sum)
 HistogramSource = Callable[[], tuple[Sequence[float], Sequence[int], float]]
-
-CONFIG_KEYS = ("token_env",)
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def metrics_token(raw: Mapping[str, Any], environ: Mapping[str, str], source: str = "llmgw.toml") -> str | None:
-    """The bearer token ``/metrics`` requires, or ``None`` (open). ``[metrics] token_env = "NAME"``
-    names the environment variable holding it, which must then be set. ``ConfigError`` naming
-    ``metrics.<key>`` for an unknown key, a wrong type or an unset variable."""
-    section = raw.get("metrics")
-    if section is None:
-        return None
-    if not isinstance(section, dict):
-        raise ConfigError(f"{source}: metrics: expected a table")
-    for k in section:
-        if k not in CONFIG_KEYS:
-            raise ConfigError(f"{source}: metrics.{k}: unknown key (known: {', '.join(CONFIG_KEYS)})")
-    name = section.get("token_env")
-    if name is None:
-        return None
-    if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
-        raise ConfigError(f"{source}: metrics.token_env: expected the name of an environment variable, got {name!r}")
-    token = environ.get(name, "").strip()
-    if not token:
-        raise ConfigError(f"{source}: metrics.token_env: environment variable {name!r} is not set")
-    return token
-
 
 class _Histogram:
     __slots__ = ("bounds", "counts", "sum", "count")

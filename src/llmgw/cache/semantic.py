@@ -14,7 +14,7 @@ Isolation, for both layers:
 
 Only complete 200 answers are stored (never an errored or truncated stream). Everything that
 touches SQLite, the embedder or the index runs in a worker thread under one lock; the event loop
-only awaits it. Configuration (``[cache]``, all optional): ``mode`` off|exact|semantic (default
+only awaits it. Configuration (``[cache]``, all optional, read by ``config.py``): ``mode`` off|exact|semantic (default
 off: a gateway must not silently serve stored samples), ``threshold`` (0.95), ``ttl`` seconds
 (86400; 0 = no expiry), ``max_entries`` (100000, least recently used evicted), ``scope``
 customer|global, ``guard`` (true), ``guard_patterns`` (extra regexes), ``model`` (a model2vec path
@@ -35,69 +35,17 @@ from typing import Any
 import orjson
 
 from .. import paths
-from ..errors import ConfigError, InvalidRequest
+from ..config import CacheConfig
+from ..errors import InvalidRequest
 from ..store import db as store_db
 from . import guard
 from . import store as cstore
 
 log = logging.getLogger("llmgw.cache")
 
-MODES = ("off", "exact", "semantic")
 _INDEX_MARGIN = 0.02  # bf16 cosine error is far below this
 # parameters that do not change the answer (transport and bookkeeping only)
 _NOT_OUTPUT = frozenset({"stream", "stream_options", "user", "metadata", "model", "messages", "system"})
-
-
-@dataclass(frozen=True, slots=True)
-class CacheConfig:
-    mode: str = "off"
-    threshold: float = 0.95
-    ttl: int = 86400
-    max_entries: int = 100_000
-    scope: str = "customer"
-    guard: bool = True
-    guard_patterns: tuple[str, ...] = ()
-    model: str | None = None
-    charge_hits: bool = False
-
-
-def cache_config(raw: Mapping[str, Any], source: str = "llmgw.toml") -> CacheConfig:
-    t = raw.get("cache") or {}
-    if not isinstance(t, dict):
-        raise ConfigError(f"{source}: cache: expected a table")
-    d = CacheConfig()
-    known = set(CacheConfig.__dataclass_fields__)
-    for k in t:
-        if k not in known:
-            raise ConfigError(f"{source}: cache.{k}: unknown key (known: {', '.join(sorted(known))})")
-
-    def get(name: str, kinds: tuple[type, ...], default: Any) -> Any:
-        v = t.get(name, default)
-        if isinstance(v, bool) and bool not in kinds or not isinstance(v, kinds):
-            raise ConfigError(f"{source}: cache.{name}: expected {' or '.join(k.__name__ for k in kinds)}")
-        return v
-
-    mode = get("mode", (str,), d.mode)
-    scope = get("scope", (str,), d.scope)
-    threshold = float(get("threshold", (int, float), d.threshold))
-    ttl = get("ttl", (int,), d.ttl)
-    max_entries = get("max_entries", (int,), d.max_entries)
-    if mode not in MODES:
-        raise ConfigError(f"{source}: cache.mode: expected one of {', '.join(MODES)}")
-    if scope not in ("customer", "global"):
-        raise ConfigError(f"{source}: cache.scope: expected customer or global")
-    if not 0 < threshold <= 1:
-        raise ConfigError(f"{source}: cache.threshold: expected a number in (0, 1]")
-    if ttl < 0 or max_entries < 1:
-        raise ConfigError(f"{source}: cache.ttl / cache.max_entries: out of range")
-    patterns = get("guard_patterns", (list,), [])
-    if not all(isinstance(p, str) for p in patterns):
-        raise ConfigError(f"{source}: cache.guard_patterns: expected an array of regular expressions")
-    model = t.get("model")
-    if model is not None and not isinstance(model, str):
-        raise ConfigError(f"{source}: cache.model: expected a path or hub id")
-    return CacheConfig(mode, threshold, ttl, max_entries, scope, get("guard", (bool,), d.guard), tuple(patterns),
-                       model, get("charge_hits", (bool,), d.charge_hits))
 
 
 def _text_of(content: Any) -> str:

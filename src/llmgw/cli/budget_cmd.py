@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import HomeOpt, JsonOpt, err, open_db, print_json, resolve_home
+from .common import HomeOpt, JsonOpt, err, open_db, print_json, resolve_home, writing
 
 if TYPE_CHECKING:
     import sqlite3
@@ -89,21 +89,13 @@ def set_(
     scope, value = _one_scope(customer, team, key)
     if limit is None:
         raise _usage("--limit is required (USD per period)")
-    limit_nanos = parse_usd(limit, "--limit")
+    limit_nanos = parse_usd(limit, "limit")
     p = _period(period)
     assert p is not None
-    if warn_at is not None and not 1 <= warn_at <= 100:
-        raise _usage(f"--warn-at: expected a percent from 1 to 100, got {warn_at}")
-    grace_nanos = None if grace is None else parse_usd(grace, "--grace")
-    if hard is False and grace_nanos:
-        raise _usage("--grace applies to hard budgets only (drop --soft or --grace)")
-
-    conn = open_db(resolve_home(home))
-    try:
+    grace_nanos = None if grace is None else parse_usd(grace, "grace")
+    with writing(resolve_home(home)) as conn:
         row, created = upsert_budget(conn, scope, value, p, limit_nanos, hard=hard, warn_pct=warn_at,
                                      grace_nanos=grace_nanos)
-    finally:
-        conn.close()
     bid = row["id"]
     err(f"{'created' if created else 'updated'} {bid}: {_describe(row)}")
     if json:
@@ -179,8 +171,7 @@ def delete(
     by_scope = customer is not None or team is not None or key is not None
     if (budget_id is None) == (not by_scope):
         raise _usage("give either --id, or one of --customer, --team or --key with --period")
-    conn = open_db(resolve_home(home))
-    try:
+    with writing(resolve_home(home)) as conn:
         if budget_id is None:
             scope, value = _one_scope(customer, team, key)
             p = _period(period)
@@ -191,6 +182,4 @@ def delete(
                 raise NotFound(f"no {p} budget for {scope} {value!r}")
             budget_id = str(found["id"])
         row = delete_budget(conn, budget_id)
-    finally:
-        conn.close()
     err(f"deleted {row['id']}: {_describe(row)}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,6 +48,25 @@ def open_db(home: Path) -> Any:
 
     paths.ensure_home(home)
     return db.open_db(paths.db_path(home))
+
+
+@contextmanager
+def writing(home: Path) -> Iterator[Any]:
+    """The database of ``home`` for one write transaction: the command's governance calls commit
+    together when the block ends, or not at all if it raises; closed afterwards."""
+    from ..store import db
+
+    conn = open_db(home)
+    try:
+        with db.transaction(conn):
+            yield conn
+    finally:
+        conn.close()
+
+
+def flag(param: str) -> str:
+    """A field as the command line names it: ``warn_at`` → ``--warn-at``."""
+    return "--" + param.replace("_", "-")
 
 
 def print_json(obj: Any) -> None:

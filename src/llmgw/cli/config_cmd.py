@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,20 +22,27 @@ app = typer.Typer(help="Inspect and check the configuration; apply and export de
 
 @app.command()
 def validate(config: ConfigOpt = None, home: HomeOpt = None) -> None:
-    """Check the config file; print every problem as 'file: key: problem' and exit 2 if any."""
-    from .. import paths
-    from ..config import validate_file
-    from ..errors import ConfigError
+    """Check the config file; print every problem as 'file: key: problem' and exit 2 if any.
 
-    path = paths.find_config(config, resolve_home(home))
+    One pass reports everything 'llmgw serve' and 'llmgw config apply' would refuse: every section
+    (the environment variables that [admin], [metrics] and [webhooks] name must be set), and the
+    declared customers, teams, keys and budgets. References in those (a team's customer, a
+    budget's key) are checked against the home's database when it exists, without writing to it;
+    without one, as 'config apply' would see them in a new, empty home.
+    """
+    from .. import paths
+    from ..errors import ConfigError
+    from ..governance.declare import parse_file
+
+    h = resolve_home(home)
+    path = paths.find_config(config, h)
     if path is None:
         err("no config file found (--config, $LLMGW_CONFIG, LLMGW_HOME/llmgw.toml): built-in defaults apply")
         return
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
-    problems = validate_file(path)
-    if not problems:
-        problems = _section_problems(path)
+    decl, problems = parse_file(path)
+    problems += _against_database(decl, paths.db_path(h))
     for p in problems:
         sys.stdout.write(p + "\n")
     if problems:
@@ -43,27 +50,29 @@ def validate(config: ConfigOpt = None, home: HomeOpt = None) -> None:
     err(f"{path}: ok")
 
 
-def _section_problems(path: Path) -> list[str]:
-    """The sections the daemon checks at start ([cache], [webhooks], [admin], [metrics]), checked
-    here too, so a typo there is found before `llmgw serve` refuses to start."""
-    import os
+def _against_database(decl: Any, dbfile: Path) -> list[str]:
+    """What ``config apply`` would refuse that only the database can tell (read only; an empty
+    database when there is none yet); warnings go to stderr."""
+    import sqlite3
 
-    from ..cache.semantic import cache_config
-    from ..config import load
-    from ..errors import ConfigError
-    from ..governance.events import webhook_config
-    from ..metrics import metrics_token
-    from ..server.admin import admin_token
+    from ..governance.declare_apply import plan
+    from ..store import db
 
-    raw = load(path).raw
-    problems = []
-    for check in (lambda: cache_config(raw, str(path)), lambda: webhook_config(raw, os.environ, str(path)),
-                  lambda: admin_token(raw, os.environ, str(path)), lambda: metrics_token(raw, os.environ, str(path))):
-        try:
-            check()
-        except ConfigError as e:
-            problems.append(e.message)
-    return problems
+    try:
+        conn = db.connect(dbfile, readonly=True) if dbfile.exists() else db.open_db(Path(":memory:"))
+    except sqlite3.Error as e:
+        err(f"{dbfile}: cannot read the database ({e}): declarations not checked against it")
+        return []
+    try:
+        result = plan(conn, decl)
+    except sqlite3.Error as e:  # e.g. a database from an older llmgw, not migrated yet
+        err(f"{dbfile}: cannot read the database ({e}): declarations not checked against it")
+        return []
+    finally:
+        conn.close()
+    for w in result.warnings:
+        err(w)
+    return result.problems
 
 
 @app.command()

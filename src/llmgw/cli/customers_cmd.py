@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import HomeOpt, JsonOpt, err, open_db, print_json, resolve_home
+from .common import HomeOpt, JsonOpt, err, open_db, print_json, resolve_home, writing
 
 app = typer.Typer(help="Create, list and show customers.", no_args_is_help=True)
 
@@ -23,11 +23,8 @@ def create(
     """Create a customer (ids: lowercase letters, digits, '_', '.', '-')."""
     from ..governance.hierarchy import create_customer
 
-    conn = open_db(resolve_home(home))
-    try:
+    with writing(resolve_home(home)) as conn:
         row = create_customer(conn, customer_id, name=name)
-    finally:
-        conn.close()
     err(f"created customer {row['id']}")
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import HomeOpt, JsonOpt, err, open_db, print_json, resolve_home
+from .common import HomeOpt, JsonOpt, err, open_db, print_json, resolve_home, writing
 
 app = typer.Typer(help="Create, list and manage virtual keys.", no_args_is_help=True)
 
@@ -45,14 +45,11 @@ def create(
     from ..units import parse_usd
 
     model_list = models.split(",") if models is not None else None
-    budget_nanos = parse_usd(budget, "--budget") if budget is not None else None
-    conn = open_db(resolve_home(home))
-    try:
+    budget_nanos = parse_usd(budget, "budget") if budget is not None else None
+    with writing(resolve_home(home)) as conn:
         secret, info = mint(conn, name=name, customer_id=customer, team_id=team, models=model_list,
                             expires_at=expires, rpm=rpm, tpm=tpm, clamp=clamp, cache_mode=cache,
                             budget_nanos=budget_nanos, budget_period=period)
-    finally:
-        conn.close()
     sys.stdout.write(secret + "\n")
     sys.stdout.flush()
     err(f"created key {info.id}" + (f" ({info.name})" if info.name else "")
@@ -122,11 +119,8 @@ def disable(ref: RefArg, home: HomeOpt = None) -> None:
     """Disable a key: requests with it get 401 key_disabled until it is enabled again."""
     from ..governance.keys import set_status
 
-    conn = open_db(resolve_home(home))
-    try:
+    with writing(resolve_home(home)) as conn:
         key = set_status(conn, ref, "disabled")
-    finally:
-        conn.close()
     err(f"disabled key {key['id']}")
 
 
@@ -135,11 +129,8 @@ def enable(ref: RefArg, home: HomeOpt = None) -> None:
     """Enable a disabled key (a revoked key cannot be enabled)."""
     from ..governance.keys import set_status
 
-    conn = open_db(resolve_home(home))
-    try:
+    with writing(resolve_home(home)) as conn:
         key = set_status(conn, ref, "active")
-    finally:
-        conn.close()
     err(f"enabled key {key['id']}")
 
 
@@ -148,11 +139,8 @@ def revoke(ref: RefArg, home: HomeOpt = None) -> None:
     """Revoke a key for good (no confirmation asked; it cannot be enabled again)."""
     from ..governance.keys import revoke as revoke_key
 
-    conn = open_db(resolve_home(home))
-    try:
+    with writing(resolve_home(home)) as conn:
         key = revoke_key(conn, ref)
-    finally:
-        conn.close()
     err(f"revoked key {key['id']} at {key['revoked_at']}")
 
 
@@ -166,11 +154,8 @@ def rotate(
     """Give a key a new secret, printed once on stdout; the old one stays valid for --grace seconds."""
     from ..governance.keys import rotate as rotate_key
 
-    conn = open_db(resolve_home(home))
-    try:
+    with writing(resolve_home(home)) as conn:
         secret, key = rotate_key(conn, ref, grace)
-    finally:
-        conn.close()
     sys.stdout.write(secret + "\n")
     sys.stdout.flush()
     err(f"rotated key {key['id']}: the old secret is accepted until {key['prev_valid_until']}")

@@ -1,7 +1,8 @@
 """The ``llmgw`` Typer app and the single place that turns ``LlmgwError`` into an exit code.
 
 Exit codes: 0 ok, 1 internal error, 2 bad usage or configuration, 3 authentication or
-permission, 4 not found, 5 upstream problem.
+permission, 4 not found, 5 upstream problem. An error about a field names it as an option
+(``--period: ...``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import typer
 
 from ..clock import Clock
 from ..clock import install as install_clock
-from .common import ConfigOpt, HomeOpt, err, load_config, resolve_home
+from .common import ConfigOpt, HomeOpt, err, flag, load_config, resolve_home, writing
 
 app = typer.Typer(
     name="llmgw",
@@ -65,7 +66,6 @@ def serve(
     """Run the gateway daemon (OpenAI- and Anthropic-compatible HTTP API)."""
     import logging
 
-    from .. import paths
     from ..clock import now_ms
     from ..server.runner import run
 
@@ -81,14 +81,9 @@ def serve(
     secret = None
     if demo:
         from ..governance.keys import mint
-        from ..store import db
 
-        paths.ensure_home(h)
-        conn = db.open_db(paths.db_path(h))
-        try:
+        with writing(h) as conn:
             secret, _ = mint(conn, name="demo", replace=True)
-        finally:
-            conn.close()
 
     def ready(bound_host: str, bound_port: int) -> None:
         url = f"http://{bound_host}:{bound_port}"
@@ -147,7 +142,7 @@ def main(argv: list[str] | None = None, clock: Clock | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except LlmgwError as e:
-        err(f"llmgw: error: {e.message}")
+        err(f"llmgw: error: {e.about(flag)}")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import HomeOpt, JsonOpt, err, open_db, print_json, resolve_home
+from .common import HomeOpt, JsonOpt, err, open_db, print_json, resolve_home, writing
 
 app = typer.Typer(help="Create and list teams.", no_args_is_help=True)
 
@@ -21,11 +21,8 @@ def create(
     """Create a team under a customer."""
     from ..governance.hierarchy import create_team
 
-    conn = open_db(resolve_home(home))
-    try:
+    with writing(resolve_home(home)) as conn:
         row = create_team(conn, team_id, customer_id=customer, name=name)
-    finally:
-        conn.close()
     err(f"created team {row['id']} (customer {row['customer_id']})")
 
 

@@ -3,8 +3,8 @@
 Owns the ``Budget`` definition, ``BudgetBook`` (reserve an upper bound before a request, settle to
 the real cost after it, threshold events) and ``BudgetExceeded``; and the budgets table as the CLI
 and the admin API edit it (``upsert_budget``, ``delete_budget``, ``select_budgets``,
-``budget_report``), so both front ends apply the same rules. Period windows, money parsing and
-formatting are ``units``'.
+``budget_report``), so every front end applies the same rules; these run in the caller's
+transaction and never commit. Period windows, money parsing and formatting are ``units``'.
 
 Invariants:
 
@@ -404,7 +404,7 @@ def resolve_scope(conn: sqlite3.Connection, scope: str, value: str) -> str:
     else:
         raise ValueError(f"unknown scope {scope!r} (expected one of {', '.join(SCOPES)})")
     if row is None:
-        raise NotFound(f"no {scope} {value!r}")
+        raise NotFound(f"no {scope} {value!r}", param=scope)
     return str(row[0])
 
 
@@ -431,70 +431,53 @@ def select_budgets(conn: sqlite3.Connection, scope: str | None = None,
 def upsert_budget(conn: sqlite3.Connection, scope: str, value: str, period: str, limit_nanos: int, *,
                   hard: bool | None = None, warn_pct: int | None = None,
                   grace_nanos: int | None = None) -> tuple[sqlite3.Row, bool]:
-    """Create or update the budget of (scope, customer/team/key, period) in one write transaction.
+    """Create or update the budget of (scope, customer/team/key, period), in the caller's transaction.
 
     An update keeps the budget's id (so a running daemon keeps its spent counter) and the options
     not given (``None``); a new budget defaults to hard, warn at 80 %, no grace. Returns the row and
-    whether it was created. ``UsageError`` for a bad option, ``NotFound`` for an unknown
-    customer/team/key (keys by id or name); nothing is written then.
+    whether it was created. ``UsageError`` naming the field for a bad option, ``NotFound`` (``param``:
+    the scope) for an unknown customer/team/key (keys by id or name); nothing is written then.
     """
     if scope not in SCOPES:
-        raise UsageError(f"scope: expected one of {', '.join(SCOPES)}, got {scope!r}")
+        raise UsageError(f"scope: expected one of {', '.join(SCOPES)}, got {scope!r}", param="scope")
     if period not in PERIODS:
-        raise UsageError(f"period: expected one of {', '.join(PERIODS)}, got {period!r}")
+        raise UsageError(f"period: expected one of {', '.join(PERIODS)}, got {period!r}", param="period")
     for what, n in (("limit", limit_nanos), ("grace", grace_nanos)):
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_NANOS):
-            raise UsageError(f"{what}: expected a non-negative amount, got {n!r}")
+            raise UsageError(f"{what}: expected a non-negative amount, got {n!r}", param=what)
     if warn_pct is not None and (isinstance(warn_pct, bool) or not isinstance(warn_pct, int)
                                  or not 1 <= warn_pct <= 100):
-        raise UsageError(f"warn at: expected a percent from 1 to 100, got {warn_pct!r}")
+        raise UsageError(f"warn_at: expected a percent from 1 to 100, got {warn_pct!r}", param="warn_at")
     if hard is False and grace_nanos:
-        raise UsageError("a grace applies to hard budgets only")
+        raise UsageError("grace: applies to hard budgets only (this one is soft)", param="grace")
     now = iso_utc(clock.now_ms())
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        scope_id = resolve_scope(conn, scope, value)
-        old = conn.execute("SELECT * FROM budgets WHERE scope = ? AND scope_id = ? AND period = ?",
-                           (scope, scope_id, period)).fetchone()
-        if old is None:
-            bid = insert_budget(conn, scope, scope_id, period, limit_nanos, hard=True if hard is None else hard,
-                                warn_pct=80 if warn_pct is None else warn_pct, grace_nanos=grace_nanos or 0,
-                                ts=now)
-        else:
-            bid = old["id"]
-            conn.execute(
-                "UPDATE budgets SET limit_nanos = ?, hard = ?, warn_pct = ?, grace_nanos = ?, updated_at = ?"
-                " WHERE id = ?",
-                (limit_nanos, old["hard"] if hard is None else int(hard),
-                 old["warn_pct"] if warn_pct is None else warn_pct,
-                 old["grace_nanos"] if grace_nanos is None else grace_nanos, now, bid))
-        row = conn.execute("SELECT * FROM budgets WHERE id = ?", (bid,)).fetchone()
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    return row, old is None
-
-
-def insert_budget(conn: sqlite3.Connection, scope: str, scope_id: str, period: str, limit_nanos: int, *,
-                  hard: bool, warn_pct: int, grace_nanos: int, ts: str) -> str:
-    """Insert one budget row under a new id and return the id; checks nothing and runs in the caller's
-    transaction (``upsert_budget``'s, or ``llmgw config apply``'s one for the whole file)."""
-    bid = "bud_" + uuid.uuid4().hex[:16]
-    conn.execute(
-        "INSERT INTO budgets (id, scope, scope_id, period, limit_nanos, hard, warn_pct, grace_nanos,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (bid, scope, scope_id, period, limit_nanos, int(hard), warn_pct, grace_nanos, ts, ts))
-    return bid
+    scope_id = resolve_scope(conn, scope, value)
+    old = conn.execute("SELECT * FROM budgets WHERE scope = ? AND scope_id = ? AND period = ?",
+                       (scope, scope_id, period)).fetchone()
+    if old is None:
+        bid = "bud_" + uuid.uuid4().hex[:16]
+        conn.execute(
+            "INSERT INTO budgets (id, scope, scope_id, period, limit_nanos, hard, warn_pct, grace_nanos,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (bid, scope, scope_id, period, limit_nanos, int(hard is not False), 80 if warn_pct is None else warn_pct,
+             grace_nanos or 0, now, now))
+    else:
+        bid = old["id"]
+        conn.execute(
+            "UPDATE budgets SET limit_nanos = ?, hard = ?, warn_pct = ?, grace_nanos = ?, updated_at = ?"
+            " WHERE id = ?",
+            (limit_nanos, old["hard"] if hard is None else int(hard),
+             old["warn_pct"] if warn_pct is None else warn_pct,
+             old["grace_nanos"] if grace_nanos is None else grace_nanos, now, bid))
+    return conn.execute("SELECT * FROM budgets WHERE id = ?", (bid,)).fetchone(), old is None
 
 
 def delete_budget(conn: sqlite3.Connection, budget_id: str) -> sqlite3.Row:
     """Delete one budget by id and return its row (the ledger keeps every charge); ``NotFound``."""
-    with conn:
-        row = conn.execute("SELECT * FROM budgets WHERE id = ?", (budget_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no budget {budget_id!r}")
-        conn.execute("DELETE FROM budgets WHERE id = ?", (budget_id,))
+    row = conn.execute("SELECT * FROM budgets WHERE id = ?", (budget_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no budget {budget_id!r}")
+    conn.execute("DELETE FROM budgets WHERE id = ?", (budget_id,))
     return row
 
 

@@ -1,8 +1,8 @@
 """Declarative governance: customers, teams, keys and budgets written in ``llmgw.toml``.
 
 Owns the ``[customers.*]``, ``[teams.*]``, ``[keys.*]`` and ``[[budgets]]`` sections as written:
-reading and checking them (``parse_file``, ``parse_doc``) into ``Declarations``, and the problem
-lines (``Problems``). Comparing them with the database, applying and exporting is
+reading and checking them (``parse_file``, ``parse_doc``, with ``checks.Checks``) into
+``Declarations``. Comparing them with the database, applying and exporting is
 ``declare_apply.py``'s. No front end: ``llmgw config apply`` reads the file through ``parse_file``.
 
 The shape::
@@ -59,11 +59,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from ..checks import Checks
 from ..errors import UsageError
-from ..tomltext import dotted, show
+from ..tomltext import show
 from ..units import PERIODS, iso_utc, parse_time, parse_usd
 from .budgets import SCOPES
-from .hierarchy import SLUG_MAX, SLUG_RE
+from .hierarchy import validate_slug
 from .keys import CACHE_MODES, PREFIX, STATUSES, validate_models
 
 CUSTOMER_FIELDS = ("name", "budgets")
@@ -133,197 +134,116 @@ class Declarations:
 # ---- reading and checking -------------------------------------------------------------------------
 
 
-class Problems:
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.lines: list[str] = []
-
-    def add(self, where: str, problem: str) -> None:
-        self.lines.append(f"{self.file}: {where}: {problem}" if where else f"{self.file}: {problem}")
-
-    def unknown(self, table: Mapping[str, Any], allowed: tuple[str, ...], *at: str | int) -> None:
-        import difflib
-
-        for name in table:
-            if name in allowed:
-                continue
-            if name in _SECRET_FIELDS:
-                self.add(dotted(*at, name), "secrets are never declared in the file: a new key's secret "
-                                            "is printed once by llmgw config apply")
-                continue
-            hint = difflib.get_close_matches(name, allowed, n=1)
-            more = f'; did you mean "{hint[0]}"?' if hint else f" (known: {', '.join(allowed)})"
-            self.add(dotted(*at, name), f"unknown key{more}")
+_SECRETS = {f: "secrets are never declared in the file: a new key's secret is printed once by llmgw config apply"
+            for f in _SECRET_FIELDS}
 
 
-def _slug(p: Problems, kind: str, value: object, where: str) -> str | None:
-    if not isinstance(value, str):
-        p.add(where, f"expected a {kind} id, got {show(value)}")
+def parse_expiry(value: object) -> str:
+    """An expiry as written in the file (``YYYY-MM-DD``, ISO-8601, a TOML date) → ISO UTC."""
+    return iso_utc(parse_time(value))
+
+
+def _slug(c: Checks, kind: str, value: object, *at: str | int) -> str | None:
+    try:
+        return validate_slug(kind, value)
+    except UsageError as e:
+        c.add(at, e.message)
         return None
-    if not SLUG_RE.fullmatch(value) or len(value) > SLUG_MAX:
-        p.add(where, f"invalid {kind} id {show(value)}: use lowercase letters, digits, '_', '.' and '-', "
-                     f"starting with a letter or digit, at most {SLUG_MAX} characters")
-        return None
-    return value
 
 
-def _name(p: Problems, t: Mapping[str, Any], *at: str) -> str | None:
-    if "name" not in t:
-        return None
-    value = t["name"]
-    if not isinstance(value, str):
-        p.add(dotted(*at, "name"), f"expected a string, got {show(value)}")
-        return None
-    return value.strip() or None
+def _name(c: Checks, t: Mapping[str, Any], *at: str) -> str | None:
+    return (c.string(t, "name", *at, nonempty=False) or "").strip() or None
 
 
-def _budget(p: Problems, item: object, scope: str, ref: str, *at: str | int,
+def _budget(c: Checks, item: object, scope: str, ref: str, *at: str | int,
             fields: tuple[str, ...] = BUDGET_FIELDS) -> BudgetDecl | None:
-    where = dotted(*at)
     if not isinstance(item, dict):
-        p.add(where, f'expected a table like {{ period = "month", limit = 200 }}, got {show(item)}')
+        c.add(at, f'expected a table like {{ period = "month", limit = 200 }}, got {show(item)}')
         return None
-    before = len(p.lines)
-    p.unknown(item, fields, *at)
-    period = item.get("period")
-    if "period" not in item:
-        p.add(dotted(*at, "period"), f"required ({', '.join(PERIODS)})")
-    elif period not in PERIODS:
-        p.add(dotted(*at, "period"), f"expected one of {', '.join(map(show, PERIODS))}, got {show(period)}")
-    limit = 0
-    if "limit" not in item:
-        p.add(dotted(*at, "limit"), "required (USD per period)")
-    else:
-        try:
-            limit = parse_usd(item["limit"])
-        except UsageError as exc:
-            p.add(dotted(*at, "limit"), str(exc))
-    hard = item.get("hard", True)
-    if not isinstance(hard, bool):
-        p.add(dotted(*at, "hard"), f"expected true or false, got {show(hard)}")
-        hard = True
-    warn = item.get("warn_at", 80)
-    if isinstance(warn, bool) or not isinstance(warn, int) or not 1 <= warn <= 100:
-        p.add(dotted(*at, "warn_at"), f"expected a percent from 1 to 100, got {show(warn)}")
-        warn = 80
-    grace = 0
-    if "grace" in item:
-        try:
-            grace = parse_usd(item["grace"])
-        except UsageError as exc:
-            p.add(dotted(*at, "grace"), str(exc))
-        if grace and not hard:
-            p.add(dotted(*at, "grace"), "applies to hard budgets only (hard = false here)")
-    if len(p.lines) > before:
+    before = len(c.problems)
+    c.unknown(item, fields, *at)
+    period = c.choice(item, "period", PERIODS, *at, required=True)
+    limit = c.parsed(item, "limit", parse_usd, *at, default=0, required=True)
+    hard = c.boolean(item, "hard", *at, default=True)
+    warn = c.integer(item, "warn_at", *at, default=80, lo=1, hi=100)
+    grace = c.parsed(item, "grace", parse_usd, *at, default=0)
+    if grace and not hard:
+        c.add((*at, "grace"), "applies to hard budgets only (hard = false here)")
+    if len(c.problems) > before or period is None:
         return None
-    return BudgetDecl(scope, ref, str(period), limit, hard, warn, grace, at)
+    return BudgetDecl(scope, ref, period, limit, hard, warn, grace, at)
 
 
-def _budgets(p: Problems, t: Mapping[str, Any], scope: str, ref: str, *at: str) -> tuple[BudgetDecl, ...]:
+def _budgets(c: Checks, t: Mapping[str, Any], scope: str, ref: str, *at: str) -> tuple[BudgetDecl, ...]:
     if "budgets" not in t:
         return ()
     value = t["budgets"]
     if not isinstance(value, list):
-        p.add(dotted(*at, "budgets"), f'expected an array like [{{ period = "month", limit = 200 }}], '
-                                      f"got {show(value)}")
+        c.add((*at, "budgets"), f'expected an array like [{{ period = "month", limit = 200 }}], got {show(value)}')
         return ()
     out: list[BudgetDecl] = []
     seen: set[str] = set()
     for i, item in enumerate(value):
-        b = _budget(p, item, scope, ref, *at, "budgets", i)
+        b = _budget(c, item, scope, ref, *at, "budgets", i)
         if b is None:
             continue
         if b.period in seen:
-            p.add(dotted(*at, "budgets", i, "period"), f"a {b.period} budget is already listed for {scope} {ref}")
+            c.add((*at, "budgets", i, "period"), f"a {b.period} budget is already listed for {scope} {ref}")
             continue
         seen.add(b.period)
         out.append(b)
     return tuple(out)
 
 
-def _opt_int(p: Problems, t: Mapping[str, Any], name: str, *at: str) -> int | None:
-    if name not in t:
+def _models(c: Checks, t: Mapping[str, Any], *at: str) -> list[str] | None:
+    models = c.strings(t, "models", *at, what="model name")
+    if models is None:
         return None
-    value = t[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        p.add(dotted(*at, name), f"expected a positive integer (leave it out for no limit), got {show(value)}")
-        return None
-    return value
-
-
-def _models(p: Problems, t: Mapping[str, Any], *at: str) -> list[str] | None:
-    if "models" not in t:
-        return None
-    value = t["models"]
-    if not isinstance(value, list):
-        p.add(dotted(*at, "models"), f"expected an array of model names, got {show(value)}")
-        return None
-    if not value:
-        p.add(dotted(*at, "models"), "empty: it would allow no model (leave it out to allow every model)")
+    if not models:
+        c.add((*at, "models"), "empty: it would allow no model (leave it out to allow every model)")
         return None
     out: list[str] = []
-    for i, item in enumerate(value):
-        where = dotted(*at, "models", i)
-        if not isinstance(item, str):
-            p.add(where, f"expected a model name, got {show(item)}")
-            continue
+    for i, item in enumerate(models):
         try:
             validate_models([item])
         except UsageError:
-            p.add(where, f"invalid model {show(item)}: expected provider/model, a glob such as openai/*, "
-                         "or an alias name")
+            c.add((*at, "models", i), f"invalid model {show(item)}: expected provider/model, a glob such as "
+                                      "openai/*, or an alias name")
             continue
         if item in out:
-            p.add(where, f"{show(item)} is listed twice")
+            c.add((*at, "models", i), f"{show(item)} is listed twice")
             continue
         out.append(item)
     return out
 
 
-def _key_name(p: Problems, name: str) -> bool:
-    where = dotted("keys", name)
+def _key_name(c: Checks, name: str) -> bool:
     if not name.strip() or name != name.strip() or _CONTROL.search(name):
-        p.add(where, "a key name must not be empty, have surrounding spaces or control characters")
+        c.add(("keys", name), "a key name must not be empty, have surrounding spaces or control characters")
         return False
     if name.startswith(PREFIX):
-        p.add(where, f"looks like a secret ({PREFIX}…): keys are declared by name, secrets never go in "
-                     "the file (revoke or rotate this key if it was shared)")
+        c.add(("keys", name), f"looks like a secret ({PREFIX}…): keys are declared by name, secrets never go in "
+                              "the file (revoke or rotate this key if it was shared)")
         return False
     return True
 
 
-def _key(p: Problems, name: str, t: Mapping[str, Any]) -> KeyDecl:
+def _key(c: Checks, name: str, t: Mapping[str, Any]) -> KeyDecl:
     at = ("keys", name)
-    p.unknown(t, KEY_FIELDS, *at)
-    customer = _slug(p, "customer", t["customer"], dotted(*at, "customer")) if "customer" in t else None
-    team = _slug(p, "team", t["team"], dotted(*at, "team")) if "team" in t else None
-    clamp = t.get("clamp", False)
-    if not isinstance(clamp, bool):
-        p.add(dotted(*at, "clamp"), f"expected true or false, got {show(clamp)}")
-        clamp = False
-    cache = t.get("cache")
-    if cache is not None and cache not in CACHE_MODES:
-        p.add(dotted(*at, "cache"), f"expected one of {', '.join(map(show, CACHE_MODES))}, got {show(cache)}")
-        cache = None
-    expires = None
-    if "expires" in t:
-        try:
-            expires = iso_utc(parse_time(t["expires"]))
-        except UsageError as exc:
-            p.add(dotted(*at, "expires"), str(exc))
-    status = t.get("status", "active")
-    if status not in STATUSES:
-        p.add(dotted(*at, "status"), f"expected one of {', '.join(map(show, STATUSES))}, got {show(status)}")
-        status = "active"
-    return KeyDecl(name=name, customer=customer, team=team, models=_models(p, t, *at),
-                   rpm=_opt_int(p, t, "rpm", *at), tpm=_opt_int(p, t, "tpm", *at), clamp=clamp, cache=cache,
-                   expires=expires, status=status, budgets=_budgets(p, t, "key", name, *at))
+    c.unknown(t, KEY_FIELDS, *at, explain=_SECRETS)
+    return KeyDecl(name=name, customer=_slug(c, "customer", t["customer"], *at, "customer") if "customer" in t else None,
+                   team=_slug(c, "team", t["team"], *at, "team") if "team" in t else None,
+                   models=_models(c, t, *at), rpm=c.integer(t, "rpm", *at, lo=1), tpm=c.integer(t, "tpm", *at, lo=1),
+                   clamp=c.boolean(t, "clamp", *at, default=False), cache=c.choice(t, "cache", CACHE_MODES, *at),
+                   expires=c.parsed(t, "expires", parse_expiry, *at),
+                   status=c.choice(t, "status", STATUSES, *at, default="active"),
+                   budgets=_budgets(c, t, "key", name, *at))
 
 
-def _entry(p: Problems, decl: Declarations, kind: str, ident: str, entry: object, id_ok: bool) -> bool:
+def _entry(c: Checks, decl: Declarations, kind: str, ident: str, entry: object, id_ok: bool) -> bool:
     """Whether ``[kind.ident]`` can be read: a valid id and a table; else it is marked broken."""
     if id_ok and not isinstance(entry, dict):
-        p.add(dotted(kind + "s", ident), f"expected a table, got {show(entry)}")
+        c.add((kind + "s", ident), f"expected a table, got {show(entry)}")
     if id_ok and isinstance(entry, dict):
         return True
     decl.broken.add((kind, ident))
@@ -332,90 +252,80 @@ def _entry(p: Problems, decl: Declarations, kind: str, ident: str, entry: object
 
 def parse_doc(doc: Mapping[str, Any], file: str) -> tuple[Declarations, list[str]]:
     """The governance sections of a parsed file (other sections are ignored) and their problems."""
-    p = Problems(file)
+    c = Checks(file)
     decl = Declarations(file)
 
     def section(name: str) -> dict[str, Any]:
         value = doc.get(name, {})
         if not isinstance(value, dict):
-            p.add(name, f"expected a table of [{name}.ID] entries, got {show(value)}")
+            c.add(name, f"expected a table of [{name}.ID] entries, got {show(value)}")
             return {}
         return value
 
     for cid, entry in section("customers").items():
-        id_ok = _slug(p, "customer", cid, dotted("customers", cid)) is not None
-        if not _entry(p, decl, "customer", cid, entry, id_ok):
+        if not _entry(c, decl, "customer", cid, entry, _slug(c, "customer", cid, "customers", cid) is not None):
             continue
-        p.unknown(entry, CUSTOMER_FIELDS, "customers", cid)
-        decl.customers[cid] = CustomerDecl(cid, _name(p, entry, "customers", cid),
-                                           _budgets(p, entry, "customer", cid, "customers", cid))
+        c.unknown(entry, CUSTOMER_FIELDS, "customers", cid)
+        decl.customers[cid] = CustomerDecl(cid, _name(c, entry, "customers", cid),
+                                           _budgets(c, entry, "customer", cid, "customers", cid))
     for tid, entry in section("teams").items():
-        id_ok = _slug(p, "team", tid, dotted("teams", tid)) is not None
-        if not _entry(p, decl, "team", tid, entry, id_ok):
+        if not _entry(c, decl, "team", tid, entry, _slug(c, "team", tid, "teams", tid) is not None):
             continue
-        p.unknown(entry, TEAM_FIELDS, "teams", tid)
+        c.unknown(entry, TEAM_FIELDS, "teams", tid)
         customer = None
         if "customer" not in entry:
-            p.add(dotted("teams", tid, "customer"), "required: the customer this team belongs to")
+            c.add(("teams", tid, "customer"), "required: the customer this team belongs to", "missing_field")
         else:
-            customer = _slug(p, "customer", entry["customer"], dotted("teams", tid, "customer"))
-        name = _name(p, entry, "teams", tid)
-        budgets = _budgets(p, entry, "team", tid, "teams", tid)
+            customer = _slug(c, "customer", entry["customer"], "teams", tid, "customer")
+        name = _name(c, entry, "teams", tid)
+        budgets = _budgets(c, entry, "team", tid, "teams", tid)
         if customer is not None:
             decl.teams[tid] = TeamDecl(tid, customer, name, budgets)
         else:
             decl.broken.add(("team", tid))
     for kname, entry in section("keys").items():
-        if not _entry(p, decl, "key", kname, entry, _key_name(p, kname)):
-            continue
-        decl.keys[kname] = _key(p, kname, entry)
+        if _entry(c, decl, "key", kname, entry, _key_name(c, kname)):
+            decl.keys[kname] = _key(c, kname, entry)
 
-    if "budgets" in doc:
-        value = doc["budgets"]
-        if not isinstance(value, list):
-            p.add("budgets", "expected an array of tables ([[budgets]] with customer, team or key, period and "
-                             "limit); a budget of a declared entry goes in its budgets = [...]")
-            value = []
-        for i, item in enumerate(value):
-            at: tuple[str | int, ...] = ("budgets", i)
-            if not isinstance(item, dict):
-                p.add(dotted(*at), f"expected a table, got {show(item)}")
+    value = doc.get("budgets", [])
+    if not isinstance(value, list):
+        c.add("budgets", "expected an array of tables ([[budgets]] with customer, team or key, period and "
+                         "limit); a budget of a declared entry goes in its budgets = [...]")
+        value = []
+    for i, item in enumerate(value):
+        at: tuple[str | int, ...] = ("budgets", i)
+        if not isinstance(item, dict):
+            c.add(at, f"expected a table, got {show(item)}")
+            continue
+        scopes = [s for s in SCOPE_FIELDS if s in item]
+        if len(scopes) != 1:
+            c.add(at, "give exactly one of customer, team or key")
+            continue
+        scope = scopes[0]
+        ref = item[scope]
+        if scope == "key":
+            if not isinstance(ref, str) or not ref.strip():
+                c.add((*at, "key"), f"expected a key name or id, got {show(ref)}")
                 continue
-            scopes = [s for s in SCOPE_FIELDS if s in item]
-            if len(scopes) != 1:
-                p.add(dotted(*at), "give exactly one of customer, team or key")
-                continue
-            scope = scopes[0]
-            ref = item[scope]
-            if scope == "key":
-                if not isinstance(ref, str) or not ref.strip():
-                    p.add(dotted(*at, "key"), f"expected a key name or id, got {show(ref)}")
-                    continue
-            elif _slug(p, scope, ref, dotted(*at, scope)) is None:
-                continue
-            b = _budget(p, {k: v for k, v in item.items() if k != scope}, scope, ref, *at)
-            if b is not None:
-                decl.budgets.append(b)
-    return decl, p.lines
+        elif _slug(c, scope, ref, *at, scope) is None:
+            continue
+        b = _budget(c, {k: v for k, v in item.items() if k != scope}, scope, ref, *at)
+        if b is not None:
+            decl.budgets.append(b)
+    return decl, c.problems
 
 
 def parse_file(path: str | Path, *, environ: Mapping[str, str] | None = None) -> tuple[Declarations, list[str]]:
     """Read ``path`` whole: the governance sections, and every problem in the file (the other sections
-    checked by ``config.validate_file``)."""
+    checked by ``config.validate_file``): everything ``serve`` and ``config apply`` refuse that the
+    file alone can tell (``declare_apply.plan`` adds what only the database can)."""
     from ..config import validate_file
 
-    path = Path(path)
+    problems = validate_file(path, environ=environ)
     file = str(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-        doc = tomllib.loads(text, parse_float=Decimal)
-    except FileNotFoundError:
-        return Declarations(file), [f"{file}: file not found"]
-    except OSError as exc:
-        return Declarations(file), [f"{file}: cannot read: {exc.strerror or exc}"]
-    except UnicodeDecodeError:
-        return Declarations(file), [f"{file}: not UTF-8 text"]
-    except tomllib.TOMLDecodeError as exc:
-        return Declarations(file), [f"{file}: invalid TOML: {exc}"]
-    decl, problems = parse_doc(doc, file)
-    return decl, validate_file(path, environ=environ) + problems
+        doc = tomllib.loads(Path(path).read_bytes().decode("utf-8"), parse_float=Decimal)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):  # reported by validate_file
+        return Declarations(file), problems or [f"{file}: cannot read"]
+    decl, more = parse_doc(doc, file)
+    return decl, problems + more

@@ -9,7 +9,8 @@ Invariants:
 
 * Nothing is written when there is any problem, in the file or against the database.
 * A declared customer, team or key is what its entry says. Budgets are upserted on
-  (scope, scope id, period) and keep their id, so a running daemon keeps its spend counters.
+  (scope, scope id, period) by ``budgets.upsert_budget``, as the CLI and the admin API do, and keep
+  their id, so a running daemon keeps its spend counters.
 * ``apply`` never deletes: customers, teams, keys and budgets missing from the file are left alone,
   and the ledger is never touched. Ownership is fixed: a team never changes customer, a key never
   changes customer or team. Revocation is final.
@@ -32,10 +33,12 @@ from typing import Any
 import orjson
 
 from .. import clock
+from ..checks import Checks
 from ..errors import ConfigError, UsageError
+from ..tomltext import dotted, show
 from ..units import DAY_MS, NANOS_PER_USD, PERIODS, iso_utc, parse_time, usd
-from .budgets import insert_budget, read_budgets
-from .declare import BudgetDecl, Declarations, KeyDecl, Problems, dotted, show
+from .budgets import read_budgets, upsert_budget
+from .declare import BudgetDecl, Declarations, KeyDecl
 from .keys import display, hash_secret, new_secret
 
 # ---- the difference from the database -------------------------------------------------------------
@@ -119,7 +122,7 @@ class Plan:
 def plan(conn: sqlite3.Connection, decl: Declarations, *, now_ms: int | None = None) -> Plan:
     """What applying ``decl`` would change in ``conn``'s database, and what stands in the way."""
     out = Plan()
-    p = Problems(decl.file)
+    p = Checks(decl.file)
     now = clock.now_ms() if now_ms is None else now_ms
     ts = iso_utc(now)
     customers = {r["id"]: dict(r) for r in conn.execute("SELECT id, name FROM customers")}
@@ -265,9 +268,9 @@ def plan(conn: sqlite3.Connection, decl: Declarations, *, now_ms: int | None = N
                                              f"{seen[ident]}")
             continue
         seen[ident] = dotted(*b.where)
-        _plan_budget(out, b, scope_id, budgets.get(ident), ts)
+        _plan_budget(out, b, scope_id, budgets.get(ident))
 
-    out.problems = p.lines
+    out.problems = p.problems
     return out
 
 
@@ -313,35 +316,25 @@ def _update_key(kid: str, name: str, new: Any, ts: str) -> Callable[[sqlite3.Con
     return run
 
 
-# not budgets.upsert_budget: it commits a transaction of its own and rewrites every field at once
-def _plan_budget(out: Plan, b: BudgetDecl, scope_id: str, row: dict[str, Any] | None, ts: str) -> None:
+def _plan_budget(out: Plan, b: BudgetDecl, scope_id: str, row: dict[str, Any] | None) -> None:
+    def run(db: sqlite3.Connection) -> None:  # every field as declared, in apply's transaction
+        upsert_budget(db, b.scope, scope_id, b.period, b.limit_nanos, hard=b.hard, warn_pct=b.warn_pct,
+                      grace_nanos=b.grace_nanos)
+
     if row is None:
         extras = [x for x in ("soft" if not b.hard else "", f"warn at {b.warn_pct}%" if b.warn_pct != 80 else "",
                               f"grace {usd(b.grace_nanos)}" if b.grace_nanos else "") if x]
         detail = f" {usd(b.limit_nanos)}" + (f" ({', '.join(extras)})" if extras else "")
         new = {"limit": b.limit_nanos, "hard": b.hard, "warn_at": b.warn_pct, "grace": b.grace_nanos}
-
-        def create(db: sqlite3.Connection) -> None:
-            insert_budget(db, b.scope, scope_id, b.period, b.limit_nanos, hard=b.hard, warn_pct=b.warn_pct,
-                          grace_nanos=b.grace_nanos, ts=ts)
-
         out.changes.append(Change("create", "budget", b.ref, new=new, scope=b.scope, period=b.period,
-                                  detail=detail, run=create))
+                                  detail=detail, run=run))
         return
-    pairs = (("limit", "limit_nanos", int(row["limit_nanos"]), b.limit_nanos),
-             ("hard", "hard", bool(row["hard"]), b.hard),
-             ("warn_at", "warn_pct", int(row["warn_pct"]), b.warn_pct),
-             ("grace", "grace_nanos", int(row["grace_nanos"]), b.grace_nanos))
-    for name, column, old, new_value in pairs:
-        if old == new_value:
-            continue
-
-        def update(db: sqlite3.Connection, column: str = column, value: Any = new_value) -> None:
-            db.execute(f"UPDATE budgets SET {column} = ?, updated_at = ? WHERE id = ?",
-                       (int(value), ts, row["id"]))
-
+    pairs = (("limit", int(row["limit_nanos"]), b.limit_nanos), ("hard", bool(row["hard"]), b.hard),
+             ("warn_at", int(row["warn_pct"]), b.warn_pct), ("grace", int(row["grace_nanos"]), b.grace_nanos))
+    changed = [(name, old, new_value) for name, old, new_value in pairs if old != new_value]
+    for i, (name, old, new_value) in enumerate(changed):  # one line each; the first one writes them all
         out.changes.append(Change("update", "budget", b.ref, name, old, new_value, scope=b.scope,
-                                  period=b.period, run=update))
+                                  period=b.period, run=run if i == 0 else None))
 
 
 def apply(conn: sqlite3.Connection, decl: Declarations, *, dry_run: bool = False,

@@ -8,10 +8,10 @@ Invariants:
   POSTs JSON to ``[webhooks] url`` with retries and exponential backoff, and marks rows
   delivered. A webhook that stays down loses nothing: undelivered rows stay ``delivered = 0``
   and are retried at the next start.
-- Configuration: ``[webhooks] url = "https://..."``, optional ``secret_env`` (name of an
-  environment variable holding an HMAC-SHA256 key; the body's signature is sent in
-  ``x-llmgw-signature: sha256=<hex>``), ``timeout`` (seconds, default 5), ``max_attempts``
-  (default 6).
+- Configuration (``config.WebhookConfig``): ``[webhooks] url = "https://..."``, optional
+  ``secret_env`` (name of an environment variable holding an HMAC-SHA256 key; the body's signature
+  is sent in ``x-llmgw-signature: sha256=<hex>``), ``timeout`` (seconds, default 5),
+  ``max_attempts`` (default 6).
 """
 
 from __future__ import annotations
@@ -21,77 +21,41 @@ import hashlib
 import hmac
 import logging
 import sqlite3
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 
-from ..errors import ConfigError
+from ..config import WebhookConfig
 from ..store import db as store_db
 
 log = logging.getLogger("llmgw.events")
 
 
-@dataclass(frozen=True, slots=True)
-class WebhookConfig:
-    url: str
-    secret: bytes | None = None
-    timeout: float = 5.0
-    max_attempts: int = 6
-
-
-def webhook_config(raw: Mapping[str, Any], environ: Mapping[str, str], source: str = "llmgw.toml"
-                   ) -> WebhookConfig | None:
-    section = raw.get("webhooks")
-    if not section:
-        return None
-    if not isinstance(section, dict):
-        raise ConfigError(f"{source}: webhooks: expected a table")
-    unknown = set(section) - {"url", "secret_env", "timeout", "max_attempts"}
-    if unknown:
-        raise ConfigError(f"{source}: webhooks.{sorted(unknown)[0]}: unknown key")
-    url = section.get("url")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{source}: webhooks.url: expected an http(s) URL")
-    secret = None
-    env = section.get("secret_env")
-    if env is not None:
-        if not isinstance(env, str) or not environ.get(env):
-            raise ConfigError(f"{source}: webhooks.secret_env: environment variable {env!r} is not set")
-        secret = environ[env].encode()
-    timeout = section.get("timeout", 5.0)
-    attempts = section.get("max_attempts", 6)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ConfigError(f"{source}: webhooks.timeout: expected a positive number")
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-        raise ConfigError(f"{source}: webhooks.max_attempts: expected an integer >= 1")
-    return WebhookConfig(url, secret, float(timeout), attempts)
-
-
 def store(conn: sqlite3.Connection, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Insert events, ignoring repeats; return the ones that were new (with their row id)."""
+    """Insert events, ignoring repeats; return the ones that were new (with their row id). Runs in the
+    caller's transaction."""
     new = []
-    with conn:
-        for ev in events:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO events (ts_ms, kind, budget_id, scope, scope_id, period_start_ms, threshold,"
-                " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (ev["ts_ms"], ev["kind"], ev.get("budget_id"), ev.get("scope"), ev.get("scope_id"),
-                 ev.get("period_start_ms"), ev.get("threshold"), orjson.dumps(ev.get("detail") or {}).decode()))
-            if cur.rowcount:
-                new.append({**ev, "id": cur.lastrowid})
+    for ev in events:
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO events (ts_ms, kind, budget_id, scope, scope_id, period_start_ms, threshold,"
+            " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (ev["ts_ms"], ev["kind"], ev.get("budget_id"), ev.get("scope"), ev.get("scope_id"),
+             ev.get("period_start_ms"), ev.get("threshold"), orjson.dumps(ev.get("detail") or {}).decode()))
+        if cur.rowcount:
+            new.append({**ev, "id": cur.lastrowid})
     return new
 
 
 class EventSink:
     """Stores events off the event loop and delivers new ones to the webhook, in order."""
 
-    def __init__(self, db_path: Path, webhook: WebhookConfig | None, session: aiohttp.ClientSession) -> None:
+    def __init__(self, db_path: Path, webhook: WebhookConfig | None, session: aiohttp.ClientSession,
+                 secret: bytes | None = None) -> None:
         self.db_path = db_path
         self.webhook = webhook
+        self.secret = secret  # the webhook's HMAC key
         self.session = session
         self.delivered = 0
         self.failed = 0
@@ -120,7 +84,7 @@ class EventSink:
                 fresh = [e for e in batch if e.get("_stored")]
                 to_store = [e for e in batch if not e.get("_stored")]
                 if to_store:
-                    fresh += await asyncio.to_thread(store, self._conn, to_store)
+                    fresh += await asyncio.to_thread(self._store, to_store)
                 for ev in fresh:
                     log.warning("budget event: %s %s %s at %s%%", ev["kind"], ev.get("scope"), ev.get("scope_id"),
                                 ev.get("threshold"))
@@ -131,13 +95,18 @@ class EventSink:
             finally:
                 self._queue.task_done()
 
+    def _store(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        assert self._conn is not None
+        with self._conn:
+            return store(self._conn, events)
+
     async def _deliver(self, ev: dict[str, Any]) -> None:
         assert self.webhook is not None and self._conn is not None
         payload = {k: v for k, v in ev.items() if not k.startswith("_")}
         body = orjson.dumps(payload)
         headers = {"content-type": "application/json", "user-agent": "llmgw-webhook"}
-        if self.webhook.secret:
-            headers["x-llmgw-signature"] = "sha256=" + hmac.new(self.webhook.secret, body, hashlib.sha256).hexdigest()
+        if self.secret:
+            headers["x-llmgw-signature"] = "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
         delay = 0.5
         for attempt in range(1, self.webhook.max_attempts + 1):
             try:

@@ -7,8 +7,9 @@ Invariants:
   It is the stable reference used in budgets, reports and the ledger, so it is never rewritten.
 - Customer ids are unique among customers, team ids unique among all teams (a team id alone names
   its team, whatever the customer); a team belongs to exactly one existing customer.
-- A duplicate or malformed id is a ``UsageError``; a reference to a missing customer or team is
-  ``NotFound``. Nothing is written when a check fails.
+- A malformed id is a ``UsageError``, a duplicate a ``Conflict`` (both ``param="id"``); a reference to
+  a missing customer or team is ``NotFound``. Nothing is written when a check fails, and nothing is
+  committed: the caller owns the transaction.
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ import sqlite3
 from typing import Any
 
 from .. import clock, units
-from ..errors import NotFound, UsageError
+from ..errors import Conflict, NotFound, UsageError
 
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 SLUG_MAX = 64
 
 
-def validate_slug(kind: str, value: str) -> str:
+def validate_slug(kind: str, value: object) -> str:
     """Return ``value`` if it is a valid id for a ``kind`` ("customer", "team"), else ``UsageError``."""
     if not isinstance(value, str) or not SLUG_RE.fullmatch(value) or len(value) > SLUG_MAX:
         raise UsageError(f"invalid {kind} id {value!r}: use lowercase letters, digits, '_', '.' and '-', "
-                         f"starting with a letter or digit, at most {SLUG_MAX} characters")
+                         f"starting with a letter or digit, at most {SLUG_MAX} characters", param="id")
     return value
 
 
@@ -44,18 +45,19 @@ def _clean_name(name: str | None) -> str | None:
 
 def create_customer(conn: sqlite3.Connection, customer_id: str, *, name: str | None = None) -> dict[str, Any]:
     validate_slug("customer", customer_id)
-    with conn:
-        if conn.execute("SELECT 1 FROM customers WHERE id = ?", (customer_id,)).fetchone():
-            raise UsageError(f"customer {customer_id!r} already exists")
-        conn.execute("INSERT INTO customers (id, name, created_at) VALUES (?, ?, ?)",
-                     (customer_id, _clean_name(name), units.iso_utc(clock.now_ms())))
+    if conn.execute("SELECT 1 FROM customers WHERE id = ?", (customer_id,)).fetchone():
+        raise Conflict(f"customer {customer_id!r} already exists", param="id")
+    conn.execute("INSERT INTO customers (id, name, created_at) VALUES (?, ?, ?)",
+                 (customer_id, _clean_name(name), units.iso_utc(clock.now_ms())))
     return get_customer(conn, customer_id)
 
 
-def get_customer(conn: sqlite3.Connection, customer_id: str) -> dict[str, Any]:
+def get_customer(conn: sqlite3.Connection, customer_id: str, *, param: str | None = None) -> dict[str, Any]:
+    """The customer, or ``NotFound`` (about the field ``param``, where it was referenced)."""
     row = conn.execute("SELECT id, name, created_at FROM customers WHERE id = ?", (customer_id,)).fetchone()
     if row is None:
-        raise NotFound(f"no customer {customer_id!r} (create it with: llmgw customers create {customer_id})")
+        raise NotFound(f"no customer {customer_id!r} (create it with: llmgw customers create {customer_id})",
+                       param=param)
     return dict(row)
 
 
@@ -85,21 +87,22 @@ def show_customer(conn: sqlite3.Connection, customer_id: str) -> dict[str, Any]:
 def create_team(conn: sqlite3.Connection, team_id: str, *, customer_id: str,
                 name: str | None = None) -> dict[str, Any]:
     validate_slug("team", team_id)
-    with conn:
-        get_customer(conn, customer_id)
-        existing = conn.execute("SELECT customer_id FROM teams WHERE id = ?", (team_id,)).fetchone()
-        if existing is not None:
-            raise UsageError(f"team {team_id!r} already exists (customer {existing['customer_id']!r});"
-                             " team ids are unique across customers")
-        conn.execute("INSERT INTO teams (id, customer_id, name, created_at) VALUES (?, ?, ?, ?)",
-                     (team_id, customer_id, _clean_name(name), units.iso_utc(clock.now_ms())))
+    get_customer(conn, customer_id, param="customer")
+    existing = conn.execute("SELECT customer_id FROM teams WHERE id = ?", (team_id,)).fetchone()
+    if existing is not None:
+        raise Conflict(f"team {team_id!r} already exists (customer {existing['customer_id']!r});"
+                       " team ids are unique across customers", param="id")
+    conn.execute("INSERT INTO teams (id, customer_id, name, created_at) VALUES (?, ?, ?, ?)",
+                 (team_id, customer_id, _clean_name(name), units.iso_utc(clock.now_ms())))
     return get_team(conn, team_id)
 
 
-def get_team(conn: sqlite3.Connection, team_id: str) -> dict[str, Any]:
+def get_team(conn: sqlite3.Connection, team_id: str, *, param: str | None = None) -> dict[str, Any]:
+    """The team, or ``NotFound`` (about the field ``param``, where it was referenced)."""
     row = conn.execute("SELECT id, customer_id, name, created_at FROM teams WHERE id = ?", (team_id,)).fetchone()
     if row is None:
-        raise NotFound(f"no team {team_id!r} (create it with: llmgw teams create {team_id} --customer C)")
+        raise NotFound(f"no team {team_id!r} (create it with: llmgw teams create {team_id} --customer C)",
+                       param=param)
     return dict(row)
 
 
@@ -109,7 +112,7 @@ def list_teams(conn: sqlite3.Connection, *, customer_id: str | None = None) -> l
            " (SELECT count(*) FROM keys k WHERE k.team_id = t.id) AS keys FROM teams t")
     args: tuple[Any, ...] = ()
     if customer_id is not None:
-        get_customer(conn, customer_id)
+        get_customer(conn, customer_id, param="customer")
         sql += " WHERE t.customer_id = ?"
         args = (customer_id,)
     return [dict(r) for r in conn.execute(sql + " ORDER BY t.created_at, t.rowid", args)]

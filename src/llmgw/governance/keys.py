@@ -16,6 +16,8 @@ Invariants:
   older previous secret at once.
 - Times are ISO-8601 UTC strings (``2027-01-01T00:00:00Z``, ``units.iso_utc``); the table compares
   epoch seconds.
+- Every function runs in the caller's transaction and never commits; a refused option is a
+  ``UsageError`` naming its field (``param="period"``), raised before anything is written.
 - ``KeyTable`` is swapped whole on reload (readers never see a half-built table) and compares hashes in
   constant time.
 """
@@ -38,14 +40,15 @@ import orjson
 
 from .. import clock, units
 from ..clock import Clock, wall_ms
-from ..errors import NotFound, Unauthorized, UsageError
+from ..config import CACHE_MODES
+from ..errors import Conflict, NotFound, Unauthorized, UsageError
 from ..store import db as store_db
 from ..units import PERIODS, iso_utc
+from .budgets import upsert_budget
 from .hierarchy import get_customer, get_team
 
 PREFIX = "sk-llmgw-"
 STATUSES = ("active", "disabled", "revoked")
-CACHE_MODES = ("off", "exact", "semantic")
 DEFAULT_GRACE_SECONDS = 24 * 3600
 
 # one path segment of a model name or glob: "gpt-4o-mini", "claude-haiku-4-5-20251001", "llama-3.1:free", "*"
@@ -133,41 +136,43 @@ def validate_models(models: list[str] | tuple[str, ...] | None) -> list[str] | N
     for raw in models:
         m = raw.strip() if isinstance(raw, str) else raw
         if not m:
-            raise UsageError("empty model name in --models (give names separated by commas, e.g. "
-                             "openai/gpt-4o-mini,anthropic/*)")
+            raise _bad("models", "empty model name (give names separated by commas, e.g. "
+                                 "openai/gpt-4o-mini,anthropic/*)")
         if not isinstance(m, str) or not all(_MODEL_SEGMENT.fullmatch(seg) for seg in m.split("/")):
-            raise UsageError(f"invalid model {raw!r}: expected provider/model, a glob such as openai/*, "
-                             "or an alias name")
+            raise _bad("models", f"invalid model {raw!r}: expected provider/model, a glob such as openai/*, "
+                                 "or an alias name")
         if m not in out:
             out.append(m)
     if not out:
-        raise UsageError("--models is empty: leave it out to allow every model")
+        raise _bad("models", "empty: leave it out to allow every model")
     return out
 
 
+def _bad(param: str, problem: str) -> UsageError:
+    return UsageError(f"{param}: {problem}", param=param)
+
+
 def _positive_int(name: str, value: int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UsageError(f"{name} must be a positive integer, got {value!r}")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise _bad(name, f"must be a positive integer, got {value!r}")
     return value
 
 
-def _cache_mode(value: str | None) -> str | None:
-    if value is not None and value not in CACHE_MODES:
-        raise UsageError(f"invalid cache mode {value!r}: expected one of {', '.join(CACHE_MODES)}")
+def _choice(name: str, value: str | None, options: tuple[str, ...]) -> str | None:
+    if value is not None and value not in options:
+        raise _bad(name, f"expected one of {', '.join(options)}, got {value!r}")
     return value
 
 
 def _resolve_owner(conn: sqlite3.Connection, customer_id: str | None,
                    team_id: str | None) -> tuple[str | None, str | None]:
     if team_id is not None:
-        team = get_team(conn, team_id)
+        team = get_team(conn, team_id, param="team")
         if customer_id is not None and customer_id != team["customer_id"]:
-            raise UsageError(f"team {team_id!r} belongs to customer {team['customer_id']!r}, not {customer_id!r}")
+            raise _bad("team", f"team {team_id!r} belongs to customer {team['customer_id']!r}, not {customer_id!r}")
         return team["customer_id"], team_id
     if customer_id is not None:
-        get_customer(conn, customer_id)
+        get_customer(conn, customer_id, param="customer")
     return customer_id, None
 
 
@@ -181,51 +186,44 @@ def mint(conn: sqlite3.Connection, *, name: str | None = None, customer_id: str 
          budget_period: str | None = None) -> tuple[str, KeyInfo]:
     """Create a key (or, with ``replace``, give the key of that name a new secret); returns the secret.
 
-    Everything is checked before anything is written, and the key and its optional hard budget
-    (``budget_nanos`` per ``budget_period``, default month) are written in one transaction.
+    Everything is checked before anything is written; the key and its optional hard budget
+    (``budget_nanos`` per ``budget_period``, default month) are written in the caller's transaction.
     ``replace`` keeps the existing key's options and only issues a new secret (the demo key).
     """
     if name is not None and not name.strip():
-        raise UsageError("a key name cannot be empty")
+        raise _bad("name", "must not be empty")
     models = validate_models(models)
     expires = parse_expires(expires_at)
     rpm = _positive_int("rpm", rpm)
     tpm = _positive_int("tpm", tpm)
-    cache_mode = _cache_mode(cache_mode)
+    cache_mode = _choice("cache", cache_mode, CACHE_MODES)
     if budget_period is not None and budget_nanos is None:
-        raise UsageError("--period needs --budget")
+        raise _bad("period", "applies to a budget: give a budget too")
     if budget_nanos is not None:
-        budget_period = budget_period or "month"
-        if budget_period not in PERIODS:
-            raise UsageError(f"invalid period {budget_period!r}: expected one of {', '.join(PERIODS)}")
+        budget_period = _choice("period", budget_period or "month", PERIODS)
         if isinstance(budget_nanos, bool) or not isinstance(budget_nanos, int) or budget_nanos < 0:
-            raise UsageError(f"invalid budget {budget_nanos!r}: expected a non-negative amount")
+            raise _bad("budget", f"expected a non-negative amount, got {budget_nanos!r}")
     secret = new_secret()
     h = hash_secret(secret)
-    with conn:
-        existing = conn.execute("SELECT id FROM keys WHERE name = ?", (name,)).fetchone() if name else None
-        if existing is not None and not replace:
-            raise UsageError(f"a key named {name!r} already exists")
-        if existing is not None:
-            kid = existing["id"]
-            conn.execute("UPDATE keys SET key_hash = ?, display = ?, status = 'active', revoked_at = NULL,"
-                         " prev_key_hash = NULL, prev_valid_until = NULL WHERE id = ?", (h, display(secret), kid))
-        else:
-            customer_id, team_id = _resolve_owner(conn, customer_id, team_id)
-            kid = "key_" + uuid.uuid4().hex[:16]
-            conn.execute(
-                "INSERT INTO keys (id, name, key_hash, display, customer_id, team_id, status, models, created_at,"
-                " expires_at, rpm, tpm, clamp, cache_mode) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
-                (kid, name, h, display(secret), customer_id, team_id,
-                 orjson.dumps(models).decode() if models else None, iso_utc(clock.now_ms()), expires, rpm, tpm, int(clamp),
-                 cache_mode))
-            if budget_nanos is not None:
-                ts = iso_utc(clock.now_ms())
-                conn.execute(
-                    "INSERT INTO budgets (id, scope, scope_id, period, limit_nanos, hard, warn_pct, grace_nanos,"
-                    " created_at, updated_at) VALUES (?, 'key', ?, ?, ?, 1, 80, 0, ?, ?)",
-                    ("bud_" + uuid.uuid4().hex[:16], kid, budget_period, budget_nanos, ts, ts))
-        row = conn.execute("SELECT * FROM keys WHERE id = ?", (kid,)).fetchone()
+    existing = conn.execute("SELECT id FROM keys WHERE name = ?", (name,)).fetchone() if name else None
+    if existing is not None and not replace:
+        raise Conflict(f"name: a key named {name!r} already exists", param="name", code="already_exists")
+    if existing is not None:
+        kid = existing["id"]
+        conn.execute("UPDATE keys SET key_hash = ?, display = ?, status = 'active', revoked_at = NULL,"
+                     " prev_key_hash = NULL, prev_valid_until = NULL WHERE id = ?", (h, display(secret), kid))
+    else:
+        customer_id, team_id = _resolve_owner(conn, customer_id, team_id)
+        kid = "key_" + uuid.uuid4().hex[:16]
+        conn.execute(
+            "INSERT INTO keys (id, name, key_hash, display, customer_id, team_id, status, models, created_at,"
+            " expires_at, rpm, tpm, clamp, cache_mode) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
+            (kid, name, h, display(secret), customer_id, team_id,
+             orjson.dumps(models).decode() if models else None, iso_utc(clock.now_ms()), expires, rpm, tpm, int(clamp),
+             cache_mode))
+        if budget_nanos is not None and budget_period is not None:
+            upsert_budget(conn, "key", kid, budget_period, budget_nanos)
+    row = conn.execute("SELECT * FROM keys WHERE id = ?", (kid,)).fetchone()
     return secret, KeyInfo.from_row(row)
 
 
@@ -272,23 +270,21 @@ def get_key(conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
 
 
 def set_status(conn: sqlite3.Connection, ref: str, status: str) -> dict[str, Any]:
-    """Disable or (re-)enable a key. A revoked key stays revoked."""
+    """Disable or (re-)enable a key. A revoked key stays revoked (``Conflict``)."""
     if status not in ("active", "disabled"):
-        raise UsageError(f"invalid status {status!r}: expected active or disabled (use revoke to revoke)")
-    with conn:
-        row = _row(conn, ref)
-        if row["status"] == "revoked":
-            raise UsageError(f"key {row['id']} was revoked at {row['revoked_at']}; revocation is final")
-        conn.execute("UPDATE keys SET status = ? WHERE id = ?", (status, row["id"]))
+        raise _bad("status", f"expected active or disabled (use revoke to revoke), got {status!r}")
+    row = _row(conn, ref)
+    if row["status"] == "revoked":
+        raise Conflict(f"key {row['id']} was revoked at {row['revoked_at']}; revocation is final", code="key_revoked")
+    conn.execute("UPDATE keys SET status = ? WHERE id = ?", (status, row["id"]))
     return get_key(conn, row["id"])
 
 
 def revoke(conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
     """Revoke a key for good (idempotent: revoking again keeps the first ``revoked_at``)."""
-    with conn:
-        row = _row(conn, ref)
-        if row["status"] != "revoked":
-            conn.execute("UPDATE keys SET status = 'revoked', revoked_at = ? WHERE id = ?", (iso_utc(clock.now_ms()), row["id"]))
+    row = _row(conn, ref)
+    if row["status"] != "revoked":
+        conn.execute("UPDATE keys SET status = 'revoked', revoked_at = ? WHERE id = ?", (iso_utc(clock.now_ms()), row["id"]))
     return get_key(conn, row["id"])
 
 
@@ -299,17 +295,17 @@ def rotate(conn: sqlite3.Connection, ref: str, grace_seconds: int = DEFAULT_GRAC
     Returns the new secret (shown once) and the key's public fields.
     """
     if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, int) or grace_seconds < 0:
-        raise UsageError(f"invalid grace {grace_seconds!r}: expected a number of seconds >= 0")
+        raise _bad("grace", f"expected a number of seconds >= 0, got {grace_seconds!r}")
     secret = new_secret()
     # stored to the second: round up, so the old secret stays valid for at least grace_seconds
     end = (clock.now_ms() if now_ms is None else now_ms) + grace_seconds * 1000
     until = iso_utc(end + (-end % 1000 if grace_seconds else 0))
-    with conn:
-        row = _row(conn, ref)
-        if row["status"] == "revoked":
-            raise UsageError(f"key {row['id']} was revoked at {row['revoked_at']}; a revoked key cannot be rotated")
-        conn.execute("UPDATE keys SET prev_key_hash = key_hash, prev_valid_until = ?, key_hash = ?, display = ?"
-                     " WHERE id = ?", (until, hash_secret(secret), display(secret), row["id"]))
+    row = _row(conn, ref)
+    if row["status"] == "revoked":
+        raise Conflict(f"key {row['id']} was revoked at {row['revoked_at']}; a revoked key cannot be rotated",
+                       code="key_revoked")
+    conn.execute("UPDATE keys SET prev_key_hash = key_hash, prev_valid_until = ?, key_hash = ?, display = ?"
+                 " WHERE id = ?", (until, hash_secret(secret), display(secret), row["id"]))
     return secret, get_key(conn, row["id"])
 
 

@@ -12,7 +12,10 @@ Invariants:
   logged or echoed.
 * Errors are the OpenAI envelope with an ``x-request-id`` on every answer (``guarded`` from the app).
   Bad JSON, unknown fields and wrong types are 400 ``invalid_request_error`` naming the field in
-  ``param``; unknown ids are 404; an id or key name that already exists is 409.
+  ``param`` (``checks.Checks``, raising at the first problem); the values are checked by the
+  governance functions, whose errors name their field, shown here as the JSON field; unknown ids
+  are 404; an id or key name that already exists, or a revoked key, is 409.
+* Every write runs in one transaction of its own (``db(..., write=True)``): all of it or nothing.
 * Money in: decimal strings of USD (``"12.50"``) or integers, or integer ``*_nanos`` fields; a JSON
   number with a fraction is refused (it went through a float). Money out: ``*_nanos`` integers and
   exact ``*_usd`` decimal strings; never a float.
@@ -30,7 +33,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import re
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -41,168 +43,67 @@ import orjson
 from aiohttp import web
 
 from .. import paths, reports
+from ..checks import Checks
 from ..clock import Clock
 from ..config import Config
-from ..errors import (
-    ConfigError,
-    InvalidRequest,
-    MethodNotAllowed,
-    NotFound,
-    Unauthorized,
-    UsageError,
-)
+from ..errors import InvalidRequest, MethodNotAllowed, NotFound, Unauthorized, UsageError
 from ..governance import hierarchy
 from ..governance import keys as govkeys
 from ..governance.budgets import PERIODS, SCOPES, budget_report, delete_budget, select_budgets, upsert_budget
 from ..store import db as store_db
-from ..units import parse_time, parse_usd, usd
+from ..tomltext import show
+from ..units import MAX_NANOS, parse_time, parse_usd, usd
 from .http import read_body
 
 log = logging.getLogger("llmgw.admin")
 
-TOKEN_ENV = "LLMGW_ADMIN_TOKEN"
-CONFIG_KEYS = ("token_env",)
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
 
-
-# ---- configuration --------------------------------------------------------------------------------
-
-
-def admin_token(raw: Mapping[str, Any], environ: Mapping[str, str], source: str = "llmgw.toml") -> str | None:
-    """The admin token, or ``None`` (admin API off). ``[admin] token_env`` names the variable holding
-    it (which must then be set); without it, ``LLMGW_ADMIN_TOKEN``. ``ConfigError`` naming
-    ``admin.<key>`` for an unknown key or a wrong type."""
-    section = raw.get("admin")
-    name: str | None = None
-    if section is not None:
-        if not isinstance(section, dict):
-            raise ConfigError(f"{source}: admin: expected a table")
-        for k in section:
-            if k not in CONFIG_KEYS:
-                raise ConfigError(f"{source}: admin.{k}: unknown key (known: {', '.join(CONFIG_KEYS)})")
-        value = section.get("token_env")
-        if value is not None:
-            if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
-                raise ConfigError(f"{source}: admin.token_env: expected the name of an environment variable, "
-                                  f"got {value!r}")
-            name = value
-    if name is not None:
-        token = environ.get(name, "").strip()
-        if not token:
-            raise ConfigError(f"{source}: admin.token_env: environment variable {name!r} is not set")
-        return token
-    return environ.get(TOKEN_ENV, "").strip() or None
+#: reads request bodies and queries: the first problem is a 400 naming the field in ``param``
+V = Checks(error=InvalidRequest)
 
 
 # ---- request parsing ------------------------------------------------------------------------------
 
 
-def _bad(message: str, param: str | None, code: str = "invalid_value") -> InvalidRequest:
-    return InvalidRequest(message, param=param, code=code)
-
-
 @contextmanager
-def _param(name: str | None) -> Iterator[None]:
-    """Report a governance ``UsageError`` as a 400 ``invalid_request_error`` about field ``name``."""
+def _param(name: str | None = None, **json_names: str) -> Iterator[None]:
+    """A governance error raised inside is about the field ``name`` when it names none, or about the
+    JSON field ``json_names`` maps its ``param`` to (``limit`` → ``limit_usd``)."""
     try:
         yield
-    except UsageError as e:
-        raise _bad(e.message, name) from None
+    except (UsageError, NotFound) as e:
+        if e.param is None:
+            e.param = name
+        elif e.param in json_names:
+            e.message, e.param = e.about(json_names.__getitem__), json_names[e.param]
+        raise
 
 
-class Fields:
-    """A JSON object from a request body or query, read field by field with typed 400s."""
-
-    def __init__(self, data: Mapping[str, Any], allowed: tuple[str, ...], *, where: str = "field") -> None:
-        for k in data:
-            if k not in allowed:
-                known = ", ".join(allowed) or "none"
-                raise _bad(f"unknown {where} {k!r} (known: {known})", k, "unknown_field")
-        self.data = data
-
-    def _get(self, name: str, required: bool) -> Any:
-        value = self.data.get(name)
-        if value is None and required:
-            raise _bad(f"{name} is required", name, "missing_field")
-        return value
-
-    def string(self, name: str, *, required: bool = False) -> str | None:
-        value = self._get(name, required)
-        if value is not None and not isinstance(value, str):
-            raise _bad(f"{name}: expected a string, got {_kind(value)}", name, "invalid_type")
-        if required and value is not None and not value.strip():
-            raise _bad(f"{name}: expected a non-empty string", name)
-        return value
-
-    def choice(self, name: str, options: tuple[str, ...], *, required: bool = False) -> str | None:
-        value = self.string(name, required=required)
-        if value is not None and value not in options:
-            raise _bad(f"{name}: expected one of {', '.join(options)}, got {value!r}", name)
-        return value
-
-    def integer(self, name: str, *, lo: int | None = None, hi: int | None = None) -> int | None:
-        value = self._get(name, False)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _bad(f"{name}: expected an integer, got {_kind(value)}", name, "invalid_type")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            span = f"from {lo} to {hi}" if lo is not None and hi is not None else f">= {lo}" if lo is not None \
-                else f"<= {hi}"
-            raise _bad(f"{name}: expected an integer {span}, got {value}", name)
-        return value
-
-    def boolean(self, name: str) -> bool | None:
-        value = self._get(name, False)
-        if value is not None and not isinstance(value, bool):
-            raise _bad(f"{name}: expected true or false, got {_kind(value)}", name, "invalid_type")
-        return value
-
-    def strings(self, name: str) -> list[str] | None:
-        value = self._get(name, False)
-        if value is None:
-            return None
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise _bad(f"{name}: expected a list of strings, got {_kind(value)}", name, "invalid_type")
-        return value
-
-    def money(self, base: str, *, required: bool = False) -> int | None:
-        """Nano-dollars from ``<base>_usd`` (decimal string or integer) or ``<base>_nanos`` (integer)."""
-        usd_name, nanos_name = f"{base}_usd", f"{base}_nanos"
-        usd, nanos = self.data.get(usd_name), self.data.get(nanos_name)
-        if usd is not None and nanos is not None:
-            raise _bad(f"give {usd_name} or {nanos_name}, not both", nanos_name)
-        if nanos is not None:
-            return self.integer(nanos_name, lo=0, hi=2**63 - 1)
-        if usd is None:
-            if required:
-                raise _bad(f"{usd_name} is required (a decimal string of USD such as \"150\" or \"12.50\")",
-                           usd_name, "missing_field")
-            return None
-        if isinstance(usd, float):
-            raise _bad(f"{usd_name}: give USD as a decimal string such as \"12.50\", not a JSON number with a "
-                       "fraction (it would pass through a float)", usd_name, "invalid_type")
-        if isinstance(usd, bool) or not isinstance(usd, (str, int)):
-            raise _bad(f"{usd_name}: expected a decimal string of USD, got {_kind(usd)}", usd_name,
-                       "invalid_type")
-        with _param(usd_name):
-            return parse_usd(usd, usd_name)
+def _money(d: Mapping[str, Any], base: str, *, required: bool = False) -> int | None:
+    """Nano-dollars from ``<base>_usd`` (decimal string or integer) or ``<base>_nanos`` (integer)."""
+    usd_name, nanos_name = f"{base}_usd", f"{base}_nanos"
+    usd = d.get(usd_name)
+    if usd is not None and d.get(nanos_name) is not None:
+        V.add(nanos_name, f"give {usd_name} or {nanos_name}, not both")
+    if d.get(nanos_name) is not None:
+        return V.integer(d, nanos_name, lo=0, hi=MAX_NANOS)
+    if isinstance(usd, float):
+        V.add(usd_name, 'give USD as a decimal string such as "12.50", not a JSON number with a fraction '
+                        "(it would pass through a float)", "invalid_type")
+    if usd is not None and (isinstance(usd, bool) or not isinstance(usd, str | int)):
+        V.add(usd_name, f"expected a decimal string of USD, got {show(usd)}", "invalid_type")
+    return V.parsed(d, usd_name, parse_usd, required=required)
 
 
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def _query(request: web.Request, allowed: tuple[str, ...]) -> Fields:
+def _query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
     q = request.rel_url.query
     for k in q:
         if len(q.getall(k)) > 1:
-            raise _bad(f"query parameter {k!r} given more than once", k)
-    return Fields({k: q[k] for k in q}, allowed, where="query parameter")
+            V.add(k, "query parameter given more than once")
+    V.unknown(q, allowed, what="query parameter")
+    return {k: q[k] for k in q}
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -244,43 +145,51 @@ class AdminApi:
 
     def protected(self, handler: Handler) -> Handler:
         """Check the admin token first, then run ``handler``; a governance ``UsageError`` left over
-        becomes a 400 ``invalid_request_error``."""
+        becomes an ``invalid_request_error`` naming its field (400, or 409 for a ``Conflict``)."""
 
         async def wrapper(request: web.Request) -> web.StreamResponse:
             self.authorize(request)
-            with _param(None):
+            try:
                 resp = await handler(request)
+            except UsageError as e:
+                raise InvalidRequest(e.message, param=e.param, code=e.code or "invalid_value", status=e.status) from None
             if request.method != "GET" and resp.status < 400:
                 await self.refresh()  # the change applies here before the client hears of it
             return resp
 
         return wrapper
 
-    async def db(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` on a short-lived connection in a worker thread (the loop never waits on SQLite)."""
+    async def db(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
+        """Run ``fn`` on a short-lived connection in a worker thread (the loop never waits on SQLite);
+        ``write``: in one transaction, committed when ``fn`` returns, rolled back if it raises."""
 
         def run() -> T:
             conn = store_db.open_db(self.dbfile)
             try:
-                return fn(conn)
+                if not write:
+                    return fn(conn)
+                with store_db.transaction(conn):
+                    return fn(conn)
             finally:
                 conn.close()
 
         return await asyncio.to_thread(run)
 
-    async def body(self, request: web.Request, allowed: tuple[str, ...], *, optional: bool = False) -> Fields:
+    async def body(self, request: web.Request, allowed: tuple[str, ...], *, optional: bool = False) -> dict[str, Any]:
+        """The JSON object of the body, with only ``allowed`` fields (``optional``: may be empty)."""
         raw = await read_body(request, self.max_body)
         if not raw.strip():
             if optional:
-                return Fields({}, allowed)
-            raise _bad("request body is empty; expected a JSON object", None, "invalid_json")
+                return {}
+            raise InvalidRequest("request body is empty; expected a JSON object", code="invalid_json")
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
-            raise _bad(f"request body is not valid JSON: {e}", None, "invalid_json") from e
+            raise InvalidRequest(f"request body is not valid JSON: {e}", code="invalid_json") from e
         if not isinstance(data, dict):
-            raise _bad(f"request body must be a JSON object, got {_kind(data)}", None, "invalid_json")
-        return Fields(data, allowed)
+            raise InvalidRequest(f"request body must be a JSON object, got {show(data)}", code="invalid_json")
+        V.unknown(data, allowed, what="field")
+        return data
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [
@@ -310,21 +219,14 @@ class AdminApi:
 
     async def create_customer(self, request: web.Request) -> web.StreamResponse:
         f = await self.body(request, ("id", "name"))
-        cid = f.string("id", required=True)
-        name = f.string("name")
+        cid, name = V.string(f, "id", required=True), V.string(f, "name", nonempty=False)
         assert cid is not None
-        with _param("id"):
-            hierarchy.validate_slug("customer", cid)
 
         def run(conn: sqlite3.Connection) -> dict[str, Any]:
-            if conn.execute("SELECT 1 FROM customers WHERE id = ?", (cid,)).fetchone():
-                raise InvalidRequest(f"customer {cid!r} already exists", param="id", code="already_exists",
-                                     status=409)
-            with _param("id"):
-                hierarchy.create_customer(conn, cid, name=name)
+            hierarchy.create_customer(conn, cid, name=name)
             return hierarchy.show_customer(conn, cid)
 
-        out = await self.db(run)
+        out = await self.db(run, write=True)
         log.info("admin: created customer %s", cid)
         return _json(out, 201)
 
@@ -334,34 +236,16 @@ class AdminApi:
         return _json(await self.db(lambda conn: hierarchy.show_customer(conn, cid)))
 
     async def list_teams(self, request: web.Request) -> web.StreamResponse:
-        customer = _query(request, ("customer",)).string("customer")
-
-        def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            if customer is not None:
-                _exists(conn, "customer", customer, "customer")
-            return hierarchy.list_teams(conn, customer_id=customer)
-
-        return _json({"data": await self.db(run)})
+        customer = V.string(_query(request, ("customer",)), "customer")
+        return _json({"data": await self.db(lambda conn: hierarchy.list_teams(conn, customer_id=customer))})
 
     async def create_team(self, request: web.Request) -> web.StreamResponse:
         f = await self.body(request, ("id", "customer", "name"))
-        tid = f.string("id", required=True)
-        customer = f.string("customer", required=True)
-        name = f.string("name")
+        tid, customer = V.string(f, "id", required=True), V.string(f, "customer", required=True)
+        name = V.string(f, "name", nonempty=False)
         assert tid is not None and customer is not None
-        with _param("id"):
-            hierarchy.validate_slug("team", tid)
-
-        def run(conn: sqlite3.Connection) -> dict[str, Any]:
-            _exists(conn, "customer", customer, "customer")
-            row = conn.execute("SELECT customer_id FROM teams WHERE id = ?", (tid,)).fetchone()
-            if row is not None:
-                raise InvalidRequest(f"team {tid!r} already exists (customer {row['customer_id']!r}); team ids "
-                                     "are unique across customers", param="id", code="already_exists", status=409)
-            with _param("id"):
-                return hierarchy.create_team(conn, tid, customer_id=customer, name=name)
-
-        out = await self.db(run)
+        out = await self.db(lambda conn: hierarchy.create_team(conn, tid, customer_id=customer, name=name),
+                            write=True)
         log.info("admin: created team %s (customer %s)", tid, customer)
         return _json(out, 201)
 
@@ -369,13 +253,13 @@ class AdminApi:
 
     async def list_keys(self, request: web.Request) -> web.StreamResponse:
         q = _query(request, ("customer", "team"))
-        customer, team = q.string("customer"), q.string("team")
+        customer, team = V.string(q, "customer"), V.string(q, "team")
 
         def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             if customer is not None:
-                _exists(conn, "customer", customer, "customer")
+                hierarchy.get_customer(conn, customer, param="customer")
             if team is not None:
-                _exists(conn, "team", team, "team")
+                hierarchy.get_team(conn, team, param="team")
             return govkeys.list_keys(conn, customer_id=customer, team_id=team)
 
         return _json({"data": await self.db(run)})
@@ -383,39 +267,20 @@ class AdminApi:
     async def create_key(self, request: web.Request) -> web.StreamResponse:
         f = await self.body(request, ("customer", "team", "name", "models", "budget_usd", "budget_nanos", "period",
                                       "rpm", "tpm", "expires", "clamp", "cache"))
-        customer, team, name = f.string("customer"), f.string("team"), f.string("name")
-        if name is not None and not name.strip():
-            raise _bad("name: a key name cannot be empty", "name")
-        with _param("models"):
-            models = govkeys.validate_models(f.strings("models"))
-        budget = f.money("budget")
-        period = f.choice("period", PERIODS)
-        if period is not None and budget is None:
-            raise _bad("period applies to a budget: give budget_usd too", "period")
-        rpm, tpm = f.integer("rpm", lo=1), f.integer("tpm", lo=1)
-        expires = f.string("expires")
-        with _param("expires"):
-            govkeys.parse_expires(expires)
-        clamp = f.boolean("clamp")
-        cache = f.choice("cache", govkeys.CACHE_MODES)
+        # types here; the values are mint's to check (the same rules as the CLI's)
+        kw: dict[str, Any] = {
+            "customer_id": V.string(f, "customer"), "team_id": V.string(f, "team"), "name": V.string(f, "name"),
+            "models": V.strings(f, "models", what="model name"), "budget_nanos": _money(f, "budget"),
+            "budget_period": V.string(f, "period"), "rpm": V.integer(f, "rpm"), "tpm": V.integer(f, "tpm"),
+            "expires_at": V.string(f, "expires"), "clamp": bool(V.boolean(f, "clamp")),
+            "cache_mode": V.string(f, "cache")}
 
         def run(conn: sqlite3.Connection) -> dict[str, Any]:
-            if name is not None and conn.execute("SELECT 1 FROM keys WHERE name = ?", (name,)).fetchone():
-                raise InvalidRequest(f"a key named {name!r} already exists", param="name", code="already_exists",
-                                     status=409)
-            if team is not None:
-                owner = _exists(conn, "team", team, "team")
-                if customer is not None and owner["customer_id"] != customer:
-                    raise _bad(f"team {team!r} belongs to customer {owner['customer_id']!r}, not {customer!r}",
-                               "team")
-            elif customer is not None:
-                _exists(conn, "customer", customer, "customer")
-            secret, info = govkeys.mint(conn, name=name, customer_id=customer, team_id=team, models=models,
-                                        expires_at=expires, rpm=rpm, tpm=tpm, clamp=bool(clamp), cache_mode=cache,
-                                        budget_nanos=budget, budget_period=period)
+            with _param(budget="budget_usd"):
+                secret, info = govkeys.mint(conn, **kw)
             return {**govkeys.get_key(conn, info.id), "secret": secret}
 
-        out = await self.db(run)
+        out = await self.db(run, write=True)
         log.info("admin: created key %s", out["id"])
         return _json(out, 201)
 
@@ -428,15 +293,7 @@ class AdminApi:
                          verb: str) -> T:
         """Run a key lifecycle operation on the key of the path (404 if unknown, 409 if revoked)."""
         ref = request.match_info["ref"]
-
-        def run(conn: sqlite3.Connection) -> T:
-            kid = govkeys.get_key(conn, ref)["id"]  # NotFound first
-            try:
-                return op(conn, kid)
-            except UsageError as e:  # the key was revoked: final
-                raise InvalidRequest(e.message, code="key_revoked", status=409) from None
-
-        out = await self.db(run)
+        out = await self.db(lambda conn: op(conn, ref), write=True)
         log.info("admin: %s key %s", verb, ref)
         return out
 
@@ -454,8 +311,7 @@ class AdminApi:
 
     async def rotate_key(self, request: web.Request) -> web.StreamResponse:
         f = await self.body(request, ("grace_seconds",), optional=True)
-        grace = f.integer("grace_seconds", lo=0, hi=10 * 365 * 86400)
-        seconds = govkeys.DEFAULT_GRACE_SECONDS if grace is None else grace
+        seconds = V.integer(f, "grace_seconds", lo=0, hi=10 * 365 * 86400, default=govkeys.DEFAULT_GRACE_SECONDS)
         secret, key = await self._lifecycle(request, lambda c, k: govkeys.rotate(c, k, seconds), "rotated")
         return _json({**key, "secret": secret})
 
@@ -463,45 +319,30 @@ class AdminApi:
 
     async def list_budgets(self, request: web.Request) -> web.StreamResponse:
         q = _query(request, SCOPES)
-        given = [(s, q.string(s)) for s in SCOPES if q.data.get(s) is not None]
+        given = [(s, V.string(q, s)) for s in SCOPES if q.get(s) is not None]
         if len(given) > 1:
-            raise _bad("give at most one of customer, team or key", given[1][0])
+            V.add(given[1][0], "give at most one of customer, team or key")
         scope, value = given[0] if given else (None, None)
         now_ms = self.clock()
-
-        def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            try:
-                rows = select_budgets(conn, scope, value)
-            except NotFound as e:
-                raise NotFound(e.message, param=scope) from None
-            return budget_report(conn, rows, now_ms)
-
-        return _json({"data": await self.db(run)})
+        return _json({"data": await self.db(lambda conn: budget_report(conn, select_budgets(conn, scope, value),
+                                                                         now_ms))})
 
     async def put_budget(self, request: web.Request) -> web.StreamResponse:
         f = await self.body(request, ("scope", "id", "period", "limit_usd", "limit_nanos", "hard", "warn_pct",
                                       "grace_usd", "grace_nanos"))
-        scope = f.choice("scope", SCOPES, required=True)
-        sid = f.string("id", required=True)
-        period = f.choice("period", PERIODS, required=True)
-        limit = f.money("limit", required=True)
-        hard = f.boolean("hard")
-        warn_pct = f.integer("warn_pct", lo=1, hi=100)
-        grace = f.money("grace")
-        if hard is False and grace:
-            raise _bad("a grace applies to hard budgets only (drop hard: false or the grace)", "grace_usd")
+        scope, sid = V.choice(f, "scope", SCOPES, required=True), V.string(f, "id", required=True)
+        period, limit = V.choice(f, "period", PERIODS, required=True), _money(f, "limit", required=True)
+        hard, warn_pct, grace = V.boolean(f, "hard"), V.integer(f, "warn_pct", lo=1, hi=100), _money(f, "grace")
         assert scope is not None and sid is not None and period is not None and limit is not None
         now_ms = self.clock()
 
         def run(conn: sqlite3.Connection) -> tuple[dict[str, Any], bool]:
-            try:
+            with _param(customer="id", team="id", key="id", limit="limit_usd", grace="grace_usd", warn_at="warn_pct"):
                 row, created = upsert_budget(conn, scope, sid, period, limit, hard=hard, warn_pct=warn_pct,
                                              grace_nanos=grace)
-            except NotFound as e:
-                raise NotFound(e.message, param="id") from None
             return budget_report(conn, [row], now_ms)[0], created
 
-        out, created = await self.db(run)
+        out, created = await self.db(run, write=True)
         log.info("admin: %s budget %s (%s %s, %s)", "created" if created else "updated", out["id"], scope,
                  out["scope_id"], period)
         return _json(out, 201 if created else 200)
@@ -509,7 +350,7 @@ class AdminApi:
     async def delete_budget(self, request: web.Request) -> web.StreamResponse:
         _query(request, ())
         bid = request.match_info["budget_id"]
-        row = await self.db(lambda conn: delete_budget(conn, bid))
+        row = await self.db(lambda conn: delete_budget(conn, bid), write=True)
         log.info("admin: deleted budget %s", bid)
         return _json({**_budget_def(row), "deleted": True})
 
@@ -517,11 +358,11 @@ class AdminApi:
 
     async def report(self, request: web.Request) -> web.StreamResponse:
         q = _query(request, ("by", "period", "since", "until", "customer"))
-        by = q.choice("by", tuple(reports.BY)) or "customer"
-        period, since, until = q.string("period"), q.string("since"), q.string("until")
-        customer = q.string("customer")
+        by = V.choice(q, "by", tuple(reports.BY), default="customer")
+        period, since, until = V.string(q, "period"), V.string(q, "since"), V.string(q, "until")
+        customer = V.string(q, "customer")
         if period is not None and (since is not None or until is not None):
-            raise _bad("give either period or since/until, not both", "period")
+            V.add("period", "give either period or since/until, not both")
         if period is not None:
             with _param("period"):
                 reports.parse_period(period)
@@ -533,21 +374,10 @@ class AdminApi:
             window = reports.resolve_window(period, since, until)
 
         def run(conn: sqlite3.Connection) -> dict[str, Any]:
-            try:
-                rep = reports.report(conn, by=by, window=window, customer=customer)
-            except NotFound as e:
-                raise NotFound(e.message, param="customer") from None
-            return reports.to_json(rep)
+            with _param("customer"):
+                return reports.to_json(reports.report(conn, by=by, window=window, customer=customer))
 
         return _json(await self.db(run))
-
-
-def _exists(conn: sqlite3.Connection, kind: str, ident: str, param: str) -> dict[str, Any]:
-    """The customer or team ``ident``, or 404 ``not_found`` naming the field ``param``."""
-    try:
-        return hierarchy.get_customer(conn, ident) if kind == "customer" else hierarchy.get_team(conn, ident)
-    except NotFound as e:
-        raise NotFound(e.message, param=param) from None
 
 
 # ---- registration ---------------------------------------------------------------------------------
@@ -557,8 +387,8 @@ def add_routes(app: web.Application, config: Config, home: Path, environ: Mappin
                guarded: Callable[[Handler], Handler], *, clock: Clock,
                refresh: Callable[[], Awaitable[None]]) -> None:
     """Register ``/admin/...`` on ``app`` (before its catch-all route); ``guarded`` gives each handler the
-    error envelope and the request id. ``ConfigError`` for a bad ``[admin]`` section."""
-    token = admin_token(config.raw, environ, str(config.path or "llmgw.toml"))
+    error envelope and the request id. ``ConfigError`` when the token variable ``[admin]`` names is unset."""
+    token = config.token("admin", environ)
     if token is None:
         async def off(request: web.Request) -> web.StreamResponse:
             raise NotFound("the admin API is off: set LLMGW_ADMIN_TOKEN, or [admin] token_env in the config, "

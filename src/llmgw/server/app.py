@@ -23,16 +23,16 @@ import orjson
 from aiohttp import web
 
 from .. import paths
-from ..cache.semantic import ResponseCache, cache_config
+from ..cache.semantic import ResponseCache
 from ..clock import Clock, wall_ms
 from ..config import Config
 from ..errors import LlmgwError, MethodNotAllowed, NotFound, Unauthorized
 from ..gateway import ROUTE_CHAT, ROUTE_EMBEDDINGS, ROUTE_MESSAGES, Gateway, new_request_id
 from ..governance.budgets import BudgetBook, ledger_spend, read_budgets
-from ..governance.events import EventSink, webhook_config
+from ..governance.events import EventSink
 from ..governance.idempotency import Idempotency
 from ..governance.keys import KeyTable
-from ..metrics import Metrics, metrics_token
+from ..metrics import Metrics
 from ..pricing import PriceBook
 from ..providers.router import Router
 from ..providers.upstream import UpstreamClient
@@ -203,7 +203,8 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
     env = dict(os.environ if environ is None else environ)
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[STATE] = {}
-    token = metrics_token(config.raw, env, str(config.path or "llmgw.toml"))
+    token = config.token("metrics", env)
+    secret = config.webhooks.resolve_secret(env) if config.webhooks else None
     if token is not None:
         app[STATE]["metrics_token_digest"] = hashlib.sha256(token.encode("utf-8")).digest()
 
@@ -228,9 +229,8 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             "llmgw_ledger_commit_seconds": ("Ledger writer batch insert + commit duration.",
                                             writer.commit_times.snapshot),
         })
-        source = str(config.path or "llmgw.toml")
-        events = EventSink(dbfile, webhook_config(config.raw, env, source), session)
-        cache = ResponseCache(home, cache_config(config.raw, source))
+        events = EventSink(dbfile, config.webhooks, session, secret)
+        cache = ResponseCache(home, config.cache)
         gw = Gateway(config, router, writer, keys, PriceBook.load(config.pricing), prom, budgets=book,
                      idempotency=Idempotency(dbfile, clock), cache=cache, events=events, clock=clock)
         definitions = Definitions(reader, gw, reload_interval)

@@ -9,12 +9,14 @@ Invariants:
 - ``migrate`` is cheap when nothing is pending (one raw query, no sqlite-utils import), and safe
   when two processes (daemon and CLI) race to migrate: check and apply run under one write lock.
 - Money is integer nano-dollars (``cost_nanos``), never a float.
+- Definitions are written in the caller's ``transaction``: governance functions never commit.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +50,27 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction around the block: committed when it ends, rolled back if it raises.
+
+    Callers own transactions: the governance functions never commit, their front ends (the CLI, the
+    admin API, the TUI, ``config apply``) wrap one operation, or several, in this. ``BEGIN
+    IMMEDIATE`` takes the write lock first, so what a function reads to check is what it writes
+    against. Inside a transaction already, the block joins it.
+    """
+    if conn.in_transaction:
+        yield conn
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
 
 
 def data_version(conn: sqlite3.Connection) -> int:

@@ -23,14 +23,16 @@ from ..store import db
 
 @contextmanager
 def writable(path: Path) -> Iterator[sqlite3.Connection]:
-    """A writable connection for one action, closed afterwards (the database must exist)."""
+    """A connection for one action in one write transaction (committed when the action succeeds, rolled
+    back if it fails), closed afterwards; the database must exist."""
     if not Path(path).exists():
         from ..errors import NotFound
 
         raise NotFound(f"no database at {path}")
     conn = db.connect(Path(path))
     try:
-        yield conn
+        with db.transaction(conn):
+            yield conn
     finally:
         conn.close()
 
