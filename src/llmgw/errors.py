@@ -97,15 +97,6 @@ class MethodNotAllowed(LlmgwError):
     anthropic_type = "invalid_request_error"
 
 
-class Cancelled(LlmgwError):
-    """The client went away before the answer was complete (logged as status 499)."""
-
-    status = 499
-    type = "cancelled"
-    code = "client_closed_request"
-    anthropic_type = "api_error"
-
-
 # ---- upstream errors (5xx, or the upstream's own 4xx passed through) ------------------------
 
 
@@ -135,13 +126,6 @@ class UpstreamRejected(LlmgwError):
         if type:
             self.type = type
         self.anthropic_type = _ANTHROPIC_BY_STATUS.get(status, "invalid_request_error")
-
-
-class ServiceUnavailable(LlmgwError):
-    status = 503
-    type = "service_unavailable"
-    anthropic_type = "overloaded_error"
-    exit_code = 5
 
 
 # ---- local (CLI / config) errors ------------------------------------------------------------

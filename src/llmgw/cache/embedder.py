@@ -21,7 +21,6 @@ is why the semantic cache has a field guard; this module does not try to fix it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 from importlib import resources
 from pathlib import Path
@@ -61,11 +60,6 @@ def _normalise(vectors: Any) -> Vectors:
     np.divide(out, norms, out=out, where=norms > 0)
     out[(norms == 0).ravel()] = 0.0
     return out
-
-
-def bundled_model_path() -> Path:
-    """Directory of the model shipped in the package (a real directory in any normal install)."""
-    return Path(str(resources.files("llmgw").joinpath("data", "embeddings", BUNDLED_MODEL)))
 
 
 class Model2VecEmbedder:
@@ -218,35 +212,3 @@ def _is_bert_uncased(tokenizer: Any) -> bool:
 def _looks_like_local_path(s: str) -> bool:
     """Hub ids are ``owner/name``; anything absolute, relative-dotted, home-based or deeper is a path."""
     return s.startswith(("/", ".", "~")) or s.count("/") != 1 or "\\" in s
-
-
-_TOKEN = re.compile(r"\w+", re.UNICODE)
-
-
-class HashEmbedder:
-    """A deterministic FAKE embedder for tests of cache *policy* (thresholds, isolation, eviction),
-    not of embedding quality. Do not use it to serve a cache.
-
-    Each lower-cased word token is hashed (blake2b) to a signed bucket; the vector is the normalised
-    bag of those buckets. Texts with the same words get the same vector (cosine 1.0), texts with no
-    word in common are near-orthogonal, and overlap in between. Stable across processes and runs.
-    """
-
-    def __init__(self, dim: int = 64) -> None:
-        if dim <= 0:
-            raise ValueError("dim must be positive")
-        self._dim = dim
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def encode(self, texts: list[str]) -> Vectors:
-        import numpy as np
-
-        out = np.zeros((len(texts), self._dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            for token in _TOKEN.findall(text.lower()):
-                h = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
-                out[i, h % self._dim] += 1.0 if (h >> 63) & 1 else -1.0
-        return _normalise(out)

@@ -121,14 +121,6 @@ def _selected(conn: sqlite3.Connection, customer: str | None, team: str | None, 
     return select_budgets(conn, scope, value)
 
 
-def budget_report(conn: sqlite3.Connection, rows: list[Any], now_ms: int) -> list[dict[str, Any]]:
-    """Each budget with spent (from the ledger), remaining and utilisation in its current window
-    (``governance.budgets.budget_report``, kept here for callers of the CLI module)."""
-    from ..governance.budgets import budget_report as report
-
-    return report(conn, rows, now_ms)
-
-
 @app.command()
 def show(
     customer: Annotated[str | None, typer.Option("--customer", help="Only this customer's budgets (with those of "
@@ -140,6 +132,8 @@ def show(
 ) -> None:
     """List budgets with what was spent in the current window (from the ledger), remaining and % used."""
     from ..clock import now_ms
+
+    from ..governance.budgets import budget_report
 
     conn = open_db(resolve_home(home))
     try:

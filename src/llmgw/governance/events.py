@@ -93,8 +93,6 @@ class EventSink:
         self.db_path = db_path
         self.webhook = webhook
         self.session = session
-        self.delivered = 0
-        self.failed = 0
         self._queue: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._conn: sqlite3.Connection | None = None
@@ -145,7 +143,6 @@ class EventSink:
                                              timeout=aiohttp.ClientTimeout(total=self.webhook.timeout)) as r:
                     await r.read()
                     if r.status < 300:
-                        self.delivered += 1
                         await asyncio.to_thread(_mark_delivered, self._conn, ev["id"])
                         return
                     reason = f"HTTP {r.status}"
@@ -155,7 +152,6 @@ class EventSink:
             if attempt < self.webhook.max_attempts:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        self.failed += 1
         log.warning("webhook gave up on event %s after %d attempts; it stays undelivered",
                     ev.get("id"), self.webhook.max_attempts)
 
