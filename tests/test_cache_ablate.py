@@ -148,7 +148,7 @@ def test_bad_pair_files(tmp_path: Path, content: str, message: str) -> None:
 def test_cli_usage_errors(tmp_path: Path) -> None:
     for args, message in [((), "exactly one of --pairs"), (("--pairs", tmp_path / "missing.tsv"), "no such file"),
                           (("--from-log", "--pairs", "x"), "exactly one of --pairs"),
-                          (("--from-log", "--home", tmp_path / "none"), "no database"),
+                          (("--from-log", "--home", tmp_path / "none"), "no llmgw home at"),
                           (("--pairs", "x.tsv", "--thresholds", "2"), "outside [0, 1]"),
                           (("--pairs", "x.tsv", "--target-error", "5"), "--target-error")]:
         proc = llmgw(*args)

@@ -145,6 +145,22 @@ class UsageError(LlmgwError):
     exit_code = 2
 
 
+class NoHome(NotFound):
+    """A command that only reads (or changes what exists) was pointed at a path that is not an llmgw
+    home: no database there. Nothing is created; the message names the path."""
+
+    code = "no_home"
+
+
+class ResourceError(LlmgwError):
+    """Something on this machine that llmgw needs cannot be used: the listening address (in use,
+    not available), the home directory (a file, not writable, the disk full) or its database
+    (corrupt, unopenable). The message names it."""
+
+    type = "resource_error"
+    exit_code = 2
+
+
 _ANTHROPIC_BY_STATUS = {
     400: "invalid_request_error",
     401: "authentication_error",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import HomeOpt, JsonOpt, err, open_db, print_json, resolve_home
+from .common import HomeOpt, JsonOpt, err, open_db, open_existing_db, print_json, resolve_home
 
 if TYPE_CHECKING:
     import sqlite3
@@ -132,10 +132,9 @@ def show(
 ) -> None:
     """List budgets with what was spent in the current window (from the ledger), remaining and % used."""
     from ..clock import now_ms
-
     from ..governance.budgets import budget_report
 
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         rows = _selected(conn, customer, team, key)
         report = budget_report(conn, rows, now_ms())
@@ -173,7 +172,7 @@ def delete(
     by_scope = customer is not None or team is not None or key is not None
     if (budget_id is None) == (not by_scope):
         raise _usage("give either --id, or one of --customer, --team or --key with --period")
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         if budget_id is None:
             scope, value = _one_scope(customer, team, key)

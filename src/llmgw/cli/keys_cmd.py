@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import HomeOpt, JsonOpt, err, open_db, print_json, resolve_home
+from .common import HomeOpt, JsonOpt, err, open_db, open_existing_db, print_json, resolve_home
 
 app = typer.Typer(help="Create, list and manage virtual keys.", no_args_is_help=True)
 
@@ -70,7 +70,7 @@ def list_(
     from ..governance.hierarchy import get_customer, get_team
     from ..governance.keys import list_keys
 
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         if customer is not None:
             get_customer(conn, customer)
@@ -106,7 +106,7 @@ def show(ref: RefArg, home: HomeOpt = None, json: JsonOpt = False) -> None:
     """Show one key (never its secret)."""
     from ..governance.keys import get_key
 
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         key = get_key(conn, ref)
     finally:
@@ -122,7 +122,7 @@ def disable(ref: RefArg, home: HomeOpt = None) -> None:
     """Disable a key: requests with it get 401 key_disabled until it is enabled again."""
     from ..governance.keys import set_status
 
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         key = set_status(conn, ref, "disabled")
     finally:
@@ -135,7 +135,7 @@ def enable(ref: RefArg, home: HomeOpt = None) -> None:
     """Enable a disabled key (a revoked key cannot be enabled)."""
     from ..governance.keys import set_status
 
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         key = set_status(conn, ref, "active")
     finally:
@@ -148,7 +148,7 @@ def revoke(ref: RefArg, home: HomeOpt = None) -> None:
     """Revoke a key for good (no confirmation asked; it cannot be enabled again)."""
     from ..governance.keys import revoke as revoke_key
 
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         key = revoke_key(conn, ref)
     finally:
@@ -166,7 +166,7 @@ def rotate(
     """Give a key a new secret, printed once on stdout; the old one stays valid for --grace seconds."""
     from ..governance.keys import rotate as rotate_key
 
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         secret, key = rotate_key(conn, ref, grace)
     finally:
