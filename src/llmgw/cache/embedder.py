@@ -80,16 +80,16 @@ class Model2VecEmbedder:
             source = str(path_or_hub_id)
             if not path.exists():
                 if _looks_like_local_path(str(path_or_hub_id)):
-                    raise ConfigError(f"cache.embedding_model: {source}: no such directory")
+                    raise ConfigError(f"cache.model: {source}: no such directory")
                 path = None  # a hub id
         try:
             from model2vec import StaticModel
         except ImportError as exc:  # pragma: no cover - model2vec is a dependency
-            raise ConfigError(f"cache.embedding_model: model2vec is not installed ({exc})") from exc
+            raise ConfigError(f"cache.model: model2vec is not installed ({exc})") from exc
         try:
             if path is not None:
                 if not (path / "config.json").exists():
-                    raise ConfigError(f"cache.embedding_model: {source}: not a model2vec model directory "
+                    raise ConfigError(f"cache.model: {source}: not a model2vec model directory "
                                       "(no config.json)")
                 model = StaticModel.from_pretrained(path, normalize=True, force_download=False)
             else:
@@ -102,7 +102,7 @@ class Model2VecEmbedder:
             hint = (" (a hub id needs network access, or the model already in the Hugging Face cache; "
                     "use a local model2vec directory, or leave it unset for the bundled model)"
                     if path is None else "")
-            raise ConfigError(f"cache.embedding_model: cannot load {source}: "
+            raise ConfigError(f"cache.model: cannot load {source}: "
                               f"{type(exc).__name__}: {exc}{hint}") from exc
         self.source = source
         self._model = model
