@@ -33,7 +33,6 @@ from llmgw.governance.budgets import (
     BudgetBook,
     BudgetExceeded,
     ledger_spend,
-    nanos_from_usd,
     read_budgets,
 )
 from llmgw.pricing import Price
@@ -61,13 +60,6 @@ def book_of(*budgets: Budget, now: int, spend: Any = no_spend, status: int = 429
     book = BudgetBook(error_status=status)
     book.load(list(budgets), spend, now)
     return book
-
-
-def test_dead_nanos_from_usd_still_exact() -> None:
-    assert nanos_from_usd("12.5") == 12_500_000_000
-    assert nanos_from_usd("0.000000001") == 1
-    with pytest.raises(ValueError):
-        nanos_from_usd("0.0000000001")
 
 
 # ---- reserve and settle ------------------------------------------------------------------------

@@ -202,3 +202,67 @@ def test_cache_cli_stats_inspect_clear(semantic):
     assert cli("clear", "--namespace", "sku-10482").strip() == "1"
     assert json.loads(cli("stats", "--json"))["entries"] == 1
     assert ask(d, d.key, PROMPT, {"x-llmgw-cache-namespace": "sku-10482"}).headers["x-llmgw-cache"] == "miss"
+
+
+# ---- a failing cache never fails a request ------------------------------------------------------
+
+
+def cache_errors(d) -> dict[str, float]:
+    """``llmgw_cache_errors_total`` by op, from the daemon's real /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(d.url + "/metrics", timeout=10).text
+    return {s.labels["op"]: s.value for fam in text_string_to_metric_families(text)
+            for s in fam.samples if s.name == "llmgw_cache_errors_total"}
+
+
+def cache_error_logs(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "llmgw.gateway" and "response cache" in r.getMessage()]
+
+
+def test_a_model_that_cannot_load_makes_misses_not_errors(daemon_factory, upstream, tmp_path, caplog):
+    """[cache] model points at a corrupt model2vec directory: the daemon starts anyway and every request
+    goes upstream (200, a miss, nothing stored); one log line, every failure counted."""
+    import shutil
+    from pathlib import Path
+
+    import llmgw
+    from llmgw.cache.embedder import BUNDLED_MODEL
+
+    model = tmp_path / "corrupt-model"
+    shutil.copytree(Path(llmgw.__file__).parent / "data" / "embeddings" / BUNDLED_MODEL, model)
+    (model / "model.safetensors").write_bytes(b"\x00\xff not safetensors " * 300)
+    d = daemon_factory(upstream_config(upstream, f'[cache]\nmode = "semantic"\nmodel = "{model}"\n'), UPSTREAM_ENV)
+    before = calls(upstream)
+    for _ in range(3):
+        r = ask(d, d.key, PROMPT)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-llmgw-cache"] == "miss" and r.json()["choices"][0]["message"]["content"]
+    assert calls(upstream) - before == 3  # nothing was served from (or stored in) the broken cache
+    assert cache_errors(d) == {"warm": 1, "lookup": 3, "store": 3}
+    logs = cache_error_logs(caplog)
+    assert len(logs) == 1 and "cache.model: cannot load" in logs[0] and str(model) in logs[0], logs
+    assert [r["status"] for r in d.ledger()] == [200, 200, 200]
+    assert [r["cache"] for r in d.ledger()] == ["miss", "miss", "miss"]
+
+
+def test_a_broken_cache_table_makes_misses_not_errors(daemon_factory, upstream, caplog):
+    """The cache's SQLite table goes away under a running daemon (exact mode): lookups and stores
+    fail for real, requests still get their upstream answer; one log line for the one error."""
+    d = daemon_factory(upstream_config(upstream, '[cache]\nmode = "exact"\n'), UPSTREAM_ENV)
+    assert ask(d, d.key, PROMPT).headers["x-llmgw-cache"] == "miss"
+    assert ask(d, d.key, PROMPT).headers["x-llmgw-cache"] == "hit-exact"
+    conn = d.db()
+    try:
+        conn.execute("DROP TABLE cache_entries")
+        conn.commit()
+    finally:
+        conn.close()
+    before = calls(upstream)
+    for _ in range(3):
+        r = ask(d, d.key, PROMPT)
+        assert r.status_code == 200 and r.headers["x-llmgw-cache"] == "miss", r.text
+    assert calls(upstream) - before == 3
+    assert cache_errors(d) == {"warm": 0, "lookup": 3, "store": 3}
+    logs = cache_error_logs(caplog)
+    assert len(logs) == 1 and "no such table: cache_entries" in logs[0], logs

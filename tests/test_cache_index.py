@@ -242,16 +242,6 @@ def test_touch_and_lru_eviction_order(conn: sqlite3.Connection) -> None:
     assert store.stats(conn)["entries"] == 0
 
 
-def test_expire_removes_only_past_ttl(conn: sqlite3.Connection) -> None:
-    short = put(conn, "s", ttl_ms=100)
-    put(conn, "l", ttl_ms=10_000)
-    put(conn, "n")
-    assert store.stats(conn, now_ms=1100)["expired"] == 1
-    assert store.expire(conn, 1100) == [short]
-    assert store.expire(conn, 1100) == []
-    assert store.stats(conn)["entries"] == 2
-
-
 def test_clear_by_namespace_and_all(conn: sqlite3.Connection) -> None:
     put(conn, "a", namespace="x")
     put(conn, "b", namespace="x")
@@ -264,7 +254,7 @@ def test_clear_by_namespace_and_all(conn: sqlite3.Connection) -> None:
     assert store.stats(conn)["entries"] == 0
 
 
-def test_stats_and_meta(conn: sqlite3.Connection) -> None:
+def test_stats(conn: sqlite3.Connection) -> None:
     a = put(conn, "a", namespace="x", cost_nanos=1000, vector=vec(1), response=b"12345")
     put(conn, "b", cost_nanos=50)
     store.touch(conn, a, 2000)
@@ -273,10 +263,8 @@ def test_stats_and_meta(conn: sqlite3.Connection) -> None:
     assert s["entries"] == 2 and s["with_vector"] == 1 and s["hits"] == 2 and s["saved_nanos"] == 2000
     assert s["namespaces"] == {"": {"entries": 1, "hits": 0}, "x": {"entries": 1, "hits": 2}}
     assert s["last_hit_ms"] == 3000 and s["bytes"] > 0
-    assert store.get_meta(conn, "dim") is None
-    store.set_meta(conn, "dim", "256")
-    store.set_meta(conn, "dim", "128")
-    assert store.get_meta(conn, "dim") == "128"
+    put(conn, "short-lived", ttl_ms=100)
+    assert store.stats(conn, now_ms=1100)["expired"] == 1
 
 
 def test_migration_applies_on_an_existing_database(tmp_path: Path) -> None:

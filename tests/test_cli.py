@@ -11,6 +11,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,12 +40,13 @@ class Cli:
     home: Path
     tmp: Path
 
-    def __call__(self, *args: str | Path, env: dict[str, str] | None = None) -> Result:
+    def __call__(self, *args: str | Path, env: dict[str, str] | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> Result:
         environ = {k: v for k, v in os.environ.items() if k not in _SCRUB}
         environ.update(LLMGW_HOME=str(self.home), XDG_DATA_HOME=str(self.tmp / "xdg"), COLUMNS="200")
         environ.update(env or {})
         proc = subprocess.run([sys.executable, "-m", "llmgw", *map(str, args)], env=environ, cwd=self.tmp,
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60, preexec_fn=preexec_fn)
         res = Result(proc.returncode, proc.stdout, proc.stderr)
         assert "Traceback" not in res.out + res.err, res
         return res
@@ -61,6 +63,12 @@ def assert_error(res: Result, code: int, *fragments: str) -> None:
     assert res.err.startswith("llmgw: error: "), res
     for fragment in fragments:
         assert fragment in res.err, res
+
+
+def assert_one_line_error(res: Result, code: int, *fragments: str) -> None:
+    """``assert_error``, and stderr is that one line and nothing else (no log lines, no traceback)."""
+    assert_error(res, code, *fragments)
+    assert len(res.err.splitlines()) == 1, res
 
 
 # ---- init ----------------------------------------------------------------------------------------
@@ -382,3 +390,129 @@ def test_no_arguments_shows_help(cli: Cli) -> None:
     res = cli()
     assert res.code in (0, 2), res
     assert "Usage:" in res.out + res.err
+
+
+# ---- failures are one clear line -------------------------------------------------------------------
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_starts_nothing(cli: Cli) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = cli("serve", "--host", "127.0.0.1", "--port", str(port))
+    assert_one_line_error(res, 2, f"cannot listen on 127.0.0.1:{port}", "in use")
+    assert not (cli.home / "llmgw.db").exists()  # the port is bound before the database or writer start
+
+
+def test_serve_port_out_of_range_is_refused_not_wrapped(cli: Cli) -> None:
+    for port in ("99999", "65536", "-1"):
+        assert_one_line_error(cli("serve", "--port", port), 2, f"--port {port}: expected a port from 0 to 65535")
+
+
+def test_serve_home_that_is_a_file_is_one_line(cli: Cli) -> None:
+    f = cli.tmp / "a-file"
+    f.write_text("not a directory")
+    assert_one_line_error(cli("serve", "--port", "0", "--home", f), 2, f"cannot use {f} as the llmgw home",
+                          "is a file")
+    below = f / "home"
+    assert_one_line_error(cli("serve", "--port", "0", "--home", below), 2, f"cannot use {below} as the llmgw home")
+    assert f.read_text() == "not a directory"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_serve_home_that_is_not_writable_is_one_line(cli: Cli) -> None:
+    cli.home.mkdir()
+    cli.home.chmod(0o500)
+    try:
+        assert_one_line_error(cli("serve", "--port", "0"), 2, f"cannot use {cli.home} as the llmgw home",
+                              "not writable")
+    finally:
+        cli.home.chmod(0o700)
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda db: db.mkdir(), "unable to open database file"),  # a directory where the file should be
+    (lambda db: db.write_bytes(b"\x8f not SQLite " * 512), "file is not a database"),
+], ids=["directory", "garbage"])
+def test_serve_with_an_unopenable_database_is_one_line(cli: Cli, make: Callable[[Path], None],
+                                                         fragment: str) -> None:
+    cli.home.mkdir()
+    make(cli.home / "llmgw.db")
+    assert_one_line_error(cli("serve", "--port", "0"), 2, f"cannot open the database {cli.home / 'llmgw.db'}",
+                          fragment)
+
+
+def _disk_full() -> None:
+    """In the child: no file may grow (RLIMIT_FSIZE 0), and writing past it fails with EFBIG instead of
+    killing the process, as on a full disk."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+
+def test_serve_on_a_full_disk_is_one_line(cli: Cli) -> None:
+    res = cli("serve", "--port", "0", preexec_fn=_disk_full)
+    assert_one_line_error(res, 2, f"cannot open the database {cli.home / 'llmgw.db'}")
+    res = cli("keys", "create", preexec_fn=_disk_full)
+    assert_one_line_error(res, 2, f"cannot open the database {cli.home / 'llmgw.db'}")
+    assert res.out == ""
+
+
+READ_COMMANDS = [
+    ("keys", "list"), ("keys", "show", "k"), ("keys", "disable", "k"), ("keys", "enable", "k"),
+    ("keys", "revoke", "k"), ("keys", "rotate", "k"), ("customers", "list"), ("customers", "show", "c"),
+    ("teams", "list"), ("budget", "show"), ("budget", "delete", "--id", "b"), ("report",),
+    ("tail", "--no-follow"), ("cache", "stats"), ("cache", "clear"), ("cache", "inspect", "hello"),
+    ("cache", "ablate", "--from-log"), ("config", "export"), ("top",),
+]
+
+
+def test_every_command_is_either_creating_read_or_without_a_database() -> None:
+    """A new command must choose: create the home, or need an existing one (and be tested below)."""
+    creating = {("serve",), ("init",), ("keys", "create"), ("customers", "create"), ("teams", "create"),
+                ("budget", "set"), ("config", "apply")}
+    no_database = {("version",), ("doctor",), ("config", "validate"), ("config", "show")}
+
+    def command_of(args: tuple[str, ...]) -> tuple[str, ...]:
+        n = 1
+        while args[:n + 1] in COMMAND_PATHS and n < len(args):
+            n += 1
+        return args[:n]
+
+    leaves = {p for p in COMMAND_PATHS if p and not any(len(q) > len(p) and q[:len(p)] == p for q in COMMAND_PATHS)}
+    assert leaves == creating | no_database | {command_of(c) for c in READ_COMMANDS}
+
+
+@pytest.mark.parametrize("args", READ_COMMANDS, ids=" ".join)
+def test_read_commands_on_a_mistyped_home_exit_4_and_create_nothing(cli: Cli, args: tuple[str, ...]) -> None:
+    missing = cli.tmp / "no-such-home"
+    assert_one_line_error(cli(*args, "--home", missing), 4, f"no llmgw home at {missing}: no such directory")
+    assert not missing.exists()
+    empty = cli.tmp / "empty-dir"
+    empty.mkdir(exist_ok=True)
+    assert_one_line_error(cli(*args, env={"LLMGW_HOME": str(empty)}), 4,
+                          f"no llmgw home at {empty}: no llmgw.db in it")
+    assert list(empty.iterdir()) == []
+
+
+def test_read_command_on_a_corrupt_database_is_one_line(cli: Cli) -> None:
+    cli.home.mkdir()
+    (cli.home / "llmgw.db").write_bytes(b"garbage " * 1024)
+    for args in (("keys", "list"), ("report",), ("tail", "--no-follow")):
+        assert_one_line_error(cli(*args), 2, "file is not a database")
+
+
+def test_creating_commands_still_create_the_home(cli: Cli) -> None:
+    res = cli("customers", "create", "acme")
+    assert res.code == 0, res
+    assert (cli.home / "llmgw.db").is_file()
+    other = cli.tmp / "other" / "home"
+    res = cli("keys", "create", "--home", other)
+    assert res.code == 0 and res.out.startswith("sk-llmgw-"), res
+    assert (other / "llmgw.db").is_file()
+    assert cli("keys", "list", "--home", other).code == 0

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from llmgw.governance.keys import hash_secret
+from llmgw.store import db as store_db
 from test_cli import Cli, assert_error
 
 ACME = """\
@@ -558,6 +559,9 @@ def test_export_then_apply_reproduces_the_definitions(cli: Cli, tmp_path: Path) 
 
 
 def test_export_of_an_empty_home(cli: Cli) -> None:
+    assert_error(cli("config", "export"), 4, "no llmgw home at")  # no home yet: export creates none
+    assert not cli.home.exists()
+    store_db.open_db(cli.home / "llmgw.db").close()  # a home with a database and no definitions
     res = cli("config", "export")
     assert res.code == 0, res
     assert all(line.startswith("#") or not line for line in res.out.splitlines())

@@ -168,3 +168,43 @@ def test_bad_config_is_a_clear_error(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert "server.port" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_cache_import_error_never_fails_a_request(tmp_path, procs, upstream):
+    """usearch cannot be imported (a broken install, shadowed here by a package that raises
+    ImportError) and a key uses the semantic cache: every request still gets its upstream answer
+    as a miss; the error is logged once and counted in llmgw_cache_errors_total."""
+    import llmgw
+
+    shadow = tmp_path / "shadow"
+    (shadow / "usearch").mkdir(parents=True)
+    (shadow / "usearch" / "__init__.py").write_text('raise ImportError("usearch is broken in this install")\n')
+    src = str(Path(llmgw.__file__).resolve().parents[1])
+    env = {**UPSTREAM_ENV, "PYTHONPATH": os.pathsep.join([str(shadow), src])}
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "llmgw.toml").write_text(upstream_config(upstream, '[cache]\nmode = "exact"\n'))
+    made = subprocess.run([sys.executable, "-m", "llmgw", "keys", "create", "--cache", "semantic", "--home", str(home)],
+                          capture_output=True, text=True, timeout=30, env={**os.environ, **env})
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    p = Proc(home, env=env)
+    procs.append(p)
+    for i in range(3):
+        r = chat(p.url, key, model="openai/gpt-4o-mini", text=f"caption {i}")
+        assert r.status_code == 200, r.text
+        assert r.headers["x-llmgw-cache"] == "miss" and r.json()["choices"][0]["message"]["content"]
+    metrics = httpx.get(p.url + "/metrics", timeout=10).text
+    assert 'llmgw_cache_errors_total{op="lookup"} 3.0' in metrics
+    assert 'llmgw_cache_errors_total{op="store"} 3.0' in metrics
+    assert 'llmgw_cache_errors_total{op="warm"} 0.0' in metrics
+
+    def logged() -> list[str]:
+        return [line for line in list(p.lines) if "response cache" in line]
+
+    deadline = time.monotonic() + 5
+    while not logged() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(logged()) == 1 and "usearch is broken in this install" in logged()[0], p.lines
+    assert not any("Traceback" in line for line in p.lines), p.lines
+    assert [r["status"] for r in p.ledger()] == [200, 200, 200]

@@ -1,9 +1,8 @@
 """The bundled embedding model (offline, deterministic, plausible similarities, the known
-field-blindness) and the fake HashEmbedder used by cache-policy tests."""
+field-blindness)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -14,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import llmgw
 from llmgw.cache.embedder import (
     BUNDLED_DIM,
     BUNDLED_MODEL,
     Embedder,
-    HashEmbedder,
     Model2VecEmbedder,
-    bundled_model_path,
 )
 from llmgw.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
+BUNDLED_DIR = Path(llmgw.__file__).parent / "data" / "embeddings" / BUNDLED_MODEL
 
 PARAPHRASES = [
     ("How do I reset my password?", "What are the steps to change my password?"),
@@ -57,7 +56,7 @@ def cos(e: Embedder, a: str, b: str) -> float:
 
 
 def test_bundled_model_is_shipped_with_licence_and_notice() -> None:
-    d = bundled_model_path()
+    d = BUNDLED_DIR
     assert d.name == BUNDLED_MODEL
     for name in ("model.safetensors", "tokenizer.json", "config.json", "LICENSE", "NOTICE", "README.md"):
         assert (d / name).is_file(), name
@@ -139,25 +138,9 @@ def test_hub_id_offline_is_a_clear_config_error(monkeypatch: pytest.MonkeyPatch,
 def test_local_directory_loads(tmp_path: Path) -> None:
     import shutil
 
-    shutil.copytree(bundled_model_path(), tmp_path / "m")
+    shutil.copytree(BUNDLED_DIR, tmp_path / "m")
     emb = Model2VecEmbedder(tmp_path / "m")
     assert emb.dim == BUNDLED_DIM
-
-
-def test_hash_embedder_is_a_deterministic_fake() -> None:
-    e = HashEmbedder(32)
-    assert isinstance(e, Embedder) and e.dim == 32
-    v = e.encode(["Hello world", "hello, WORLD", "totally different words", ""])
-    assert v.shape == (4, 32) and v.dtype == np.float32
-    assert float(v[0] @ v[1]) == pytest.approx(1.0)
-    assert float(v[0] @ v[2]) < 0.9
-    assert not v[3].any()  # no tokens: a zero row, never a hit
-    np.testing.assert_allclose(np.linalg.norm(v[:3], axis=1), 1.0, atol=1e-6)
-    # stable across processes (blake2b, not Python's salted hash())
-    code = ("from llmgw.cache.embedder import HashEmbedder; "
-            "print(HashEmbedder(32).encode(['Hello world'])[0].tolist())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    np.testing.assert_allclose(np.array(json.loads(out), dtype=np.float32), v[0])
 
 
 def test_wheel_ships_the_model(tmp_path: Path) -> None:

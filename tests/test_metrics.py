@@ -183,6 +183,8 @@ def test_scrape_counts_the_traffic(scraped: dict[str, Any]) -> None:
     assert value(s, "llmgw_cache_lookup_seconds_count") == 0
     assert value(s, "llmgw_cache_entries") == 0
     assert value(s, "llmgw_cache_saved_usd_total") == 0
+    for op in ("lookup", "store", "warm"):
+        assert value(s, "llmgw_cache_errors_total", op=op) == 0
 
     commits = value(s, "llmgw_ledger_commit_seconds_count")
     assert 1 <= commits <= len(rows)

@@ -355,7 +355,7 @@ def test_report_bad_choice_and_missing_database(tmp_path: Path, home: Path) -> N
     assert res.code == 2, res
     res = run(tmp_path / "nowhere", "report")
     assert res.code == 4, res
-    assert "no database" in res.err
+    assert f"no llmgw home at {tmp_path / 'nowhere'}" in res.err
     assert not (tmp_path / "nowhere").exists()  # read-only: never creates state
 
 

@@ -153,53 +153,10 @@ def test_normalise_row_defaults_and_rejections() -> None:
         ledger.normalise_row(row(cost_nanos=0.5))  # money is never a float
 
 
-def test_totals_group_by_exact_integers(reader: sqlite3.Connection) -> None:
-    big = 3_000_000_000_000_001  # 3 of these exceed 2**53: a float sum would be wrong
-    data = [
-        row(1, model="a", cost_nanos=big, prompt_tokens=10, completion_tokens=1),
-        row(
-            2,
-            model="a",
-            cost_nanos=big,
-            prompt_tokens=20,
-            completion_tokens=2,
-            status=500,
-            error_type="upstream_error",
-        ),
-        row(3, model="a", cost_nanos=big, cached_tokens=7),
-        row(4, model="b", cost_nanos=5, cache_write_tokens=3),
-    ]
+def test_count_and_rows_in_a_window(reader: sqlite3.Connection) -> None:
+    data = [row(n, model="a") for n in range(1, 5)]
     reader.executemany(ledger.insert_sql(), [ledger.as_tuple(ledger.normalise_row(r)) for r in data])
     reader.commit()
-
-    by_model = ledger.totals(reader, group_by="model")
-    assert [t["model"] for t in by_model] == ["a", "b"]
-    a = by_model[0]
-    assert a["cost_nanos"] == 3 * big and isinstance(a["cost_nanos"], int)
-    assert (a["requests"], a["errors"], a["prompt_tokens"], a["completion_tokens"], a["cached_tokens"]) == (
-        3,
-        1,
-        30,
-        3,
-        7,
-    )
-    grand = ledger.totals(reader, group_by=None)
-    assert grand == [
-        {
-            "requests": 4,
-            "errors": 1,
-            "prompt_tokens": 30,
-            "completion_tokens": 3,
-            "cached_tokens": 7,
-            "cache_write_tokens": 3,
-            "cost_nanos": 3 * big + 5,
-        }
-    ]
-    window = ledger.totals(reader, group_by=None, since_ms=1_700_000_000_002, until_ms=1_700_000_000_004)
-    assert window[0]["requests"] == 2
-    assert ledger.totals(reader, group_by="status")[0]["status"] == 200
-    with pytest.raises(ValueError):
-        ledger.totals(reader, group_by="request_body; DROP TABLE ledger")
 
     assert ledger.count(reader) == 4
     assert [r["request_id"] for r in ledger.rows(reader)] == ["req-1", "req-2", "req-3", "req-4"]
@@ -207,11 +164,6 @@ def test_totals_group_by_exact_integers(reader: sqlite3.Connection) -> None:
     assert [
         r["request_id"] for r in ledger.rows(reader, since_ms=1_700_000_000_002, until_ms=1_700_000_000_004)
     ] == ["req-2", "req-3"]
-
-
-def test_totals_empty_ledger(reader: sqlite3.Connection) -> None:
-    assert ledger.totals(reader, group_by=None)[0]["cost_nanos"] == 0
-    assert ledger.totals(reader, group_by="model") == []
 
 
 # ---- writer --------------------------------------------------------------------------------------
@@ -323,6 +275,6 @@ def test_rows_survive_sigkill(db_path: Path) -> None:
     conn = dbmod.open_db(db_path)
     try:
         assert ledger.count(conn) == 200
-        assert ledger.totals(conn, group_by=None)[0]["cost_nanos"] == 200 * 1_000_000_007
+        assert conn.execute("SELECT SUM(cost_nanos) FROM ledger").fetchone()[0] == 200 * 1_000_000_007
     finally:
         conn.close()

@@ -566,7 +566,8 @@ def test_top_without_database_is_a_clean_error(tmp_path: Path, capsys: pytest.Ca
         main(["top", "--home", str(tmp_path / "empty")])
     assert exc.value.code == 4
     err = capsys.readouterr().err
-    assert err.startswith("llmgw: error: no database at") and "Traceback" not in err
+    assert err.startswith(f"llmgw: error: no llmgw home at {tmp_path / 'empty'}") and "Traceback" not in err
+    assert not (tmp_path / "empty").exists()
 
 
 def test_top_help_and_data_layer_do_not_import_textual(tmp_path: Path) -> None:

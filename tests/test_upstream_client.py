@@ -192,6 +192,14 @@ async def until(pred: Callable[[], bool], what: str, limit: float = 3.0) -> None
         await asyncio.sleep(0.005)
 
 
+async def rest(r: UpstreamResponse) -> list[bytes]:
+    """The chunks of ``r``'s body still to come, until its end."""
+    out = []
+    while (c := await r.next_chunk()) is not None:
+        out.append(c)
+    return out
+
+
 def idle_count(client: UpstreamClient) -> int:
     """Connections in the client's idle pool (private state, but the pool is what is under test)."""
     return sum(len(p) for p in client._idle.values())
@@ -342,14 +350,13 @@ async def test_chunked_body_iterated_piece_by_piece_as_it_arrives(serve: Serve, 
     g1, g2 = asyncio.Event(), asyncio.Event()
     srv = await serve(script([chunked_head(), chunk(b"one"), g1, chunk(b"two"), g2, chunk(b"three"), LAST]))
     r = await client.post(srv.url, b"", {})
-    it = r.iter_chunks()
-    assert await anext(it) == b"one"  # before the server sent anything else
+    assert await r.next_chunk() == b"one"  # before the server sent anything else
     assert not r.at_eof
     g1.set()
-    assert await anext(it) == b"two"
+    assert await r.next_chunk() == b"two"
     assert not r.at_eof
     g2.set()
-    assert [c async for c in it] == [b"three"]
+    assert await rest(r) == [b"three"]
     assert r.at_eof
     r.release()
     assert idle_count(client) == 1
@@ -363,10 +370,9 @@ async def test_close_delimited_body_is_read_to_the_end_and_not_reused(serve: Ser
     srv = await serve(script([b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nfirst part ", gate,
                               b"second part", CLOSE], [response(b"fresh")]))
     r = await client.post(srv.url, b"", {})
-    it = r.iter_chunks()
-    assert await anext(it) == b"first part "
+    assert await r.next_chunk() == b"first part "
     gate.set()
-    assert [c async for c in it] == [b"second part"]  # the close ended the body, not an error
+    assert await rest(r) == [b"second part"]  # the close ended the body, not an error
     r.release()
     assert idle_count(client) == 0
     assert await post_read(client, srv.url) == (200, b"fresh")
@@ -424,10 +430,9 @@ async def test_gzip_chunked_body_is_decoded_piece_by_piece(serve: Serve, client:
     srv = await serve(script([chunked_head(headers={"content-encoding": "gzip"}), chunk(part1), gate,
                               chunk(part2), LAST]))
     r = await client.post(srv.url, b"", {})
-    it = r.iter_chunks()
-    assert await anext(it) == a
+    assert await r.next_chunk() == a
     gate.set()
-    assert b"".join([c async for c in it]) == b
+    assert b"".join(await rest(r)) == b
     r.release()
     assert idle_count(client) == 1
 
@@ -480,14 +485,14 @@ async def test_close_mid_body_fails_read(serve: Serve, client: UpstreamClient) -
     assert idle_count(client) == 0
 
 
-async def test_close_mid_body_fails_iter_chunks_after_the_bytes_that_came(serve: Serve,
-                                                                        client: UpstreamClient) -> None:
+async def test_close_mid_body_fails_next_chunk_after_the_bytes_that_came(serve: Serve,
+                                                                         client: UpstreamClient) -> None:
     gate = asyncio.Event()
     srv = await serve(script([response(b"0123456789", length=100), gate, CLOSE]))
     r = await client.post(srv.url, b"", {})
     got: list[bytes] = []
     with pytest.raises(UpstreamConnectionError):
-        async for c in r.iter_chunks():
+        while (c := await r.next_chunk()) is not None:
             got.append(c)
             gate.set()
     assert got == [b"0123456789"]
@@ -648,11 +653,10 @@ async def test_read_timeout_on_a_stream_that_stalls_between_chunks(serve: Serve,
     srv = await serve(script([chunked_head(), chunk(b"first"), HANG], [response(b"next")]))
     loop = asyncio.get_running_loop()
     r = await client.post(srv.url, b"", {}, read_timeout=TIMEOUT)
-    it = r.iter_chunks()
-    assert await anext(it) == b"first"
+    assert await r.next_chunk() == b"first"
     t0 = loop.time()
     with pytest.raises(TimeoutError):
-        await anext(it)
+        await r.next_chunk()
     assert TIMEOUT - 0.001 <= loop.time() - t0 < TIMEOUT + 2
     assert r.closed
     await until(lambda: 0 in srv.client_closed, "the client closing the stalled connection")
@@ -680,7 +684,7 @@ async def test_release_of_an_incomplete_response_closes_the_connection(serve: Se
                                                                        client: UpstreamClient) -> None:
     srv = await serve(script([chunked_head(), chunk(b"more to come"), HANG], [response(b"ok")]))
     r = await client.post(srv.url, b"", {})
-    assert await anext(r.iter_chunks()) == b"more to come"
+    assert await r.next_chunk() == b"more to come"
     r.release()
     assert r.closed
     await until(lambda: 0 in srv.client_closed, "the client closing the abandoned connection")

@@ -107,15 +107,6 @@ class MethodNotAllowed(LlmgwError):
     anthropic_type = "invalid_request_error"
 
 
-class Cancelled(LlmgwError):
-    """The client went away before the answer was complete (logged as status 499)."""
-
-    status = 499
-    type = "cancelled"
-    code = "client_closed_request"
-    anthropic_type = "api_error"
-
-
 # ---- upstream errors (5xx, or the upstream's own 4xx passed through) ------------------------
 
 
@@ -147,13 +138,6 @@ class UpstreamRejected(LlmgwError):
         self.anthropic_type = _ANTHROPIC_BY_STATUS.get(status, "invalid_request_error")
 
 
-class ServiceUnavailable(LlmgwError):
-    status = 503
-    type = "service_unavailable"
-    anthropic_type = "overloaded_error"
-    exit_code = 5
-
-
 # ---- local (CLI / config) errors ------------------------------------------------------------
 
 
@@ -176,6 +160,22 @@ class Conflict(UsageError):
 
     status = 409
     code = "already_exists"
+
+
+class NoHome(NotFound):
+    """A command that only reads (or changes what exists) was pointed at a path that is not an llmgw
+    home: no database there. Nothing is created; the message names the path."""
+
+    code = "no_home"
+
+
+class ResourceError(LlmgwError):
+    """Something on this machine that llmgw needs cannot be used: the listening address (in use,
+    not available), the home directory (a file, not writable, the disk full) or its database
+    (corrupt, unopenable). The message names it."""
+
+    type = "resource_error"
+    exit_code = 2
 
 
 _ANTHROPIC_BY_STATUS = {

@@ -20,6 +20,7 @@ import itertools
 import logging
 import math
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ from .store.writer import LedgerWriter
 from .usage import Usage
 
 log = logging.getLogger("llmgw.gateway")
+
+#: distinct response cache errors logged (each once); beyond that they are only counted
+_CACHE_ERRORS_LOGGED = 10
 
 ROUTE_CHAT, ROUTE_MESSAGES, ROUTE_EMBEDDINGS = "chat", "messages", "embeddings"
 VALIDATORS: dict[str, Callable[[Any], dict[str, Any]]] = {
@@ -144,6 +148,7 @@ class Gateway:
         self.log_bodies = config.log.bodies
         self._unpriced_warned: set[str] = set()
         self._prices: dict[tuple[str, str], Price | None] = {}
+        self._cache_errors_logged: set[str] = set()
 
     # ---- the spine -------------------------------------------------------------------------
     async def handle(self, request: web.Request, route: str) -> web.StreamResponse:
@@ -184,10 +189,8 @@ class Gateway:
             if call.idem_key is not None:
                 call.idem_answer = Stored(completion.status, "application/json", completion.body)
             await self._record(call)
-            if call.cache_put is not None and completion.status == 200 and self.cache is not None:
-                keys, semantic, ttl_ms = call.cache_put
-                await self.cache.store(keys, semantic, completion.body, orjson.dumps(call.usage.to_openai()).decode(),
-                                       call.cost, ttl_ms, call.ts_ms)
+            if call.cache_put is not None and completion.status == 200:
+                await self._cache_store(call, completion.body)
             return web.Response(body=completion.body, status=completion.status,
                                 headers=id_headers(call.request_id, call.inbound, JSON, call.headers))
         except LlmgwError as e:
@@ -246,13 +249,42 @@ class Gateway:
             call.headers["x-llmgw-cache"] = "bypass"
             return None
         t0 = time.perf_counter()
-        hit = await self.cache.lookup(keys, semantic, threshold, call.ts_ms)
-        self.metrics.observe_cache(hit.kind if hit else None, time.perf_counter() - t0, hit.cost_nanos if hit else 0)
-        self.metrics.cache_entries = self.cache.entries
+        try:
+            hit = await self.cache.lookup(keys, semantic, threshold, call.ts_ms)
+        except Exception as e:  # a failing cache is a miss, never a failed request
+            self.cache_failed("lookup", e)
+            hit = None
+        else:
+            self.metrics.observe_cache(hit.kind if hit else None, time.perf_counter() - t0,
+                                       hit.cost_nanos if hit else 0)
+            self.metrics.cache_entries = self.cache.entries
         if hit is None:
             call.cache = "miss"
             call.headers["x-llmgw-cache"] = "miss"
         return hit
+
+    async def _cache_store(self, call: Call, answer: bytes) -> None:
+        """Store a complete answer in the cache; a failure only costs the entry."""
+        assert self.cache is not None and call.cache_put is not None
+        keys, semantic, ttl_ms = call.cache_put
+        try:
+            await self.cache.store(keys, semantic, answer, orjson.dumps(call.usage.to_openai()).decode(),
+                                   call.cost, ttl_ms, call.ts_ms)
+        except Exception as e:  # the request already has its answer
+            self.cache_failed("store", e)
+
+    def cache_failed(self, op: str, exc: Exception) -> None:
+        """A response cache failure never fails a request: the request goes on as a miss (or without
+        storing its answer) and the failure is counted in ``llmgw_cache_errors_total{op}``. Each
+        distinct error is logged once (at most ``_CACHE_ERRORS_LOGGED`` of them), never per request."""
+        self.metrics.cache_errors[op] = self.metrics.cache_errors.get(op, 0) + 1
+        what = f"{type(exc).__name__}: {exc}"
+        if what in self._cache_errors_logged or len(self._cache_errors_logged) >= _CACHE_ERRORS_LOGGED:
+            return
+        self._cache_errors_logged.add(what)
+        expected = isinstance(exc, LlmgwError | ImportError | OSError | sqlite3.Error)  # a bug gets its traceback
+        log.error("response cache %s failed, requests go on without the cache: %s (logged once; every failure "
+                  "is counted in llmgw_cache_errors_total)", op, what, exc_info=None if expected else exc)
 
     async def _serve_hit(self, request: web.Request, call: Call, body: dict[str, Any], hit: Hit) -> web.StreamResponse:
         assert self.cache is not None
@@ -416,9 +448,7 @@ class Gateway:
                 answer = completion_from_stream(call.inbound, call.model or "", state.text, state.finish_reason,
                                                 call.usage)
                 if answer is not None:
-                    keys, semantic, ttl_ms = call.cache_put
-                    await self.cache.store(keys, semantic, answer, orjson.dumps(call.usage.to_openai()).decode(),
-                                           call.cost, ttl_ms, call.ts_ms)
+                    await self._cache_store(call, answer)
             if not client_gone:
                 await write_eof_quietly(resp, stream.terminal())
             return resp

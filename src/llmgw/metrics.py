@@ -8,8 +8,8 @@ read at scrape time through functions that take their owner's lock, never on the
 Invariants:
 - Labels stay low-cardinality on histograms (route, provider); customer labels are only on
   counters; no key or team label anywhere.
-- Label sets that dashboards rate() over (rejection reasons, cache hit types) are exported from
-  the start with value 0, so a series exists before its first event.
+- Label sets that dashboards rate() over (rejection reasons, cache hit types, cache error
+  operations) are exported from the start with value 0, so a series exists before its first event.
 - Every metric is listed in the README's metrics table; ``/metrics`` is clean under
   ``promtool check metrics`` (tests/test_metrics.py).
 """
@@ -34,6 +34,8 @@ FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 
 REJECTION_REASONS = ("budget_exceeded", "rate_limit_exceeded", "model_not_allowed", "auth", "invalid_request")
 CACHE_HIT_TYPES = ("exact", "semantic")
+#: what the response cache was doing when it failed (the ``op`` label of ``llmgw_cache_errors_total``)
+CACHE_ERROR_OPS = ("lookup", "store", "warm")
 #: value of the ``cache`` label of ``llmgw_requests_total`` while no cache is in the request path
 CACHE_OFF = "off"
 
@@ -98,6 +100,8 @@ class Metrics:
         self.cache_lookup = _Histogram(FAST_BUCKETS)
         self.cache_saved_nanos = 0
         self.cache_entries = 0  # set by the cache whenever its size changes
+        #: cache failures the request went on without (``Gateway.cache_failed``): op -> count
+        self.cache_errors: dict[str, int] = dict.fromkeys(CACHE_ERROR_OPS, 0)
         self.gauges = dict(gauges or {})
         self.histograms = dict(histograms or {})
         self.registry = CollectorRegistry(auto_describe=False)
@@ -199,6 +203,11 @@ class Metrics:
         lookup.add_metric([], self.cache_lookup.buckets(), self.cache_lookup.sum)
         yield lookup
         yield GaugeMetricFamily("llmgw_cache_entries", "Entries in the response cache.", value=self.cache_entries)
+        errors = CounterMetricFamily("llmgw_cache_errors", "Response cache failures, by operation (lookup, store, "
+                                     "warm); the request went upstream without the cache.", labels=["op"])
+        for op, n in self.cache_errors.items():
+            errors.add_metric([op], n)
+        yield errors
         yield CounterMetricFamily("llmgw_cache_saved_usd", "Upstream cost avoided by cache hits, in US dollars.",
                                   value=self.cache_saved_nanos / NANOS_PER_USD)
         for name, (doc, fn) in self.gauges.items():

@@ -49,5 +49,21 @@ def find_config(explicit: str | os.PathLike[str] | None, home_dir: Path) -> Path
 
 
 def ensure_home(home_dir: Path) -> Path:
-    home_dir.mkdir(parents=True, exist_ok=True)
+    """Create the home directory if it is missing. ``ResourceError`` naming it when it cannot be the
+    home: a file is there (or where a parent should be), no permission, the disk full."""
+    from .errors import ResourceError
+
+    why = None
+    try:
+        home_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        why = "it is a file, not a directory"
+    except NotADirectoryError:
+        why = "a file is in the way of its path"
+    except OSError as e:
+        why = e.strerror or str(e)
+    if why is None and not os.access(home_dir, os.W_OK | os.X_OK):
+        why = "not writable"
+    if why is not None:
+        raise ResourceError(f"cannot use {home_dir} as the llmgw home: {why}")
     return home_dir

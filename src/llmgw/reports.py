@@ -41,7 +41,6 @@ BY: dict[str, tuple[str, str | None]] = {
 }
 SUMS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_nanos")
 # what the response cache saved: answers served from it, and the upstream cost they avoided
-SAVINGS = ("cache_hits", "saved_nanos")
 _SAVINGS_SQL = ("COALESCE(SUM(cache LIKE 'hit-%'), 0) AS cache_hits, "
                 "COALESCE(SUM(saved_nanos), 0) AS saved_nanos")
 # the ledger's definition of an error row (see store.ledger): status >= 400, or a stream that failed after a 200

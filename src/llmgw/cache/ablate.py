@@ -4,7 +4,7 @@ Two sources of evidence:
 
 * **Labelled pairs** (``load_pairs`` + ``pair_metrics``): each pair ``(a, b, label)`` says whether a
   cached answer for ``a`` is right for ``b``. A pair *hits* at threshold ``t`` when cosine(a, b) >= t
-  and, for the ``guard`` variant, ``facts_match(a, b)`` too. Positives that hit are the hit rate
+  and, for the ``guard`` variant, their guard facts are equal too. Positives that hit are the hit rate
   (recall); negatives that hit are false hits. ROC AUC is over the raw similarity (the ``guard``
   variant scores a fact mismatch below every similarity).
 * **The ledger** (``replay_log``): logged requests with bodies, replayed in time order into an empty
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from llmgw.cache.embedder import Embedder
 
 VARIANTS = ("guard", "no-guard")
-DEFAULT_THRESHOLDS = "0.80:0.99:0.01"
 Z95 = 1.959963984540054
 
 

@@ -21,7 +21,6 @@ is why the semantic cache has a field guard; this module does not try to fix it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 from importlib import resources
 from pathlib import Path
@@ -63,11 +62,6 @@ def _normalise(vectors: Any) -> Vectors:
     return out
 
 
-def bundled_model_path() -> Path:
-    """Directory of the model shipped in the package (a real directory in any normal install)."""
-    return Path(str(resources.files("llmgw").joinpath("data", "embeddings", BUNDLED_MODEL)))
-
-
 class Model2VecEmbedder:
     """A model2vec static model: the bundled one (``None``), a local directory, or a hub id.
 
@@ -86,16 +80,16 @@ class Model2VecEmbedder:
             source = str(path_or_hub_id)
             if not path.exists():
                 if _looks_like_local_path(str(path_or_hub_id)):
-                    raise ConfigError(f"cache.embedding_model: {source}: no such directory")
+                    raise ConfigError(f"cache.model: {source}: no such directory")
                 path = None  # a hub id
         try:
             from model2vec import StaticModel
         except ImportError as exc:  # pragma: no cover - model2vec is a dependency
-            raise ConfigError(f"cache.embedding_model: model2vec is not installed ({exc})") from exc
+            raise ConfigError(f"cache.model: model2vec is not installed ({exc})") from exc
         try:
             if path is not None:
                 if not (path / "config.json").exists():
-                    raise ConfigError(f"cache.embedding_model: {source}: not a model2vec model directory "
+                    raise ConfigError(f"cache.model: {source}: not a model2vec model directory "
                                       "(no config.json)")
                 model = StaticModel.from_pretrained(path, normalize=True, force_download=False)
             else:
@@ -108,7 +102,7 @@ class Model2VecEmbedder:
             hint = (" (a hub id needs network access, or the model already in the Hugging Face cache; "
                     "use a local model2vec directory, or leave it unset for the bundled model)"
                     if path is None else "")
-            raise ConfigError(f"cache.embedding_model: cannot load {source}: "
+            raise ConfigError(f"cache.model: cannot load {source}: "
                               f"{type(exc).__name__}: {exc}{hint}") from exc
         self.source = source
         self._model = model
@@ -218,35 +212,3 @@ def _is_bert_uncased(tokenizer: Any) -> bool:
 def _looks_like_local_path(s: str) -> bool:
     """Hub ids are ``owner/name``; anything absolute, relative-dotted, home-based or deeper is a path."""
     return s.startswith(("/", ".", "~")) or s.count("/") != 1 or "\\" in s
-
-
-_TOKEN = re.compile(r"\w+", re.UNICODE)
-
-
-class HashEmbedder:
-    """A deterministic FAKE embedder for tests of cache *policy* (thresholds, isolation, eviction),
-    not of embedding quality. Do not use it to serve a cache.
-
-    Each lower-cased word token is hashed (blake2b) to a signed bucket; the vector is the normalised
-    bag of those buckets. Texts with the same words get the same vector (cosine 1.0), texts with no
-    word in common are near-orthogonal, and overlap in between. Stable across processes and runs.
-    """
-
-    def __init__(self, dim: int = 64) -> None:
-        if dim <= 0:
-            raise ValueError("dim must be positive")
-        self._dim = dim
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def encode(self, texts: list[str]) -> Vectors:
-        import numpy as np
-
-        out = np.zeros((len(texts), self._dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            for token in _TOKEN.findall(text.lower()):
-                h = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
-                out[i, h % self._dim] += 1.0 if (h >> 63) & 1 else -1.0
-        return _normalise(out)

@@ -3,8 +3,8 @@
 The semantic layer decides whether two prompts *mean* the same; it cannot be trusted with facts
 (``brand: null`` vs ``brand: Nike``, SKU 10482 vs 10483 embed almost identically). The guard
 extracts those facts, normalised, and a semantic hit is allowed only when the two fact sets are
-exactly equal (``facts_match``), or equivalently when their ``fingerprint`` strings are equal (the
-fingerprint can be stored with a cache entry and used as an exact partition).
+exactly equal, i.e. when their ``fingerprint`` strings are equal (the fingerprint is stored with a
+cache entry and used as an exact partition).
 
 A fact is a ``(kind, value)`` pair of strings; the facts of a prompt are a ``frozenset`` of them:
 
@@ -226,8 +226,3 @@ def fingerprint_facts(facts: Facts) -> str:
 def fingerprint(text: str, extra_patterns: ExtraPatterns = ()) -> str:
     """``fingerprint_facts(extract_facts(text))``: store it with a cache entry, compare exactly."""
     return fingerprint_facts(extract_facts(text, extra_patterns))
-
-
-def facts_match(a: str, b: str, extra_patterns: ExtraPatterns = ()) -> bool:
-    """True iff the two prompts carry exactly the same facts (a semantic hit is then allowed)."""
-    return extract_facts(a, extra_patterns) == extract_facts(b, extra_patterns)

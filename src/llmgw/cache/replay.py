@@ -31,11 +31,6 @@ def completion_from_stream(inbound: str, model: str, text: str, finish: str | No
                          "usage": usage.to_openai()})
 
 
-def usage_of(inbound: str, body: bytes) -> Usage:
-    u = orjson.loads(body).get("usage")
-    return Usage.from_anthropic(u) if inbound == "anthropic" else Usage.from_openai(u)
-
-
 def replay_stream(inbound: str, body: bytes, include_usage: bool) -> tuple[bytes, bytes]:
     """(events, terminal event) replaying a cached answer as SSE in the client's dialect."""
     doc = orjson.loads(body)

@@ -14,7 +14,9 @@ Isolation, for both layers:
 
 Only complete 200 answers are stored (never an errored or truncated stream). Everything that
 touches SQLite, the embedder or the index runs in a worker thread under one lock; the event loop
-only awaits it. Configuration (``[cache]``, all optional, read by ``config.py``): ``mode`` off|exact|semantic (default
+only awaits it. ``warm``, ``lookup`` and ``store`` raise whatever failed (a model that cannot be
+loaded, usearch missing, SQLite): the gateway turns that into a miss or no store, counts and logs
+it (``Gateway.cache_failed``), so a failing cache never fails a request. Configuration (``[cache]``, all optional, read by ``config.py``): ``mode`` off|exact|semantic (default
 off: a gateway must not silently serve stored samples), ``threshold`` (0.95), ``ttl`` seconds
 (86400; 0 = no expiry), ``max_entries`` (100000, least recently used evicted), ``scope``
 customer|global, ``guard`` (true), ``guard_patterns`` (extra regexes), ``model`` (a model2vec path
@@ -218,10 +220,7 @@ class ResponseCache:
 
     async def store(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int,
                     ttl_ms: int | None, now_ms: int) -> None:
-        try:
-            await asyncio.to_thread(self._store, keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
-        except Exception:  # a cache write must never fail a request that already has its answer
-            log.exception("could not store a cache entry")
+        await asyncio.to_thread(self._store, keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
 
 
 _malloc_trim: Any = None

@@ -1,14 +1,15 @@
 """Cache entries in SQLite (table ``cache_entries``, migration ``m005_cache``): the source of truth.
 
-Owns: inserting, looking up (exact and semantic candidates), touching, expiring, evicting (LRU) and
-clearing cache entries; the vectors as float16 bytes so the usearch index can be rebuilt; the
-``cache_meta`` key/value table (index dimension, embedder fingerprint).
+Owns: inserting, looking up (exact and semantic candidates), touching, evicting (LRU) and clearing
+cache entries; the vectors as float16 bytes so the usearch index can be rebuilt. (The ``cache_meta``
+table that ``m005_cache`` created is not used.)
 
 Invariants:
 - An entry belongs to one exact partition ``(scope, model, namespace)``; a semantic hit must also
   match ``context_hash`` (everything that is not the embedded text) and ``facts`` (the field-guard
   fingerprint) exactly. ``(scope, model, namespace, exact_hash)`` is unique: a new insert replaces.
-- Expired entries (``expires_ms <= now``) are never returned, even before ``expire`` removes them.
+- Expired entries (``expires_ms <= now``) are never returned; they stay until LRU eviction, a clear or
+  a new insert of the same request removes them.
 - Functions that delete rows return the removed ids so the caller removes them from the index;
   ids the index still holds but SQLite does not are harmless (``candidates`` drops them).
 - Every write commits before returning. numpy is imported lazily (only for vectors).
@@ -84,20 +85,6 @@ def iter_vectors(conn: sqlite3.Connection) -> Iterator[tuple[int, Any]]:
     cur = conn.execute("SELECT id, vector FROM cache_entries WHERE vector IS NOT NULL ORDER BY id")
     for row in cur:
         yield int(row[0]), blob_to_vector(row[1])
-
-
-# ---- meta ----------------------------------------------------------------------------------------
-
-
-def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
-    row = conn.execute("SELECT value FROM cache_meta WHERE key = ?", (key,)).fetchone()
-    return None if row is None else row[0]
-
-
-def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
-    with conn:
-        conn.execute("INSERT INTO cache_meta (key, value) VALUES (?, ?) "
-                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
 
 # ---- entries -------------------------------------------------------------------------------------
@@ -184,16 +171,6 @@ def evict_lru(conn: sqlite3.Connection, max_entries: int) -> list[int]:
             return []
         ids = [int(r[0]) for r in conn.execute(
             "SELECT id FROM cache_entries ORDER BY last_hit_ms, id LIMIT ?", (excess,))]
-        _delete(conn, ids)
-    return ids
-
-
-def expire(conn: sqlite3.Connection, now_ms: int) -> list[int]:
-    """Delete entries whose TTL has passed; returns their ids."""
-    with conn:
-        ids = [int(r[0]) for r in conn.execute(
-            "SELECT id FROM cache_entries WHERE expires_ms IS NOT NULL AND expires_ms <= ? ORDER BY id",
-            (now_ms,))]
         _delete(conn, ids)
     return ids
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import HomeOpt, JsonOpt, err, open_db, print_json, resolve_home, writing
+from .common import HomeOpt, JsonOpt, err, open_existing_db, print_json, resolve_home, writing
 
 if TYPE_CHECKING:
     import sqlite3
@@ -113,14 +113,6 @@ def _selected(conn: sqlite3.Connection, customer: str | None, team: str | None, 
     return select_budgets(conn, scope, value)
 
 
-def budget_report(conn: sqlite3.Connection, rows: list[Any], now_ms: int) -> list[dict[str, Any]]:
-    """Each budget with spent (from the ledger), remaining and utilisation in its current window
-    (``governance.budgets.budget_report``, kept here for callers of the CLI module)."""
-    from ..governance.budgets import budget_report as report
-
-    return report(conn, rows, now_ms)
-
-
 @app.command()
 def show(
     customer: Annotated[str | None, typer.Option("--customer", help="Only this customer's budgets (with those of "
@@ -132,8 +124,9 @@ def show(
 ) -> None:
     """List budgets with what was spent in the current window (from the ledger), remaining and % used."""
     from ..clock import now_ms
+    from ..governance.budgets import budget_report
 
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         rows = _selected(conn, customer, team, key)
         report = budget_report(conn, rows, now_ms())
@@ -171,7 +164,7 @@ def delete(
     by_scope = customer is not None or team is not None or key is not None
     if (budget_id is None) == (not by_scope):
         raise _usage("give either --id, or one of --customer, --team or --key with --period")
-    with writing(resolve_home(home)) as conn:
+    with writing(resolve_home(home), existing=True) as conn:
         if budget_id is None:
             scope, value = _one_scope(customer, team, key)
             p = _period(period)

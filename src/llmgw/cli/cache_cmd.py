@@ -89,13 +89,13 @@ def ablate(
         return
 
     from ..units import parse_time
-    from .report_cmd import open_ledger_readonly
+    from .common import open_readonly, resolve_home
 
     since_ms = parse_time(since, "--since") if since else None
     until_ms = parse_time(until, "--until") if until else None
     from ..store import ledger
 
-    conn = open_ledger_readonly(home)
+    conn = open_readonly(resolve_home(home))
     try:
         rows = ledger.rows(conn, since_ms=since_ms, until_ms=until_ms)
     finally:
@@ -232,9 +232,9 @@ def stats(home: HomeOpt = None, json: Annotated[bool, typer.Option("--json", hel
     """Entries, hits, money saved and size of the response cache (by namespace)."""
     from ..cache import store as cstore
     from ..clock import now_ms
-    from .common import open_db, print_json, resolve_home
+    from .common import open_existing_db, print_json, resolve_home
 
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         data = cstore.stats(conn, now_ms())
     finally:
@@ -257,9 +257,9 @@ def clear(
     """Delete cache entries (all, or one namespace). The vector index drops them at the daemon's next
     start; until then a running daemon ignores ids that are no longer in the database."""
     from ..cache import store as cstore
-    from .common import open_db, resolve_home
+    from .common import open_existing_db, resolve_home
 
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         n = cstore.clear(conn, namespace)
     finally:
@@ -282,10 +282,10 @@ def inspect(
     from ..cache import guard
     from ..cache import store as cstore
     from ..cache.index import VectorIndex
-    from .common import open_db, print_json, resolve_home
+    from .common import open_existing_db, print_json, resolve_home
 
     h = resolve_home(home)
-    conn = open_db(h)
+    conn = open_existing_db(h)
     try:
         emb = _embedder(model)
         index = VectorIndex(paths.cache_index_path(h), emb.dim, expected_count=cstore.vector_count(conn),

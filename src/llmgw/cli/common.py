@@ -43,6 +43,8 @@ def load_config(config: Path | None, home: Path) -> Any:
 
 
 def open_db(home: Path) -> Any:
+    """The database under ``home`` for a command that creates things: the home directory and the
+    database are made if missing (``ResourceError`` when they cannot be)."""
     from .. import paths
     from ..store import db
 
@@ -50,13 +52,63 @@ def open_db(home: Path) -> Any:
     return db.open_db(paths.db_path(home))
 
 
-@contextmanager
-def writing(home: Path) -> Iterator[Any]:
-    """The database of ``home`` for one write transaction: the command's governance calls commit
-    together when the block ends, or not at all if it raises; closed afterwards."""
+def existing_db_path(home: Path) -> Path:
+    """The database file of the llmgw home ``home``; ``NoHome`` (exit 4) when there is none there.
+
+    For every command that reads, or changes what exists: a mistyped ``--home`` must say so, not
+    create an empty home that looks as if everything is gone. Creates nothing."""
+    from .. import paths
+    from ..errors import NoHome
+
+    path = paths.db_path(home)
+    if path.is_file():
+        return path
+    if not home.exists():
+        why = "no such directory"
+    elif not home.is_dir():
+        why = "it is a file, not a directory"
+    else:
+        why = f"no {paths.DB_NAME} in it"
+    raise NoHome(f"no llmgw home at {home}: {why} (check --home / $LLMGW_HOME)")
+
+
+def open_existing_db(home: Path) -> Any:
+    """The database of an existing home, migrated if it is older than this llmgw (``NoHome`` when
+    there is none: nothing is created)."""
     from ..store import db
 
-    conn = open_db(home)
+    return db.open_db(existing_db_path(home))
+
+
+def open_readonly(home: Path) -> Any:
+    """A ``mode=ro`` connection to the database of an existing home (never creates or migrates it;
+    safe next to a running daemon). ``NoHome`` when there is none, ``ResourceError`` when the file
+    is not a database."""
+    import sqlite3
+
+    from ..store import db
+
+    path = existing_db_path(home)
+    try:
+        conn = db.connect(path, readonly=True)
+    except sqlite3.DatabaseError as e:
+        raise db.unusable(path, e) from e
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()  # reads the header: fails here, not mid-report
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise db.unusable(path, e) from e
+    return conn
+
+
+@contextmanager
+def writing(home: Path, *, existing: bool = False) -> Iterator[Any]:
+    """The database of ``home`` for one write transaction: the command's governance calls commit
+    together when the block ends, or not at all if it raises; closed afterwards. ``existing``: for
+    commands that change what exists, the home must be there already (``NoHome``, nothing created)."""
+    from ..store import db
+
+    conn = open_existing_db(home) if existing else open_db(home)
     try:
         with db.transaction(conn):
             yield conn

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import ConfigOpt, HomeOpt, err, open_db, print_json, resolve_home
+from .common import ConfigOpt, HomeOpt, err, open_db, open_existing_db, print_json, resolve_home
 
 app = typer.Typer(help="Inspect and check the configuration; apply and export declared customers, teams, keys "
                        "and budgets.", no_args_is_help=True)
@@ -154,7 +154,7 @@ def export(home: HomeOpt = None) -> None:
     """
     from ..governance.declare_apply import export as export_decl
 
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         text, notes = export_decl(conn)
     finally:

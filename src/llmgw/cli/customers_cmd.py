@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import HomeOpt, JsonOpt, err, open_db, print_json, resolve_home, writing
+from .common import HomeOpt, JsonOpt, err, open_existing_db, print_json, resolve_home, writing
 
 app = typer.Typer(help="Create, list and show customers.", no_args_is_help=True)
 
@@ -33,7 +33,7 @@ def list_(home: HomeOpt = None, json: JsonOpt = False) -> None:
     """List customers with their number of teams and keys."""
     from ..governance.hierarchy import list_customers
 
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         rows = list_customers(conn)
     finally:
@@ -55,7 +55,7 @@ def show(customer_id: IdArg, home: HomeOpt = None, json: JsonOpt = False) -> Non
     """Show a customer with its teams and keys (never a secret)."""
     from ..governance.hierarchy import show_customer
 
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         doc = show_customer(conn, customer_id)
     finally:

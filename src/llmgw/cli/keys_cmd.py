@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import HomeOpt, JsonOpt, err, open_db, print_json, resolve_home, writing
+from .common import HomeOpt, JsonOpt, err, open_existing_db, print_json, resolve_home, writing
 
 app = typer.Typer(help="Create, list and manage virtual keys.", no_args_is_help=True)
 
@@ -67,7 +67,7 @@ def list_(
     from ..governance.hierarchy import get_customer, get_team
     from ..governance.keys import list_keys
 
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         if customer is not None:
             get_customer(conn, customer)
@@ -103,7 +103,7 @@ def show(ref: RefArg, home: HomeOpt = None, json: JsonOpt = False) -> None:
     """Show one key (never its secret)."""
     from ..governance.keys import get_key
 
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         key = get_key(conn, ref)
     finally:
@@ -119,7 +119,7 @@ def disable(ref: RefArg, home: HomeOpt = None) -> None:
     """Disable a key: requests with it get 401 key_disabled until it is enabled again."""
     from ..governance.keys import set_status
 
-    with writing(resolve_home(home)) as conn:
+    with writing(resolve_home(home), existing=True) as conn:
         key = set_status(conn, ref, "disabled")
     err(f"disabled key {key['id']}")
 
@@ -129,7 +129,7 @@ def enable(ref: RefArg, home: HomeOpt = None) -> None:
     """Enable a disabled key (a revoked key cannot be enabled)."""
     from ..governance.keys import set_status
 
-    with writing(resolve_home(home)) as conn:
+    with writing(resolve_home(home), existing=True) as conn:
         key = set_status(conn, ref, "active")
     err(f"enabled key {key['id']}")
 
@@ -139,7 +139,7 @@ def revoke(ref: RefArg, home: HomeOpt = None) -> None:
     """Revoke a key for good (no confirmation asked; it cannot be enabled again)."""
     from ..governance.keys import revoke as revoke_key
 
-    with writing(resolve_home(home)) as conn:
+    with writing(resolve_home(home), existing=True) as conn:
         key = revoke_key(conn, ref)
     err(f"revoked key {key['id']} at {key['revoked_at']}")
 
@@ -154,7 +154,7 @@ def rotate(
     """Give a key a new secret, printed once on stdout; the old one stays valid for --grace seconds."""
     from ..governance.keys import rotate as rotate_key
 
-    with writing(resolve_home(home)) as conn:
+    with writing(resolve_home(home), existing=True) as conn:
         secret, key = rotate_key(conn, ref, grace)
     sys.stdout.write(secret + "\n")
     sys.stdout.flush()

@@ -1,8 +1,9 @@
 """The ``llmgw`` Typer app and the single place that turns ``LlmgwError`` into an exit code.
 
-Exit codes: 0 ok, 1 internal error, 2 bad usage or configuration, 3 authentication or
-permission, 4 not found, 5 upstream problem. An error about a field names it as an option
-(``--period: ...``).
+Exit codes: 0 ok, 1 internal error, 2 bad usage or configuration (also a port in use or a home or
+database that cannot be used), 3 authentication or permission, 4 not found (also no llmgw home at
+--home for a command that does not create one), 5 upstream problem. An error about a field names it
+as an option (``--period: ...``).
 """
 
 from __future__ import annotations
@@ -66,18 +67,21 @@ def serve(
     """Run the gateway daemon (OpenAI- and Anthropic-compatible HTTP API)."""
     import logging
 
+    from .. import paths
     from ..clock import now_ms
+    from ..errors import ConfigError, UsageError
     from ..server.runner import run
 
+    if port is not None and not 0 <= port <= 65535:
+        raise UsageError(f"--port {port}: expected a port from 0 to 65535")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     h = resolve_home(home)
     cfg = load_config(config, h)
     if demo and "demo" not in cfg.enabled_providers():
-        from ..errors import ConfigError
-
         raise ConfigError("--demo needs the demo provider, but the config disables it ([providers.demo] enabled = false)")
+    paths.ensure_home(h)  # a home that cannot be one fails here, as one line, before anything starts
     secret = None
     if demo:
         from ..governance.keys import mint

@@ -8,11 +8,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import HomeOpt, resolve_home
+from .common import HomeOpt, open_readonly, resolve_home
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from ..reports import Report
 
 
@@ -28,18 +26,6 @@ class Format(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
-
-
-def open_ledger_readonly(home: HomeOpt) -> sqlite3.Connection:
-    """A read-only connection to the database under ``home`` (never creates or migrates it)."""
-    from .. import paths
-    from ..errors import NotFound
-    from ..store import db
-
-    path = paths.db_path(resolve_home(home))
-    if not path.exists():
-        raise NotFound(f"no database at {path}: nothing recorded yet (check --home / $LLMGW_HOME)")
-    return db.connect(path, readonly=True)
 
 
 def report(
@@ -63,7 +49,7 @@ def report(
     from .. import reports
 
     window = reports.resolve_window(period, since, until)
-    conn = open_ledger_readonly(home)
+    conn = open_readonly(resolve_home(home))
     try:
         rep = reports.report(conn, by=by.value, window=window, customer=customer)
     finally:

@@ -30,9 +30,9 @@ def tail(
     import time
 
     from .. import reports
-    from .report_cmd import open_ledger_readonly
+    from .common import open_readonly, resolve_home
 
-    conn = open_ledger_readonly(home)
+    conn = open_readonly(resolve_home(home))
     out = sys.stdout
 
     def emit(rows: list[dict[str, Any]]) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import HomeOpt, JsonOpt, err, open_db, print_json, resolve_home, writing
+from .common import HomeOpt, JsonOpt, err, open_existing_db, print_json, resolve_home, writing
 
 app = typer.Typer(help="Create and list teams.", no_args_is_help=True)
 
@@ -35,7 +35,7 @@ def list_(
     """List teams with their customer and number of keys."""
     from ..governance.hierarchy import list_teams
 
-    conn = open_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home))
     try:
         rows = list_teams(conn, customer_id=customer)
     finally:

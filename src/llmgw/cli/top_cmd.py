@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import HomeOpt, resolve_home
+from .common import HomeOpt, existing_db_path, open_existing_db, resolve_home
 
 
 def top(
@@ -18,14 +18,9 @@ def top(
     and errors, the latest requests, and keys to create keys, set budgets and disable keys.
 
     Reads the database read-only next to a running daemon; ? lists the keys, q quits."""
-    from .. import paths
-    from ..errors import NotFound
-    from ..store import db
-
-    path = paths.db_path(resolve_home(home))
-    if not path.exists():
-        raise NotFound(f"no database at {path}: nothing recorded yet (check --home / $LLMGW_HOME)")
-    db.open_db(path).close()  # bring an older database's schema up to date (a no-op otherwise)
+    h = resolve_home(home)
+    open_existing_db(h).close()  # bring an older database's schema up to date (a no-op otherwise)
+    path = existing_db_path(h)
 
     from ..tui.app import TopApp
 

@@ -29,7 +29,6 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from .. import clock
@@ -41,17 +40,6 @@ ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly", "total": "tot
 
 #: ``(scope, scope_id, since_ms) -> spent nano-dollars`` read from the ledger
 SpendFn = Callable[[str, str, int], int]
-
-
-def nanos_from_usd(value: str | int | Decimal) -> int:
-    """Exact nano-dollars from a decimal amount; ``ValueError`` when not a whole number of nanos."""
-    amount = Decimal(str(value).strip())
-    if not amount.is_finite():
-        raise ValueError(f"not a finite amount: {value}")
-    nanos = amount.scaleb(9)
-    if nanos != nanos.to_integral_value():
-        raise ValueError(f"{value} has more than 9 decimals")
-    return int(nanos)
 
 
 # ---- definitions ---------------------------------------------------------------------------------

@@ -57,8 +57,6 @@ class EventSink:
         self.webhook = webhook
         self.secret = secret  # the webhook's HMAC key
         self.session = session
-        self.delivered = 0
-        self.failed = 0
         self._queue: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._conn: sqlite3.Connection | None = None
@@ -114,7 +112,6 @@ class EventSink:
                                              timeout=aiohttp.ClientTimeout(total=self.webhook.timeout)) as r:
                     await r.read()
                     if r.status < 300:
-                        self.delivered += 1
                         await asyncio.to_thread(_mark_delivered, self._conn, ev["id"])
                         return
                     reason = f"HTTP {r.status}"
@@ -124,7 +121,6 @@ class EventSink:
             if attempt < self.webhook.max_attempts:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        self.failed += 1
         log.warning("webhook gave up on event %s after %d attempts; it stays undelivered",
                     ev.get("id"), self.webhook.max_attempts)
 

@@ -27,7 +27,6 @@ import asyncio
 import collections
 import ssl
 import zlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -195,7 +194,7 @@ def _expire(fut: asyncio.Future[None]) -> None:
 
 class UpstreamResponse:
     """A response whose status line and headers have arrived; the body is read with ``read`` or
-    ``iter_chunks``. Call ``release`` (or ``close``) when done with it."""
+    ``next_chunk``. Call ``release`` (or ``close``) when done with it."""
 
     __slots__ = ("status", "headers", "_conn", "_client", "_origin", "_read_timeout", "_deadline", "_decoder",
                  "_done")
@@ -279,11 +278,6 @@ class UpstreamResponse:
         except BaseException:
             self.close()
             raise
-
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, piece by piece (see ``next_chunk``)."""
-        while (data := await self.next_chunk()) is not None:
-            yield data
 
     @property
     def at_eof(self) -> bool:

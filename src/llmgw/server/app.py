@@ -237,7 +237,10 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         definitions.load()
         app[STATE]["definitions"] = definitions
         events.start()
-        await asyncio.to_thread(cache.warm, cache.config.mode == "semantic")
+        try:
+            await asyncio.to_thread(cache.warm, cache.config.mode == "semantic")
+        except Exception as e:  # the daemon serves without the cache (each request a miss) rather than not at all
+            gw.cache_failed("warm", e)
         app[GATEWAY] = gw
         watcher = asyncio.create_task(definitions.watch())
         try:

@@ -1,5 +1,9 @@
 """Running the daemon: event loop, listening socket, signals and graceful drain.
 
+The listening sockets are bound first, before the app starts (database, ledger writer, cache):
+a port in use fails at once as one ``ResourceError``, with nothing started. So does a home or
+database that cannot be used (raised by the app's start-up, which is then undone).
+
 SIGTERM / SIGINT: stop accepting connections, let in-flight requests finish for up to
 ``server.drain_timeout`` seconds, cancel what is left (each still gets its ledger row), then
 flush and stop the ledger writer.
@@ -11,6 +15,7 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +24,7 @@ from aiohttp import web
 
 from ..clock import Clock, wall_ms
 from ..config import Config
+from ..errors import ResourceError
 from .app import STATE, create_app
 
 log = logging.getLogger("llmgw.server")
@@ -37,24 +43,58 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
+def listen(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
+    """Listening sockets for every address ``host`` resolves to (as ``loop.create_server`` would
+    bind them: ``SO_REUSEADDR``, IPv6 sockets v6-only). ``ResourceError`` naming the address when
+    it cannot be bound (in use, not local, no such host, port out of range); nothing stays open."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    socks: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except (OSError, OverflowError) as e:
+        for sock in socks:
+            sock.close()
+        reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
+        raise ResourceError(f"cannot listen on {where}: {reason}") from e
+    return socks
+
+
 async def serve_async(config: Config, home: Path, *, host: str, port: int,
                       on_ready: Callable[[str, int], None] | None = None,
                       stop: asyncio.Event | None = None, environ: Mapping[str, str] | None = None,
                       on_app: Callable[[web.Application], None] | None = None,
                       clock: Clock = wall_ms) -> None:
-    app = create_app(config, home, environ=environ, clock=clock)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=config.server.drain_timeout)
-    await runner.setup()
+    sockets = listen(host, port)
+    try:
+        app = create_app(config, home, environ=environ, clock=clock)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                               shutdown_timeout=config.server.drain_timeout)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    try:
+        await runner.setup()
+    except BaseException:
+        await runner.cleanup()  # undoes the start-up steps that succeeded
+        for sock in sockets:
+            sock.close()
+        raise
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = port
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            bound = server.sockets[0].getsockname()[1]
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
+        bound = sockets[0].getsockname()[1]
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, stop.set)
@@ -70,6 +110,8 @@ async def serve_async(config: Config, home: Path, *, host: str, port: int,
         app[STATE]["draining"] = True
         log.info("shutting down: draining in-flight requests (up to %gs)", config.server.drain_timeout)
         await runner.cleanup()
+        for sock in sockets:  # closed by their sites already; not a started one
+            sock.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.remove_signal_handler(sig)

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from llmgw.errors import ResourceError
+
 if TYPE_CHECKING:
     from sqlite_utils import Database, Migrations
 
@@ -265,11 +267,25 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 
 def open_db(path: Path) -> sqlite3.Connection:
-    """``connect`` + ``migrate``: the way every component opens the database for writing."""
-    conn = connect(path)
+    """``connect`` + ``migrate``: the way every component opens the database for writing.
+
+    A database that cannot be opened or migrated (not a database, unreadable, a full disk, a
+    directory in its place) raises ``ResourceError`` naming the file, for every front end to show
+    as one line."""
+    try:
+        conn = connect(path)
+    except (OSError, sqlite3.DatabaseError) as e:
+        raise unusable(path, e) from e
     try:
         migrate(conn)
-    except BaseException:
+    except BaseException as e:
         conn.close()
+        if isinstance(e, sqlite3.DatabaseError):
+            raise unusable(path, e) from e
         raise
     return conn
+
+
+def unusable(path: Path, exc: BaseException) -> ResourceError:
+    """The ``ResourceError`` for a database file that cannot be used."""
+    return ResourceError(f"cannot open the database {path}: {exc}")

@@ -56,8 +56,6 @@ _SCHEMA: dict[str, tuple[str, Any]] = {
 LEDGER_COLUMNS: tuple[str, ...] = tuple(_SCHEMA)
 """Insertable columns (all but ``id``), in table order."""
 
-SUM_COLUMNS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "cost_nanos")
-GROUP_BY = ("model", "provider", "customer_id", "team_id", "key_id", "status")
 
 _INT64 = 2**63
 
@@ -142,37 +140,6 @@ def rows(
     cur = conn.execute(sql, params)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r, strict=True)) for r in reversed(cur.fetchall())]
-
-
-def totals(
-    conn: sqlite3.Connection,
-    *,
-    group_by: str | None,
-    since_ms: int | None = None,
-    until_ms: int | None = None,
-) -> list[dict[str, Any]]:
-    """Roll-up: ``requests``, ``errors`` and integer sums of tokens and ``cost_nanos``.
-
-    ``group_by`` is one of ``GROUP_BY`` (the dicts then carry that key, sorted by cost, highest
-    first) or None (one row of grand totals, zeros when the ledger is empty).
-    """
-    if group_by is not None and group_by not in GROUP_BY:
-        raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}")
-    where, params = _where(since_ms, until_ms)
-    sums = ", ".join(f"COALESCE(SUM({c}), 0) AS {c}" for c in SUM_COLUMNS)
-    select = (
-        f"COUNT(*) AS requests, COALESCE(SUM(status >= 400 OR error_type IS NOT NULL), 0) AS errors, {sums}"
-    )
-    if group_by is None:
-        sql = f"SELECT {select} FROM ledger{where}"
-    else:
-        sql = (
-            f"SELECT {group_by}, {select} FROM ledger{where} "
-            f"GROUP BY {group_by} ORDER BY cost_nanos DESC, {group_by}"
-        )
-    cur = conn.execute(sql, params)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
 def count(conn: sqlite3.Connection) -> int:

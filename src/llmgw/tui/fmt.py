@@ -72,17 +72,6 @@ def stamp(ms: int) -> str:
     return iso_utc(ms).replace("T", " ").replace("Z", " UTC")
 
 
-def ago(ms: int | None, now_ms: int) -> str:
-    """``5s``, ``3m``, ``2h``, ``4d`` since ``ms``; a dash for never."""
-    if ms is None:
-        return DASH
-    s = max(0, (now_ms - ms) // 1000)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit}"
-    return f"{s}s"
-
-
 def cache_label(value: str | None) -> str:
     """``hit-exact`` → ``exact``, ``hit-semantic`` → ``sem``, others as they are, none → a dash."""
     if not value:
