@@ -96,7 +96,8 @@ async def test_a_dead_writer_fails_waiting_rows_and_refuses_new_ones(tmp_path: P
         assert w._proc is not None
         w._proc.send_signal(signal.SIGSTOP)  # hold it so that the next row is surely in flight
         fut = w.submit(row(1))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one loop turn: the hand-over scheduled by submit runs
+        assert not w._pending  # row 1 is in the pipe: in flight
         w._proc.kill()
         w._proc.send_signal(signal.SIGCONT)
         with pytest.raises(RuntimeError, match="ledger writer process is gone"):
