@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmgw.errors import ResourceError
+from ..errors import ResourceError
 
 if TYPE_CHECKING:
     from sqlite_utils import Database, Migrations
