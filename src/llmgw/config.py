@@ -1,6 +1,6 @@
 """Typed settings loaded from ``llmgw.toml`` (``tomllib``); writing back with ``tomli-w``.
 
-Owns the schema of the config file: ``[server]``, ``[log]``, ``[defaults]``, ``[retry]``,
+Owns the schema of the config file: ``[server]``, ``[log]``, ``[ledger]``, ``[defaults]``, ``[retry]``,
 ``[providers.NAME]``, ``[aliases]``, ``[pricing."provider/model"]``, ``[cache]``, ``[webhooks]``,
 ``[admin]`` and ``[metrics]``, with their defaults. The governance sections (``[customers]``,
 ``[teams]``, ``[keys]``, ``[[budgets]]``) belong to ``llmgw config apply`` (``governance/declare.py``)
@@ -659,6 +659,13 @@ drain_timeout = 30.0
 [log]
 # Log request and response bodies. They can hold personal data: leave off in production.
 bodies = false
+# Erase logged bodies older than this many whole days (the ledger rows stay).
+# bodies_retain_days = 7
+
+[ledger]
+# Delete raw ledger rows older than this many whole days; their hourly and daily roll-ups stay,
+# so reports do not change. Export first to keep them: llmgw ledger export --until DATE
+# retain_days = 400
 
 [defaults]
 # max_tokens sent upstream when the client gave none: Anthropic requires it, and budgets need it
