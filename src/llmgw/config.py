@@ -2,7 +2,7 @@
 
 Owns the schema of the config file: ``[server]``, ``[log]``, ``[ledger]``, ``[defaults]``, ``[retry]``,
 ``[providers.NAME]``, ``[aliases]``, ``[pricing."provider/model"]``, ``[cache]``, ``[webhooks]``,
-``[admin]`` and ``[metrics]``, with their defaults. The governance sections (``[customers]``,
+``[admin]``, ``[metrics]`` and ``[ui]``, with their defaults. The governance sections (``[customers]``,
 ``[teams]``, ``[keys]``, ``[[budgets]]``) belong to ``llmgw config apply`` (``governance/declare.py``)
 and are kept unchecked in ``Config.raw``.
 
@@ -43,7 +43,7 @@ CACHE_MODES = ("off", "exact", "semantic")
 #: the governance sections, read by ``llmgw config apply``: kept raw in ``Config.raw``, not checked here
 DECLARED_SECTIONS = ("customers", "teams", "keys", "budgets")
 KNOWN_SECTIONS = ("server", "log", "ledger", "defaults", "retry", "providers", "aliases", "pricing", "cache", "webhooks",
-                  "admin", "metrics")
+                  "admin", "metrics", "ui")
 #: the admin API's token when ``[admin]`` names no other variable
 ADMIN_TOKEN_ENV = "LLMGW_ADMIN_TOKEN"
 
@@ -114,6 +114,19 @@ class CacheConfig:
     guard_patterns: tuple[str, ...] = ()
     model: str | None = None
     charge_hits: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UiConfig:
+    """``[ui]``: the finance page (``server/ui.py``); on only when this section names ``token_env``.
+
+    ``currency``/``rate``: an optional display currency (ISO 4217 code) and its rate per USD, an
+    exact decimal (``"0.92"``); amounts are converted for display only and labelled as converted."""
+
+    token_env: str
+    currency: str | None = None
+    rate: Decimal | None = None
+    session_hours: int = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,15 +216,19 @@ class Config:
     webhooks: WebhookConfig | None = None
     admin_token_env: str | None = None  # None: $LLMGW_ADMIN_TOKEN if set, else the admin API is off
     metrics_token_env: str | None = None  # None: /metrics is open
+    ui: UiConfig | None = None  # None: the finance page is off (/ui answers 404)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the whole parsed file
 
     def enabled_providers(self) -> dict[str, ProviderConfig]:
         return {name: p for name, p in self.providers.items() if p.enabled}
 
     def token(self, section: str, environ: Mapping[str, str] | None = None) -> str | None:
-        """The bearer token of ``[admin]`` or ``[metrics]`` from the environment (``None``: none);
-        ``ConfigError`` when the variable the file names is not set."""
-        name = self.admin_token_env if section == "admin" else self.metrics_token_env
+        """The bearer token of ``[admin]``, ``[metrics]`` or ``[ui]`` from the environment (``None``:
+        none); ``ConfigError`` when the variable the file names is not set."""
+        if section == "ui":
+            name = self.ui.token_env if self.ui else None
+        else:
+            name = self.admin_token_env if section == "admin" else self.metrics_token_env
         if name is None and section == "admin":
             return (os.environ if environ is None else environ).get(ADMIN_TOKEN_ENV, "").strip() or None
         return _env_value(name, environ, f"{self.path or 'llmgw.toml'}: {section}.token_env")
@@ -331,7 +348,7 @@ def _build(c: Checks, path: Path | None, doc: dict[str, Any], env: Mapping[str, 
         path=path, server=server, log=log, ledger=ledger, defaults=defaults, retry=retry, providers=providers, aliases=aliases,
         pricing=pricing, cache=_cache(c, section("cache")), webhooks=_webhooks(c, section("webhooks"), env),
         admin_token_env=_token(c, section("admin"), "admin", env),
-        metrics_token_env=_token(c, section("metrics"), "metrics", env), raw=doc,
+        metrics_token_env=_token(c, section("metrics"), "metrics", env), ui=_ui(c, section("ui"), env), raw=doc,
     )
 
 
@@ -628,6 +645,45 @@ def _token(c: Checks, t: dict[str, Any], section: str, env: Mapping[str, str]) -
     return _secret_env(c, t, "token_env", env, section)
 
 
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+def _ui(c: Checks, t: dict[str, Any], env: Mapping[str, str]) -> UiConfig | None:
+    """``[ui]``: ``token_env`` (required: the page is off without it), ``currency`` and ``rate``
+    (together or neither), ``session_hours``."""
+    if not t:
+        return None
+    c.unknown(t, tuple(UiConfig.__dataclass_fields__), "ui")
+    if t.get("token_env") is None:
+        c.add("ui.token_env", "required: the variable holding the finance page's viewer token", "missing_field")
+    var = _secret_env(c, t, "token_env", env, "ui")
+    currency = c.string(t, "currency", "ui")
+    if currency is not None and not _CURRENCY.match(currency):
+        c.add("ui.currency", f'expected a 3-letter ISO 4217 code in capitals such as "EUR", got {_show(currency)}')
+        currency = None
+    rate = c.parsed(t, "rate", _rate, "ui")
+    if ("currency" in t) != ("rate" in t):
+        c.add("ui.rate" if "currency" in t else "ui.currency",
+              "give currency and rate together (rate: units of the currency per USD)", "missing_field")
+    hours = c.integer(t, "session_hours", "ui", default=12, lo=1, hi=24 * 90)
+    return UiConfig(var or "", currency, rate, hours)
+
+
+def _rate(value: object) -> Decimal:
+    """A display rate: a decimal string (``"0.92"``), exactly; a float would carry binary noise."""
+    if not isinstance(value, str):
+        raise ValueError(f'expected a decimal string such as "0.92" (units per USD), got {_show(value)}')
+    try:
+        rate = Decimal(value.strip())
+    except ArithmeticError:
+        raise ValueError(f'expected a decimal string such as "0.92", got {_show(value)}') from None
+    if not rate.is_finite() or rate <= 0:
+        raise ValueError(f"must be a positive number, got {_show(value)}")
+    if rate.as_tuple().exponent < -12 or rate > 10**9:  # type: ignore[operator]
+        raise ValueError(f"at most 12 decimals and below 1000000000, got {_show(value)}")
+    return rate
+
+
 def _secret_env(c: Checks, t: dict[str, Any], name: str, env: Mapping[str, str], *at: str) -> str | None:
     """A secret by the name of its environment variable, which must then be set."""
     var = c.parsed(t, name, _env_name, *at)
@@ -731,6 +787,15 @@ timeout = 600.0
 # fails (after its retries) the next is tried. A single string is a one-element chain.
 caption = ["anthropic/claude-haiku-4-5-20251001", "openai/gpt-4o-mini"]
 # fast = "openai/gpt-4o-mini"
+
+# ---- finance page ---------------------------------------------------------------------------
+# A read-only page at /ui with spend, budgets and savings per customer (off without [ui]).
+# token_env names the variable holding its viewer token (the admin token also works).
+# [ui]
+# token_env = "LLMGW_UI_TOKEN"
+# session_hours = 12          # how long a login lasts
+# currency = "EUR"            # optional display currency, shown next to USD and labelled converted
+# rate = "0.92"               # units of currency per USD, as a decimal string
 
 # ---- pricing ------------------------------------------------------------------------------
 # llmgw ships list prices for OpenAI and Anthropic models, in USD per million tokens.
