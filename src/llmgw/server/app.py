@@ -41,6 +41,7 @@ from ..store.writer import LedgerWriter
 from ..units import window
 from .admin import add_routes as add_admin_routes
 from .http import bearer, error_response
+from .ui import add_routes as add_ui_routes
 
 log = logging.getLogger("llmgw.server")
 
@@ -284,5 +285,6 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
     for path in dict.fromkeys(p for _, p, _ in routes):
         app.router.add_route("*", path, guarded(method_not_allowed))
     add_admin_routes(app, config, home, env, guarded, clock=clock, refresh=lambda: app[STATE]["definitions"].refresh())  # /admin/...: 404 unless an admin token is set
+    app[STATE]["ui"] = add_ui_routes(app, config, home, env, guarded, clock=clock)  # /ui and /: 404 unless [ui] is set
     app.router.add_route("*", "/{tail:.*}", guarded(not_found))
     return app
