@@ -157,7 +157,8 @@ def test_sessions_expire(ui: Daemon) -> None:
 def test_cross_site_posts_are_refused(ui: Daemon) -> None:
     with client(ui) as c:
         for headers in ({"origin": "https://evil.example"}, {}, {"origin": "null"},
-                        {"sec-fetch-site": "cross-site"}):
+                        {"origin": "null", "sec-fetch-site": "cross-site"}, {"sec-fetch-site": "same-site"},
+                        {"origin": "https://evil.example", "sec-fetch-site": "same-origin"}):
             r = c.post("/ui/login", data={"token": UI_TOKEN}, headers=headers)
             assert r.status_code == 403, headers
             assert r.json()["error"]["code"] == "cross_site_request" and "set-cookie" not in r.headers

@@ -14,8 +14,8 @@ Invariants:
   ``LOGIN_WINDOW_S``, then 429). Without a session, a page redirects to the login form and an API
   call is a 401.
 * Read-only: no GET changes anything; the only POSTs (login, logout) refuse a request whose
-  ``Origin`` is not this host (or, without ``Origin``, whose ``Sec-Fetch-Site`` is not
-  ``same-origin``): 403. There are no admin actions here.
+  ``Origin`` is not this host (or, with no ``Origin`` or ``Origin: null``, which is what a form
+  sends under the page's ``no-referrer`` policy, whose ``Sec-Fetch-Site`` is not ``same-origin``): 403. There are no admin actions here.
 * Every answer under ``/ui`` (and the redirect at ``/``) carries a strict Content-Security-Policy
   (scripts and styles from this origin only, no ``unsafe-inline``, no framing),
   ``Cache-Control: no-store``, ``nosniff`` and ``no-referrer``. The page is static files shipped
@@ -105,8 +105,8 @@ def redirect(location: str, status: int = 303) -> web.Response:
 def same_origin(request: web.Request) -> bool:
     """Whether a POST comes from a page of this host (its ``Origin``, else ``Sec-Fetch-Site``)."""
     origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return origin is None and request.headers.get("sec-fetch-site") == "same-origin"
+    if origin is None or origin == "null":  # the page's no-referrer policy makes a form's Origin "null"
+        return request.headers.get("sec-fetch-site") == "same-origin"  # set by the browser, not by pages
     try:
         return urlsplit(origin).netloc.lower() == request.host.lower()
     except ValueError:

@@ -220,7 +220,15 @@
   function showMeta(data, windowJson) {
     currency = data.currency;
     const w = windowJson;
-    $("window-label").textContent = `${w.label}: ${w.since || "beginning"} to ${w.until || "now"} (UTC, end exclusive)`;
+    const midnight = (iso) => iso && iso.endsWith("T00:00:00.000Z");
+    let span;
+    if ((!w.since || midnight(w.since)) && (!w.until || midnight(w.until))) {
+      const last = w.until ? new Date(Date.parse(w.until) - DAY).toISOString().slice(0, 10) : "today";
+      span = `${w.since ? w.since.slice(0, 10) : "the beginning"} to ${last} (whole UTC days)`;
+    } else {
+      span = `${w.since || "the beginning"} to ${w.until || "now"} (UTC, end excluded)`;
+    }
+    $("window-label").textContent = `${w.label}: ${span}`;
     if (!params.get("period") && !params.get("since") && !params.get("until") && !params.get("last") && w.since) {
       $("month").value = w.since.slice(0, 7);
     }
