@@ -94,7 +94,8 @@ def test_starter_toml_commented_examples_are_valid(in_tmp: Path) -> None:
     lines = [line[2:] if setting.match(line) else line for line in config.STARTER_TOML.splitlines()]
     uncommented = "\n".join(lines)
     assert "\n[providers.vllm]\n" in uncommented and '\n[pricing."openai/gpt-4o-mini"]\n' in uncommented
-    cfg = load(write(uncommented), environ={})
+    cfg = load(write(uncommented), environ={"LLMGW_UI_TOKEN": "t"})
+    assert cfg.ui == config.UiConfig("LLMGW_UI_TOKEN", "EUR", Decimal("0.92"), 12)
     assert cfg.providers["vllm"].base_url == "http://localhost:8000/v1"
     assert cfg.providers["demo"].enabled is False
     assert cfg.aliases["fast"] == ["openai/gpt-4o-mini"]
@@ -498,3 +499,27 @@ def test_retention_settings(in_tmp: Path) -> None:
         "llmgw.toml: ledger.keep: unknown key (known: retain_days)",
         "llmgw.toml: ledger.retain_days: must be at least 1, got 0",
     ]
+
+
+def test_ui_section(in_tmp: Path) -> None:
+    assert load(write(""), environ={}).ui is None  # off unless configured
+    cfg = load(write('[ui]\ntoken_env = "UI_T"\nsession_hours = 2\n'), environ={"UI_T": " v "})
+    assert cfg.ui == config.UiConfig("UI_T", None, None, 2) and cfg.token("ui", {"UI_T": " v "}) == "v"
+    with pytest.raises(ConfigError, match='llmgw.toml: ui.token_env: environment variable "UI_T" is not set'):
+        cfg.token("ui", {})
+    assert load(write('[ui]\ntoken_env = "UI_T"\ncurrency = "JPY"\nrate = "151.25"\n'),
+                environ={"UI_T": "v"}).ui.rate == Decimal("151.25")
+    assert problems('[ui]\ncurrency = "eur"\nrate = 0.92\nsession_hours = 0\ncolour = 1\n') == [
+        'llmgw.toml: ui.colour: unknown key (known: token_env, currency, rate, session_hours)',
+        "llmgw.toml: ui.token_env: required: the variable holding the finance page's viewer token",
+        'llmgw.toml: ui.currency: expected a 3-letter ISO 4217 code in capitals such as "EUR", got "eur"',
+        'llmgw.toml: ui.rate: expected a decimal string such as "0.92" (units per USD), got 0.92',
+        "llmgw.toml: ui.session_hours: must be between 1 and 2160, got 0",
+    ]
+    assert problems('[ui]\ntoken_env = "UI_T"\nrate = "-1"\n', {"UI_T": "v"}) == [
+        'llmgw.toml: ui.rate: must be a positive number, got "-1"',
+        "llmgw.toml: ui.currency: give currency and rate together (rate: units of the currency per USD)"]
+    assert problems('[ui]\ntoken_env = "UI_T"\ncurrency = "EUR"\nrate = "abc"\n', {"UI_T": "v"}) == [
+        'llmgw.toml: ui.rate: expected a decimal string such as "0.92", got "abc"']
+    assert problems('[ui]\ntoken_env = "UNSET"\n') == [
+        'llmgw.toml: ui.token_env: environment variable "UNSET" is not set']

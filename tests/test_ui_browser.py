@@ -4,7 +4,7 @@ daemon with real ledger rows. Log in, read the customer table, open a customer, 
 compare them with ``llmgw report --format csv``, and take screenshots.
 
 One browser for the module. Skipped (with the reason) when Chromium or Playwright is missing,
-unless ``LLMGW_REQUIRE_BROWSER=1`` (CI sets it), where a missing browser fails instead."""
+unless ``UI_REQUIRE_BROWSER=1`` (CI sets it), where a missing browser fails instead."""
 
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ from ui_home import NOW_MS, UI_CONFIG, UI_ENV, UI_TOKEN, build
 
 
 def _chromium() -> str | None:
-    return os.environ.get("LLMGW_TEST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    return os.environ.get("UI_TEST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("LLMGW_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason} (LLMGW_REQUIRE_BROWSER=1: the browser tests must run)")
+    if os.environ.get("UI_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason} (UI_REQUIRE_BROWSER=1: the browser tests must run)")
     pytest.skip(reason)
 
 
