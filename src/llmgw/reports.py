@@ -165,7 +165,7 @@ def report(conn: sqlite3.Connection, *, by: str, window: Window, customer: str |
     if customer is not None:
         check_customer(conn, customer)
     src, params = rollups.source(conn, window.since_ms, window.until_ms,
-                                 {"customer_id": customer} if customer is not None else None)
+                                 {"customer_id": customer} if customer is not None else None, dims=(col, "cache"))
     grouped = f"SELECT {col} AS id, {_SELECT} FROM {src} GROUP BY {col}"
     name = "n.name" if names else "NULL"
     join = f" LEFT JOIN {names} AS n ON n.id = g.id" if names else ""

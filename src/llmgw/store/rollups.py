@@ -264,7 +264,11 @@ def spans(since_ms: int | None, until_ms: int | None) -> list[Span]:
 Filter = Mapping[str, str | Sequence[str]]
 
 
-def _where(time_col: str, since: int | None, until: int | None, filters: Filter, params: list[Any]) -> str:
+def _where(time_col: str, since: int | None, until: int | None, filters: Filter, params: list[Any],
+           unindexed: bool = False) -> str:
+    """``unindexed``: ``+column`` everywhere, so that SQLite does not pick an index on them."""
+    p = "+" if unindexed else ""
+    time_col = p + time_col
     clauses = []
     if since is not None:
         clauses.append(f"{time_col} >= ?")
@@ -274,24 +278,30 @@ def _where(time_col: str, since: int | None, until: int | None, filters: Filter,
         params.append(until)
     for col, value in filters.items():
         if isinstance(value, str):
-            clauses.append(f"{col} = ?")
+            clauses.append(f"{p}{col} = ?")
             params.append(value)
         else:
-            clauses.append(f"{col} IN ({', '.join('?' for _ in value)})")
+            clauses.append(f"{p}{col} IN ({', '.join('?' for _ in value)})")
             params.extend(value)
     return (" WHERE " + " AND ".join(clauses)) if clauses else ""
 
 
 def source(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | None,
-           filters: Filter | None = None, *, hourly: bool = False) -> tuple[str, list[Any]]:
+           filters: Filter | None = None, *, hourly: bool = False,
+           dims: Sequence[str] | None = None) -> tuple[str, list[Any]]:
     """A subquery (SQL, params) yielding roll-up-shaped rows (``DIMS`` with NULL for ``''``,
     ``MEASURES``, ``last_ms``) whose sums over any grouping equal the raw ledger's in the window.
 
     ``filters``: dimension -> id or ids (``customer_id``, ``team_id``, ``key_id``...). ``hourly``:
     no row spans more than a clock hour (for per-hour buckets: bucket by ``last_ms``, which lies in
-    the row's hour). Falls back to raw rows alone on a database without roll-ups (read-only readers
-    do not migrate)."""
+    the row's hour). ``dims``: only these dimensions are yielded (a reader that groups by one or two
+    of them reads a narrower subquery: SQLite cannot drop unused columns of a UNION ALL, and the
+    narrow one is about 2.5x faster over many roll-up rows); filters may name any dimension.
+    Falls back to raw rows alone on a database without roll-ups (read-only readers do not migrate)."""
     filters = filters or {}
+    wanted = DIMS if dims is None else tuple(d for d in DIMS if d in dims)
+    if dims is not None and len(wanted) != len(set(dims)):
+        raise ValueError(f"unknown dimension in {list(dims)} (known: {', '.join(DIMS)})")
     params: list[Any] = []
     if not available(conn):
         pieces: Iterable[Span] = [("raw", since_ms, until_ms)]
@@ -302,9 +312,9 @@ def source(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | None,
             if src == "raw" and boundary is not None and (lo is None or lo < boundary):
                 raise UsageError(f"raw ledger rows before {iso_utc(boundary)} were pruned: only whole hours"
                                  f" can be reported there (the window starts or ends at {iso_utc(lo or 0)})")
-    raw_dims = ", ".join(d if d != "status_class" else "status / 100 AS status_class" for d in DIMS)
+    raw_dims = "".join(f"{d}, " if d != "status_class" else "status / 100 AS status_class, " for d in wanted)
     raw_sums = ", ".join(f"{_RAW_MEASURE[m]} AS {m}" for m in MEASURES)
-    raw_select = f"SELECT {raw_dims}, {raw_sums}, ts_ms AS last_ms FROM ledger"
+    raw_select = f"SELECT {raw_dims}{raw_sums}, ts_ms AS last_ms FROM ledger"
     selects = []
     rolled: list[Span] = []
     for src, lo, hi in pieces:
@@ -312,15 +322,17 @@ def source(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | None,
             selects.append(raw_select + _where("ts_ms", lo, hi, filters, params))
         else:
             rolled.append((src, lo, hi))
-            dims = ", ".join(f"NULLIF({d}, '') AS {d}" if d in TEXT_DIMS else d for d in DIMS)
+            cols = "".join(f"NULLIF({d}, '') AS {d}, " if d in TEXT_DIMS else f"{d}, " for d in wanted)
             where = _where("start_ms", lo, hi, filters, params)
-            selects.append(f"SELECT {dims}, {', '.join(MEASURES)}, last_ms FROM {TABLES[src]}{where}")
+            selects.append(f"SELECT {cols}{', '.join(MEASURES)}, last_ms FROM {TABLES[src]}{where}")
     if rolled:
         # rows past the watermark are not in the roll-ups yet: read them raw. The watermark is read
         # in this same statement, so it and the roll-ups come from one snapshot (never counted twice)
         lo = None if any(p[1] is None for p in rolled) else min(p[1] for p in rolled if p[1] is not None)
         hi = None if any(p[2] is None for p in rolled) else max(p[2] for p in rolled if p[2] is not None)
-        where = _where("ts_ms", lo, hi, filters, params)
+        # (unindexed: the few rows past the watermark are found by their ids; the time or customer
+        # index would visit every raw row of the window instead, about 120 ms per million)
+        where = _where("ts_ms", lo, hi, filters, params, unindexed=True)
         tail = f"id > (SELECT COALESCE(MAX(value), 0) FROM ledger_meta WHERE key = '{META_ROLLED}')"
         selects.append(raw_select + (f"{where} AND {tail}" if where else f" WHERE {tail}"))
     return "(" + " UNION ALL ".join(selects) + ")", params
