@@ -212,8 +212,14 @@ def test_customers_equal_the_ledger_and_the_report(ui: Daemon) -> None:
         assert data["currency"] == {"code": "EUR", "rate": "0.92",
                                     "label": "converted from USD at 0.92 EUR per USD"}
         # errors by type: every failed request of the month, counted once
-        assert data["errors"]["total_errors"] == want["errors"] > 0
-        assert {e["error_type"] for e in data["errors"]["errors"]} == {"rate_limit_exceeded", "upstream_error"}
+        errors = get(c, "/ui/api/errors")
+        assert errors["total_errors"] == want["errors"] > 0
+        assert {e["error_type"] for e in errors["errors"]} == {"rate_limit_exceeded", "upstream_error"}
+        assert get(c, "/ui/api/errors", customer="acme")["total_errors"] == raw_sums(
+            ui, DEC_1, JAN_1, "customer_id = 'acme'")["errors"]
+        rows = list(csv.DictReader(io.StringIO(get(c, "/ui/api/errors.csv"))))
+        assert rows[-1]["error_type"] == "TOTAL" and int(rows[-1]["errors"]) == want["errors"]
+        assert sum(int(r["errors"]) for r in rows[:-1]) == want["errors"]
 
         # the CSV is `llmgw report --format csv`, byte for byte
         text = get(c, "/ui/api/customers.csv")
@@ -314,3 +320,22 @@ def test_converted_needs_a_currency(daemon_factory: Any, tmp_path: Any) -> None:
         assert r.status_code == 400 and r.json()["error"]["param"] == "converted"
         data = get(c, "/ui/api/customers")
         assert data["currency"] is None and data["customers"]["groups"] == []
+
+
+def test_narrow_sources_sum_like_the_full_one(ui: Daemon) -> None:
+    """``rollups.source(dims=...)`` (what the page and the report read) yields the same sums per group
+    as the full subquery, rows past the roll-up watermark included."""
+    from llmgw.store import rollups
+
+    conn = connect(paths.db_path(ui.home))
+    try:
+        for since, until, filters in ((DEC_1, JAN_1, None), (DEC_1 - 5 * 86_400_000 + 1234, NOW_MS, None),
+                                      (DEC_1, JAN_1, {"customer_id": "acme"})):
+            full, p1 = rollups.source(conn, since, until, filters)
+            narrow, p2 = rollups.source(conn, since, until, filters, dims=("error_type", "cache"))
+            q = "SELECT error_type, cache, SUM(cost_nanos), SUM(requests), SUM(errors) FROM {} GROUP BY 1, 2 ORDER BY 1, 2"
+            assert conn.execute(q.format(narrow), p2).fetchall() == conn.execute(q.format(full), p1).fetchall()
+        with pytest.raises(ValueError, match="unknown dimension"):
+            rollups.source(conn, DEC_1, JAN_1, dims=("colour",))
+    finally:
+        conn.close()

@@ -190,7 +190,7 @@ def daily(conn: sqlite3.Connection, window: reports.Window, customer: str | None
     the days with rows) and the total, which equals the report's total for the same window."""
     if customer is not None:
         reports.check_customer(conn, customer)
-    src, params = rollups.source(conn, window.since_ms, window.until_ms, _filters(customer))
+    src, params = rollups.source(conn, window.since_ms, window.until_ms, _filters(customer), dims=("cache",))
     # every row lies in one UTC day (daily roll-ups, hours, raw rows) and last_ms is inside it
     sql = (f"SELECT last_ms - last_ms % {DAY_MS} AS day, {reports._SELECT} FROM {src} GROUP BY 1 ORDER BY 1")
     found = {int(r["day"]): r for r in reports._fetch(conn, sql, params)}
@@ -215,7 +215,8 @@ def errors(conn: sqlite3.Connection, window: reports.Window, customer: str | Non
     window's request count for the share."""
     if customer is not None:
         reports.check_customer(conn, customer)
-    src, params = rollups.source(conn, window.since_ms, window.until_ms, _filters(customer))
+    src, params = rollups.source(conn, window.since_ms, window.until_ms, _filters(customer),
+                                 dims=("error_type", "error_code", "status_class"))
     sql = (f"SELECT error_type, error_code, status_class, SUM(errors) AS errors, SUM(requests) AS requests"
            f" FROM {src} GROUP BY error_type, error_code, status_class"
            f" ORDER BY errors DESC, error_type IS NULL, error_type, error_code, status_class")
@@ -232,7 +233,7 @@ def cache(conn: sqlite3.Connection, window: reports.Window, customer: str | None
           currency: Currency | None) -> dict[str, Any]:
     """Requests and savings by cache outcome (``hit-exact``, ``hit-semantic``, ``miss``, ...; null:
     the cache was not consulted)."""
-    src, params = rollups.source(conn, window.since_ms, window.until_ms, _filters(customer))
+    src, params = rollups.source(conn, window.since_ms, window.until_ms, _filters(customer), dims=("cache",))
     sql = (f"SELECT cache, SUM(requests) AS requests, SUM(saved_nanos) AS saved_nanos FROM {src}"
            f" GROUP BY cache ORDER BY requests DESC, cache IS NULL, cache")
     rows = reports._fetch(conn, sql, params)

@@ -336,10 +336,15 @@ class FinancePage:
     async def customers(self, request: web.Request) -> web.StreamResponse:
         q = self._params(request, WINDOW_PARAMS)
         w, now = self._window(q), self.clock()
-        out = await self.db(lambda c: {
-            **self._meta(), "customers": ui_data.customers(c, w, now, self.currency),
-            "errors": ui_data.errors(c, w, None)})
+        out = await self.db(lambda c: {**self._meta(), "customers": ui_data.customers(c, w, now, self.currency)})
         return self._json(out)
+
+    async def errors(self, request: web.Request) -> web.StreamResponse:
+        """Errors by type (all customers, or ``customer``'s): its own route, so the page asks for it
+        and for the customers at the same time (two worker threads, each with its own connection)."""
+        q = self._params(request, (*WINDOW_PARAMS, "customer"))
+        w = self._window(q)
+        return self._json(await self.db(lambda c: ui_data.errors(c, w, q.get("customer"))))
 
     async def customers_csv(self, request: web.Request) -> web.StreamResponse:
         q = self._params(request, (*WINDOW_PARAMS, "converted"))
@@ -348,9 +353,9 @@ class FinancePage:
         return self._csv(ui_data.with_converted(text, cur), self._filename("customers", w))
 
     async def errors_csv(self, request: web.Request) -> web.StreamResponse:
-        q = self._params(request, WINDOW_PARAMS)
+        q = self._params(request, (*WINDOW_PARAMS, "customer"))
         w = self._window(q)
-        text = await self.db(lambda c: ui_data.errors_csv(ui_data.errors(c, w, None)))
+        text = await self.db(lambda c: ui_data.errors_csv(ui_data.errors(c, w, q.get("customer"))))
         return self._csv(text, self._filename("errors", w))
 
     async def budgets_csv(self, request: web.Request) -> web.StreamResponse:
@@ -397,6 +402,7 @@ class FinancePage:
             ("GET", "/ui/static/{name}", self.static),
             ("GET", "/ui/api/customers", self.api(self.customers)),
             ("GET", "/ui/api/customers.csv", self.api(self.customers_csv)),
+            ("GET", "/ui/api/errors", self.api(self.errors)),
             ("GET", "/ui/api/errors.csv", self.api(self.errors_csv)),
             ("GET", "/ui/api/budgets.csv", self.api(self.budgets_csv)),
             ("GET", "/ui/api/customer/{id}", self.api(self.customer)),

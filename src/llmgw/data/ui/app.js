@@ -240,7 +240,8 @@
   }
 
   async function overview() {
-    const data = await api("/ui/api/customers" + windowQuery());
+    const [data, errors] = await Promise.all([api("/ui/api/customers" + windowQuery()),
+      api("/ui/api/errors" + windowQuery())]);
     const rep = data.customers;
     showMeta(data, rep.window);
     const q = (id) => "/ui" + windowQuery({ customer: id });
@@ -251,7 +252,7 @@
       { head: "Budget now", cell: (r, t) => (t ? "" : budgetText(r.budget)) },
     ], rep.groups, rep.total);
     barChart("customers-chart", rep.groups, (r) => r.name || r.id || "(none)", (r) => (r.budget ? r.budget.level : "ok"));
-    errorsTable("errors-table", data.errors);
+    errorsTable("errors-table", errors);
     link("customers-csv", "/ui/api/customers.csv");
     convertedLink("customers-csv-converted", "/ui/api/customers.csv");
     $("budgets-csv").setAttribute("href", "/ui/api/budgets.csv");
