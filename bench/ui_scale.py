@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -80,8 +81,10 @@ def main() -> None:
     since = time.strftime("%Y-%m-%d", time.gmtime((now - 15 * ledger_scale.DAY_MS) / 1000))
     until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((now - 3 * ledger_scale.DAY_MS) / 1000 + 1234))
     endpoints = [
-        ("/ui/api/customers (this month: overview + errors)", f"/ui/api/customers?period={month}"),
+        ("/ui/api/customers (this month)", f"/ui/api/customers?period={month}"),
+        ("/ui/api/errors (this month)", f"/ui/api/errors?period={month}"),
         ("/ui/api/customers?last=30", "/ui/api/customers?last=30"),
+        ("/ui/api/errors?last=30", "/ui/api/errors?last=30"),
         ("/ui/api/customers, custom range (partial hours at the edges)",
          f"/ui/api/customers?since={since}&until={until}"),
         ("/ui/api/customer/cust00 (daily, models, keys, budgets, cache, errors)",
@@ -97,6 +100,16 @@ def main() -> None:
             times = [get(base + path)[0] for _ in range(args.repeat)]
             out.append((label, f"first {first * 1000:.0f} ms, median {statistics.median(times) * 1000:.0f} ms,"
                                f" max {max(times) * 1000:.0f} ms"))
+        for label, q in (("this month", f"period={month}"), ("last 30 days", "last=30")):
+            # the overview as the page loads it: customers and errors at the same time
+            with ThreadPoolExecutor(2) as pool:
+                loads = []
+                for _ in range(args.repeat):
+                    t = time.perf_counter()
+                    list(pool.map(get, [f"{base}/ui/api/customers?{q}", f"{base}/ui/api/errors?{q}"]))
+                    loads.append(time.perf_counter() - t)
+            out.append((f"overview data as the page loads it ({label}, both in parallel)",
+                        f"median {statistics.median(loads) * 1000:.0f} ms, max {max(loads) * 1000:.0f} ms"))
         _, body = get(base + f"/ui/api/customers?period={month}")
         got = json.loads(body)["customers"]["total"]["cost_nanos"]
     finally:
