@@ -285,6 +285,9 @@ def test_one_customer(ui: Daemon) -> None:
         assert sum(int(r["cost_nanos"]) for r in daily[:-1]) == want["cost_nanos"]
         budgets_csv = list(csv.DictReader(io.StringIO(get(c, "/ui/api/customer/acme/budgets.csv"))))
         assert budgets_csv[0]["limit_usd"] == "5.00" and budgets_csv[0]["level"] == budget["level"]
+        cache_csv = list(csv.DictReader(io.StringIO(get(c, "/ui/api/customer/acme/cache.csv"))))
+        assert cache_csv[-1]["cache"] == "TOTAL" and int(cache_csv[-1]["requests"]) == want["requests"]
+        assert int(cache_csv[-1]["saved_nanos"]) == want["saved_nanos"]
         errors_csv = list(csv.DictReader(io.StringIO(get(c, "/ui/api/customer/acme/errors.csv"))))
         assert int(errors_csv[-1]["errors"]) == want["errors"]
 

@@ -305,3 +305,12 @@ _BUDGET_COLS = ["id", "scope", "scope_id", "name", "period", "hard", "limit_nano
 
 def budgets_csv(rows: list[dict[str, Any]]) -> str:
     return _csv(_BUDGET_COLS, [["" if b[k] is None else b[k] for k in _BUDGET_COLS] for b in rows])
+
+
+def cache_csv(c: dict[str, Any]) -> str:
+    """Requests and savings by cache outcome (``(none)``: not consulted) and a ``TOTAL`` row."""
+    rows = [[o["cache"] or reports.NONE_LABEL, o["requests"], o["saved"]["nanos"], o["saved"]["usd"]]
+            for o in c["outcomes"]]
+    saved = sum(o["saved"]["nanos"] for o in c["outcomes"])
+    rows.append([reports.TOTAL_LABEL, sum(o["requests"] for o in c["outcomes"]), saved, usd(saved, dollar=False)])
+    return _csv(["cache", "requests", "saved_nanos", "saved_usd"], rows)

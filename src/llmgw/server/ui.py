@@ -371,8 +371,8 @@ class FinancePage:
 
     async def customer_csv(self, request: web.Request) -> web.StreamResponse:
         table, cid = request.match_info["table"], request.match_info["id"]
-        if table not in ("daily", "models", "keys", "budgets", "errors"):
-            raise NotFound(f"no table {table!r} (daily, models, keys, budgets, errors)")
+        if table not in ("daily", "models", "keys", "budgets", "cache", "errors"):
+            raise NotFound(f"no table {table!r} (daily, models, keys, budgets, cache, errors)")
         q = self._params(request, () if table == "budgets" else
                          (*WINDOW_PARAMS, *(("converted",) if table != "errors" else ())))
         w, now, cur = self._window(q), self.clock(), self._converted(q)
@@ -386,6 +386,9 @@ class FinancePage:
                 return ui_data.with_converted(ui_data.daily_csv(ui_data.daily(c, w, cid, None)), cur)
             if table == "errors":
                 return ui_data.errors_csv(ui_data.errors(c, w, cid))
+            if table == "cache":
+                rep.check_customer(c, cid)
+                return ui_data.with_converted(ui_data.cache_csv(ui_data.cache(c, w, cid, None)), cur)
             rep.check_customer(c, cid)
             return ui_data.budgets_csv(ui_data.budgets(c, now, cid))
 

@@ -306,7 +306,7 @@
       { head: "Saved (USD)", num: true, cell: (r) => moneyCell(r.saved) },
     ], data.cache.outcomes, null);
     errorsTable("c-errors-table", data.errors);
-    for (const t of ["daily", "models", "keys", "errors"]) {
+    for (const t of ["daily", "models", "keys", "cache", "errors"]) {
       link(`c-${t}-csv`, `${base}/${t}.csv`);
       if (t !== "errors") convertedLink(`c-${t}-csv-converted`, `${base}/${t}.csv`);
     }
