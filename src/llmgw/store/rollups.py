@@ -334,5 +334,8 @@ def source(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | None,
         # index would visit every raw row of the window instead, about 120 ms per million)
         where = _where("ts_ms", lo, hi, filters, params, unindexed=True)
         tail = f"id > (SELECT COALESCE(MAX(value), 0) FROM ledger_meta WHERE key = '{META_ROLLED}')"
-        selects.append(raw_select + (f"{where} AND {tail}" if where else f" WHERE {tail}"))
+        # NOT INDEXED: read the tail by rowid range (a few rows), never through a time or customer
+        # index that would walk the whole window's raw rows to find them
+        tail_select = raw_select.replace(" FROM ledger", " FROM ledger NOT INDEXED")
+        selects.append(tail_select + (f"{where} AND {tail}" if where else f" WHERE {tail}"))
     return "(" + " UNION ALL ".join(selects) + ")", params
