@@ -264,11 +264,7 @@ def spans(since_ms: int | None, until_ms: int | None) -> list[Span]:
 Filter = Mapping[str, str | Sequence[str]]
 
 
-def _where(time_col: str, since: int | None, until: int | None, filters: Filter, params: list[Any],
-           unindexed: bool = False) -> str:
-    """``unindexed``: ``+column`` everywhere, so that SQLite does not pick an index on them."""
-    p = "+" if unindexed else ""
-    time_col = p + time_col
+def _where(time_col: str, since: int | None, until: int | None, filters: Filter, params: list[Any]) -> str:
     clauses = []
     if since is not None:
         clauses.append(f"{time_col} >= ?")
@@ -278,10 +274,10 @@ def _where(time_col: str, since: int | None, until: int | None, filters: Filter,
         params.append(until)
     for col, value in filters.items():
         if isinstance(value, str):
-            clauses.append(f"{p}{col} = ?")
+            clauses.append(f"{col} = ?")
             params.append(value)
         else:
-            clauses.append(f"{p}{col} IN ({', '.join('?' for _ in value)})")
+            clauses.append(f"{col} IN ({', '.join('?' for _ in value)})")
             params.extend(value)
     return (" WHERE " + " AND ".join(clauses)) if clauses else ""
 
@@ -330,9 +326,7 @@ def source(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | None,
         # in this same statement, so it and the roll-ups come from one snapshot (never counted twice)
         lo = None if any(p[1] is None for p in rolled) else min(p[1] for p in rolled if p[1] is not None)
         hi = None if any(p[2] is None for p in rolled) else max(p[2] for p in rolled if p[2] is not None)
-        # (unindexed: the few rows past the watermark are found by their ids; the time or customer
-        # index would visit every raw row of the window instead, about 120 ms per million)
-        where = _where("ts_ms", lo, hi, filters, params, unindexed=True)
+        where = _where("ts_ms", lo, hi, filters, params)
         tail = f"id > (SELECT COALESCE(MAX(value), 0) FROM ledger_meta WHERE key = '{META_ROLLED}')"
         # NOT INDEXED: read the tail by rowid range (a few rows), never through a time or customer
         # index that would walk the whole window's raw rows to find them
