@@ -43,7 +43,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 from aiohttp import web
 
-from .. import paths, ui_data
+from .. import paths, reports, ui_data
 from ..clock import Clock
 from ..config import Config
 from ..errors import InvalidRequest, LlmgwError, MethodNotAllowed, NotFound, PermissionDenied, Unauthorized
@@ -301,7 +301,7 @@ class FinancePage:
                 raise InvalidRequest(f"{k}: query parameter given more than once", param=k)
         return {k: q[k] for k in q}
 
-    def _window(self, q: dict[str, str]) -> Any:
+    def _window(self, q: dict[str, str]) -> reports.Window:
         try:
             return ui_data.resolve({k: q[k] for k in WINDOW_PARAMS if k in q}, self.clock())
         except LlmgwError as e:
@@ -328,7 +328,7 @@ class FinancePage:
         return web.Response(text=text, content_type="text/csv", charset="utf-8",
                             headers={"content-disposition": f'attachment; filename="{name}.csv"'})
 
-    def _filename(self, what: str, window: Any, customer: str | None = None) -> str:
+    def _filename(self, what: str, window: reports.Window, customer: str | None = None) -> str:
         label = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in window.label)[:60]
         who = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in customer)[:60] + "-" if customer else ""
         return f"llmgw-{who}{what}-{label}"
@@ -349,7 +349,7 @@ class FinancePage:
     async def customers_csv(self, request: web.Request) -> web.StreamResponse:
         q = self._params(request, (*WINDOW_PARAMS, "converted"))
         w, cur = self._window(q), self._converted(q)
-        text = await self.db(lambda c: ui_data.reports.to_csv(ui_data.reports.report(c, by="customer", window=w)))
+        text = await self.db(lambda c: reports.to_csv(reports.report(c, by="customer", window=w)))
         return self._csv(ui_data.with_converted(text, cur), self._filename("customers", w))
 
     async def errors_csv(self, request: web.Request) -> web.StreamResponse:
@@ -378,18 +378,17 @@ class FinancePage:
         w, now, cur = self._window(q), self.clock(), self._converted(q)
 
         def run(c: sqlite3.Connection) -> str:
-            rep = ui_data.reports
             if table in REPORT_CSV:
-                return ui_data.with_converted(rep.to_csv(rep.report(c, by=REPORT_CSV[table], window=w, customer=cid)),
-                                              cur)
+                text = reports.to_csv(reports.report(c, by=REPORT_CSV[table], window=w, customer=cid))
+                return ui_data.with_converted(text, cur)
             if table == "daily":
                 return ui_data.with_converted(ui_data.daily_csv(ui_data.daily(c, w, cid, None)), cur)
             if table == "errors":
                 return ui_data.errors_csv(ui_data.errors(c, w, cid))
             if table == "cache":
-                rep.check_customer(c, cid)
+                reports.check_customer(c, cid)
                 return ui_data.with_converted(ui_data.cache_csv(ui_data.cache(c, w, cid, None)), cur)
-            rep.check_customer(c, cid)
+            reports.check_customer(c, cid)
             return ui_data.budgets_csv(ui_data.budgets(c, now, cid))
 
         return self._csv(await self.db(run), self._filename(table, w, cid))
