@@ -28,7 +28,11 @@
 
   function setupPicker() {
     const mode = $("mode");
-    if (params.get("last")) mode.value = "last30";
+    const last = params.get("last");
+    if (last && last !== "30") {  // a window given in the address, e.g. ?last=7
+      mode.append(el("option", { value: "last" + last }, `Last ${last} days`));
+      mode.value = "last" + last;
+    } else if (last) mode.value = "last30";
     else if (params.get("since") || params.get("until")) mode.value = "custom";
     else mode.value = "month";
     if (params.get("period") && /^\d{4}-\d{2}$/.test(params.get("period"))) $("month").value = params.get("period");
@@ -44,7 +48,7 @@
       ev.preventDefault();
       const q = new URLSearchParams();
       if (params.get("customer")) q.set("customer", params.get("customer"));
-      if (mode.value === "last30") q.set("last", "30");
+      if (mode.value.startsWith("last")) q.set("last", mode.value.slice(4));
       else if (mode.value === "custom") {
         if ($("since").value) q.set("since", $("since").value);
         if ($("until").value) q.set("until", shiftDay($("until").value, 1));
