@@ -77,16 +77,25 @@ def schema_sql() -> list[str]:
 
 
 def _aggregate(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> None:
-    """Add the raw rows matching ``where`` to both tables, as one GROUP BY per table."""
+    """Add the raw rows matching ``where`` to both tables: one GROUP BY over the raw rows into an
+    hourly scratch table, upserted into ``ledger_hourly`` and, grouped by day, into ``ledger_daily``
+    (the raw rows are read once)."""
     dims = ", ".join(f"{_RAW_DIM[d]}" for d in DIMS)
     sums = ", ".join(f"SUM({_RAW_MEASURE[m]})" for m in MEASURES)
     group = ", ".join(str(i) for i in range(1, len(DIMS) + 2))
     cols = f"start_ms, {', '.join(DIMS)}, {', '.join(MEASURES)}, last_ms"
     sets = ", ".join(f"{m} = {m} + excluded.{m}" for m in MEASURES)
-    for table, span in ((TABLES["hour"], HOUR_MS), (TABLES["day"], DAY_MS)):
-        conn.execute(f"INSERT INTO {table} ({cols}) SELECT ts_ms - ts_ms % {span}, {dims}, {sums}, MAX(ts_ms)"
-                     f" FROM ledger WHERE {where} GROUP BY {group}"
-                     f" ON CONFLICT DO UPDATE SET {sets}, last_ms = max(last_ms, excluded.last_ms)", args)
+    upsert = f" ON CONFLICT DO UPDATE SET {sets}, last_ms = max(last_ms, excluded.last_ms)"
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS rollup_scratch AS SELECT {cols} FROM {TABLES['hour']} WHERE 0")
+    conn.execute("DELETE FROM temp.rollup_scratch")
+    conn.execute(f"INSERT INTO temp.rollup_scratch ({cols}) SELECT ts_ms - ts_ms % {HOUR_MS}, {dims}, {sums},"
+                 f" MAX(ts_ms) FROM ledger WHERE {where} GROUP BY {group}", args)
+    # "WHERE true": an upsert's SELECT needs a WHERE, or ON CONFLICT would parse as a join constraint
+    conn.execute(f"INSERT INTO {TABLES['hour']} ({cols}) SELECT {cols} FROM temp.rollup_scratch WHERE true{upsert}")
+    conn.execute(f"INSERT INTO {TABLES['day']} ({cols}) SELECT start_ms - start_ms % {DAY_MS}, {', '.join(DIMS)},"
+                 f" {', '.join(f'SUM({m})' for m in MEASURES)}, MAX(last_ms) FROM temp.rollup_scratch"
+                 f" GROUP BY {group}{upsert}")
+    conn.execute("DELETE FROM temp.rollup_scratch")
 
 
 def rolled_up_to(conn: sqlite3.Connection) -> int:
