@@ -120,17 +120,19 @@ def ledger_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def aligned(src: str, t: int | None) -> bool:
+    if t is None or src == "raw":
+        return True
+    return window("month", t)[0] == t if src == "month" else t % (HOUR if src == "hour" else DAY_MS) == 0
+
+
 def test_spans_cover_the_window_exactly_once() -> None:
     rnd = random.Random(3)
     for _ in range(2000):
         s, u = random_window(rnd)
         pieces = rollups.spans(s, u)
         for src, lo, hi in pieces:
-            def aligned(t: int | None) -> bool:
-                if t is None or src == "raw":
-                    return True
-                return window("month", t)[0] == t if src == "month" else t % (HOUR if src == "hour" else DAY_MS) == 0
-            assert aligned(lo) and aligned(hi), (src, lo, hi)
+            assert aligned(src, lo) and aligned(src, hi), (src, lo, hi)
         ordered = sorted(pieces, key=lambda p: -(2**63) if p[1] is None else p[1])
         assert (ordered[0][1] if ordered else s) == s and (ordered[-1][2] if ordered else u) == (u if pieces else u)
         for a, b in zip(ordered, ordered[1:], strict=False):
