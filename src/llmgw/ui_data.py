@@ -4,8 +4,8 @@ type, and their CSV downloads. The read side of ``server/ui.py``; no front-end i
 Invariants:
 - Every number comes from the same code as ``llmgw report``: the grouped tables are
   ``reports.report`` (their CSV is ``reports.to_csv``, byte for byte the CLI's ``--format csv``),
-  and the per-day and error tables aggregate ``store.rollups.source``, whose sums equal the raw
-  ledger; the days of a window add up to its report total exactly.
+  and the per-day, cache and error tables aggregate ``store.rollups.grouped``, whose sums equal
+  the raw ledger; the days of a window partition it, so they add up to its report total exactly.
 - Money is integer nano-dollars; USD strings come from ``units.usd``. A display currency is a
   conversion for people (``Currency``): an exact ``Decimal`` product in CSVs, rounded to cents on the
   page, always labelled as converted, never a float and never stored.
@@ -184,29 +184,56 @@ def _filters(customer: str | None) -> dict[str, str] | None:
     return {"customer_id": customer} if customer is not None else None
 
 
+def _bounds(conn: sqlite3.Connection, window: reports.Window) -> tuple[int, int] | None:
+    """The window with an open end closed at the first or last day that has rows (None: no rows)."""
+    s, u = window.since_ms, window.until_ms
+    if s is None or u is None:
+        lo, hi = conn.execute("SELECT MIN(ts_ms), MAX(ts_ms) FROM ledger").fetchone()
+        if rollups.available(conn):  # pruned days live on in the roll-ups only
+            first = conn.execute(f"SELECT MIN(start_ms) FROM {rollups.TABLES['day']}").fetchone()[0]
+            lo = first if lo is None or (first is not None and first < lo) else lo
+        if lo is None or hi is None:
+            return None
+        s = lo - lo % DAY_MS if s is None else s
+        u = hi - hi % DAY_MS + DAY_MS if u is None else u
+    return (s, u) if s < u else None
+
+
+def _sums(conn: sqlite3.Connection, since: int, until: int, group: list[str], filters: dict[str, str] | None,
+          aggs: list[rollups.Agg]) -> list[dict[str, Any]]:
+    sql, params = rollups.grouped(conn, since, until, group, aggs, filters)
+    return reports._fetch(conn, sql, params)
+
+
 def daily(conn: sqlite3.Connection, window: reports.Window, customer: str | None,
           currency: Currency | None) -> dict[str, Any]:
-    """Spend per UTC day in ``window`` (every day of a bounded window up to ``MAX_FILLED_DAYS``, else
-    the days with rows) and the total, which equals the report's total for the same window."""
+    """Spend per UTC day in ``window`` (every day, up to ``MAX_FILLED_DAYS``; an open end stops at
+    the first or last day with rows) and the total, which equals the report's total for the window.
+
+    One grouped query per day (``rollups.grouped`` over that day: its daily roll-up, or hours and
+    raw rows for a partial day), so no monthly roll-up row, which spans a whole month, is bucketed."""
     if customer is not None:
         reports.check_customer(conn, customer)
-    src, params = rollups.source(conn, window.since_ms, window.until_ms, _filters(customer), dims=("cache",))
-    # every row lies in one UTC day (daily roll-ups, hours, raw rows) and last_ms is inside it
-    sql = (f"SELECT last_ms - last_ms % {DAY_MS} AS day, {reports._SELECT} FROM {src} GROUP BY 1 ORDER BY 1")
-    found = {int(r["day"]): r for r in reports._fetch(conn, sql, params)}
-    days = sorted(found)
-    s, u = window.since_ms, window.until_ms
-    if s is not None and u is not None and (u - s) // DAY_MS <= MAX_FILLED_DAYS:
-        days = list(range(s - s % DAY_MS, u, DAY_MS))
     zero = {k: 0 for k in (*reports._NUMBERS, "cache_hits", "saved_nanos")}
-    rows = []
-    for d in days:
-        r = found.get(d, zero)
-        rows.append({"day": iso_utc(d)[:10], **_row(r, currency)})
+    bounds = _bounds(conn, window)
+    rows: list[dict[str, Any]] = []
+    total = dict(zero)
+    if bounds is not None:
+        s, u = bounds
+        first = s - s % DAY_MS
+        n = -(-(u - first) // DAY_MS)
+        if n > MAX_FILLED_DAYS:
+            raise UsageError(f"the window spans {n} days: the per-day view shows at most {MAX_FILLED_DAYS};"
+                             " pick a shorter range")
+        for day in range(first, u, DAY_MS):
+            [r] = _sums(conn, max(s, day), min(u, day + DAY_MS), [], _filters(customer), reports._AGGS)
+            r = {k: int(r[k] or 0) for k in zero}
+            for k in zero:
+                total[k] += r[k]
+            rows.append({"day": iso_utc(day)[:10], **_row(r, currency)})
     top = max((r["cost_nanos"] for r in rows), default=0)
     for r in rows:
         r["bar_pct"] = _pct(r["cost_nanos"], top)
-    total = {k: sum(int(r[k]) for r in found.values()) for k in zero}
     return {"window": window.as_json(), "customer": customer, "days": rows, "total": _row(total, currency)}
 
 
@@ -215,16 +242,13 @@ def errors(conn: sqlite3.Connection, window: reports.Window, customer: str | Non
     window's request count for the share."""
     if customer is not None:
         reports.check_customer(conn, customer)
-    src, params = rollups.source(conn, window.since_ms, window.until_ms, _filters(customer),
-                                 dims=("error_type", "error_code", "status_class"))
-    sql = (f"SELECT error_type, error_code, status_class, SUM(errors) AS errors, SUM(requests) AS requests"
-           f" FROM {src} GROUP BY error_type, error_code, status_class"
-           f" ORDER BY errors DESC, error_type IS NULL, error_type, error_code, status_class")
-    rows = reports._fetch(conn, sql, params)
+    rows = _sums(conn, window.since_ms, window.until_ms, ["error_type", "error_code", "status_class"],
+                 _filters(customer), [("errors", "SUM", "errors"), ("requests", "SUM", "requests")])
     requests = sum(int(r["requests"]) for r in rows)
-    out = [{"error_type": r["error_type"], "error_code": r["error_code"],
-            "status_class": f"{int(r['status_class'])}xx", "errors": int(r["errors"]),
-            "share_pct": _pct(int(r["errors"]), requests)} for r in rows if int(r["errors"])]
+    rows = [r for r in rows if int(r["errors"])]
+    rows.sort(key=lambda r: (-int(r["errors"]), r["g0"] is None, r["g0"] or "", r["g1"] or "", r["g2"]))
+    out = [{"error_type": r["g0"], "error_code": r["g1"], "status_class": f"{int(r['g2'])}xx",
+            "errors": int(r["errors"]), "share_pct": _pct(int(r["errors"]), requests)} for r in rows]
     return {"window": window.as_json(), "customer": customer, "requests": requests, "errors": out,
             "total_errors": sum(r["errors"] for r in out)}
 
@@ -233,11 +257,10 @@ def cache(conn: sqlite3.Connection, window: reports.Window, customer: str | None
           currency: Currency | None) -> dict[str, Any]:
     """Requests and savings by cache outcome (``hit-exact``, ``hit-semantic``, ``miss``, ...; null:
     the cache was not consulted)."""
-    src, params = rollups.source(conn, window.since_ms, window.until_ms, _filters(customer), dims=("cache",))
-    sql = (f"SELECT cache, SUM(requests) AS requests, SUM(saved_nanos) AS saved_nanos FROM {src}"
-           f" GROUP BY cache ORDER BY requests DESC, cache IS NULL, cache")
-    rows = reports._fetch(conn, sql, params)
-    return {"outcomes": [{"cache": r["cache"], "requests": int(r["requests"]),
+    rows = _sums(conn, window.since_ms, window.until_ms, ["cache"], _filters(customer),
+                 [("requests", "SUM", "requests"), ("saved_nanos", "SUM", "saved_nanos")])
+    rows.sort(key=lambda r: (-int(r["requests"]), r["g0"] is None, r["g0"] or ""))
+    return {"outcomes": [{"cache": r["g0"], "requests": int(r["requests"]),
                           "saved": money(int(r["saved_nanos"]), currency)} for r in rows]}
 
 
