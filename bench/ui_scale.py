@@ -78,11 +78,15 @@ def main() -> None:
     out.append(("serve -> /healthz (roll-up catch-up included)", f"{started:.2f} s"))
     base = f"http://127.0.0.1:{port}"
     month = time.strftime("%Y-%m", time.gmtime(now / 1000))
+    prev = time.strftime("%Y-%m", time.gmtime((window("month", now)[0] - 1) / 1000))
     since = time.strftime("%Y-%m-%d", time.gmtime((now - 15 * ledger_scale.DAY_MS) / 1000))
     until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((now - 3 * ledger_scale.DAY_MS) / 1000 + 1234))
     endpoints = [
         ("/ui/api/customers (this month)", f"/ui/api/customers?period={month}"),
         ("/ui/api/errors (this month)", f"/ui/api/errors?period={month}"),
+        ("/ui/api/customers (last month: monthly roll-ups)", f"/ui/api/customers?period={prev}"),
+        ("/ui/api/errors (last month)", f"/ui/api/errors?period={prev}"),
+        ("/ui/api/customer/cust00 (last month: 30 per-day queries)", f"/ui/api/customer/cust00?period={prev}"),
         ("/ui/api/customers?last=30", "/ui/api/customers?last=30"),
         ("/ui/api/errors?last=30", "/ui/api/errors?last=30"),
         ("/ui/api/customers, custom range (partial hours at the edges)",
@@ -100,7 +104,8 @@ def main() -> None:
             times = [get(base + path)[0] for _ in range(args.repeat)]
             out.append((label, f"first {first * 1000:.0f} ms, median {statistics.median(times) * 1000:.0f} ms,"
                                f" max {max(times) * 1000:.0f} ms"))
-        for label, q in (("this month", f"period={month}"), ("last 30 days", "last=30")):
+        for label, q in (("this month", f"period={month}"), ("last month", f"period={prev}"),
+                         ("last 30 days", "last=30")):
             # the overview as the page loads it: customers and errors at the same time
             with ThreadPoolExecutor(2) as pool:
                 loads = []
