@@ -199,7 +199,7 @@ def _bounds(conn: sqlite3.Connection, window: reports.Window) -> tuple[int, int]
     return (s, u) if s < u else None
 
 
-def _sums(conn: sqlite3.Connection, since: int, until: int, group: list[str], filters: dict[str, str] | None,
+def _sums(conn: sqlite3.Connection, since: int | None, until: int | None, group: list[str], filters: dict[str, str] | None,
           aggs: list[rollups.Agg]) -> list[dict[str, Any]]:
     sql, params = rollups.grouped(conn, since, until, group, aggs, filters)
     return reports._fetch(conn, sql, params)
