@@ -29,7 +29,7 @@ import asyncio
 import hashlib
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from .. import paths
 from ..config import CacheConfig
 from ..errors import InvalidRequest
 from ..store import db as store_db
-from . import guard
+from . import gate, guard
 from . import store as cstore
 
 log = logging.getLogger("llmgw.cache")
@@ -77,10 +77,20 @@ class Keys:
     context_hash: str
     prompt: str
     facts: str = ""
+    vector: Any = None  # the prompt's embedding, once a semantic lookup computed it (the store reuses it)
+
+    def partition(self) -> int:
+        """The semantic partition as a 64-bit digest: scope, model, namespace, context and facts."""
+        return partition_key(self.scope, self.model, self.namespace, self.context_hash, self.facts)
+
+
+def partition_key(scope: str, model: str, namespace: str, context_hash: str, facts: str) -> int:
+    raw = "\x1f".join((scope, model, namespace, context_hash, facts)).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
 
 
 def request_keys(body: dict[str, Any], *, inbound: str, scope: str, namespace: str, use_guard: bool,
-                 patterns: tuple[str, ...]) -> Keys:
+                 patterns: tuple[str, ...] | list[str]) -> Keys:
     messages = body.get("messages") or []
     last_user = next((i for i in range(len(messages) - 1, -1, -1)
                       if isinstance(messages[i], dict) and messages[i].get("role") == "user"), None)
@@ -103,7 +113,7 @@ def request_keys(body: dict[str, Any], *, inbound: str, scope: str, namespace: s
         scope=scope, model=f"{inbound}:{body.get('model')}", namespace=namespace,
         exact_hash=hashlib.sha256(orjson.dumps(exact, option=orjson.OPT_SORT_KEYS)).hexdigest(),
         context_hash=hashlib.sha256(orjson.dumps(context, option=orjson.OPT_SORT_KEYS)).hexdigest(),
-        prompt=prompt, facts=guard.fingerprint(prompt, patterns) if use_guard else "")
+        prompt=prompt, facts=guard.fingerprint(prompt, tuple(patterns)) if use_guard else "")
 
 
 @dataclass(slots=True)
@@ -113,6 +123,39 @@ class Hit:
     body: bytes
     usage_json: str | None
     cost_nanos: int
+    entry_id: int = 0
+    prompt: str | None = None  # the stored prompt that answers
+    asked: str = ""  # the prompt of the request (a semantic hit)
+
+
+@dataclass(slots=True)
+class Lookup:
+    """What one lookup found: the hit (or None), the best similarity in the partition (for the
+    similarity histograms; None without a semantic search) and what blocked a closer candidate."""
+
+    hit: Hit | None
+    best: float | None = None
+    blocked: str | None = None  # a gate class that refused a candidate above the threshold
+
+
+@dataclass(slots=True)
+class _Part:
+    """The semantic entries of one partition. Small partitions keep their float16 vectors here and
+    are scored exactly; past ``EXACT_MAX`` entries the vectors move to the shared ANN index."""
+
+    ids: list[int] = field(default_factory=list)
+    blobs: list[bytes] | None = field(default_factory=list)  # None: the vectors are in the index
+    members: set[int] | None = None  # for an indexed partition: fast membership
+
+
+#: partitions up to this size are scored exactly from memory (~30 us at 256 here); larger ones are
+#: searched in the ANN index, widening the search until a member of the partition is among the results
+EXACT_MAX = 256
+_WIDEN_START = 16
+_WIDEN_MAX = 4096
+_TRIM_EVERY = 32  # semantic stores between two malloc_trim calls
+_HIT_LOG_MAX = 100_000  # rows of cache_hit_log kept (the oldest are pruned)
+_FEATURES_MAX = 20_000  # gate features of stored prompts kept in memory
 
 
 @dataclass
@@ -124,6 +167,13 @@ class ResponseCache:
     _conn: Any = None
     _index: Any = None
     entries: int = 0
+    _parts: dict[int, _Part] = field(default_factory=dict)
+    _part_of: dict[int, int] = field(default_factory=dict)
+    _features: dict[int, gate.Features] = field(default_factory=dict)
+    _stores: int = 0
+    _hit_logs: int = 0
+    #: lookups whose widened ANN search stopped at ``_WIDEN_MAX`` without reaching the partition
+    truncated_searches: int = 0
 
     # ---- lifecycle (worker thread) -----------------------------------------------------------
     def _open(self) -> None:
@@ -139,11 +189,44 @@ class ResponseCache:
 
             if self.embedder is None:
                 self.embedder = Model2VecEmbedder(self.config.model)
-            conn = self._conn
+            large = self._load_partitions()
             self._index = VectorIndex(paths.cache_index_path(self.home), self.embedder.dim,
-                                      expected_count=cstore.vector_count(conn),
-                                      entries=lambda: cstore.iter_vectors(conn))
+                                      expected_count=len(self._large_ids(large)),
+                                      entries=lambda: self._large_vectors(large))
+            for pk in large:  # indexed partitions drop their in-memory vectors
+                self._parts[pk].blobs = None
         return self._index
+
+    def _load_partitions(self) -> set[int]:
+        """Group every stored vector by partition; returns the partitions too large to scan."""
+        self._parts.clear()
+        self._part_of.clear()
+        for eid, scope, model, ns, ctx, facts, blob in self._conn.execute(
+                "SELECT id, scope, model, namespace, context_hash, facts, vector FROM cache_entries "
+                "WHERE vector IS NOT NULL ORDER BY id"):
+            pk = partition_key(scope, model, ns, ctx, facts)
+            part = self._parts.get(pk)
+            if part is None:
+                part = self._parts[pk] = _Part()
+            part.ids.append(int(eid))
+            assert part.blobs is not None
+            part.blobs.append(bytes(blob))
+            self._part_of[int(eid)] = pk
+        large = {pk for pk, part in self._parts.items() if len(part.ids) > EXACT_MAX}
+        for pk in large:
+            part = self._parts[pk]
+            part.members = set(part.ids)
+        return large
+
+    def _large_ids(self, large: set[int]) -> list[int]:
+        return [eid for pk in large for eid in self._parts[pk].ids]
+
+    def _large_vectors(self, large: set[int]) -> Iterator[tuple[int, Any]]:
+        for pk in large:
+            part = self._parts[pk]
+            assert part.blobs is not None
+            for eid, blob in zip(part.ids, part.blobs, strict=True):
+                yield eid, cstore.blob_to_vector(blob)
 
     def warm(self, semantic: bool) -> None:
         with self._lock:
@@ -159,34 +242,143 @@ class ResponseCache:
                 self._conn.close()
                 self._conn = None
 
+    # ---- partitions in memory (worker thread, under the lock) --------------------------------
+    def _add(self, eid: int, pk: int, vec: Any, blob: bytes) -> None:
+        part = self._parts.get(pk)
+        if part is None:
+            part = self._parts[pk] = _Part()
+        self._part_of[eid] = pk
+        part.ids.append(eid)
+        if part.blobs is not None:
+            part.blobs.append(blob)
+            if len(part.ids) > EXACT_MAX:  # too large to scan: its vectors move to the ANN index
+                for i, b in zip(part.ids, part.blobs, strict=True):
+                    self._index.add(i, cstore.blob_to_vector(b))
+                part.blobs = None
+                part.members = set(part.ids)
+        else:
+            assert part.members is not None
+            part.members.add(eid)
+            self._index.add(eid, vec)
+
+    def _forget(self, ids: Iterable[int]) -> None:
+        """Entries gone from SQLite (replaced, evicted, deleted by another process, expired): their
+        memory and their index slots are freed now, not at the next start."""
+        for eid in ids:
+            self._features.pop(eid, None)
+            pk = self._part_of.pop(eid, None)
+            if pk is None:
+                continue
+            part = self._parts[pk]
+            pos = part.ids.index(eid)
+            del part.ids[pos]
+            if part.blobs is not None:
+                del part.blobs[pos]
+            else:
+                assert part.members is not None
+                part.members.discard(eid)
+                if self._index is not None:
+                    self._index.remove(eid)
+            if not part.ids:
+                del self._parts[pk]
+
+    def _gate_features(self, entry: cstore.Entry) -> gate.Features:
+        got = self._features.get(entry.id)
+        if got is None:
+            if len(self._features) >= _FEATURES_MAX:
+                self._features.clear()
+            got = self._features[entry.id] = gate.features(entry.prompt_text or "")
+        return got
+
     # ---- lookup / store (worker thread) ------------------------------------------------------
-    def _lookup(self, keys: Keys, semantic: bool, threshold: float, now_ms: int) -> Hit | None:
+    def _lookup(self, keys: Keys, semantic: bool, threshold: float, now_ms: int, request_id: str = "",
+                log_hit: bool = True) -> Lookup:
         with self._lock:
             self._open()
             e = cstore.lookup_exact(self._conn, scope=keys.scope, model=keys.model, exact_hash=keys.exact_hash,
                                     now_ms=now_ms, namespace=keys.namespace)
             if e is not None:
                 cstore.touch(self._conn, e.id, now_ms)
-                return Hit("exact", 1.0, e.response, e.usage_json, e.cost_nanos)
+                return Lookup(Hit("exact", 1.0, e.response, e.usage_json, e.cost_nanos, e.id, e.prompt_text), 1.0)
             if not semantic or not keys.prompt.strip():
-                return None
+                return Lookup(None)
             index = self._semantic()
-            vec = self.embedder.encode([keys.prompt])[0]
-            # the index (bf16) only proposes candidates, with a margin; the threshold is applied to
-            # the exact cosine against each candidate's stored f16 vector
-            near = index.search(vec, 8, threshold - _INDEX_MARGIN)
-            if not near:
-                return None
-            found = cstore.candidates(self._conn, [i for i, _ in near], scope=keys.scope, model=keys.model,
+            vec = keys.vector = self.embedder.encode([keys.prompt])[0]
+            part = self._parts.get(keys.partition())
+            if part is None:
+                return Lookup(None)
+            if part.blobs is not None:
+                ranked = self._scan(part, vec)
+            else:
+                ranked = self._search(index, part, vec, threshold)
+            if not ranked:
+                return Lookup(None)
+            best = ranked[0][0]
+            wanted = [eid for sim, eid in ranked if sim >= threshold - _INDEX_MARGIN][:16]
+            if not wanted:
+                return Lookup(None, best)
+            found = cstore.candidates(self._conn, wanted, scope=keys.scope, model=keys.model,
                                       context_hash=keys.context_hash, now_ms=now_ms, namespace=keys.namespace,
                                       facts=keys.facts)
-            scored = [(float(vec @ cstore.blob_to_vector(e.vector)), e) for e in found if e.vector]
-            scored = [(sim, e) for sim, e in scored if sim >= threshold]
-            if not scored:
-                return None
-            sim, best = max(scored, key=lambda x: x[0])
-            cstore.touch(self._conn, best.id, now_ms)
-            return Hit("semantic", min(sim, 1.0), best.response, best.usage_json, best.cost_nanos)
+            if len(found) < len(wanted):
+                present = {f.id for f in found}
+                self._forget([i for i in wanted if i not in present])
+            # the threshold applies to the exact cosine against the stored float16 vector
+            scored = sorted(((float(vec @ cstore.blob_to_vector(f.vector)), f) for f in found if f.vector),
+                            key=lambda x: -x[0])
+            blocked = None
+            classes = self.config.gate_classes if self.config.gate else ()
+            mine = gate.features(keys.prompt) if classes else None
+            for sim, cand in scored:
+                if sim < threshold:
+                    break
+                if mine is not None:
+                    why = gate.conflict(self._gate_features(cand), mine, classes)
+                    if why is not None:
+                        blocked = blocked or why
+                        continue
+                sim = min(sim, 1.0)
+                with self._conn:
+                    self._conn.execute("UPDATE cache_entries SET hits = hits + 1, last_hit_ms = ? WHERE id = ?",
+                                       (now_ms, cand.id))
+                    if log_hit and request_id:
+                        self._log_hit(request_id, now_ms, cand.id, sim, keys.prompt, "hit")
+                return Lookup(Hit("semantic", sim, cand.response, cand.usage_json, cand.cost_nanos, cand.id,
+                                  cand.prompt_text, keys.prompt), max(best, sim), blocked)
+            return Lookup(None, max(best, scored[0][0]) if scored else best, blocked)
+
+    def _scan(self, part: _Part, vec: Any) -> list[tuple[float, int]]:
+        """Exact cosine against every vector of a small partition, best first."""
+        import numpy as np
+
+        assert part.blobs is not None
+        mat = np.frombuffer(b"".join(part.blobs), dtype=np.float16).reshape(len(part.blobs), -1)
+        sims = mat.astype(np.float32) @ vec
+        order = np.argsort(-sims)[:64]
+        return [(float(sims[i]), part.ids[int(i)]) for i in order]
+
+    def _search(self, index: Any, part: _Part, vec: Any, threshold: float) -> list[tuple[float, int]]:
+        """ANN search widened until members of the partition are among the results, the results
+        fall below the threshold (nothing closer can be further down), or the index is exhausted."""
+        assert part.members is not None
+        k = _WIDEN_START
+        while True:
+            near = index.search(vec, k)
+            mine = [(sim, eid) for eid, sim in near if eid in part.members]
+            if mine or len(near) < k or near[-1][1] < threshold - _INDEX_MARGIN:
+                return mine
+            if k >= _WIDEN_MAX:
+                self.truncated_searches += 1
+                return mine
+            k *= 4
+
+    def _log_hit(self, request_id: str, now_ms: int, entry_id: int, sim: float, prompt: str, kind: str) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO cache_hit_log (request_id, ts_ms, entry_id, similarity, prompt,"
+                           " kind) VALUES (?, ?, ?, ?, ?, ?)", (request_id, now_ms, entry_id, sim, prompt, kind))
+        self._hit_logs += 1
+        if self._hit_logs % 1000 == 0:
+            self._conn.execute("DELETE FROM cache_hit_log WHERE rowid <= (SELECT max(rowid) FROM cache_hit_log) - ?",
+                               (_HIT_LOG_MAX,))
 
     def _store(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int, ttl_ms: int | None,
                now_ms: int) -> None:
@@ -194,29 +386,55 @@ class ResponseCache:
             self._open()
             vec = None
             if semantic and keys.prompt.strip():
-                vec = self.embedder_vector(keys.prompt)
+                self._semantic()
+                vec = keys.vector if keys.vector is not None else self.embedder.encode([keys.prompt])[0]
+            blob = None if vec is None else cstore.vector_to_blob(vec)
             new_id, replaced = cstore.insert(
                 self._conn, scope=keys.scope, model=keys.model, exact_hash=keys.exact_hash,
                 context_hash=keys.context_hash, response=body, content_type="application/json", now_ms=now_ms,
-                namespace=keys.namespace, facts=keys.facts, prompt_text=keys.prompt, vector=vec,
+                namespace=keys.namespace, facts=keys.facts, prompt_text=keys.prompt, vector=blob,
                 usage_json=usage_json, cost_nanos=cost, ttl_ms=ttl_ms)
-            gone = cstore.evict_lru(self._conn, self.config.max_entries)
+            self.entries += 1 if replaced is None else 0
+            self._stores += 1
+            gone: list[int] = []
+            if self.entries > self.config.max_entries or self._stores % 1000 == 0:
+                gone = cstore.evict_lru(self._conn, self.config.max_entries)
+                self.entries = int(self._conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0]) \
+                    if self._stores % 1000 == 0 else self.entries - len(gone)
+            if replaced is not None:
+                gone.append(replaced)
             if self._index is not None:
-                if replaced is not None:
-                    gone.append(replaced)
-                self._index.remove_many(gone)
-                if vec is not None:
-                    self._index.add(new_id, vec)
-                    trim_heap()
-            self.entries = int(self._conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
+                self._forget(gone)
+                if vec is not None and blob is not None:
+                    self._add(new_id, keys.partition(), vec, blob)
+                    if self._stores % _TRIM_EVERY == 1:
+                        trim_heap()
+
+    def record_label(self, source: str, request_id: str, entry_id: int | None, similarity: float | None,
+                     cached_prompt: str | None, asked_prompt: str | None, label: int | None, now_ms: int) -> None:
+        """A labelled pair for ``ablate``: ``source`` shadow | verify | mark-wrong; ``label`` 1 when the
+        cached answer was right for the asked prompt, 0 when wrong."""
+        with self._lock:
+            self._open()
+            with self._conn:
+                cstore.add_label(self._conn, source=source, request_id=request_id, entry_id=entry_id,
+                                 similarity=similarity, cached_prompt=cached_prompt, asked_prompt=asked_prompt,
+                                 label=label, now_ms=now_ms)
+
+    def log_shadow(self, request_id: str, now_ms: int, hit: Hit, prompt: str) -> None:
+        with self._lock:
+            self._open()
+            with self._conn:
+                self._log_hit(request_id, now_ms, hit.entry_id, hit.similarity, prompt, "shadow")
 
     def embedder_vector(self, text: str) -> Any:
         self._semantic()
         return self.embedder.encode([text])[0]
 
     # ---- the loop-side API -------------------------------------------------------------------
-    async def lookup(self, keys: Keys, semantic: bool, threshold: float, now_ms: int) -> Hit | None:
-        return await asyncio.to_thread(self._lookup, keys, semantic, threshold, now_ms)
+    async def lookup(self, keys: Keys, semantic: bool, threshold: float, now_ms: int, request_id: str = "",
+                     log_hit: bool = True) -> Lookup:
+        return await asyncio.to_thread(self._lookup, keys, semantic, threshold, now_ms, request_id, log_hit)
 
     async def store(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int,
                     ttl_ms: int | None, now_ms: int) -> None:
@@ -251,10 +469,14 @@ def trim_heap() -> None:
         _malloc_trim(0)
 
 
-def request_options(headers: Mapping[str, str], config: CacheConfig) -> tuple[bool, bool, float, int | None, str]:
-    """(lookup?, store?, threshold, ttl_ms, namespace) from the request's headers."""
+def request_options(headers: Mapping[str, str], config: CacheConfig, key_threshold: float | None = None,
+                    model: str | None = None) -> tuple[bool, bool, float, int | None, str]:
+    """(lookup?, store?, threshold, ttl_ms, namespace) from the request's headers. The threshold: the
+    ``x-llmgw-cache-threshold`` header, else the key's (``keys create --cache-threshold``), else the
+    namespace's or the model's in ``[cache]``, else ``[cache] threshold``."""
     cc = {p.strip().lower() for p in headers.get("cache-control", "").split(",")}
-    threshold = config.threshold
+    namespace = headers.get("x-llmgw-cache-namespace", "")
+    threshold = key_threshold if key_threshold is not None else config.threshold_for(namespace, model)
     if "x-llmgw-cache-threshold" in headers:
         try:
             threshold = float(headers["x-llmgw-cache-threshold"])
@@ -271,7 +493,6 @@ def request_options(headers: Mapping[str, str], config: CacheConfig) -> tuple[bo
             raise InvalidRequest("x-llmgw-cache-ttl: expected whole seconds", param="x-llmgw-cache-ttl",
                                  code="invalid_value")
         ttl_ms = int(raw) * 1000 or None
-    namespace = headers.get("x-llmgw-cache-namespace", "")
     if len(namespace) > 200:
         raise InvalidRequest("x-llmgw-cache-namespace: at most 200 characters", param="x-llmgw-cache-namespace",
                              code="invalid_value")

@@ -175,6 +175,68 @@ def evict_lru(conn: sqlite3.Connection, max_entries: int) -> list[int]:
     return ids
 
 
+def delete(conn: sqlite3.Connection, ids: Iterable[int]) -> list[int]:
+    """Delete these entries; returns the ids that existed."""
+    wanted = [int(i) for i in ids]
+    with conn:
+        found: list[int] = []
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start:start + _CHUNK]
+            found += [int(r[0]) for r in conn.execute(
+                f"SELECT id FROM cache_entries WHERE id IN ({', '.join('?' * len(chunk))})", chunk)]
+        _delete(conn, found)
+    return sorted(found)
+
+
+def ids_by_prompt(conn: sqlite3.Connection, prompt: str) -> list[int]:
+    """Entries whose stored prompt is exactly ``prompt`` (any partition)."""
+    return [int(r[0]) for r in conn.execute("SELECT id FROM cache_entries WHERE prompt_text = ? ORDER BY id",
+                                            (prompt,))]
+
+
+# ---- the hit log and labelled pairs (migration m007_cache_audit) -----------------------------------
+
+
+def add_label(conn: sqlite3.Connection, *, source: str, request_id: str | None, entry_id: int | None,
+              similarity: float | None, cached_prompt: str | None, asked_prompt: str | None, label: int | None,
+              now_ms: int) -> None:
+    """Keep a labelled pair (the caller commits)."""
+    conn.execute("INSERT INTO cache_labels (ts_ms, source, request_id, entry_id, similarity, cached_prompt,"
+                 " asked_prompt, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 (now_ms, source, request_id, entry_id, similarity, cached_prompt, asked_prompt, label))
+
+
+def labels(conn: sqlite3.Connection, since_ms: int | None = None, until_ms: int | None = None) -> list[dict[str, Any]]:
+    """Labelled pairs with both prompts, oldest first."""
+    cur = conn.execute(
+        "SELECT ts_ms, source, request_id, entry_id, similarity, cached_prompt, asked_prompt, label FROM cache_labels"
+        " WHERE label IS NOT NULL AND cached_prompt IS NOT NULL AND asked_prompt IS NOT NULL"
+        " AND ts_ms >= ? AND ts_ms < ? ORDER BY id",
+        (since_ms if since_ms is not None else -(2**62), until_ms if until_ms is not None else 2**62))
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur]
+
+
+def hit_log(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
+    cur = conn.execute("SELECT request_id, ts_ms, entry_id, similarity, prompt, kind FROM cache_hit_log "
+                       "WHERE request_id = ?", (request_id,))
+    row = cur.fetchone()
+    return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
+
+
+def recent_hits(conn: sqlite3.Connection, since_ms: int, *, sort: str = "time", limit: int = 50,
+                kind: str = "hit") -> list[dict[str, Any]]:
+    """Recent semantic hits (``kind`` hit or shadow): the prompt asked, the entry that answered (its
+    prompt, or None when the entry is gone), similarity; newest first or least similar first."""
+    order = "h.similarity ASC, h.ts_ms DESC" if sort == "similarity" else "h.ts_ms DESC"
+    cur = conn.execute(
+        "SELECT h.request_id, h.ts_ms, h.entry_id, h.similarity, h.prompt AS asked, e.prompt_text AS cached,"
+        " e.namespace, e.hits AS entry_hits, h.kind FROM cache_hit_log h LEFT JOIN cache_entries e ON e.id = h.entry_id"
+        f" WHERE h.ts_ms >= ? AND h.kind = ? ORDER BY {order} LIMIT ?", (since_ms, kind, int(limit)))
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur]
+
+
 def clear(conn: sqlite3.Connection, namespace: str | None = None) -> int:
     """Delete every entry (or those of ``namespace``); returns how many. The index is brought back
     in line by its count check on next open, or by the caller (``clear_ids`` gives the ids)."""
