@@ -335,14 +335,14 @@ def test_retrieval_counts_right_wrong_and_miss() -> None:
 def test_cli_retrieval(tmp_path: Path) -> None:
     data = [{"a": "What is the capital of France?", "b": "Tell me the capital city of France.", "label": 1},
             {"a": "How do I reset my password?", "b": "How can I reset my password?", "label": 1},
-            {"a": "Write an Instagram caption for the linen shirt.",
-             "b": "Write a LinkedIn caption for the linen shirt.", "label": 0}]
+            {"a": "Write a product caption for the linen shirt.",
+             "b": "Write a product caption for the linen shirt in French.", "label": 0}]
     f = tmp_path / "pairs.jsonl"
     f.write_text("".join(json.dumps(d) + "\n" for d in data))
     proc = llmgw("--pairs", f, "--retrieval", "--format", "json", "--thresholds", "0.8", home=tmp_path / "h")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     by = {r["variant"]: r for r in out["rows"]}
-    assert by["config"]["queries"] == 3 and by["config"]["wrong"] == 0  # the gate stops the channel swap
+    assert by["config"]["queries"] == 3 and by["config"]["wrong"] == 0  # the gate stops the language flip
     assert by["no-guard"]["wrong"] >= 1
     assert "recommended" in out
