@@ -275,8 +275,6 @@ class Gateway:
             call.headers["x-llmgw-cache"] = "miss"
             call.cache_entry_id = call.shadow.entry_id
             call.cache_similarity = round(call.shadow.similarity, 6)
-            assert self.cache_audit is not None
-            self.cache_audit.shadow_seen(call, keys)
         elif hit is None:
             call.cache = "miss"
             call.headers["x-llmgw-cache"] = "miss"
