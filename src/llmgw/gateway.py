@@ -153,6 +153,8 @@ class Gateway:
         self._prices: dict[tuple[str, str], Price | None] = {}
         self._cache_errors_logged: set[str] = set()
         self.cache_audit = CacheAudit(self) if cache is not None else None
+        if cache is not None:
+            cache.on_error = self.cache_failed  # writes no request waits for (hit touches, the hit log)
 
     # ---- the spine -------------------------------------------------------------------------
     async def handle(self, request: web.Request, route: str) -> web.StreamResponse:
@@ -247,9 +249,9 @@ class Gateway:
             request.headers, cfg, call.key.cache_threshold, call.model)
         key = call.key
         scope = "*" if cfg.scope == "global" else (key.customer_id or f"key:{key.id}")
-        keys = request_keys(body, inbound=call.inbound, scope=scope, namespace=namespace, use_guard=cfg.guard,
-                            patterns=cfg.guard_patterns)
         semantic = mode == "semantic"
+        keys = request_keys(body, inbound=call.inbound, scope=scope, namespace=namespace,
+                            use_guard=cfg.guard and semantic, patterns=cfg.guard_patterns)
         call.cache_put = (keys, semantic, ttl_ms) if do_store else None
         if not do_lookup:
             call.cache = "bypass"

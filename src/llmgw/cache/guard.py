@@ -68,11 +68,9 @@ _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s<>\"'“”‘’]+")
 _KEY = r"[\"']?[A-Za-z_][\w.-]{0,63}[\"']?"
 # a value runs to the end of its line, a ``;``/``|``, or where the next ``key:`` starts; ``_split_value``
 # then keeps the list items and short sentences that belong to it and gives longer prose back
-_KV = re.compile(
-    rf"(?<![\w.\-/?&#@])({_KEY})[ \t]*(?:=|:(?!//))[ \t]*"
-    rf"((?:(?![,;.]?[ \t]*(?<![\w.\-/?&#@\"']){_KEY}[ \t]*(?:=|:(?!//)))[^\n;|])*)",
-    re.MULTILINE,
-)
+_KV_HEAD = re.compile(rf"(?<![\w.\-/?&#@])({_KEY})[ \t]*(?:=|:(?!//))[ \t]*")
+_VALUE_END = re.compile(r"[\n;|]")
+_NEXT_KEY = re.compile(rf"[,;.]?[ \t]*(?<![\w.\-/?&#@\"']){_KEY}[ \t]*(?:=|:(?!//))")
 _QUOTE = re.compile(
     r"\"([^\"\n]{1,300})\"|(?<!\w)'([^'\n]{1,300})'(?!\w)|“([^”\n]{1,300})”|‘([^’\n]{1,300})’|«([^»\n]{1,300})»"
 )
@@ -115,6 +113,9 @@ _YAML_KEY_LINE = re.compile(rf"^([ \t]*)(?:[-*][ \t]+)?({_KEY})[ \t]*:[ \t]*([|>
 _YAML_ANY_KEY = re.compile(rf"^[ \t]*(?:[-*][ \t]+)?{_KEY}[ \t]*(?:=|:(?!//))")
 _ITEM_SPLIT = re.compile(r",(?!\d)[ \t]*|[ \t]+(?:and|&)[ \t]+|[ \t]*&[ \t]*")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])[ \t]+")
+_HAS_DIGIT = re.compile(r"\d")
+_NUMBERISH = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+\.\d+")
+_SPACE_RUN = re.compile(r"\s\s|[\t\n\r\f\v]")
 _MAX_ITEM_WORDS = 4  # a list item or a sentence of a value; longer pieces are prose again
 
 
@@ -128,15 +129,22 @@ def normalise_text(text: str) -> str:
     """Harmless formatting made equal: markdown emphasis, ``Key - value`` lines, multi-line YAML
     values, ``$89.99`` = ``89.99``, ``1.5 kg`` = ``1.5kg``, ``20 %`` = ``20%``, number words as digits,
     British spellings (``grey`` = ``gray``)."""
-    text = _EMPHASIS.sub("", text)
-    text = _LIST_MARKER.sub(r"\1", text)
-    text = _VERSION.sub("", text)
-    text = _DASH_FIELD.sub(r"\1\2: ", text)
+    # each pass only when its trigger is in the text: this runs on every request of a semantic cache
+    if "*" in text or "_" in text or "`" in text:
+        text = _EMPHASIS.sub("", text)
+    digits = _HAS_DIGIT.search(text) is not None
+    if digits:
+        text = _LIST_MARKER.sub(r"\1", text)
+        text = _VERSION.sub("", text)
+    if " - " in text or "–" in text or "—" in text:
+        text = _DASH_FIELD.sub(r"\1\2: ", text)
     if "\n" in text and ":" in text:
         text = _yaml_blocks(text)
-    text = _DOLLAR.sub("", text)
+    if "$" in text:
+        text = _DOLLAR.sub("", text)
     text = _NUMBER_WORD.sub(_number_word, text)
-    text = _UNIT_GAP.sub(r"\1\2", text)
+    if digits or _HAS_DIGIT.search(text):
+        text = _UNIT_GAP.sub(r"\1\2", text)
     return _SPELLING_RX.sub(lambda m: _SPELLING[m.group(1).lower()], text)
 
 
@@ -193,7 +201,9 @@ def _norm_number(s: str) -> str:
 
 
 def _norm_scalar(v: str) -> str:
-    v = _SPACES.sub(" ", v).strip().rstrip(_TRAIL).strip()
+    if _SPACE_RUN.search(v):
+        v = _SPACES.sub(" ", v)
+    v = v.strip().rstrip(_TRAIL).strip()
     if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
         v = v[1:-1].strip()
     v = v.casefold()
@@ -203,8 +213,9 @@ def _norm_scalar(v: str) -> str:
         return "true"
     if v in _FALSE:
         return "false"
-    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+\.\d+", v):
-        return _norm_number(v)
+    if v[:1].isdigit() or v[:1] == "-":
+        if _NUMBERISH.fullmatch(v):
+            return _norm_number(v)
     return v
 
 
@@ -354,25 +365,33 @@ def fact_list(text: str, extra_patterns: ExtraPatterns = ()) -> list[tuple[str, 
     rest: list[str] = []
     pos = 0
     field_end = -1
-    for m in _KV.finditer(text):
-        value, prose = _split_value(m.group(2))
+    at = 0
+    while (m := _KV_HEAD.search(text, at)) is not None:
+        vstart = m.end()
+        e = _VALUE_END.search(text, vstart)
+        vend = e.start() if e else len(text)
+        n = _NEXT_KEY.search(text, vstart, vend)  # the next "key:" on the line ends this value
+        if n is not None:
+            vend = n.start()
+        at = max(vend, m.end())
+        value, prose = _split_value(text[vstart:vend])
         if not _is_field(text, m.start(), field_end) and (
                 not value.strip() or value != value.split(",")[0] or len(value.split()) > 3):
             # after prose words only a short single value is a field ("... product brand: Nike"); "the
             # following structure:" or "Python objects: integers, floats, ..." are prose
             continue
-        field_end = m.end()
+        field_end = vend
         if "\ue000" in value:
             value = re.sub(r"\ue000(\d+)\ue001", lambda u: urls[int(u.group(1))], value)
         out.append((_norm_key(m.group(1)), _norm_value(value)))
         rest.append(text[pos : m.start()] + " " + prose + " ")
-        pos = m.end()
+        pos = vend
     text = "".join(rest) + text[pos:]  # a fact inside a field counts once, as the field
     for m in _QUOTE.finditer(text):
         q = next(g for g in m.groups() if g is not None)
         out.append(("#quote", _SPACES.sub(" ", q).strip()))  # codes in quotes keep their case
     sequence: list[str] = []
-    for m in _TOKEN.finditer(re.sub(r"\ue000\d+\ue001", " ", text)):
+    for m in _TOKEN.finditer(re.sub(r"\ue000\d+\ue001", " ", text) if urls else text):
         kind = m.lastgroup or ""
         tok = m.group(0)
         if kind == "time":

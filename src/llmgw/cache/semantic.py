@@ -12,9 +12,12 @@ Isolation, for both layers:
   hash, parameters: everything that is not the embedded text) and the *facts* fingerprint of the
   field guard (``brand: null`` vs ``brand: Nike`` can never hit each other).
 
-Only complete 200 answers are stored (never an errored or truncated stream). Everything that
-touches SQLite, the embedder or the index runs in a worker thread under one lock; the event loop
-only awaits it. ``warm``, ``lookup`` and ``store`` raise whatever failed (a model that cannot be
+Only complete 200 answers are stored (never an errored or truncated stream). Lookups run on the
+event loop (an indexed SQLite read, one embedding, an exact scan of the partition or a widened ANN
+search: ~0.1-0.5 ms); every write goes to the cache's writer thread, which commits in batches.
+Semantic search is inside the partition (scope, model, namespace, context, facts), so recall does not
+depend on unrelated entries; the instruction gate (``gate.py``) then vets each candidate. ``warm``,
+``lookup`` and ``store`` raise whatever failed (a model that cannot be
 loaded, usearch missing, SQLite): the gateway turns that into a miss or no store, counts and logs
 it (``Gateway.cache_failed``), so a failing cache never fails a request. Configuration (``[cache]``, all optional, read by ``config.py``): ``mode`` off|exact|semantic (default
 off: a gateway must not silently serve stored samples), ``threshold`` (0.95), ``ttl`` seconds
@@ -28,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import queue
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -82,6 +87,10 @@ class Keys:
     def partition(self) -> int:
         """The semantic partition as a 64-bit digest: scope, model, namespace, context and facts."""
         return partition_key(self.scope, self.model, self.namespace, self.context_hash, self.facts)
+
+    def exact(self) -> int:
+        """The exact entry's key as a 64-bit digest: scope, model, namespace and exact hash."""
+        return partition_key(self.scope, self.model, self.namespace, self.exact_hash, "")
 
 
 def partition_key(scope: str, model: str, namespace: str, context_hash: str, facts: str) -> int:
@@ -153,34 +162,155 @@ class _Part:
 EXACT_MAX = 256
 _WIDEN_START = 16
 _WIDEN_MAX = 4096
-_TRIM_EVERY = 32  # semantic stores between two malloc_trim calls
+_TRIM_EVERY = 32  # semantic store batches between two malloc_trim calls
 _HIT_LOG_MAX = 100_000  # rows of cache_hit_log kept (the oldest are pruned)
 _FEATURES_MAX = 20_000  # gate features of stored prompts kept in memory
 
 
+@dataclass(slots=True)
+class _Put:
+    """One answer to store (what ``ResponseCache.store`` hands the cache's writer thread)."""
+
+    keys: Keys
+    blob: bytes | None
+    body: bytes
+    usage_json: str
+    cost: int
+    ttl_ms: int | None
+    now_ms: int
+
+
+class _Writer:
+    """The cache's one writer thread, with its own connection: stores (awaited, so a client's next
+    request finds its answer), hit touches, the hit log and labels (not awaited) go through a queue
+    and commit in batches (group commit). ``on_error(op, exc)`` runs on the loop for the writes no
+    request awaits."""
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self.cache = cache
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.conn: Any = None
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="llmgw-cache-writer", daemon=True)
+            self.thread.start()
+
+    def submit(self, op: str, args: Any, loop: asyncio.AbstractEventLoop | None = None,
+               fut: asyncio.Future[Any] | None = None) -> None:
+        self.start()
+        self.queue.put((op, args, loop, fut))
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join(30)
+            self.thread = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < 512:
+                try:
+                    nxt = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._process(batch)
+            if stop:
+                return
+
+    def _process(self, batch: list[Any]) -> None:
+        try:
+            if self.conn is None:
+                self.conn = store_db.connect(paths.db_path(self.cache.home))
+            results = [self.cache._apply(self.conn, op, args) for op, args, _, _ in batch]
+            self.conn.commit()
+        except Exception:
+            if self.conn is not None:
+                self.conn.rollback()
+            if len(batch) > 1:  # find the item that failed: one transaction each
+                for item in batch:
+                    self._process([item])
+                return
+            op, _, loop, fut = batch[0]
+            exc = sys.exc_info()[1]
+            assert exc is not None
+            if fut is not None and loop is not None:
+                loop.call_soon_threadsafe(_settle_future, fut, None, exc)
+            elif loop is not None and self.cache.on_error is not None:
+                loop.call_soon_threadsafe(self.cache.on_error, "store", exc)
+            return
+        for (_, _, loop, fut), result in zip(batch, results, strict=True):
+            if fut is not None and loop is not None:
+                loop.call_soon_threadsafe(_settle_future, fut, result, None)
+        if any(op == "put" and args.blob is not None for op, args, _, _ in batch):
+            self.cache._stores_since_trim += 1
+            if self.cache._stores_since_trim >= _TRIM_EVERY:
+                self.cache._stores_since_trim = 0
+                trim_heap()
+
+
+def _settle_future(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
 @dataclass
 class ResponseCache:
+    """The response cache of one daemon. Lookups run on the event loop (SQLite reads in WAL never
+    wait for a writer; the embedding and the partition scan take ~0.1 ms); every write goes through
+    the writer thread (``_Writer``). The in-memory partitions are changed on the loop only."""
+
     home: Path
     config: CacheConfig
     embedder: Any = None  # an Embedder; created lazily for semantic mode
-    _lock: threading.Lock = field(default_factory=threading.Lock)
     _conn: Any = None
     _index: Any = None
     entries: int = 0
     _parts: dict[int, _Part] = field(default_factory=dict)
     _part_of: dict[int, int] = field(default_factory=dict)
+    #: exact keys (``Keys.exact``) -> entry id, and back: a miss never touches SQLite
+    _exact: dict[int, int] = field(default_factory=dict)
+    _exact_of: dict[int, int] = field(default_factory=dict)
     _features: dict[int, gate.Features] = field(default_factory=dict)
     _stores: int = 0
+    _stores_since_trim: int = _TRIM_EVERY - 1  # the first semantic store trims
     _hit_logs: int = 0
+    _writer: _Writer | None = None
+    _loading: asyncio.Lock | None = None
+    on_error: Any = None  # (op, exc) for writes no request awaits: Gateway.cache_failed
     #: lookups whose widened ANN search stopped at ``_WIDEN_MAX`` without reaching the partition
     truncated_searches: int = 0
 
-    # ---- lifecycle (worker thread) -----------------------------------------------------------
+    # ---- lifecycle ---------------------------------------------------------------------------
     def _open(self) -> None:
         if self._conn is not None:
             return
-        self._conn = store_db.connect(paths.db_path(self.home))
-        self.entries = int(self._conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
+        conn = store_db.connect(paths.db_path(self.home))
+        exact: dict[int, int] = {}
+        for eid, scope, model, ns, exact_hash in conn.execute(
+                "SELECT id, scope, model, namespace, exact_hash FROM cache_entries"):
+            exact[partition_key(scope, model, ns, exact_hash, "")] = int(eid)
+        self._exact = exact
+        self._exact_of = {v: k for k, v in exact.items()}
+        self.entries = len(exact)
+        self._conn = conn
 
     def _semantic(self) -> Any:
         if self._index is None:
@@ -229,20 +359,33 @@ class ResponseCache:
                 yield eid, cstore.blob_to_vector(blob)
 
     def warm(self, semantic: bool) -> None:
-        with self._lock:
-            self._open()
-            if semantic:
-                self._semantic()
+        """Open the database (and for semantic mode load the model and the partitions): before the
+        daemon serves, in a worker thread."""
+        self._open()
+        if semantic:
+            self._semantic()
 
     def close(self) -> None:
-        with self._lock:
-            if self._index is not None:
-                self._index.save()
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        if self._writer is not None:
+            self._writer.stop()
+        if self._index is not None:
+            self._index.save()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
-    # ---- partitions in memory (worker thread, under the lock) --------------------------------
+    def _ready(self, semantic: bool) -> bool:
+        return self._conn is not None and (not semantic or self._index is not None)
+
+    async def _warm_async(self, semantic: bool) -> None:
+        """Load what ``warm`` did not (a cache that failed to warm tries again, off the loop)."""
+        if self._loading is None:
+            self._loading = asyncio.Lock()
+        async with self._loading:
+            if not self._ready(semantic):
+                await asyncio.to_thread(self.warm, semantic)
+
+    # ---- partitions in memory (on the loop) ---------------------------------------------------
     def _add(self, eid: int, pk: int, vec: Any, blob: bytes) -> None:
         part = self._parts.get(pk)
         if part is None:
@@ -266,6 +409,9 @@ class ResponseCache:
         memory and their index slots are freed now, not at the next start."""
         for eid in ids:
             self._features.pop(eid, None)
+            ek = self._exact_of.pop(eid, None)
+            if ek is not None and self._exact.get(ek) == eid:
+                del self._exact[ek]
             pk = self._part_of.pop(eid, None)
             if pk is None:
                 continue
@@ -290,62 +436,62 @@ class ResponseCache:
             got = self._features[entry.id] = gate.features(entry.prompt_text or "")
         return got
 
-    # ---- lookup / store (worker thread) ------------------------------------------------------
+    # ---- lookup (on the loop) ----------------------------------------------------------------
     def _lookup(self, keys: Keys, semantic: bool, threshold: float, now_ms: int, request_id: str = "",
                 log_hit: bool = True) -> Lookup:
-        with self._lock:
-            self._open()
-            e = cstore.lookup_exact(self._conn, scope=keys.scope, model=keys.model, exact_hash=keys.exact_hash,
-                                    now_ms=now_ms, namespace=keys.namespace)
-            if e is not None:
-                cstore.touch(self._conn, e.id, now_ms)
-                return Lookup(Hit("exact", 1.0, e.response, e.usage_json, e.cost_nanos, e.id, e.prompt_text), 1.0)
-            if not semantic or not keys.prompt.strip():
-                return Lookup(None)
-            index = self._semantic()
-            vec = keys.vector = self.embedder.encode([keys.prompt])[0]
-            part = self._parts.get(keys.partition())
-            if part is None:
-                return Lookup(None)
-            if part.blobs is not None:
-                ranked = self._scan(part, vec)
-            else:
-                ranked = self._search(index, part, vec, threshold)
-            if not ranked:
-                return Lookup(None)
-            best = ranked[0][0]
-            wanted = [eid for sim, eid in ranked if sim >= threshold - _INDEX_MARGIN][:16]
-            if not wanted:
-                return Lookup(None, best)
-            found = cstore.candidates(self._conn, wanted, scope=keys.scope, model=keys.model,
-                                      context_hash=keys.context_hash, now_ms=now_ms, namespace=keys.namespace,
-                                      facts=keys.facts)
-            if len(found) < len(wanted):
-                present = {f.id for f in found}
-                self._forget([i for i in wanted if i not in present])
-            # the threshold applies to the exact cosine against the stored float16 vector
-            scored = sorted(((float(vec @ cstore.blob_to_vector(f.vector)), f) for f in found if f.vector),
-                            key=lambda x: -x[0])
-            blocked = None
-            classes = self.config.gate_classes if self.config.gate else ()
-            mine = gate.features(keys.prompt) if classes else None
-            for sim, cand in scored:
-                if sim < threshold:
-                    break
-                if mine is not None:
-                    why = gate.conflict(self._gate_features(cand), mine, classes)
-                    if why is not None:
-                        blocked = blocked or why
-                        continue
-                sim = min(sim, 1.0)
-                with self._conn:
-                    self._conn.execute("UPDATE cache_entries SET hits = hits + 1, last_hit_ms = ? WHERE id = ?",
-                                       (now_ms, cand.id))
-                    if log_hit and request_id:
-                        self._log_hit(request_id, now_ms, cand.id, sim, keys.prompt, "hit")
-                return Lookup(Hit("semantic", sim, cand.response, cand.usage_json, cand.cost_nanos, cand.id,
-                                  cand.prompt_text, keys.prompt), max(best, sim), blocked)
-            return Lookup(None, max(best, scored[0][0]) if scored else best, blocked)
+        self._open()
+        eid = self._exact.get(keys.exact())
+        e = None
+        if eid is not None:
+            e = cstore.get(self._conn, eid)
+            if e is None:
+                self._forget([eid])  # deleted by another process
+            elif e.expires_ms is not None and e.expires_ms <= now_ms:
+                e = None  # expired: the next store of this request replaces it
+        if e is not None:
+            self._write("touch", (e.id, now_ms))
+            return Lookup(Hit("exact", 1.0, e.response, e.usage_json, e.cost_nanos, e.id, e.prompt_text), 1.0)
+        if not semantic or not keys.prompt.strip():
+            return Lookup(None)
+        index = self._semantic()
+        vec = keys.vector = self.embedder.encode([keys.prompt])[0]
+        part = self._parts.get(keys.partition())
+        if part is None:
+            return Lookup(None)
+        ranked = self._scan(part, vec) if part.blobs is not None else self._search(index, part, vec, threshold)
+        if not ranked:
+            return Lookup(None)
+        best = ranked[0][0]
+        wanted = [eid for sim, eid in ranked if sim >= threshold - _INDEX_MARGIN][:16]
+        if not wanted:
+            return Lookup(None, best)
+        found = cstore.candidates(self._conn, wanted, scope=keys.scope, model=keys.model,
+                                  context_hash=keys.context_hash, now_ms=now_ms, namespace=keys.namespace,
+                                  facts=keys.facts)
+        if len(found) < len(wanted):
+            present = {f.id for f in found}
+            self._forget([i for i in wanted if i not in present])
+        # the threshold applies to the exact cosine against the stored float16 vector
+        scored = sorted(((float(vec @ cstore.blob_to_vector(f.vector)), f) for f in found if f.vector),
+                        key=lambda x: -x[0])
+        blocked = None
+        classes = self.config.gate_classes if self.config.gate else ()
+        mine = gate.features(keys.prompt) if classes else None
+        for sim, cand in scored:
+            if sim < threshold:
+                break
+            if mine is not None:
+                why = gate.conflict(self._gate_features(cand), mine, classes)
+                if why is not None:
+                    blocked = blocked or why
+                    continue
+            sim = min(sim, 1.0)
+            self._write("touch", (cand.id, now_ms))
+            if log_hit and request_id:
+                self._write("log", (request_id, now_ms, cand.id, sim, keys.prompt, "hit"))
+            return Lookup(Hit("semantic", sim, cand.response, cand.usage_json, cand.cost_nanos, cand.id,
+                              cand.prompt_text, keys.prompt), max(best, sim), blocked)
+        return Lookup(None, max(best, scored[0][0]) if scored else best, blocked)
 
     def _scan(self, part: _Part, vec: Any) -> list[tuple[float, int]]:
         """Exact cosine against every vector of a small partition, best first."""
@@ -372,73 +518,128 @@ class ResponseCache:
                 return mine
             k *= 4
 
-    def _log_hit(self, request_id: str, now_ms: int, entry_id: int, sim: float, prompt: str, kind: str) -> None:
-        self._conn.execute("INSERT OR REPLACE INTO cache_hit_log (request_id, ts_ms, entry_id, similarity, prompt,"
-                           " kind) VALUES (?, ?, ?, ?, ?, ?)", (request_id, now_ms, entry_id, sim, prompt, kind))
-        self._hit_logs += 1
-        if self._hit_logs % 1000 == 0:
-            self._conn.execute("DELETE FROM cache_hit_log WHERE rowid <= (SELECT max(rowid) FROM cache_hit_log) - ?",
-                               (_HIT_LOG_MAX,))
+    # ---- writes (the writer thread; ``_apply`` runs there, inside the batch's transaction) -----
+    def _write(self, op: str, args: Any) -> None:
+        """A write no request waits for (touch, hit log, label)."""
+        if self._writer is None:
+            self._writer = _Writer(self)
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the daemon (tests, benchmarks): write now
+            loop = None
+        if loop is None:
+            conn = store_db.connect(paths.db_path(self.home))
+            try:
+                self._apply(conn, op, args)
+                conn.commit()
+            finally:
+                conn.close()
+            return
+        self._writer.submit(op, args, loop)
+
+    def _apply(self, conn: Any, op: str, args: Any) -> Any:
+        if op == "put":
+            p: _Put = args
+            k = p.keys
+            new_id, replaced = cstore.insert(
+                conn, scope=k.scope, model=k.model, exact_hash=k.exact_hash, context_hash=k.context_hash,
+                response=p.body, content_type="application/json", now_ms=p.now_ms, namespace=k.namespace,
+                facts=k.facts, prompt_text=k.prompt, vector=p.blob, usage_json=p.usage_json, cost_nanos=p.cost,
+                ttl_ms=p.ttl_ms, commit=False)
+            self._stores += 1
+            total = self.entries + (1 if replaced is None else 0)
+            recount = self._stores % 1000 == 0
+            gone = cstore.evict_lru(conn, self.config.max_entries, commit=False, total=None if recount else total) \
+                if recount or total > self.config.max_entries else []
+            entries = int(conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0]) if recount \
+                else total - len(gone)
+            return new_id, replaced, gone, entries
+        if op == "touch":
+            cstore.touch(conn, args[0], args[1], commit=False)
+        elif op == "log":
+            request_id, now_ms, entry_id, sim, prompt, kind = args
+            conn.execute("INSERT OR REPLACE INTO cache_hit_log (request_id, ts_ms, entry_id, similarity, prompt,"
+                         " kind) VALUES (?, ?, ?, ?, ?, ?)", (request_id, now_ms, entry_id, sim, prompt, kind))
+            self._hit_logs += 1
+            if self._hit_logs % 1000 == 0:
+                conn.execute("DELETE FROM cache_hit_log WHERE rowid <= (SELECT max(rowid) FROM cache_hit_log) - ?",
+                             (_HIT_LOG_MAX,))
+        elif op == "label":
+            cstore.add_label(conn, **args)
+        return None
+
+    def _put(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int, ttl_ms: int | None,
+             now_ms: int) -> tuple[_Put, Any]:
+        vec = None
+        if semantic and keys.prompt.strip():
+            self._semantic()
+            vec = keys.vector if keys.vector is not None else self.embedder.encode([keys.prompt])[0]
+        blob = None if vec is None else cstore.vector_to_blob(vec)
+        return _Put(keys, blob, bytes(body), usage_json, int(cost), ttl_ms, now_ms), vec
+
+    def _stored(self, put: _Put, vec: Any, result: Any) -> None:
+        """The writer committed ``put``: bring memory in line (on the loop)."""
+        new_id, replaced, gone, entries = result
+        self.entries = entries
+        if replaced is not None:
+            gone = [*gone, replaced]
+        self._forget(gone)
+        ek = put.keys.exact()
+        self._exact[ek] = new_id
+        self._exact_of[new_id] = ek
+        if self._index is not None:
+            if vec is not None and put.blob is not None:
+                self._add(new_id, put.keys.partition(), vec, put.blob)
 
     def _store(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int, ttl_ms: int | None,
                now_ms: int) -> None:
-        with self._lock:
-            self._open()
-            vec = None
-            if semantic and keys.prompt.strip():
-                self._semantic()
-                vec = keys.vector if keys.vector is not None else self.embedder.encode([keys.prompt])[0]
-            blob = None if vec is None else cstore.vector_to_blob(vec)
-            new_id, replaced = cstore.insert(
-                self._conn, scope=keys.scope, model=keys.model, exact_hash=keys.exact_hash,
-                context_hash=keys.context_hash, response=body, content_type="application/json", now_ms=now_ms,
-                namespace=keys.namespace, facts=keys.facts, prompt_text=keys.prompt, vector=blob,
-                usage_json=usage_json, cost_nanos=cost, ttl_ms=ttl_ms)
-            self.entries += 1 if replaced is None else 0
-            self._stores += 1
-            gone: list[int] = []
-            if self.entries > self.config.max_entries or self._stores % 1000 == 0:
-                gone = cstore.evict_lru(self._conn, self.config.max_entries)
-                self.entries = int(self._conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0]) \
-                    if self._stores % 1000 == 0 else self.entries - len(gone)
-            if replaced is not None:
-                gone.append(replaced)
-            if self._index is not None:
-                self._forget(gone)
-                if vec is not None and blob is not None:
-                    self._add(new_id, keys.partition(), vec, blob)
-                    if self._stores % _TRIM_EVERY == 1:
-                        trim_heap()
+        """``store`` without the writer thread: for tests and benchmarks."""
+        self._open()
+        put, vec = self._put(keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
+        conn = store_db.connect(paths.db_path(self.home))
+        try:
+            result = self._apply(conn, "put", put)
+            conn.commit()
+        finally:
+            conn.close()
+        self._stored(put, vec, result)
+        if put.blob is not None:
+            self._stores_since_trim += 1
+            if self._stores_since_trim >= _TRIM_EVERY:
+                self._stores_since_trim = 0
+                trim_heap()
 
     def record_label(self, source: str, request_id: str, entry_id: int | None, similarity: float | None,
                      cached_prompt: str | None, asked_prompt: str | None, label: int | None, now_ms: int) -> None:
-        """A labelled pair for ``ablate``: ``source`` shadow | verify | mark-wrong; ``label`` 1 when the
-        cached answer was right for the asked prompt, 0 when wrong."""
-        with self._lock:
-            self._open()
-            with self._conn:
-                cstore.add_label(self._conn, source=source, request_id=request_id, entry_id=entry_id,
-                                 similarity=similarity, cached_prompt=cached_prompt, asked_prompt=asked_prompt,
-                                 label=label, now_ms=now_ms)
+        """Keep a labelled pair for ``ablate`` (not awaited): ``source`` shadow | verify | mark-wrong;
+        ``label`` 1 when the cached answer was right for the asked prompt, 0 when wrong."""
+        self._write("label", {"source": source, "request_id": request_id, "entry_id": entry_id,
+                              "similarity": similarity, "cached_prompt": cached_prompt,
+                              "asked_prompt": asked_prompt, "label": label, "now_ms": now_ms})
 
     def log_shadow(self, request_id: str, now_ms: int, hit: Hit, prompt: str) -> None:
-        with self._lock:
-            self._open()
-            with self._conn:
-                self._log_hit(request_id, now_ms, hit.entry_id, hit.similarity, prompt, "shadow")
-
-    def embedder_vector(self, text: str) -> Any:
-        self._semantic()
-        return self.embedder.encode([text])[0]
+        self._write("log", (request_id, now_ms, hit.entry_id, hit.similarity, prompt, "shadow"))
 
     # ---- the loop-side API -------------------------------------------------------------------
     async def lookup(self, keys: Keys, semantic: bool, threshold: float, now_ms: int, request_id: str = "",
                      log_hit: bool = True) -> Lookup:
-        return await asyncio.to_thread(self._lookup, keys, semantic, threshold, now_ms, request_id, log_hit)
+        if not self._ready(semantic):
+            await self._warm_async(semantic)
+        return self._lookup(keys, semantic, threshold, now_ms, request_id, log_hit)
 
     async def store(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int,
                     ttl_ms: int | None, now_ms: int) -> None:
-        await asyncio.to_thread(self._store, keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
+        """Store an answer; returns once it is committed (the client's next request finds it)."""
+        if not self._ready(semantic):
+            await self._warm_async(semantic)
+        put, vec = self._put(keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
+        if self._writer is None:
+            self._writer = _Writer(self)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._writer.submit("put", put, loop, fut)
+        result = await asyncio.shield(fut)
+        self._stored(put, vec, result)
 
 
 _malloc_trim: Any = None

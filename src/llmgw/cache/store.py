@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -93,14 +94,15 @@ def iter_vectors(conn: sqlite3.Connection) -> Iterator[tuple[int, Any]]:
 def insert(conn: sqlite3.Connection, *, scope: str, model: str, exact_hash: str, context_hash: str,
            response: bytes, content_type: str, now_ms: int, namespace: str = "", facts: str = "",
            prompt_text: str | None = None, vector: Any = None, usage_json: str | None = None,
-           cost_nanos: int = 0, ttl_ms: int | None = None) -> tuple[int, int | None]:
+           cost_nanos: int = 0, ttl_ms: int | None = None, commit: bool = True) -> tuple[int, int | None]:
     """Store an entry; returns ``(new id, id it replaced or None)``. The replaced id (same scope,
     model, namespace and exact hash) must be removed from the index by the caller. ``vector`` may
-    be a numpy vector, a sequence of floats or float16 bytes; ``ttl_ms`` None means no expiry."""
+    be a numpy vector, a sequence of floats or float16 bytes; ``ttl_ms`` None means no expiry.
+    ``commit=False``: part of the caller's transaction (the cache writer's batch)."""
     blob = None if vector is None else (bytes(vector) if isinstance(vector, bytes | bytearray | memoryview)
                                         else vector_to_blob(vector))
     expires_ms = None if ttl_ms is None else now_ms + int(ttl_ms)
-    with conn:
+    with conn if commit else contextlib.nullcontext(conn):
         old = conn.execute("SELECT id FROM cache_entries WHERE scope = ? AND model = ? AND namespace = ? "
                            "AND exact_hash = ?", (scope, model, namespace, exact_hash)).fetchone()
         if old is not None:
@@ -148,9 +150,9 @@ def candidates(conn: sqlite3.Connection, ids: Iterable[int], *, scope: str, mode
     return [found[i] for i in dict.fromkeys(order) if i in found]
 
 
-def touch(conn: sqlite3.Connection, entry_id: int, now_ms: int) -> None:
+def touch(conn: sqlite3.Connection, entry_id: int, now_ms: int, commit: bool = True) -> None:
     """Record a hit: ``hits + 1`` and ``last_hit_ms`` (the LRU clock)."""
-    with conn:
+    with conn if commit else contextlib.nullcontext(conn):
         conn.execute("UPDATE cache_entries SET hits = hits + 1, last_hit_ms = ? WHERE id = ?",
                      (now_ms, int(entry_id)))
 
@@ -161,11 +163,13 @@ def _delete(conn: sqlite3.Connection, ids: list[int]) -> None:
         conn.execute(f"DELETE FROM cache_entries WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
 
 
-def evict_lru(conn: sqlite3.Connection, max_entries: int) -> list[int]:
+def evict_lru(conn: sqlite3.Connection, max_entries: int, commit: bool = True, total: int | None = None) -> list[int]:
     """Delete the least recently used entries beyond ``max_entries``; returns their ids, least
-    recently used first (ties: oldest id first)."""
-    with conn:
-        total = int(conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
+    recently used first (ties: oldest id first). ``total``: the caller's count of entries (saves a
+    ``count(*)``, a scan of the table)."""
+    with conn if commit else contextlib.nullcontext(conn):
+        if total is None:
+            total = int(conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
         excess = total - max(0, int(max_entries))
         if excess <= 0:
             return []

@@ -63,16 +63,17 @@ class CacheAudit:
         assert hit is not None and cache is not None
         agree = same_answer(hit.body, fresh)
         self.gw.metrics.cache_shadow["agree" if agree else "disagree"] += 1
-        self._spawn(self._label("shadow", call.request_id, hit, int(agree), call.ts_ms))
+        self._label("shadow", call.request_id, hit, int(agree), call.ts_ms)
 
-    async def _label(self, source: str, request_id: str, hit: Hit, label: int, now_ms: int) -> None:
+    def _label(self, source: str, request_id: str, hit: Hit, label: int, now_ms: int) -> None:
+        """Queued for the cache's writer (a failure there is counted by ``Gateway.cache_failed``)."""
         cache = self.gw.cache
         assert cache is not None
         try:
             if source == "shadow":
-                await asyncio.to_thread(cache.log_shadow, request_id, now_ms, hit, hit.asked)
-            await asyncio.to_thread(cache.record_label, source, request_id, hit.entry_id, hit.similarity,
-                                    hit.prompt, hit.asked, label, now_ms)
+                cache.log_shadow(request_id, now_ms, hit, hit.asked)
+            cache.record_label(source, request_id, hit.entry_id, hit.similarity, hit.prompt, hit.asked, label,
+                               now_ms)
         except Exception as e:  # evidence lost, never a request
             self.gw.cache_failed("store", e)
 
@@ -124,4 +125,4 @@ class CacheAudit:
             return
         agree = same_answer(hit.body, completion.body)
         gw.metrics.cache_verify["agree" if agree else "disagree"] += 1
-        await self._label("verify", hit_call.request_id, hit, int(agree), call.ts_ms)
+        self._label("verify", hit_call.request_id, hit, int(agree), call.ts_ms)
