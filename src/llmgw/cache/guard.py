@@ -114,6 +114,7 @@ _YAML_ANY_KEY = re.compile(rf"^[ \t]*(?:[-*][ \t]+)?{_KEY}[ \t]*(?:=|:(?!//))")
 _ITEM_SPLIT = re.compile(r",(?!\d)[ \t]*|[ \t]+(?:and|&)[ \t]+|[ \t]*&[ \t]*")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])[ \t]+")
 _HAS_DIGIT = re.compile(r"\d")
+_LOWER_WORDS = re.compile(r"[a-z]+")
 _NUMBERISH = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+\.\d+")
 _SPACE_RUN = re.compile(r"\s\s|[\t\n\r\f\v]")
 _MAX_ITEM_WORDS = 4  # a list item or a sentence of a value; longer pieces are prose again
@@ -142,10 +143,15 @@ def normalise_text(text: str) -> str:
         text = _yaml_blocks(text)
     if "$" in text:
         text = _DOLLAR.sub("", text)
-    text = _NUMBER_WORD.sub(_number_word, text)
-    if digits or _HAS_DIGIT.search(text):
+    words = set(_LOWER_WORDS.findall(text.lower()))
+    if not words.isdisjoint(NUMBER_WORDS):
+        text = _NUMBER_WORD.sub(_number_word, text)
+        digits = True
+    if digits:
         text = _UNIT_GAP.sub(r"\1\2", text)
-    return _SPELLING_RX.sub(lambda m: _SPELLING[m.group(1).lower()], text)
+    if not words.isdisjoint(_SPELLING):
+        text = _SPELLING_RX.sub(lambda m: _SPELLING[m.group(1).lower()], text)
+    return text
 
 
 def _yaml_blocks(text: str) -> str:
@@ -360,12 +366,13 @@ def fact_list(text: str, extra_patterns: ExtraPatterns = ()) -> list[tuple[str, 
         out.append(("#url", u))
         return f"\ue000{len(urls) - 1}\ue001" + m.group(0)[len(u) :]
 
-    text = _URL.sub(_url, text)
+    if "://" in text:
+        text = _URL.sub(_url, text)
     text = _json_objects(text, out)
     rest: list[str] = []
     pos = 0
     field_end = -1
-    at = 0
+    at = 0 if (":" in text or "=" in text) else len(text)
     while (m := _KV_HEAD.search(text, at)) is not None:
         vstart = m.end()
         e = _VALUE_END.search(text, vstart)
@@ -387,11 +394,13 @@ def fact_list(text: str, extra_patterns: ExtraPatterns = ()) -> list[tuple[str, 
         rest.append(text[pos : m.start()] + " " + prose + " ")
         pos = vend
     text = "".join(rest) + text[pos:]  # a fact inside a field counts once, as the field
-    for m in _QUOTE.finditer(text):
+    quoted = any(c in text for c in "\"'“‘«")
+    for m in (_QUOTE.finditer(text) if quoted else ()):
         q = next(g for g in m.groups() if g is not None)
         out.append(("#quote", _SPACES.sub(" ", q).strip()))  # codes in quotes keep their case
     sequence: list[str] = []
-    for m in _TOKEN.finditer(re.sub(r"\ue000\d+\ue001", " ", text) if urls else text):
+    scan = re.sub(r"\ue000\d+\ue001", " ", text) if urls else text
+    for m in (_TOKEN.finditer(scan) if _HAS_DIGIT.search(scan) else ()):  # every token kind has a digit
         kind = m.lastgroup or ""
         tok = m.group(0)
         if kind == "time":
