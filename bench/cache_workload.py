@@ -154,10 +154,10 @@ def llmgw(home: Path, *args: str) -> str:
 def prefill(home: Path, key_id: str, others: list[dict[str, Any]], seed: int) -> None:
     """Store other products' captions as the daemon would (same scope, model, context)."""
     sys.path.insert(0, str(ROOT / "src"))
+    from llmgw import paths
     from llmgw.cache.semantic import ResponseCache, request_keys
     from llmgw.config import CacheConfig
     from llmgw.store.db import open_db
-    from llmgw import paths
 
     open_db(paths.db_path(home)).close()
     cache = ResponseCache(home, CacheConfig(mode="semantic"))

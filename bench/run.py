@@ -548,9 +548,9 @@ PARAPHRASE = "Please write a short catalogue caption for the product. sku: SEED-
 def cache_load(t: Target, args: argparse.Namespace, *, fixed: str | None, streams: bool) -> dict[str, Any]:
     """wrk with a fresh prompt per request (every request a cache miss, 1 in 5 streamed when
     ``streams``), or one ``fixed`` prompt (a hit once it is cached)."""
-    from loadgen import RESULT_TAG, _lua_string, _parse_wrk
-
     import uuid
+
+    from loadgen import RESULT_TAG, _lua_string, _parse_wrk
 
     hdrs = {"Content-Type": "application/json", **t.headers}
     script = CACHE_LUA.format(

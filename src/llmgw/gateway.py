@@ -32,8 +32,8 @@ from aiohttp import web
 from . import validate
 from .cache.replay import completion_from_stream, replay_stream
 from .cache.semantic import Hit, Keys, ResponseCache, request_keys
-from .cache.verdict import CacheAudit
 from .cache.semantic import request_options as cache_request_options
+from .cache.verdict import CacheAudit
 from .clock import Clock, wall_ms
 from .config import Config
 from .errors import InvalidRequest, LlmgwError, ModelNotFound, PermissionDenied, Unauthorized

@@ -501,7 +501,8 @@ def retrieval(
             rows.append(RetrievalRow(t, variant, len(queries), right, wrong, len(queries) - right - wrong))
             if recommended[variant] is None and queries and wilson(wrong, len(queries))[1] < target_error:
                 recommended[variant] = t
-        t_ex = recommended[variant] if recommended[variant] is not None else (thresholds[0] if thresholds else 0)
+        rec = recommended[variant]
+        t_ex: float = rec if rec is not None else (thresholds[0] if thresholds else 0.0)
         if keep_examples:
             bad = [(f[0], entries[f[1]], queries[qi]) for qi, f in enumerate(best[variant])
                    if f is not None and f[0] >= t_ex and entries[f[1]] != queries[qi]

@@ -373,16 +373,16 @@ def fact_list(text: str, extra_patterns: ExtraPatterns = ()) -> list[tuple[str, 
     pos = 0
     field_end = -1
     at = 0 if (":" in text or "=" in text) else len(text)
-    while (m := _KV_HEAD.search(text, at)) is not None:
-        vstart = m.end()
-        e = _VALUE_END.search(text, vstart)
-        vend = e.start() if e else len(text)
-        n = _NEXT_KEY.search(text, vstart, vend)  # the next "key:" on the line ends this value
-        if n is not None:
-            vend = n.start()
-        at = max(vend, m.end())
+    while (kv := _KV_HEAD.search(text, at)) is not None:
+        vstart = kv.end()
+        end = _VALUE_END.search(text, vstart)
+        vend = end.start() if end else len(text)
+        nxt = _NEXT_KEY.search(text, vstart, vend)  # the next "key:" on the line ends this value
+        if nxt is not None:
+            vend = nxt.start()
+        at = max(vend, kv.end())
         value, prose = _split_value(text[vstart:vend])
-        if not _is_field(text, m.start(), field_end) and (
+        if not _is_field(text, kv.start(), field_end) and (
                 not value.strip() or value != value.split(",")[0] or len(value.split()) > 3):
             # after prose words only a short single value is a field ("... product brand: Nike"); "the
             # following structure:" or "Python objects: integers, floats, ..." are prose
@@ -390,8 +390,8 @@ def fact_list(text: str, extra_patterns: ExtraPatterns = ()) -> list[tuple[str, 
         field_end = vend
         if "\ue000" in value:
             value = re.sub(r"\ue000(\d+)\ue001", lambda u: urls[int(u.group(1))], value)
-        out.append((_norm_key(m.group(1)), _norm_value(value)))
-        rest.append(text[pos : m.start()] + " " + prose + " ")
+        out.append((_norm_key(kv.group(1)), _norm_value(value)))
+        rest.append(text[pos : kv.start()] + " " + prose + " ")
         pos = vend
     text = "".join(rest) + text[pos:]  # a fact inside a field counts once, as the field
     quoted = any(c in text for c in "\"'“‘«")

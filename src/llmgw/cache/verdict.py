@@ -89,8 +89,7 @@ class CacheAudit:
 
     async def _verify(self, hit_call: Call, body: dict[str, Any], hit: Hit) -> None:
         from ..errors import LlmgwError
-        from ..gateway import Call
-        from ..gateway import new_request_id
+        from ..gateway import Call, new_request_id
 
         gw = self.gw
         call = Call(request_id=new_request_id(), route=hit_call.route, ts_ms=gw.clock(), inbound=hit_call.inbound)

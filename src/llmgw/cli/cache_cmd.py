@@ -382,7 +382,7 @@ def stats(
     finally:
         conn.close()
     looked = sum(n for k, n in by.items() if k not in ("off", "bypass", "verify"))
-    window = {"since": iso_utc(since_ms), "requests": sum(by.values()), "lookups": looked, "by_result": by,
+    window: dict[str, Any] = {"since": iso_utc(since_ms), "requests": sum(by.values()), "lookups": looked, "by_result": by,
               "hit_rate": {kind: (by.get(f"hit-{kind}", 0) / looked if looked else None)
                            for kind in ("exact", "semantic")},
               "shadow_rate": by.get("shadow", 0) / looked if looked else None, "saved_nanos": saved,
