@@ -83,10 +83,10 @@ def test_a_large_partition_uses_the_index_and_a_small_one_memory(tmp_path: Path)
         for u in other_products(semantic.EXACT_MAX + 10, 3):
             put(cache, u)
         put(cache, "Describe the teapot. sku: 555")  # its own partition (facts)
-        big = cache._parts[keys(TARGETS[0]).partition()]
-        assert big.blobs is None and big.members is not None and len(cache._index) == len(big.ids)
-        small = cache._parts[keys("Describe the teapot. sku: 555").partition()]
-        assert small.blobs is not None and len(small.ids) == 1
+        big = keys(TARGETS[0]).partition()
+        assert cache._parts.is_large(big) and len(cache._index) == len(cache._parts.members(big))
+        small = keys("Describe the teapot. sku: 555").partition()
+        assert not cache._parts.is_large(small) and len(cache._parts.members(small)) == 1
         hit = cache._lookup(keys("Please describe the teapot. sku: 555"), True, 0.9, NOW + 1).hit
         assert hit is not None and hit.kind == "semantic"
     finally:
@@ -109,7 +109,8 @@ def test_entries_deleted_by_another_process_are_forgotten_at_once(tmp_path: Path
             conn.close()
         again = cache._lookup(keys(QUERIES[0]), True, 0.9, NOW + 2).hit
         assert again is None or again.entry_id != first.entry_id
-        assert first.entry_id not in cache._part_of and len(cache._index) == before - 1
+        assert not cache._parts.contains(first.entry_id, keys(QUERIES[0]).partition())
+        assert len(cache._index) == before - 1
     finally:
         cache.close()
 
@@ -142,3 +143,35 @@ def test_the_gate_refuses_a_closer_candidate_and_serves_the_next(tmp_path: Path)
                              NOW + 1).hit is None
     finally:
         cache.close()
+
+
+def test_partitions_reuse_freed_slots_and_move_a_growing_partition_to_the_index(tmp_path: Path) -> None:
+    import numpy as np
+
+    from llmgw.cache.index import VectorIndex
+    from llmgw.cache.partitions import EXACT_MAX, Partitions
+
+    parts = Partitions(4, tmp_path / "i.usearch")
+    parts.load([], 0, lambda n, entries: VectorIndex(tmp_path / "i.usearch", 4, expected_count=n, entries=entries))
+    rng = np.random.default_rng(0)
+
+    def vec() -> tuple[np.ndarray, np.ndarray]:
+        v = rng.standard_normal(4).astype(np.float32)
+        v /= np.linalg.norm(v)
+        return v, v.astype(np.float16)
+
+    v1, h1 = vec()
+    parts.add(1, 100, v1, h1)
+    parts.add(2, 100, *vec())
+    assert parts.members(100) == [1, 2] and parts.top == 2
+    assert parts.ranked(100, v1, 0.9)[0][1] == 1  # exact scan, best first
+    parts.forget(1, 100)
+    assert parts.members(100) == [2] and isinstance(parts.parts[100], int)
+    parts.add(3, 200, *vec())
+    assert parts.top == 2  # the freed slot was reused, nothing grew
+    for eid in range(10, 11 + EXACT_MAX):
+        parts.add(eid, 300, *vec())
+    # past EXACT_MAX the vectors moved to the index and every one of their slots is free again
+    assert parts.is_large(300) and len(parts.index) == EXACT_MAX + 1 and len(parts.free) == EXACT_MAX + 1
+    parts.forget(10, 300)
+    assert len(parts.index) == EXACT_MAX and 10 not in parts.members(300)

@@ -47,10 +47,13 @@ from ..errors import InvalidRequest
 from ..store import db as store_db
 from . import gate, guard
 from . import store as cstore
+from .partitions import EXACT_MAX
+
+__all__ = ["EXACT_MAX", "Hit", "Keys", "Lookup", "ResponseCache", "request_keys", "request_options"]
 
 log = logging.getLogger("llmgw.cache")
 
-_INDEX_MARGIN = 0.02  # bf16 cosine error is far below this
+_INDEX_MARGIN = 0.02  # bf16 cosine error is far below this (partitions.INDEX_MARGIN)
 # parameters that do not change the answer (transport and bookkeeping only)
 _NOT_OUTPUT = frozenset({"stream", "stream_options", "user", "metadata", "model", "messages", "system"})
 
@@ -147,21 +150,6 @@ class Lookup:
     blocked: str | None = None  # a gate class that refused a candidate above the threshold
 
 
-@dataclass(slots=True)
-class _Part:
-    """The semantic entries of one partition. Small partitions keep their float16 vectors here and
-    are scored exactly; past ``EXACT_MAX`` entries the vectors move to the shared ANN index."""
-
-    ids: list[int] = field(default_factory=list)
-    blobs: list[bytes] | None = field(default_factory=list)  # None: the vectors are in the index
-    members: set[int] | None = None  # for an indexed partition: fast membership
-
-
-#: partitions up to this size are scored exactly from memory (~30 us at 256 here); larger ones are
-#: searched in the ANN index, widening the search until a member of the partition is among the results
-EXACT_MAX = 256
-_WIDEN_START = 16
-_WIDEN_MAX = 4096
 _TRIM_EVERY = 32  # semantic store batches between two malloc_trim calls
 _HIT_LOG_MAX = 100_000  # rows of cache_hit_log kept (the oldest are pruned)
 _FEATURES_MAX = 20_000  # gate features of stored prompts kept in memory
@@ -283,11 +271,9 @@ class ResponseCache:
     _conn: Any = None
     _index: Any = None
     entries: int = 0
-    _parts: dict[int, _Part] = field(default_factory=dict)
-    _part_of: dict[int, int] = field(default_factory=dict)
-    #: exact keys (``Keys.exact``) -> entry id, and back: a miss never touches SQLite
+    _parts: Any = None  # a partitions.Partitions once the semantic layer is loaded
+    #: exact keys (``Keys.exact``) -> entry id: a miss never touches SQLite
     _exact: dict[int, int] = field(default_factory=dict)
-    _exact_of: dict[int, int] = field(default_factory=dict)
     _features: dict[int, gate.Features] = field(default_factory=dict)
     _stores: int = 0
     _stores_since_trim: int = _TRIM_EVERY - 1  # the first semantic store trims
@@ -295,8 +281,11 @@ class ResponseCache:
     _writer: _Writer | None = None
     _loading: asyncio.Lock | None = None
     on_error: Any = None  # (op, exc) for writes no request awaits: Gateway.cache_failed
-    #: lookups whose widened ANN search stopped at ``_WIDEN_MAX`` without reaching the partition
-    truncated_searches: int = 0
+
+    @property
+    def truncated_searches(self) -> int:
+        """Lookups whose widened ANN search stopped without reaching the partition."""
+        return 0 if self._parts is None else int(self._parts.truncated_searches)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def _open(self) -> None:
@@ -308,7 +297,6 @@ class ResponseCache:
                 "SELECT id, scope, model, namespace, exact_hash FROM cache_entries"):
             exact[partition_key(scope, model, ns, exact_hash, "")] = int(eid)
         self._exact = exact
-        self._exact_of = {v: k for k, v in exact.items()}
         self.entries = len(exact)
         self._conn = conn
 
@@ -316,47 +304,23 @@ class ResponseCache:
         if self._index is None:
             from .embedder import Model2VecEmbedder
             from .index import VectorIndex
+            from .partitions import Partitions
 
             if self.embedder is None:
                 self.embedder = Model2VecEmbedder(self.config.model)
-            large = self._load_partitions()
-            self._index = VectorIndex(paths.cache_index_path(self.home), self.embedder.dim,
-                                      expected_count=len(self._large_ids(large)),
-                                      entries=lambda: self._large_vectors(large))
-            for pk in large:  # indexed partitions drop their in-memory vectors
-                self._parts[pk].blobs = None
+            parts = Partitions(self.embedder.dim, paths.cache_index_path(self.home))
+            count = int(self._conn.execute("SELECT count(*) FROM cache_entries WHERE vector IS NOT NULL")
+                        .fetchone()[0])
+            rows = ((eid, partition_key(scope, model, ns, ctx, facts), bytes(blob))
+                    for eid, scope, model, ns, ctx, facts, blob in self._conn.execute(
+                        "SELECT id, scope, model, namespace, context_hash, facts, vector FROM cache_entries "
+                        "WHERE vector IS NOT NULL ORDER BY id"))
+            dim = self.embedder.dim
+            parts.load(rows, count, lambda expected, entries: VectorIndex(
+                paths.cache_index_path(self.home), dim, expected_count=expected, entries=entries))
+            self._parts = parts
+            self._index = parts.index
         return self._index
-
-    def _load_partitions(self) -> set[int]:
-        """Group every stored vector by partition; returns the partitions too large to scan."""
-        self._parts.clear()
-        self._part_of.clear()
-        for eid, scope, model, ns, ctx, facts, blob in self._conn.execute(
-                "SELECT id, scope, model, namespace, context_hash, facts, vector FROM cache_entries "
-                "WHERE vector IS NOT NULL ORDER BY id"):
-            pk = partition_key(scope, model, ns, ctx, facts)
-            part = self._parts.get(pk)
-            if part is None:
-                part = self._parts[pk] = _Part()
-            part.ids.append(int(eid))
-            assert part.blobs is not None
-            part.blobs.append(bytes(blob))
-            self._part_of[int(eid)] = pk
-        large = {pk for pk, part in self._parts.items() if len(part.ids) > EXACT_MAX}
-        for pk in large:
-            part = self._parts[pk]
-            part.members = set(part.ids)
-        return large
-
-    def _large_ids(self, large: set[int]) -> list[int]:
-        return [eid for pk in large for eid in self._parts[pk].ids]
-
-    def _large_vectors(self, large: set[int]) -> Iterator[tuple[int, Any]]:
-        for pk in large:
-            part = self._parts[pk]
-            assert part.blobs is not None
-            for eid, blob in zip(part.ids, part.blobs, strict=True):
-                yield eid, cstore.blob_to_vector(blob)
 
     def warm(self, semantic: bool) -> None:
         """Open the database (and for semantic mode load the model and the partitions): before the
@@ -386,47 +350,15 @@ class ResponseCache:
                 await asyncio.to_thread(self.warm, semantic)
 
     # ---- partitions in memory (on the loop) ---------------------------------------------------
-    def _add(self, eid: int, pk: int, vec: Any, blob: bytes) -> None:
-        part = self._parts.get(pk)
-        if part is None:
-            part = self._parts[pk] = _Part()
-        self._part_of[eid] = pk
-        part.ids.append(eid)
-        if part.blobs is not None:
-            part.blobs.append(blob)
-            if len(part.ids) > EXACT_MAX:  # too large to scan: its vectors move to the ANN index
-                for i, b in zip(part.ids, part.blobs, strict=True):
-                    self._index.add(i, cstore.blob_to_vector(b))
-                part.blobs = None
-                part.members = set(part.ids)
-        else:
-            assert part.members is not None
-            part.members.add(eid)
-            self._index.add(eid, vec)
-
-    def _forget(self, ids: Iterable[int]) -> None:
-        """Entries gone from SQLite (replaced, evicted, deleted by another process, expired): their
-        memory and their index slots are freed now, not at the next start."""
-        for eid in ids:
+    def _forget(self, gone: Iterable[tuple[int, int, int]]) -> None:
+        """Entries gone from SQLite (replaced, evicted, deleted by another process, expired), as
+        ``(id, partition digest, exact digest)``: their memory and index slots are freed now."""
+        for eid, pk, ek in gone:
             self._features.pop(eid, None)
-            ek = self._exact_of.pop(eid, None)
-            if ek is not None and self._exact.get(ek) == eid:
+            if self._exact.get(ek) == eid:
                 del self._exact[ek]
-            pk = self._part_of.pop(eid, None)
-            if pk is None:
-                continue
-            part = self._parts[pk]
-            pos = part.ids.index(eid)
-            del part.ids[pos]
-            if part.blobs is not None:
-                del part.blobs[pos]
-            else:
-                assert part.members is not None
-                part.members.discard(eid)
-                if self._index is not None:
-                    self._index.remove(eid)
-            if not part.ids:
-                del self._parts[pk]
+            if self._parts is not None:
+                self._parts.forget(eid, pk)
 
     def _gate_features(self, entry: cstore.Entry) -> gate.Features:
         got = self._features.get(entry.id)
@@ -445,7 +377,7 @@ class ResponseCache:
         if eid is not None:
             e = cstore.get(self._conn, eid)
             if e is None:
-                self._forget([eid])  # deleted by another process
+                self._forget([(eid, keys.partition(), keys.exact())])  # deleted by another process
             elif e.expires_ms is not None and e.expires_ms <= now_ms:
                 e = None  # expired: the next store of this request replaces it
         if e is not None:
@@ -453,12 +385,10 @@ class ResponseCache:
             return Lookup(Hit("exact", 1.0, e.response, e.usage_json, e.cost_nanos, e.id, e.prompt_text), 1.0)
         if not semantic or not keys.prompt.strip():
             return Lookup(None)
-        index = self._semantic()
+        self._semantic()
         vec = keys.vector = self.embedder.encode([keys.prompt])[0]
-        part = self._parts.get(keys.partition())
-        if part is None:
-            return Lookup(None)
-        ranked = self._scan(part, vec) if part.blobs is not None else self._search(index, part, vec, threshold)
+        pk = keys.partition()
+        ranked = self._parts.ranked(pk, vec, threshold)
         if not ranked:
             return Lookup(None)
         best = ranked[0][0]
@@ -470,7 +400,10 @@ class ResponseCache:
                                   facts=keys.facts)
         if len(found) < len(wanted):
             present = {f.id for f in found}
-            self._forget([i for i in wanted if i not in present])
+            for i in wanted:
+                if i not in present:  # deleted by another process, or expired
+                    self._features.pop(i, None)
+                    self._parts.forget(i, pk)
         # the threshold applies to the exact cosine against the stored float16 vector
         scored = sorted(((float(vec @ cstore.blob_to_vector(f.vector)), f) for f in found if f.vector),
                         key=lambda x: -x[0])
@@ -492,31 +425,6 @@ class ResponseCache:
             return Lookup(Hit("semantic", sim, cand.response, cand.usage_json, cand.cost_nanos, cand.id,
                               cand.prompt_text, keys.prompt), max(best, sim), blocked)
         return Lookup(None, max(best, scored[0][0]) if scored else best, blocked)
-
-    def _scan(self, part: _Part, vec: Any) -> list[tuple[float, int]]:
-        """Exact cosine against every vector of a small partition, best first."""
-        import numpy as np
-
-        assert part.blobs is not None
-        mat = np.frombuffer(b"".join(part.blobs), dtype=np.float16).reshape(len(part.blobs), -1)
-        sims = mat.astype(np.float32) @ vec
-        order = np.argsort(-sims)[:64]
-        return [(float(sims[i]), part.ids[int(i)]) for i in order]
-
-    def _search(self, index: Any, part: _Part, vec: Any, threshold: float) -> list[tuple[float, int]]:
-        """ANN search widened until members of the partition are among the results, the results
-        fall below the threshold (nothing closer can be further down), or the index is exhausted."""
-        assert part.members is not None
-        k = _WIDEN_START
-        while True:
-            near = index.search(vec, k)
-            mine = [(sim, eid) for eid, sim in near if eid in part.members]
-            if mine or len(near) < k or near[-1][1] < threshold - _INDEX_MARGIN:
-                return mine
-            if k >= _WIDEN_MAX:
-                self.truncated_searches += 1
-                return mine
-            k *= 4
 
     # ---- writes (the writer thread; ``_apply`` runs there, inside the batch's transaction) -----
     def _write(self, op: str, args: Any) -> None:
@@ -549,11 +457,15 @@ class ResponseCache:
             self._stores += 1
             total = self.entries + (1 if replaced is None else 0)
             recount = self._stores % 1000 == 0
-            gone = cstore.evict_lru(conn, self.config.max_entries, commit=False, total=None if recount else total) \
-                if recount or total > self.config.max_entries else []
+            gone = cstore.evict_lru(conn, self.config.max_entries, commit=False, total=None if recount else total,
+                                    rows=True) if recount or total > self.config.max_entries else []
             entries = int(conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0]) if recount \
                 else total - len(gone)
-            return new_id, replaced, gone, entries
+            keyed = [(eid, partition_key(sc, mo, ns, ctx, fa), partition_key(sc, mo, ns, ex, ""))
+                     for eid, sc, mo, ns, ctx, fa, ex in gone]
+            if replaced is not None:
+                keyed.append((replaced, k.partition(), k.exact()))
+            return new_id, keyed, entries
         if op == "touch":
             cstore.touch(conn, args[0], args[1], commit=False)
         elif op == "log":
@@ -579,17 +491,14 @@ class ResponseCache:
 
     def _stored(self, put: _Put, vec: Any, result: Any) -> None:
         """The writer committed ``put``: bring memory in line (on the loop)."""
-        new_id, replaced, gone, entries = result
+        new_id, gone, entries = result
         self.entries = entries
-        if replaced is not None:
-            gone = [*gone, replaced]
         self._forget(gone)
-        ek = put.keys.exact()
-        self._exact[ek] = new_id
-        self._exact_of[new_id] = ek
-        if self._index is not None:
-            if vec is not None and put.blob is not None:
-                self._add(new_id, put.keys.partition(), vec, put.blob)
+        self._exact[put.keys.exact()] = new_id
+        if self._parts is not None and vec is not None and put.blob is not None:
+            import numpy as np
+
+            self._parts.add(new_id, put.keys.partition(), vec, np.frombuffer(put.blob, dtype=np.float16))
 
     def _store(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int, ttl_ms: int | None,
                now_ms: int) -> None:

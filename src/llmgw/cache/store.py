@@ -163,20 +163,24 @@ def _delete(conn: sqlite3.Connection, ids: list[int]) -> None:
         conn.execute(f"DELETE FROM cache_entries WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
 
 
-def evict_lru(conn: sqlite3.Connection, max_entries: int, commit: bool = True, total: int | None = None) -> list[int]:
+def evict_lru(conn: sqlite3.Connection, max_entries: int, commit: bool = True, total: int | None = None,
+              rows: bool = False) -> list[Any]:
     """Delete the least recently used entries beyond ``max_entries``; returns their ids, least
     recently used first (ties: oldest id first). ``total``: the caller's count of entries (saves a
-    ``count(*)``, a scan of the table)."""
+    ``count(*)``, a scan of the table). ``rows``: return ``(id, scope, model, namespace,
+    context_hash, facts, exact_hash)`` instead (what the cache needs to forget them)."""
     with conn if commit else contextlib.nullcontext(conn):
         if total is None:
             total = int(conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
         excess = total - max(0, int(max_entries))
         if excess <= 0:
             return []
-        ids = [int(r[0]) for r in conn.execute(
-            "SELECT id FROM cache_entries ORDER BY last_hit_ms, id LIMIT ?", (excess,))]
+        found = [tuple(r) for r in conn.execute(
+            "SELECT id, scope, model, namespace, context_hash, facts, exact_hash FROM cache_entries "
+            "ORDER BY last_hit_ms, id LIMIT ?", (excess,))]
+        ids = [int(r[0]) for r in found]
         _delete(conn, ids)
-    return ids
+    return found if rows else ids
 
 
 def delete(conn: sqlite3.Connection, ids: Iterable[int]) -> list[int]:
