@@ -320,6 +320,7 @@ class ResponseCache:
                 paths.cache_index_path(self.home), dim, expected_count=expected, entries=entries))
             self._parts = parts
             self._index = parts.index
+            trim_heap()  # loading the model and the rows leaves ~10 MB of free heap pages behind
         return self._index
 
     def warm(self, semantic: bool) -> None:
