@@ -197,3 +197,23 @@ def test_the_gate_at_default_settings(daemon_factory, upstream):
                          "beige.").headers["x-llmgw-cache"] == "hit-semantic"
     assert metric(d, "llmgw_cache_gate_blocked_total") >= 1
     assert metric(d, "llmgw_cache_hit_similarity_count") == 1
+
+
+def test_stats_window_usd_iso_and_top_namespaces(daemon_factory, upstream):
+    d = semantic_daemon(daemon_factory, upstream)
+    for ns in ("a", "b", "b"):
+        ask(d, d.key, PROMPT + " " + ns * 3, {"x-llmgw-cache-namespace": ns})
+    ask(d, d.key, PROMPT)
+    ask(d, d.key, PROMPT)  # exact hit
+    ask(d, d.key, PARA)  # semantic hit
+    data = json.loads(cli(d, "stats", "--json", "--since", "1d", "--top", "1").stdout)
+    w = data["window"]
+    assert w["lookups"] == 6 and w["by_result"]["hit-exact"] == 2 and w["by_result"]["hit-semantic"] == 1
+    assert w["hit_rate"] == {"exact": 2 / 6, "semantic": 1 / 6}
+    assert w["saved_usd"] == w["saved_usd"].strip() and float(w["saved_usd"]) > 0
+    assert data["oldest"].endswith("Z") and data["namespaces"]["count"] == 3
+    assert [n["namespace"] for n in data["namespaces"]["top"]] == [""]  # one entry each: ties by name
+    text = cli(d, "stats", "--top", "2").stdout
+    assert "semantic hits 16.7%" in text and "namespaces: 3 (top 2 by entries)" in text and "$" in text
+    bad = cli(d, "stats", "--since", "yesterday", ok=False)
+    assert bad.returncode == 2 and "--since" in bad.stderr
