@@ -86,14 +86,20 @@ class Keys:
     prompt: str
     facts: str = ""
     vector: Any = None  # the prompt's embedding, once a semantic lookup computed it (the store reuses it)
+    _pk: int | None = None
+    _ek: int | None = None
 
     def partition(self) -> int:
         """The semantic partition as a 64-bit digest: scope, model, namespace, context and facts."""
-        return partition_key(self.scope, self.model, self.namespace, self.context_hash, self.facts)
+        if self._pk is None:
+            self._pk = partition_key(self.scope, self.model, self.namespace, self.context_hash, self.facts)
+        return self._pk
 
     def exact(self) -> int:
         """The exact entry's key as a 64-bit digest: scope, model, namespace and exact hash."""
-        return partition_key(self.scope, self.model, self.namespace, self.exact_hash, "")
+        if self._ek is None:
+            self._ek = partition_key(self.scope, self.model, self.namespace, self.exact_hash, "")
+        return self._ek
 
 
 def partition_key(scope: str, model: str, namespace: str, context_hash: str, facts: str) -> int:
