@@ -43,7 +43,7 @@ CACHE_VERIFY_OUTCOMES = ("agree", "disagree", "failed", "skipped")
 REJECTION_REASONS = ("budget_exceeded", "rate_limit_exceeded", "model_not_allowed", "auth", "invalid_request")
 CACHE_HIT_TYPES = ("exact", "semantic")
 #: what the response cache was doing when it failed (the ``op`` label of ``llmgw_cache_errors_total``)
-CACHE_ERROR_OPS = ("lookup", "store", "warm")
+CACHE_ERROR_OPS = ("lookup", "store", "warm", "record")
 #: value of the ``cache`` label of ``llmgw_requests_total`` while no cache is in the request path
 CACHE_OFF = "off"
 
@@ -236,7 +236,8 @@ class Metrics:
                       "failed, skipped).", ["outcome"], {(k,): v for k, v in self.cache_verify.items()})
         yield GaugeMetricFamily("llmgw_cache_entries", "Entries in the response cache.", value=self.cache_entries)
         errors = CounterMetricFamily("llmgw_cache_errors", "Response cache failures, by operation (lookup, store, "
-                                     "warm); the request went upstream without the cache.", labels=["op"])
+                                     "warm; record: hit counters, the hit log, labels); the request went upstream "
+                                     "without the cache.", labels=["op"])
         for op, n in self.cache_errors.items():
             errors.add_metric([op], n)
         yield errors

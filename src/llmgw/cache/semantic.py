@@ -157,6 +157,7 @@ class Lookup:
 
 
 _TRIM_EVERY = 32  # semantic store batches between two malloc_trim calls
+_GATHER_SECONDS = 0.005  # hit touches, the hit log and labels wait this long to go to the writer together
 _HIT_LOG_MAX = 100_000  # rows of cache_hit_log kept (the oldest are pruned)
 _FEATURES_MAX = 20_000  # gate features of stored prompts kept in memory
 
@@ -244,7 +245,7 @@ class _Writer:
             if fut is not None and loop is not None:
                 loop.call_soon_threadsafe(_settle_future, fut, None, exc)
             elif loop is not None and self.cache.on_error is not None:
-                loop.call_soon_threadsafe(self.cache.on_error, "store", exc)
+                loop.call_soon_threadsafe(self.cache.on_error, "record", exc)
             return
         for (_, _, loop, fut), result in zip(batch, results, strict=True):
             if fut is not None and loop is not None:
@@ -285,6 +286,7 @@ class ResponseCache:
     _stores_since_trim: int = _TRIM_EVERY - 1  # the first semantic store trims
     _hit_logs: int = 0
     _writer: _Writer | None = None
+    _pending: list[tuple[str, Any]] = field(default_factory=list)  # writes gathered on the loop
     _loading: asyncio.Lock | None = None
     on_error: Any = None  # (op, exc) for writes no request awaits: Gateway.cache_failed
 
@@ -338,6 +340,7 @@ class ResponseCache:
 
     def close(self) -> None:
         if self._writer is not None:
+            self._hand_over(None)  # hits not handed over yet (the writer drains its queue before it stops)
             self._writer.stop()
         if self._index is not None:
             self._index.save()
@@ -450,9 +453,21 @@ class ResponseCache:
             finally:
                 conn.close()
             return
-        self._writer.submit(op, args, loop)
+        # gathered for a few milliseconds: one hand-over to the writer thread for many hits
+        self._pending.append((op, args))
+        if len(self._pending) == 1:
+            loop.call_later(_GATHER_SECONDS, self._hand_over, loop)
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        items, self._pending = self._pending, []
+        if items and self._writer is not None:
+            self._writer.submit("many", items, loop)
 
     def _apply(self, conn: Any, op: str, args: Any) -> Any:
+        if op == "many":
+            for item_op, item_args in args:
+                self._apply(conn, item_op, item_args)
+            return None
         if op == "put":
             p: _Put = args
             k = p.keys

@@ -75,7 +75,7 @@ class CacheAudit:
             cache.record_label(source, request_id, hit.entry_id, hit.similarity, hit.prompt, hit.asked, label,
                                now_ms)
         except Exception as e:  # evidence lost, never a request
-            self.gw.cache_failed("store", e)
+            self.gw.cache_failed("record", e)
 
     # ---- verify ----------------------------------------------------------------------------------
     def maybe_verify(self, call: Call, body: dict[str, Any], hit: Hit) -> None:
