@@ -202,7 +202,7 @@ def ids_by_prompt(conn: sqlite3.Connection, prompt: str) -> list[int]:
                                             (prompt,))]
 
 
-# ---- the hit log and labelled pairs (migration m007_cache_audit) -----------------------------------
+# ---- the hit log and labelled pairs (migration m008_cache_audit) -----------------------------------
 
 
 def add_label(conn: sqlite3.Connection, *, source: str, request_id: str | None, entry_id: int | None,
