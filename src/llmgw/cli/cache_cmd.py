@@ -88,12 +88,15 @@ def ablate(
     h = resolve_home(home)
     cfg = load_config(config, h).cache
     policy = ab.Policy.of(cfg)
-    err(f"running configuration: guard {'on' if policy.guard else 'off'}, {len(policy.patterns)} guard pattern(s), "
-        f"gate {', '.join(policy.gate_classes) or 'off'}; threshold {cfg.threshold:g}")
-    labelled = _labels(h)
+
+    def running() -> None:
+        err(f"running configuration: guard {'on' if policy.guard else 'off'}, {len(policy.patterns)} guard "
+            f"pattern(s), gate {', '.join(policy.gate_classes) or 'off'}; threshold {cfg.threshold:g}")
 
     if pairs is not None:
         items = ab.load_pairs(pairs, seed=seed)
+        labelled = _labels(h)
+        running()
         n_pos = sum(p.label for p in items)
         err(f"{pairs}: {len(items)} pairs ({n_pos} positive, {len(items) - n_pos} negative)")
         if labelled:
@@ -121,6 +124,8 @@ def ablate(
         rows = ledger.rows(conn, since_ms=since_ms, until_ms=until_ms)
     finally:
         conn.close()
+    labelled = _labels(h)
+    running()
     reqs, skipped = ab.requests_from_rows(rows)
     censored = sum(1 for r in rows if r.get("cache") == "hit-semantic")
     err(f"ledger: {len(rows)} rows, {len(reqs)} replayable, {skipped} skipped "
