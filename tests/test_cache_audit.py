@@ -217,3 +217,15 @@ def test_stats_window_usd_iso_and_top_namespaces(daemon_factory, upstream):
     assert "semantic hits 16.7%" in text and "namespaces: 3 (top 2 by entries)" in text and "$" in text
     bad = cli(d, "stats", "--since", "yesterday", ok=False)
     assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+def test_inspect_uses_the_running_configuration(daemon_factory, upstream):
+    d = semantic_daemon(daemon_factory, upstream)
+    base = "Write a product caption for the linen shirt, made of soft washed linen in sand beige."
+    ask(d, d.key, base)
+    rows_ = json.loads(cli(d, "inspect", base + " In French.", "--json", "--config", str(d.home / "llmgw.toml")).stdout)
+    assert rows_[0]["facts_match"] and rows_[0]["gate"] == "languages" and rows_[0]["would_hit"] is False
+    assert "gate: languages differs" in cli(d, "inspect", base + " In French.").stdout
+    (d.home / "off.toml").write_text('[cache]\nmode = "semantic"\ngate = false\nthreshold = 0.9\n')
+    off = json.loads(cli(d, "inspect", base + " In French.", "--json", "--config", str(d.home / "off.toml")).stdout)
+    assert off[0]["gate"] is None and off[0]["would_hit"] is True  # what that configuration would serve
