@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import paths
 from ..errors import ResourceError
 
 if TYPE_CHECKING:
@@ -37,13 +38,16 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     returns. It is not fsynced on every commit, so an OS crash or power loss may lose the last few
     transactions (never corrupt the file). Surviving a process kill is our requirement.
 
-    ``readonly=True`` opens with ``mode=ro`` (the file must already exist).
+    ``readonly=True`` opens with ``mode=ro`` (the file must already exist). A new database file is
+    created 0600 (its -wal and -shm files follow), a new parent directory 0700: they hold prompts,
+    answers and key hashes.
     """
     path = Path(path)
     if readonly:
         conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=paths.HOME_MODE)
+        paths.private_file(path)
         conn = sqlite3.connect(path, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout=5000")
