@@ -29,6 +29,16 @@ def row(i: int = 0, **kw: Any) -> dict[str, Any]:
     return base
 
 
+async def until(cond: Any, timeout: float = 20.0) -> None:
+    """Poll ``cond`` on the loop until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    for _ in iter(int, 1):
+        if cond():
+            return
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
 def count(db_path: Path) -> int:
     conn = dbmod.open_db(db_path)
     try:
@@ -102,8 +112,7 @@ async def test_a_dead_writer_is_restarted_and_loses_no_accepted_row(tmp_path: Pa
         w._backoff = 3600.0  # the restart waits until the test has looked at the writer while it is down
         first.kill()
         first.send_signal(signal.SIGCONT)
-        while w._dead is None:  # the EOF on its pipe arrives
-            await asyncio.sleep(0.01)
+        await until(lambda: w._dead is not None)  # the EOF on its pipe arrives
         assert "restarting" in (w.health() or "")
         fut2 = w.submit(row(2))  # accepted while it is down: queued for the new writer
         assert not fut.done() and not fut2.done()
@@ -160,9 +169,7 @@ async def test_a_locked_database_makes_the_writer_unhealthy_and_rows_wait(tmp_pa
         await w.write(row(0))
         holder.execute("BEGIN EXCLUSIVE")
         futs = [w.submit(row(i)) for i in range(1, 50)]
-        deadline = time.monotonic() + 20
-        while w.health() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await until(lambda: w.health() is not None)
         assert "database is locked" in (w.health() or "")
         assert not any(f.done() for f in futs)  # retried, not failed
         holder.execute("COMMIT")

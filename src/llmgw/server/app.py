@@ -263,6 +263,10 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             "llmgw_ledger_queue_depth": ("Ledger rows waiting for the writer.", lambda: writer.queue_depth),
             "llmgw_ledger_last_commit_seconds": ("Duration of the last ledger commit.",
                                                  lambda: writer.last_commit_seconds),
+            "llmgw_ledger_writer_up": ("1 while the ledger can record requests, 0 while they are refused.",
+                                       lambda: int(writer.health() is None)),
+            "llmgw_ledger_writer_restarts": ("Ledger writer processes restarted after dying.",
+                                             lambda: writer.restarts),
         }, budgets=lambda: [book.status(b, clock()) for b in book.budgets()], histograms={
             "llmgw_ledger_commit_seconds": ("Ledger writer batch insert + commit duration.",
                                             writer.commit_times.snapshot),
