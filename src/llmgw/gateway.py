@@ -549,7 +549,7 @@ class Gateway:
             "request_id": call.request_id, "ts_ms": call.ts_ms, "route": call.route, "model": call.model,
             "provider": call.provider, "upstream_model": call.upstream_model, "stream": int(call.stream),
             "status": call.status, "outcome": call.outcome,
-            "error_type": err.type if err else None, "error_code": err.code if err else None,
+            "error_type": _text(err.type) if err else None, "error_code": _text(err.code) if err else None,
             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
             "cached_tokens": u.cached_tokens, "cache_write_tokens": u.cache_write_tokens,
             "cost_nanos": call.cost, "latency_ms": round(latency * 1000, 3),
@@ -630,6 +630,11 @@ def rejection_reason(err: LlmgwError) -> str | None:
         reason = next((r for c, r in _REJECTION_CLASSES if issubclass(cls, c)), None)
         _REJECTIONS[cls] = reason
         return reason
+
+
+def _text(v: Any) -> str | None:
+    """A TEXT column from what an upstream's error envelope said (a type or code may be any JSON)."""
+    return v if v is None or isinstance(v, str) else str(v)
 
 
 def _max_tokens_of(body: dict[str, Any]) -> Any:

@@ -87,6 +87,9 @@ def _insert_sql(n: int) -> str:
 #: refuses requests) and retry, instead of blocking silently for the connection's 5 s default
 BUSY_TIMEOUT_MS = 1000
 RETRY_FIRST, RETRY_MAX = 0.05, 1.0
+#: once the daemon is gone (stdin closed) a writer that still cannot commit gives up after this
+#: long, instead of lingering as an orphan; the rows it could not write are counted on stderr
+GIVE_UP_AFTER_EOF = 30.0
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -171,6 +174,7 @@ class _Writer:
         self.unhealthy: str | None = None
         self.max_rowid = 0
         self._delay = RETRY_FIRST
+        self._since: float | None = None  # when commits started failing after the daemon left
 
     def tell(self, obj: Any) -> None:
         if self.acks:
@@ -185,6 +189,14 @@ class _Writer:
         if self.unhealthy != why:
             self.unhealthy = why
             self.tell({"unhealthy": why})
+        if self.inp.eof:
+            if self._since is None:
+                self._since = time.monotonic()
+            elif time.monotonic() - self._since > GIVE_UP_AFTER_EOF:
+                waiting = sum(len(rows) for _, rows, _ in self.inp.frames)
+                sys.stderr.write(f"llmgw ledger writer: the daemon is gone and commits still fail ({why}); "
+                                 f"giving up, this batch and {waiting} more rows were not written\n")
+                raise SystemExit(3)
         time.sleep(self._delay)
         self._delay = min(self._delay * 2, RETRY_MAX)
         self.inp.read(block=False)  # keep the daemon's pipe flowing while we wait
@@ -202,6 +214,7 @@ class _Writer:
         fresh = [r for i, r in enumerate(rows) if i not in skip] if skip else rows
         errors, last = insert(self.conn, fresh, self.wait) if fresh else ([], 0)
         self._delay = RETRY_FIRST
+        self._since = None
         if self.unhealthy is not None:
             self.unhealthy = None
             self.tell({"unhealthy": None})
