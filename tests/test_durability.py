@@ -14,6 +14,8 @@ import asyncio
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -195,7 +197,8 @@ def _ledger_spend(d: Any, cid: str) -> int:
     return sum(r["cost_nanos"] for r in d.ledger() if r["customer_id"] == cid)
 
 
-def test_a_budget_created_during_traffic_counts_the_requests_in_flight(gw: Any, upstream: Any) -> None:
+@pytest.mark.parametrize("how", ["governance", "cli"])
+def test_a_budget_created_during_traffic_counts_the_requests_in_flight(gw: Any, upstream: Any, how: str) -> None:
     key = customer(gw, "gamma")
     n = 40
     upstream.add_fault(path=CHAT, delay=1.5, times=n)  # a slow provider: the first wave is in flight
@@ -213,7 +216,12 @@ def test_a_budget_created_during_traffic_counts_the_requests_in_flight(gw: Any, 
     wait_until(lambda: upstream_calls(upstream) >= n // 2, 20, "the first wave to reach the provider")
     # one request costs ~5-6k nano-dollars: the first wave fits, the later waves hit the cap
     cap = 400_000
-    set_budget(gw, "gamma", cap)
+    if how == "cli":  # as an operator does it, from another process
+        r = subprocess.run([sys.executable, "-m", "llmgw", "budget", "set", "--customer", "gamma", "--limit", "0.0004",
+                            "--period", "month", "--home", str(gw.home)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    else:
+        set_budget(gw, "gamma", cap)
     gw.synced()
     first.join(60)
     assert all(r.status_code == 200 for r in box["r"])
