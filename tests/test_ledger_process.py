@@ -143,6 +143,7 @@ async def test_a_restarted_writer_does_not_insert_confirmed_rows_twice(tmp_path:
         conn.close()
         w._unacked.append(as_tuple(normalise_row(row(1))))
         w._unacked.append(as_tuple(normalise_row(row(2))))
+        w._deadlines.extend([float("inf")] * 2)
         loop = asyncio.get_running_loop()
         futs = [loop.create_future(), loop.create_future()]
         w._futures.update({w._seq + 1: futs[0], w._seq + 2: futs[1]})
@@ -283,3 +284,24 @@ async def test_a_row_that_cannot_be_encoded_fails_alone(tmp_path: Path) -> None:
     finally:
         await asyncio.to_thread(w.stop)
     assert count(db_path) == 5
+
+
+async def test_a_late_commit_fails_the_wait_but_keeps_the_row(tmp_path: Path) -> None:
+    from llmgw.store.writer import CommitTimeout
+
+    db_path = tmp_path / "llmgw.db"
+    w = LedgerWriter(db_path)
+    w.start()
+    try:
+        await w.write(row(0))
+        assert w._proc is not None
+        w._proc.send_signal(signal.SIGSTOP)  # commits stop coming
+        try:
+            with pytest.raises(CommitTimeout):
+                await asyncio.wait_for(w.submit(row(1), deadline=time.monotonic() + 0.3), 20)
+        finally:
+            w._proc.send_signal(signal.SIGCONT)
+        await w.write(row(2))  # commits come in order: row 1 is in before row 2's answer
+    finally:
+        await asyncio.to_thread(w.stop)
+    assert count(db_path) == 3

@@ -79,7 +79,7 @@ from .server.http import (
     read_body,
     write_eof_quietly,
 )
-from .store.writer import LedgerWriter
+from .store.writer import CommitTimeout, LedgerWriter
 from .usage import Usage
 
 log = logging.getLogger("llmgw.gateway")
@@ -573,7 +573,8 @@ class Gateway:
         call.recorded = True
         self._settle(call)
         try:
-            fut = self.writer.submit(self._row(call), trusted=True)
+            fut = self.writer.submit(self._row(call), trusted=True,
+                                     deadline=max(call.deadline, time.monotonic() + LEDGER_GRACE))
         except RuntimeError as e:  # stopped, or its queue is full
             log.error("request %s could not be recorded: %s", call.request_id, e)
             raise ServiceUnavailable(f"the gateway could not record this request: {e}") from None
@@ -581,9 +582,8 @@ class Gateway:
         if flight is not None:
             flight.seq = self.writer.last_seq
         try:
-            async with asyncio.timeout(max(call.deadline - time.monotonic(), LEDGER_GRACE)):
-                await fut
-        except TimeoutError:
+            await fut
+        except CommitTimeout:
             # the flight stays tracked (its row is not committed yet) until a budget reload prunes it
             raise ServiceUnavailable("the ledger did not commit this request's row within server.request_timeout; "
                                      "it stays queued and is written once the ledger recovers",

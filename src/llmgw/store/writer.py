@@ -27,6 +27,9 @@ Invariants:
 - ``committed`` is ``(last sequence number answered, highest ledger id committed)``, updated
   together: every row numbered up to the first is in the ledger at ids up to the second (budget
   rebuilds count ledger rows up to that id and add the rest from the requests still in flight).
+- A row submitted with a ``deadline`` (``time.monotonic()``) whose commit has not come by then has
+  its future failed with ``CommitTimeout`` (the row itself stays queued and is written later): one
+  sweep every ``SWEEP_SECONDS`` looks, instead of a timer per request.
 - Commit durations go into ``commit_times`` (a cumulative histogram behind its own lock, updated
   once per commit answer and read once per scrape by ``/metrics``).
 - The writer is bound to the event loop of its first ``submit``.
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sqlite3
 import subprocess
@@ -58,6 +62,14 @@ log = logging.getLogger("llmgw.ledger")
 
 class LedgerWriteError(RuntimeError):
     """A row could not be written (and no matching ``sqlite3`` exception class exists)."""
+
+
+class CommitTimeout(RuntimeError):
+    """The row's commit did not come by its deadline; the row stays queued and is written later."""
+
+
+#: how often waiting rows are checked against their deadlines (seconds)
+SWEEP_SECONDS = 0.25
 
 
 def _error(kind: str, message: str) -> BaseException:
@@ -133,6 +145,8 @@ class LedgerWriter:
         self._waker: asyncio.Event | None = None  # stop() waits on it for the pipe to drain / EOF
         # rows numbered _acked+1 .. _seq, kept until their commit is answered (resent to a new writer)
         self._unacked: deque[tuple[Any, ...] | None] = deque()
+        self._deadlines: deque[float] = deque()  # the same rows' deadlines (inf: none)
+        self._sweeper: asyncio.TimerHandle | None = None
         self._problem: str | None = None  # what the writer process reports it cannot do (disk full...)
         self._progress = time.monotonic()  # when the queue last moved (or started to fill)
         self._rowid = 0  # highest ledger id committed, as the writer process reported it
@@ -202,11 +216,13 @@ class LedgerWriter:
         return None
 
     # ---- the event loop side ---------------------------------------------------------------------
-    def submit(self, row: dict[str, Any], *, trusted: bool = False) -> asyncio.Future[None]:
+    def submit(self, row: dict[str, Any], *, trusted: bool = False,
+               deadline: float = math.inf) -> asyncio.Future[None]:
         """Queue ``row``; the future resolves once its batch is committed. Call on the event loop.
 
         Raises ValueError for an invalid row (see ``normalise_row``), RuntimeError if the writer
-        is not running. ``trusted`` skips validation for rows the gateway builds itself.
+        is not running or its queue is full. ``trusted`` skips validation for rows the gateway builds
+        itself. Past ``deadline`` (``time.monotonic()``) the future fails with ``CommitTimeout``.
         """
         norm = as_tuple(row) if trusted else as_tuple(normalise_row(row))
         loop = asyncio.get_running_loop()
@@ -220,12 +236,14 @@ class LedgerWriter:
             self._loop = loop
             if self._dead is None:
                 loop.add_reader(self._fd_in, self._on_answers)
+            self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
         fut: asyncio.Future[None] = loop.create_future()
         if self._seq == self._acked:
             self._progress = time.monotonic()  # the stall clock starts with the first waiting row
         self._seq += 1
         self._futures[self._seq] = fut
         self._unacked.append(norm)
+        self._deadlines.append(deadline)
         if self._dead is None:  # else the restarted writer gets it with the rest
             if not self._pending:
                 self._pending_first = self._seq
@@ -317,8 +335,10 @@ class LedgerWriter:
             last, failed, seconds, rowid = answer
             errors = {seq: _error(kind, msg) for seq, kind, msg in failed}
             unacked = self._unacked
+            deadlines = self._deadlines
             for seq in range(self._acked + 1, last + 1):
                 unacked.popleft()
+                deadlines.popleft()
                 self._resolve_one(seq, errors.get(seq))
             self.rows_written += (last - self._acked) - len(errors)
             self._acked = last
@@ -328,6 +348,24 @@ class LedgerWriter:
             self.batches += 1
             self.last_commit_seconds = seconds
             self.commit_times.record(seconds)
+
+    def _sweep(self) -> None:
+        """Fail the futures of rows past their deadline (the rows stay queued); re-arms itself."""
+        loop = self._loop
+        if self._stopped or loop is None or loop.is_closed():
+            return
+        self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
+        if self._seq == self._acked:
+            return
+        now = time.monotonic()
+        if now - self._progress < SWEEP_SECONDS and self._problem is None and self._dead is None:
+            return  # commits are coming in: nothing can be that late
+        first = self._acked + 1
+        for i, deadline in enumerate(self._deadlines):
+            if deadline < now:
+                seq = first + i
+                if seq in self._futures:
+                    self._resolve_one(seq, CommitTimeout("the row's commit did not come in time; it stays queued"))
 
     def _resolve_one(self, seq: int, exc: BaseException | None) -> None:
         fut = self._futures.pop(seq, None)
@@ -442,6 +480,9 @@ class LedgerWriter:
 
     def _last_writer(self, *, reader: bool) -> subprocess.Popen[bytes]:
         """Stopping while the writer is down (a restart pending): one more writer for the rows left."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._restart_handle is not None:
             self._restart_handle.cancel()
             self._restart_handle = None
