@@ -50,6 +50,7 @@ from typing import Any
 
 import orjson
 
+from llmgw.store import rollups
 from llmgw.store.db import open_db
 from llmgw.store.ledger import insert_sql
 
@@ -234,9 +235,10 @@ class _Input:
         self.frames: deque[tuple[int, list[Any], bool]] = deque()
         self.eof = False
 
-    def read(self, block: bool) -> None:
+    def read(self, block: bool, timeout: float | None = None) -> None:
+        """``block``: wait for a whole frame (at most ``timeout`` seconds for the first bytes)."""
         while not self.eof:
-            if not block and not select.select([self.fd], [], [], 0)[0]:
+            if not select.select([self.fd], [], [], timeout if block else 0)[0]:
                 return
             data = os.read(self.fd, 1 << 20)
             if not data:
@@ -256,11 +258,15 @@ def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int
     inp = _Input(fd_in)
     w = _Writer(conn, fd_out, inp)
     w.max_rowid = conn.execute("SELECT COALESCE(MAX(id), 0) FROM ledger").fetchone()[0]
+    roller = rollups.Roller(conn)
     last_size = 0
     try:
         while True:
             if not inp.frames:
-                inp.read(block=True)
+                inp.read(block=True, timeout=roller.idle_wait())
+                if not inp.frames and not inp.eof:
+                    roller.run()  # idle: roll up what was committed, then wait again
+                    continue
                 if not inp.frames:
                     break  # EOF and nothing left
             if last_size > 1 and not inp.eof:
@@ -285,6 +291,8 @@ def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int
             elapsed = time.perf_counter() - started
             failed = [[batch_first + i, type(e).__name__, str(e)] for i, e in enumerate(errors) if e is not None]
             w.tell([batch_first + len(batch) - 1, failed, elapsed, w.max_rowid])
+            roller.committed()  # after the answer: a roll-up never delays a request
+        roller.run()
     finally:
         conn.close()
 
