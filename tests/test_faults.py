@@ -188,6 +188,10 @@ def chat_calls(upstream: Any) -> int:
 
 def assert_no_provider_call_without_its_row(load: Load, rows: list[dict[str, Any]], upstream_attempts: int) -> None:
     ids = [r["request_id"] for r in rows]
+    codes: dict[str, int] = {}
+    for _, st, code in load.results:
+        codes[f"{st} {code or ''}".strip()] = codes.get(f"{st} {code or ''}".strip(), 0) + 1
+    print(f"answers {codes}, transport errors {load.broken}, rows {len(rows)}, upstream attempts {upstream_attempts}")
     assert len(ids) == len(set(ids)), "a row was written twice"
     delivered = {rid for rid, s, _ in load.results if s == 200}
     assert delivered <= set(ids), f"{len(delivered - set(ids))} delivered answers have no row"

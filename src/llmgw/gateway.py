@@ -174,6 +174,8 @@ class Gateway:
         self._unpriced_warned: set[str] = set()
         self._prices: dict[tuple[str, str], Price | None] = {}
         self._cache_errors_logged: set[str] = set()
+        self._unrecorded = 0  # rows of refused requests the ledger queue could not take
+        self._unrecorded_logged = -math.inf
 
     # ---- the spine -------------------------------------------------------------------------
     async def handle(self, request: web.Request, route: str) -> web.StreamResponse:
@@ -596,8 +598,13 @@ class Gateway:
         self._settle(call)
         try:
             self.writer.submit(self._row(call), trusted=True)
-        except RuntimeError as e:
-            log.error("request %s could not be recorded: %s", call.request_id, e)
+        except RuntimeError as e:  # stopped, or the queue is full (a long outage): logged at most every 10 s
+            self._unrecorded += 1
+            now = time.monotonic()
+            if now - self._unrecorded_logged >= 10.0:
+                self._unrecorded_logged = now
+                log.error("request %s could not be recorded: %s (%d such requests so far)", call.request_id, e,
+                          self._unrecorded)
             return
         if call.flight is not None:
             call.flight.seq = self.writer.last_seq

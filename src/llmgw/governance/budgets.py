@@ -31,6 +31,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -41,6 +42,8 @@ from .. import clock
 from ..errors import LlmgwError, NotFound, UsageError
 from ..store import rollups
 from ..units import MAX_NANOS, PERIODS, iso_utc, usd, window
+
+log = logging.getLogger("llmgw.budgets")
 
 SCOPES = ("customer", "team", "key")
 ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly", "total": "total"}
@@ -247,6 +250,16 @@ class BudgetBook:
     def in_flight(self) -> int:
         return len(self._flights)
 
+    @staticmethod
+    def _bound_of(f: Flight) -> int:
+        if f.bound is None:
+            return 0
+        try:
+            return max(0, f.bound())
+        except Exception:  # a bound that cannot be computed reserves nothing; the settle still counts
+            log.exception("could not compute the cost bound of a request in flight for a new budget")
+            return 0
+
     def _count_in_flight(self, st: _State, committed_seq: int) -> None:
         """A new budget: add the requests its ledger read did not see (rows after ``committed_seq``)."""
         b = st.budget
@@ -262,7 +275,7 @@ class BudgetBook:
                 continue
             res = f.reservation
             if res is None:
-                res = f.reservation = Reservation(max(0, f.bound()) if f.bound is not None else 0, f.ts_ms, ())
+                res = f.reservation = Reservation(self._bound_of(f), f.ts_ms, ())
             if res.settled:
                 continue
             st.reserved += res.amount

@@ -232,6 +232,8 @@ class Definitions:
                 await self.refresh()
             except sqlite3.Error as e:
                 log.warning("could not reload definitions: %s", e)
+            except Exception:  # a bug: logged, and the watch goes on (a dead watcher never reloads again)
+                log.exception("could not reload definitions")
 
 
 def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None = None,
