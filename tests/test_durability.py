@@ -273,3 +273,23 @@ def test_home_and_database_files_are_private(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     assert modes == {p.name: 0o600 for p in files}
+
+
+def test_a_request_cut_by_the_shutdown_drain_keeps_its_row(daemon_factory: Any, upstream: Any) -> None:
+    d = daemon_factory(upstream_config(upstream, "[server]\ndrain_timeout = 0.5\n"), UPSTREAM_ENV)
+    upstream.add_fault(path=CHAT, delay=20)
+    box: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            box["r"] = post(d, d.key, {"model": MODEL, "messages": MSG})
+        except httpx.HTTPError as e:
+            box["e"] = e
+
+    t = threading.Thread(target=call)
+    t.start()
+    wait_until(lambda: upstream_calls(upstream) >= 1, 20, "the request to reach the provider")
+    d.stop()  # drains for 0.5 s, then cancels the request
+    t.join(30)
+    rows = d.ledger()
+    assert [(r["status"], r["outcome"]) for r in rows] == [(499, "cancelled")]

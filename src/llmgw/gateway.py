@@ -240,6 +240,11 @@ class Gateway:
             else:
                 await self._record(call)
             return error_response(e, call.inbound, call.request_id, call.headers)
+        except asyncio.CancelledError:  # the shutdown drain ran out of time: the row, without waiting for it
+            if not call.recorded:
+                call.status, call.outcome = 499, "cancelled"
+                self._record_nowait(call)
+            raise
         except Exception:  # a bug: still a typed answer and a ledger row, never a traceback
             log.exception("unhandled error in request %s", call.request_id)
             err = LlmgwError(f"internal error (request {call.request_id})", code="internal_error")
