@@ -197,8 +197,11 @@ def _ledger_spend(d: Any, cid: str) -> int:
     return sum(r["cost_nanos"] for r in d.ledger() if r["customer_id"] == cid)
 
 
-@pytest.mark.parametrize("how", ["governance", "cli"])
-def test_a_budget_created_during_traffic_counts_the_requests_in_flight(gw: Any, upstream: Any, how: str) -> None:
+@pytest.mark.parametrize("how", ["governance", "cli", "admin"])
+def test_a_budget_created_during_traffic_counts_the_requests_in_flight(daemon_factory: Any, upstream: Any,
+                                                                       how: str) -> None:
+    gw = daemon_factory(upstream_config(upstream, '[admin]\ntoken_env = "TEST_ADMIN_TOKEN"\n'),
+                        {**UPSTREAM_ENV, "TEST_ADMIN_TOKEN": "adm-secret"})
     key = customer(gw, "gamma")
     n = 100
     upstream.add_fault(path=CHAT, delay=1.5, times=n)  # a slow provider: the first wave is in flight
@@ -220,6 +223,10 @@ def test_a_budget_created_during_traffic_counts_the_requests_in_flight(gw: Any, 
         r = subprocess.run([sys.executable, "-m", "llmgw", "budget", "set", "--customer", "gamma", "--limit", "0.0008",
                             "--period", "month", "--home", str(gw.home)], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
+    elif how == "admin":  # through the daemon's own admin API
+        r = httpx.put(gw.url + "/admin/budgets", headers={"Authorization": "Bearer adm-secret"}, timeout=30,
+                      json={"scope": "customer", "id": "gamma", "period": "month", "limit_nanos": cap})
+        assert r.status_code == 201, r.text
     else:
         set_budget(gw, "gamma", cap)
     gw.synced()
