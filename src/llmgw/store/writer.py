@@ -290,8 +290,9 @@ class LedgerWriter:
             return
         if n < len(data):
             self._outbuf += data[n:]
-            assert self._loop is not None
-            self._loop.add_writer(self._fd_out, self._flush)
+            loop = self._loop
+            if loop is not None and not loop.is_closed():  # else a blocking stop writes it
+                loop.add_writer(self._fd_out, self._flush)
 
     def _flush(self) -> None:
         try:
