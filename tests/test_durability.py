@@ -300,3 +300,17 @@ def test_a_request_cut_by_the_shutdown_drain_keeps_its_row(daemon_factory: Any, 
     t.join(30)
     rows = d.ledger()
     assert [(r["status"], r["outcome"]) for r in rows] == [(499, "cancelled")]
+
+
+def test_an_unreadable_key_table_is_a_typed_503(gw: Any, upstream: Any) -> None:
+    conn = gw.db()
+    conn.execute("ALTER TABLE keys RENAME TO keys_away")
+    conn.commit()
+    try:
+        r = post(gw, "sk-llmgw-not-known-yet", {"model": MODEL, "messages": MSG})
+    finally:
+        conn.execute("ALTER TABLE keys_away RENAME TO keys")
+        conn.commit()
+        conn.close()
+    assert r.status_code == 503 and r.json()["error"]["code"] == "keys_unavailable"
+    assert upstream_calls(upstream) == 0

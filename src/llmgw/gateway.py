@@ -185,7 +185,10 @@ class Gateway:
         self.metrics.in_flight += 1
         try:
             call.client_retry = client_retry_count(request.headers.get(RETRY_HEADER))
-            call.key = await self.keys.resolve(bearer(request))
+            try:
+                call.key = await self.keys.resolve(bearer(request))
+            except sqlite3.Error as e:  # a key new to this daemon, and the database cannot be read now
+                raise ServiceUnavailable(f"the key store cannot be read now: {e}", code="keys_unavailable") from e
             body = VALIDATORS[route](await self._read_json(request, call))
             call.model = body["model"]
             call.stream = bool(body.get("stream")) and route != ROUTE_EMBEDDINGS
