@@ -305,3 +305,36 @@ async def test_a_late_commit_fails_the_wait_but_keeps_the_row(tmp_path: Path) ->
     finally:
         await asyncio.to_thread(w.stop)
     assert count(db_path) == 3
+
+
+async def test_a_writer_that_cannot_start_is_retried_with_backoff(tmp_path: Path) -> None:
+    db_path = tmp_path / "llmgw.db"
+    w = LedgerWriter(db_path)
+    w.start()
+    aside = tmp_path / "aside.db"
+    try:
+        await w.write(row(0))
+        assert w._proc is not None
+        w._proc.send_signal(signal.SIGSTOP)
+        fut = w.submit(row(1))
+        await asyncio.sleep(0)  # row 1 is in the pipe
+        for suffix in ("", "-wal", "-shm"):  # the database goes away; garbage takes its place
+            p = Path(f"{db_path}{suffix}")
+            if p.exists():
+                p.rename(Path(f"{aside}{suffix}"))
+        db_path.write_bytes(b"not a database" * 100)
+        w._proc.kill()
+        w._proc.send_signal(signal.SIGCONT)
+        await until(lambda: w.restarts >= 3, 30)  # each new writer fails to open it and exits
+        assert w._backoff > 0.1 and "restarting" in (w.health() or "")
+        assert not fut.done()
+        db_path.unlink()
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(f"{aside}{suffix}")
+            if p.exists():
+                p.rename(Path(f"{db_path}{suffix}"))
+        await asyncio.wait_for(fut, 30)  # the next restart works and gets row 1 again
+        assert w.health() is None
+    finally:
+        await asyncio.to_thread(w.stop)
+    assert count(db_path) == 2

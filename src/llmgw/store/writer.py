@@ -68,6 +68,9 @@ class CommitTimeout(RuntimeError):
     """The row's commit did not come by its deadline; the row stays queued and is written later."""
 
 
+#: the health problem of a restarted writer process until it reports the database open
+_STARTING = "a new writer process is starting"
+
 #: how often waiting rows are checked against their deadlines (seconds)
 SWEEP_SECONDS = 0.25
 
@@ -205,6 +208,8 @@ class LedgerWriter:
         if self._dead is not None:
             return f"ledger writer restarting ({self._dead})"
         if self._problem is not None:
+            if self._problem == _STARTING:
+                return f"ledger writer restarting ({_STARTING})"
             return f"ledger writer cannot commit: {self._problem}"
         waiting = self._seq - self._acked
         if waiting:
@@ -324,12 +329,12 @@ class LedgerWriter:
 
     def _apply(self, answers: list[Any]) -> None:
         for answer in answers:
-            if isinstance(answer, dict):  # the writer's health changed
+            if isinstance(answer, dict):  # the writer's health changed (or a new one is ready)
                 problem = answer.get("unhealthy")
                 if problem and problem != self._problem:
                     log.error("ledger writer cannot commit (%s): requests are refused until it can; "
                               "%d rows waiting are kept and retried", problem, self.queue_depth)
-                elif not problem and self._problem:
+                elif not problem and self._problem and self._problem != _STARTING:
                     log.warning("ledger writer commits again (was: %s)", self._problem)
                 self._problem = problem or None
                 continue
@@ -425,6 +430,7 @@ class LedgerWriter:
             self._die(f"cannot start a new one: {e}")
             return
         self._dead = None
+        self._problem = _STARTING  # until it says it has the database open
         self.restarts += 1
         self._progress = time.monotonic()
         loop = self._loop

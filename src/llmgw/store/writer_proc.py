@@ -18,7 +18,8 @@ Protocol (both directions: frames of a 4-byte little-endian length and an orjson
   commit: every row up to ``last_seq`` is committed, except the listed ones, which failed;
   ``max_rowid`` is the highest ledger ``id`` committed so far (what budget rebuilds count up to).
   ``{"unhealthy": message}`` when a commit fails for a reason that is not the row's (the disk is
-  full, the database is locked, an I/O error), and ``{"unhealthy": null}`` once commits work again.
+  full, the database is locked, an I/O error), and ``{"unhealthy": null}`` once commits work again
+  (and once at start, when the database is open).
 
 Rows are committed in order, in batches of up to MAX_BATCH rows: whatever arrived during the
 previous commit. With LINGER > 0 it also waits that long for more rows under load (the previous
@@ -258,6 +259,7 @@ def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int
     inp = _Input(fd_in)
     w = _Writer(conn, fd_out, inp)
     w.max_rowid = conn.execute("SELECT COALESCE(MAX(id), 0) FROM ledger").fetchone()[0]
+    w.tell({"unhealthy": None})  # ready: the database is open (a restarted writer is healthy from here)
     roller = rollups.Roller(conn)
     last_size = 0
     try:
