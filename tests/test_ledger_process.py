@@ -307,6 +307,13 @@ async def test_a_late_commit_fails_the_wait_but_keeps_the_row(tmp_path: Path) ->
     assert count(db_path) == 3
 
 
+def _move_db(src: Path, dst: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(f"{src}{suffix}")
+        if p.exists():
+            p.rename(Path(f"{dst}{suffix}"))
+
+
 async def test_a_writer_that_cannot_start_is_retried_with_backoff(tmp_path: Path) -> None:
     db_path = tmp_path / "llmgw.db"
     w = LedgerWriter(db_path)
@@ -318,10 +325,7 @@ async def test_a_writer_that_cannot_start_is_retried_with_backoff(tmp_path: Path
         w._proc.send_signal(signal.SIGSTOP)
         fut = w.submit(row(1))
         await asyncio.sleep(0)  # row 1 is in the pipe
-        for suffix in ("", "-wal", "-shm"):  # the database goes away; garbage takes its place
-            p = Path(f"{db_path}{suffix}")
-            if p.exists():
-                p.rename(Path(f"{aside}{suffix}"))
+        _move_db(db_path, aside)  # the database goes away; garbage takes its place
         db_path.write_bytes(b"not a database" * 100)
         w._proc.kill()
         w._proc.send_signal(signal.SIGCONT)
@@ -329,10 +333,7 @@ async def test_a_writer_that_cannot_start_is_retried_with_backoff(tmp_path: Path
         assert w._backoff > 0.1 and "restarting" in (w.health() or "")
         assert not fut.done()
         db_path.unlink()
-        for suffix in ("", "-wal", "-shm"):
-            p = Path(f"{aside}{suffix}")
-            if p.exists():
-                p.rename(Path(f"{db_path}{suffix}"))
+        _move_db(aside, db_path)
         await asyncio.wait_for(fut, 30)  # the next restart works and gets row 1 again
         assert w.health() is None
     finally:
