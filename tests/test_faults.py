@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from conftest import UPSTREAM_ENV, upstream_config, wait_until
@@ -139,11 +140,13 @@ def served() -> Iterator[list[Served]]:
 
 
 class Load:
-    """``workers`` clients posting chat completions in a loop (in a thread) until ``stop``; each
-    finished exchange is kept as (x-request-id or None, status, error code or None)."""
+    """``workers`` clients posting chat completions in a loop (in a thread) until ``stop``, half of
+    them streaming; each finished exchange is kept as (x-request-id or None, status, error code or
+    None). A stream counts as delivered (200) only if it ended with ``[DONE]``; one that ended with
+    an error event counts as 503 with the event's code."""
 
-    def __init__(self, url: str, key: str, workers: int = 16) -> None:
-        self.url, self.key, self.workers = url, key, workers
+    def __init__(self, url: str, key: str, workers: int = 16, streams: bool = True) -> None:
+        self.url, self.key, self.workers, self.streams = url, key, workers, streams
         self.results: list[tuple[str | None, int, str | None]] = []
         self.broken = 0  # exchanges that failed at the transport (the daemon killed under them)
         self._stop = threading.Event()
@@ -152,23 +155,32 @@ class Load:
 
     async def _worker(self, c: httpx.AsyncClient, w: int) -> None:
         i = 0
+        stream = self.streams and w % 2 == 1  # with ``streams``, every other worker streams
         while not self._stop.is_set():
             i += 1
+            body = {"model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content": f"load {w} {i}"}]}
+            if stream:
+                body.update(stream=True, stream_options={"include_usage": True})
             try:
-                r = await c.post(self.url + CHAT, headers={"Authorization": f"Bearer {self.key}"},
-                                 json={"model": MODEL, "max_tokens": 10,
-                                       "messages": [{"role": "user", "content": f"load {w} {i}"}]})
+                async with c.stream("POST", self.url + CHAT, headers={"Authorization": f"Bearer {self.key}"},
+                                    json=body) as r:
+                    text = (await r.aread()).decode()
             except httpx.HTTPError:
                 self.broken += 1
                 await asyncio.sleep(0.05)
                 continue
             code = None
-            if r.status_code != 200:
+            status = r.status_code
+            if status != 200:
                 try:
-                    code = r.json()["error"]["code"]
+                    code = orjson.loads(text)["error"]["code"]
                 except Exception:
                     code = "<not json>"
-            self.results.append((r.headers.get("x-request-id"), r.status_code, code))
+            elif stream and not text.rstrip().endswith("data: [DONE]"):
+                # a stream that ended without [DONE]: not delivered; it carries the error event
+                m = re.search(r'"code":\s*"([a-z_]+)"', text)
+                status, code = 503, m.group(1) if m else "<stream cut>"
+            self.results.append((r.headers.get("x-request-id"), status, code))
 
     async def _run(self) -> None:
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=self.workers)) as c:
