@@ -314,3 +314,18 @@ def test_an_unreadable_key_table_is_a_typed_503(gw: Any, upstream: Any) -> None:
         conn.close()
     assert r.status_code == 503 and r.json()["error"]["code"] == "keys_unavailable"
     assert upstream_calls(upstream) == 0
+
+
+def test_a_budget_created_before_the_first_request_counts_the_history(daemon_factory: Any, upstream: Any,
+                                                                      tmp_path: Path) -> None:
+    home = tmp_path / "history"
+    d = daemon_factory(upstream_config(upstream), UPSTREAM_ENV, home=home)
+    key = customer(d, "hist")
+    for _ in range(3):
+        assert post(d, key, {"model": MODEL, "messages": MSG, "max_tokens": 10}).status_code == 200
+    d.stop()
+    d2 = daemon_factory(upstream_config(upstream), UPSTREAM_ENV, home=home)  # nothing committed by it yet
+    set_budget(d2, "hist", 10**9)
+    d2.synced()
+    spent = _ledger_spend(d2, "hist")
+    assert spent > 0 and _book_status(d2, "hist")["spent_nanos"] == spent

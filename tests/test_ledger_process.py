@@ -339,3 +339,31 @@ async def test_a_writer_that_cannot_start_is_retried_with_backoff(tmp_path: Path
     finally:
         await asyncio.to_thread(w.stop)
     assert count(db_path) == 2
+
+
+async def test_writers_killed_under_thousands_of_rows_lose_none_and_double_none(tmp_path: Path) -> None:
+    # recovery frames far larger than one batch (and than SQLite's variable limit in one statement)
+    db_path = tmp_path / "llmgw.db"
+    w = LedgerWriter(db_path)
+    w.start()
+    futs = []
+    try:
+        for k in range(20):
+            futs += [w.submit(row(k * 500 + i)) for i in range(500)]
+            await asyncio.sleep(0)
+            if k in (5, 12):
+                assert w._proc is not None
+                w._proc.kill()
+            await asyncio.sleep(0.01)
+        results = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 60)
+        assert not [r for r in results if isinstance(r, BaseException)]
+        assert w.restarts >= 1
+    finally:
+        await asyncio.to_thread(w.stop)
+    conn = dbmod.open_db(db_path)
+    try:
+        n, distinct, top = conn.execute("SELECT COUNT(*), COUNT(DISTINCT request_id), MAX(id) FROM ledger").fetchone()
+    finally:
+        conn.close()
+    assert n == distinct == 10_000
+    assert w.committed == (10_000, top)  # every row up to the committed id is confirmed

@@ -172,7 +172,11 @@ class LedgerWriter:
         with self._lock:
             if self._stopped or self._proc is not None:
                 raise RuntimeError("LedgerWriter already started or stopped")
-            open_db(self.db_path).close()  # migrate here: a bad database fails start(), not a request
+            conn = open_db(self.db_path)  # migrate here: a bad database fails start(), not a request
+            try:  # every row there is committed: the committed point starts past them
+                self._rowid = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM ledger").fetchone()[0])
+            finally:
+                conn.close()
             self._spawn()
 
     def _spawn(self) -> None:

@@ -16,7 +16,9 @@ Protocol (both directions: frames of a 4-byte little-endian length and an orjson
   inserted again.
 - stdout: ``[last_seq, [[seq, error_class, message], ...], commit_seconds, max_rowid]`` after each
   commit: every row up to ``last_seq`` is committed, except the listed ones, which failed;
-  ``max_rowid`` is the highest ledger ``id`` committed so far (what budget rebuilds count up to).
+  ``max_rowid`` is the highest ledger ``id`` among the rows this writer confirmed (inserted, or found
+  already in by a recovery frame); every row at or below it is confirmed, which budget rebuilds rely
+  on (the daemon starts from the ledger's highest id when it starts).
   ``{"unhealthy": message}`` when a commit fails for a reason that is not the row's (the disk is
   full, the database is locked, an I/O error), and ``{"unhealthy": null}`` once commits work again
   (and once at start, when the database is open).
@@ -88,6 +90,9 @@ def _insert_sql(n: int) -> str:
 #: the writer's own lock wait: a lock held longer makes it report itself unhealthy (the daemon then
 #: refuses requests) and retry, instead of blocking silently for the connection's 5 s default
 BUSY_TIMEOUT_MS = 1000
+#: rows per INSERT statement at most (x 31 columns stays under SQLite's 32,766 variables); a batch
+#: can be larger (a recovery frame), in several statements of one transaction
+PIECE_MAX = 512
 RETRY_FIRST, RETRY_MAX = 0.05, 1.0
 #: once the daemon is gone (stdin closed) a writer that still cannot commit gives up after this
 #: long, instead of lingering as an orphan; the rows it could not write are counted on stderr
@@ -118,7 +123,7 @@ def insert(conn: sqlite3.Connection, rows: list[Any], wait: Wait) -> tuple[list[
     pieces: list[list[Any]] = []
     i = 0
     while i < len(rows):
-        size = 1 << ((len(rows) - i).bit_length() - 1)
+        size = 1 << (min(len(rows) - i, PIECE_MAX).bit_length() - 1)
         pieces.append(rows[i : i + size])
         i += size
     while True:
@@ -166,7 +171,8 @@ def _already_committed(conn: sqlite3.Connection, rows: list[Any]) -> tuple[set[i
 
 
 class _Writer:
-    """The commit loop's state: the connection, the health last reported, the highest rowid."""
+    """The commit loop's state: the connection, the health last reported, the highest rowid it
+    confirmed (0 until its first commit: the daemon keeps the maximum)."""
 
     def __init__(self, conn: sqlite3.Connection, fd_out: int, inp: _Input) -> None:
         self.conn = conn
@@ -258,7 +264,6 @@ def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     inp = _Input(fd_in)
     w = _Writer(conn, fd_out, inp)
-    w.max_rowid = conn.execute("SELECT COALESCE(MAX(id), 0) FROM ledger").fetchone()[0]
     w.tell({"unhealthy": None})  # ready: the database is open (a restarted writer is healthy from here)
     roller = rollups.Roller(conn)
     last_size = 0
@@ -281,7 +286,10 @@ def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int
             recover = inp.frames[0][2]
             while inp.frames and len(batch) < max_batch and inp.frames[0][2] == recover:
                 first, rows, rec = inp.frames.popleft()
-                take = max_batch - len(batch)
+                # a recovery frame is committed whole, in one answer: the rows the dead writer had
+                # committed are then all confirmed at once, so "every row up to max_rowid is
+                # confirmed" holds after each answer
+                take = len(rows) if recover else max_batch - len(batch)
                 batch.extend(rows[:take])
                 if len(rows) > take:
                     inp.frames.appendleft((first + take, rows[take:], rec))
