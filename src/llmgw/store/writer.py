@@ -53,6 +53,7 @@ from typing import Any
 
 import orjson
 
+from llmgw.errors import ResourceError
 from llmgw.store.db import open_db
 from llmgw.store.ledger import as_tuple, normalise_row
 from llmgw.store.writer_proc import frame, unframe
@@ -177,7 +178,10 @@ class LedgerWriter:
                 self._rowid = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM ledger").fetchone()[0])
             finally:
                 conn.close()
-            self._spawn()
+            try:
+                self._spawn()
+            except OSError as e:
+                raise ResourceError(f"cannot start the ledger writer process ({sys.executable}): {e}") from e
 
     def _spawn(self) -> None:
         # the same interpreter and the same llmgw as this process: its package directory goes at
