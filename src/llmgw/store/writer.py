@@ -14,7 +14,8 @@ Invariants:
   against a process kill); it carries the exception if its row could not be written (rebuilt as
   the same ``sqlite3`` exception class when there is one).
 - A bad row never costs the rest of its batch: if the batch insert fails, rows are retried one
-  by one and only the failing rows' futures fail.
+  by one and only the failing rows' futures fail. A resource error (disk full, a lock, I/O) fails
+  no row: the writer process retries the commit with backoff and reports itself unhealthy.
 - Every row is kept (``_unacked``) until its commit is answered. If the writer process dies, the
   rows it had not confirmed are NOT failed: a new writer process is started with backoff
   (``RESTART_FIRST`` doubling to ``RESTART_MAX`` seconds) and gets them again in a recovery frame
@@ -24,9 +25,10 @@ Invariants:
   reporting it cannot commit: disk full, database locked, I/O error; no commit for
   ``stall_seconds`` with rows waiting; the queue full), or None. The gateway refuses requests
   before any upstream attempt while it is not None, and ``/healthz`` / ``/readyz`` report it.
-- ``committed`` is ``(last sequence number answered, highest ledger id committed)``, updated
-  together: every row numbered up to the first is in the ledger at ids up to the second (budget
-  rebuilds count ledger rows up to that id and add the rest from the requests still in flight).
+- ``committed`` is ``(last sequence number answered, highest ledger id confirmed)``, updated
+  together: the ledger rows with ids up to the second are the rows numbered up to the first (and
+  those from before this daemon started); budget rebuilds count ledger rows up to that id and add
+  the rest from the requests still in flight. (This holds because this writer is the only one.)
 - A row submitted with a ``deadline`` (``time.monotonic()``) whose commit has not come by then has
   its future failed with ``CommitTimeout`` (the row itself stays queued and is written later): one
   sweep every ``SWEEP_SECONDS`` looks, instead of a timer per request.
