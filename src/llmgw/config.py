@@ -698,7 +698,8 @@ host = "127.0.0.1"
 port = 8080
 # Largest request body accepted, in bytes (20 MiB); larger requests get HTTP 413.
 max_body_bytes = 20971520
-# Seconds one request may take overall, every upstream attempt and fallback included.
+# Seconds one request may take overall: every upstream attempt and fallback, a stream's whole body
+# and the wait for its ledger row's commit.
 request_timeout = 600.0
 # On shutdown, seconds in-flight requests get to finish.
 drain_timeout = 30.0

@@ -178,6 +178,23 @@ class ResourceError(LlmgwError):
     exit_code = 2
 
 
+class ServiceUnavailable(LlmgwError):
+    """The gateway cannot take the request now because it could not record it: the ledger writer is
+    down, restarting, or cannot commit (disk full, database locked). Refused before any upstream
+    attempt (``ledger_unavailable``); ``ledger_timeout`` when the row of an answered request was not
+    committed within ``server.request_timeout`` (the row stays queued and is written once the ledger
+    recovers). 503 with a short ``Retry-After``: the SDKs retry it."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "ledger_unavailable"
+    anthropic_type = "api_error"
+    exit_code = 5
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"retry-after": "1"})
+
+
 _ANTHROPIC_BY_STATUS = {
     400: "invalid_request_error",
     401: "authentication_error",
