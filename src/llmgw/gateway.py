@@ -155,10 +155,11 @@ class Gateway:
         call = Call(request_id=new_request_id(), route=route, ts_ms=self.clock(),
                     inbound="anthropic" if route == ROUTE_MESSAGES else "openai")
         retry = request.headers.get("x-stainless-retry-count")
-        if retry and retry.isdigit():
+        if retry and retry.isascii() and retry.isdigit() and len(retry) <= 9:  # else unknown: the row stays writable
             call.client_retry = int(retry)
         self.metrics.in_flight += 1
         try:
+            validate.request_headers(request.headers)
             call.key = await self.keys.resolve(bearer(request))
             body = VALIDATORS[route](await self._read_json(request, call))
             call.model = body["model"]
@@ -396,9 +397,11 @@ class Gateway:
         if not raw:
             raise InvalidRequest("request body is empty; expected a JSON object", code="invalid_json")
         try:
-            return orjson.loads(raw)
+            parsed = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
             raise InvalidRequest(f"request body is not valid JSON: {e}", code="invalid_json") from e
+        validate.nesting(raw, parsed)
+        return parsed
 
     def _fail(self, call: Call, err: LlmgwError) -> None:
         call.error = err

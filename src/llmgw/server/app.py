@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from .. import paths
+from .. import paths, validate
 from ..cache.semantic import ResponseCache
 from ..clock import Clock, wall_ms
 from ..config import Config
@@ -62,6 +62,7 @@ def guarded(handler: Handler) -> Handler:
     async def wrapper(request: web.Request) -> web.StreamResponse:
         rid = new_request_id()
         try:
+            validate.request_headers(request.headers)
             resp = await handler(request)
         except LlmgwError as e:
             return error_response(e, _dialect(request), rid)
