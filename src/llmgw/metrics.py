@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from . import redact
 from .units import NANOS_PER_USD
 
 #: request and upstream latency (seconds): from a cached reply to a long generation
@@ -234,4 +235,5 @@ class Metrics:
             yield util
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The scrape, every configured secret redacted (``redact``): labels come from clients."""
+        return redact.data(generate_latest(self.registry))

@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from .. import paths, validate
+from .. import paths, redact, validate
 from ..cache.semantic import ResponseCache
 from ..clock import Clock, wall_ms
 from ..config import Config
@@ -202,6 +202,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
     """The daemon's app. ``clock`` (epoch ms) is its business time: budget windows, key expiry,
     idempotency and cache TTLs, ledger and event timestamps."""
     env = dict(os.environ if environ is None else environ)
+    redact.register(config, env)  # no configured secret in an answer, a log line or the metrics
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[STATE] = {}
     token = config.token("metrics", env)

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 import orjson
 from aiohttp import web
 
+from .. import redact
 from ..errors import BodyTooLarge, LlmgwError
-from ..providers import sse
 
 JSON = {"Content-Type": "application/json"}
 _SSE = {"content-type": "text/event-stream", "cache-control": "no-cache"}
@@ -53,19 +53,30 @@ def id_headers(request_id: str, inbound: str, *more: Mapping[str, str]) -> dict[
     return headers
 
 
+def error_body(err: LlmgwError, inbound: str) -> bytes:
+    """The JSON body of ``err`` for a client of the ``inbound`` dialect, every configured secret
+    redacted: an upstream's own error body when it speaks that dialect, else the dialect's envelope."""
+    if err.upstream_body is not None and err.upstream_dialect == inbound:
+        return redact.data(err.upstream_body)
+    body = orjson.dumps(err.anthropic_body() if inbound == "anthropic" else err.openai_body())
+    return redact.data(body)
+
+
 def error_response(err: LlmgwError, inbound: str, request_id: str,
                    headers: Mapping[str, str] | None = None) -> web.Response:
-    """``err`` as the dialect's JSON envelope; ``headers`` go out too unless ``err`` sets the same ones."""
-    body = err.anthropic_body() if inbound == "anthropic" else err.openai_body()
-    return web.Response(body=orjson.dumps(body), status=err.status, content_type="application/json",
+    """``err`` as a JSON answer (``error_body``); ``headers`` go out too unless ``err`` sets the same ones."""
+    return web.Response(body=error_body(err, inbound), status=err.status, content_type="application/json",
                         headers=id_headers(request_id, inbound, headers or {}, err.headers))
 
 
 def error_event(err: LlmgwError, inbound: str) -> bytes:
     """``err`` as the last SSE event of a stream that has begun."""
+    data = error_body(err, inbound)
+    if b"\n" in data or b"\r" in data:  # a pretty-printed upstream body: one SSE data line holds no line break
+        data = orjson.dumps(orjson.loads(data))
     if inbound == "anthropic":
-        return sse.anthropic_event("error", err.anthropic_body())
-    return sse.openai_event(err.openai_body())
+        return b"event: error\ndata: " + data + b"\n\n"
+    return b"data: " + data + b"\n\n"
 
 
 class SSEResponse(web.StreamResponse):
