@@ -114,9 +114,9 @@ def secrets_of(config: Config, environ: Mapping[str, str]) -> list[str]:
         if token:
             out.append(token)
     if config.webhooks is not None and config.webhooks.secret_env:
-        value = environ.get(config.webhooks.secret_env)
-        if value:
-            out.append(value)
+        hook = environ.get(config.webhooks.secret_env)
+        if hook:
+            out.append(hook)
     return out
 
 
