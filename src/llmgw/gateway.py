@@ -148,6 +148,7 @@ class Gateway:
         self.log_bodies = config.log.bodies
         self._unpriced_warned: set[str] = set()
         self._prices: dict[tuple[str, str], Price | None] = {}
+        metrics.known_model = self.known_model  # metric labels name only models the config knows
         self._cache_errors_logged: set[str] = set()
 
     # ---- the spine -------------------------------------------------------------------------
@@ -377,8 +378,9 @@ class Gateway:
             price = self._price(call.provider, call.upstream_model)
             if price is None and call.usage.total_tokens:
                 name = f"{call.provider}/{call.upstream_model}"
-                self.metrics.unpriced[(call.provider, call.upstream_model)] += 1
-                if name not in self._unpriced_warned:
+                label = self.metrics.model_label(name)
+                self.metrics.unpriced[(call.provider, call.upstream_model if label == name else label)] += 1
+                if name not in self._unpriced_warned and len(self._unpriced_warned) < 1000:
                     self._unpriced_warned.add(name)
                     log.warning("no price known for %s: its requests are recorded at cost 0", name)
             call.cost = cost_nanos(price, call.usage)
@@ -477,6 +479,20 @@ class Gateway:
             call.response_body = state.text
 
     # ---- settle + record -------------------------------------------------------------------
+    def known_model(self, name: str) -> bool:
+        """Whether the configuration knows ``name`` (an alias, or provider/model that the provider
+        declares in its ``models`` or that has a price): the model names metrics may label."""
+        if name in self.router.aliases:
+            return True
+        pname, _, mname = name.partition("/")
+        provider = self.router.providers.get(pname)
+        if provider is None or not mname:
+            return False
+        models = getattr(provider, "models", None)
+        if models and provider.serves(mname):
+            return True
+        return self._price(pname, mname) is not None
+
     def _price(self, provider: str, model: str) -> Price | None:
         key = (provider, model)
         try:
