@@ -242,3 +242,21 @@ def test_unparseable_client_retry_count_is_recorded_as_unknown(gw, http, value):
 def test_non_utf8_metrics_token_is_a_typed_400(gw):
     r = httpx.get(gw.url + "/metrics", headers={"authorization": b"Bearer \xff"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "authorization"
+
+
+def test_a_slow_body_gets_a_408_and_the_connection_is_closed(daemon_factory):
+    import socket
+
+    d = daemon_factory("[server]\nbody_timeout = 0.3\n")
+    host, port = d.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                  b"authorization: Bearer " + d.key.encode() + b"\r\ncontent-length: 100\r\n\r\n{\"model\":")
+        got = b""
+        while chunk := s.recv(65536):  # the gateway answers, then closes: recv returns b""
+            got += chunk
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), got
+    assert b'"code":"body_timeout"' in body
+    row = d.ledger()[-1]
+    assert row["status"] == 408 and row["error_code"] == "body_timeout"

@@ -24,6 +24,8 @@ class LlmgwError(Exception):
     #: dialect gets the body as the provider wrote it (redacted), others the envelope of ``message``
     upstream_body: bytes | None = None
     upstream_dialect: str | None = None
+    #: the answer closes the connection (what is left of the request on it cannot be trusted)
+    close_connection: bool = False
 
     def __init__(
         self,
@@ -71,6 +73,14 @@ class BodyTooLarge(InvalidRequest):
     status = 413
     code = "request_too_large"
     anthropic_type = "request_too_large"
+
+
+class BodyTimeout(InvalidRequest):
+    """The client did not send its whole request body in time; the connection is closed after the answer."""
+
+    status = 408
+    code = "body_timeout"
+    close_connection = True
 
 
 class Unauthorized(LlmgwError):

@@ -54,6 +54,7 @@ from .server.http import (
     error_response,
     id_headers,
     read_body,
+    send_and_close,
     write_eof_quietly,
 )
 from .store.writer import LedgerWriter
@@ -202,7 +203,8 @@ class Gateway:
                 if reason is not None:
                     self.metrics.rejections[reason] += 1
             await self._record(call)
-            return error_response(e, call.inbound, call.request_id, call.headers)
+            resp = error_response(e, call.inbound, call.request_id, call.headers)
+            return await send_and_close(request, resp) if e.close_connection else resp
         except Exception:  # a bug: still a typed answer and a ledger row, never a traceback
             log.exception("unhandled error in request %s", call.request_id)
             err = LlmgwError(f"internal error (request {call.request_id})", code="internal_error")
@@ -395,7 +397,7 @@ class Gateway:
 
     # ---- pieces ----------------------------------------------------------------------------
     async def _read_json(self, request: web.Request, call: Call) -> Any:
-        raw = call.raw_body = await read_body(request, self.max_body)
+        raw = call.raw_body = await read_body(request, self.max_body, self.config.server.body_timeout)
         if not raw:
             raise InvalidRequest("request body is empty; expected a JSON object", code="invalid_json")
         try:

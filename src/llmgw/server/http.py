@@ -11,26 +11,32 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 import orjson
 from aiohttp import web
 
 from .. import redact
-from ..errors import BodyTooLarge, LlmgwError
+from ..errors import BodyTimeout, BodyTooLarge, LlmgwError
 
 JSON = {"Content-Type": "application/json"}
 _SSE = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 
 
-async def read_body(request: web.Request, max_body: int) -> bytes:
-    """The request body, or a typed 413 when it is over ``max_body`` bytes (declared or not)."""
+async def read_body(request: web.Request, max_body: int, timeout: float | None = None) -> bytes:
+    """The request body, or a typed 413 when it is over ``max_body`` bytes (declared or not), or a
+    typed 408 when it has not all arrived within ``timeout`` seconds (a client trickling a body
+    cannot hold a connection)."""
     if request.content_length is not None and request.content_length > max_body:
         raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {max_body} bytes")
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge as e:
         raise BodyTooLarge(f"request body exceeds the limit of {max_body} bytes") from e
+    except TimeoutError as e:
+        raise BodyTimeout(f"request body: not received within {timeout:g} s (server.body_timeout)") from e
 
 
 def bearer(request: web.Request) -> str | None:
@@ -65,8 +71,25 @@ def error_body(err: LlmgwError, inbound: str) -> bytes:
 def error_response(err: LlmgwError, inbound: str, request_id: str,
                    headers: Mapping[str, str] | None = None) -> web.Response:
     """``err`` as a JSON answer (``error_body``); ``headers`` go out too unless ``err`` sets the same ones."""
-    return web.Response(body=error_body(err, inbound), status=err.status, content_type="application/json",
+    resp = web.Response(body=error_body(err, inbound), status=err.status, content_type="application/json",
                         headers=id_headers(request_id, inbound, headers or {}, err.headers))
+    if err.close_connection:
+        resp.force_close()
+    return resp
+
+
+async def send_and_close(request: web.Request, resp: web.Response) -> web.Response:
+    """Send ``resp`` now and close the connection once it is out, instead of aiohttp's lingering
+    read of a body the handler did not read (up to 10 s of a client's trickle)."""
+    try:
+        await resp.prepare(request)
+        await resp.write_eof()
+    except OSError:
+        pass
+    finally:
+        if request.transport is not None:
+            request.transport.close()  # an asyncio transport sends what it holds, then closes
+    return resp
 
 
 def error_event(err: LlmgwError, inbound: str) -> bytes:
