@@ -192,3 +192,48 @@ def test_through_the_daemon_a_malformed_chunk_fails_typed_is_recorded_and_never_
             assert text == "Hello"
         assert len(up.requests) == 2
         assert d.ledger()[-1]["cache"] == "miss"
+
+
+@pytest.mark.parametrize("anthropic_upstream", [False, True], ids=["openai", "anthropic"])
+def test_a_stall_before_the_first_event_is_retried(daemon_factory, anthropic_upstream):
+    import asyncio
+
+    import openai
+    from aiohttp import web
+
+    from scripted_upstream import ScriptedUpstream, provider_config
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)  # the 200 and its headers go out at once
+        if n == 0:
+            await asyncio.sleep(30)  # then nothing: the gateway gives up on this attempt
+        if anthropic_upstream:
+            for name, data in [
+                ("message_start", {"type": "message_start", "message": {
+                    "id": "m", "type": "message", "role": "assistant", "model": "c", "content": [],
+                    "stop_reason": None, "usage": {"input_tokens": 3, "output_tokens": 1}}}),
+                ("content_block_start", {"type": "content_block_start", "index": 0,
+                                         "content_block": {"type": "text", "text": ""}}),
+                ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                         "delta": {"type": "text_delta", "text": "Hello"}}),
+                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                   "usage": {"output_tokens": 2}}),
+                ("message_stop", {"type": "message_stop"})]:
+                await resp.write(f"event: {name}\ndata: {orjson.dumps(data).decode()}\n\n".encode())
+        else:
+            await resp.write(ev(delta("Hello")) + ev(FINISH) + ev(USAGE) + b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    with ScriptedUpstream(handler) as up:
+        cfg = provider_config(up.url, anthropic=anthropic_upstream, timeout=0.3, name="up")
+        d = daemon_factory(cfg + "[retry]\nbackoff_base = 0.01\nbackoff_max = 0.02\n", {"SCRIPTED_KEY": "sk-x"})
+        with openai.OpenAI(base_url=d.openai_base, api_key=d.key, max_retries=0) as c:
+            chunks = list(c.chat.completions.create(model="up/m", messages=[{"role": "user", "content": "hi"}],
+                                                    stream=True))
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "Hello"
+        assert len(up.requests) == 2
+        row = d.ledger()[-1]
+        assert row["attempts"] == 2 and row["outcome"] == "ok" and row["status"] == 200

@@ -907,3 +907,21 @@ async def test_finish_not_completed_closes_the_connection(serve: Serve, client: 
     assert idle_count(client) == 0
     assert await post_read(client, srv.url) == (200, b"ok")
     assert srv.conns() == [0, 1]
+
+
+async def test_open_sse_waits_for_the_first_bytes_a_stall_before_them_is_a_retryable_timeout(
+        serve: Serve, client: UpstreamClient) -> None:
+    srv = await serve(script([SSE_HEAD, HANG]))  # headers, then nothing: nothing reached a client yet
+    with pytest.raises(AttemptFailed, match="sent no stream event within") as ei:
+        await open_sse(client, "prov", srv.url, b"", {}, TIMEOUT)
+    assert ei.value.timeout
+    await until(lambda: 0 in srv.client_closed, "the client closing the stalled stream")
+
+
+async def test_open_sse_break_before_the_first_bytes_is_a_retryable_failure(serve: Serve,
+                                                                           client: UpstreamClient) -> None:
+    srv = await serve(script([SSE_HEAD, CLOSE]))
+    with pytest.raises(AttemptFailed, match="stream broke before its first event") as ei:
+        await open_sse(client, "prov", srv.url, b"", {}, 5.0)
+    assert not ei.value.timeout
+    assert srv.connections == 1

@@ -6,7 +6,10 @@ timeouts, 408/409/429/5xx); an upstream ``Retry-After`` is honoured when it is a
 ``retry.max_retry_after`` seconds and fits in the request's deadline, otherwise the router moves
 on to the next target at once. Non-retryable errors (the upstream rejected the request itself)
 end the call. Streams are only ever retried before their first byte: ``attempt`` returns once the
-upstream answered 200, and nothing after that passes through here.
+upstream answered 200 and its first bytes are in (a stall before them is a failed attempt), and
+nothing after that passes through here. When the attempts are spent, the error says
+``x-should-retry: false`` (and a ``Retry-After`` of at most ``retry.max_retry_after``), so an SDK's
+own retries do not multiply the upstream calls; a 429 or 529 goes out as the provider's own answer.
 """
 
 from __future__ import annotations

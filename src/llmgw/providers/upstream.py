@@ -279,6 +279,18 @@ class UpstreamResponse:
             self.close()
             raise
 
+    async def started(self) -> None:
+        """Wait until the first bytes of the body (or its end) have arrived, without taking them:
+        a stream that stalls before its first event can still be retried. A failed or timed-out
+        wait closes the connection."""
+        conn = self._conn
+        try:
+            while not conn.chunks and not conn.complete:
+                await conn.wait(self._read_timeout, self._deadline)
+        except BaseException:
+            self.close()
+            raise
+
     @property
     def at_eof(self) -> bool:
         return self._conn.complete and not self._conn.chunks
