@@ -39,6 +39,7 @@ from ..providers.upstream import UpstreamClient
 from ..store import db as store_db
 from ..store.writer import LedgerWriter
 from ..units import window
+from . import openapi
 from .admin import add_routes as add_admin_routes
 from .http import bearer, error_response
 
@@ -104,6 +105,11 @@ async def models(request: web.Request) -> web.Response:
     data = [{"id": m, "object": "model", "created": created, "owned_by": m.split("/", 1)[0] if "/" in m else "llmgw"}
             for m in gw.router.catalogue() if key.allows(m)]
     return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    """The OpenAPI description of the public routes (``server/openapi.py``)."""
+    return web.Response(body=request.app[STATE]["openapi"], content_type="application/json")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -204,7 +210,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
     env = dict(os.environ if environ is None else environ)
     redact.register(config, env)  # no configured secret in an answer, a log line or the metrics
     app = web.Application(client_max_size=config.server.max_body_bytes)
-    app[STATE] = {}
+    app[STATE] = {"openapi": orjson.dumps(openapi.document())}
     token = config.token("metrics", env)
     secret = config.webhooks.resolve_secret(env) if config.webhooks else None
     if token is not None:
@@ -274,6 +280,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         ("GET", "/healthz", guarded(healthz)),
         ("GET", "/readyz", guarded(readyz)),
         ("GET", "/metrics", guarded(metrics)),
+        ("GET", "/openapi.json", guarded(openapi_json)),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
