@@ -65,6 +65,11 @@ class ScriptedUpstream:
             self._loop.run_until_complete(self._start())
             ready.set()
             self._loop.run_forever()
+            pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]  # e.g. a handler still stalling
+            for task in pending:
+                task.cancel()
+            if pending:
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
