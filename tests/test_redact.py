@@ -72,3 +72,27 @@ def test_daemon_registers_its_secrets_and_scrapes_are_clean(daemon_factory):
     r = httpx.get(d.url + "/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"})
     assert r.status_code == 200
     assert "metrics-token-0123456789" in redact.SECRETS._secrets
+
+
+def test_uncaught_tracebacks_are_redacted(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import threading
+from llmgw import redact
+redact.SECRETS.add(["sk-uncaught-0123456789"])
+redact.install_logging()
+def boom():
+    raise RuntimeError("thread saw sk-uncaught-0123456789")
+t = threading.Thread(target=boom, name="worker")
+t.start(); t.join()
+raise RuntimeError("main saw sk-uncaught-0123456789")
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert p.returncode == 1
+    assert "sk-uncaught-0123456789" not in p.stderr
+    assert "RuntimeError: thread saw [redacted]" in p.stderr and "RuntimeError: main saw [redacted]" in p.stderr
+    assert "Exception in thread worker" in p.stderr

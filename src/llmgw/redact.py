@@ -7,7 +7,8 @@ the webhook HMAC key) with the process-wide ``SECRETS``. From then on:
 - every error a client receives is redacted where it is rendered (``server.http.error_response`` /
   ``error_event``, which upstream error bodies passed through also go through);
 - every log record is redacted when it is made (``install_logging``: a log record factory, so it
-  holds for every logger and handler, aiohttp's and the test runner's included), its traceback too;
+  holds for every logger and handler, aiohttp's and the test runner's included), its traceback too,
+  and so are the tracebacks of uncaught exceptions (``sys.excepthook``, ``threading.excepthook``);
 - the ``/metrics`` scrape is redacted before it is sent.
 
 A secret is replaced by ``[redacted]`` wherever it appears, also inside a longer string (an
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 import traceback
 from collections.abc import Iterable, Mapping
@@ -149,6 +151,38 @@ def install_logging() -> None:
             return record
 
         logging.setLogRecordFactory(factory)
+        _install_excepthooks()
+
+
+def _install_excepthooks() -> None:
+    """Uncaught exceptions (the main thread's, a thread's) print their traceback redacted too."""
+    def write(exc_type: Any, exc: Any, tb: Any) -> None:
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        stream = sys.stderr if sys.stderr is not None else sys.__stderr__
+        if stream is not None:
+            stream.write(SECRETS.text(text))
+
+    previous_sys = sys.excepthook
+    previous_thread = threading.excepthook
+
+    def sys_hook(exc_type: Any, exc: Any, tb: Any) -> None:
+        if SECRETS and previous_sys is sys.__excepthook__:
+            write(exc_type, exc, tb)
+        else:
+            previous_sys(exc_type, exc, tb)
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if SECRETS and previous_thread is threading.__excepthook__ and args.exc_type is not SystemExit:
+            name = args.thread.name if args.thread is not None else "?"
+            stream = sys.stderr if sys.stderr is not None else sys.__stderr__
+            if stream is not None:
+                stream.write(f"Exception in thread {name}:\n")
+            write(args.exc_type, args.exc_value, args.exc_traceback)
+        else:
+            previous_thread(args)
+
+    sys.excepthook = sys_hook
+    threading.excepthook = thread_hook
 
 
 def _redact_record(record: logging.LogRecord) -> None:
