@@ -207,6 +207,25 @@ def fuzzed(daemon_factory, upstream):
     client.close()
 
 
+@pytest.fixture
+def governed(daemon_factory, upstream):
+    """A key under a soft budget with rate limits and clamping: the cost bound, the reservation and
+    the rate limiter see every fuzzed body too."""
+    from test_governance_gateway import budget
+
+    d = daemon_factory(upstream_config(upstream, '\n[cache]\nmode = "exact"\n'), UPSTREAM_ENV)
+    key = d.mint(name="fuzz", rpm=100000, tpm=10**12, clamp=True)
+    conn = d.db()
+    kid = conn.execute("SELECT id FROM keys WHERE name = 'fuzz'").fetchone()[0]
+    budget(d, "key", kid, 10**15, hard=0)
+    d.synced()
+    d.key = key
+    client = httpx.Client(base_url=d.url, timeout=30)
+    yield d, client, conn
+    conn.close()
+    client.close()
+
+
 def check(fuzzed: Any, path: str, body: bytes, extra: dict[str, bytes], dialect: str) -> None:
     d, client, conn = fuzzed
     hdrs: dict[str, Any] = {"content-type": "application/json"}
@@ -240,3 +259,14 @@ def test_fuzz_chat_completions(fuzzed, body, extra):
 @given(body=encoded(anthropic_body), extra=headers)
 def test_fuzz_messages(fuzzed, body, extra):
     check(fuzzed, "/v1/messages", body, extra, "anthropic")
+
+
+either_dialect = (encoded(openai_body).map(lambda b: ("/v1/chat/completions", "openai", b))
+                  | encoded(anthropic_body).map(lambda b: ("/v1/messages", "anthropic", b)))
+
+
+@SETTINGS
+@given(request=either_dialect, extra=headers)
+def test_fuzz_under_a_budget_and_rate_limits(governed, request, extra):
+    path, dialect, body = request
+    check(governed, path, body, extra, dialect)
