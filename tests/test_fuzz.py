@@ -57,7 +57,6 @@ def field(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return valid
 
 
-sometimes_deep = field
 
 FIELD_NAMES = ["model", "messages", "role", "content", "type", "text", "source", "tools", "tool_choice", "stream",
                "max_tokens", "metadata", "system", "response_format", "n", "stop", "stream_options", "input"]
@@ -114,14 +113,14 @@ openai_message = st.fixed_dictionaries(
 openai_tool = st.fixed_dictionaries(
     {"type": field(st.just("function")),
      "function": field(st.fixed_dictionaries({"name": field(st.just("f"))},
-                                             optional={"parameters": sometimes_deep(st.just({"type": "object"})),
+                                             optional={"parameters": field(st.just({"type": "object"})),
                                                        "description": field(texts)}))})
 openai_body = st.fixed_dictionaries(
     {"model": field(st.sampled_from(MODELS)), "messages": field(st.lists(openai_message, min_size=1, max_size=3))},
     optional={"stream": field(st.booleans()), "max_tokens": field(st.integers(1, 50)),
               "max_completion_tokens": field(st.integers(1, 50)), "temperature": field(st.floats(0, 2)),
               "top_p": field(st.floats(0, 1)), "n": field(st.integers(1, 3)), "stop": field(texts),
-              "seed": field(st.integers()), "user": field(texts), "metadata": sometimes_deep(st.just({"a": "b"})),
+              "seed": field(st.integers()), "user": field(texts), "metadata": field(st.just({"a": "b"})),
               "tools": field(st.lists(openai_tool, max_size=2)),
               "tool_choice": field(st.sampled_from(["auto", "none", "required"])
                                    | st.just({"type": "function", "function": {"name": "f"}})),
@@ -142,7 +141,7 @@ anthropic_block = st.one_of(
     text_part, text_part, text_part, text_part,
     st.fixed_dictionaries({"type": st.sampled_from(["image", "document"]), "source": source}),
     st.fixed_dictionaries({"type": st.just("tool_use"), "id": st.just("toolu_1"), "name": st.just("f"),
-                           "input": sometimes_deep(st.just({"q": 1}))}),
+                           "input": field(st.just({"q": 1}))}),
     st.fixed_dictionaries({"type": st.just("tool_result"), "tool_use_id": st.just("toolu_1"),
                            "content": texts | st.lists(text_part, max_size=2)}),
     st.fixed_dictionaries({"type": st.sampled_from(["thinking", "video"]), "thinking": texts, "signature": texts}))
@@ -152,7 +151,7 @@ anthropic_message = st.fixed_dictionaries(
 anthropic_tool = st.fixed_dictionaries(
     {"name": field(st.just("f"))},
     optional={"type": field(st.sampled_from(["custom", "web_search_20250305"])), "description": field(texts),
-              "input_schema": sometimes_deep(st.just({"type": "object"}))})
+              "input_schema": field(st.just({"type": "object"}))})
 anthropic_body = st.fixed_dictionaries(
     {"model": field(st.sampled_from(MODELS)), "max_tokens": field(st.integers(1, 50)),
      "messages": field(st.lists(anthropic_message, min_size=1, max_size=3))},
@@ -160,7 +159,7 @@ anthropic_body = st.fixed_dictionaries(
         st.fixed_dictionaries({"type": field(st.just("text")), "text": field(texts)}), max_size=2)),
               "temperature": field(st.floats(0, 1)), "top_p": field(st.floats(0, 1)), "top_k": field(st.integers(0, 5)),
               "stop_sequences": field(st.lists(texts, max_size=2)),
-              "metadata": sometimes_deep(st.fixed_dictionaries({"user_id": field(texts)})),
+              "metadata": field(st.fixed_dictionaries({"user_id": field(texts)})),
               "tools": field(st.lists(anthropic_tool, max_size=2)),
               "tool_choice": field(st.sampled_from([{"type": "auto"}, {"type": "any"}, {"type": "tool", "name": "f"},
                                                     {"type": "none"}])),

@@ -184,10 +184,13 @@ def chat_request(body: Any) -> dict[str, Any]:
         p = f"messages[{i}]"
         if not isinstance(m, dict):
             raise _bad(p, "an object", m)
-        role = _one_of(m.get("role"), OPENAI_ROLES, f"{p}.role", "a role")
-        _optional(m, "name", f"{p}.name", str, "a string")
-        _optional(m, "tool_call_id", f"{p}.tool_call_id", str, "a string")
-        _openai_tool_calls(m, p)
+        role = m.get("role")
+        if role.__class__ is not str or role not in OPENAI_ROLES:
+            _one_of(role, OPENAI_ROLES, f"{p}.role", "a role")  # raises
+        if len(m) > 2:  # more than role and content: the hot path of a plain message skips this
+            _optional(m, "name", f"{p}.name", str, "a string")
+            _optional(m, "tool_call_id", f"{p}.tool_call_id", str, "a string")
+            _openai_tool_calls(m, p)
         content = m.get("content")
         if content is None:
             if role == "assistant" and (m.get("tool_calls") or m.get("function_call")):
@@ -226,8 +229,10 @@ def chat_request(body: Any) -> dict[str, Any]:
     _int(body, "max_tokens", 1)
     _int(body, "max_completion_tokens", 1)
     _int(body, "seed", -(2**63), 2**63 - 1)
-    _optional(body, "user", "user", str, "a string")
-    _optional(body, "metadata", "metadata", dict, "an object")
+    if "user" in body:
+        _optional(body, "user", "user", str, "a string")
+    if "metadata" in body:
+        _optional(body, "metadata", "metadata", dict, "an object")
     stop = body.get("stop")
     if stop is not None and not isinstance(stop, str):
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
@@ -254,7 +259,8 @@ def chat_request(body: Any) -> dict[str, Any]:
         fn = _optional(tc, "function", "tool_choice.function", dict, "an object")
         if fn is not None:
             _optional(fn, "name", "tool_choice.function.name", str, "a string")
-    _bool(body, "parallel_tool_calls")
+    if "parallel_tool_calls" in body:
+        _bool(body, "parallel_tool_calls")
     rf = body.get("response_format")
     if rf is not None:
         if not isinstance(rf, dict) or not isinstance(rf.get("type"), str) \
