@@ -187,7 +187,7 @@ def chat_request(body: Any) -> dict[str, Any]:
         role = m.get("role")
         if role.__class__ is not str or role not in OPENAI_ROLES:
             _one_of(role, OPENAI_ROLES, f"{p}.role", "a role")  # raises
-        if len(m) > 2:  # more than role and content: the hot path of a plain message skips this
+        if "name" in m or "tool_call_id" in m or "tool_calls" in m:  # a plain message skips this
             _optional(m, "name", f"{p}.name", str, "a string")
             _optional(m, "tool_call_id", f"{p}.tool_call_id", str, "a string")
             _openai_tool_calls(m, p)
