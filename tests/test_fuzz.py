@@ -52,9 +52,15 @@ def deep(depth: int, leaf: Any = "x") -> Any:
 deep_values = st.integers(min_value=100, max_value=300).map(deep)
 
 
+def weighted(common: st.SearchStrategy[Any], rare: st.SearchStrategy[Any], one_in: int) -> st.SearchStrategy[Any]:
+    """``rare`` about once in ``one_in`` draws, else ``common``. (``st.one_of(a, a, a, b)`` folds the
+    repeats into a 50/50 choice, and an integer draw favours its bounds: the rare value is a middle one.)"""
+    return st.integers(0, one_in - 1).flatmap(lambda i: rare if i == one_in // 2 else common)
+
+
 def field(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """A valid value (``mutated`` breaks some of them)."""
-    return valid
+    """A field's value: valid, or rarely any JSON value (``mutated`` breaks more)."""
+    return weighted(valid, json_values, 20)
 
 
 
@@ -78,14 +84,18 @@ def _slots(v: Any, out: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
 @st.composite
 def mutated(draw: Any, valid: st.SearchStrategy[Any]) -> Any:
     """A valid body with up to three places replaced by any JSON value (rarely one nested far too
-    deep), or given a new field: most examples fail one check deep in the request, some pass."""
+    deep) or deleted, or given a new field: most examples fail one check deep in the request, some pass."""
     body = copy.deepcopy(draw(valid))  # st.just() hands out one object: never mutate it
-    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2, 3]))):
-        value = draw(st.one_of(json_values, json_values, json_values, deep_values))
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 1, 2]))):
+        value = draw(weighted(json_values, deep_values, 4))
         slots = _slots(body, [])
-        if slots and draw(st.booleans()):
+        how = draw(st.sampled_from(["replace", "replace", "add", "delete"]))
+        if slots and how != "add":
             container, key = slots[draw(st.integers(0, len(slots) - 1))]
-            container[key] = value
+            if how == "delete" and isinstance(container, dict):
+                del container[key]
+            else:
+                container[key] = value
         else:
             body[draw(st.sampled_from(FIELD_NAMES))] = value
     return body
@@ -97,19 +107,21 @@ images = st.sampled_from(["data:image/png;base64,iVBORw0KGgo=", "https://example
 # ---- OpenAI chat ---------------------------------------------------------------------------------
 
 text_part = st.fixed_dictionaries({"type": st.just("text"), "text": texts})
-openai_part = st.one_of(
-    text_part, text_part, text_part, text_part,
+openai_part = weighted(text_part, st.one_of(
     st.fixed_dictionaries({"type": st.just("image_url"), "image_url": st.fixed_dictionaries({"url": images})}),
-    st.fixed_dictionaries({"type": st.sampled_from(["refusal", "input_audio"]), "refusal": texts}))
+    st.fixed_dictionaries({"type": st.sampled_from(["refusal", "input_audio"]), "refusal": texts})), 4)
 tool_call = st.fixed_dictionaries(
     {"id": field(st.just("call_1")), "type": field(st.just("function")),
      "function": field(st.fixed_dictionaries({"name": field(st.just("f")),
                                               "arguments": field(st.sampled_from(['{"q": 1}', "{", "[]"]))}))})
-openai_message = st.fixed_dictionaries(
+openai_plain_message = st.fixed_dictionaries(
     {"role": st.sampled_from(["user"] * 12 + ["system", "developer", "assistant", "tool", "robot"]),
      "content": field(texts | st.lists(openai_part, max_size=3))},
     optional={"name": field(st.just("n")), "tool_calls": field(st.lists(tool_call, max_size=2)),
               "tool_call_id": field(st.just("call_1"))})
+openai_message = weighted(openai_plain_message, st.one_of(
+    st.fixed_dictionaries({"role": st.just("assistant"), "tool_calls": st.lists(tool_call, min_size=1, max_size=2)}),
+    st.fixed_dictionaries({"role": st.just("tool"), "tool_call_id": st.just("call_1"), "content": texts})), 3)
 openai_tool = st.fixed_dictionaries(
     {"type": field(st.just("function")),
      "function": field(st.fixed_dictionaries({"name": field(st.just("f"))},
@@ -137,14 +149,13 @@ source = st.one_of(
                            "data": st.just("iVBORw0KGgo=")}),
     st.fixed_dictionaries({"type": st.just("url"), "url": images}),
     st.fixed_dictionaries({"type": st.just("file"), "file_id": st.just("file_1")}))
-anthropic_block = st.one_of(
-    text_part, text_part, text_part, text_part,
+anthropic_block = weighted(text_part, st.one_of(
     st.fixed_dictionaries({"type": st.sampled_from(["image", "document"]), "source": source}),
     st.fixed_dictionaries({"type": st.just("tool_use"), "id": st.just("toolu_1"), "name": st.just("f"),
                            "input": field(st.just({"q": 1}))}),
     st.fixed_dictionaries({"type": st.just("tool_result"), "tool_use_id": st.just("toolu_1"),
                            "content": texts | st.lists(text_part, max_size=2)}),
-    st.fixed_dictionaries({"type": st.sampled_from(["thinking", "video"]), "thinking": texts, "signature": texts}))
+    st.fixed_dictionaries({"type": st.sampled_from(["thinking", "video"]), "thinking": texts, "signature": texts})), 3)
 anthropic_message = st.fixed_dictionaries(
     {"role": st.sampled_from(["user"] * 12 + ["assistant", "assistant", "system"]),
      "content": field(texts | st.lists(anthropic_block, max_size=3))})
@@ -173,7 +184,7 @@ def encoded(body_strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
     garbage = st.one_of(st.binary(max_size=40), st.just(b'{"model": "demo/echo", "messages": "\\ud800"}'), json_values.map(lambda v: json.dumps(v).encode()),
                         st.just(b'{"model": "demo/echo", "messages": [{"role": "user", "content": "x"}]'),
                         st.just(b'{"model": "demo/echo", "messages": [{"role": "user", "content": "x"}], "x": NaN}'))
-    return st.one_of(as_json, as_json, as_json, as_json, as_json, as_json, garbage)
+    return weighted(as_json, garbage, 8)
 
 
 # header values: any bytes a client can put on the wire (no line breaks or NUL), often not UTF-8
@@ -190,8 +201,7 @@ good_headers = st.fixed_dictionaries({}, optional={
     "cache-control": st.sampled_from([b"no-cache", b"no-store", b"no-cache, no-store"]),
     "x-stainless-retry-count": st.sampled_from([b"0", b"1", b"2"]), "x-stainless-lang": st.just(b"python"),
     "idempotency-key": st.uuids().map(lambda u: str(u).encode()), "anthropic-version": st.just(b"2023-06-01")})
-headers = st.one_of(good_headers, good_headers, good_headers,
-                    st.dictionaries(st.sampled_from(HEADER_NAMES), header_bytes, max_size=3))
+headers = weighted(good_headers, st.dictionaries(st.sampled_from(HEADER_NAMES), header_bytes, min_size=1, max_size=3), 5)
 
 
 # ---- the property --------------------------------------------------------------------------------
