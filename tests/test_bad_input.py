@@ -260,3 +260,17 @@ def test_a_slow_body_gets_a_408_and_the_connection_is_closed(daemon_factory):
     assert b'"code":"body_timeout"' in body
     row = d.ledger()[-1]
     assert row["status"] == 408 and row["error_code"] == "body_timeout"
+
+
+def test_a_slow_admin_body_gets_a_408_too(daemon_factory):
+    import socket
+
+    d = daemon_factory("[server]\nbody_timeout = 0.3\n", {"LLMGW_ADMIN_TOKEN": "admin-token-0123456789"})
+    host, port = d.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /admin/customers HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                  b"authorization: Bearer admin-token-0123456789\r\ncontent-length: 100\r\n\r\n{\"id\":")
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 408") and b'"code":"body_timeout"' in got, got

@@ -41,7 +41,7 @@ from ..store.writer import LedgerWriter
 from ..units import window
 from . import openapi
 from .admin import add_routes as add_admin_routes
-from .http import bearer, error_response
+from .http import bearer, error_response, send_and_close
 
 log = logging.getLogger("llmgw.server")
 
@@ -66,7 +66,8 @@ def guarded(handler: Handler) -> Handler:
             validate.request_headers(request.headers)
             resp = await handler(request)
         except LlmgwError as e:
-            return error_response(e, _dialect(request), rid)
+            resp = error_response(e, _dialect(request), rid)
+            return await send_and_close(request, resp) if e.close_connection else resp
         except Exception:
             log.exception("unhandled error in request %s", rid)
             return error_response(LlmgwError(f"internal error (request {rid})", code="internal_error"),
