@@ -217,6 +217,7 @@ def test_nesting_up_to_the_limit_passes(gw, http, upstream):
     ("x-llmgw-cache-ttl", "\u00b2".encode(), "x-llmgw-cache-ttl"),
     ("x-llmgw-cache-ttl", b"9" * 5000, "x-llmgw-cache-ttl"),
     ("idempotency-key", b"k\xc3", "idempotency-key"),
+    ("anthropic-beta", "\u20ac-beta".encode(), "anthropic-beta"),  # UTF-8, but forwarded headers are ASCII
 ])
 def test_undecodable_and_non_ascii_headers_are_typed_400s(daemon_factory, upstream, name, value, param):
     from conftest import UPSTREAM_ENV, upstream_config

@@ -27,7 +27,9 @@ MAX_DEPTH = 128
 _ORJSON_DEPTH = 254
 #: request headers whose values llmgw reads or forwards (besides every ``x-llmgw-*`` one)
 _READ_HEADERS = frozenset({"authorization", "x-api-key", "idempotency-key", "x-stainless-retry-count"})
-_READ_PREFIXES = ("x-llmgw-", "anthropic-", "openai-")
+_READ_PREFIXES = ("x-llmgw-",)
+#: client headers that may be forwarded to a provider (``anthropic-beta``, ``openai-beta``...)
+_FORWARDED_PREFIXES = ("anthropic-", "openai-")
 #: whole seconds, at most this many digits (317 years): larger values cannot be stored as milliseconds
 _TTL_DIGITS = 10
 
@@ -54,11 +56,14 @@ def nesting(raw: bytes, body: Any) -> None:
 def request_headers(headers: Mapping[str, str]) -> None:
     """Refuse (typed 400, naming the header) a header llmgw reads whose value is not UTF-8 text
     (aiohttp hands undecodable bytes on as lone surrogates, which nothing downstream can encode),
-    and an ``x-llmgw-cache-ttl`` that is not whole seconds in ASCII digits."""
+    a header it may forward upstream (``anthropic-*``, ``openai-*``) that is not ASCII, and an
+    ``x-llmgw-cache-ttl`` that is not whole seconds in ASCII digits."""
     for name, value in headers.items():
         if value.isascii():
             continue
         low = name.lower()
+        if low.startswith(_FORWARDED_PREFIXES):  # may go upstream, where a header is ASCII
+            raise InvalidRequest(f"{low}: header value must be ASCII", param=low, code="invalid_header")
         if low in _READ_HEADERS or low.startswith(_READ_PREFIXES):
             try:
                 value.encode("utf-8")
