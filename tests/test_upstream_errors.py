@@ -212,3 +212,18 @@ def test_secrets_are_redacted_from_tracebacks_in_the_log(quoted, caplog):
         log.exception("failed calling with %s", ANT_KEY)
     assert KEY not in caplog.text and ANT_KEY not in caplog.text
     assert "failed calling with [redacted]" in caplog.text and "boom with [redacted] inside" in caplog.text
+
+
+def test_a_bug_after_the_upstream_call_is_not_retried_by_the_sdk(gw, upstream, monkeypatch):
+    from llmgw.providers import openai as openai_provider
+
+    def broken(_u):
+        raise RuntimeError("a bug reading usage")
+
+    monkeypatch.setattr(openai_provider.Usage, "from_openai", staticmethod(broken))
+    with openai.OpenAI(base_url=gw.openai_base, api_key=gw.key) as c:  # 2 retries of its own
+        with pytest.raises(openai.InternalServerError) as e:
+            c.chat.completions.create(model="openai/gpt-4o-mini", messages=MSG)
+    assert e.value.status_code == 500 and e.value.response.headers["x-should-retry"] == "false"
+    assert attempts(upstream, CHAT) == 1
+    assert gw.ledger()[-1]["error_code"] == "internal_error"

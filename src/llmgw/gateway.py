@@ -207,7 +207,9 @@ class Gateway:
             return await send_and_close(request, resp) if e.close_connection else resp
         except Exception:  # a bug: still a typed answer and a ledger row, never a traceback
             log.exception("unhandled error in request %s", call.request_id)
-            err = LlmgwError(f"internal error (request {call.request_id})", code="internal_error")
+            # after an upstream attempt an SDK's retry would cost another provider call
+            err = LlmgwError(f"internal error (request {call.request_id})", code="internal_error",
+                             headers={"x-should-retry": "false"} if call.attempts else None)
             if not call.recorded:
                 self._fail(call, err)
                 await self._record(call)
