@@ -207,6 +207,7 @@ def test_a_stall_before_the_first_event_is_retried(daemon_factory, anthropic_ups
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)  # the 200 and its headers go out at once
         if n == 0:
+            await resp.write(b": PROCESSING\n\n")  # a keep-alive comment is not an event
             await asyncio.sleep(30)  # then nothing: the gateway gives up on this attempt
         if anthropic_upstream:
             for name, data in [

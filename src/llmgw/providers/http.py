@@ -119,10 +119,10 @@ async def post_json(client: UpstreamClient, provider: str, url: str, payload: by
 
 async def open_sse(client: UpstreamClient, provider: str, url: str, payload: bytes,
                    headers: dict[str, str], timeout: float) -> UpstreamResponse:
-    """Start a streaming attempt; returns the response once its status is 2xx and the first bytes
-    of its body are in: until then nothing has reached the client, so a stall or a break before
-    the first event is a failed attempt the router retries. ``timeout`` bounds the wait for the
-    headers, then for the first bytes, then each wait for the next bytes of the stream."""
+    """Start a streaming attempt; returns the response once its status is 2xx and its first event
+    is in (``UpstreamResponse.started``): until then nothing has reached the client, so a stall or
+    a break before the first event is a failed attempt the router retries. ``timeout`` bounds the
+    wait for the headers, then the wait for the first event, then each wait for the next bytes."""
     try:
         r = await client.post(url, payload, headers, read_timeout=timeout)
     except TimeoutError as e:
@@ -136,7 +136,7 @@ async def open_sse(client: UpstreamClient, provider: str, url: str, payload: byt
             data = b""
         raise failure_for(provider, r.status, data, r.headers)
     try:
-        await r.started()
+        await r.started(within=timeout)
     except TimeoutError as e:
         raise AttemptFailed(f"{provider} sent no stream event within {timeout:g}s", timeout=True) from e
     except OSError as e:
