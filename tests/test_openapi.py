@@ -24,6 +24,7 @@ def test_every_public_route_is_described(gw):
     described = {(m.upper(), path) for path, ops in doc["paths"].items() for m in ops}
     assert routes == described
     assert app[STATE]["openapi"]  # rendered once, at start
+    schemathesis.openapi.from_dict(doc).validate()  # a valid OpenAPI 3.1 document (its meta-schema)
 
 
 @pytest.fixture
