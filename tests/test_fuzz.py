@@ -1,5 +1,6 @@
 """Property-based fuzzing of the public API through the real daemon: request bodies of both dialects
-(valid shapes with any field replaced by any JSON value, garbage, deep nesting) and the headers llmgw
+and of embeddings (valid shapes with any field replaced by any JSON value or deleted, garbage, deep
+nesting), with and without budgets and rate limits, and the headers llmgw
 reads (``x-llmgw-*``, ``x-stainless-*``, the API key, ``Idempotency-Key``) as arbitrary bytes.
 
 Whatever is sent: never a 5xx, an answer in the dialect's JSON envelope (or a stream), and exactly
@@ -279,3 +280,16 @@ either_dialect = (encoded(openai_body).map(lambda b: ("/v1/chat/completions", "o
 def test_fuzz_under_a_budget_and_rate_limits(governed, request, extra):
     path, dialect, body = request
     check(governed, path, body, extra, dialect)
+
+
+embeddings_body = st.fixed_dictionaries(
+    {"model": field(st.sampled_from(["demo/embed", "openai/text-embedding-3-small", "anthropic/claude-sonnet-4-5"])),
+     "input": field(texts | st.lists(texts, min_size=1, max_size=3) | st.lists(st.integers(0, 50000), min_size=1))},
+    optional={"encoding_format": field(st.sampled_from(["float", "base64"])), "dimensions": field(st.integers(1, 8)),
+              "user": field(texts)})
+
+
+@SETTINGS
+@given(body=encoded(embeddings_body), extra=headers)
+def test_fuzz_embeddings(fuzzed, body, extra):
+    check(fuzzed, "/v1/embeddings", body, extra, "openai")
