@@ -75,6 +75,7 @@ class ServerConfig:
     max_body_bytes: int = 20 * 1024 * 1024
     request_timeout: float = 600.0  # seconds per request overall, every upstream attempt included
     drain_timeout: float = 30.0
+    body_timeout: float = 30.0  # seconds a client gets to send a request body (a slow one cannot hold a connection)
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,13 +357,14 @@ def _build(c: Checks, path: Path | None, doc: dict[str, Any], env: Mapping[str, 
 
 def _server(c: Checks, t: dict[str, Any]) -> ServerConfig:
     d = ServerConfig()
-    c.unknown(t, ("host", "port", "max_body_bytes", "request_timeout", "drain_timeout"), "server")
+    c.unknown(t, ("host", "port", "max_body_bytes", "request_timeout", "drain_timeout", "body_timeout"), "server")
     return ServerConfig(
         host=c.string(t, "host", "server", default=d.host),
         port=c.integer(t, "port", "server", default=d.port, lo=0, hi=65535),
         max_body_bytes=c.integer(t, "max_body_bytes", "server", default=d.max_body_bytes, lo=1),
         request_timeout=c.number(t, "request_timeout", "server", default=d.request_timeout, positive=True),
         drain_timeout=c.number(t, "drain_timeout", "server", default=d.drain_timeout),
+        body_timeout=c.number(t, "body_timeout", "server", default=d.body_timeout, positive=True),
     )
 
 

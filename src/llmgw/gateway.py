@@ -78,6 +78,7 @@ from .server.http import (
     error_response,
     id_headers,
     read_body,
+    send_and_close,
     write_eof_quietly,
 )
 from .store.writer import CommitTimeout, LedgerWriter
@@ -176,6 +177,7 @@ class Gateway:
         self.log_bodies = config.log.bodies
         self._unpriced_warned: set[str] = set()
         self._prices: dict[tuple[str, str], Price | None] = {}
+        metrics.known_model = self.known_model  # metric labels name only models the config knows
         self._cache_errors_logged: set[str] = set()
         self.cache_audit = CacheAudit(self) if cache is not None else None
         if cache is not None:
@@ -191,6 +193,7 @@ class Gateway:
         self.metrics.in_flight += 1
         try:
             call.client_retry = client_retry_count(request.headers.get(RETRY_HEADER))
+            validate.request_headers(request.headers)
             try:
                 call.key = await self.keys.resolve(bearer(request))
             except sqlite3.Error as e:  # a key new to this daemon, and the database cannot be read now
@@ -250,7 +253,8 @@ class Gateway:
                 self._record_nowait(call)  # the ledger is down: queue the row, do not wait for it
             else:
                 await self._record(call)
-            return error_response(e, call.inbound, call.request_id, call.headers)
+            resp = error_response(e, call.inbound, call.request_id, call.headers)
+            return await send_and_close(request, resp) if e.close_connection else resp
         except asyncio.CancelledError:  # the shutdown drain ran out of time: the row, without waiting for it
             if not call.recorded:
                 call.status, call.outcome = 499, "cancelled"
@@ -258,7 +262,9 @@ class Gateway:
             raise
         except Exception:  # a bug: still a typed answer and a ledger row, never a traceback
             log.exception("unhandled error in request %s", call.request_id)
-            err = LlmgwError(f"internal error (request {call.request_id})", code="internal_error")
+            # after an upstream attempt an SDK's retry would cost another provider call
+            err = LlmgwError(f"internal error (request {call.request_id})", code="internal_error",
+                             headers={"x-should-retry": "false"} if call.attempts else None)
             if not call.recorded:
                 self._fail(call, err)
                 await self._record(call)
@@ -454,8 +460,9 @@ class Gateway:
             price = self._price(call.provider, call.upstream_model)
             if price is None and call.usage.total_tokens:
                 name = f"{call.provider}/{call.upstream_model}"
-                self.metrics.unpriced[(call.provider, call.upstream_model)] += 1
-                if name not in self._unpriced_warned:
+                label = self.metrics.model_label(name)
+                self.metrics.unpriced[(call.provider, call.upstream_model if label == name else label)] += 1
+                if name not in self._unpriced_warned and len(self._unpriced_warned) < 1000:
                     self._unpriced_warned.add(name)
                     log.warning("no price known for %s: its requests are recorded at cost 0", name)
             call.cost = cost_nanos(price, call.usage)
@@ -474,13 +481,15 @@ class Gateway:
 
     # ---- pieces ----------------------------------------------------------------------------
     async def _read_json(self, request: web.Request, call: Call) -> Any:
-        raw = call.raw_body = await read_body(request, self.max_body)
+        raw = call.raw_body = await read_body(request, self.max_body, self.config.server.body_timeout)
         if not raw:
             raise InvalidRequest("request body is empty; expected a JSON object", code="invalid_json")
         try:
-            return orjson.loads(raw)
+            parsed = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
             raise InvalidRequest(f"request body is not valid JSON: {e}", code="invalid_json") from e
+        validate.nesting(raw, parsed)
+        return parsed
 
     def _fail(self, call: Call, err: LlmgwError) -> None:
         call.error = err
@@ -563,6 +572,20 @@ class Gateway:
             call.response_body = state.text
 
     # ---- settle + record -------------------------------------------------------------------
+    def known_model(self, name: str) -> bool:
+        """Whether the configuration knows ``name`` (an alias, or provider/model that the provider
+        declares in its ``models`` or that has a price): the model names metrics may label."""
+        if name in self.router.aliases:
+            return True
+        pname, _, mname = name.partition("/")
+        provider = self.router.providers.get(pname)
+        if provider is None or not mname:
+            return False
+        models = getattr(provider, "models", None)
+        if models and provider.serves(mname):
+            return True
+        return self._price(pname, mname) is not None
+
     def _price(self, provider: str, model: str) -> Price | None:
         key = (provider, model)
         try:

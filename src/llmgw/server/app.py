@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from .. import housekeeping, paths
+from .. import housekeeping, paths, redact, validate
 from ..cache.semantic import ResponseCache
 from ..clock import Clock, wall_ms
 from ..config import Config
@@ -39,8 +39,9 @@ from ..providers.upstream import UpstreamClient
 from ..store import db as store_db
 from ..store.writer import LedgerWriter
 from ..units import window
+from . import openapi
 from .admin import add_routes as add_admin_routes
-from .http import bearer, error_response
+from .http import bearer, error_response, send_and_close
 
 log = logging.getLogger("llmgw.server")
 
@@ -62,9 +63,11 @@ def guarded(handler: Handler) -> Handler:
     async def wrapper(request: web.Request) -> web.StreamResponse:
         rid = new_request_id()
         try:
+            validate.request_headers(request.headers)
             resp = await handler(request)
         except LlmgwError as e:
-            return error_response(e, _dialect(request), rid)
+            resp = error_response(e, _dialect(request), rid)
+            return await send_and_close(request, resp) if e.close_connection else resp
         except Exception:
             log.exception("unhandled error in request %s", rid)
             return error_response(LlmgwError(f"internal error (request {rid})", code="internal_error"),
@@ -103,6 +106,11 @@ async def models(request: web.Request) -> web.Response:
     data = [{"id": m, "object": "model", "created": created, "owned_by": m.split("/", 1)[0] if "/" in m else "llmgw"}
             for m in gw.router.catalogue() if key.allows(m)]
     return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    """The OpenAPI description of the public routes (``server/openapi.py``)."""
+    return web.Response(body=request.app[STATE]["openapi"], content_type="application/json")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -242,8 +250,9 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
     """The daemon's app. ``clock`` (epoch ms) is its business time: budget windows, key expiry,
     idempotency and cache TTLs, ledger and event timestamps."""
     env = dict(os.environ if environ is None else environ)
+    redact.register(config, env)  # no configured secret in an answer, a log line or the metrics
     app = web.Application(client_max_size=config.server.max_body_bytes)
-    app[STATE] = {}
+    app[STATE] = {"openapi": orjson.dumps(openapi.document())}
     token = config.token("metrics", env)
     secret = config.webhooks.resolve_secret(env) if config.webhooks else None
     if token is not None:
@@ -325,6 +334,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         ("GET", "/healthz", guarded(healthz)),
         ("GET", "/readyz", guarded(readyz)),
         ("GET", "/metrics", guarded(metrics)),
+        ("GET", "/openapi.json", guarded(openapi_json)),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
