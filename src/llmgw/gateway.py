@@ -57,6 +57,7 @@ from .server.http import (
     write_eof_quietly,
 )
 from .store.writer import LedgerWriter
+from .units import usd
 from .usage import Usage
 
 log = logging.getLogger("llmgw.gateway")
@@ -359,6 +360,13 @@ class Gateway:
             call.reservation = self.budgets.reserve(budgets, bound, call.ts_ms)
             call.headers["x-llmgw-max-tokens-clamped"] = str(m)
         call.reserved = bound
+        if call.reservation.raised:
+            call.headers["x-llmgw-budget-raised"] = ", ".join(
+                f"{e.scope} {e.scope_id} {e.detail['period']} budget to {usd(e.detail['limit_nanos'], dollar=False)}"
+                for e in call.reservation.raised)
+            if self.events is not None:
+                now = self.clock()
+                self.events.emit([e.as_dict(now) for e in call.reservation.raised])
         call.headers.update(self.budgets.warning_headers(budgets, call.ts_ms))
 
     def _bound_price(self, targets: list[Target]) -> Price | None:

@@ -28,7 +28,7 @@ from ..clock import Clock, wall_ms
 from ..config import Config
 from ..errors import LlmgwError, MethodNotAllowed, NotFound, Unauthorized
 from ..gateway import ROUTE_CHAT, ROUTE_EMBEDDINGS, ROUTE_MESSAGES, Gateway, new_request_id
-from ..governance.budgets import BudgetBook, ledger_spend, read_budgets
+from ..governance.budgets import BudgetBook, ledger_raises, ledger_spend, read_budgets
 from ..governance.events import EventSink
 from ..governance.idempotency import Idempotency
 from ..governance.keys import KeyTable
@@ -140,23 +140,30 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _read_definitions(conn: sqlite3.Connection, keys: KeyTable, last: int, now_ms: int,
                       known: frozenset[tuple[str, str, str, str]] = frozenset(),
-                      ) -> tuple[int, list[sqlite3.Row] | None, dict[tuple[str, str, int], int]]:
+                      ) -> tuple[int, list[sqlite3.Row] | None, dict[tuple[str, str, int], int],
+                                 dict[tuple[str, int], int], dict[tuple[str, str], str]]:
     """In a worker thread: if definitions changed, reload keys and read the budget rows plus the
     ledger spend of the current window of each budget the daemon does not track yet (``known``:
     (id, scope, scope_id, period) of tracked ones), so the loop never waits on SQLite."""
     version = store_db.definitions_version(conn)
     if version == last:
-        return version, None, {}
+        return version, None, {}, {}, {}
     keys.load(conn)
     rows = read_budgets(conn)
     spend = ledger_spend(conn)
+    raised = ledger_raises(conn)
     spends = {}
+    raises = {}
     for r in rows:
         if (r["id"], r["scope"], r["scope_id"], r["period"]) in known:
             continue
         start, _ = window(r["period"], now_ms)
         spends[(r["scope"], r["scope_id"], start)] = spend(r["scope"], r["scope_id"], start)
-    return version, rows, spends
+        if r["raise_step_nanos"]:
+            raises[(r["id"], start)] = raised(r["id"], start)
+    names = {(scope, r[0]): r[1] for scope, table in (("key", "keys"), ("team", "teams"), ("customer", "customers"))
+             for r in conn.execute(f"SELECT id, name FROM {table} WHERE name IS NOT NULL")}
+    return version, rows, spends, raises, names
 
 
 class Definitions:
@@ -181,11 +188,13 @@ class Definitions:
             self._apply(*await asyncio.to_thread(_read_definitions, self.conn, self.gw.keys, self.version,
                                                  self.gw.clock(), known))
 
-    def _apply(self, version: int, rows: list[sqlite3.Row] | None, spends: dict[tuple[str, str, int], int]) -> None:
+    def _apply(self, version: int, rows: list[sqlite3.Row] | None, spends: dict[tuple[str, str, int], int],
+               raises: dict[tuple[str, int], int], names: dict[tuple[str, str], str]) -> None:
         self.version = version
         if rows is not None:
+            self.gw.budgets.names = names
             self.gw.budgets.reload(rows, lambda scope, scope_id, start: spends.get((scope, scope_id, start), 0),
-                                   self.gw.clock())
+                                   self.gw.clock(), lambda bid, start: raises.get((bid, start), 0))
 
     async def watch(self) -> None:
         while True:
