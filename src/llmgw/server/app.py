@@ -105,6 +105,40 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
 
 
+async def quota(request: web.Request) -> web.Response:
+    """``GET /v1/llmgw/quota``, authenticated with the virtual key itself: every budget that applies to
+    the key (its own, its team's, its customer's) with limit, spent, reserved (in flight), remaining,
+    percent used and the reset time, from the daemon's live book; money as exact decimal strings."""
+    from ..units import iso_utc, usd
+
+    gw = request.app[GATEWAY]
+    key = await gw.keys.resolve(bearer(request))
+    now = gw.clock()
+    book = gw.budgets
+    out = []
+    for b in book.applicable(key.id, key.team_id, key.customer_id):
+        st = book.status(b, now)
+        end = st["window_end_ms"]
+        out.append({
+            "id": b.id, "scope": b.scope, "scope_id": b.scope_id, "name": book.names.get((b.scope, b.scope_id)),
+            "period": b.period, "hard": b.hard,
+            **{f"{m}_usd": usd(st[f"{m}_nanos"], dollar=False) for m in ("limit", "spent", "reserved", "remaining")},
+            "used_pct": st["utilisation_pct"], "warn_pct": st["warn_pct"], "warn": st["warn"],
+            "window_start": iso_utc(st["window_start_ms"]) if b.period != "total" else None,
+            "resets_at": iso_utc(end) if end is not None else None,
+            "auto_raise": {"step_usd": usd(st["raise_step_nanos"], dollar=False),
+                           "ceiling_usd": usd(st["ceiling_nanos"], dollar=False),
+                           "base_limit_usd": usd(st["base_limit_nanos"], dollar=False),
+                           "raises": st["raises"]} if st["raise_step_nanos"] else None,
+        })
+    left = book.remaining(book.applicable(key.id, key.team_id, key.customer_id), now)
+    body = {"object": "llmgw.quota", "key": {"id": key.id, "name": key.name}, "customer_id": key.customer_id,
+            "team_id": key.team_id, "remaining_usd": None if left is None else usd(left, dollar=False),
+            "budgets": out, "as_of": iso_utc(now)}
+    return web.Response(body=orjson.dumps(body), content_type="application/json",
+                        headers={"cache-control": "no-store"})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -278,6 +312,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         ("POST", "/v1/messages", messages),
         ("POST", "/v1/embeddings", embeddings),
         ("GET", "/v1/models", guarded(models)),
+        ("GET", "/v1/llmgw/quota", guarded(quota)),
         ("GET", "/healthz", guarded(healthz)),
         ("GET", "/readyz", guarded(readyz)),
         ("GET", "/metrics", guarded(metrics)),
