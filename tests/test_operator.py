@@ -252,7 +252,7 @@ def test_auto_raise_under_200_concurrent_requests(daemon_factory: Any, upstream:
     raised_headers = [r.headers["x-llmgw-budget-raised"] for r in responses if "x-llmgw-budget-raised" in r.headers]
     assert raised_headers, "the burst crossed the base limit: it must have raised it"
     # then sequentially until the ceiling refuses: every further raise follows real spend
-    for i in range(200):
+    for _ in range(200):
         r = httpx.post(d.openai_base + CHAT, headers={"Authorization": f"Bearer {key}"},
                        json={"model": "openai/gpt-4o-mini", "max_tokens": 10, "messages": MSG})
         if "x-llmgw-budget-raised" in r.headers:

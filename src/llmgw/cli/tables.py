@@ -133,8 +133,10 @@ def layout(columns: Sequence[Column], cells: list[list[str]], width: int | None)
         shown.remove(max(droppable, key=lambda i: (columns[i].drop, i)))
 
 
-def render(columns: Sequence[Column], rows: Iterable[Any], width: int | None) -> tuple[str, list[str]]:
-    """The table's text (ending in a newline) and the headers of the columns left out."""
+def render(columns: Sequence[Column], rows: Iterable[Any], width: int | None, *,
+           total: bool = False) -> tuple[str, list[str]]:
+    """The table's text (ending in a newline) and the headers of the columns left out; ``total``: the
+    last row is a total, ruled off from the others."""
     rows = list(rows)
     cells = [[_one_line(c.cell(r)) for c in columns] for r in rows]
     shown, widths = layout(columns, cells, width)
@@ -145,7 +147,9 @@ def render(columns: Sequence[Column], rows: Iterable[Any], width: int | None) ->
 
     lines.append(line([_pad(columns[i].header, w, columns[i].right) for i, w in zip(shown, widths, strict=True)]))
     lines.append(line(["─" * w for w in widths]))
-    for row in cells:
+    for n, row in enumerate(cells):
+        if total and n == len(cells) - 1:
+            lines.append(line(["─" * w for w in widths]))
         wrapped = []
         for i, w in zip(shown, widths, strict=True):
             text = row[i]
@@ -187,7 +191,7 @@ def machine(columns: Sequence[Column], rows: Iterable[Any], delimiter: str) -> s
 
 
 def emit(columns: Sequence[Column], rows: Sequence[Any], fmt: Format, *, json_rows: Any = None,
-         out: TextIO | None = None, machine_columns: Sequence[Column] | None = None) -> None:
+         out: TextIO | None = None, machine_columns: Sequence[Column] | None = None, total: bool = False) -> None:
     """Print ``rows`` in ``fmt`` on stdout (``json_rows``: what ``json`` prints, default ``rows``;
     ``machine_columns``: csv/tsv columns when they differ from the table's)."""
     out = out or sys.stdout
@@ -200,7 +204,7 @@ def emit(columns: Sequence[Column], rows: Sequence[Any], fmt: Format, *, json_ro
     elif fmt is Format.tsv:
         out.write(machine(columns, rows, "\t"))
     else:
-        text, dropped = render(columns, rows, terminal_width(out))
+        text, dropped = render(columns, rows, terminal_width(out), total=total)
         out.write(text)
         if dropped:
             out.flush()
