@@ -367,6 +367,9 @@ def test_version(cli: Cli) -> None:
     res = cli("version")
     assert res.code == 0, res
     assert res.out == f"{llmgw.__version__}\n"
+    for flag in ("--version", "-V"):
+        res = cli(flag)
+        assert res.code == 0 and res.out == f"llmgw {llmgw.__version__}\n", res
 
 
 @pytest.mark.parametrize("path", COMMAND_PATHS, ids=lambda p: " ".join(p) or "llmgw")

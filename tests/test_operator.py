@@ -296,3 +296,29 @@ def test_auto_raise_under_200_concurrent_requests(daemon_factory: Any, upstream:
     d2 = daemon_factory(upstream_config(upstream), UPSTREAM_ENV, home=d.home)
     st2 = d2.gateway.budgets.status(bid, d2.clock())
     assert (st2["limit_nanos"], st2["raises"], st2["spent_nanos"]) == (ceiling, n, spent)
+
+
+# ---- a provider without its API key --------------------------------------------------------------
+
+
+def test_provider_without_an_api_key_answers_a_typed_error_and_is_not_called(daemon_factory: Any,
+                                                                             upstream: Any) -> None:
+    d = daemon_factory(upstream_config(upstream, '[aliases]\nsmart = ["anthropic/claude-haiku-4-5-20251001", '
+                                                 '"openai/gpt-4o-mini"]\n'),
+                       {"TEST_ANTHROPIC_KEY": "sk-ant-test"})  # TEST_OPENAI_KEY unset
+    before = len(upstream.requests)
+    with openai.OpenAI(base_url=d.openai_base, api_key=d.key) as c:  # default retries: x-should-retry stops them
+        with pytest.raises(openai.InternalServerError) as e:
+            c.chat.completions.create(model="openai/gpt-4o-mini", messages=MSG)
+    assert e.value.status_code == 503
+    assert e.value.body["message"] == "provider openai has no API key (set TEST_OPENAI_KEY)"
+    assert e.value.code == "provider_no_api_key"
+    r = httpx.post(d.url + "/v1/messages", headers={"x-api-key": d.key},
+                   json={"model": "openai/gpt-4o-mini", "max_tokens": 5, "messages": MSG})
+    assert r.status_code == 503 and "has no API key" in r.json()["error"]["message"]
+    assert len(upstream.requests) == before  # nothing was forwarded
+    assert d.ledger()[-1]["error_code"] == "provider_no_api_key"
+    # a fallback chain skips the provider without a key
+    with openai.OpenAI(base_url=d.openai_base, api_key=d.key, max_retries=0) as c:
+        c.chat.completions.create(model="smart", messages=MSG)
+    assert d.ledger()[-1]["provider"] == "anthropic"

@@ -28,6 +28,22 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        sys.stdout.write(f"llmgw {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_print_version, is_eager=True,
+                                          help="Print the llmgw version and exit.")] = False,
+) -> None:
+    """llmgw: a self-hosted LLM gateway with virtual keys, budgets, caching and an exact cost ledger."""
+
+
 def _register() -> None:
     from . import config_cmd, customers_cmd, keys_cmd, report_cmd, tail_cmd, teams_cmd
 
