@@ -630,3 +630,17 @@ def test_tail_fits_the_terminal(cli: Cli) -> None:
     # piped: every field, one line per request, no header (for scripts)
     res = cli("tail", "--no-follow", env={"COLUMNS": "80"})
     assert res.out.count("\n") == 1 and "req_0123456789abcdef01" in res.out and len(res.out) > 80
+
+
+def test_readable_fields() -> None:
+    import io
+
+    from llmgw.cli.tables import print_fields, readable
+
+    assert readable("saved_nanos", 150_000) == ("saved", "$0.00015")
+    assert readable("oldest_ms", 1_795_000_000_000) == ("oldest", "2026-11-18T11:06:40Z")
+    assert readable("latency_ms", 250) == ("latency_ms", "250")  # a duration stays a number
+    assert readable("entries", 3) == ("entries", "3")
+    buf = io.StringIO()
+    print_fields({"entries": 2, "cost_nanos": 2_000_000_001, "newest_ms": None, "namespaces": ["a"]}, buf)
+    assert buf.getvalue() == "entries: 2\ncost: $2.000000001\nnewest: -\n"

@@ -210,3 +210,31 @@ def emit(columns: Sequence[Column], rows: Sequence[Any], fmt: Format, *, json_ro
             out.flush()
             sys.stderr.write(f"({len(dropped)} column{'s' if len(dropped) != 1 else ''} left out to fit the terminal: "
                              f"{', '.join(dropped)}; a wider terminal or --format tsv shows every column)\n")
+
+
+# ---- key: value output ----------------------------------------------------------------------------
+
+
+def readable(key: str, value: Any) -> tuple[str, str]:
+    """A field as a person reads it: ``*_nanos`` → ``saved: $0.00015`` (``units.usd``, exact),
+    ``*_ms`` epoch times → ``oldest: 2026-11-27T10:00:00Z`` (``units.iso_utc``); others as they are."""
+    from ..units import iso_utc, usd
+
+    if isinstance(value, int) and not isinstance(value, bool):
+        if key.endswith("_nanos"):
+            return key.removesuffix("_nanos"), usd(value)
+        if key.endswith("_ms") and value > 10**11:  # an epoch instant, not a duration
+            return key.removesuffix("_ms"), iso_utc(value)
+    if value is None:
+        return key.removesuffix("_nanos").removesuffix("_ms"), "-"
+    return key, str(value)
+
+
+def print_fields(fields: dict[str, Any], out: TextIO | None = None) -> None:
+    """``key: value`` lines with ``readable`` values (lists and dicts are skipped: print them yourself)."""
+    out = out or sys.stdout
+    for k, v in fields.items():
+        if isinstance(v, list | dict):
+            continue
+        name, text = readable(k, v)
+        out.write(f"{name}: {text}\n")
