@@ -168,7 +168,7 @@ def test_bash_completes_commands_and_options() -> None:
     assert keys_opt == ["--customer"]
     assert group == ["create", "list", "show", "disable", "enable", "revoke", "rotate"]
     assert value == ["model"]
-    assert eq_value == ["table", "csv", "json"]
+    assert eq_value == ["table", "json", "csv", "tsv"]
     assert value_after == ["set", "show", "delete"]
     assert after_value == ["--json"]  # "keys" was --customer's value, not the keys group
     assert leaf == ["--offline"]
