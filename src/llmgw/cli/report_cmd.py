@@ -12,6 +12,8 @@ from .common import HomeOpt, open_readonly, resolve_home
 from .tables import Format, FormatOpt, pick_format
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..reports import Report
 
 
@@ -74,7 +76,10 @@ def _print_table(rep: Report) -> None:
 
     headers, body, total = reports.table_rows(rep)
     first_number = 2 if rep.has_names else 1
-    columns = [Column(h, (lambda r, i=i: r[i]), keep=i == 0 or i >= first_number, right=i >= first_number,
+    def cell(i: int) -> Callable[[list[str]], str]:
+        return lambda r: r[i]
+
+    columns = [Column(h, cell(i), keep=i == 0 or i >= first_number, right=i >= first_number,
                       drop=_DROP.get(h, 0)) for i, h in enumerate(headers)]
     sys.stdout.write(reports.table_title(rep) + "\n\n")
     emit(columns, [*body, total], Format.table, total=True)

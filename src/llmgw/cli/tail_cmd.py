@@ -95,7 +95,6 @@ def tail(
 
     from .. import reports
     from .common import open_readonly, resolve_home
-
     from .tables import terminal_width
 
     conn = open_readonly(resolve_home(home))
