@@ -322,3 +322,71 @@ def test_provider_without_an_api_key_answers_a_typed_error_and_is_not_called(dae
     with openai.OpenAI(base_url=d.openai_base, api_key=d.key, max_retries=0) as c:
         c.chat.completions.create(model="smart", messages=MSG)
     assert d.ledger()[-1]["provider"] == "anthropic"
+
+
+# ---- auto-raise in the admin API and in llmgw.toml -----------------------------------------------
+
+
+def test_auto_raise_over_the_admin_api(daemon_factory: Any, upstream: Any) -> None:
+    token = "adm-" + "y" * 40
+    d = daemon_factory(upstream_config(upstream, '[admin]\ntoken_env = "T_ADMIN"\n'), {**UPSTREAM_ENV, "T_ADMIN": token})
+    h = {"authorization": f"Bearer {token}"}
+    setup_customer(d, "acme_corp", "Acme Corp")
+    put = {"scope": "customer", "id": "acme_corp", "period": "month", "limit_usd": "0.00001",
+           "auto_raise_usd": "0.00002", "ceiling_usd": "0.00005"}
+    r = httpx.put(d.url + "/admin/budgets", headers=h, json=put)
+    assert r.status_code == 201, r.text
+    b = r.json()
+    assert (b["raise_step_nanos"], b["ceiling_nanos"], b["base_limit_usd"], b["raises"]) == (20_000, 50_000,
+                                                                                             "0.00001", 0)
+    bad = httpx.put(d.url + "/admin/budgets", headers=h, json={**put, "ceiling_usd": "0.000001"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "ceiling_usd", bad.text
+    assert "must be above the limit" in bad.json()["error"]["message"]
+    bad = httpx.put(d.url + "/admin/budgets", headers=h, json={**put, "hard": False})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "auto_raise_usd", bad.text
+    key = d.mint(name="acme", customer_id="acme_corp")
+    with openai.OpenAI(base_url=d.openai_base, api_key=key, max_retries=0) as c:
+        for _ in range(30):  # ~5.5k nano-dollars each: the $0.00001 limit rises, up to $0.00005
+            try:
+                raw = c.chat.completions.with_raw_response.create(model="openai/gpt-4o-mini", messages=MSG,
+                                                                  max_tokens=10)
+            except openai.RateLimitError as e:
+                assert "at its ceiling of $0.00005" in e.message and "customer acme_corp (Acme Corp)" in e.message
+                break
+            assert raw.http_response.status_code == 200
+        else:
+            pytest.fail("never refused at the ceiling")
+    [b] = httpx.get(d.url + "/admin/budgets", headers=h).json()["data"]
+    assert b["limit_nanos"] == 50_000 and b["raises"] == 2 and b["spent_nanos"] <= 50_000
+    q = httpx.get(d.openai_base + "/llmgw/quota", headers={"x-api-key": key}).json()
+    assert q["budgets"][0]["auto_raise"] == {"step_usd": "0.00002", "ceiling_usd": "0.00005",
+                                             "base_limit_usd": "0.00001", "raises": 2}
+    # off again: the declared limit is what holds (the raises of this window stay recorded as events)
+    r = httpx.put(d.url + "/admin/budgets", headers=h, json={**put, "auto_raise_usd": "0", "ceiling_usd": None})
+    assert r.status_code == 200 and r.json()["raise_step_nanos"] == 0 and r.json()["ceiling_nanos"] == 0, r.text
+
+
+def test_auto_raise_declared_in_llmgw_toml(tmp_path: Any) -> None:
+    home = tmp_path / "home"
+    cfg = tmp_path / "llmgw.toml"
+    cfg.write_text('[customers.acme_corp]\nname = "Acme Corp"\n'
+                   'budgets = [{ period = "month", limit = 100, auto_raise = 25, ceiling = "150.50" }]\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("LLMGW_CONFIG", "LLMGW_HOME")}
+    env.update(LLMGW_HOME=str(home), COLUMNS="200")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "llmgw", *args], env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    p = run("config", "apply", "--config", str(cfg))
+    assert p.returncode == 0, p.stderr
+    assert "auto-raise $25.00 up to $150.50" in p.stdout + p.stderr
+    [b] = orjson.loads(run("budget", "show", "--json").stdout)
+    assert (b["raise_step_nanos"], b["ceiling_nanos"]) == (25 * 10**9, 150_500_000_000)
+    exported = run("config", "export").stdout
+    assert "auto_raise = 25" in exported and 'ceiling = 150.50' in exported, exported
+    assert run("config", "apply", "--config", str(cfg)).stdout.count("budget") == 0  # nothing to change
+    cfg.write_text('[customers.acme_corp]\nbudgets = [{ period = "month", limit = 100, auto_raise = 25 }]\n')
+    p = run("config", "validate", "--config", str(cfg))
+    assert p.returncode == 2 and "customers.acme_corp.budgets[0].ceiling: auto_raise needs a ceiling" in p.stdout \
+        + p.stderr, p.stdout + p.stderr
