@@ -148,7 +148,7 @@ def render(columns: Sequence[Column], rows: Iterable[Any], width: int | None, *,
     lines.append(line([_pad(columns[i].header, w, columns[i].right) for i, w in zip(shown, widths, strict=True)]))
     lines.append(line(["─" * w for w in widths]))
     for n, row in enumerate(cells):
-        if total and n == len(cells) - 1:
+        if total and n == len(cells) - 1 and n > 0:
             lines.append(line(["─" * w for w in widths]))
         wrapped = []
         for i, w in zip(shown, widths, strict=True):
