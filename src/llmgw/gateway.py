@@ -370,7 +370,8 @@ class Gateway:
             if self.events is not None:
                 now = self.clock()
                 self.events.emit([e.as_dict(now) for e in call.reservation.raised])
-        call.headers.update(self.budgets.warning_headers(budgets, call.ts_ms))
+        if call.stream:  # its headers go out before the cost is known; other answers get them in _record
+            call.headers.update(self.budgets.warning_headers(budgets, call.ts_ms))
 
     def _bound_price(self, targets: list[Target]) -> Price | None:
         """The dearest price in the fallback chain: any target may end up serving the request."""
