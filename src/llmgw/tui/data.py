@@ -240,10 +240,12 @@ def top_errors(conn: sqlite3.Connection, column: str, since: dict[str, int],
         by_since.setdefault(start, []).append(sid)
     out: dict[str, list[tuple[str, int]]] = {}
     for start, ids in by_since.items():
-        src, params = rollups.source(conn, start, None, {column: ids})  # roll-ups: flat cost over history
-        cur = conn.execute(f"SELECT {column}, {_ERROR_LABEL} AS code, SUM(errors) FROM {src} WHERE errors > 0"
-                           f" GROUP BY {column}, code", params)
-        for sid, code, count in cur:
+        # through the roll-ups (aggregated per piece): a flat cost over any history
+        sql, params = rollups.grouped(conn, start, None, [column, _ERROR_LABEL], [("n", "SUM", "errors")],
+                                      {column: ids})
+        for sid, code, count in conn.execute(sql, params):
+            if not count:
+                continue
             out.setdefault(sid, []).append((str(code), int(count)))
     for codes in out.values():
         codes.sort(key=lambda c: (-c[1], c[0]))
