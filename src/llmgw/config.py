@@ -40,6 +40,9 @@ from llmgw.tomltext import show as _show
 
 PROVIDER_TYPES = ("openai", "anthropic", "demo")
 CACHE_MODES = ("off", "exact", "semantic")
+#: the instruction gate's word classes (``cache/gate.py``; kept here so the config stays light)
+GATE_CLASSES = ("negation", "numbers", "languages", "formats", "directions", "polar", "channels", "suffixes",
+                "order")
 #: the governance sections, read by ``llmgw config apply``: kept raw in ``Config.raw``, not checked here
 DECLARED_SECTIONS = ("customers", "teams", "keys", "budgets")
 KNOWN_SECTIONS = ("server", "log", "ledger", "defaults", "retry", "providers", "aliases", "pricing", "cache", "webhooks",
@@ -72,6 +75,7 @@ class ServerConfig:
     max_body_bytes: int = 20 * 1024 * 1024
     request_timeout: float = 600.0  # seconds per request overall, every upstream attempt included
     drain_timeout: float = 30.0
+    body_timeout: float = 30.0  # seconds a client gets to send a request body (a slow one cannot hold a connection)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,22 @@ class CacheConfig:
     guard_patterns: tuple[str, ...] = ()
     model: str | None = None
     charge_hits: bool = False
+    gate: bool = True
+    gate_classes: tuple[str, ...] = GATE_CLASSES
+    shadow: bool = False
+    verify_sample: float = 0.0
+    namespace_thresholds: tuple[tuple[str, float], ...] = ()
+    model_thresholds: tuple[tuple[str, float], ...] = ()
+
+    def threshold_for(self, namespace: str, model: str | None) -> float:
+        """The configured threshold of a namespace, else of a model, else ``threshold``."""
+        for name, value in self.namespace_thresholds:
+            if name == namespace:
+                return value
+        for name, value in self.model_thresholds:
+            if name == model:
+                return value
+        return self.threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,13 +357,14 @@ def _build(c: Checks, path: Path | None, doc: dict[str, Any], env: Mapping[str, 
 
 def _server(c: Checks, t: dict[str, Any]) -> ServerConfig:
     d = ServerConfig()
-    c.unknown(t, ("host", "port", "max_body_bytes", "request_timeout", "drain_timeout"), "server")
+    c.unknown(t, ("host", "port", "max_body_bytes", "request_timeout", "drain_timeout", "body_timeout"), "server")
     return ServerConfig(
         host=c.string(t, "host", "server", default=d.host),
         port=c.integer(t, "port", "server", default=d.port, lo=0, hi=65535),
         max_body_bytes=c.integer(t, "max_body_bytes", "server", default=d.max_body_bytes, lo=1),
         request_timeout=c.number(t, "request_timeout", "server", default=d.request_timeout, positive=True),
         drain_timeout=c.number(t, "drain_timeout", "server", default=d.drain_timeout),
+        body_timeout=c.number(t, "body_timeout", "server", default=d.body_timeout, positive=True),
     )
 
 
@@ -607,7 +628,35 @@ def _cache(c: Checks, t: dict[str, Any]) -> CacheConfig:
         guard_patterns=tuple(patterns),
         model=c.string(t, "model", "cache"),
         charge_hits=c.boolean(t, "charge_hits", "cache", default=d.charge_hits),
+        gate=c.boolean(t, "gate", "cache", default=d.gate),
+        gate_classes=c.parsed(t, "gate_classes", _gate_classes, "cache", default=d.gate_classes),
+        shadow=c.boolean(t, "shadow", "cache", default=d.shadow),
+        verify_sample=c.number(t, "verify_sample", "cache", hi=1, default=d.verify_sample),
+        namespace_thresholds=_thresholds(c, t, "namespace_thresholds"),
+        model_thresholds=_thresholds(c, t, "model_thresholds"),
     )
+
+
+def _gate_classes(value: Any) -> tuple[str, ...]:
+    from .cache.gate import check_classes
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected an array of class names ({', '.join(GATE_CLASSES)})")
+    return check_classes(value)
+
+
+def _thresholds(c: Checks, t: dict[str, Any], name: str) -> tuple[tuple[str, float], ...]:
+    table = t.get(name)
+    if table is None:
+        return ()
+    if c.table(table, "cache", name) is None:
+        return ()
+    out: list[tuple[str, float]] = []
+    for k in table:
+        v = c.number(table, k, "cache", name, positive=True, hi=1)
+        if v is not None:
+            out.append((str(k), v))
+    return tuple(out)
 
 
 def _webhooks(c: Checks, t: dict[str, Any], env: Mapping[str, str]) -> WebhookConfig | None:
@@ -651,7 +700,8 @@ host = "127.0.0.1"
 port = 8080
 # Largest request body accepted, in bytes (20 MiB); larger requests get HTTP 413.
 max_body_bytes = 20971520
-# Seconds one request may take overall, every upstream attempt and fallback included.
+# Seconds one request may take overall: every upstream attempt and fallback, a stream's whole body
+# and the wait for its ledger row's commit.
 request_timeout = 600.0
 # On shutdown, seconds in-flight requests get to finish.
 drain_timeout = 30.0

@@ -11,6 +11,11 @@ Invariants:
   numbers are billed; only when the provider never reports usage are tokens estimated (and the
   row says ``usage_estimated = 1``).
 - Upstream retries never happen after the first streamed byte.
+- No provider call without a row that can be written: every integer of the row is bounded
+  (``governance.bounds``) and a ledger that cannot record (``LedgerWriter.health``) refuses the
+  request with a typed 503 before any upstream attempt. ``server.request_timeout`` bounds the whole
+  request: upstream attempts, a stream's body and the wait for the row's commit.
+- A client that hangs up is recorded as 499/cancelled, stream or not.
 """
 
 from __future__ import annotations
@@ -33,11 +38,30 @@ from . import validate
 from .cache.replay import completion_from_stream, replay_stream
 from .cache.semantic import Hit, Keys, ResponseCache, request_keys
 from .cache.semantic import request_options as cache_request_options
+from .cache.verdict import CacheAudit
 from .clock import Clock, wall_ms
 from .config import Config
-from .errors import InvalidRequest, LlmgwError, ModelNotFound, PermissionDenied, Unauthorized
-from .governance.bounds import bound_nanos, clamp_max_tokens, cost_bound, prompt_price, unbounded_features
-from .governance.budgets import BudgetBook, BudgetExceeded, Reservation
+from .errors import (
+    InvalidRequest,
+    LlmgwError,
+    ModelNotFound,
+    PermissionDenied,
+    ServiceUnavailable,
+    Unauthorized,
+    UpstreamTimeout,
+)
+from .governance.bounds import (
+    RETRY_HEADER,
+    bound_cost,
+    bound_nanos,
+    bound_usage,
+    clamp_max_tokens,
+    client_retry_count,
+    cost_bound,
+    prompt_price,
+    unbounded_features,
+)
+from .governance.budgets import BudgetBook, BudgetExceeded, Flight, Reservation
 from .governance.events import EventSink
 from .governance.idempotency import Idempotency, Stored
 from .governance.keys import KeyInfo, KeyTable
@@ -55,9 +79,10 @@ from .server.http import (
     error_response,
     id_headers,
     read_body,
+    send_and_close,
     write_eof_quietly,
 )
-from .store.writer import LedgerWriter
+from .store.writer import CommitTimeout, LedgerWriter
 from .units import usd
 from .usage import Usage
 
@@ -93,6 +118,7 @@ class Call:
     inbound: str  # "openai" | "anthropic": the client's dialect
     ts_ms: int  # business time of the request (the gateway's clock)
     t0: float = field(default_factory=time.perf_counter)
+    deadline: float = 0.0  # time.monotonic() by which the request must be done (server.request_timeout)
     stream: bool = False
     model: str | None = None
     provider: str | None = None
@@ -112,6 +138,7 @@ class Call:
     cost: int = 0
     # governance
     reservation: Reservation | None = None
+    flight: Flight | None = None  # tracked by the budget book from admission until the row is committed
     reserved: int = 0
     rl_estimate: int = 0
     headers: dict[str, str] = field(default_factory=dict)  # added to every response of this call
@@ -121,6 +148,8 @@ class Call:
     # response cache
     cache: str | None = None  # hit-exact | hit-semantic | miss | bypass; None: cache off
     cache_similarity: float | None = None
+    cache_entry_id: int | None = None  # the entry that answered (or, in shadow mode, would have)
+    shadow: Hit | None = None  # shadow mode: the semantic hit that was not served
     saved: int = 0
     cache_put: tuple[Keys, bool, int | None] | None = None  # where to store the answer (keys, semantic, ttl)
     response: web.StreamResponse | None = None  # a stream already sent to the client
@@ -150,21 +179,33 @@ class Gateway:
         self.log_bodies = config.log.bodies
         self._unpriced_warned: set[str] = set()
         self._prices: dict[tuple[str, str], Price | None] = {}
+        metrics.known_model = self.known_model  # metric labels name only models the config knows
         self._cache_errors_logged: set[str] = set()
+        self.cache_audit = CacheAudit(self) if cache is not None else None
+        if cache is not None:
+            cache.on_error = self.cache_failed  # writes no request waits for (hit touches, the hit log)
+        self._unrecorded = 0  # rows of refused requests the ledger queue could not take
+        self._unrecorded_logged = -math.inf
 
     # ---- the spine -------------------------------------------------------------------------
     async def handle(self, request: web.Request, route: str) -> web.StreamResponse:
         call = Call(request_id=new_request_id(), route=route, ts_ms=self.clock(),
                     inbound="anthropic" if route == ROUTE_MESSAGES else "openai")
-        retry = request.headers.get("x-stainless-retry-count")
-        if retry and retry.isdigit():
-            call.client_retry = int(retry)
+        call.deadline = time.monotonic() + self.request_timeout
         self.metrics.in_flight += 1
         try:
-            call.key = await self.keys.resolve(bearer(request))
+            call.client_retry = client_retry_count(request.headers.get(RETRY_HEADER))
+            validate.request_headers(request.headers)
+            try:
+                call.key = await self.keys.resolve(bearer(request))
+            except sqlite3.Error as e:  # a key new to this daemon, and the database cannot be read now
+                raise ServiceUnavailable(f"the key store cannot be read now: {e}", code="keys_unavailable") from e
             body = VALIDATORS[route](await self._read_json(request, call))
             call.model = body["model"]
             call.stream = bool(body.get("stream")) and route != ROUTE_EMBEDDINGS
+            problem = self.writer.health()
+            if problem is not None:  # no provider call without a row that can be written
+                raise ServiceUnavailable(f"the gateway cannot record requests now, so it takes none: {problem}")
             targets = self.router.resolve(call.model)
             idem = request.headers.get("idempotency-key")
             if idem is not None and not call.stream and self.idempotency is not None:
@@ -176,7 +217,7 @@ class Gateway:
                 hit = await self._cache_lookup(request, call, body)
                 if hit is not None:
                     return await self._serve_hit(request, call, body, hit)
-            deadline = time.monotonic() + self.request_timeout
+            deadline = call.deadline
             if call.stream:
                 return await self._stream(request, call, body, targets, deadline)
             if route == ROUTE_EMBEDDINGS:
@@ -188,24 +229,44 @@ class Gateway:
             call.usage = completion.usage
             if self.log_bodies:
                 call.response_body = completion.body.decode("utf-8", "replace")
+            if request.transport is None or request.transport.is_closing():
+                call.status, call.outcome = 499, "cancelled"  # the client hung up: billed, not delivered
             if call.idem_key is not None:
                 call.idem_answer = Stored(completion.status, "application/json", completion.body)
             await self._record(call)
+            if call.shadow is not None and completion.status == 200 and self.cache_audit is not None:
+                self.cache_audit.shadow_verdict(call, completion.body)
             if call.cache_put is not None and completion.status == 200:
                 await self._cache_store(call, completion.body)
             return web.Response(body=completion.body, status=completion.status,
                                 headers=id_headers(call.request_id, call.inbound, JSON, call.headers))
         except LlmgwError as e:
+            if call.recorded:  # the row went in already (e.g. its commit did not come in time)
+                if call.response is not None and call.response.prepared:  # a stream: end it with the error
+                    await write_eof_quietly(call.response, error_event(e, call.inbound))
+                    return call.response
+                return error_response(e, call.inbound, call.request_id, call.headers)
             self._fail(call, e)
             if not call.attempts:  # refused before any upstream attempt: the gateway's own decision
                 reason = rejection_reason(e)
                 if reason is not None:
                     self.metrics.rejections[reason] += 1
-            await self._record(call)
-            return error_response(e, call.inbound, call.request_id, call.headers)
+            if isinstance(e, ServiceUnavailable):
+                self._record_nowait(call)  # the ledger is down: queue the row, do not wait for it
+            else:
+                await self._record(call)
+            resp = error_response(e, call.inbound, call.request_id, call.headers)
+            return await send_and_close(request, resp) if e.close_connection else resp
+        except asyncio.CancelledError:  # the shutdown drain ran out of time: the row, without waiting for it
+            if not call.recorded:
+                call.status, call.outcome = 499, "cancelled"
+                self._record_nowait(call)
+            raise
         except Exception:  # a bug: still a typed answer and a ledger row, never a traceback
             log.exception("unhandled error in request %s", call.request_id)
-            err = LlmgwError(f"internal error (request {call.request_id})", code="internal_error")
+            # after an upstream attempt an SDK's retry would cost another provider call
+            err = LlmgwError(f"internal error (request {call.request_id})", code="internal_error",
+                             headers={"x-should-retry": "false"} if call.attempts else None)
             if not call.recorded:
                 self._fail(call, err)
                 await self._record(call)
@@ -239,12 +300,13 @@ class Gateway:
         mode = call.key.cache_mode or cfg.mode
         if mode == "off":
             return None
-        do_lookup, do_store, threshold, ttl_ms, namespace = cache_request_options(request.headers, cfg)
+        do_lookup, do_store, threshold, ttl_ms, namespace = cache_request_options(
+            request.headers, cfg, call.key.cache_threshold, call.model)
         key = call.key
         scope = "*" if cfg.scope == "global" else (key.customer_id or f"key:{key.id}")
-        keys = request_keys(body, inbound=call.inbound, scope=scope, namespace=namespace, use_guard=cfg.guard,
-                            patterns=cfg.guard_patterns)
         semantic = mode == "semantic"
+        keys = request_keys(body, inbound=call.inbound, scope=scope, namespace=namespace,
+                            use_guard=cfg.guard and semantic, patterns=cfg.guard_patterns)
         call.cache_put = (keys, semantic, ttl_ms) if do_store else None
         if not do_lookup:
             call.cache = "bypass"
@@ -252,15 +314,25 @@ class Gateway:
             return None
         t0 = time.perf_counter()
         try:
-            hit = await self.cache.lookup(keys, semantic, threshold, call.ts_ms)
+            found = await self.cache.lookup(keys, semantic, threshold, call.ts_ms, call.request_id,
+                                            log_hit=not cfg.shadow)
         except Exception as e:  # a failing cache is a miss, never a failed request
             self.cache_failed("lookup", e)
             hit = None
         else:
+            hit = found.hit
+            if hit is not None and hit.kind == "semantic" and cfg.shadow:
+                call.shadow, hit = hit, None  # shadow mode: record what would have been served, serve fresh
             self.metrics.observe_cache(hit.kind if hit else None, time.perf_counter() - t0,
-                                       hit.cost_nanos if hit else 0)
+                                       hit.cost_nanos if hit else 0, similarity=found.best if semantic else None,
+                                       blocked=found.blocked)
             self.metrics.cache_entries = self.cache.entries
-        if hit is None:
+        if call.shadow is not None:
+            call.cache = "shadow"
+            call.headers["x-llmgw-cache"] = "miss"
+            call.cache_entry_id = call.shadow.entry_id
+            call.cache_similarity = round(call.shadow.similarity, 6)
+        elif hit is None:
             call.cache = "miss"
             call.headers["x-llmgw-cache"] = "miss"
         return hit
@@ -292,6 +364,7 @@ class Gateway:
         assert self.cache is not None
         call.cache = f"hit-{hit.kind}"
         call.cache_put = None
+        call.cache_entry_id = hit.entry_id
         call.headers["x-llmgw-cache"] = call.cache
         if hit.kind == "semantic":
             call.cache_similarity = round(hit.similarity, 6)
@@ -300,6 +373,8 @@ class Gateway:
         call.saved = hit.cost_nanos
         if self.cache.config.charge_hits:
             call.cost = hit.cost_nanos
+        if hit.kind == "semantic" and self.cache_audit is not None:
+            self.cache_audit.maybe_verify(call, body, hit)
         if not call.stream:
             await self._record(call)
             return web.Response(body=hit.body, headers=id_headers(call.request_id, call.inbound, JSON, call.headers))
@@ -326,8 +401,12 @@ class Gateway:
                                                and all(key.allows(t.qualified) for t in targets)):
             raise PermissionDenied(f"this key may not use model {call.model!r}", code="model_not_allowed",
                                    param="model")
+        flight = call.flight = self.budgets.track(key.id, key.team_id, key.customer_id, call.ts_ms)
         budgets = self.budgets.applicable(key.id, key.team_id, key.customer_id)
         if not budgets and not key.rpm and not key.tpm:
+            # a budget created while this request runs reserves its bound (computed only then)
+            flight.bound = lambda: cost_bound(body, len(call.raw_body), self._bound_price(targets),
+                                              inbound=call.inbound, default_max_tokens=self.default_max_tokens)[2]
             return
         if call.route != ROUTE_EMBEDDINGS and _max_tokens_of(body) is None:
             # make the output bound real: the upstream gets the same limit the reservation assumed
@@ -340,6 +419,7 @@ class Gateway:
             info = self.ratelimiter.check(key.id, key.rpm, key.tpm, call.rl_estimate, time.monotonic())
             call.headers.update(info.headers())
         if not budgets:
+            flight.bound = lambda: bound
             return
         if any(b.hard for b in budgets):
             unbounded = unbounded_features(body)
@@ -363,6 +443,7 @@ class Gateway:
             call.reservation = self.budgets.reserve(budgets, bound, call.ts_ms)
             call.headers["x-llmgw-max-tokens-clamped"] = str(m)
         call.reserved = bound
+        flight.reservation = call.reservation
         if call.reservation.raised:
             call.headers["x-llmgw-budget-raised"] = ", ".join(
                 f"{e.scope} {e.scope_id} {e.detail['period']} budget to {usd(e.detail['limit_nanos'], dollar=False)}"
@@ -384,33 +465,43 @@ class Gateway:
 
     def _settle(self, call: Call) -> None:
         """Real cost from real usage; release reservations; count tokens against the rate limit."""
+        if bound_usage(call.usage):
+            log.warning("request %s: %s reported token counts outside 0..2^40; recorded clamped",
+                        call.request_id, call.provider or "the cache")
         if call.provider and call.upstream_model:
             price = self._price(call.provider, call.upstream_model)
             if price is None and call.usage.total_tokens:
                 name = f"{call.provider}/{call.upstream_model}"
-                self.metrics.unpriced[(call.provider, call.upstream_model)] += 1
-                if name not in self._unpriced_warned:
+                label = self.metrics.model_label(name)
+                self.metrics.unpriced[(call.provider, call.upstream_model if label == name else label)] += 1
+                if name not in self._unpriced_warned and len(self._unpriced_warned) < 1000:
                     self._unpriced_warned.add(name)
                     log.warning("no price known for %s: its requests are recorded at cost 0", name)
             call.cost = cost_nanos(price, call.usage)
-        if call.reservation is not None:
+        call.cost = bound_cost(call.cost)
+        events = None
+        if call.flight is not None:
+            events = self.budgets.settle_flight(call.flight, call.cost, call.ts_ms)
+        elif call.reservation is not None:
             events = self.budgets.settle(call.reservation, call.cost, call.ts_ms)
-            if events and self.events is not None:
-                now = self.clock()
-                self.events.emit([e.as_dict(now) for e in events])
+        if events and self.events is not None:
+            now = self.clock()
+            self.events.emit([e.as_dict(now) for e in events])
         key = call.key
         if call.rl_estimate and key is not None:
             self.ratelimiter.settle(key.id, call.rl_estimate, call.usage.total_tokens, time.monotonic())
 
     # ---- pieces ----------------------------------------------------------------------------
     async def _read_json(self, request: web.Request, call: Call) -> Any:
-        raw = call.raw_body = await read_body(request, self.max_body)
+        raw = call.raw_body = await read_body(request, self.max_body, self.config.server.body_timeout)
         if not raw:
             raise InvalidRequest("request body is empty; expected a JSON object", code="invalid_json")
         try:
-            return orjson.loads(raw)
+            parsed = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
             raise InvalidRequest(f"request body is not valid JSON: {e}", code="invalid_json") from e
+        validate.nesting(raw, parsed)
+        return parsed
 
     def _fail(self, call: Call, err: LlmgwError) -> None:
         call.error = err
@@ -433,20 +524,25 @@ class Gateway:
             except OSError:
                 client_gone = True
             try:
-                async for event in stream.events():
-                    if call.ttfb is None:
-                        call.ttfb = time.perf_counter() - call.t0
-                    if not client_gone:
-                        try:
-                            if held:
-                                await resp.write(held)  # not the last usage after all
-                                held = b""
-                            if _has_usage(event, call.inbound):
-                                held = event
-                            else:
-                                await resp.write(event)
-                        except OSError:
-                            client_gone = True  # keep draining: the provider's usage is the bill
+                try:
+                    async with asyncio.timeout(max(0.0, call.deadline - time.monotonic())):
+                        async for event in stream.events():
+                            if call.ttfb is None:
+                                call.ttfb = time.perf_counter() - call.t0
+                            if not client_gone:
+                                try:
+                                    if held:
+                                        await resp.write(held)  # not the last usage after all
+                                        held = b""
+                                    if _has_usage(event, call.inbound):
+                                        held = event
+                                    else:
+                                        await resp.write(event)
+                                except OSError:
+                                    client_gone = True  # keep draining: the provider's usage is the bill
+                except TimeoutError:
+                    raise UpstreamTimeout(f"the stream ran past server.request_timeout ({self.request_timeout:g} s)",
+                                          code="request_timeout") from None
                 if call.ttfb is None:  # the whole answer came in the read that held its end
                     call.ttfb = time.perf_counter() - call.t0
                 if not client_gone and (request.transport is None or request.transport.is_closing()):
@@ -463,6 +559,8 @@ class Gateway:
             if client_gone:
                 call.status, call.outcome = 499, "cancelled"
             await self._record(call)
+            if call.shadow is not None and self.cache_audit is not None and not client_gone:
+                self.cache_audit.shadow_verdict(call, state.text.encode())
             if call.cache_put is not None and self.cache is not None and not call.usage_estimated:
                 answer = completion_from_stream(call.inbound, call.model or "", state.text, state.finish_reason,
                                                 call.usage)
@@ -493,6 +591,20 @@ class Gateway:
             call.response_body = state.text
 
     # ---- settle + record -------------------------------------------------------------------
+    def known_model(self, name: str) -> bool:
+        """Whether the configuration knows ``name`` (an alias, or provider/model that the provider
+        declares in its ``models`` or that has a price): the model names metrics may label."""
+        if name in self.router.aliases:
+            return True
+        pname, _, mname = name.partition("/")
+        provider = self.router.providers.get(pname)
+        if provider is None or not mname:
+            return False
+        models = getattr(provider, "models", None)
+        if models and provider.serves(mname):
+            return True
+        return self._price(pname, mname) is not None
+
     def _price(self, provider: str, model: str) -> Price | None:
         key = (provider, model)
         try:
@@ -513,7 +625,7 @@ class Gateway:
             "request_id": call.request_id, "ts_ms": call.ts_ms, "route": call.route, "model": call.model,
             "provider": call.provider, "upstream_model": call.upstream_model, "stream": int(call.stream),
             "status": call.status, "outcome": call.outcome,
-            "error_type": err.type if err else None, "error_code": err.code if err else None,
+            "error_type": _text(err.type) if err else None, "error_code": _text(err.code) if err else None,
             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
             "cached_tokens": u.cached_tokens, "cache_write_tokens": u.cache_write_tokens,
             "cost_nanos": call.cost, "latency_ms": round(latency * 1000, 3),
@@ -523,6 +635,7 @@ class Gateway:
             "client_retry": call.client_retry, "usage_estimated": int(call.usage_estimated),
             "reserved_nanos": call.reserved, "idempotent_replay": int(call.idempotent_replay),
             "cache": call.cache, "cache_similarity": call.cache_similarity, "saved_nanos": call.saved,
+            "cache_entry_id": call.cache_entry_id,
         }
         if self.log_bodies:
             row["request_body"] = call.raw_body.decode("utf-8", "replace") if call.raw_body else None
@@ -542,21 +655,52 @@ class Gateway:
                 call.headers.update(self.budgets.warning_headers(budgets, call.ts_ms))
 
     async def _record(self, call: Call) -> None:
+        """Settle and write the row; wait for its commit until the request's deadline (at least
+        ``LEDGER_GRACE`` seconds), else ``ServiceUnavailable`` (``ledger_timeout``): the row stays
+        queued and is written when the ledger recovers."""
         call.recorded = True
         self._settle(call)
         self._cost_headers(call)
-        await self.writer.write(self._row(call), trusted=True)
+        try:
+            fut = self.writer.submit(self._row(call), trusted=True,
+                                     deadline=max(call.deadline, time.monotonic() + LEDGER_GRACE))
+        except RuntimeError as e:  # stopped, or its queue is full
+            log.error("request %s could not be recorded: %s", call.request_id, e)
+            raise ServiceUnavailable(f"the gateway could not record this request: {e}") from None
+        flight = call.flight
+        if flight is not None:
+            flight.seq = self.writer.last_seq
+        try:
+            await fut
+        except CommitTimeout:
+            # the flight stays tracked (its row is not committed yet) until a budget reload prunes it
+            raise ServiceUnavailable("the ledger did not commit this request's row within server.request_timeout; "
+                                     "it stays queued and is written once the ledger recovers",
+                                     code="ledger_timeout") from None
+        if flight is not None:
+            self.budgets.untrack(flight)
 
     def _record_nowait(self, call: Call) -> None:
         call.recorded = True
         self._settle(call)
         try:
             self.writer.submit(self._row(call), trusted=True)
-        except RuntimeError:
-            log.error("ledger writer stopped; request %s could not be recorded", call.request_id)
+        except RuntimeError as e:  # stopped, or the queue is full (a long outage): logged at most every 10 s
+            self._unrecorded += 1
+            now = time.monotonic()
+            if now - self._unrecorded_logged >= 10.0:
+                self._unrecorded_logged = now
+                log.error("request %s could not be recorded: %s (%d such requests so far)", call.request_id, e,
+                          self._unrecorded)
+            return
+        if call.flight is not None:
+            call.flight.seq = self.writer.last_seq
 
 
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+#: the least time a request waits for its row's commit, even past its deadline (an error row of a
+#: request that ran out of time still gets its commit)
+LEDGER_GRACE = 1.0
 
 # error class -> ``llmgw_rejections_total`` reason for an error raised before any upstream attempt
 # (None: not a refusal, e.g. a bug); filled lazily, one dict lookup per error afterwards
@@ -613,6 +757,11 @@ def _with_cost(blob: bytes, inbound: str, headers: dict[str, str]) -> bytes:
                 data = orjson.dumps(obj)
         out.append(anthropic_raw(name, data) if name is not None else openai_raw(data))
     return b"".join(out)
+
+
+def _text(v: Any) -> str | None:
+    """A TEXT column from what an upstream's error envelope said (a type or code may be any JSON)."""
+    return v if v is None or isinstance(v, str) else str(v)
 
 
 def _max_tokens_of(body: dict[str, Any]) -> Any:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import paths
 from ..errors import ResourceError
 
 if TYPE_CHECKING:
@@ -39,7 +40,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     transactions (never corrupt the file). Surviving a process kill is our requirement.
 
     ``readonly=True`` opens a connection that cannot write (``query_only``; ``mode=ro`` where the
-    directory is not writable); the file must already exist.
+    directory is not writable); the file must already exist. A new database file is created 0600
+    (its -wal and -shm files follow), a new parent directory 0700: they hold prompts, answers and
+    key hashes.
     """
     path = Path(path)
     if readonly:
@@ -52,8 +55,11 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         if shared:
             conn.execute("PRAGMA query_only=ON")
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = str(path) == ":memory:" or not path.exists() or path.stat().st_size == 0
+        memory = str(path) == ":memory:"
+        new = memory or not path.exists() or path.stat().st_size == 0
+        if not memory:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=paths.HOME_MODE)
+            paths.private_file(path)
         conn = sqlite3.connect(path, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout=5000")
@@ -250,7 +256,35 @@ def m007_rollups(db: Database) -> None:
         db.execute(sql)
 
 
-def m008_auto_raise(db: Database) -> None:
+def m008_cache_audit(db: Database) -> None:
+    """The cache entry that answered a hit (ledger), per-key cache thresholds, the semantic hit log
+    (the prompt asked and the entry that answered) and labelled pairs for ``cache ablate``."""
+    for sql in (
+        "ALTER TABLE ledger ADD COLUMN cache_entry_id INTEGER",
+        "ALTER TABLE keys ADD COLUMN cache_threshold REAL",
+        """CREATE TABLE cache_hit_log (
+            request_id TEXT PRIMARY KEY,
+            ts_ms INTEGER NOT NULL,
+            entry_id INTEGER NOT NULL,
+            similarity REAL NOT NULL,
+            prompt TEXT,
+            kind TEXT NOT NULL)           -- hit | shadow""",
+        "CREATE INDEX cache_hit_log_ts ON cache_hit_log(ts_ms)",
+        """CREATE TABLE cache_labels (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts_ms INTEGER NOT NULL,
+            source TEXT NOT NULL,         -- shadow | verify | mark-wrong
+            request_id TEXT,
+            entry_id INTEGER,
+            similarity REAL,
+            cached_prompt TEXT,
+            asked_prompt TEXT,
+            label INTEGER)                -- 1: the cached answer was right for the asked prompt, 0: wrong""",
+    ):
+        db.execute(sql)
+
+
+def m009_auto_raise(db: Database) -> None:
     """Budget auto-raise: the step a hard limit rises by instead of refusing (0: off), and its ceiling."""
     db.execute("ALTER TABLE budgets ADD COLUMN raise_step_nanos INTEGER NOT NULL DEFAULT 0"
                " CHECK (raise_step_nanos >= 0)")
@@ -259,7 +293,7 @@ def m008_auto_raise(db: Database) -> None:
 
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial, m002_usage_estimated, m003_governance,
                                                       m004_definitions_version, m005_cache, m006_cache_ledger,
-                                                      m007_rollups, m008_auto_raise)
+                                                      m007_rollups, m008_cache_audit, m009_auto_raise)
 
 
 def _migration_set() -> Migrations:
