@@ -9,7 +9,7 @@ _llmgw_spec() {
     case "$1" in
         "llmgw")
             _llmgw_subs="serve init version report tail top doctor config keys customers teams budget cache ledger"
-            _llmgw_opts="-h --help"
+            _llmgw_opts="-V --version -h --help"
             _llmgw_vopts=""
             _llmgw_args=0 ;;
         "llmgw serve")
@@ -84,8 +84,8 @@ _llmgw_spec() {
             _llmgw_args=0 ;;
         "llmgw keys list")
             _llmgw_subs=""
-            _llmgw_opts="--home --customer --team --json -h --help"
-            _llmgw_vopts="--home --customer --team"
+            _llmgw_opts="--home --customer --team --format --json -h --help"
+            _llmgw_vopts="--home --customer --team --format"
             _llmgw_args=0 ;;
         "llmgw keys show")
             _llmgw_subs=""
@@ -124,8 +124,8 @@ _llmgw_spec() {
             _llmgw_args=1 ;;
         "llmgw customers list")
             _llmgw_subs=""
-            _llmgw_opts="--home --json -h --help"
-            _llmgw_vopts="--home"
+            _llmgw_opts="--home --format --json -h --help"
+            _llmgw_vopts="--home --format"
             _llmgw_args=0 ;;
         "llmgw customers show")
             _llmgw_subs=""
@@ -144,8 +144,8 @@ _llmgw_spec() {
             _llmgw_args=1 ;;
         "llmgw teams list")
             _llmgw_subs=""
-            _llmgw_opts="--home --customer --json -h --help"
-            _llmgw_vopts="--home --customer"
+            _llmgw_opts="--home --customer --format --json -h --help"
+            _llmgw_vopts="--home --customer --format"
             _llmgw_args=0 ;;
         "llmgw budget")
             _llmgw_subs="set show delete"
@@ -154,13 +154,13 @@ _llmgw_spec() {
             _llmgw_args=0 ;;
         "llmgw budget set")
             _llmgw_subs=""
-            _llmgw_opts="--customer --team --key --limit --period --hard --soft --warn-at --grace --home --json -h --help"
-            _llmgw_vopts="--customer --team --key --limit --period --warn-at --grace --home"
+            _llmgw_opts="--customer --team --key --limit --period --hard --soft --warn-at --grace --auto-raise --ceiling --home --json -h --help"
+            _llmgw_vopts="--customer --team --key --limit --period --warn-at --grace --auto-raise --ceiling --home"
             _llmgw_args=0 ;;
         "llmgw budget show")
             _llmgw_subs=""
-            _llmgw_opts="--customer --team --key --home --json -h --help"
-            _llmgw_vopts="--customer --team --key --home"
+            _llmgw_opts="--customer --team --key --home --format --json -h --help"
+            _llmgw_vopts="--customer --team --key --home --format"
             _llmgw_args=0 ;;
         "llmgw budget delete")
             _llmgw_subs=""
@@ -245,7 +245,7 @@ _llmgw_values() {
         "llmgw report --by")
             COMPREPLY=($(compgen -W "customer team key model provider" -- "$3")) ;;
         "llmgw report --format")
-            COMPREPLY=($(compgen -W "table csv json" -- "$3")) ;;
+            COMPREPLY=($(compgen -W "table json csv tsv" -- "$3")) ;;
         "llmgw report --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw tail --home")
@@ -274,6 +274,8 @@ _llmgw_values() {
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw keys list --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw keys list --format")
+            COMPREPLY=($(compgen -W "table json csv tsv" -- "$3")) ;;
         "llmgw keys show --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw keys disable --home")
@@ -288,16 +290,22 @@ _llmgw_values() {
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw customers list --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw customers list --format")
+            COMPREPLY=($(compgen -W "table json csv tsv" -- "$3")) ;;
         "llmgw customers show --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw teams create --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw teams list --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw teams list --format")
+            COMPREPLY=($(compgen -W "table json csv tsv" -- "$3")) ;;
         "llmgw budget set --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw budget show --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw budget show --format")
+            COMPREPLY=($(compgen -W "table json csv tsv" -- "$3")) ;;
         "llmgw budget delete --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw cache ablate --pairs")

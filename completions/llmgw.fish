@@ -49,7 +49,7 @@ function __llmgw_value_options --argument-names path
         case 'llmgw keys create'
             printf '%s\n' --home --customer --team --name --models --budget --period --rpm --tpm --expires --cache --cache-threshold
         case 'llmgw keys list'
-            printf '%s\n' --home --customer --team
+            printf '%s\n' --home --customer --team --format
         case 'llmgw keys show'
             printf '%s\n' --home
         case 'llmgw keys disable'
@@ -63,17 +63,17 @@ function __llmgw_value_options --argument-names path
         case 'llmgw customers create'
             printf '%s\n' --home --name
         case 'llmgw customers list'
-            printf '%s\n' --home
+            printf '%s\n' --home --format
         case 'llmgw customers show'
             printf '%s\n' --home
         case 'llmgw teams create'
             printf '%s\n' --customer --home --name
         case 'llmgw teams list'
-            printf '%s\n' --home --customer
+            printf '%s\n' --home --customer --format
         case 'llmgw budget set'
-            printf '%s\n' --customer --team --key --limit --period --warn-at --grace --home
+            printf '%s\n' --customer --team --key --limit --period --warn-at --grace --auto-raise --ceiling --home
         case 'llmgw budget show'
-            printf '%s\n' --customer --team --key --home
+            printf '%s\n' --customer --team --key --home --format
         case 'llmgw budget delete'
             printf '%s\n' --id --customer --team --key --period --home
         case 'llmgw cache ablate'
@@ -147,6 +147,7 @@ complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'teams' -d 'Create and list te
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'budget' -d 'Set, show and delete spending budgets (per customer, team or key).'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'cache' -d 'The response cache: stats, clear, inspect, and choosing the semantic threshold.'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'ledger' -d 'Ledger history: roll-ups, retention (prune) and export.'
+complete -c llmgw -n '__llmgw_at \'llmgw\'' -s V -l version -d 'Print the llmgw version and exit.'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -s h -l help -d 'Show this message and exit.'
 
 # llmgw serve
@@ -172,7 +173,7 @@ complete -c llmgw -n '__llmgw_at \'llmgw report\'' -l period -x -d 'UTC calendar
 complete -c llmgw -n '__llmgw_at \'llmgw report\'' -l since -x -d 'Start (inclusive), ISO-8601 date or date-time; UTC unless an offset is given.'
 complete -c llmgw -n '__llmgw_at \'llmgw report\'' -l until -x -d 'End (exclusive), ISO-8601 date or date-time; UTC unless an offset is given.'
 complete -c llmgw -n '__llmgw_at \'llmgw report\'' -l customer -x -d 'Only this customer\'s rows (customer id).'
-complete -c llmgw -n '__llmgw_at \'llmgw report\'' -l format -x -a 'table csv json' -d 'table for people; csv or json for machines.'
+complete -c llmgw -n '__llmgw_at \'llmgw report\'' -l format -x -a 'table json csv tsv' -d 'table (fits the terminal; ids and money never cut) for people; json, csv or tsv (every column...'
 complete -c llmgw -n '__llmgw_at \'llmgw report\'' -l json -d 'Same as --format json.'
 complete -c llmgw -n '__llmgw_at \'llmgw report\'' -l home -r -F -d 'State directory (database, index).'
 complete -c llmgw -n '__llmgw_at \'llmgw report\'' -s h -l help -d 'Show this message and exit.'
@@ -258,6 +259,7 @@ complete -c llmgw -n '__llmgw_at \'llmgw keys create\'' -s h -l help -d 'Show th
 complete -c llmgw -n '__llmgw_at \'llmgw keys list\'' -l home -r -F -d 'State directory (database, index).'
 complete -c llmgw -n '__llmgw_at \'llmgw keys list\'' -l customer -x -d 'Only this customer\'s keys.'
 complete -c llmgw -n '__llmgw_at \'llmgw keys list\'' -l team -x -d 'Only this team\'s keys.'
+complete -c llmgw -n '__llmgw_at \'llmgw keys list\'' -l format -x -a 'table json csv tsv' -d 'table (fits the terminal; ids and money never cut) for people; json, csv or tsv (every column...'
 complete -c llmgw -n '__llmgw_at \'llmgw keys list\'' -l json -d 'Print JSON on stdout instead of a table.'
 complete -c llmgw -n '__llmgw_at \'llmgw keys list\'' -s h -l help -d 'Show this message and exit.'
 
@@ -296,6 +298,7 @@ complete -c llmgw -n '__llmgw_at \'llmgw customers create\'' -s h -l help -d 'Sh
 
 # llmgw customers list
 complete -c llmgw -n '__llmgw_at \'llmgw customers list\'' -l home -r -F -d 'State directory (database, index).'
+complete -c llmgw -n '__llmgw_at \'llmgw customers list\'' -l format -x -a 'table json csv tsv' -d 'table (fits the terminal; ids and money never cut) for people; json, csv or tsv (every column...'
 complete -c llmgw -n '__llmgw_at \'llmgw customers list\'' -l json -d 'Print JSON on stdout instead of a table.'
 complete -c llmgw -n '__llmgw_at \'llmgw customers list\'' -s h -l help -d 'Show this message and exit.'
 
@@ -318,6 +321,7 @@ complete -c llmgw -n '__llmgw_at \'llmgw teams create\'' -s h -l help -d 'Show t
 # llmgw teams list
 complete -c llmgw -n '__llmgw_at \'llmgw teams list\'' -l home -r -F -d 'State directory (database, index).'
 complete -c llmgw -n '__llmgw_at \'llmgw teams list\'' -l customer -x -d 'Only this customer\'s teams.'
+complete -c llmgw -n '__llmgw_at \'llmgw teams list\'' -l format -x -a 'table json csv tsv' -d 'table (fits the terminal; ids and money never cut) for people; json, csv or tsv (every column...'
 complete -c llmgw -n '__llmgw_at \'llmgw teams list\'' -l json -d 'Print JSON on stdout instead of a table.'
 complete -c llmgw -n '__llmgw_at \'llmgw teams list\'' -s h -l help -d 'Show this message and exit.'
 
@@ -337,6 +341,8 @@ complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -l hard -d 'Hard: reject 
 complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -l soft -d 'Hard: reject requests the budget cannot pay for.'
 complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -l warn-at -x -d 'Warn (headers, event) from this percent of the limit, 1-100.'
 complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -l grace -x -d 'USD a hard budget may overrun (with an event), so a batch is not cut mid-way.'
+complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -l auto-raise -x -d 'USD: when the hard limit would refuse a request, raise it by STEP instead (a budget_raised...'
+complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -l ceiling -x -d 'The most --auto-raise may raise the limit to (above --limit); past it requests are refused as...'
 complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -l home -r -F -d 'State directory (database, index).'
 complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -l json -d 'Print the budget as JSON instead of its id.'
 complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -s h -l help -d 'Show this message and exit.'
@@ -346,6 +352,7 @@ complete -c llmgw -n '__llmgw_at \'llmgw budget show\'' -l customer -x -d 'Only 
 complete -c llmgw -n '__llmgw_at \'llmgw budget show\'' -l team -x -d 'Only this team\'s budgets (with its keys\').'
 complete -c llmgw -n '__llmgw_at \'llmgw budget show\'' -l key -x -d 'Virtual key id or name.'
 complete -c llmgw -n '__llmgw_at \'llmgw budget show\'' -l home -r -F -d 'State directory (database, index).'
+complete -c llmgw -n '__llmgw_at \'llmgw budget show\'' -l format -x -a 'table json csv tsv' -d 'table (fits the terminal; ids and money never cut) for people; json, csv or tsv (every column...'
 complete -c llmgw -n '__llmgw_at \'llmgw budget show\'' -l json -d 'Print JSON on stdout instead of a table.'
 complete -c llmgw -n '__llmgw_at \'llmgw budget show\'' -s h -l help -d 'Show this message and exit.'
 

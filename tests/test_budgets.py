@@ -32,6 +32,7 @@ from llmgw.governance.budgets import (
     Budget,
     BudgetBook,
     BudgetExceeded,
+    ledger_raises,
     ledger_spend,
     read_budgets,
 )
@@ -52,8 +53,9 @@ def no_spend(scope: str, scope_id: str, since_ms: int) -> int:
 
 
 def budget(limit: int, *, id: str = "b1", scope: str = "customer", scope_id: str = "acme_corp",
-           period: str = "month", hard: bool = True, warn_pct: int = 80, grace: int = 0) -> Budget:
-    return Budget(id, scope, scope_id, period, limit, hard, warn_pct, grace)
+           period: str = "month", hard: bool = True, warn_pct: int = 80, grace: int = 0, step: int = 0,
+           ceiling: int = 0) -> Budget:
+    return Budget(id, scope, scope_id, period, limit, hard, warn_pct, grace, step, ceiling)
 
 
 def book_of(*budgets: Budget, now: int, spend: Any = no_spend, status: int = 429) -> BudgetBook:
@@ -207,7 +209,8 @@ def test_zero_limit_blocks_everything_without_events() -> None:
     book = book_of(b, now=NOW)
     with pytest.raises(BudgetExceeded):
         book.reserve([b], 0, NOW)
-    assert book.warning_headers([b], NOW) == {}
+    # the remaining amount goes on every answer a budget applies to; nothing spent, so no warning
+    assert book.warning_headers([b], NOW) == {"x-llmgw-budget-remaining": "0.00"}
 
 
 def test_events_fire_once_per_window_per_threshold() -> None:
@@ -238,7 +241,7 @@ def test_status_and_warning_headers() -> None:
     b = budget(200 * USD, warn_pct=80)
     k = budget(50 * USD, id="bk", scope="key", scope_id="key_1", period="day", hard=False)
     book = book_of(b, k, now=NOW)
-    assert book.warning_headers([b, k], NOW) == {}
+    assert book.warning_headers([b, k], NOW) == {"x-llmgw-budget-remaining": "200.00"}
     book.settle(book.reserve([b, k], 170 * USD, NOW), 170 * USD, NOW)
     r = book.reserve([b], 10 * USD, NOW)
     headers = book.warning_headers([b, k], NOW)
@@ -252,7 +255,8 @@ def test_status_and_warning_headers() -> None:
                   "limit_nanos": 200 * USD, "spent_nanos": 170 * USD, "reserved_nanos": 10 * USD,
                   "remaining_nanos": 20 * USD, "grace_nanos": 0, "utilisation": 0.85, "utilisation_pct": 85,
                   "warn_pct": 80, "warn": True, "window_start_ms": ms("2026-11-01T00:00:00"),
-                  "window_end_ms": ms("2026-12-01T00:00:00")}
+                  "window_end_ms": ms("2026-12-01T00:00:00"), "base_limit_nanos": 200 * USD,
+                  "raise_step_nanos": 0, "ceiling_nanos": 0, "raises": 0}
     book.settle(r, 0, NOW)
 
 
@@ -364,6 +368,95 @@ async def test_concurrency_proof_spend_never_exceeds_a_hard_cap() -> None:
     assert st["spent_nanos"] == sum(ledger) and st["reserved_nanos"] == 0
     assert book.status(key_b, NOW + 1000)["spent_nanos"] == sum(ledger)
     assert 10 <= outcomes.count("ok") < 200 and outcomes.count("rejected") > 0
+
+
+# ---- auto-raise ----------------------------------------------------------------------------------
+
+
+def test_auto_raise_raises_instead_of_refusing_once_per_step_spent() -> None:
+    b = budget(10 * USD, step=5 * USD, ceiling=22 * USD)
+    book = book_of(b, now=NOW)
+    book.settle(book.reserve([b], 4 * USD, NOW), 4 * USD, NOW)  # $4 spent: under the limit
+    r = book.reserve([b], 6 * USD, NOW)  # fills the $10 exactly: no raise
+    assert r.raised == ()
+    # $4 spent, $6 in flight: the cap would refuse; $4 >= $10 - $5 is false, so no raise yet
+    with pytest.raises(BudgetExceeded) as ei:
+        book.reserve([b], 1 * USD, NOW)
+    assert "auto-raised 0 times from $10.00; it rises again once $5.00 is spent" in ei.value.message
+    book.settle(r, 6 * USD, NOW)  # $10 spent
+    r = book.reserve([b], 1 * USD, NOW)  # now it rises to $15
+    [ev] = r.raised
+    assert (ev.kind, ev.budget_id, ev.threshold, ev.period_start_ms) == ("budget_raised", "b1", 1, window("month", NOW)[0])
+    assert (ev.detail["old_limit_nanos"], ev.detail["limit_nanos"], ev.detail["spent_nanos"]) == (10 * USD, 15 * USD,
+                                                                                                 10 * USD)
+    assert "auto-raised from $10.00 to $15.00" in ev.detail["message"]
+    st = book.status(b, NOW)
+    assert (st["limit_nanos"], st["base_limit_nanos"], st["raises"], st["remaining_nanos"]) == (15 * USD, 10 * USD, 1,
+                                                                                                 4 * USD)
+    # requests in flight cannot raise again: $10 spent < $15 - $5 is false... equal: allowed only from $10
+    r2 = book.reserve([b], 4 * USD, NOW)  # fills $15
+    assert r2.raised == ()
+    r3 = book.reserve([b], 1 * USD, NOW)  # $10 spent >= $15 - $5: second raise, to $20
+    assert [e.threshold for e in r3.raised] == [2]
+    with pytest.raises(BudgetExceeded):  # $10 spent < $20 - $5: the third waits for real spend
+        book.reserve([b], 5 * USD, NOW)
+    for x in (r, r2, r3):
+        book.settle(x, x.amount, NOW)  # $16 spent
+    [ev3] = book.reserve([b], 5 * USD, NOW).raised  # to the ceiling, $22, not $25
+    assert ev3.detail["limit_nanos"] == 22 * USD and ev3.threshold == 3
+    with pytest.raises(BudgetExceeded) as ei:  # past the ceiling: refused as without auto-raise
+        book.reserve([b], 2 * USD, NOW)
+    assert "at its ceiling of $22.00" in ei.value.message
+    # a new window starts at the declared limit
+    nxt = ms("2026-12-01T00:00:01")
+    assert book.status(b, nxt)["limit_nanos"] == 10 * USD and book.status(b, nxt)["raises"] == 0
+
+
+def test_auto_raise_is_all_or_nothing_across_levels() -> None:
+    cust = budget(10 * USD, step=10 * USD, ceiling=100 * USD)
+    key_b = budget(5 * USD, id="bk", scope="key", scope_id="key_1")
+    book = book_of(cust, key_b, now=NOW)
+    book.settle(book.reserve([cust, key_b], 4 * USD, NOW), 4 * USD, NOW)
+    # the customer could raise, but the key budget refuses: nothing raised, nothing charged
+    with pytest.raises(BudgetExceeded) as ei:
+        book.reserve([cust, key_b], 7 * USD, NOW)
+    assert "key key_1" in ei.value.message
+    assert book.status(cust, NOW)["raises"] == 0 and book.status(cust, NOW)["reserved_nanos"] == 0
+    book.names = {("customer", "acme_corp"): "Acme Corp"}
+    r = book.reserve([cust], 7 * USD, NOW)
+    assert [e.detail["limit_nanos"] for e in r.raised] == [20 * USD]
+    assert "customer acme_corp (Acme Corp)" in r.raised[0].detail["message"]
+
+
+def test_auto_raise_needs_a_hard_budget_and_a_ceiling_above_the_limit() -> None:
+    assert not budget(10, step=5, ceiling=10).auto_raise
+    assert not budget(10, step=5, ceiling=30, hard=False).auto_raise
+    assert budget(10, step=5, ceiling=11).auto_raise
+
+
+def test_auto_raises_are_rebuilt_from_their_events(tmp_path: Path) -> None:
+    from llmgw.governance import events as govevents
+
+    conn = store_db.open_db(tmp_path / "llmgw.db")
+    with conn:
+        conn.execute("INSERT INTO budgets (id, scope, scope_id, period, limit_nanos, raise_step_nanos, ceiling_nanos,"
+                     " created_at, updated_at) VALUES ('b1', 'customer', 'acme_corp', 'month', ?, ?, ?, 'x', 'x')",
+                     (10 * USD, 5 * USD, 30 * USD))
+        _ledger_row(conn, NOW, 10 * USD, "key_1", None, "acme_corp")
+    live = BudgetBook()
+    live.load(read_budgets(conn), ledger_spend(conn), NOW, ledger_raises(conn))
+    r = live.reserve(live.budgets(), USD, NOW)
+    assert len(r.raised) == 1
+    with conn:
+        assert len(govevents.store(conn, [e.as_dict(NOW) for e in r.raised])) == 1
+        assert govevents.store(conn, [e.as_dict(NOW) for e in r.raised]) == []  # once only
+    restarted = BudgetBook()
+    restarted.load(read_budgets(conn), ledger_spend(conn), NOW + 1, ledger_raises(conn))
+    assert restarted.status("b1", NOW + 1)["limit_nanos"] == 15 * USD
+    nxt = ms("2026-12-02T00:00:00")  # another window: no raise there
+    restarted.load(read_budgets(conn), ledger_spend(conn), nxt, ledger_raises(conn))
+    assert restarted.status("b1", nxt)["limit_nanos"] == 10 * USD
+    conn.close()
 
 
 # ---- the cost bound ----------------------------------------------------------------------------

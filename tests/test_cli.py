@@ -367,6 +367,9 @@ def test_version(cli: Cli) -> None:
     res = cli("version")
     assert res.code == 0, res
     assert res.out == f"{llmgw.__version__}\n"
+    for flag in ("--version", "-V"):
+        res = cli(flag)
+        assert res.code == 0 and res.out == f"llmgw {llmgw.__version__}\n", res
 
 
 @pytest.mark.parametrize("path", COMMAND_PATHS, ids=lambda p: " ".join(p) or "llmgw")
@@ -518,3 +521,128 @@ def test_creating_commands_still_create_the_home(cli: Cli) -> None:
     assert res.code == 0 and res.out.startswith("sk-llmgw-"), res
     assert (other / "llmgw.db").is_file()
     assert cli("keys", "list", "--home", other).code == 0
+
+
+# ---- output that fits the terminal ----------------------------------------------------------------
+
+
+def _home_with_rows(cli: Cli) -> None:
+    assert cli("customers", "create", "acme_corporation_worldwide", "--name", "Acme Corporation").code == 0
+    assert cli("keys", "create", "--name", "batch-captioning-prod", "--customer", "acme_corporation_worldwide",
+               "--models", "openai/gpt-4o-mini,anthropic/claude-haiku-4-5-20251001").code == 0
+    assert cli("budget", "set", "--customer", "acme_corporation_worldwide", "--limit", "1500.123456789",
+               "--period", "month", "--auto-raise", "250", "--ceiling", "3000").code == 0
+    assert cli("budget", "set", "--key", "batch-captioning-prod", "--limit", "15", "--period", "day",
+               "--grace", "0.5").code == 0
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_tables_never_cut_ids_or_money(cli: Cli, width: int) -> None:
+    _home_with_rows(cli)
+    budgets = json.loads(cli("budget", "show", "--json").out)
+    keys = json.loads(cli("keys", "list", "--json").out)
+    res = cli("budget", "show", env={"COLUMNS": str(width)})
+    assert res.code == 0, res
+    table = [line for line in res.out.splitlines() if not line.startswith("bud_") or "auto-raise" not in line]
+    assert all(len(line) <= width for line in table), res.out
+    for b in budgets:
+        assert b["id"] in res.out  # whole: the id budget delete --id needs
+    assert "$1500.123456789" in res.out and "$15.00" in res.out  # exact, never $15…
+    assert "…" not in res.out
+    res = cli("keys", "list", env={"COLUMNS": str(width)})
+    assert res.code == 0, res
+    assert all(len(line) <= width for line in res.out.splitlines()), res.out
+    assert keys[0]["id"] in res.out and keys[0]["display"] in res.out and "…" not in res.out.replace(
+        keys[0]["display"], "")
+    if width == 80:  # what did not fit is named, on stderr
+        assert "left out to fit the terminal" in res.err and "--format tsv" in res.err
+
+
+def test_format_tsv_json_csv_wherever_a_table_is_printed(cli: Cli) -> None:
+    import csv
+    import io
+
+    _home_with_rows(cli)
+    for args in (("keys", "list"), ("customers", "list"), ("teams", "list"), ("budget", "show"), ("report",)):
+        tsv = cli(*args, "--format", "tsv")
+        assert tsv.code == 0, tsv
+        rows = [line.split("\t") for line in tsv.out.splitlines()]
+        assert len({len(r) for r in rows}) == 1, tsv.out  # a header and rows of the same width
+        as_csv = list(csv.reader(io.StringIO(cli(*args, "--format", "csv").out)))
+        assert as_csv == rows, args
+        assert json.loads(cli(*args, "--format", "json").out) == json.loads(cli(*args, "--json").out)
+    assert_error(cli("keys", "list", "--json", "--format", "csv"), 2, "--json and --format csv")
+    rows = [line.split("\t") for line in cli("budget", "show", "--format", "tsv").out.splitlines()]
+    head = rows[0]
+    month = dict(zip(head, next(r for r in rows[1:] if r[head.index("period")] == "month"), strict=True))
+    assert (month["limit"], month["auto_raise_usd"], month["ceiling_usd"], month["raises"]) == (
+        "1500.123456789", "250.00", "3000.00", "0")
+    assert month["name"] == "Acme Corporation" and month["scope_id"] == "acme_corporation_worldwide"
+
+
+def test_budget_set_auto_raise_options(cli: Cli) -> None:
+    _home_with_rows(cli)
+    res = cli("budget", "show")
+    assert "auto-raise $250.00 up to $3000.00; not raised this window" in res.out, res
+    assert_error(cli("budget", "set", "--customer", "acme_corporation_worldwide", "--limit", "10", "--period",
+                     "week", "--auto-raise", "5"), 2, "--ceiling: auto_raise needs a ceiling")
+    assert_error(cli("budget", "set", "--customer", "acme_corporation_worldwide", "--limit", "10", "--period",
+                     "week", "--auto-raise", "5", "--ceiling", "10"), 2, "--ceiling: must be above the limit")
+    assert_error(cli("budget", "set", "--customer", "acme_corporation_worldwide", "--limit", "10", "--period",
+                     "week", "--soft", "--auto-raise", "5", "--ceiling", "20"), 2, "--auto-raise: applies to hard")
+    # off again with --auto-raise 0
+    res = cli("budget", "set", "--customer", "acme_corporation_worldwide", "--limit", "1500", "--period", "month",
+              "--auto-raise", "0", "--json")
+    assert res.code == 0 and json.loads(res.out)["raise_step_nanos"] == 0 and json.loads(res.out)["ceiling_nanos"] == 0
+
+
+def test_tail_fits_the_terminal(cli: Cli) -> None:
+    import pty
+    import sqlite3 as sq
+
+    _home_with_rows(cli)
+    conn = sq.connect(cli.home / "llmgw.db")
+    kid = conn.execute("SELECT id FROM keys").fetchone()[0]
+    with conn:
+        conn.execute("INSERT INTO ledger (request_id, ts_ms, route, model, provider, status, outcome, error_type,"
+                     " error_code, prompt_tokens, completion_tokens, cost_nanos, latency_ms, key_id, customer_id)"
+                     " VALUES ('req_0123456789abcdef01', 1795000000000, 'chat', 'anthropic/claude-haiku-4-5-20251001',"
+                     " 'anthropic', 429, 'error', 'budget_exceeded', 'month_budget_exceeded', 0, 0, 123456789, 2.5,"
+                     " ?, 'acme_corporation_worldwide')", (kid,))
+    conn.close()
+    for width in (80, 120):
+        main, sub = pty.openpty()
+        environ = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+        environ.update(LLMGW_HOME=str(cli.home), COLUMNS=str(width))
+        proc = subprocess.run([sys.executable, "-m", "llmgw", "tail", "--no-follow"], env=environ, stdout=sub,
+                              stderr=subprocess.PIPE, timeout=60)
+        os.close(sub)
+        chunks = []
+        with contextlib.suppress(OSError):
+            while data := os.read(main, 65536):
+                chunks.append(data)
+        os.close(main)
+        assert proc.returncode == 0, proc.stderr
+        lines = b"".join(chunks).decode().replace("\r\n", "\n").splitlines()
+        assert len(lines) == 2, lines  # a header and the one request, on one line each
+        assert all(len(line) <= width for line in lines), lines
+        assert "$0.123456789" in lines[1] and "429" in lines[1]  # the cost is never cut
+        if width == 120:
+            assert "budget/mo" in lines[1] and "batch-caption" in lines[1] and "ms" in lines[1]
+    # piped: every field, one line per request, no header (for scripts)
+    res = cli("tail", "--no-follow", env={"COLUMNS": "80"})
+    assert res.out.count("\n") == 1 and "req_0123456789abcdef01" in res.out and len(res.out) > 80
+
+
+def test_readable_fields() -> None:
+    import io
+
+    from llmgw.cli.tables import print_fields, readable
+
+    assert readable("saved_nanos", 150_000) == ("saved", "$0.00015")
+    assert readable("oldest_ms", 1_795_000_000_000) == ("oldest", "2026-11-18T11:06:40Z")
+    assert readable("latency_ms", 250) == ("latency_ms", "250")  # a duration stays a number
+    assert readable("entries", 3) == ("entries", "3")
+    buf = io.StringIO()
+    print_fields({"entries": 2, "cost_nanos": 2_000_000_001, "newest_ms": None, "namespaces": ["a"]}, buf)
+    assert buf.getvalue() == "entries: 2\ncost: $2.000000001\nnewest: -\n"

@@ -168,7 +168,7 @@ def test_bash_completes_commands_and_options() -> None:
     assert keys_opt == ["--customer"]
     assert group == ["create", "list", "show", "disable", "enable", "revoke", "rotate"]
     assert value == ["model"]
-    assert eq_value == ["table", "csv", "json"]
+    assert eq_value == ["table", "json", "csv", "tsv"]
     assert value_after == ["set", "show", "delete"]
     assert after_value == ["--json"]  # "keys" was --customer's value, not the keys group
     assert leaf == ["--offline"]
@@ -283,6 +283,6 @@ def fish_complete(line: str) -> list[str]:
 def test_fish_completes_commands_and_options() -> None:
     assert fish_complete("llmgw ke") == ["keys"]
     assert fish_complete("llmgw keys create --cu") == ["--customer"]
-    assert sorted(fish_complete("llmgw report --format ")) == ["csv", "json", "table"]
+    assert sorted(fish_complete("llmgw report --format ")) == ["csv", "json", "table", "tsv"]
     assert fish_complete("llmgw tail --customer keys --j") == ["--json"]
     assert "rotate" in fish_complete("llmgw keys ")

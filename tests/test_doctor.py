@@ -202,7 +202,7 @@ def test_json_lists_every_check(doctor: Doctor) -> None:
     res = doctor("--json")
     doc = json.loads(res.out)
     assert isinstance(doc, list) and all(set(c) == {"check", "status", "detail"} for c in doc)
-    assert [c["check"] for c in doc] == ["home", "config", "database", "migrations", "ledger", "wal",
+    assert [c["check"] for c in doc] == ["home", "daemon", "config", "database", "migrations", "ledger", "wal",
                                          "provider demo", "cache index"]
     assert {c["status"] for c in doc} == {"ok"}
 
@@ -403,3 +403,59 @@ def test_every_key_of_a_pool_is_checked(doctor: Doctor) -> None:
     assert len(res.lines("ok", "provider local reachable (KEY_A)")) == 1, res
     (bad,) = res.lines("fail", "provider local reachable (KEY_B)")
     assert "the key in KEY_B was refused" in bad
+
+
+# ---- is a daemon running on this home? -----------------------------------------------------------
+
+
+def _drain(f: object) -> None:
+    with contextlib.suppress(ValueError, OSError):
+        for _ in f:  # type: ignore[attr-defined]
+            pass
+
+
+def _serve(home: Path) -> tuple[subprocess.Popen[str], str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    env["LLMGW_HOME"] = str(home)
+    p = subprocess.Popen([sys.executable, "-m", "llmgw", "serve", "--port", "0"], env=env, text=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert p.stderr is not None
+    for line in p.stderr:
+        m = re.search(r"listening on (http://[\d.]+:\d+)", line)
+        if m:
+            threading.Thread(target=_drain, args=(p.stderr,), daemon=True).start()  # keep the pipe drained
+            return p, m.group(1)
+    p.kill()
+    raise AssertionError("llmgw serve did not start")
+
+
+def test_doctor_says_whether_a_daemon_runs_on_this_home_and_where(doctor: Doctor) -> None:
+    import signal
+
+    doctor.config(DEMO_ONLY)
+    doctor.make_db()
+    assert doctor("--offline").lines(check="daemon") == ["ok    daemon: none running on this home"]
+    p, url = _serve(doctor.home)
+    try:
+        [line] = doctor("--offline").lines(check="daemon")
+        assert line.startswith(f"ok    daemon: running, pid {p.pid}, listening on {url} since 20"), line
+        [c] = [c for c in doctor.checks(doctor("--offline", "--json")) if c["check"] == "daemon"]
+        assert c["status"] == "ok" and url in c["detail"]
+        p.send_signal(signal.SIGTERM)  # a clean stop removes the file
+        assert p.wait(30) == 0
+        if p.stderr:
+            p.stderr.close()
+        assert not (doctor.home / "daemon.json").exists()
+        assert doctor("--offline").lines(check="daemon") == ["ok    daemon: none running on this home"]
+        p, url = _serve(doctor.home)
+        p.kill()  # SIGKILL: the file stays behind, and doctor says it is stale
+        p.wait(30)
+        [line] = doctor("--offline").lines(check="daemon")
+        assert line.startswith(f"warn  daemon: not running: {doctor.home / 'daemon.json'} names pid {p.pid}"), line
+        assert "stale" in line
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(30)
+        if p.stderr:
+            p.stderr.close()

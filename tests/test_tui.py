@@ -264,14 +264,16 @@ async def test_customers_table_shows_spend_and_budget(home: Path) -> None:
         await settle(pilot)
         table = app.screen.query_one("#customers")
         assert [rk.value for rk in table.rows] == ["acme", "globex", "initech", "umbrella"]
+        # 80 columns: customer, used, spent, budget, req/m, blocked, errors
         acme = cells(table, "acme")
         assert acme[0] == "acme" and "61%" in acme[1] and acme[2] == "$61.00" and acme[3] == "$100/mo"
-        assert acme[4] == "3" and acme[6] == "67%" and acme[7] == "0"
-        assert len(acme[5]) == data.SPARK_HOURS and acme[5][-1] == "█"
+        assert acme[4] == "3" and acme[5] == "1/2" and acme[6] == "—"  # acme-prod: its team's budget is spent
         globex = cells(table, "globex")
-        assert "95%" in globex[1] and globex[2] == "$9.50" and globex[3] == "$10/mo" and globex[7] == "1"
+        assert "95%" in globex[1] and globex[2] == "$9.50" and globex[3] == "$10/mo"
+        assert globex[6] == "budget ×1"  # why its requests fail
         initech = cells(table, "initech")
-        assert "120%" in initech[1] and initech[2] == "$1.20" and initech[3] == "$1/d" and initech[6] == "—"
+        assert "120%" in initech[1] and initech[2] == "$1.20" and initech[3] == "$1/d"
+        assert initech[5] == "1/1"  # its only key is cut off by the exhausted daily budget
         assert cells(table, "umbrella")[1:4] == ["—", "$0", "—"]
         # the bar's colour: green below the warn level, yellow from it, red at the cap
         assert style_of(table, "acme", "bar") == "green"
@@ -291,7 +293,7 @@ async def test_drill_down_shows_teams_and_keys_and_escape_goes_back(home: Path) 
         assert isinstance(app.screen, CustomerScreen) and app.screen.customer_id == "acme"
         keys_table = app.screen.query_one("#keys")
         assert [rk.value for rk in keys_table.rows] == [ACME_PROD[0], ACME_DEV[0]]
-        assert cells(keys_table, ACME_PROD[0])[:3] == ["acme-prod", "acme-ml", "active"]
+        assert cells(keys_table, ACME_PROD[0])[:3] == ["acme-prod", "acme-ml", "blocked"]  # team acme-ml: $61 of $50
         teams = app.screen.query_one("#teams")
         assert cells(teams, "acme-ml")[3] == "$61.00" and cells(teams, "acme-ml")[4] == "$50/mo"
         assert "Acme Corp" in str(app.screen.query_one("#title").render())
@@ -302,6 +304,66 @@ async def test_drill_down_shows_teams_and_keys_and_escape_goes_back(home: Path) 
         await settle(pilot)
         assert app.screen.customer_id == "globex"
         assert [rk.value for rk in app.screen.query_one("#keys").rows] == [GLOBEX[0]]
+
+
+async def test_wider_terminal_shows_more(home: Path) -> None:
+    from llmgw.tui.app import CUSTOMER_COLUMNS, KEY_COLUMNS, TAIL_COLUMNS
+
+    app = make_app(home)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        table = app.screen.query_one("#customers")
+        assert [c.value for c in table.columns] == [k for k, _, _ in CUSTOMER_COLUMNS["wide"]]
+        acme = dict(zip([c.value for c in table.columns], cells(table, "acme"), strict=True))
+        assert acme["cache"] == "67%" and len(acme["spark"]) == data.SPARK_HOURS and acme["spark"][-1] == "█"
+        assert acme["blocked"] == "1/2"
+        tail = app.screen.query_one("#tail")
+        assert [c.value for c in tail.columns] == [k for k, _, _ in TAIL_COLUMNS["wide"]]
+        rows = [dict(zip([c.value for c in tail.columns], cells(tail, rk.value), strict=True)) for rk in tail.rows]
+        assert {r["key"] for r in rows} >= {"acme-prod", "globex-1"}
+        assert [r["error"] for r in rows if r["status"] == "429"] == ["budget"]
+        await pilot.press("enter")
+        await settle(pilot)
+        keys_table = app.screen.query_one("#keys")
+        assert [c.value for c in keys_table.columns] == [k for k, _, _ in KEY_COLUMNS["wide"]]
+        # narrower again: the narrow columns come back
+        await pilot.resize_terminal(80, 24)
+        await settle(pilot)
+        assert [c.value for c in keys_table.columns] == [k for k, _, _ in KEY_COLUMNS["narrow"]]
+        await pilot.press("escape")
+        await settle(pilot)
+        assert [c.value for c in app.screen.query_one("#customers").columns] == [
+            k for k, _, _ in CUSTOMER_COLUMNS["narrow"]]
+
+
+def test_blocked_keys_and_error_codes(home: Path) -> None:
+    conn = db.open_db(db_file(home))
+    try:
+        with conn:  # globex-1 gets a key budget it still has 6 % of; its latest request was refused
+            budgets.upsert_budget(conn, "key", GLOBEX[0], "month", 10_100_000_000)
+    finally:
+        conn.close()
+    conn = data.open_readonly(db_file(home))
+    try:
+        blocked = data.blocked_keys(conn, NOW)
+        exhausted = data.exhausted_budgets(conn, NOW)
+        snap = data.snapshot(conn, NOW, customer_id="acme")
+    finally:
+        conn.close()
+    assert exhausted == {("customer", "initech"): "customer daily budget exhausted",
+                         ("team", "acme-ml"): "team monthly budget exhausted"}
+    assert blocked == {INITECH[0]: "customer daily budget exhausted", ACME_PROD[0]: "team monthly budget exhausted",
+                       GLOBEX[0]: "its latest request was refused by a budget"}
+    cs = {c["id"]: c for c in snap["customers"]}
+    assert (cs["acme"]["keys_active"], cs["acme"]["keys_blocked"], cs["acme"]["limits"]) == (2, 1, ["team acme-ml"])
+    assert (cs["globex"]["keys_blocked"], cs["globex"]["error_codes"]) == (1, [("budget_exceeded", 1)])
+    assert cs["umbrella"]["keys_active"] == 0 and cs["umbrella"]["error_codes"] == []
+    keys_ = {k["id"]: k for k in snap["detail"]["keys"]}
+    assert keys_[ACME_PROD[0]]["blocked"] and keys_[ACME_DEV[0]]["blocked"] is None
+    assert {t["id"]: t["capped"] for t in snap["detail"]["teams"]} == {"acme-ml": True, "acme-web": False}
+    assert fmt.error_codes([("month_budget_exceeded", 3), ("http_502", 1)], 40) == "budget/mo ×3, http_502 ×1"
+    assert fmt.error_codes([("month_budget_exceeded", 3), ("http_502", 1)], 12) == "budget/mo ×…"
+    assert fmt.error_codes([], 10) == "—"
 
 
 async def test_new_ledger_row_appears_in_the_tail(home: Path) -> None:
@@ -525,6 +587,22 @@ async def test_snapshot_main(home: Path) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         check_snapshot(app, "main")
+
+
+async def test_snapshot_main_wide(home: Path) -> None:
+    app = make_app(home)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        check_snapshot(app, "main_wide")
+
+
+async def test_snapshot_customer_wide(home: Path) -> None:
+    app = make_app(home)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        check_snapshot(app, "customer_wide")
 
 
 async def test_snapshot_customer(home: Path) -> None:

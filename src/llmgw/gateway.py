@@ -70,6 +70,7 @@ from .metrics import Metrics
 from .pricing import Price, PriceBook, cost_nanos
 from .providers.base import OpenStream, StreamState, Target
 from .providers.router import Router
+from .providers.sse import anthropic_raw, openai_raw, split_events
 from .server.http import (
     JSON,
     SSEResponse,
@@ -82,6 +83,7 @@ from .server.http import (
     write_eof_quietly,
 )
 from .store.writer import CommitTimeout, LedgerWriter
+from .units import usd
 from .usage import Usage
 
 log = logging.getLogger("llmgw.gateway")
@@ -288,7 +290,7 @@ class Gateway:
         call.status = stored.status
         await self._record(call)
         headers = id_headers(call.request_id, call.inbound, {"Content-Type": stored.content_type,
-                                                             "x-llmgw-idempotent-replay": "true"})
+                                                             "x-llmgw-idempotent-replay": "true", **call.headers})
         return web.Response(body=stored.body, status=stored.status, headers=headers)
 
     # ---- response cache ----------------------------------------------------------------------
@@ -381,6 +383,8 @@ class Gateway:
         resp = SSEResponse(call.request_id, call.inbound, call.headers)
         call.response = resp
         await self._record(call)
+        events, terminal = (_with_cost(events, call.inbound, call.headers),
+                            _with_cost(terminal, call.inbound, call.headers))
         try:
             await resp.prepare(request)
             await resp.write(events)
@@ -440,7 +444,15 @@ class Gateway:
             call.headers["x-llmgw-max-tokens-clamped"] = str(m)
         call.reserved = bound
         flight.reservation = call.reservation
-        call.headers.update(self.budgets.warning_headers(budgets, call.ts_ms))
+        if call.reservation.raised:
+            call.headers["x-llmgw-budget-raised"] = ", ".join(
+                f"{e.scope} {e.scope_id} {e.detail['period']} budget to {usd(e.detail['limit_nanos'], dollar=False)}"
+                for e in call.reservation.raised)
+            if self.events is not None:
+                now = self.clock()
+                self.events.emit([e.as_dict(now) for e in call.reservation.raised])
+        if call.stream:  # its headers go out before the cost is known; other answers get them in _record
+            call.headers.update(self.budgets.warning_headers(budgets, call.ts_ms))
 
     def _bound_price(self, targets: list[Target]) -> Price | None:
         """The dearest price in the fallback chain: any target may end up serving the request."""
@@ -505,6 +517,7 @@ class Gateway:
         resp = SSEResponse(call.request_id, call.inbound, call.headers)
         client_gone = False
         call.response = resp
+        held = b""  # an event with usage in it: it goes out after the commit, with the cost added
         try:
             try:
                 await resp.prepare(request)
@@ -518,7 +531,13 @@ class Gateway:
                                 call.ttfb = time.perf_counter() - call.t0
                             if not client_gone:
                                 try:
-                                    await resp.write(event)
+                                    if held:
+                                        await resp.write(held)  # not the last usage after all
+                                        held = b""
+                                    if _has_usage(event, call.inbound):
+                                        held = event
+                                    else:
+                                        await resp.write(event)
                                 except OSError:
                                     client_gone = True  # keep draining: the provider's usage is the bill
                 except TimeoutError:
@@ -534,7 +553,7 @@ class Gateway:
                 call.status = 200 if not client_gone else 499
                 await self._record(call)
                 if not client_gone:
-                    await write_eof_quietly(resp, error_event(e, call.inbound))
+                    await write_eof_quietly(resp, held + error_event(e, call.inbound))
                 return resp
             self._settle_stream(call, state, opened)
             if client_gone:
@@ -548,7 +567,7 @@ class Gateway:
                 if answer is not None:
                     await self._cache_store(call, answer)
             if not client_gone:
-                await write_eof_quietly(resp, stream.terminal())
+                await write_eof_quietly(resp, _with_cost(held + stream.terminal(), call.inbound, call.headers))
             return resp
         except asyncio.CancelledError:
             # shutdown drain ran out of time: record what we know without waiting for the commit
@@ -624,12 +643,24 @@ class Gateway:
         self.metrics.observe_request(row, call.upstream_seconds)
         return row
 
+    def _cost_headers(self, call: Call) -> None:
+        """``x-llmgw-cost-usd`` (exact) and, where a budget applies, ``x-llmgw-budget-remaining`` after
+        this request's cost: on every answer (a stream's went out before its cost was known, so it
+        carries them in its final usage, see ``_with_cost``)."""
+        call.headers["x-llmgw-cost-usd"] = usd(call.cost, dollar=False)
+        key = call.key
+        if key is not None and len(self.budgets):
+            budgets = self.budgets.applicable(key.id, key.team_id, key.customer_id)
+            if budgets:
+                call.headers.update(self.budgets.warning_headers(budgets, call.ts_ms))
+
     async def _record(self, call: Call) -> None:
         """Settle and write the row; wait for its commit until the request's deadline (at least
         ``LEDGER_GRACE`` seconds), else ``ServiceUnavailable`` (``ledger_timeout``): the row stays
         queued and is written when the ledger recovers."""
         call.recorded = True
         self._settle(call)
+        self._cost_headers(call)
         try:
             fut = self.writer.submit(self._row(call), trusted=True,
                                      deadline=max(call.deadline, time.monotonic() + LEDGER_GRACE))
@@ -693,6 +724,39 @@ def rejection_reason(err: LlmgwError) -> str | None:
         reason = next((r for c, r in _REJECTION_CLASSES if issubclass(cls, c)), None)
         _REJECTIONS[cls] = reason
         return reason
+
+
+def _has_usage(event: bytes, inbound: str) -> bool:
+    """Whether a run of SSE events may hold the stream's usage: an OpenAI chunk with a usage object,
+    or the Anthropic ``message_delta`` (its ``message_start`` has usage too, but is never the last)."""
+    if inbound == "anthropic":
+        return b"message_delta" in event
+    return b'"usage":{' in event or b'"usage": {' in event
+
+
+def _with_cost(blob: bytes, inbound: str, headers: dict[str, str]) -> bytes:
+    """The events of ``blob`` with ``cost_usd`` (and ``budget_remaining_usd`` where a budget applies),
+    exact decimal strings, added to the usage object of the events that have one: the stream's final
+    usage, which the client sees only if it asked for it (OpenAI ``stream_options.include_usage``;
+    Anthropic's ``message_delta`` always has it)."""
+    if not blob or not _has_usage(blob, inbound):
+        return blob
+    extra = {"cost_usd": headers.get("x-llmgw-cost-usd", "0.00")}
+    if "x-llmgw-budget-remaining" in headers:
+        extra["budget_remaining_usd"] = headers["x-llmgw-budget-remaining"]
+    out = []
+    for name, data in split_events(blob):
+        if data != b"[DONE]" and b'"usage"' in data:
+            try:
+                obj = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                obj = None
+            usage = obj.get("usage") if isinstance(obj, dict) else None
+            if isinstance(usage, dict) and (inbound == "openai" or obj.get("type") == "message_delta"):
+                usage.update(extra)
+                data = orjson.dumps(obj)
+        out.append(anthropic_raw(name, data) if name is not None else openai_raw(data))
+    return b"".join(out)
 
 
 def _text(v: Any) -> str | None:

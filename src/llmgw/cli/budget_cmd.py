@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .common import HomeOpt, JsonOpt, err, open_existing_db, print_json, resolve_home, writing
+from .tables import Column, Format, FormatOpt, emit, pick_format
 
 if TYPE_CHECKING:
     import sqlite3
@@ -61,8 +62,10 @@ def _describe(row: Any) -> str:
 
     kind = "hard" if row["hard"] else "soft"
     grace = f", grace {usd(row['grace_nanos'])}" if row["grace_nanos"] and row["hard"] else ""
+    step = row["raise_step_nanos"] if "raise_step_nanos" in row.keys() else 0
+    auto = f", auto-raise {usd(step)} up to {usd(row['ceiling_nanos'])}" if step else ""
     return (f"{row['scope']} {row['scope_id']} {ADJECTIVE[row['period']]} budget {usd(row['limit_nanos'])} "
-            f"({kind}, warn at {row['warn_pct']}%{grace})")
+            f"({kind}, warn at {row['warn_pct']}%{grace}{auto})")
 
 
 @app.command("set")
@@ -79,6 +82,14 @@ def set_(
                                                                   "the limit, 1-100. Default: 80.")] = None,
     grace: Annotated[str | None, typer.Option("--grace", help="USD a hard budget may overrun (with an event), "
                                                               "so a batch is not cut mid-way. Default: 0.")] = None,
+    auto_raise: Annotated[str | None, typer.Option(
+        "--auto-raise", metavar="STEP", help="USD: when the hard limit would refuse a request, raise it by STEP "
+                                             "instead (a budget_raised event, webhook and response header), at "
+                                             "most once per STEP spent, up to --ceiling; for the rest of the "
+                                             "window. 0 turns it off. Default: off (kept when updating).")] = None,
+    ceiling: Annotated[str | None, typer.Option(
+        "--ceiling", metavar="USD", help="The most --auto-raise may raise the limit to (above --limit); past it "
+                                         "requests are refused as without auto-raise.")] = None,
     home: HomeOpt = None,
     json: Annotated[bool, typer.Option("--json", help="Print the budget as JSON instead of its id.")] = False,
 ) -> None:
@@ -93,9 +104,11 @@ def set_(
     p = _period(period)
     assert p is not None
     grace_nanos = None if grace is None else parse_usd(grace, "grace")
+    step_nanos = None if auto_raise is None else parse_usd(auto_raise, "auto_raise")
+    ceiling_nanos = None if ceiling is None else parse_usd(ceiling, "ceiling")
     with writing(resolve_home(home)) as conn:
         row, created = upsert_budget(conn, scope, value, p, limit_nanos, hard=hard, warn_pct=warn_at,
-                                     grace_nanos=grace_nanos)
+                                     grace_nanos=grace_nanos, raise_step_nanos=step_nanos, ceiling_nanos=ceiling_nanos)
     bid = row["id"]
     err(f"{'created' if created else 'updated'} {bid}: {_describe(row)}")
     if json:
@@ -120,32 +133,72 @@ def show(
     team: Annotated[str | None, typer.Option("--team", help="Only this team's budgets (with its keys').")] = None,
     key: KeyOpt = None,
     home: HomeOpt = None,
+    fmt: FormatOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """List budgets with what was spent in the current window (from the ledger), remaining and % used."""
+    """List budgets with what was spent in the current window (from the ledger), remaining and % used;
+    a line under the table for each budget with auto-raise (how often it was raised this window)."""
     from ..clock import now_ms
     from ..governance.budgets import budget_report
 
+    form = pick_format(fmt, json)
     conn = open_existing_db(resolve_home(home))
     try:
         rows = _selected(conn, customer, team, key)
         report = budget_report(conn, rows, now_ms())
     finally:
         conn.close()
-    if json:
-        print_json(report)
-        return
-    from rich.console import Console
-    from rich.table import Table
+    emit(SHOW_COLUMNS_TABLE, report, form, machine_columns=SHOW_COLUMNS)
+    if form is Format.table:
+        for line in auto_raise_lines(report):
+            sys.stdout.write(line + "\n")
 
-    table = Table("id", "scope", "for", "period", "kind", "limit", "spent", "remaining", "used", "warn at",
-                  "resets")
+
+def _money_col(header: str, field: str, drop: int = 0) -> Column:
+    from ..units import usd
+
+    return Column(header, lambda r: usd(r[field + "_nanos"]), lambda r: r[field + "_usd"], keep=True, drop=drop,
+                  right=True)
+
+
+SHOW_COLUMNS = [
+    Column("id", lambda r: r["id"], keep=True),
+    Column("scope", lambda r: r["scope"], drop=6),
+    Column("for", lambda r: r["scope_id"] + (f" ({r['name']})" if r["name"] else ""),
+           lambda r: r["scope_id"], key="scope_id"),
+    Column("name", lambda r: r["name"] or ""),  # csv/tsv only: the table shows it inside "for"
+    Column("period", lambda r: r["period"], drop=4),
+    Column("kind", lambda r: "hard" if r["hard"] else "soft", drop=7),
+    _money_col("limit", "limit"),  # the limit in force (raised, with auto-raise)
+    _money_col("spent", "spent"),
+    _money_col("remaining", "remaining", drop=2),
+    Column("used", lambda r: f"{r['utilisation_pct']}%", lambda r: r["utilisation_pct"], drop=3, right=True),
+    Column("warn at", lambda r: f"{r['warn_pct']}%", lambda r: r["warn_pct"], drop=8, right=True),
+    Column("resets", lambda r: r["resets"] or "never", lambda r: r["resets"] or "", keep=True, drop=5),
+    Column("auto-raise", lambda r: "", lambda r: r["raise_step_usd"] if r["raise_step_nanos"] else "",
+           key="auto_raise_usd"),
+    Column("ceiling", lambda r: "", lambda r: r["ceiling_usd"] if r["raise_step_nanos"] else "", key="ceiling_usd"),
+    Column("raises", lambda r: "", lambda r: r["raises"]),
+]
+# the table shows the name inside "for"; csv/tsv carry it in a column of its own
+SHOW_COLUMNS_TABLE = [c for c in SHOW_COLUMNS if c.header not in ("name", "auto-raise", "ceiling", "raises")]
+
+
+def auto_raise_lines(report: list[dict[str, Any]]) -> list[str]:
+    """``bud_…: auto-raise $5.00 up to $30.00; raised 2 times this window, $10.00 → $20.00``"""
+    from ..units import usd
+
+    out = []
     for r in report:
-        who = r["scope_id"] + (f" ({r['name']})" if r["name"] else "")
-        table.add_row(r["id"], r["scope"], who, r["period"], "hard" if r["hard"] else "soft",
-                      "$" + r["limit_usd"], "$" + r["spent_usd"], "$" + r["remaining_usd"],
-                      f"{r['utilisation_pct']}%", f"{r['warn_pct']}%", r["resets"] or "never")
-    Console().print(table)
+        if not r.get("raise_step_nanos"):
+            continue
+        n = r["raises"]
+        done = (f"raised {n} time{'s' if n != 1 else ''} this window, {usd(r['base_limit_nanos'])} → "
+                f"{usd(r['limit_nanos'])}" if n else "not raised this window")
+        top = " (at its ceiling)" if r["limit_nanos"] >= r["ceiling_nanos"] else ""
+        out.append(f"{r['id']}: auto-raise {usd(r['raise_step_nanos'])} up to {usd(r['ceiling_nanos'])}; "
+                   f"{done}{top}")
+    return out
 
 
 @app.command()

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from .common import HomeOpt, JsonOpt, err, open_existing_db, print_json, resolve_home, writing
+from .tables import Column, FormatOpt, emit, pick_format
 
 app = typer.Typer(help="Create, list and show customers.", no_args_is_help=True)
 
@@ -29,25 +30,20 @@ def create(
 
 
 @app.command("list")
-def list_(home: HomeOpt = None, json: JsonOpt = False) -> None:
+def list_(home: HomeOpt = None, fmt: FormatOpt = None, json: JsonOpt = False) -> None:
     """List customers with their number of teams and keys."""
     from ..governance.hierarchy import list_customers
 
+    form = pick_format(fmt, json)
     conn = open_existing_db(resolve_home(home))
     try:
         rows = list_customers(conn)
     finally:
         conn.close()
-    if json:
-        print_json(rows)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("id", "name", "teams", "keys", "created")
-    for r in rows:
-        table.add_row(r["id"], r["name"] or "", str(r["teams"]), str(r["keys"]), r["created_at"])
-    Console().print(table)
+    emit([Column("id", lambda r: r["id"], keep=True), Column("name", lambda r: r["name"] or ""),
+          Column("teams", lambda r: str(r["teams"]), right=True, drop=3),
+          Column("keys", lambda r: str(r["keys"]), right=True, drop=1),
+          Column("created", lambda r: r["created_at"], keep=True, drop=2, key="created_at")], rows, form)
 
 
 @app.command()

@@ -68,6 +68,7 @@ def doctor(
     checks: list[Check] = []
     checks.append(Check("home", "ok", str(h)) if h.is_dir()
                   else Check("home", "warn", f"{h} does not exist yet (created by the first command that writes)"))
+    checks.append(_check_daemon(h, min(timeout, 2.0)))
     cfg = _check_config(checks, config, h)
     _check_database(checks, h)
     if cfg is not None:
@@ -86,6 +87,36 @@ def doctor(
         from ..errors import LlmgwError
 
         raise LlmgwError(f"doctor: {failed} check(s) failed")  # the CLI's funnel: stderr line, exit 1
+
+
+# ---- daemon --------------------------------------------------------------------------------------
+
+
+def _check_daemon(home: Path, timeout: float) -> Check:
+    """Whether an ``llmgw serve`` runs on this home, and where (its ``daemon.json``, checked: the pid
+    alive and ``/healthz`` answering on the loopback address it listens on)."""
+    import urllib.error
+    import urllib.request
+
+    from . import daemonfile
+
+    info = daemonfile.read(home)
+    if info is None:
+        return Check("daemon", "ok", "none running on this home")
+    pid, url = info["pid"], info["url"]
+    since = f" since {info['started_at']}" if info.get("started_at") else ""
+    if not daemonfile.pid_alive(pid):
+        return Check("daemon", "warn", f"not running: {daemonfile.path(home)} names pid {pid} ({url}), which has "
+                                       "exited without removing it (killed?); the file is stale and can be deleted")
+    probe = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:") + "/healthz"
+    try:
+        with urllib.request.urlopen(probe, timeout=timeout) as r:
+            healthy = r.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        healthy = False
+    if not healthy:
+        return Check("daemon", "warn", f"pid {pid} is running{since} but {url} does not answer /healthz")
+    return Check("daemon", "ok", f"running, pid {pid}, listening on {url}{since}")
 
 
 # ---- config --------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from .common import HomeOpt, JsonOpt, err, open_existing_db, print_json, resolve_home, writing
+from .tables import Column, FormatOpt, emit, pick_format
 
 app = typer.Typer(help="Create, list and manage virtual keys.", no_args_is_help=True)
 
@@ -65,12 +66,14 @@ def list_(
     home: HomeOpt = None,
     customer: Annotated[str | None, typer.Option("--customer", help="Only this customer's keys.")] = None,
     team: Annotated[str | None, typer.Option("--team", help="Only this team's keys.")] = None,
+    fmt: FormatOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """List virtual keys (secrets are never shown, only their last 4 characters)."""
     from ..governance.hierarchy import get_customer, get_team
     from ..governance.keys import list_keys
 
+    form = pick_format(fmt, json)
     conn = open_existing_db(resolve_home(home))
     try:
         if customer is not None:
@@ -80,17 +83,20 @@ def list_(
         rows = list_keys(conn, customer_id=customer, team_id=team)
     finally:
         conn.close()
-    if json:
-        print_json(rows)
-        return
-    from rich.console import Console
-    from rich.table import Table
+    emit(LIST_COLUMNS, rows, form)
 
-    table = Table("id", "name", "key", "status", "customer", "team", "models", "expires", "created")
-    for r in rows:
-        table.add_row(r["id"], r["name"] or "", r["display"], r["status"], r["customer_id"] or "",
-                      r["team_id"] or "", ",".join(r["models"]) or "*", r["expires_at"] or "", r["created_at"])
-    Console().print(table)
+
+LIST_COLUMNS = [
+    Column("id", lambda r: r["id"], keep=True),
+    Column("name", lambda r: r["name"] or ""),
+    Column("key", lambda r: r["display"], keep=True, drop=4),
+    Column("status", lambda r: r["status"], keep=True),
+    Column("customer", lambda r: r["customer_id"] or "", keep=True, drop=6, key="customer_id"),
+    Column("team", lambda r: r["team_id"] or "", keep=True, drop=8, key="team_id"),
+    Column("models", lambda r: ", ".join(r["models"]) or "*", lambda r: ",".join(r["models"]), drop=5),
+    Column("expires", lambda r: r["expires_at"] or "", keep=True, drop=7, key="expires_at"),
+    Column("created", lambda r: r["created_at"], keep=True, drop=9, key="created_at"),
+]
 
 
 def _show_plain(key: dict[str, Any]) -> None:

@@ -28,6 +28,22 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        sys.stdout.write(f"llmgw {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_print_version, is_eager=True,
+                                          help="Print the llmgw version and exit.")] = False,
+) -> None:
+    """llmgw: a self-hosted LLM gateway with virtual keys, budgets, caching and an exact cost ledger."""
+
+
 def _register() -> None:
     from . import config_cmd, customers_cmd, keys_cmd, report_cmd, tail_cmd, teams_cmd
 
@@ -75,6 +91,7 @@ def serve(
     from ..clock import now_ms
     from ..errors import ConfigError, UsageError
     from ..server.runner import run
+    from ..units import iso_utc
 
     if port is not None and not 0 <= port <= 65535:
         raise UsageError(f"--port {port}: expected a port from 0 to 65535")
@@ -96,8 +113,14 @@ def serve(
         with writing(h) as conn:
             secret, _ = mint(conn, name="demo", replace=True)
 
+    from . import daemonfile
+
     def ready(bound_host: str, bound_port: int) -> None:
         url = f"http://{bound_host}:{bound_port}"
+        try:
+            daemonfile.write(h, url, iso_utc(now_ms()))
+        except OSError as e:
+            err(f"llmgw: warning: could not write {daemonfile.path(h)} (doctor will not see this daemon): {e}")
         err(f"llmgw listening on {url}  (home: {h}, config: {cfg.path or 'none, built-in defaults'})")
         if secret:
             err("")
@@ -109,8 +132,11 @@ def serve(
             err("")
         sys.stderr.flush()
 
-    run(cfg, h, host=host or cfg.server.host, port=cfg.server.port if port is None else port, on_ready=ready,
-        clock=now_ms)
+    try:
+        run(cfg, h, host=host or cfg.server.host, port=cfg.server.port if port is None else port, on_ready=ready,
+            clock=now_ms)
+    finally:
+        daemonfile.remove(h)
 
 
 @app.command()

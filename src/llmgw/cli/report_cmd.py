@@ -9,8 +9,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from .common import HomeOpt, open_readonly, resolve_home
+from .tables import Format, FormatOpt, pick_format
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..reports import Report
 
 
@@ -20,12 +23,6 @@ class By(StrEnum):
     key = "key"
     model = "model"
     provider = "provider"
-
-
-class Format(StrEnum):
-    table = "table"
-    csv = "csv"
-    json = "json"
 
 
 def report(
@@ -38,7 +35,7 @@ def report(
     until: Annotated[str | None, typer.Option(
         "--until", help="End (exclusive), ISO-8601 date or date-time; UTC unless an offset is given.")] = None,
     customer: Annotated[str | None, typer.Option("--customer", help="Only this customer's rows (customer id).")] = None,
-    fmt: Annotated[Format, typer.Option("--format", help="table for people; csv or json for machines.")] = Format.table,
+    fmt: FormatOpt = None,
     json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     home: HomeOpt = None,
 ) -> None:
@@ -54,33 +51,35 @@ def report(
         rep = reports.report(conn, by=by.value, window=window, customer=customer)
     finally:
         conn.close()
-    if json or fmt is Format.json:
+    form = pick_format(fmt, json)
+    if form is Format.json:
         sys.stdout.write(reports.to_json_text(rep))
-    elif fmt is Format.csv:
+    elif form is Format.csv:
         sys.stdout.write(reports.to_csv(rep))
+    elif form is Format.tsv:
+        import csv
+        import io
+
+        for row in csv.reader(io.StringIO(reports.to_csv(rep))):
+            sys.stdout.write("\t".join(" ".join(v.replace("\t", " ").splitlines()) for v in row) + "\n")
     else:
         _print_table(rep)
 
 
-def _print_table(rep: Report) -> None:
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
+# when the terminal is narrow, these go first (highest first); the group, cost and requests stay
+_DROP = {"cached": 6, "cache hits": 5, "saved (USD)": 4, "completion": 3, "prompt": 2, "errors": 1}
 
+
+def _print_table(rep: Report) -> None:
     from .. import reports
+    from .tables import Column, emit
 
     headers, body, total = reports.table_rows(rep)
-    table = Table(title=reports.table_title(rep), box=box.SIMPLE_HEAD)
     first_number = 2 if rep.has_names else 1
-    for i, h in enumerate(headers):
-        if i >= first_number:
-            table.add_column(h, justify="right", no_wrap=True)
-        else:
-            table.add_column(h, overflow="fold")
-    for i, row in enumerate(body):
-        table.add_row(*row, end_section=i == len(body) - 1)
-    table.add_row(*total, style="bold")
-    console = Console()
-    if not console.is_terminal:  # piped or redirected: never truncate or fold the data
-        console = Console(width=max(console.width, 1000))
-    console.print(table)
+    def cell(i: int) -> Callable[[list[str]], str]:
+        return lambda r: r[i]
+
+    columns = [Column(h, cell(i), keep=i == 0 or i >= first_number, right=i >= first_number,
+                      drop=_DROP.get(h, 0)) for i, h in enumerate(headers)]
+    sys.stdout.write(reports.table_title(rep) + "\n\n")
+    emit(columns, [*body, total], Format.table, total=True)

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from .common import HomeOpt, JsonOpt, err, open_existing_db, print_json, resolve_home, writing
+from .common import HomeOpt, JsonOpt, err, open_existing_db, resolve_home, writing
+from .tables import Column, FormatOpt, emit, pick_format
 
 app = typer.Typer(help="Create and list teams.", no_args_is_help=True)
 
@@ -30,23 +31,19 @@ def create(
 def list_(
     home: HomeOpt = None,
     customer: Annotated[str | None, typer.Option("--customer", help="Only this customer's teams.")] = None,
+    fmt: FormatOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """List teams with their customer and number of keys."""
     from ..governance.hierarchy import list_teams
 
+    form = pick_format(fmt, json)
     conn = open_existing_db(resolve_home(home))
     try:
         rows = list_teams(conn, customer_id=customer)
     finally:
         conn.close()
-    if json:
-        print_json(rows)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("id", "customer", "name", "keys", "created")
-    for r in rows:
-        table.add_row(r["id"], r["customer_id"], r["name"] or "", str(r["keys"]), r["created_at"])
-    Console().print(table)
+    emit([Column("id", lambda r: r["id"], keep=True),
+          Column("customer", lambda r: r["customer_id"], keep=True, drop=3, key="customer_id"),
+          Column("name", lambda r: r["name"] or ""), Column("keys", lambda r: str(r["keys"]), right=True, drop=1),
+          Column("created", lambda r: r["created_at"], keep=True, drop=2, key="created_at")], rows, form)

@@ -27,6 +27,15 @@ Invariants:
   the window plus reservations in flight, whatever changes during traffic (see ``reload``).
 * Events are produced, never written: ``settle`` returns them and the gateway stores them (the events
   table's unique index keeps each one once, also across restarts).
+* Auto-raise (``raise_step_nanos`` > 0, hard budgets only): when a hard cap would refuse a request,
+  ``reserve`` raises the limit of the window by one step (never past ``ceiling_nanos``) instead, if
+  what was really spent (settled, not merely reserved in flight) has reached the current limit minus
+  one step: the k-th raise needs ``spent >= limit + (k - 2) * step``, so raises follow real spend, at
+  most one per step spent, and a burst of requests in flight cannot raise twice. Raises are part of
+  the same atomic check as admission (all budgets admit, or none is charged or raised), return a
+  ``budget_raised`` event each (threshold = the raise's number in the window: stored once), and are
+  rebuilt at start from those events. The raised limit holds for the rest of the window; a new window
+  starts at the declared limit.
 """
 
 from __future__ import annotations
@@ -50,6 +59,8 @@ ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly", "total": "tot
 
 #: ``(scope, scope_id, since_ms) -> spent nano-dollars`` read from the ledger
 SpendFn = Callable[[str, str, int], int]
+#: ``(budget_id, window_start_ms) -> auto-raises already made in that window`` (from the events)
+RaisesFn = Callable[[str, int], int]
 
 
 # ---- definitions ---------------------------------------------------------------------------------
@@ -65,12 +76,21 @@ class Budget:
     hard: bool = True
     warn_pct: int = 80
     grace_nanos: int = 0
+    raise_step_nanos: int = 0  # auto-raise step (0: no auto-raise)
+    ceiling_nanos: int = 0  # auto-raise: the most the limit rises to
 
     @classmethod
     def from_row(cls, row: sqlite3.Row | Mapping[str, Any]) -> Budget:
+        names = row.keys()
+        step = int(row["raise_step_nanos"] or 0) if "raise_step_nanos" in names else 0
+        ceiling = int(row["ceiling_nanos"] or 0) if "ceiling_nanos" in names else 0
         return cls(id=row["id"], scope=row["scope"], scope_id=row["scope_id"], period=row["period"],
                    limit_nanos=int(row["limit_nanos"]), hard=bool(row["hard"]), warn_pct=int(row["warn_pct"]),
-                   grace_nanos=int(row["grace_nanos"]))
+                   grace_nanos=int(row["grace_nanos"]), raise_step_nanos=step, ceiling_nanos=ceiling)
+
+    @property
+    def auto_raise(self) -> bool:
+        return self.hard and self.raise_step_nanos > 0 and self.ceiling_nanos > self.limit_nanos
 
     @property
     def label(self) -> str:
@@ -113,6 +133,17 @@ def ledger_spend(conn: sqlite3.Connection) -> SpendFn:
     return spend
 
 
+def ledger_raises(conn: sqlite3.Connection) -> RaisesFn:
+    """A ``RaisesFn`` reading ``conn``'s events: how many ``budget_raised`` events a budget has in a window."""
+
+    def raises(budget_id: str, start_ms: int) -> int:
+        row = conn.execute("SELECT COALESCE(MAX(threshold), 0) FROM events WHERE kind = 'budget_raised'"
+                           " AND budget_id = ? AND period_start_ms = ?", (budget_id, start_ms)).fetchone()
+        return int(row[0])
+
+    return raises
+
+
 # ---- errors and events ---------------------------------------------------------------------------
 
 
@@ -136,7 +167,7 @@ class BudgetExceeded(LlmgwError):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    kind: str  # soft_cap | hard_cap | grace_used
+    kind: str  # soft_cap | hard_cap | grace_used | budget_raised
     budget_id: str
     scope: str
     scope_id: str
@@ -163,13 +194,27 @@ class _State:
     spent: int = 0
     reserved: int = 0
     fired: set[tuple[str, int]] = field(default_factory=set)  # (kind, threshold) in this window
+    raises: int = 0  # auto-raises made in this window
 
     def roll(self, now_ms: int) -> None:
         if self.end_ms is not None and now_ms >= self.end_ms:
             self.start_ms, self.end_ms = window(self.budget.period, now_ms)
             self.spent = 0
             self.reserved = 0
+            self.raises = 0
             self.fired.clear()
+
+    def limit_after(self, raises: int) -> int:
+        """The limit of this window after ``raises`` auto-raises (the declared one without auto-raise)."""
+        b = self.budget
+        if not b.auto_raise or raises <= 0:
+            return b.limit_nanos
+        return min(b.ceiling_nanos, b.limit_nanos + raises * b.raise_step_nanos)
+
+    @property
+    def limit(self) -> int:
+        """The limit in force in this window: the declared one plus any auto-raises."""
+        return self.limit_after(self.raises)
 
 
 @dataclass(slots=True)
@@ -181,6 +226,7 @@ class Reservation:
     parts: tuple[tuple[str, int], ...]
     in_grace: tuple[str, ...] = ()  # budgets that admitted only thanks to their grace
     settled: bool = False
+    raised: tuple[Event, ...] = ()  # the auto-raises this admission made (``budget_raised`` events)
 
 
 @dataclass(slots=True, eq=False)
@@ -209,9 +255,16 @@ class BudgetBook:
         self.error_status = error_status
         self._states: dict[str, _State] = {}
         self._by_scope: dict[tuple[str, str], list[Budget]] = {}
+        #: (scope, id) -> display name of customers, teams and keys, for messages (set by the loader)
+        self.names: dict[tuple[str, str], str] = {}
         self._flights: set[Flight] = set()
         self._recent: list[Flight] = []  # flights done while a snapshot was being read
         self._snapshots = 0
+
+    def who(self, scope: str, scope_id: str) -> str:
+        """``key key_ab12 (batch-bot)``: a scope by id, and by name where it has one."""
+        name = self.names.get((scope, scope_id))
+        return f"{scope} {scope_id}" + (f" ({name})" if name and name != scope_id else "")
 
     # -- requests in flight ------------------------------------------------------------------------
 
@@ -282,13 +335,14 @@ class BudgetBook:
     # -- definitions -------------------------------------------------------------------------------
 
     def load(self, budget_rows: Iterable[BudgetRow], spend_by_scope: SpendFn,
-             now_ms: int) -> None:
-        """Rebuild everything: each budget's current window and what the ledger says was spent in it."""
+             now_ms: int, raises: RaisesFn | None = None) -> None:
+        """Rebuild everything: each budget's current window and what the ledger says was spent in it
+        (and, with ``raises``, the auto-raises its events say were made in it)."""
         self._states = {}
-        self.reload(budget_rows, spend_by_scope, now_ms)
+        self.reload(budget_rows, spend_by_scope, now_ms, raises)
 
     def reload(self, budget_rows: Iterable[BudgetRow], spend_by_scope: SpendFn,
-               now_ms: int, *, committed_seq: int | None = None) -> None:
+               now_ms: int, raises: RaisesFn | None = None, *, committed_seq: int | None = None) -> None:
         """Apply changed definitions: new budgets read their spend from the ledger; a budget it already
         had (same id, scope and period) keeps its spent and reserved counters with the new limit, warn
         level, grace and hardness; removed budgets are dropped (their reservations settle to nothing).
@@ -306,7 +360,8 @@ class BudgetBook:
                 states[b.id] = old
                 continue
             start, end = window(b.period, now_ms)
-            st = states[b.id] = _State(b, start, end, spent=spend_by_scope(b.scope, b.scope_id, start))
+            st = states[b.id] = _State(b, start, end, spent=spend_by_scope(b.scope, b.scope_id, start),
+                                       raises=raises(b.id, start) if raises is not None and b.auto_raise else 0)
             if committed_seq is not None:
                 self._count_in_flight(st, committed_seq)
         by_scope: dict[tuple[str, str], list[Budget]] = {}
@@ -355,32 +410,70 @@ class BudgetBook:
         states = self._live(budgets, now_ms)
         refused: list[_State] = []
         in_grace: list[str] = []
+        raising: list[tuple[_State, int]] = []  # (state, raises it would have): applied only if all admit
         for st in states:
             b = st.budget
             if not b.hard:
                 continue
-            cap = b.cap_nanos
+            n = st.raises
+            while True:
+                limit = st.limit_after(n)
+                cap = limit + b.grace_nanos
+                if not (st.spent >= cap or st.spent + st.reserved + amount > cap):
+                    break
+                # raise instead of refusing: up to the ceiling, once per step really spent
+                if not (b.auto_raise and limit < b.ceiling_nanos and st.spent >= limit - b.raise_step_nanos):
+                    break
+                n += 1
             if st.spent >= cap or st.spent + st.reserved + amount > cap:
                 refused.append(st)
-            elif st.spent + st.reserved + amount > b.limit_nanos:
+                continue
+            if n != st.raises:
+                raising.append((st, n))
+            if st.spent + st.reserved + amount > limit:
                 in_grace.append(b.id)
         if refused:
             raise self._exceeded(refused, amount)
+        raised: list[Event] = []
+        for st, n in raising:
+            while st.raises < n:
+                old = st.limit
+                st.raises += 1
+                raised.append(self._raised_event(st, old, now_ms))
         for st in states:
             st.reserved += amount
-        return Reservation(amount, now_ms, tuple((st.budget.id, st.start_ms) for st in states), tuple(in_grace))
+        return Reservation(amount, now_ms, tuple((st.budget.id, st.start_ms) for st in states), tuple(in_grace),
+                           raised=tuple(raised))
+
+    def _raised_event(self, st: _State, old_limit: int, now_ms: int) -> Event:
+        b = st.budget
+        new = st.limit
+        return Event("budget_raised", b.id, b.scope, b.scope_id, st.start_ms, st.raises, {
+            "period": b.period, "raise": st.raises, "old_limit_nanos": old_limit, "limit_nanos": new,
+            "base_limit_nanos": b.limit_nanos, "step_nanos": b.raise_step_nanos, "ceiling_nanos": b.ceiling_nanos,
+            "spent_nanos": st.spent, "reserved_nanos": st.reserved, "window_end_ms": st.end_ms,
+            "name": self.names.get((b.scope, b.scope_id)),
+            "message": (f"{ADJECTIVE[b.period]} budget of {self.who(b.scope, b.scope_id)} auto-raised from "
+                        f"{usd(old_limit)} to {usd(new)} (step {usd(b.raise_step_nanos)}, ceiling "
+                        f"{usd(b.ceiling_nanos)}; {usd(st.spent)} spent)"),
+        })
 
     def _exceeded(self, refused: list[_State], amount: int) -> BudgetExceeded:
         # name the budget that frees up last: retrying before then cannot succeed
         st = max(refused, key=lambda s: (s.end_ms is None, s.end_ms or 0))
         b = st.budget
         when = "it does not reset" if st.end_ms is None else f"resets {iso_utc(st.end_ms)}"
-        if st.spent >= b.limit_nanos:
+        limit = st.limit
+        if st.spent >= limit:
             what = f"exhausted ({usd(st.spent)} spent)"
         else:
             what = (f"cannot cover this request (up to {usd(amount)}; {usd(st.spent)} spent, {usd(st.reserved)} "
                     "reserved by requests in flight)")
-        message = f"{ADJECTIVE[b.period]} budget of {usd(b.limit_nanos)} for {b.scope} {b.scope_id} {what}; {when}"
+        if b.auto_raise:
+            what += (f" (auto-raised {st.raises} time{'s' if st.raises != 1 else ''} from {usd(b.limit_nanos)}; "
+                     + (f"at its ceiling of {usd(b.ceiling_nanos)})" if limit >= b.ceiling_nanos else
+                        f"it rises again once {usd(limit - b.raise_step_nanos)} is spent)"))
+        message = f"{ADJECTIVE[b.period]} budget of {usd(limit)} for {self.who(b.scope, b.scope_id)} {what}; {when}"
         return BudgetExceeded(message, period=b.period, status=self.error_status, budget_id=b.id,
                               reset_ms=st.end_ms)
 
@@ -392,7 +485,7 @@ class BudgetBook:
             b = st.budget
             if not b.hard:
                 continue
-            left = (b.cap_nanos if include_grace else b.limit_nanos) - st.spent - st.reserved
+            left = st.limit + (b.grace_nanos if include_grace else 0) - st.spent - st.reserved
             best = left if best is None else min(best, left)
         return None if best is None else max(0, best)
 
@@ -421,7 +514,7 @@ class BudgetBook:
 
     def _events(self, st: _State, out: list[Event]) -> None:
         b = st.budget
-        limit = b.limit_nanos
+        limit = st.limit
         checks: list[tuple[str, int]] = []
         if _past(st.spent, limit, b.warn_pct):
             checks.append(("soft_cap", b.warn_pct))
@@ -436,7 +529,9 @@ class BudgetBook:
             out.append(Event(kind, b.id, b.scope, b.scope_id, st.start_ms, threshold, {
                 "period": b.period, "hard": b.hard, "limit_nanos": limit, "spent_nanos": st.spent,
                 "grace_nanos": b.grace_nanos, "warn_pct": b.warn_pct, "window_end_ms": st.end_ms,
-                "message": f"{b.label} at {_pct(st.spent, limit)}% ({usd(st.spent)} of {usd(limit)})",
+                "name": self.names.get((b.scope, b.scope_id)),
+                "message": (f"{self.who(b.scope, b.scope_id)} {ADJECTIVE[b.period]} budget at "
+                            f"{_pct(st.spent, limit)}% ({usd(st.spent)} of {usd(limit)})"),
             }))
 
     # -- reporting ---------------------------------------------------------------------------------
@@ -446,32 +541,36 @@ class BudgetBook:
         st = self._states[budget if isinstance(budget, str) else budget.id]
         st.roll(now_ms)
         b = st.budget
+        limit = st.limit
         return {
             "id": b.id, "scope": b.scope, "scope_id": b.scope_id, "period": b.period, "hard": b.hard,
-            "limit_nanos": b.limit_nanos, "spent_nanos": st.spent, "reserved_nanos": st.reserved,
-            "remaining_nanos": max(0, b.limit_nanos - st.spent - st.reserved), "grace_nanos": b.grace_nanos,
-            "utilisation": (st.spent / b.limit_nanos) if b.limit_nanos else (1.0 if st.spent else 0.0),
-            "utilisation_pct": _pct(st.spent, b.limit_nanos), "warn_pct": b.warn_pct,
-            "warn": _past(st.spent, b.limit_nanos, b.warn_pct),
+            "limit_nanos": limit, "spent_nanos": st.spent, "reserved_nanos": st.reserved,
+            "remaining_nanos": max(0, limit - st.spent - st.reserved), "grace_nanos": b.grace_nanos,
+            "utilisation": (st.spent / limit) if limit else (1.0 if st.spent else 0.0),
+            "utilisation_pct": _pct(st.spent, limit), "warn_pct": b.warn_pct,
+            "warn": _past(st.spent, limit, b.warn_pct),
             "window_start_ms": st.start_ms, "window_end_ms": st.end_ms,
+            "base_limit_nanos": b.limit_nanos, "raise_step_nanos": b.raise_step_nanos if b.auto_raise else 0,
+            "ceiling_nanos": b.ceiling_nanos if b.auto_raise else 0, "raises": st.raises,
         }
 
     def warning_headers(self, budgets: Iterable[Budget], now_ms: int) -> dict[str, str]:
         """``x-llmgw-budget-remaining`` (USD left on the tightest hard budget, or soft if there is no hard
-        one) and ``x-llmgw-budget-warning`` naming the budgets past their warn level, most used first;
-        empty when no budget is past its warn level."""
+        one; whenever a budget applies) and ``x-llmgw-budget-warning`` naming the budgets past their warn
+        level, most used first (only when one is); empty when no budget applies."""
         states = self._live(budgets, now_ms)
-        warned = [st for st in states if _past(st.spent, st.budget.limit_nanos, st.budget.warn_pct)]
-        if not warned:
+        if not states:
             return {}
         pool = [st for st in states if st.budget.hard] or states  # a soft budget blocks nothing
-        tightest = min(max(0, st.budget.limit_nanos - st.spent - st.reserved) for st in pool)
-        warned.sort(key=lambda st: -_pct(st.spent, st.budget.limit_nanos))
-        return {
-            "x-llmgw-budget-remaining": usd(tightest, dollar=False),
-            "x-llmgw-budget-warning": ", ".join(f"{st.budget.label} at {_pct(st.spent, st.budget.limit_nanos)}%"
-                                                for st in warned),
-        }
+        tightest = min(max(0, st.limit - st.spent - st.reserved) for st in pool)
+        out = {"x-llmgw-budget-remaining": usd(tightest, dollar=False)}
+        warned = [st for st in states if _past(st.spent, st.limit, st.budget.warn_pct)]
+        if warned:
+            warned.sort(key=lambda st: -_pct(st.spent, st.limit))
+            out["x-llmgw-budget-warning"] = ", ".join(
+                f"{self.who(st.budget.scope, st.budget.scope_id)} {ADJECTIVE[st.budget.period]} budget at "
+                f"{_pct(st.spent, st.limit)}%" for st in warned)
+        return out
 
 
 def _past(spent: int, limit: int, pct: int) -> bool:
@@ -525,19 +624,22 @@ def select_budgets(conn: sqlite3.Connection, scope: str | None = None,
 
 def upsert_budget(conn: sqlite3.Connection, scope: str, value: str, period: str, limit_nanos: int, *,
                   hard: bool | None = None, warn_pct: int | None = None,
-                  grace_nanos: int | None = None) -> tuple[sqlite3.Row, bool]:
+                  grace_nanos: int | None = None, raise_step_nanos: int | None = None,
+                  ceiling_nanos: int | None = None) -> tuple[sqlite3.Row, bool]:
     """Create or update the budget of (scope, customer/team/key, period), in the caller's transaction.
 
     An update keeps the budget's id (so a running daemon keeps its spent counter) and the options
     not given (``None``); a new budget defaults to hard, warn at 80 %, no grace. Returns the row and
-    whether it was created. ``UsageError`` naming the field for a bad option, ``NotFound`` (``param``:
+    whether it was created. Auto-raise: ``raise_step_nanos`` (0 turns it off) with ``ceiling_nanos``,
+    the most the limit may rise to (above the limit; hard budgets only). ``UsageError`` naming the field for a bad option, ``NotFound`` (``param``:
     the scope) for an unknown customer/team/key (keys by id or name); nothing is written then.
     """
     if scope not in SCOPES:
         raise UsageError(f"scope: expected one of {', '.join(SCOPES)}, got {scope!r}", param="scope")
     if period not in PERIODS:
         raise UsageError(f"period: expected one of {', '.join(PERIODS)}, got {period!r}", param="period")
-    for what, n in (("limit", limit_nanos), ("grace", grace_nanos)):
+    for what, n in (("limit", limit_nanos), ("grace", grace_nanos), ("auto_raise", raise_step_nanos),
+                    ("ceiling", ceiling_nanos)):
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_NANOS):
             raise UsageError(f"{what}: expected a non-negative amount, got {n!r}", param=what)
     if warn_pct is not None and (isinstance(warn_pct, bool) or not isinstance(warn_pct, int)
@@ -549,22 +651,44 @@ def upsert_budget(conn: sqlite3.Connection, scope: str, value: str, period: str,
     scope_id = resolve_scope(conn, scope, value)
     old = conn.execute("SELECT * FROM budgets WHERE scope = ? AND scope_id = ? AND period = ?",
                        (scope, scope_id, period)).fetchone()
+    step = raise_step_nanos if raise_step_nanos is not None else int(old["raise_step_nanos"]) if old else 0
+    ceiling = ceiling_nanos if ceiling_nanos is not None else int(old["ceiling_nanos"]) if old else 0
+    if raise_step_nanos == 0 and ceiling_nanos is None:
+        ceiling = 0  # auto-raise turned off
+    is_hard = (hard if hard is not None else bool(old["hard"]) if old else True)
+    check_auto_raise(limit_nanos, step, ceiling, is_hard)
     if old is None:
         bid = "bud_" + uuid.uuid4().hex[:16]
         conn.execute(
             "INSERT INTO budgets (id, scope, scope_id, period, limit_nanos, hard, warn_pct, grace_nanos,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " raise_step_nanos, ceiling_nanos, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (bid, scope, scope_id, period, limit_nanos, int(hard is not False), 80 if warn_pct is None else warn_pct,
-             grace_nanos or 0, now, now))
+             grace_nanos or 0, step, ceiling, now, now))
     else:
         bid = old["id"]
         conn.execute(
-            "UPDATE budgets SET limit_nanos = ?, hard = ?, warn_pct = ?, grace_nanos = ?, updated_at = ?"
-            " WHERE id = ?",
+            "UPDATE budgets SET limit_nanos = ?, hard = ?, warn_pct = ?, grace_nanos = ?, raise_step_nanos = ?,"
+            " ceiling_nanos = ?, updated_at = ? WHERE id = ?",
             (limit_nanos, old["hard"] if hard is None else int(hard),
              old["warn_pct"] if warn_pct is None else warn_pct,
-             old["grace_nanos"] if grace_nanos is None else grace_nanos, now, bid))
+             old["grace_nanos"] if grace_nanos is None else grace_nanos, step, ceiling, now, bid))
     return conn.execute("SELECT * FROM budgets WHERE id = ?", (bid,)).fetchone(), old is None
+
+
+def check_auto_raise(limit_nanos: int, step_nanos: int, ceiling_nanos: int, hard: bool) -> None:
+    """``UsageError`` naming the field unless auto-raise is off (step 0) or a step with a ceiling above
+    the limit on a hard budget."""
+    if not step_nanos:
+        if ceiling_nanos:
+            raise UsageError("ceiling: needs auto_raise (the step the limit rises by)", param="ceiling")
+        return
+    if not hard:
+        raise UsageError("auto_raise: applies to hard budgets only (this one is soft)", param="auto_raise")
+    if not ceiling_nanos:
+        raise UsageError("ceiling: auto_raise needs a ceiling (the most the limit may rise to)", param="ceiling")
+    if ceiling_nanos <= limit_nanos:
+        raise UsageError(f"ceiling: must be above the limit ({usd(limit_nanos)}), got {usd(ceiling_nanos)}",
+                         param="ceiling")
 
 
 def delete_budget(conn: sqlite3.Connection, budget_id: str) -> sqlite3.Row:
@@ -583,8 +707,10 @@ def budget_report(conn: sqlite3.Connection, rows: list[Any], now_ms: int) -> lis
     in-flight reservations are not visible here.
     """
     book = BudgetBook()
-    book.load(rows, ledger_spend(conn), now_ms)
+    book.load(rows, ledger_spend(conn), now_ms, ledger_raises(conn))
     names = {("key", r["id"]): r["name"] for r in conn.execute("SELECT id, name FROM keys")}
+    names.update({("team", r["id"]): r["name"] for r in conn.execute("SELECT id, name FROM teams")})
+    names.update({("customer", r["id"]): r["name"] for r in conn.execute("SELECT id, name FROM customers")})
     out = []
     for row in rows:
         st = book.status(row["id"], now_ms)
@@ -596,6 +722,9 @@ def budget_report(conn: sqlite3.Connection, rows: list[Any], now_ms: int) -> lis
             "remaining_nanos": st["remaining_nanos"], "grace_nanos": st["grace_nanos"],
             **{f"{m}_usd": usd(st[f"{m}_nanos"], dollar=False) for m in ("limit", "spent", "remaining", "grace")},
             "utilisation_pct": st["utilisation_pct"], "warn_pct": st["warn_pct"], "warn": st["warn"],
+            "base_limit_nanos": st["base_limit_nanos"], "raise_step_nanos": st["raise_step_nanos"],
+            "ceiling_nanos": st["ceiling_nanos"], "raises": st["raises"],
+            **{f"{m}_usd": usd(st[f"{m}_nanos"], dollar=False) for m in ("base_limit", "raise_step", "ceiling")},
             "window_start": iso_utc(st["window_start_ms"]) if st["period"] != "total" else None,
             "resets": iso_utc(end) if end is not None else None,
         })

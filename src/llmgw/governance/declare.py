@@ -33,9 +33,11 @@ The shape::
     period = "week"
     limit = "12.50"
 
-A budget is ``{ period, limit, hard, warn_at, grace }``: ``period`` is day, week (ISO), month or total
-(UTC calendar windows); ``limit`` and ``grace`` are USD, as TOML numbers or strings (``"12.50"``,
-``"$12.50"``); ``hard`` defaults to true, ``warn_at`` (percent, 1-100) to 80, ``grace`` to 0.
+A budget is ``{ period, limit, hard, warn_at, grace, auto_raise, ceiling }``: ``period`` is day, week
+(ISO), month or total (UTC calendar windows); ``limit``, ``grace``, ``auto_raise`` and ``ceiling`` are
+USD, as TOML numbers or strings (``"12.50"``, ``"$12.50"``); ``hard`` defaults to true, ``warn_at``
+(percent, 1-100) to 80, ``grace`` to 0. ``auto_raise = STEP`` with ``ceiling = USD`` (above the limit,
+hard budgets only) raises the limit by STEP instead of refusing, up to the ceiling (``budgets``).
 
 Invariants:
 
@@ -63,14 +65,14 @@ from ..checks import Checks
 from ..errors import UsageError
 from ..tomltext import show
 from ..units import PERIODS, iso_utc, parse_time, parse_usd
-from .budgets import SCOPES
+from .budgets import SCOPES, check_auto_raise
 from .hierarchy import validate_slug
 from .keys import CACHE_MODES, PREFIX, STATUSES, validate_models
 
 CUSTOMER_FIELDS = ("name", "budgets")
 TEAM_FIELDS = ("customer", "name", "budgets")
 KEY_FIELDS = ("customer", "team", "models", "rpm", "tpm", "clamp", "cache", "expires", "status", "budgets")
-BUDGET_FIELDS = ("period", "limit", "hard", "warn_at", "grace")
+BUDGET_FIELDS = ("period", "limit", "hard", "warn_at", "grace", "auto_raise", "ceiling")
 SCOPE_FIELDS = SCOPES  # a [[budgets]] entry names one of these
 _SECRET_FIELDS = ("secret", "key", "key_hash", "hash", "api_key", "display", "prev_key_hash")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -89,6 +91,8 @@ class BudgetDecl:
     warn_pct: int = 80
     grace_nanos: int = 0
     where: tuple[str | int, ...] = ()  # the entry's key path, for problems
+    raise_step_nanos: int = 0  # auto_raise
+    ceiling_nanos: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +173,16 @@ def _budget(c: Checks, item: object, scope: str, ref: str, *at: str | int,
     grace = c.parsed(item, "grace", parse_usd, *at, default=0)
     if grace and not hard:
         c.add((*at, "grace"), "applies to hard budgets only (hard = false here)")
+    step = c.parsed(item, "auto_raise", parse_usd, *at, default=0)
+    ceiling = c.parsed(item, "ceiling", parse_usd, *at, default=0)
+    if len(c.problems) == before:
+        try:
+            check_auto_raise(limit, step, ceiling, bool(hard))
+        except UsageError as e:
+            c.add((*at, e.param or "auto_raise"), e.message.split(": ", 1)[-1])
     if len(c.problems) > before or period is None:
         return None
-    return BudgetDecl(scope, ref, period, limit, hard, warn, grace, at)
+    return BudgetDecl(scope, ref, period, limit, hard, warn, grace, at, step, ceiling)
 
 
 def _budgets(c: Checks, t: Mapping[str, Any], scope: str, ref: str, *at: str) -> tuple[BudgetDecl, ...]:

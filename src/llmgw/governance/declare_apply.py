@@ -93,7 +93,7 @@ class Change:
         return out
 
 
-_MONEY = ("limit", "grace")
+_MONEY = ("limit", "grace", "auto_raise", "ceiling")
 _NONE_TEXT = {"models": "(every model)", "rpm": "(unlimited)", "tpm": "(unlimited)", "cache": "(default)",
               "expires": "(never)", "name": "(none)"}
 
@@ -319,18 +319,24 @@ def _update_key(kid: str, name: str, new: Any, ts: str) -> Callable[[sqlite3.Con
 def _plan_budget(out: Plan, b: BudgetDecl, scope_id: str, row: dict[str, Any] | None) -> None:
     def run(db: sqlite3.Connection) -> None:  # every field as declared, in apply's transaction
         upsert_budget(db, b.scope, scope_id, b.period, b.limit_nanos, hard=b.hard, warn_pct=b.warn_pct,
-                      grace_nanos=b.grace_nanos)
+                      grace_nanos=b.grace_nanos, raise_step_nanos=b.raise_step_nanos, ceiling_nanos=b.ceiling_nanos)
 
     if row is None:
         extras = [x for x in ("soft" if not b.hard else "", f"warn at {b.warn_pct}%" if b.warn_pct != 80 else "",
-                              f"grace {usd(b.grace_nanos)}" if b.grace_nanos else "") if x]
+                              f"grace {usd(b.grace_nanos)}" if b.grace_nanos else "",
+                              f"auto-raise {usd(b.raise_step_nanos)} up to {usd(b.ceiling_nanos)}"
+                              if b.raise_step_nanos else "") if x]
         detail = f" {usd(b.limit_nanos)}" + (f" ({', '.join(extras)})" if extras else "")
         new = {"limit": b.limit_nanos, "hard": b.hard, "warn_at": b.warn_pct, "grace": b.grace_nanos}
+        if b.raise_step_nanos:
+            new.update(auto_raise=b.raise_step_nanos, ceiling=b.ceiling_nanos)
         out.changes.append(Change("create", "budget", b.ref, new=new, scope=b.scope, period=b.period,
                                   detail=detail, run=run))
         return
     pairs = (("limit", int(row["limit_nanos"]), b.limit_nanos), ("hard", bool(row["hard"]), b.hard),
-             ("warn_at", int(row["warn_pct"]), b.warn_pct), ("grace", int(row["grace_nanos"]), b.grace_nanos))
+             ("warn_at", int(row["warn_pct"]), b.warn_pct), ("grace", int(row["grace_nanos"]), b.grace_nanos),
+             ("auto_raise", int(row.get("raise_step_nanos") or 0), b.raise_step_nanos),
+             ("ceiling", int(row.get("ceiling_nanos") or 0), b.ceiling_nanos))
     changed = [(name, old, new_value) for name, old, new_value in pairs if old != new_value]
     for i, (name, old, new_value) in enumerate(changed):  # one line each; the first one writes them all
         out.changes.append(Change("update", "budget", b.ref, name, old, new_value, scope=b.scope,
@@ -394,6 +400,9 @@ def _export_budget(row: Mapping[str, Any]) -> dict[str, Any]:
         out["warn_at"] = int(row["warn_pct"])
     if int(row["grace_nanos"]):
         out["grace"] = _money(int(row["grace_nanos"]))
+    if int(row["raise_step_nanos"] or 0):
+        out["auto_raise"] = _money(int(row["raise_step_nanos"]))
+        out["ceiling"] = _money(int(row["ceiling_nanos"]))
     return out
 
 

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from ..config import Config
-from ..errors import ModelNotFound, UpstreamError, UpstreamRejected, UpstreamTimeout
+from ..errors import ConfigError, ModelNotFound, UpstreamError, UpstreamRejected, UpstreamTimeout
 from .anthropic import AnthropicProvider
 from .base import AttemptFailed, Provider, Target
 from .demo import DemoProvider
@@ -41,6 +41,7 @@ class Router:
         self.aliases = config.aliases
         self.providers: dict[str, Provider] = {}
         self.timeouts: dict[str, float] = {}
+        self.keyless: dict[str, str] = {}  # provider -> the variable(s) that would give it its API key
         for name, pc in config.providers.items():
             if not pc.enabled:
                 continue
@@ -50,8 +51,9 @@ class Router:
                 continue
             keys = pc.resolve_keys(environ)
             if not keys and pc.keys:
-                log.warning("provider %s: none of its API key variables (%s) is set", name,
-                            ", ".join(k.env for k in pc.keys))
+                envs = [k.env for k in pc.keys]
+                log.warning("provider %s: none of its API key variables (%s) is set", name, ", ".join(envs))
+                self.keyless[name] = envs[0] if len(envs) == 1 else "one of " + ", ".join(envs)
             if pc.type == "anthropic":
                 self.providers[name] = AnthropicProvider(pc, client, keys, config.defaults.max_tokens)
             else:
@@ -76,6 +78,13 @@ class Router:
             if not mname or not provider.serves(mname):
                 raise ModelNotFound(f"provider {pname!r} does not serve model {mname!r}", param="model")
             targets.append(Target(provider, mname))
+        if self.keyless:
+            usable = [t for t in targets if t.provider.name not in self.keyless]
+            if not usable:  # never forward without the key only to relay the provider's 401
+                name = targets[0].provider.name
+                raise ConfigError(f"provider {name} has no API key (set {self.keyless[name]})",
+                                  code="provider_no_api_key", status=503, headers={"x-should-retry": "false"})
+            targets = usable  # a fallback chain skips the providers that have no key
         return targets
 
     def catalogue(self) -> list[str]:

@@ -28,7 +28,7 @@ from ..clock import Clock, wall_ms
 from ..config import Config
 from ..errors import LlmgwError, MethodNotAllowed, NotFound, Unauthorized
 from ..gateway import ROUTE_CHAT, ROUTE_EMBEDDINGS, ROUTE_MESSAGES, Gateway, new_request_id
-from ..governance.budgets import BudgetBook, ledger_spend, read_budgets
+from ..governance.budgets import BudgetBook, ledger_raises, ledger_spend, read_budgets
 from ..governance.events import EventSink
 from ..governance.idempotency import Idempotency
 from ..governance.keys import KeyTable
@@ -109,6 +109,40 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
 
 
+async def quota(request: web.Request) -> web.Response:
+    """``GET /v1/llmgw/quota``, authenticated with the virtual key itself: every budget that applies to
+    the key (its own, its team's, its customer's) with limit, spent, reserved (in flight), remaining,
+    percent used and the reset time, from the daemon's live book; money as exact decimal strings."""
+    from ..units import iso_utc, usd
+
+    gw = request.app[GATEWAY]
+    key = await gw.keys.resolve(bearer(request))
+    now = gw.clock()
+    book = gw.budgets
+    out = []
+    for b in book.applicable(key.id, key.team_id, key.customer_id):
+        st = book.status(b, now)
+        end = st["window_end_ms"]
+        out.append({
+            "id": b.id, "scope": b.scope, "scope_id": b.scope_id, "name": book.names.get((b.scope, b.scope_id)),
+            "period": b.period, "hard": b.hard,
+            **{f"{m}_usd": usd(st[f"{m}_nanos"], dollar=False) for m in ("limit", "spent", "reserved", "remaining")},
+            "used_pct": st["utilisation_pct"], "warn_pct": st["warn_pct"], "warn": st["warn"],
+            "window_start": iso_utc(st["window_start_ms"]) if b.period != "total" else None,
+            "resets_at": iso_utc(end) if end is not None else None,
+            "auto_raise": {"step_usd": usd(st["raise_step_nanos"], dollar=False),
+                           "ceiling_usd": usd(st["ceiling_nanos"], dollar=False),
+                           "base_limit_usd": usd(st["base_limit_nanos"], dollar=False),
+                           "raises": st["raises"]} if st["raise_step_nanos"] else None,
+        })
+    left = book.remaining(book.applicable(key.id, key.team_id, key.customer_id), now)
+    body = {"object": "llmgw.quota", "key": {"id": key.id, "name": key.name}, "customer_id": key.customer_id,
+            "team_id": key.team_id, "remaining_usd": None if left is None else usd(left, dollar=False),
+            "budgets": out, "as_of": iso_utc(now)}
+    return web.Response(body=orjson.dumps(body), content_type="application/json",
+                        headers={"cache-control": "no-store"})
+
+
 async def openapi_json(request: web.Request) -> web.Response:
     """The OpenAPI description of the public routes (``server/openapi.py``)."""
     return web.Response(body=request.app[STATE]["openapi"], content_type="application/json")
@@ -156,7 +190,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _read_definitions(conn: sqlite3.Connection, keys: KeyTable, last: int, now_ms: int,
                       known: frozenset[tuple[str, str, str, str]] = frozenset(), upto_rowid: int | None = None,
-                      ) -> tuple[int, list[sqlite3.Row] | None, dict[tuple[str, str, int], int]]:
+                      ) -> tuple[int, list[sqlite3.Row] | None, dict[tuple[str, str, int], int],
+                                 dict[tuple[str, int], int], dict[tuple[str, str], str]]:
     """In a worker thread: if definitions changed, reload keys and read the budget rows plus the
     ledger spend of the current window of each budget the daemon does not track yet (``known``:
     (id, scope, scope_id, period) of tracked ones), so the loop never waits on SQLite.
@@ -167,13 +202,15 @@ def _read_definitions(conn: sqlite3.Connection, keys: KeyTable, last: int, now_m
     the spend and what is taken out of it come from the same snapshot."""
     version = store_db.definitions_version(conn)
     if version == last:
-        return version, None, {}
+        return version, None, {}, {}, {}
     conn.execute("BEGIN")
     try:
         keys.load(conn)
         rows = read_budgets(conn)
         spend = ledger_spend(conn)
+        raised = ledger_raises(conn)
         spends = {}
+        raises = {}
         for r in rows:
             if (r["id"], r["scope"], r["scope_id"], r["period"]) in known:
                 continue
@@ -182,9 +219,14 @@ def _read_definitions(conn: sqlite3.Connection, keys: KeyTable, last: int, now_m
             if upto_rowid is not None:
                 got -= _spend_after(conn, r["scope"], r["scope_id"], start, upto_rowid)
             spends[(r["scope"], r["scope_id"], start)] = got
+            if r["raise_step_nanos"]:
+                raises[(r["id"], start)] = raised(r["id"], start)
+        names = {(scope, r[0]): r[1] for scope, table in (("key", "keys"), ("team", "teams"),
+                                                          ("customer", "customers"))
+                 for r in conn.execute(f"SELECT id, name FROM {table} WHERE name IS NOT NULL")}
     finally:
         conn.rollback()
-    return version, rows, spends
+    return version, rows, spends, raises, names
 
 
 _SCOPE_COLUMN = {"customer": "customer_id", "team": "team_id", "key": "key_id"}
@@ -229,11 +271,14 @@ class Definitions:
                 book.end_snapshot()
 
     def _apply(self, version: int, rows: list[sqlite3.Row] | None, spends: dict[tuple[str, str, int], int],
+               raises: dict[tuple[str, int], int], names: dict[tuple[str, str], str],
                committed_seq: int | None = None) -> None:
         self.version = version
         if rows is not None:
+            self.gw.budgets.names = names
             self.gw.budgets.reload(rows, lambda scope, scope_id, start: spends.get((scope, scope_id, start), 0),
-                                   self.gw.clock(), committed_seq=committed_seq)
+                                   self.gw.clock(), lambda bid, start: raises.get((bid, start), 0),
+                                   committed_seq=committed_seq)
 
     async def watch(self) -> None:
         while True:
@@ -332,6 +377,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         ("POST", "/v1/messages", messages),
         ("POST", "/v1/embeddings", embeddings),
         ("GET", "/v1/models", guarded(models)),
+        ("GET", "/v1/llmgw/quota", guarded(quota)),
         ("GET", "/healthz", guarded(healthz)),
         ("GET", "/readyz", guarded(readyz)),
         ("GET", "/metrics", guarded(metrics)),

@@ -152,6 +152,25 @@ MODELS: Schema = {
                        "owned_by": {"type": "string"}}}}},
 }
 
+_USD = {"type": "string", "pattern": r"^[0-9]+\.[0-9]{2,9}$"}
+_USD_OR_NULL = {"type": ["string", "null"], "pattern": r"^[0-9]+\.[0-9]{2,9}$"}
+QUOTA: Schema = {
+    "type": "object", "required": ["object", "key", "budgets", "remaining_usd", "as_of"],
+    "properties": {
+        "object": {"const": "llmgw.quota"}, "as_of": {"type": "string"}, "remaining_usd": _USD_OR_NULL,
+        "key": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": ["string", "null"]}}},
+        "customer_id": {"type": ["string", "null"]}, "team_id": {"type": ["string", "null"]},
+        "budgets": {"type": "array", "items": {
+            "type": "object", "required": ["id", "scope", "scope_id", "period", "limit_usd", "spent_usd",
+                                           "remaining_usd", "resets_at"],
+            "properties": {"id": {"type": "string"}, "scope": {"enum": ["customer", "team", "key"]},
+                           "scope_id": {"type": "string"}, "name": {"type": ["string", "null"]},
+                           "period": {"enum": ["day", "week", "month", "total"]}, "hard": {"type": "boolean"},
+                           "limit_usd": _USD, "spent_usd": _USD, "reserved_usd": _USD, "remaining_usd": _USD,
+                           "used_pct": {"type": "integer"}, "resets_at": {"type": ["string", "null"]}}}},
+    },
+}
+
 _REQUEST_ID = {"x-request-id": {"description": "the request's id (its ledger row's request_id)",
                                 "schema": {"type": "string"}}}
 #: one server-sent event: ``data`` is a JSON object (a chunk, an Anthropic event, an error) or ``[DONE]``
@@ -203,6 +222,11 @@ def document() -> Schema:
                                    "security": [{"bearer": []}, {"apiKey": []}],
                                    "responses": {"200": _json(_ref("Models"), "the models", _REQUEST_ID),
                                                  **_errors("OpenAIError")}}},
+            "/v1/llmgw/quota": {"get": {"summary": "the budgets that apply to this key: limit, spent, reserved, "
+                                                   "remaining (exact decimal USD strings) and reset time",
+                                        "security": [{"bearer": []}, {"apiKey": []}],
+                                        "responses": {"200": _json(_ref("Quota"), "the key's quota", _REQUEST_ID),
+                                                      **_errors("OpenAIError")}}},
             "/healthz": {"get": {"summary": "liveness", "responses": {"200": {**plain, "description": "alive"},
                                                                       **_errors("OpenAIError")}}},
             "/readyz": {"get": {"summary": "readiness", "responses": {
@@ -222,7 +246,7 @@ def document() -> Schema:
                                            "description": "a virtual key (the Anthropic SDK's header)"}},
             "schemas": {"ChatRequest": CHAT_REQUEST, "MessagesRequest": MESSAGES_REQUEST,
                         "EmbeddingsRequest": EMBEDDINGS_REQUEST, "ChatCompletion": CHAT_COMPLETION,
-                        "Message": MESSAGE, "Embeddings": EMBEDDINGS, "Models": MODELS,
+                        "Message": MESSAGE, "Embeddings": EMBEDDINGS, "Models": MODELS, "Quota": QUOTA,
                         "OpenAIError": OPENAI_ERROR, "AnthropicError": ANTHROPIC_ERROR},
         },
     }

@@ -284,9 +284,16 @@ def m008_cache_audit(db: Database) -> None:
         db.execute(sql)
 
 
+def m009_auto_raise(db: Database) -> None:
+    """Budget auto-raise: the step a hard limit rises by instead of refusing (0: off), and its ceiling."""
+    db.execute("ALTER TABLE budgets ADD COLUMN raise_step_nanos INTEGER NOT NULL DEFAULT 0"
+               " CHECK (raise_step_nanos >= 0)")
+    db.execute("ALTER TABLE budgets ADD COLUMN ceiling_nanos INTEGER NOT NULL DEFAULT 0 CHECK (ceiling_nanos >= 0)")
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial, m002_usage_estimated, m003_governance,
                                                       m004_definitions_version, m005_cache, m006_cache_ledger,
-                                                      m007_rollups, m008_cache_audit)
+                                                      m007_rollups, m008_cache_audit, m009_auto_raise)
 
 
 def _migration_set() -> Migrations:

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.text import Text
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Sparkline, Static
 
@@ -40,23 +42,44 @@ PERIOD_SUFFIX = {"day": "/d", "week": "/wk", "month": "/mo", "total": ""}
 Column = tuple[str, str, int]  # key, label, width
 Cell = str | Text
 
-CUSTOMER_COLUMNS: list[Column] = [
-    ("customer", "customer", 10), ("bar", "used", 13), ("spent", "spent", 7),
-    ("budget", "budget", 10), ("rpm", "req/m", 5), ("spark", f"$/h {data.SPARK_HOURS}h", 10),
-    ("cache", "hit%", 4), ("errors", "err", 3),
-]
-TAIL_COLUMNS: list[Column] = [
-    ("time", "time", 8), ("customer", "customer", 9), ("model", "model", 14), ("status", "st", 3),
-    ("tokens", "in/out", 9), ("cost", "cost", 7), ("cache", "cache", 5), ("latency", "lat", 6),
-]
-TEAM_COLUMNS: list[Column] = [
-    ("team", "team", 14), ("keys", "keys", 4), ("bar", "used", 13), ("spent", "spent", 7),
-    ("budget", "budget", 10), ("requests", "req", 6), ("errors", "err", 4),
-]
-KEY_COLUMNS: list[Column] = [
-    ("key", "key", 13), ("team", "team", 8), ("status", "status", 8), ("bar", "used", 13),
-    ("spent", "spent", 7), ("budget", "budget", 10), ("requests", "req", 5),
-]
+#: from this many terminal columns the tables use their wide layout (more columns, wider cells)
+WIDE_FROM = 110
+
+# (key, label, width) per layout; every cell function fills every key, a layout picks its columns
+CUSTOMER_COLUMNS: dict[str, list[Column]] = {
+    "narrow": [("customer", "customer", 10), ("bar", "used", 13), ("spent", "spent", 7), ("budget", "budget", 9),
+               ("rpm", "req/m", 5), ("blocked", "blocked", 7), ("errors", "errors", 13)],
+    "wide": [("customer", "customer", 12), ("bar", "used", 13), ("spent", "spent", 8), ("budget", "budget", 10),
+             ("rpm", "req/m", 5), ("spark", f"$/h {data.SPARK_HOURS}h", 10), ("cache", "hit%", 4),
+             ("blocked", "blocked", 7), ("errors", "errors", 24)],
+}
+TAIL_COLUMNS: dict[str, list[Column]] = {
+    "narrow": [("time", "time", 8), ("customer", "customer", 9), ("model", "model", 14), ("status", "st", 3),
+               ("tokens", "in/out", 9), ("cost", "cost", 7), ("cache", "cache", 5), ("latency", "lat", 6)],
+    "wide": [("time", "time", 8), ("customer", "customer", 12), ("key", "key", 12), ("model", "model", 18),
+             ("status", "st", 3), ("tokens", "in/out", 9), ("cost", "cost", 9), ("cache", "cache", 5),
+             ("latency", "lat", 6), ("error", "error", 14)],
+}
+TEAM_COLUMNS: dict[str, list[Column]] = {
+    "narrow": [("team", "team", 14), ("keys", "keys", 4), ("bar", "used", 13), ("spent", "spent", 7),
+               ("budget", "budget", 10), ("requests", "req", 6), ("errors", "err", 4)],
+    "wide": [("team", "team", 16), ("keys", "keys", 4), ("bar", "used", 13), ("spent", "spent", 8),
+             ("budget", "budget", 10), ("requests", "req", 6), ("errors", "errors", 30)],
+}
+KEY_COLUMNS: dict[str, list[Column]] = {
+    "narrow": [("key", "key", 13), ("team", "team", 8), ("status", "status", 8), ("bar", "used", 13),
+               ("spent", "spent", 7), ("budget", "budget", 10), ("requests", "req", 5)],
+    "wide": [("key", "key", 16), ("team", "team", 10), ("status", "status", 8), ("bar", "used", 13),
+             ("spent", "spent", 8), ("budget", "budget", 10), ("requests", "req", 5), ("errors", "errors", 24)],
+}
+
+
+def layout_for(width: int) -> str:
+    return "wide" if width >= WIDE_FROM else "narrow"
+
+
+def pick(cells: dict[str, Cell], columns: list[Column]) -> list[Cell]:
+    return [cells[key] for key, _, _ in columns]
 
 APP_CSS = """
 Screen {
@@ -128,12 +151,34 @@ def errors_cell(n: int) -> Text:
     return right(str(n), "bold red" if n else "dim")
 
 
-def customer_cells(c: dict[str, Any]) -> list[Cell]:
+def error_codes_cell(row: dict[str, Any], width: int) -> Text:
+    """Why requests fail: the top error codes with counts (a dim dash when nothing failed)."""
+    codes = row.get("error_codes") or []
+    return Text(fmt.error_codes(codes, width), style="bold red" if codes else "dim")
+
+
+def width_of(columns: list[Column], key: str) -> int:
+    return next((w for k, _, w in columns if k == key), 0)
+
+
+def customer_cells(c: dict[str, Any], columns: list[Column]) -> list[Cell]:
     bar, spent, budget = budget_cells(c)
     hot = any(c["cost_per_hour"])
-    return [fmt.clip(c["id"], 10), bar, spent, budget, right(str(c["rpm"]), "" if c["rpm"] else "dim"),
-            Text(fmt.spark(c["cost_per_hour"]), style="cyan" if hot else "dim"),
-            right(fmt.hit_rate(c["cache_hit_rate"]), "" if c["cache_lookups"] else "dim"), errors_cell(c["errors"])]
+    n_blocked, n_keys = c.get("keys_blocked", 0), c.get("keys_active", 0)
+    limits = c.get("limits") or []
+    if n_blocked:
+        blocked = right(f"{n_blocked}/{n_keys}", "bold red")  # keys every request is refused for / active keys
+    elif limits:  # a team or key budget is exhausted but no active key is cut off by it
+        blocked = right(f"{len(limits)} cap", "yellow")
+    else:
+        blocked = right(fmt.DASH, "dim")
+    return pick({
+        "customer": fmt.clip(c["id"], width_of(columns, "customer")), "bar": bar, "spent": spent, "budget": budget,
+        "rpm": right(str(c["rpm"]), "" if c["rpm"] else "dim"),
+        "spark": Text(fmt.spark(c["cost_per_hour"]), style="cyan" if hot else "dim"),
+        "cache": right(fmt.hit_rate(c["cache_hit_rate"]), "" if c["cache_lookups"] else "dim"),
+        "blocked": blocked, "errors": error_codes_cell(c, width_of(columns, "errors")),
+    }, columns)
 
 
 def status_style(r: dict[str, Any]) -> str:
@@ -142,29 +187,49 @@ def status_style(r: dict[str, Any]) -> str:
     return "yellow" if r["status"] >= 400 else "green"
 
 
-def tail_cells(r: dict[str, Any], now: int) -> list[Cell]:
+def tail_cells(r: dict[str, Any], now: int, columns: list[Column]) -> list[Cell]:
     cache = r["cache"] or ""
-    return [fmt.when(r["ts_ms"], now), fmt.clip(r["customer_id"], 9), fmt.model(r["model"], 14),
-            Text(str(r["status"]), style=status_style(r)), right(fmt.tokens(r)), right(fmt.money(int(r["cost_nanos"]))),
-            Text(fmt.cache_label(r["cache"]), style="cyan" if cache.startswith("hit") else "dim"),
-            right(fmt.latency(r["latency_ms"]))]
+    error = r.get("error_code") or r.get("error_type")
+    return pick({
+        "time": fmt.when(r["ts_ms"], now), "customer": fmt.clip(r["customer_id"], width_of(columns, "customer")),
+        "key": fmt.clip(r.get("key_name") or r.get("key_id"), width_of(columns, "key")),
+        "model": fmt.model(r["model"], width_of(columns, "model")),
+        "status": Text(str(r["status"]), style=status_style(r)), "tokens": right(fmt.tokens(r)),
+        "cost": right(fmt.money(int(r["cost_nanos"]))),
+        "cache": Text(fmt.cache_label(r["cache"]), style="cyan" if cache.startswith("hit") else "dim"),
+        "latency": right(fmt.latency(r["latency_ms"])),
+        "error": Text(fmt.clip(fmt.error_label(error), width_of(columns, "error")) if error else "",
+                      style=status_style(r)),
+    }, columns)
 
 
-def team_cells(t: dict[str, Any]) -> list[Cell]:
+def team_cells(t: dict[str, Any], columns: list[Column]) -> list[Cell]:
     bar, spent, budget = budget_cells(t)
-    return [fmt.clip(t["id"], 14), right(str(t["keys"])), bar, spent, budget, right(str(t["requests"])),
-            errors_cell(t["errors"])]
+    return pick({"team": fmt.clip(t["id"], width_of(columns, "team")), "keys": right(str(t["keys"])), "bar": bar,
+                 "spent": spent, "budget": budget, "requests": right(str(t["requests"])),
+                 "errors": (error_codes_cell(t, width_of(columns, "errors")) if width_of(columns, "errors") > 4
+                            else errors_cell(t["errors"]))}, columns)
 
 
-def key_cells(k: dict[str, Any]) -> list[Cell]:
+def key_status(k: dict[str, Any]) -> Text:
+    """``blocked`` (red) for an active key every request is refused for, else its status."""
+    if k["status"] == "active" and k.get("blocked"):
+        return Text("blocked", style="bold red")
+    return Text(k["status"], style={"active": "green", "disabled": "yellow", "revoked": "red"}.get(k["status"], ""))
+
+
+def key_cells(k: dict[str, Any], columns: list[Column]) -> list[Cell]:
     bar, spent, budget = budget_cells(k)
-    status_colour = {"active": "green", "disabled": "yellow", "revoked": "red"}.get(k["status"], "")
-    return [fmt.clip(k["name"] or k["display"], 13), fmt.clip(k["team_id"], 8), Text(k["status"], style=status_colour),
-            bar, spent, budget, right(str(k["requests"]))]
+    return pick({"key": fmt.clip(k["name"] or k["display"], width_of(columns, "key")),
+                 "team": fmt.clip(k["team_id"], width_of(columns, "team")), "status": key_status(k),
+                 "bar": bar, "spent": spent, "budget": budget, "requests": right(str(k["requests"])),
+                 "errors": error_codes_cell(k, width_of(columns, "errors"))}, columns)
 
 
 def ensure_columns(table: DataTable[Cell], columns: list[Column]) -> None:
-    if not table.columns:
+    """Give ``table`` these columns (replacing others: the layout changed with the terminal's width)."""
+    if [c.value for c in table.columns] != [key for key, _, _ in columns]:
+        table.clear(columns=True)
         for key, label, width in columns:
             table.add_column(label, width=width, key=key)
 
@@ -206,6 +271,7 @@ class MainScreen(Screen[None]):
     """All customers (spend vs budget, traffic, cache, errors) over the live tail of requests."""
 
     ready = False
+    width_layout = "narrow"  # or "wide": the terminal's width decides (``layout_for``)
     _tail_id: int | None = None  # the ledger id the tail was last drawn at
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -221,11 +287,19 @@ class MainScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        ensure_columns(self.query_one("#customers", DataTable), CUSTOMER_COLUMNS)
-        ensure_columns(self.query_one("#tail", DataTable), TAIL_COLUMNS)
+        self.width_layout = layout_for(self.app.size.width)
+        ensure_columns(self.query_one("#customers", DataTable), CUSTOMER_COLUMNS[self.width_layout])
+        ensure_columns(self.query_one("#tail", DataTable), TAIL_COLUMNS[self.width_layout])
         self.ready = True
         if self.top.snap is not None:
             self.show(self.top.snap)
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self.ready and layout_for(event.size.width) != self.width_layout:
+            self.width_layout = layout_for(event.size.width)
+            self._tail_id = None  # redraw the tail in the new columns
+            if self.top.snap is not None:
+                self.show(self.top.snap)
 
     @property
     def top(self) -> TopApp:
@@ -241,11 +315,13 @@ class MainScreen(Screen[None]):
         hour = sum(c["cost_per_hour"][-1] for c in cs)
         self.query_one("#title", Static).update(
             f"llmgw top  {fmt.stamp(snap['now_ms'])}  {len(cs)} customers  {rpm} req/min  {fmt.money(hour)} this hour")
-        fill(self.query_one("#customers", DataTable), CUSTOMER_COLUMNS, [(c["id"], customer_cells(c)) for c in cs])
+        cols = CUSTOMER_COLUMNS[self.width_layout]
+        fill(self.query_one("#customers", DataTable), cols, [(c["id"], customer_cells(c, cols)) for c in cs])
         tail = self.query_one("#tail", DataTable)
         if snap["last_id"] != self._tail_id:
             self._tail_id = snap["last_id"]
-            fill(tail, TAIL_COLUMNS, [(str(r["id"]), tail_cells(r, snap["now_ms"])) for r in snap["tail"]])
+            tcols = TAIL_COLUMNS[self.width_layout]
+            fill(tail, tcols, [(str(r["id"]), tail_cells(r, snap["now_ms"], tcols)) for r in snap["tail"]])
 
     def selected_customer(self) -> str | None:
         return selected_key(self.query_one("#customers", DataTable))
@@ -280,6 +356,7 @@ class CustomerScreen(Screen[None]):
         self.customer_id = customer_id
         self.keys: dict[str, dict[str, Any]] = {}
         self.ready = False
+        self.width_layout = "narrow"
 
     @property
     def top(self) -> TopApp:
@@ -299,11 +376,18 @@ class CustomerScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        ensure_columns(self.query_one("#teams", DataTable), TEAM_COLUMNS)
-        ensure_columns(self.query_one("#keys", DataTable), KEY_COLUMNS)
+        self.width_layout = layout_for(self.app.size.width)
+        ensure_columns(self.query_one("#teams", DataTable), TEAM_COLUMNS[self.width_layout])
+        ensure_columns(self.query_one("#keys", DataTable), KEY_COLUMNS[self.width_layout])
         self.ready = True
         if self.top.snap is not None:
             self.show(self.top.snap)
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self.ready and layout_for(event.size.width) != self.width_layout:
+            self.width_layout = layout_for(event.size.width)
+            if self.top.snap is not None:
+                self.show(self.top.snap)
 
     def show(self, snap: dict[str, Any]) -> None:
         if not self.ready or snap.get("detail_for") != self.customer_id:
@@ -323,9 +407,10 @@ class CustomerScreen(Screen[None]):
             f"cost per hour, last {len(hours)} h  (max {fmt.money(max(hours, default=0))}, "
             f"this hour {fmt.money(hours[-1] if hours else 0)})")
         self.query_one("#spark", Sparkline).data = [float(h) for h in hours]
-        fill(self.query_one("#teams", DataTable), TEAM_COLUMNS, [(t["id"], team_cells(t)) for t in detail["teams"]])
+        tcols, kcols = TEAM_COLUMNS[self.width_layout], KEY_COLUMNS[self.width_layout]
+        fill(self.query_one("#teams", DataTable), tcols, [(t["id"], team_cells(t, tcols)) for t in detail["teams"]])
         self.keys = {k["id"]: k for k in detail["keys"]}
-        fill(self.query_one("#keys", DataTable), KEY_COLUMNS, [(k["id"], key_cells(k)) for k in detail["keys"]])
+        fill(self.query_one("#keys", DataTable), kcols, [(k["id"], key_cells(k, kcols)) for k in detail["keys"]])
 
     def selected_key(self) -> dict[str, Any] | None:
         kid = selected_key(self.query_one("#keys", DataTable))
@@ -448,7 +533,10 @@ class TopApp(App[None]):
         self.snap = snap
         for screen in self.screen_stack:
             if isinstance(screen, MainScreen | CustomerScreen):
-                screen.show(snap)
+                try:
+                    screen.show(snap)
+                except NoMatches:  # a read that finished while the app or the screen is being torn down
+                    pass  # (its widgets are gone; the screens' content is checked by the snapshot tests)
 
     # -- navigation ---------------------------------------------------------------------------------
 

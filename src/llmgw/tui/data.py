@@ -218,6 +218,113 @@ def snapshot(conn: sqlite3.Connection, now_ms: int, *, customer_id: str | None =
                 out["detail"] = customer_detail(conn, customer_id, now_ms)
             except NotFound:
                 pass
+        add_errors_and_blocked(conn, out, now_ms)
         return out
     finally:
         conn.rollback()
+
+
+# ---- why requests fail, and which keys cannot be used --------------------------------------------
+
+#: what an error row is counted as: its code, else its type, else its HTTP status class (``http_5xx``)
+_ERROR_LABEL = "COALESCE(error_code, error_type, 'http_' || status_class || 'xx')"
+TOP_ERRORS = 3
+
+
+def top_errors(conn: sqlite3.Connection, column: str, since: dict[str, int],
+               n: int = TOP_ERRORS) -> dict[str, list[tuple[str, int]]]:
+    """The ``n`` most frequent error codes (most first, ties by code) of each id in ``since`` (id →
+    the start of the window it is measured in), as ``[(code, count), ...]``."""
+    by_since: dict[int, list[str]] = {}
+    for sid, start in since.items():
+        by_since.setdefault(start, []).append(sid)
+    out: dict[str, list[tuple[str, int]]] = {}
+    for start, ids in by_since.items():
+        # through the roll-ups (aggregated per piece): a flat cost over any history
+        sql, params = rollups.grouped(conn, start, None, [column, _ERROR_LABEL], [("n", "SUM", "errors")],
+                                      {column: ids})
+        for sid, code, count in conn.execute(sql, params):
+            if not count:
+                continue
+            out.setdefault(sid, []).append((str(code), int(count)))
+    for codes in out.values():
+        codes.sort(key=lambda c: (-c[1], c[0]))
+        del codes[n:]
+    return out
+
+
+def exhausted_budgets(conn: sqlite3.Connection, now_ms: int) -> dict[tuple[str, str], str]:
+    """``(scope, scope_id)`` → why, for every hard budget that refuses every request now: spent has
+    reached the limit plus grace, and auto-raise (if any) is at its ceiling."""
+    rows = conn.execute("SELECT * FROM budgets WHERE hard = 1").fetchall()
+    out: dict[tuple[str, str], str] = {}
+    for r in bud.budget_report(conn, rows, now_ms):
+        limit = int(r["limit_nanos"])
+        if int(r["spent_nanos"]) < limit + int(r["grace_nanos"]):
+            continue
+        if r["raise_step_nanos"] and limit < int(r["ceiling_nanos"]):
+            continue  # the next request raises it
+        out.setdefault((r["scope"], r["scope_id"]), f"{r['scope']} {bud.ADJECTIVE[r['period']]} budget exhausted")
+    return out
+
+
+def blocked_keys(conn: sqlite3.Connection, now_ms: int,
+                 exhausted: dict[tuple[str, str], str] | None = None) -> dict[str, str]:
+    """Key id → why every request with it is refused, for active keys: a hard budget of the key, its
+    team or its customer is exhausted (``exhausted_budgets``), the key has expired, or its latest
+    request was refused by a budget (its bound no longer fits what is left) with none admitted since."""
+    from ..units import iso_utc
+
+    exhausted = exhausted_budgets(conn, now_ms) if exhausted is None else exhausted
+    now_iso = iso_utc(now_ms)
+    out: dict[str, str] = {}
+    for k in conn.execute("SELECT id, team_id, customer_id, expires_at FROM keys WHERE status = 'active'").fetchall():
+        why = next((exhausted[s] for s in (("key", k["id"]), ("team", k["team_id"]), ("customer", k["customer_id"]))
+                    if s in exhausted), None)
+        if why is None and k["expires_at"] and k["expires_at"].replace("+00:00", "Z") <= now_iso:
+            why = "expired"
+        if why is None:  # one index lookup per key (ledger_key_ts), whatever the ledger's size
+            last = conn.execute("SELECT error_type FROM ledger WHERE key_id = ? ORDER BY ts_ms DESC, id DESC LIMIT 1",
+                                (k["id"],)).fetchone()
+            if last is not None and last[0] == "budget_exceeded":
+                why = "its latest request was refused by a budget"
+        if why is not None:
+            out[k["id"]] = why
+    return out
+
+
+def add_errors_and_blocked(conn: sqlite3.Connection, snap: dict[str, Any], now_ms: int) -> None:
+    """Add to a snapshot's rows: ``error_codes`` (``top_errors`` in the row's window) for customers,
+    teams and keys; ``blocked`` (why, or None) for keys; and for customers ``keys_active``,
+    ``keys_blocked`` and ``limits``: the exhausted team and key budgets under them (their own budget
+    is the row's bar), so a customer whose teams or keys are cut off does not look fine."""
+    exhausted = exhausted_budgets(conn, now_ms)
+    blocked = blocked_keys(conn, now_ms, exhausted)
+    cs = snap["customers"]
+    codes = top_errors(conn, "customer_id", {c["id"]: c["since_ms"] for c in cs})
+    per_customer: dict[str, list[str]] = {}
+    for k in conn.execute("SELECT id, customer_id FROM keys WHERE status = 'active' AND customer_id IS NOT NULL"):
+        per_customer.setdefault(k["customer_id"], []).append(k["id"])
+    team_of = {r["id"]: r["customer_id"] for r in conn.execute("SELECT id, customer_id FROM teams")}
+    key_of = {r["id"]: r["customer_id"] for r in conn.execute("SELECT id, customer_id FROM keys")}
+    limits: dict[str, list[str]] = {}
+    for (scope, sid), _why in sorted(exhausted.items()):
+        owner = team_of.get(sid) if scope == "team" else key_of.get(sid) if scope == "key" else None
+        if owner is not None:
+            limits.setdefault(owner, []).append(f"{scope} {sid}")
+    for c in cs:
+        c["error_codes"] = codes.get(c["id"], [])
+        active = per_customer.get(c["id"], [])
+        c["keys_active"] = len(active)
+        c["keys_blocked"] = sum(1 for k in active if k in blocked)
+        c["limits"] = limits.get(c["id"], [])
+    detail = snap.get("detail")
+    if detail is not None:
+        tcodes = top_errors(conn, "team_id", {t["id"]: t["since_ms"] for t in detail["teams"]})
+        for t in detail["teams"]:
+            t["error_codes"] = tcodes.get(t["id"], [])
+            t["capped"] = ("team", t["id"]) in exhausted
+        kcodes = top_errors(conn, "key_id", {k["id"]: k["since_ms"] for k in detail["keys"]})
+        for k in detail["keys"]:
+            k["error_codes"] = kcodes.get(k["id"], [])
+            k["blocked"] = blocked.get(k["id"])

@@ -104,3 +104,24 @@ def clip(text: str | None, width: int) -> str:
     if not text:
         return DASH
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+_PERIOD_SHORT = {"day": "d", "week": "wk", "month": "mo", "total": "total"}
+_ERROR_SHORT = {"budget_exceeded": "budget", "rate_limit_exceeded": "rate-limit", "model_not_allowed": "model-denied",
+                "invalid_api_key": "bad-key", "key_disabled": "key-disabled", "provider_no_api_key": "no-provider-key"}
+
+
+def error_label(code: str) -> str:
+    """A ledger error code as a short word: ``month_budget_exceeded`` → ``budget/mo``."""
+    head, _, tail = code.partition("_budget_exceeded")
+    if tail == "" and head in _PERIOD_SHORT and code.endswith("_budget_exceeded"):
+        return "budget/" + _PERIOD_SHORT[head]
+    return _ERROR_SHORT.get(code, code)
+
+
+def error_codes(codes: list[tuple[str, int]], width: int) -> str:
+    """The top error codes with their counts, most first, in ``width`` cells: ``budget/mo ×3, http_502 ×1``
+    (a dash for none)."""
+    if not codes:
+        return DASH
+    return clip(", ".join(f"{error_label(c)} ×{n}" for c, n in codes), width)

@@ -194,7 +194,9 @@ class HelpScreen(ModalScreen[None]):
         with Vertical(id="dialog"):
             yield Label("llmgw top: keys", classes="dialog-title")
             yield Static("\n".join(lines))
-            yield Static("Bars turn yellow at a budget's warn level, red at its limit.", markup=False)
+            yield Static("Bars turn yellow at a budget's warn level, red at its limit. blocked: keys every request "
+                         "is refused for (a key, team or customer budget spent) of the active keys; errors: the "
+                         "top error codes. A terminal 110+ columns wide shows more columns.", markup=False)
 
     def action_close(self) -> None:
         self.dismiss(None)
