@@ -65,6 +65,14 @@ _WELL_KNOWN: dict[str, tuple[str, str | None, str | None, str]] = {
 # ---- the typed settings -----------------------------------------------------------------------
 
 
+#: the client headers forwarded by default (``[server] forward_headers``)
+FORWARD_HEADERS = ("anthropic-beta", "anthropic-version", "openai-beta")
+#: never forwarded, whatever the config says: credentials, framing and hop-by-hop headers
+NEVER_FORWARDED = frozenset({"authorization", "x-api-key", "api-key", "host", "content-length", "content-type",
+                             "content-encoding", "transfer-encoding", "connection", "keep-alive", "cookie",
+                             "proxy-authorization", "te", "upgrade", "accept-encoding", "user-agent"})
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -72,6 +80,9 @@ class ServerConfig:
     max_body_bytes: int = 20 * 1024 * 1024
     request_timeout: float = 600.0  # seconds per request overall, every upstream attempt included
     drain_timeout: float = 30.0
+    # client request headers passed on to providers (``anthropic-*`` only to Anthropic providers,
+    # ``openai-*`` only to OpenAI-format ones, any other listed name to every provider); [] = none
+    forward_headers: tuple[str, ...] = FORWARD_HEADERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +155,7 @@ class ProviderConfig:
     models: list[str] = field(default_factory=list)  # empty = any model
     headers: dict[str, str] = field(default_factory=dict)
     enabled: bool = True
+    responses: bool = True  # OpenAI type: the upstream serves /responses itself (else: translated via chat)
 
     def resolve_keys(self, environ: Mapping[str, str] | None = None) -> list[tuple[str, int]]:
         """``(secret, weight)`` for each key whose environment variable is set and non-empty."""
@@ -327,8 +339,15 @@ def _build(c: Checks, path: Path | None, doc: dict[str, Any], env: Mapping[str, 
 
 def _server(c: Checks, t: dict[str, Any]) -> ServerConfig:
     d = ServerConfig()
-    c.unknown(t, ("host", "port", "max_body_bytes", "request_timeout", "drain_timeout"), "server")
+    c.unknown(t, ("host", "port", "max_body_bytes", "request_timeout", "drain_timeout", "forward_headers"), "server")
+    forward = c.strings(t, "forward_headers", "server", what="header name", default=list(d.forward_headers))
+    for i, name in enumerate(forward):
+        if not _HEADER_NAME.match(name):
+            c.add(("server", "forward_headers", i), f"{name!r} is not a header name")
+        elif name.lower() in NEVER_FORWARDED:
+            c.add(("server", "forward_headers", i), f"{name!r} is never forwarded (credentials or framing)")
     return ServerConfig(
+        forward_headers=tuple(dict.fromkeys(n.lower() for n in forward)),
         host=c.string(t, "host", "server", default=d.host),
         port=c.integer(t, "port", "server", default=d.port, lo=0, hi=65535),
         max_body_bytes=c.integer(t, "max_body_bytes", "server", default=d.max_body_bytes, lo=1),
@@ -366,7 +385,7 @@ def _retry(c: Checks, t: dict[str, Any]) -> RetryConfig:
 
 # ---- providers ---------------------------------------------------------------------------------
 
-_PROVIDER_KEYS = ("type", "base_url", "api_key_env", "keys", "timeout", "models", "headers", "enabled")
+_PROVIDER_KEYS = ("type", "base_url", "api_key_env", "keys", "timeout", "models", "headers", "enabled", "responses")
 
 
 def _providers(c: Checks, doc: dict[str, Any], env: Mapping[str, str]) -> dict[str, ProviderConfig]:
@@ -433,6 +452,7 @@ def _provider(c: Checks, name: str, t: dict[str, Any], env: Mapping[str, str]) -
         models=c.strings(t, "models", *at, what="model name", default=[]),
         headers=_headers(c, t, at),
         enabled=c.boolean(t, "enabled", *at, default=True),
+        responses=c.boolean(t, "responses", *at, default=True),
     )
 
 

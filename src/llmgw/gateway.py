@@ -44,7 +44,9 @@ from .governance.keys import KeyInfo, KeyTable
 from .governance.ratelimit import RateLimited, RateLimiter
 from .metrics import Metrics
 from .pricing import Price, PriceBook, cost_nanos
-from .providers.base import OpenStream, StreamState, Target
+from .providers import completions as legacy
+from .providers import responses
+from .providers.base import FORWARDED, OpenStream, StreamState, Target
 from .providers.router import Router
 from .server.http import (
     JSON,
@@ -65,11 +67,17 @@ log = logging.getLogger("llmgw.gateway")
 _CACHE_ERRORS_LOGGED = 10
 
 ROUTE_CHAT, ROUTE_MESSAGES, ROUTE_EMBEDDINGS = "chat", "messages", "embeddings"
+ROUTE_RESPONSES, ROUTE_COMPLETIONS = "responses", "completions"
 VALIDATORS: dict[str, Callable[[Any], dict[str, Any]]] = {
     ROUTE_CHAT: validate.chat_request,
     ROUTE_MESSAGES: validate.messages_request,
     ROUTE_EMBEDDINGS: validate.embeddings_request,
+    ROUTE_RESPONSES: responses.validate_request,
+    ROUTE_COMPLETIONS: legacy.validate_request,
 }
+#: the client's dialect by route (providers answer in it); "openai" for the others
+DIALECTS = {ROUTE_MESSAGES: "anthropic", ROUTE_RESPONSES: "responses", ROUTE_COMPLETIONS: "completions"}
+_UNCACHED = (ROUTE_EMBEDDINGS, ROUTE_COMPLETIONS)
 
 
 _ID_PREFIX = "req_" + secrets.token_hex(6)
@@ -146,31 +154,35 @@ class Gateway:
         self.max_body = config.server.max_body_bytes
         self.request_timeout = config.server.request_timeout
         self.log_bodies = config.log.bodies
+        self.forward_headers = config.server.forward_headers
         self._unpriced_warned: set[str] = set()
         self._prices: dict[tuple[str, str], Price | None] = {}
         self._cache_errors_logged: set[str] = set()
 
     # ---- the spine -------------------------------------------------------------------------
     async def handle(self, request: web.Request, route: str) -> web.StreamResponse:
-        call = Call(request_id=new_request_id(), route=route, ts_ms=self.clock(),
-                    inbound="anthropic" if route == ROUTE_MESSAGES else "openai")
+        call = Call(request_id=new_request_id(), route=route, ts_ms=self.clock(), inbound=DIALECTS.get(route, "openai"))
         retry = request.headers.get("x-stainless-retry-count")
         if retry and retry.isdigit():
             call.client_retry = int(retry)
         self.metrics.in_flight += 1
+        forwarding = FORWARDED.set(self._forwarded(request)) if self.forward_headers else None
         try:
             call.key = await self.keys.resolve(bearer(request))
             body = VALIDATORS[route](await self._read_json(request, call))
             call.model = body["model"]
             call.stream = bool(body.get("stream")) and route != ROUTE_EMBEDDINGS
             targets = self.router.resolve(call.model)
+            if route == ROUTE_RESPONSES:  # a stored response lives at one provider: only it can go on
+                targets = responses.pin_targets(body, targets, self.router.origins, call.model)
             idem = request.headers.get("idempotency-key")
             if idem is not None and not call.stream and self.idempotency is not None:
                 replay = await self._idempotent(call, idem)
                 if replay is not None:
                     return replay
             self._admit(call, body, targets)
-            if self.cache is not None and route != ROUTE_EMBEDDINGS:
+            if self.cache is not None and route not in _UNCACHED and not (
+                    route == ROUTE_RESPONSES and responses.stored_reference(body)):
                 hit = await self._cache_lookup(request, call, body)
                 if hit is not None:
                     return await self._serve_hit(request, call, body, hit)
@@ -195,6 +207,9 @@ class Gateway:
                                 headers=id_headers(call.request_id, call.inbound, JSON, call.headers))
         except LlmgwError as e:
             self._fail(call, e)
+            billed = getattr(e, "usage", None)  # the upstream answered and billed, but unusably
+            if isinstance(billed, Usage):
+                call.usage = billed
             if not call.attempts:  # refused before any upstream attempt: the gateway's own decision
                 reason = rejection_reason(e)
                 if reason is not None:
@@ -212,9 +227,40 @@ class Gateway:
             return error_response(err, call.inbound, call.request_id)
         finally:
             self.metrics.in_flight -= 1
+            if forwarding is not None:
+                FORWARDED.reset(forwarding)
             if call.idem_key is not None and call.key is not None and self.idempotency is not None:
                 # runs before aiohttp sends the response: a retry after this answer finds it
                 await self.idempotency.finish(call.key.id, call.idem_key, call.raw_body, call.idem_answer)
+
+    def _forwarded(self, request: web.Request) -> dict[str, str]:
+        """The client headers ``[server] forward_headers`` lets through to the provider."""
+        h = request.headers
+        return {name: v for name in self.forward_headers if (v := h.get(name))}
+
+    async def count_tokens(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/messages/count_tokens``: authenticated and allow-listed like a request to the
+        same model, but neither billed, budgeted nor rate-limited, and without a ledger row. Anthropic
+        counts itself; an OpenAI-format model is counted with its tokeniser (``providers/tokens``)."""
+        rid = new_request_id()
+        forwarding = FORWARDED.set(self._forwarded(request)) if self.forward_headers else None
+        try:
+            key = await self.keys.resolve(bearer(request))
+            call = Call(request_id=rid, route="count_tokens", inbound="anthropic", ts_ms=self.clock(), key=key)
+            body = validate.messages_request(await self._read_json(request, call))
+            call.model = body["model"]
+            targets = self.router.resolve(call.model)
+            self._authorize(key, call.model, targets)
+            deadline = time.monotonic() + self.request_timeout
+            n = await self.router.run(targets[:1], lambda t, to: t.provider.count_tokens(body, t.model, to),
+                                      deadline, call)
+            return web.Response(body=orjson.dumps({"input_tokens": n}),
+                                headers=id_headers(rid, "anthropic", JSON))
+        except LlmgwError as e:
+            return error_response(e, "anthropic", rid)
+        finally:
+            if forwarding is not None:
+                FORWARDED.reset(forwarding)
 
     async def _idempotent(self, call: Call, idem: str) -> web.Response | None:
         assert call.key is not None and self.idempotency is not None
@@ -240,6 +286,9 @@ class Gateway:
         do_lookup, do_store, threshold, ttl_ms, namespace = cache_request_options(request.headers, cfg)
         key = call.key
         scope = "*" if cfg.scope == "global" else (key.customer_id or f"key:{key.id}")
+        if call.route == ROUTE_RESPONSES:  # keyed by the same conversation view as chat, every field kept
+            body = {**{k: v for k, v in body.items() if k not in ("input", "instructions")},
+                    **responses.bound_view(body)}
         keys = request_keys(body, inbound=call.inbound, scope=scope, namespace=namespace, use_guard=cfg.guard,
                             patterns=cfg.guard_patterns)
         semantic = mode == "semantic"
@@ -302,7 +351,10 @@ class Gateway:
             await self._record(call)
             return web.Response(body=hit.body, headers=id_headers(call.request_id, call.inbound, JSON, call.headers))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        events, terminal = replay_stream(call.inbound, hit.body, include_usage)
+        if call.inbound == "responses":
+            events, terminal = responses.replay(orjson.loads(hit.body))
+        else:
+            events, terminal = replay_stream(call.inbound, hit.body, include_usage)
         resp = SSEResponse(call.request_id, call.inbound, call.headers)
         call.response = resp
         await self._record(call)
@@ -315,21 +367,28 @@ class Gateway:
         return resp
 
     # ---- governance: authorize, rate-limit, reserve -----------------------------------------
+    def _authorize(self, key: KeyInfo, model: str, targets: list[Target]) -> None:
+        if not key.allows(model) and not (model in self.router.aliases
+                                          and all(key.allows(t.qualified) for t in targets)):
+            raise PermissionDenied(f"this key may not use model {model!r}", code="model_not_allowed",
+                                   param="model")
+
     def _admit(self, call: Call, body: dict[str, Any], targets: list[Target]) -> None:
         key = call.key
         assert key is not None and call.model is not None
-        if not key.allows(call.model) and not (call.model in self.router.aliases
-                                               and all(key.allows(t.qualified) for t in targets)):
-            raise PermissionDenied(f"this key may not use model {call.model!r}", code="model_not_allowed",
-                                   param="model")
+        self._authorize(key, call.model, targets)
         budgets = self.budgets.applicable(key.id, key.team_id, key.customer_id)
         if not budgets and not key.rpm and not key.tpm:
             return
         if call.route != ROUTE_EMBEDDINGS and _max_tokens_of(body) is None:
             # make the output bound real: the upstream gets the same limit the reservation assumed
-            body[_max_tokens_param(call.inbound, targets)] = self.default_max_tokens
+            body[_max_tokens_param(call.inbound, targets)] = (
+                legacy.DEFAULT_MAX_TOKENS if call.route == ROUTE_COMPLETIONS else self.default_max_tokens)
         price = self._bound_price(targets)
-        prompt_bound, output_bound, bound = cost_bound(body, len(call.raw_body), price, inbound=call.inbound,
+        view = (responses.bound_view(body) if call.route == ROUTE_RESPONSES
+                else legacy.bound_view(body) if call.route == ROUTE_COMPLETIONS else body)
+        prompt_bound, output_bound, bound = cost_bound(view, len(call.raw_body), price,
+                                                       inbound="anthropic" if call.inbound == "anthropic" else "openai",
                                                        default_max_tokens=self.default_max_tokens)
         if key.rpm or key.tpm:
             call.rl_estimate = prompt_bound + output_bound
@@ -338,7 +397,8 @@ class Gateway:
         if not budgets:
             return
         if any(b.hard for b in budgets):
-            unbounded = unbounded_features(body)
+            unbounded = list(dict.fromkeys(unbounded_features(view) + (
+                responses.unbounded(body) if call.route == ROUTE_RESPONSES else [])))
             if unbounded:
                 raise InvalidRequest(f"{', '.join(unbounded)} cannot be cost-bounded before the request runs, so "
                                      "they are refused under a hard budget", code="unbounded_cost")
@@ -445,8 +505,8 @@ class Gateway:
                 call.status, call.outcome = 499, "cancelled"
             await self._record(call)
             if call.cache_put is not None and self.cache is not None and not call.usage_estimated:
-                answer = completion_from_stream(call.inbound, call.model or "", state.text, state.finish_reason,
-                                                call.usage)
+                answer = getattr(stream, "answer", None) if call.inbound == "responses" else completion_from_stream(
+                    call.inbound, call.model or "", state.text, state.finish_reason, call.usage)
                 if answer is not None:
                     await self._cache_store(call, answer)
             if not client_gone:
@@ -553,11 +613,15 @@ def rejection_reason(err: LlmgwError) -> str | None:
 
 def _max_tokens_of(body: dict[str, Any]) -> Any:
     mct = body.get("max_completion_tokens")
+    if mct is None:
+        mct = body.get("max_output_tokens")  # the Responses API's name
     return mct if mct is not None else body.get("max_tokens")
 
 
 def _max_tokens_param(inbound: str, targets: list[Target]) -> str:
     """OpenAI reasoning models refuse ``max_tokens``; everything else understands it."""
+    if inbound == "responses":
+        return "max_output_tokens"
     if inbound == "openai" and any(t.provider.type == "openai" and t.model.startswith(_REASONING_PREFIXES)
                                    for t in targets):
         return "max_completion_tokens"

@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 
 from ..config import ProviderConfig
-from ..errors import UpstreamError
+from ..errors import InvalidRequest, UpstreamError
 from ..usage import Usage
-from . import sse, translate
-from .base import Completion, ModelCatalogue, StreamState, pick_key
+from . import responses, sse, tokens, translate
+from .base import BilledUpstreamError, Completion, ModelCatalogue, StreamState, forwarded, pick_key
 from .http import finish, iter_sse_regions, loads, open_sse, post_json
 from .sse import Event
 from .upstream import UpstreamClient
@@ -28,6 +28,12 @@ from .upstream import UpstreamClient
 
 class OpenAIFormat(ModelCatalogue):
     type = "openai"
+    #: the upstream serves ``/responses`` itself (pass-through) instead of a translation through chat
+    native_responses = False
+    #: the upstream serves the legacy ``/completions``
+    native_completions = False
+    #: where the ids of responses this provider created are remembered (set by the router)
+    origins: responses.Origins | None = None
 
     def __init__(self, name: str, models: list[str] | None = None) -> None:
         self.name = name
@@ -37,7 +43,8 @@ class OpenAIFormat(ModelCatalogue):
     async def _send(self, path: str, payload: dict[str, Any], timeout: float) -> bytes:
         raise NotImplementedError
 
-    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[Event] | bytes], Any]:
+    async def _open(self, payload: dict[str, Any], timeout: float,
+                    path: str = "/chat/completions") -> tuple[AsyncIterator[list[Event] | bytes], Any]:
         """Returns (iterator over batches of SSE (event, data) pairs or runs of raw SSE event
         blocks, async closer(completed) or None)."""
         raise NotImplementedError
@@ -47,6 +54,12 @@ class OpenAIFormat(ModelCatalogue):
 
     # -- calls ----------------------------------------------------------------------------------
     async def complete(self, inbound: str, body: dict[str, Any], model: str, timeout: float) -> Completion:
+        if inbound == "responses":
+            return await self._responses(body, model, timeout)
+        if inbound == "completions":
+            payload = self._completions_payload(body, model)
+            data = await self._send("/completions", payload, timeout)
+            return Completion(body=data, usage=Usage.from_openai(loads(data).get("usage")))
         if inbound == "openai":
             payload = dict(body)
             payload["model"] = model
@@ -58,12 +71,59 @@ class OpenAIFormat(ModelCatalogue):
         payload.pop("stream", None)
         payload.pop("stream_options", None)
         parsed = loads(await self._send("/chat/completions", payload, timeout))
-        out = translate.openai_to_anthropic_response(parsed, model=body.get("model") or model)
-        return Completion(body=orjson.dumps(out), usage=Usage.from_openai(parsed.get("usage")))
+        usage = Usage.from_openai(parsed.get("usage"))
+        try:
+            out = translate.openai_to_anthropic_response(parsed, model=body.get("model") or model)
+        except UpstreamError as e:  # the provider answered (and billed) something we cannot translate
+            raise BilledUpstreamError(f"{self.name}: {e.message}", usage=usage, code=e.code) from e
+        return Completion(body=orjson.dumps(out), usage=usage)
+
+    async def _responses(self, body: dict[str, Any], model: str, timeout: float) -> Completion:
+        if self.native_responses:
+            payload = dict(body)
+            payload["model"] = model
+            data = await self._send("/responses", payload, timeout)
+            parsed = loads(data)
+            if self.origins is not None and isinstance(parsed, dict):
+                self.origins.remember(parsed.get("id"), self.name)
+            return Completion(body=data, usage=responses.usage_of(parsed.get("usage")))
+        chat = responses.to_chat(body, provider=self.name)
+        chat.pop("stream", None)
+        done = await self.complete("openai", chat, model, timeout)
+        out = responses.chat_to_response(loads(done.body), body, model=body.get("model") or model)
+        return Completion(body=orjson.dumps(out), usage=done.usage)
+
+    def _completions_payload(self, body: dict[str, Any], model: str) -> dict[str, Any]:
+        if not self.native_completions:
+            raise InvalidRequest(f"provider {self.name} has no legacy completions endpoint; use /v1/chat/completions",
+                                 param="model", code="unsupported_endpoint")
+        payload = dict(body)
+        payload["model"] = model
+        return payload
 
     async def open_stream(self, inbound: str, body: dict[str, Any], model: str, timeout: float,
-                          state: StreamState) -> OpenAIStream:
-        if inbound == "openai":
+                          state: StreamState) -> OpenAIStream | ResponsesPassThrough:
+        path = "/chat/completions"
+        req: dict[str, Any] | None = None
+        if inbound == "responses" and self.native_responses:
+            payload = dict(body)
+            payload["model"] = model
+            chunks, closer = await self._open(payload, timeout, "/responses")
+            return ResponsesPassThrough(self.name, chunks, closer, state, self.origins)
+        if inbound == "responses":
+            req = body
+            payload = responses.to_chat(body, provider=self.name)
+            payload["model"] = model
+            payload["stream"] = True
+            payload["stream_options"] = {"include_usage": True}
+            include_usage = False
+        elif inbound == "completions":
+            payload = self._completions_payload(body, model)
+            client_opts = body.get("stream_options") or {}
+            include_usage = bool(client_opts.get("include_usage"))
+            payload["stream_options"] = {**client_opts, "include_usage": True}
+            path, inbound = "/completions", "openai"
+        elif inbound == "openai":
             payload = dict(body)
             payload["model"] = model
             client_opts = body.get("stream_options") or {}
@@ -74,9 +134,14 @@ class OpenAIFormat(ModelCatalogue):
             payload["stream"] = True
             payload["stream_options"] = {"include_usage": True}
             include_usage = False
-        chunks, closer = await self._open(payload, timeout)
+        chunks, closer = await self._open(payload, timeout, path)
         return OpenAIStream(self.name, inbound, chunks, closer, state, include_usage,
-                            client_model=body.get("model") or model)
+                            client_model=body.get("model") or model, req=req)
+
+    async def count_tokens(self, body: dict[str, Any], model: str, timeout: float) -> int:
+        """Input tokens of an Anthropic Messages request, from the model's tokeniser (no upstream call)."""
+        chat = translate.anthropic_request_to_openai(body, model=model)
+        return await tokens.count(model, chat, self.name)
 
     async def embeddings(self, body: dict[str, Any], model: str, timeout: float) -> Completion:
         payload = dict(body)
@@ -109,7 +174,8 @@ class OpenAIStream:
     """Relays an OpenAI-format upstream stream to the client, in the client's dialect."""
 
     def __init__(self, provider: str, inbound: str, chunks: AsyncIterator[list[Event] | bytes], closer: Any,
-                 state: StreamState, include_usage: bool, client_model: str) -> None:
+                 state: StreamState, include_usage: bool, client_model: str,
+                 req: dict[str, Any] | None = None) -> None:
         self.provider = provider
         self.inbound = inbound
         self._chunks = chunks
@@ -122,15 +188,18 @@ class OpenAIStream:
             translate.OpenAIStreamToAnthropic(client_model, "msg_" + format(random.getrandbits(96), "x"))
             if inbound == "anthropic" else None
         )
+        self._to_responses = responses.ChatStreamToResponses(req or {}, client_model) if inbound == "responses" else None
+        self.answer: bytes | None = None  # a Responses stream's final response object (for the cache)
 
     async def events(self) -> AsyncIterator[bytes]:
         """One bytes blob per upstream batch: a burst of upstream events becomes one client write."""
         state = self.state
         to_anthropic = self._to_anthropic
+        to_responses = self._to_responses
         out: list[bytes] = []
         async for batch in self._chunks:
             if isinstance(batch, bytes):  # a run of raw SSE events from the network
-                if to_anthropic is None and not _needs_parsing(batch):
+                if to_anthropic is None and to_responses is None and not _needs_parsing(batch):
                     state.openai_sse.append(batch)  # pass-through: relayed exactly as it came
                     yield batch
                     continue
@@ -159,9 +228,12 @@ class OpenAIStream:
                     state.finish_reason = choices[0]["finish_reason"]
                 if to_anthropic is not None:
                     out.extend(sse.anthropic_event(n, o) for n, o in to_anthropic.feed(chunk))
+                elif to_responses is not None:
+                    out.append(responses.encode(to_responses.feed(chunk)))
                 elif choices or self._include_usage:
                     out.append(ev)
             if self.completed:
+                self._check_complete()
                 # the events that came with [DONE] go out with the terminal event, in the one write
                 # that follows the ledger commit: a send less per stream
                 self._tail = b"".join(out)
@@ -173,11 +245,94 @@ class OpenAIStream:
         self.completed = state.finish_reason is not None
         if not self.completed:
             raise UpstreamError(f"{self.provider} stream ended before completion", code="upstream_stream_truncated")
+        self._check_complete()
+        self._tail = b"".join(out)
+
+    def _check_complete(self) -> None:
+        """At the end of the upstream stream, before the ledger row: refuse tool calls whose arguments
+        are not a JSON object (as the non-streamed answer does; the usage is billed either way), and
+        close a Responses stream so its final response object is known."""
+        if self._to_anthropic is not None:
+            bad = self._to_anthropic.bad_arguments()
+            if bad is not None:
+                raise UpstreamError(f"{self.provider}: upstream returned tool call arguments that are not a JSON "
+                                    f"object (tool {bad!r})", code="upstream_bad_tool_arguments",
+                                    headers={"x-should-retry": "false"})
+        if self._to_responses is not None:
+            self._responses_tail = responses.encode(self._to_responses.finish())
+            self.answer = orjson.dumps(self._to_responses.response)
+
+    _responses_tail = b""
 
     def terminal(self) -> bytes:
         if self._to_anthropic is not None:
             return self._tail + b"".join(sse.anthropic_event(n, o) for n, o in self._to_anthropic.finish())
+        if self._to_responses is not None:
+            return self._tail + self._responses_tail
         return self._tail + sse.DONE
+
+    async def aclose(self) -> None:
+        if self._closer is not None:
+            closer, self._closer = self._closer, None
+            await closer(self.completed)
+
+
+class ResponsesPassThrough:
+    """Relays an OpenAI upstream's own Responses stream, reading usage (and the response id, for
+    follow-ups) from its lifecycle events. The upstream's ``response.completed`` (or
+    ``response.incomplete``) is held back as the terminal event; ``response.failed`` and ``error``
+    events end the stream as an upstream error."""
+
+    def __init__(self, provider: str, chunks: AsyncIterator[list[Event] | bytes], closer: Any, state: StreamState,
+                 origins: responses.Origins | None) -> None:
+        self.provider = provider
+        self._chunks = chunks
+        self._closer = closer
+        self.state = state
+        self._origins = origins
+        self.completed = False
+        self._terminal = b""
+        self.answer: bytes | None = None
+
+    async def events(self) -> AsyncIterator[bytes]:
+        state = self.state
+        async for batch in self._chunks:
+            out: list[bytes] = []
+            for name, data in (sse.split_events(batch) if isinstance(batch, bytes) else batch):
+                ev = loads(data)
+                etype = ev.get("type") if isinstance(ev, dict) else None
+                raw = sse.anthropic_raw(name or str(etype or "message").encode(), data)
+                if etype == "response.output_text.delta":
+                    state.add_text(ev.get("delta"))
+                elif etype == "response.created":
+                    if self._origins is not None:
+                        self._origins.remember((ev.get("response") or {}).get("id"), self.provider)
+                elif etype in ("response.completed", "response.incomplete", "response.failed", "error"):
+                    resp = ev.get("response") or {}
+                    if resp.get("usage"):
+                        state.usage = responses.usage_of(resp["usage"])
+                        state.usage_reported = True
+                    if etype in ("response.failed", "error"):
+                        err = resp.get("error") or ev
+                        raise UpstreamError(f"{self.provider} stream error: {err.get('message', err)}",
+                                            code="upstream_stream_error")
+                    calls = any(i.get("type") == "function_call" for i in resp.get("output") or [])
+                    state.finish_reason = "length" if etype == "response.incomplete" else (
+                        "tool_calls" if calls else "stop")
+                    self.answer = orjson.dumps(resp)
+                    self._terminal = raw
+                    self.completed = True
+                    break
+                out.append(raw)
+            if out:
+                yield b"".join(out)
+            if self.completed:
+                return
+        raise UpstreamError(f"{self.provider} stream ended before response.completed",
+                            code="upstream_stream_truncated")
+
+    def terminal(self) -> bytes:
+        return self._terminal
 
     async def aclose(self) -> None:
         if self._closer is not None:
@@ -188,8 +343,11 @@ class OpenAIStream:
 class OpenAIProvider(OpenAIFormat):
     """OpenAI or any OpenAI-compatible HTTP server, with a weighted pool of API keys."""
 
+    native_completions = True
+
     def __init__(self, cfg: ProviderConfig, client: UpstreamClient, keys: list[tuple[str, int]]) -> None:
         super().__init__(cfg.name, cfg.models)
+        self.native_responses = cfg.responses
         self.cfg = cfg
         self.client = client
         self.keys = keys
@@ -205,14 +363,15 @@ class OpenAIProvider(OpenAIFormat):
         secret = pick_key(self.keys)
         if secret:
             h["authorization"] = "Bearer " + secret
-        return h
+        return forwarded(h, "openai")
 
     async def _send(self, path: str, payload: dict[str, Any], timeout: float) -> bytes:
         return await post_json(self.client, self.name, self.base_url + path, orjson.dumps(payload),
                                self._pick_headers(), timeout)
 
-    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[Event] | bytes], Any]:
-        resp = await open_sse(self.client, self.name, self.base_url + "/chat/completions",
+    async def _open(self, payload: dict[str, Any], timeout: float,
+                    path: str = "/chat/completions") -> tuple[AsyncIterator[list[Event] | bytes], Any]:
+        resp = await open_sse(self.client, self.name, self.base_url + path,
                               orjson.dumps(payload), self._pick_headers(), timeout)
 
         return iter_sse_regions(resp, self.name), functools.partial(finish, resp)

@@ -24,6 +24,7 @@ from .anthropic import AnthropicProvider
 from .base import AttemptFailed, Provider, Target
 from .demo import DemoProvider
 from .openai import OpenAIProvider
+from .responses import Origins
 from .upstream import UpstreamClient
 
 log = logging.getLogger("llmgw.router")
@@ -37,6 +38,7 @@ class Router:
         self.aliases = config.aliases
         self.providers: dict[str, Provider] = {}
         self.timeouts: dict[str, float] = {}
+        self.origins = Origins()  # which provider stores each Responses API response id relayed
         for name, pc in config.providers.items():
             if not pc.enabled:
                 continue
@@ -51,7 +53,9 @@ class Router:
             if pc.type == "anthropic":
                 self.providers[name] = AnthropicProvider(pc, client, keys, config.defaults.max_tokens)
             else:
-                self.providers[name] = OpenAIProvider(pc, client, keys)
+                provider = OpenAIProvider(pc, client, keys)
+                provider.origins = self.origins
+                self.providers[name] = provider
 
     def resolve(self, model: str) -> list[Target]:
         chain = self.aliases.get(model)

@@ -27,7 +27,15 @@ from ..cache.semantic import ResponseCache
 from ..clock import Clock, wall_ms
 from ..config import Config
 from ..errors import LlmgwError, MethodNotAllowed, NotFound, Unauthorized
-from ..gateway import ROUTE_CHAT, ROUTE_EMBEDDINGS, ROUTE_MESSAGES, Gateway, new_request_id
+from ..gateway import (
+    ROUTE_CHAT,
+    ROUTE_COMPLETIONS,
+    ROUTE_EMBEDDINGS,
+    ROUTE_MESSAGES,
+    ROUTE_RESPONSES,
+    Gateway,
+    new_request_id,
+)
 from ..governance.budgets import BudgetBook, ledger_spend, read_budgets
 from ..governance.events import EventSink
 from ..governance.idempotency import Idempotency
@@ -94,6 +102,18 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     return await request.app[GATEWAY].handle(request, ROUTE_EMBEDDINGS)
+
+
+async def responses_api(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].handle(request, ROUTE_RESPONSES)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].handle(request, ROUTE_COMPLETIONS)
+
+
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].count_tokens(request)
 
 
 async def models(request: web.Request) -> web.Response:
@@ -267,8 +287,15 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         ("POST", "/v1/chat/completions", chat_completions),
         ("POST", "/chat/completions", chat_completions),
         ("POST", "/v1/messages", messages),
+        ("POST", "/v1/messages/count_tokens", guarded(count_tokens)),
+        ("POST", "/v1/responses", responses_api),
+        ("POST", "/responses", responses_api),
+        ("POST", "/v1/completions", completions),
+        ("POST", "/completions", completions),
         ("POST", "/v1/embeddings", embeddings),
+        ("POST", "/embeddings", embeddings),
         ("GET", "/v1/models", guarded(models)),
+        ("GET", "/models", guarded(models)),
         ("GET", "/healthz", guarded(healthz)),
         ("GET", "/readyz", guarded(readyz)),
         ("GET", "/metrics", guarded(metrics)),

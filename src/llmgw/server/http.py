@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from ..errors import BodyTooLarge, LlmgwError
-from ..providers import sse
+from ..providers import responses, sse
 
 JSON = {"Content-Type": "application/json"}
 _SSE = {"content-type": "text/event-stream", "cache-control": "no-cache"}
@@ -65,6 +65,8 @@ def error_event(err: LlmgwError, inbound: str) -> bytes:
     """``err`` as the last SSE event of a stream that has begun."""
     if inbound == "anthropic":
         return sse.anthropic_event("error", err.anthropic_body())
+    if inbound == "responses":
+        return responses.error_event(err.code, err.message)
     return sse.openai_event(err.openai_body())
 
 

@@ -1,0 +1,175 @@
+"""The OpenAI Responses API (``/v1/responses``) through the real daemon with the official openai
+SDK: passed through to OpenAI-format providers, translated for Anthropic and the demo; sync,
+async, streaming, tools, images, structured output; stored responses pinned to their provider."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from pydantic import BaseModel
+
+MODELS = ["openai/gpt-4o-mini", "anthropic/claude-haiku-4-5-20251001", "demo/echo"]
+TOOLS = [{"type": "function", "name": "lookup", "description": "look something up",
+          "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}]
+IMAGE = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+
+
+@pytest.fixture
+def client(gw):
+    c = openai.OpenAI(base_url=gw.openai_base, api_key=gw.key, max_retries=0)
+    yield c
+    c.close()
+
+
+def _expected(model: str, text: str) -> str:
+    return ("Echo: " if model.startswith("demo/") else "fake reply to: ") + text
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_non_stream(gw, upstream, client, model):
+    r = client.responses.create(model=model, input="hello there", instructions="be brief", max_output_tokens=100)
+    assert r.output_text == _expected(model, "hello there")
+    assert r.status == "completed" and r.object == "response" and r.id.startswith("resp_")
+    assert r.usage.input_tokens > 0 and r.usage.output_tokens > 0
+    if not model.startswith("demo/"):  # the fake counts words
+        assert r.usage.output_tokens == len(r.output_text.split())
+    row = gw.ledger()[-1]
+    assert row["route"] == "responses" and row["status"] == 200 and row["model"] == model
+    assert row["prompt_tokens"] == r.usage.input_tokens and row["completion_tokens"] == r.usage.output_tokens
+    if not model.startswith("demo/"):
+        assert row["cost_nanos"] > 0
+    if model.startswith("openai/"):
+        sent = upstream.requests[-1]
+        assert sent["path"] == "/v1/responses"  # passed through, as the client sent it
+        assert sent["json"] == {"model": "gpt-4o-mini", "input": "hello there", "instructions": "be brief",
+                                "max_output_tokens": 100}
+    elif model.startswith("anthropic/"):
+        sent = upstream.requests[-1]
+        assert sent["path"] == "/v1/messages"
+        assert sent["json"]["system"] == "be brief" and sent["json"]["max_tokens"] == 100
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_stream(gw, client, model):
+    with client.responses.stream(model=model, input="stream me") as s:
+        deltas = [e.delta for e in s if e.type == "response.output_text.delta"]
+        final = s.get_final_response()
+    assert "".join(deltas) == _expected(model, "stream me") == final.output_text
+    assert final.status == "completed"
+    row = gw.ledger()[-1]
+    assert row["route"] == "responses" and row["stream"] == 1 and row["outcome"] == "ok"
+    assert row["usage_estimated"] == 0 and row["completion_tokens"] == final.usage.output_tokens
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_raw_stream_events_are_typed_and_ordered(gw, client, model):
+    events = list(client.responses.create(model=model, input="typed events", stream=True))
+    types = [e.type for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert types[-1] == "response.completed"
+    assert "response.output_item.added" in types and "response.output_text.done" in types
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+async def test_async_client(gw):
+    async with openai.AsyncOpenAI(base_url=gw.openai_base, api_key=gw.key, max_retries=0) as c:
+        r = await c.responses.create(model="anthropic/claude-haiku-4-5-20251001", input="async hello")
+        assert r.output_text == "fake reply to: async hello"
+        stream = await c.responses.create(model="openai/gpt-4o-mini", input="async stream", stream=True)
+        text = "".join([e.delta async for e in stream if e.type == "response.output_text.delta"])
+        assert text == "fake reply to: async stream"
+
+
+@pytest.mark.parametrize("model", MODELS[:2])
+@pytest.mark.parametrize("stream", [False, True])
+def test_tools_round_trip(gw, client, model, stream):
+    if stream:
+        with client.responses.stream(model=model, input="please call tool lookup", tools=TOOLS) as s:
+            first = s.get_final_response()
+    else:
+        first = client.responses.create(model=model, input="please call tool lookup", tools=TOOLS)
+    call = next(o for o in first.output if o.type == "function_call")
+    assert call.name == "lookup" and json.loads(call.arguments) == {"q": "x"}
+    follow = client.responses.create(model=model, tools=TOOLS, input=[
+        {"role": "user", "content": "please call tool lookup"},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "42"},
+        {"role": "user", "content": [{"type": "input_text", "text": "thanks"}]}])
+    assert follow.output_text == "fake reply to: thanks"
+
+
+@pytest.mark.parametrize("model", MODELS[:2])
+def test_images(gw, upstream, client, model):
+    r = client.responses.create(model=model, input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "what is this"}, {"type": "input_image", "image_url": IMAGE}]}])
+    assert r.output_text == "fake reply to: what is this [1 image(s)]"
+    if model.startswith("anthropic/"):
+        block = upstream.requests[-1]["json"]["messages"][0]["content"][1]
+        assert block["type"] == "image" and block["source"]["media_type"] == "image/png"
+
+
+class Answer(BaseModel):
+    city: str
+    people: int
+
+
+@pytest.mark.parametrize("model", MODELS[:2])
+def test_structured_output(gw, upstream, client, model):
+    r = client.responses.parse(model=model, input="where", text_format=Answer)
+    assert r.output_parsed == Answer(city="fake reply to: where", people=1)
+    sent = upstream.requests[-1]["json"]
+    if model.startswith("anthropic/"):  # Anthropic's native structured output, not a prompt
+        fmt = sent["output_config"]["format"]
+        assert fmt["type"] == "json_schema" and fmt["schema"]["properties"]["people"] == {"title": "People",
+                                                                                          "type": "integer"}
+        assert "system" not in sent
+    else:
+        assert sent["text"]["format"]["type"] == "json_schema"
+
+
+def test_previous_response_goes_to_its_provider_only(gw, upstream, daemon_factory):
+    from conftest import UPSTREAM_ENV, upstream_config
+
+    d = daemon_factory(upstream_config(upstream, """
+[aliases]
+chain = ["openai/gpt-4o-mini", "anthropic/claude-haiku-4-5-20251001"]
+back = ["anthropic/claude-haiku-4-5-20251001", "openai/gpt-4o"]
+claude = ["anthropic/claude-haiku-4-5-20251001"]
+"""), UPSTREAM_ENV)
+    with openai.OpenAI(base_url=d.openai_base, api_key=d.key, max_retries=0) as c:
+        first = c.responses.create(model="chain", input="remember me")
+        # the alias 'back' lists openai second: the follow-up goes to openai only, and directly
+        upstream.reset()
+        second = c.responses.create(model="back", input="and now?", previous_response_id=first.id)
+        assert second.output_text == "fake reply to: and now?"
+        assert [r["path"] for r in upstream.requests] == ["/v1/responses"]
+        assert upstream.requests[0]["json"]["model"] == "gpt-4o"
+        # its provider failing is an error, never a fallback to another provider
+        upstream.reset()
+        upstream.add_fault(path="/v1/responses", status=503, times=10)
+        with pytest.raises(openai.APIStatusError):
+            c.responses.create(model="chain", input="again", previous_response_id=first.id)
+        assert {r["path"] for r in upstream.requests} == {"/v1/responses"}
+        upstream.clear_faults()
+        # a route without that provider is refused, naming the parameter
+        with pytest.raises(openai.BadRequestError) as e:
+            c.responses.create(model="claude", input="x", previous_response_id=first.id)
+        assert e.value.body["param"] == "previous_response_id" and "openai" in e.value.message
+        # an id nobody knows, for a provider that stores nothing: refused before any call
+        upstream.reset()
+        with pytest.raises(openai.BadRequestError) as e:
+            c.responses.create(model="claude", input="x", previous_response_id="resp_unknown")
+        assert e.value.body["param"] == "previous_response_id" and upstream.requests == []
+
+
+def test_bad_input_is_a_typed_400(gw, client, upstream):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model="openai/gpt-4o-mini", input=42)  # type: ignore[arg-type]
+    assert e.value.body["param"] == "input"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model="anthropic/claude-haiku-4-5-20251001", input="x",
+                                tools=[{"type": "code_interpreter", "container": {"type": "auto"}}])
+    assert e.value.body["param"] == "tools[0].type"
+    assert gw.ledger()[-1]["status"] == 400
