@@ -12,7 +12,7 @@ from typing import Any
 from .errors import InvalidRequest
 
 OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-OPENAI_PARTS = frozenset({"text", "image_url", "refusal"})
+OPENAI_PARTS = frozenset({"text", "image_url", "refusal", "file", "input_audio"})
 ANTHROPIC_BLOCKS = frozenset({"text", "image", "tool_use", "tool_result", "document", "thinking",
                               "redacted_thinking", "server_tool_use", "web_search_tool_result", "search_result"})
 
@@ -114,7 +114,7 @@ def chat_request(body: Any) -> dict[str, Any]:
                 raise _bad(pp, "an object", part)
             ptype = part.get("type")
             if ptype not in OPENAI_PARTS:
-                raise InvalidRequest(f"{pp}.type: unsupported content part {ptype!r} (supported: text, image_url)",
+                raise InvalidRequest(f"{pp}.type: unsupported content part {ptype!r} (supported: {', '.join(sorted(OPENAI_PARTS))})",
                                      param=f"{pp}.type", code="unsupported_content_part")
             if ptype == "text" and not isinstance(part.get("text"), str):
                 raise _bad(f"{pp}.text", "a string", part.get("text"))
