@@ -132,7 +132,8 @@ def _image_block(part: Json, param: str) -> Json:
 
 def _document_block(part: Json, param: str) -> Json:
     """An OpenAI ``file`` part with inline data as an Anthropic ``document`` block."""
-    file = part.get("file") if isinstance(part.get("file"), dict) else {}
+    held = part.get("file")
+    file: Json = held if isinstance(held, dict) else {}
     data = file.get("file_data")
     if not isinstance(data, str):
         raise InvalidRequest(f"{param}.file: only files given inline (file_data) can be translated for an "
@@ -236,7 +237,7 @@ def _output_config(req: Json) -> Json:
     """Anthropic ``output_config`` for an OpenAI request's json_schema format and reasoning effort."""
     out: Json = {}
     fmt = req.get("response_format")
-    if _type_of(fmt) == "json_schema":
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         schema = (fmt.get("json_schema") or {}).get("schema")
         if not isinstance(schema, dict):
             raise InvalidRequest("response_format.json_schema.schema: a JSON schema object is required",
