@@ -238,3 +238,48 @@ def test_routes_without_v1(gw):
         assert r.status_code == 200 and r.json()["data"][0]["object"] == "embedding"
         r = c.post("/responses", json={"model": "demo/echo", "input": "x"})
         assert r.status_code == 200 and r.json()["output"][0]["content"][0]["text"] == "Echo: x"
+
+
+# ---- /v1/models ---------------------------------------------------------------------------------
+
+
+def test_models_lists_what_providers_serve(upstream, daemon_factory):
+    d = daemon_factory(upstream_config(upstream, """
+[providers.nokey]
+type = "anthropic"
+base_url = "http://127.0.0.1:9"
+
+[aliases]
+fast = ["openai/gpt-4o-mini"]
+"""), UPSTREAM_ENV)
+    with openai.OpenAI(base_url=d.openai_base, api_key=d.key, max_retries=0) as c:
+        ids = [m.id for m in c.models.list()]
+        assert ids[0] == "fast"
+        # the providers' own listings (the fake's), the demo's models
+        assert {"openai/gpt-4o-mini", "openai/gpt-4o", "anthropic/claude-3-5-haiku-latest",
+                "anthropic/claude-sonnet-4-5", "demo/echo"} <= set(ids)
+        # no key to ask with: the price list's models of its type
+        assert "nokey/claude-haiku-4-5" in ids and "nokey/gpt-4o" not in ids
+        asked = [r for r in upstream.requests if r["path"] == "/v1/models"]
+        assert len(asked) == 2 and asked[1]["headers"]["anthropic-version"]
+        c.models.list()
+        assert len([r for r in upstream.requests if r["path"] == "/v1/models"]) == 2  # cached
+        m = c.models.retrieve("openai/gpt-4o")
+        assert m.id == "openai/gpt-4o" and m.owned_by == "openai"
+        with pytest.raises(openai.NotFoundError):
+            c.models.retrieve("openai/gpt-9")
+    limited = d.mint(name="limited", models=["anthropic/*"])
+    d.synced()
+    with openai.OpenAI(base_url=d.openai_base, api_key=limited, max_retries=0) as c:
+        assert all(m.id.startswith("anthropic/") for m in c.models.list())
+        with pytest.raises(openai.NotFoundError):
+            c.models.retrieve("openai/gpt-4o")
+
+
+def test_declared_models_are_listed_as_declared(upstream, daemon_factory):
+    d = daemon_factory(upstream_config(upstream).replace(
+        'api_key_env = "TEST_OPENAI_KEY"', 'api_key_env = "TEST_OPENAI_KEY"\nmodels = ["gpt-4o-mini"]', 1),
+        UPSTREAM_ENV)
+    with openai.OpenAI(base_url=d.openai_base, api_key=d.key, max_retries=0) as c:
+        ids = {m.id for m in c.models.list()}
+    assert "openai/gpt-4o-mini" in ids and "openai/gpt-4o" not in ids

@@ -37,6 +37,7 @@ class AnthropicProvider(ModelCatalogue):
         self.keys = keys
         self.url = cfg.base_url + "/v1/messages"
         self.count_url = cfg.base_url + "/v1/messages/count_tokens"
+        self.models_url = cfg.base_url + "/v1/models?limit=1000"
         self.default_max_tokens = default_max_tokens
         self._headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         self._headers.update(cfg.headers)
@@ -102,6 +103,14 @@ class AnthropicProvider(ModelCatalogue):
         payload.pop("stream_options", None)
         resp = await open_sse(self.client, self.name, self.url, orjson.dumps(payload), self._pick_headers(), timeout)
         return AnthropicStream(self.name, inbound, resp, state, include_usage, body.get("model") or model, req)
+
+    async def list_models(self, timeout: float) -> list[str] | None:
+        """The model ids Anthropic's ``GET /v1/models`` lists (None: no key to ask with)."""
+        if not self.keys:
+            return None
+        h = {k: v for k, v in self._pick_headers().items() if k != "content-type"}
+        data = loads(await post_json(self.client, self.name, self.models_url, b"", h, timeout, method="GET"))
+        return [m["id"] for m in (data.get("data") or []) if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
     async def count_tokens(self, body: dict[str, Any], model: str, timeout: float) -> int:
         """Anthropic's own count (``/v1/messages/count_tokens``) of an Anthropic Messages request."""

@@ -124,6 +124,9 @@ class DemoProvider(OpenAIFormat):
 
         return gen(), None
 
+    async def list_models(self, timeout: float) -> list[str] | None:
+        return list(MODELS)
+
     async def count_tokens(self, body: dict[str, Any], model: str, timeout: float) -> int:
         """The demo's own rule of thumb, the same one its answers report as prompt tokens."""
         return prompt_tokens(translate.anthropic_request_to_openai(body, model=model)["messages"])

@@ -369,6 +369,14 @@ class OpenAIProvider(OpenAIFormat):
         return await post_json(self.client, self.name, self.base_url + path, orjson.dumps(payload),
                                self._pick_headers(), timeout)
 
+    async def list_models(self, timeout: float) -> list[str] | None:
+        """The model ids the upstream's ``GET /models`` lists (None: no key to ask with)."""
+        if not self.keys:
+            return None
+        h = {k: v for k, v in self._pick_headers().items() if k != "content-type"}
+        data = loads(await post_json(self.client, self.name, self.base_url + "/models", b"", h, timeout, method="GET"))
+        return [m["id"] for m in (data.get("data") or []) if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
     async def _open(self, payload: dict[str, Any], timeout: float,
                     path: str = "/chat/completions") -> tuple[AsyncIterator[list[Event] | bytes], Any]:
         resp = await open_sse(self.client, self.name, self.base_url + path,

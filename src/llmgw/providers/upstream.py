@@ -376,8 +376,10 @@ class UpstreamClient:
         return conn
 
     async def post(self, url: str, body: bytes, headers: dict[str, str], *, timeout: float | None = None,
-                   read_timeout: float | None = None, connect_timeout: float = 10.0) -> UpstreamResponse:
-        """POST ``body`` and return once the response headers are in.
+                   read_timeout: float | None = None, connect_timeout: float = 10.0,
+                   method: str = "POST") -> UpstreamResponse:
+        """POST ``body`` (or send another ``method``: a models listing is a GET) and return once the
+        response headers are in.
 
         ``timeout`` bounds the whole exchange (connecting, the headers and, through the returned
         response, the body); ``read_timeout`` bounds each wait for the next bytes (a stream's
@@ -388,7 +390,7 @@ class UpstreamClient:
         if timeout is not None:
             connect_timeout = min(connect_timeout, timeout)
         origin, target = self._parse(url)
-        payload = b"".join((self._head(origin, target, headers), b"content-length: %d\r\n\r\n" % len(body), body))
+        payload = b"".join((self._head(origin, target, headers, method), b"content-length: %d\r\n\r\n" % len(body), body))
         while True:
             conn = self._get(origin)
             reused = conn is not None
@@ -411,13 +413,13 @@ class UpstreamClient:
                 conn.close()
                 raise
 
-    def _head(self, origin: _Origin, target: str, headers: dict[str, str]) -> bytes:
+    def _head(self, origin: _Origin, target: str, headers: dict[str, str], method: str = "POST") -> bytes:
         """The request line and headers but content-length, encoded; cached per distinct set (a
         provider sends the same few sets, one per API key of its pool)."""
-        key = (origin, target, *headers.items())
+        key = (method, origin, target, *headers.items())
         head = self._heads.get(key)
         if head is None:
-            lines = [f"POST {target} HTTP/1.1\r\nhost: {origin.host_header}\r\nuser-agent: {USER_AGENT}\r\n"]
+            lines = [f"{method} {target} HTTP/1.1\r\nhost: {origin.host_header}\r\nuser-agent: {USER_AGENT}\r\n"]
             for k, v in headers.items():
                 if "\r" in v or "\n" in v or "\r" in k or "\n" in k or ":" in k:
                     raise ValueError(f"header {k!r} contains a line break or a colon in its name")

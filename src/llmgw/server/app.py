@@ -26,7 +26,7 @@ from .. import paths
 from ..cache.semantic import ResponseCache
 from ..clock import Clock, wall_ms
 from ..config import Config
-from ..errors import LlmgwError, MethodNotAllowed, NotFound, Unauthorized
+from ..errors import LlmgwError, MethodNotAllowed, ModelNotFound, NotFound, Unauthorized
 from ..gateway import (
     ROUTE_CHAT,
     ROUTE_COMPLETIONS,
@@ -116,13 +116,26 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     return await request.app[GATEWAY].count_tokens(request)
 
 
-async def models(request: web.Request) -> web.Response:
+async def _served(request: web.Request) -> list[dict[str, object]]:
+    """The models this key may use, as OpenAI model objects (``Router.served_models``)."""
     gw = request.app[GATEWAY]
     key = await gw.keys.resolve(bearer(request))
     created = gw.clock() // 1000
-    data = [{"id": m, "object": "model", "created": created, "owned_by": m.split("/", 1)[0] if "/" in m else "llmgw"}
-            for m in gw.router.catalogue() if key.allows(m)]
+    return [{"id": m, "object": "model", "created": created, "owned_by": owner}
+            for m, owner in await gw.router.served_models(gw.prices) if key.allows(m)]
+
+
+async def models(request: web.Request) -> web.Response:
+    data = await _served(request)
     return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def model(request: web.Request) -> web.Response:
+    wanted = request.match_info["id"]
+    found = next((m for m in await _served(request) if m["id"] == wanted), None)
+    if found is None:
+        raise ModelNotFound(f"model {wanted!r} is not served here (or not to this key)", param="model")
+    return web.json_response(found, dumps=lambda o: orjson.dumps(o).decode())
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -296,6 +309,8 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         ("POST", "/embeddings", embeddings),
         ("GET", "/v1/models", guarded(models)),
         ("GET", "/models", guarded(models)),
+        ("GET", "/v1/models/{id:.+}", guarded(model)),
+        ("GET", "/models/{id:.+}", guarded(model)),
         ("GET", "/healthz", guarded(healthz)),
         ("GET", "/readyz", guarded(readyz)),
         ("GET", "/metrics", guarded(metrics)),
