@@ -211,6 +211,15 @@ class Config:
     def enabled_providers(self) -> dict[str, ProviderConfig]:
         return {name: p for name, p in self.providers.items() if p.enabled}
 
+    def with_demo(self) -> Config:
+        """This config plus the offline demo provider (``serve --demo``), unless it declares one."""
+        if "demo" in self.providers:
+            return self
+        from dataclasses import replace
+
+        demo = ProviderConfig(name="demo", type="demo", base_url="")
+        return replace(self, providers={**self.providers, "demo": demo})
+
     def token(self, section: str, environ: Mapping[str, str] | None = None) -> str | None:
         """The bearer token of ``[admin]`` or ``[metrics]`` from the environment (``None``: none);
         ``ConfigError`` when the variable the file names is not set."""
@@ -390,7 +399,7 @@ _PROVIDER_KEYS = ("type", "base_url", "api_key_env", "keys", "timeout", "models"
 
 def _providers(c: Checks, doc: dict[str, Any], env: Mapping[str, str]) -> dict[str, ProviderConfig]:
     if "providers" not in doc:
-        return {name: _provider(c, name, {}, env) for name in ("openai", "anthropic", "demo")}
+        return {name: _provider(c, name, {}, env) for name in ("openai", "anthropic")}
     table = c.table(doc["providers"], "providers") or {}
     out: dict[str, ProviderConfig] = {}
     for name, entry in table.items():
@@ -400,8 +409,6 @@ def _providers(c: Checks, doc: dict[str, Any], env: Mapping[str, str]) -> dict[s
         t = c.table(entry, "providers", name)
         if t is not None:
             out[name] = _provider(c, name, t, env)
-    if "demo" not in out:
-        out["demo"] = _provider(c, "demo", {}, env)
     return out
 
 
@@ -659,6 +666,9 @@ max_body_bytes = 20971520
 request_timeout = 600.0
 # On shutdown, seconds in-flight requests get to finish.
 drain_timeout = 30.0
+# Client request headers passed on to the provider: anthropic-* ones to Anthropic providers only,
+# openai-* ones to OpenAI-format providers only. [] forwards none. Credentials never pass.
+forward_headers = ["anthropic-beta", "anthropic-version", "openai-beta"]
 
 [log]
 # Log request and response bodies. They can hold personal data: leave off in production.
@@ -681,8 +691,9 @@ backoff_max = 8.0
 max_retry_after = 30.0
 
 # ---- providers ----------------------------------------------------------------------------
-# Without any [providers.*] section llmgw uses openai, anthropic and demo with their defaults.
-# Once you write one, list every provider you want; demo stays unless disabled.
+# Without any [providers.*] section llmgw uses openai and anthropic with their defaults.
+# Once you write one, list every provider you want. The offline demo provider exists only when
+# declared here or with `llmgw serve --demo`.
 #
 #   type         "openai" (OpenAI or any OpenAI-compatible server), "anthropic", or
 #                "demo" (offline, canned answers)
@@ -695,6 +706,8 @@ max_retry_after = 30.0
 #   models       models this provider serves; empty or absent = any
 #   headers      extra HTTP headers sent upstream, e.g. { "OpenAI-Organization" = "org-..." }
 #   enabled      false keeps the definition but sends nothing to it
+#   responses    (openai type) false for a server without its own /v1/responses: Responses API
+#                requests are then translated through chat completions (default true)
 # Provider names use a-z, 0-9, _ and -. Names other than openai, anthropic and demo need an
 # explicit type and base_url.
 
@@ -719,9 +732,9 @@ timeout = 600.0
 # models = ["meta-llama/Llama-3.1-8B-Instruct"]
 # timeout = 120.0
 
-# The offline demo provider is always present; to remove it:
+# The offline demo provider (models demo/echo, demo/lorem, demo/embed):
 # [providers.demo]
-# enabled = false
+# type = "demo"
 
 [aliases]
 # A model name clients may ask for, mapped to "provider/model" targets tried in order: when one

@@ -79,6 +79,8 @@ def serve(
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     h = resolve_home(home)
     cfg = load_config(config, h)
+    if demo:
+        cfg = cfg.with_demo()  # the demo models exist only when asked for or configured
     if demo and "demo" not in cfg.enabled_providers():
         raise ConfigError("--demo needs the demo provider, but the config disables it ([providers.demo] enabled = false)")
     paths.ensure_home(h)  # a home that cannot be one fails here, as one line, before anything starts
