@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import openai
 import pytest
 from pydantic import BaseModel
@@ -173,3 +174,91 @@ def test_bad_input_is_a_typed_400(gw, client, upstream):
                                 tools=[{"type": "code_interpreter", "container": {"type": "auto"}}])
     assert e.value.body["param"] == "tools[0].type"
     assert gw.ledger()[-1]["status"] == 400
+
+
+# ---- governance, cache, metrics: the same as chat -----------------------------------------------
+
+
+def _budget(d, key_id, usd_nanos):
+    conn = d.db()
+    try:
+        with conn:
+            conn.execute(
+                "INSERT INTO budgets (id, scope, scope_id, period, limit_nanos, hard, warn_pct, grace_nanos,"
+                " created_at, updated_at) VALUES (?, 'key', ?, 'month', ?, 1, 80, 0, '2026-01-01', '2026-01-01')",
+                (f"bud_{key_id}", key_id, usd_nanos))
+    finally:
+        conn.close()
+
+
+def _key_id(d, name):
+    conn = d.db()
+    try:
+        return conn.execute("SELECT id FROM keys WHERE name = ?", (name,)).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_hard_budget_reserves_and_bounds_responses(gw, upstream):
+    secret = gw.mint(name="capped")
+    _budget(gw, _key_id(gw, "capped"), 50_000_000)  # $0.05
+    gw.synced()
+    with openai.OpenAI(base_url=gw.openai_base, api_key=secret, max_retries=0) as c:
+        r = c.responses.create(model="openai/gpt-4o-mini", input="within budget")
+        assert r.output_text == "fake reply to: within budget"
+        # the output bound is made real: the upstream got the limit the reservation assumed
+        assert upstream.requests[-1]["json"]["max_output_tokens"] == 4096
+        row = gw.ledger()[-1]
+        assert row["reserved_nanos"] > 0 and 0 < row["cost_nanos"] < row["reserved_nanos"]
+        # a continuation pulls stored context in: its cost has no bound, refused under a hard budget
+        upstream.reset()
+        with pytest.raises(openai.BadRequestError) as e:
+            c.responses.create(model="openai/gpt-4o-mini", input="more", previous_response_id=r.id)
+        assert e.value.code == "unbounded_cost" and "previous_response_id" in e.value.message
+        with pytest.raises(openai.APIStatusError) as e:  # a request the budget cannot cover
+            c.responses.create(model="openai/gpt-4o", input="x" * 20_000, max_output_tokens=100_000)
+        assert e.value.status_code == 429 and "budget" in e.value.code
+        assert upstream.requests == []
+
+
+def test_rate_limit_counts_responses(gw, upstream):
+    secret = gw.mint(name="slow", rpm=1)
+    gw.synced()
+    with openai.OpenAI(base_url=gw.openai_base, api_key=secret, max_retries=0) as c:
+        c.responses.create(model="demo/echo", input="one")
+        with pytest.raises(openai.RateLimitError):
+            c.responses.create(model="demo/echo", input="two")
+
+
+@pytest.mark.parametrize("model", MODELS[:2])
+def test_exact_cache_serves_responses(daemon_factory, upstream, model):
+    from conftest import UPSTREAM_ENV, upstream_config
+
+    d = daemon_factory(upstream_config(upstream, '[cache]\nmode = "exact"\n'), UPSTREAM_ENV)
+    with openai.OpenAI(base_url=d.openai_base, api_key=d.key, max_retries=0) as c:
+        first = c.responses.create(model=model, input="cache me", instructions="short")
+        upstream.reset()
+        again = c.responses.create(model=model, input="cache me", instructions="short")
+        assert again.output_text == first.output_text and upstream.requests == []
+        with c.responses.stream(model=model, input="cache me", instructions="short") as s:
+            streamed = s.get_final_response()
+        assert streamed.output_text == first.output_text and upstream.requests == []
+        # another instruction is another request
+        c.responses.create(model=model, input="cache me", instructions="long")
+        assert len(upstream.requests) == 1
+        # a streamed answer is stored too, and replays to a non-streaming client
+        with c.responses.stream(model=model, input="stream then cache") as s:
+            s.get_final_response()
+        upstream.reset()
+        assert c.responses.create(model=model, input="stream then cache").output_text == \
+            "fake reply to: stream then cache"
+        assert upstream.requests == []
+    rows = d.ledger()
+    assert [r["cache"] for r in rows] == ["miss", "hit-exact", "hit-exact", "miss", "miss", "hit-exact"]
+    assert all(r["route"] == "responses" for r in rows)
+
+
+def test_metrics_label_the_responses_route(gw, client):
+    client.responses.create(model="demo/echo", input="count me")
+    text = httpx.get(gw.url + "/metrics").text
+    assert 'route="responses"' in text
