@@ -248,7 +248,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         writer.start()
         reader = store_db.connect(dbfile)
         keys = KeyTable(dbfile, clock)
-        upstream = UpstreamClient()  # provider calls: the hot path (see providers/upstream.py)
+        upstream = UpstreamClient(environ=env)  # provider calls: the hot path (see providers/upstream.py)
         session = aiohttp.ClientSession(  # webhooks
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             json_serialize=lambda o: orjson.dumps(o).decode(), auto_decompress=True)
