@@ -135,12 +135,19 @@ def test_a_proxy_url_that_is_not_http_is_a_config_error():
         ProxySettings({"HTTPS_PROXY": "socks5://proxy:1080"})
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a test certificate")
-async def test_https_through_a_connect_tunnel(tmp_path: Path, proxy):
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
+    return cert, key
+
+
+async def test_https_through_a_connect_tunnel(certificate: tuple[Path, Path], proxy):
+    cert, key = certificate
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
 
