@@ -12,7 +12,17 @@ Auth: OpenAI routes need `Authorization: Bearer <anything>` (401 otherwise); /v1
 `x-api-key` or `Authorization: Bearer` (anthropic SDK 2.x sends the key as a Bearer token) and
 `anthropic-version` (401 / 400 otherwise), plus `max_tokens` in the body.
 
-Routes: POST /v1/chat/completions, POST /v1/messages, POST /v1/embeddings, GET /v1/models.
+Routes: POST /v1/chat/completions, POST /v1/messages, POST /v1/messages/count_tokens (the prompt
+tokens below; unknown fields are a 400 as at Anthropic), POST /v1/responses (the Responses API,
+streamed with its typed events; responses are kept in `.stored` unless `store` is false, and an
+unknown `previous_response_id` is a 404), POST /v1/completions (legacy), POST /v1/embeddings,
+GET /v1/models.
+
+Structured output: a chat `response_format` json_schema, an Anthropic `output_config.format` (or
+`output_format`) or a Responses `text.format` json_schema makes the reply the JSON of
+`schema_reply(schema, reply_text)` (strings are the reply text, integers 1, numbers 1.5, booleans
+true). `.bad_tool_arguments = True` makes OpenAI tool calls carry arguments that are not JSON
+(`BAD_TOOL_ARGS`); `.reset()` clears it.
 
 Deterministic behaviour (the helpers below compute the same values, so tests can assert on them):
 - reply text: `reply_text(messages)` = "fake reply to: " + first 60 chars of the last user message's

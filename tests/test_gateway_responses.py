@@ -262,3 +262,13 @@ def test_metrics_label_the_responses_route(gw, client):
     client.responses.create(model="demo/echo", input="count me")
     text = httpx.get(gw.url + "/metrics").text
     assert 'route="responses"' in text
+
+
+def test_upstream_breaking_mid_stream_ends_with_response_failed(gw, upstream, client):
+    upstream.add_fault(path="/v1/messages", disconnect_after=1)
+    events = list(client.responses.create(model="anthropic/claude-haiku-4-5-20251001", input="break me",
+                                          stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.failed"
+    assert events[-1].response.error.code == "upstream_stream_broken"
+    row = gw.ledger()[-1]
+    assert row["outcome"] == "error" and row["error_code"] == "upstream_stream_broken" and row["stream"] == 1
