@@ -272,3 +272,22 @@ def test_upstream_breaking_mid_stream_ends_with_response_failed(gw, upstream, cl
     assert events[-1].response.error.code == "upstream_stream_broken"
     row = gw.ledger()[-1]
     assert row["outcome"] == "error" and row["error_code"] == "upstream_stream_broken" and row["stream"] == 1
+
+
+def test_a_server_without_responses_gets_chat(upstream, daemon_factory):
+    from conftest import UPSTREAM_ENV, upstream_config
+
+    d = daemon_factory(upstream_config(upstream, f"""
+[providers.vllm]
+type = "openai"
+base_url = "{upstream.openai_url}"
+api_key_env = "TEST_OPENAI_KEY"
+responses = false
+"""), UPSTREAM_ENV)
+    with openai.OpenAI(base_url=d.openai_base, api_key=d.key, max_retries=0) as c:
+        r = c.responses.create(model="vllm/llama-3", input="no responses here", max_output_tokens=50)
+        assert r.output_text == "fake reply to: no responses here" and r.store is False
+        with c.responses.stream(model="vllm/llama-3", input="streamed") as s:
+            assert s.get_final_response().output_text == "fake reply to: streamed"
+    assert [q["path"] for q in upstream.requests] == ["/v1/chat/completions"] * 2
+    assert upstream.requests[0]["json"]["max_tokens"] == 50

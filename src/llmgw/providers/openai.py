@@ -140,7 +140,8 @@ class OpenAIFormat(ModelCatalogue):
 
     async def count_tokens(self, body: dict[str, Any], model: str, timeout: float) -> int:
         """Input tokens of an Anthropic Messages request, from the model's tokeniser (no upstream call)."""
-        chat = translate.anthropic_request_to_openai(body, model=model)
+        text_only = {k: v for k, v in body.items() if k not in ("thinking", "output_config", "output_format")}
+        chat = translate.anthropic_request_to_openai(text_only, model=model)  # those settings add no input
         return await tokens.count(model, chat, self.name)
 
     async def embeddings(self, body: dict[str, Any], model: str, timeout: float) -> Completion:
