@@ -372,6 +372,8 @@ class FakeUpstream:
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         app.router.add_post("/v1/responses", self._responses)
+        app.router.add_route("*", "/v1/responses/{id}", self._stored_response)
+        app.router.add_get("/v1/responses/{id}/input_items", self._stored_response)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
@@ -977,6 +979,23 @@ async def _completions_handler(self: FakeUpstream, request: web.Request) -> web.
     return stream
 
 
+async def _stored_response_handler(self: FakeUpstream, request: web.Request) -> web.StreamResponse:
+    await self._receive(request)
+    if not self._openai_auth_ok(request):
+        return _openai_error(401, "Incorrect API key provided (fake upstream).")
+    rid = request.match_info["id"]
+    resp = self.stored.get(rid)
+    if resp is None:
+        return _openai_error(404, f"Response with id '{rid}' not found.")
+    if request.path.endswith("/input_items"):
+        return web.json_response({"object": "list", "data": [], "has_more": False})
+    if request.method == "DELETE":
+        del self.stored[rid]
+        return web.json_response({"id": rid, "object": "response", "deleted": True})
+    return web.json_response(resp)
+
+
 FakeUpstream._responses = _responses_handler  # type: ignore[attr-defined]
+FakeUpstream._stored_response = _stored_response_handler  # type: ignore[attr-defined]
 FakeUpstream._count_tokens = _count_tokens_handler  # type: ignore[attr-defined]
 FakeUpstream._completions = _completions_handler  # type: ignore[attr-defined]

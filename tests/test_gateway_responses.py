@@ -291,3 +291,28 @@ responses = false
             assert s.get_final_response().output_text == "fake reply to: streamed"
     assert [q["path"] for q in upstream.requests] == ["/v1/chat/completions"] * 2
     assert upstream.requests[0]["json"]["max_tokens"] == 50
+
+
+def test_stored_responses_belong_to_their_owner(gw, upstream, client):
+    first = client.responses.create(model="openai/gpt-4o-mini", input="mine")
+    with client.responses.stream(model="openai/gpt-4o-mini", input="mine too") as s:
+        streamed = s.get_final_response()
+    assert client.responses.retrieve(first.id).output_text == "fake reply to: mine"
+    assert client.responses.retrieve(streamed.id).id == streamed.id  # a streamed response is remembered too
+    assert upstream.requests[-1]["path"] == f"/v1/responses/{streamed.id}"
+    assert list(client.responses.input_items.list(first.id)) == []
+    other = gw.mint(name="other")
+    gw.synced()
+    with openai.OpenAI(base_url=gw.openai_base, api_key=other, max_retries=0) as c:
+        with pytest.raises(openai.NotFoundError):
+            c.responses.retrieve(first.id)
+        with pytest.raises(openai.NotFoundError) as e:  # nor continue it
+            c.responses.create(model="openai/gpt-4o-mini", input="theirs?", previous_response_id=first.id)
+        assert e.value.code == "previous_response_not_found"
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+    # a translated provider stores nothing: nothing to read back
+    translated = client.responses.create(model="anthropic/claude-haiku-4-5-20251001", input="x")
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(translated.id)

@@ -35,7 +35,7 @@ from .cache.semantic import Hit, Keys, ResponseCache, request_keys
 from .cache.semantic import request_options as cache_request_options
 from .clock import Clock, wall_ms
 from .config import Config
-from .errors import InvalidRequest, LlmgwError, ModelNotFound, PermissionDenied, Unauthorized
+from .errors import InvalidRequest, LlmgwError, ModelNotFound, NotFound, PermissionDenied, Unauthorized
 from .governance.bounds import bound_nanos, clamp_max_tokens, cost_bound, prompt_price, unbounded_features
 from .governance.budgets import BudgetBook, BudgetExceeded, Reservation
 from .governance.events import EventSink
@@ -174,7 +174,8 @@ class Gateway:
             call.stream = bool(body.get("stream")) and route != ROUTE_EMBEDDINGS
             targets = self.router.resolve(call.model)
             if route == ROUTE_RESPONSES:  # a stored response lives at one provider: only it can go on
-                targets = responses.pin_targets(body, targets, self.router.origins, call.model)
+                targets = responses.pin_targets(body, targets, self.router.origins, call.model,
+                                                responses.owner_of(call.key))
             idem = request.headers.get("idempotency-key")
             if idem is not None and not call.stream and self.idempotency is not None:
                 replay = await self._idempotent(call, idem)
@@ -196,6 +197,8 @@ class Gateway:
                 completion = await self.router.run(
                     targets, lambda t, to: t.provider.complete(call.inbound, body, t.model, to), deadline, call)
             call.usage = completion.usage
+            if completion.response_id is not None:
+                self._remember_response(call, completion.response_id)
             if self.log_bodies:
                 call.response_body = completion.body.decode("utf-8", "replace")
             if call.idem_key is not None:
@@ -519,7 +522,37 @@ class Gateway:
             self._record_nowait(call)
             raise
         finally:
+            stored = getattr(stream, "response_id", None)
+            if stored is not None:
+                self._remember_response(call, stored)
             await stream.aclose()
+
+    def _remember_response(self, call: Call, response_id: str) -> None:
+        """A Responses API answer stored at its provider: follow-ups and reads go there, for its owner."""
+        if call.provider is not None and call.key is not None:
+            self.router.origins.remember(response_id, call.provider, responses.owner_of(call.key))
+
+    async def stored_response(self, request: web.Request) -> web.StreamResponse:
+        """``GET``/``DELETE /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items``: relayed to the
+        provider that stores the response, for its owner only; not billed, no ledger row."""
+        rid = new_request_id()
+        key = await self.keys.resolve(bearer(request))
+        ref = request.match_info["id"]
+        known = self.router.origins.get(ref)
+        if known is None or known[1] != responses.owner_of(key):
+            raise NotFound(f"response {ref!r} not found (this gateway relays stored responses it created, "
+                           "to the keys of their owner)", code="response_not_found")
+        provider = self.router.providers.get(known[0])
+        stored = getattr(provider, "stored", None)
+        if stored is None:
+            raise NotFound(f"response {ref!r} not found", code="response_not_found")
+        path = "/responses/" + ref + ("/input_items" if request.path.endswith("/input_items") else "")
+        if request.query_string:
+            path += "?" + request.query_string
+        body = await stored(request.method, path, min(self.request_timeout, 60.0))
+        if request.method == "DELETE":
+            self.router.origins.forget(ref)
+        return web.Response(body=body, headers=id_headers(rid, "openai", JSON))
 
     def _settle_stream(self, call: Call, state: StreamState, opened: float) -> None:
         call.upstream_seconds += time.perf_counter() - opened  # the body: still the upstream's time

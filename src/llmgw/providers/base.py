@@ -117,6 +117,7 @@ class Completion:
     body: bytes
     usage: Usage
     status: int = 200
+    response_id: str | None = None  # a Responses API answer stored at the provider under this id
 
 
 class OpenStream(Protocol):

@@ -32,8 +32,6 @@ class OpenAIFormat(ModelCatalogue):
     native_responses = False
     #: the upstream serves the legacy ``/completions``
     native_completions = False
-    #: where the ids of responses this provider created are remembered (set by the router)
-    origins: responses.Origins | None = None
 
     def __init__(self, name: str, models: list[str] | None = None) -> None:
         self.name = name
@@ -84,9 +82,9 @@ class OpenAIFormat(ModelCatalogue):
             payload["model"] = model
             data = await self._send("/responses", payload, timeout)
             parsed = loads(data)
-            if self.origins is not None and isinstance(parsed, dict):
-                self.origins.remember(parsed.get("id"), self.name)
-            return Completion(body=data, usage=responses.usage_of(parsed.get("usage")))
+            stored = parsed.get("id") if parsed.get("store", True) else None
+            return Completion(body=data, usage=responses.usage_of(parsed.get("usage")),
+                              response_id=stored if isinstance(stored, str) else None)
         chat = responses.to_chat(body, provider=self.name)
         chat.pop("stream", None)
         done = await self.complete("openai", chat, model, timeout)
@@ -109,7 +107,7 @@ class OpenAIFormat(ModelCatalogue):
             payload = dict(body)
             payload["model"] = model
             chunks, closer = await self._open(payload, timeout, "/responses")
-            return ResponsesPassThrough(self.name, chunks, closer, state, self.origins)
+            return ResponsesPassThrough(self.name, chunks, closer, state)
         if inbound == "responses":
             req = body
             payload = responses.to_chat(body, provider=self.name)
@@ -284,13 +282,13 @@ class ResponsesPassThrough:
     ``response.incomplete``) is held back as the terminal event; ``response.failed`` and ``error``
     events end the stream as an upstream error."""
 
-    def __init__(self, provider: str, chunks: AsyncIterator[list[Event] | bytes], closer: Any, state: StreamState,
-                 origins: responses.Origins | None) -> None:
+    def __init__(self, provider: str, chunks: AsyncIterator[list[Event] | bytes], closer: Any,
+                 state: StreamState) -> None:
         self.provider = provider
         self._chunks = chunks
         self._closer = closer
         self.state = state
-        self._origins = origins
+        self.response_id: str | None = None  # the id the upstream stores the response under
         self.completed = False
         self._terminal = b""
         self.answer: bytes | None = None
@@ -306,8 +304,9 @@ class ResponsesPassThrough:
                 if etype == "response.output_text.delta":
                     state.add_text(ev.get("delta"))
                 elif etype == "response.created":
-                    if self._origins is not None:
-                        self._origins.remember((ev.get("response") or {}).get("id"), self.provider)
+                    resp = ev.get("response") or {}
+                    if isinstance(resp.get("id"), str) and resp.get("store", True):
+                        self.response_id = resp["id"]
                 elif etype in ("response.completed", "response.incomplete", "response.failed", "error"):
                     resp = ev.get("response") or {}
                     if resp.get("usage"):
@@ -369,6 +368,11 @@ class OpenAIProvider(OpenAIFormat):
     async def _send(self, path: str, payload: dict[str, Any], timeout: float) -> bytes:
         return await post_json(self.client, self.name, self.base_url + path, orjson.dumps(payload),
                                self._pick_headers(), timeout)
+
+    async def stored(self, method: str, path: str, timeout: float) -> bytes:
+        """A stored response's resource (``GET``/``DELETE /responses/{id}[/input_items]``), as the upstream answered."""
+        h = {k: v for k, v in self._pick_headers().items() if k != "content-type"}
+        return await post_json(self.client, self.name, self.base_url + path, b"", h, timeout, method=method)
 
     async def list_models(self, timeout: float) -> list[str] | None:
         """The model ids the upstream's ``GET /models`` lists (None: no key to ask with)."""

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, NotFound
 from ..usage import Usage
 from . import sse
 
@@ -584,22 +584,35 @@ def replay(doc: Json) -> tuple[bytes, bytes]:
 
 
 class Origins:
-    """Response id -> name of the provider that created (and stores) it; the newest ``limit`` ids."""
+    """Response id -> (provider that created and stores it, owner): the newest ``limit`` ids. The
+    owner is the customer of the key that created it (or the key itself, without a customer): only
+    its keys may continue or read it."""
 
     def __init__(self, limit: int = 100_000) -> None:
         self.limit = limit
-        self._ids: OrderedDict[str, str] = OrderedDict()
+        self._ids: OrderedDict[str, tuple[str, str]] = OrderedDict()
 
-    def remember(self, response_id: Any, provider: str) -> None:
-        if not isinstance(response_id, str) or not response_id:
-            return
-        self._ids[response_id] = provider
+    def remember(self, response_id: str, provider: str, owner: str) -> None:
+        self._ids[response_id] = (provider, owner)
         self._ids.move_to_end(response_id)
         while len(self._ids) > self.limit:
             self._ids.popitem(last=False)
 
-    def get(self, response_id: str) -> str | None:
+    def get(self, response_id: str) -> tuple[str, str] | None:
         return self._ids.get(response_id)
+
+    def forget(self, response_id: str) -> None:
+        self._ids.pop(response_id, None)
+
+
+def owner_of(key: Any) -> str:
+    """Who owns the responses a key creates: its customer, or the key itself."""
+    return key.customer_id or f"key:{key.id}"
+
+
+def not_found(ref: str) -> Exception:
+    return NotFound(f"previous_response_id: response {ref!r} not found", param="previous_response_id",
+                    code="previous_response_not_found")
 
 
 def stored_reference(body: Json) -> str | None:
@@ -620,13 +633,17 @@ def stored_reference(body: Json) -> str | None:
     return None
 
 
-def pin_targets(body: Json, targets: list[Any], origins: Origins, model: str) -> list[Any]:
+def pin_targets(body: Json, targets: list[Any], origins: Origins, model: str, owner: str) -> list[Any]:
     """The targets a request may go to: all of them, unless it continues a stored response, which
-    only the provider that created it can serve (then exactly that target: never a fallback)."""
+    only the provider that created it can serve (then exactly that target: never a fallback), and
+    only for its owner (anyone else is told it does not exist)."""
     ref = stored_reference(body)
     if ref is None:
         return targets
-    origin = origins.get(ref)
+    known = origins.get(ref)
+    if known is not None and known[1] != owner:
+        raise not_found(ref)
+    origin = known[0] if known is not None else None
     if origin is not None:
         same = [t for t in targets if t.provider.name == origin]
         if not same:

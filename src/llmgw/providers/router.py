@@ -56,9 +56,7 @@ class Router:
             if pc.type == "anthropic":
                 self.providers[name] = AnthropicProvider(pc, client, keys, config.defaults.max_tokens)
             else:
-                provider = OpenAIProvider(pc, client, keys)
-                provider.origins = self.origins
-                self.providers[name] = provider
+                self.providers[name] = OpenAIProvider(pc, client, keys)
 
     def resolve(self, model: str) -> list[Target]:
         chain = self.aliases.get(model)

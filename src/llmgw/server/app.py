@@ -116,6 +116,10 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     return await request.app[GATEWAY].count_tokens(request)
 
 
+async def stored_response(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].stored_response(request)
+
+
 async def _served(request: web.Request) -> list[dict[str, object]]:
     """The models this key may use, as OpenAI model objects (``Router.served_models``)."""
     gw = request.app[GATEWAY]
@@ -303,6 +307,9 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         ("POST", "/v1/messages/count_tokens", guarded(count_tokens)),
         ("POST", "/v1/responses", responses_api),
         ("POST", "/responses", responses_api),
+        ("GET", "/v1/responses/{id}", guarded(stored_response)),
+        ("DELETE", "/v1/responses/{id}", guarded(stored_response)),
+        ("GET", "/v1/responses/{id}/input_items", guarded(stored_response)),
         ("POST", "/v1/completions", completions),
         ("POST", "/completions", completions),
         ("POST", "/v1/embeddings", embeddings),
