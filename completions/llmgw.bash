@@ -8,7 +8,7 @@ _llmgw_spec() {
     _llmgw_subs="" _llmgw_opts="" _llmgw_vopts="" _llmgw_args=0
     case "$1" in
         "llmgw")
-            _llmgw_subs="serve init version report tail top doctor config keys customers teams budget cache"
+            _llmgw_subs="serve init version report tail top doctor config keys customers teams budget cache ledger"
             _llmgw_opts="-h --help"
             _llmgw_vopts=""
             _llmgw_args=0 ;;
@@ -192,6 +192,26 @@ _llmgw_spec() {
             _llmgw_opts="--home --k --model --json -h --help"
             _llmgw_vopts="--home --k --model"
             _llmgw_args=1 ;;
+        "llmgw ledger")
+            _llmgw_subs="rollup prune export"
+            _llmgw_opts="-h --help"
+            _llmgw_vopts=""
+            _llmgw_args=0 ;;
+        "llmgw ledger rollup")
+            _llmgw_subs=""
+            _llmgw_opts="--rebuild --verify --json --home -h --help"
+            _llmgw_vopts="--home"
+            _llmgw_args=0 ;;
+        "llmgw ledger prune")
+            _llmgw_subs=""
+            _llmgw_opts="--before --bodies --dry-run -y --yes --vacuum --json --home -h --help"
+            _llmgw_vopts="--before --home"
+            _llmgw_args=0 ;;
+        "llmgw ledger export")
+            _llmgw_subs=""
+            _llmgw_opts="--since --until --format -o --output --bodies --home -h --help"
+            _llmgw_vopts="--since --until --format -o --output --home"
+            _llmgw_args=0 ;;
     esac
 }
 
@@ -276,6 +296,16 @@ _llmgw_values() {
         "llmgw cache clear --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw cache inspect --home")
+            compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw ledger rollup --home")
+            compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw ledger prune --home")
+            compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw ledger export --format")
+            COMPREPLY=($(compgen -W "csv jsonl parquet" -- "$3")) ;;
+        "llmgw ledger export -o"|"llmgw ledger export --output")
+            compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw ledger export --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
     esac
 }

@@ -5,7 +5,7 @@
 function __llmgw_subcommands --argument-names path
     switch $path
         case 'llmgw'
-            printf '%s\n' 'serve' 'init' 'version' 'report' 'tail' 'top' 'doctor' 'config' 'keys' 'customers' 'teams' 'budget' 'cache'
+            printf '%s\n' 'serve' 'init' 'version' 'report' 'tail' 'top' 'doctor' 'config' 'keys' 'customers' 'teams' 'budget' 'cache' 'ledger'
         case 'llmgw config'
             printf '%s\n' 'validate' 'show' 'apply' 'export'
         case 'llmgw keys'
@@ -18,6 +18,8 @@ function __llmgw_subcommands --argument-names path
             printf '%s\n' 'set' 'show' 'delete'
         case 'llmgw cache'
             printf '%s\n' 'ablate' 'stats' 'clear' 'inspect'
+        case 'llmgw ledger'
+            printf '%s\n' 'rollup' 'prune' 'export'
     end
 end
 
@@ -82,6 +84,12 @@ function __llmgw_value_options --argument-names path
             printf '%s\n' --home --namespace
         case 'llmgw cache inspect'
             printf '%s\n' --home --k --model
+        case 'llmgw ledger rollup'
+            printf '%s\n' --home
+        case 'llmgw ledger prune'
+            printf '%s\n' --before --home
+        case 'llmgw ledger export'
+            printf '%s\n' --since --until --format -o --output --home
     end
 end
 
@@ -132,6 +140,7 @@ complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'customers' -d 'Create, list a
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'teams' -d 'Create and list teams.'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'budget' -d 'Set, show and delete spending budgets (per customer, team or key).'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'cache' -d 'The response cache: stats, clear, inspect, and choosing the semantic threshold.'
+complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'ledger' -d 'Ledger history: roll-ups, retention (prune) and export.'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -s h -l help -d 'Show this message and exit.'
 
 # llmgw serve
@@ -380,3 +389,35 @@ complete -c llmgw -n '__llmgw_at \'llmgw cache inspect\'' -l k -x -d 'How many n
 complete -c llmgw -n '__llmgw_at \'llmgw cache inspect\'' -l model -x -d 'A model2vec model (default: the bundled one).'
 complete -c llmgw -n '__llmgw_at \'llmgw cache inspect\'' -l json -d 'Print JSON.'
 complete -c llmgw -n '__llmgw_at \'llmgw cache inspect\'' -s h -l help -d 'Show this message and exit.'
+
+# llmgw ledger
+complete -c llmgw -n '__llmgw_at \'llmgw ledger\'' -f -a 'rollup' -d 'Roll up any pending rows, optionally rebuild or verify, and print the...'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger\'' -f -a 'prune' -d 'Delete raw ledger rows before a date, keeping their roll-ups (past reports...'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger\'' -f -a 'export' -d 'Stream raw ledger rows, oldest first, with every column as stored (cost in...'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger\'' -s h -l help -d 'Show this message and exit.'
+
+# llmgw ledger rollup
+complete -c llmgw -n '__llmgw_at \'llmgw ledger rollup\'' -l rebuild -d 'Recompute the roll-ups of every day that still has raw rows (pruned days keep theirs).'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger rollup\'' -l verify -d 'Check that each day\'s roll-ups equal the raw SUM of its rows; exit 1 on any difference.'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger rollup\'' -l json -d 'Print JSON on stdout instead of a table.'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger rollup\'' -l home -r -F -d 'State directory (database, index).'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger rollup\'' -s h -l help -d 'Show this message and exit.'
+
+# llmgw ledger prune
+complete -c llmgw -n '__llmgw_at \'llmgw ledger prune\'' -l before -x -d 'Delete raw rows before this UTC date (YYYY-MM-DD, a past day).'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger prune\'' -l bodies -d 'Only erase the logged request/response bodies of those rows; the rows stay.'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger prune\'' -l dry-run -d 'Count what would go; change nothing.'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger prune\'' -s y -l yes -d 'Do not ask for confirmation.'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger prune\'' -l vacuum -d 'On a database created before llmgw shrank files incrementally: convert it with one full VACUUM...'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger prune\'' -l json -d 'Print JSON on stdout instead of a table.'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger prune\'' -l home -r -F -d 'State directory (database, index).'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger prune\'' -s h -l help -d 'Show this message and exit.'
+
+# llmgw ledger export
+complete -c llmgw -n '__llmgw_at \'llmgw ledger export\'' -l since -x -d 'Start (inclusive), ISO-8601 date or date-time, UTC unless an offset is given.'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger export\'' -l until -x -d 'End (exclusive).'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger export\'' -l format -x -a 'csv jsonl parquet' -d 'csv, jsonl (one JSON object per line) or parquet (needs the parquet extra).'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger export\'' -s o -l output -r -F -d 'Write here instead of stdout (required for parquet on a terminal).'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger export\'' -l bodies -d 'Include logged request/response bodies.'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger export\'' -l home -r -F -d 'State directory (database, index).'
+complete -c llmgw -n '__llmgw_at \'llmgw ledger export\'' -s h -l help -d 'Show this message and exit.'

@@ -469,6 +469,7 @@ READ_COMMANDS = [
     ("teams", "list"), ("budget", "show"), ("budget", "delete", "--id", "b"), ("report",),
     ("tail", "--no-follow"), ("cache", "stats"), ("cache", "clear"), ("cache", "inspect", "hello"),
     ("cache", "ablate", "--from-log"), ("config", "export"), ("top",),
+    ("ledger", "rollup"), ("ledger", "prune", "--before", "2026-01-01", "--yes"), ("ledger", "export"),
 ]
 
 

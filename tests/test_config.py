@@ -487,3 +487,16 @@ def test_dump_round_trips_raw(in_tmp: Path) -> None:
     assert again.server.port == 9999
     assert again.aliases == cfg.aliases and again.providers == cfg.providers
     assert "not preserved" in (config.dump.__doc__ or "")
+
+
+def test_retention_settings(in_tmp: Path) -> None:
+    cfg = load(write("[ledger]\nretain_days = 90\n[log]\nbodies = true\nbodies_retain_days = 7\n"), environ={})
+    assert (cfg.ledger.retain_days, cfg.log.bodies, cfg.log.bodies_retain_days) == (90, True, 7)
+    defaults = load(None, environ={})
+    assert (defaults.ledger.retain_days, defaults.log.bodies_retain_days) == (None, None)  # keep everything
+    assert config.validate_file(write("[ledger]\nretain_days = 0\nkeep = 1\n[log]\nbodies_retain_days = 'x'\n"),
+                                environ={}) == [
+        "llmgw.toml: log.bodies_retain_days: expected an integer, got \"x\"",
+        "llmgw.toml: ledger.keep: unknown key (known: retain_days)",
+        "llmgw.toml: ledger.retain_days: must be at least 1, got 0",
+    ]

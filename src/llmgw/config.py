@@ -1,6 +1,6 @@
 """Typed settings loaded from ``llmgw.toml`` (``tomllib``); writing back with ``tomli-w``.
 
-Owns the schema of the config file: ``[server]``, ``[log]``, ``[defaults]``, ``[retry]``,
+Owns the schema of the config file: ``[server]``, ``[log]``, ``[ledger]``, ``[defaults]``, ``[retry]``,
 ``[providers.NAME]``, ``[aliases]``, ``[pricing."provider/model"]``, ``[cache]``, ``[webhooks]``,
 ``[admin]`` and ``[metrics]``, with their defaults. The governance sections (``[customers]``,
 ``[teams]``, ``[keys]``, ``[[budgets]]``) belong to ``llmgw config apply`` (``governance/declare.py``)
@@ -42,7 +42,7 @@ PROVIDER_TYPES = ("openai", "anthropic", "demo")
 CACHE_MODES = ("off", "exact", "semantic")
 #: the governance sections, read by ``llmgw config apply``: kept raw in ``Config.raw``, not checked here
 DECLARED_SECTIONS = ("customers", "teams", "keys", "budgets")
-KNOWN_SECTIONS = ("server", "log", "defaults", "retry", "providers", "aliases", "pricing", "cache", "webhooks",
+KNOWN_SECTIONS = ("server", "log", "ledger", "defaults", "retry", "providers", "aliases", "pricing", "cache", "webhooks",
                   "admin", "metrics")
 #: the admin API's token when ``[admin]`` names no other variable
 ADMIN_TOKEN_ENV = "LLMGW_ADMIN_TOKEN"
@@ -88,6 +88,14 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     bodies: bool = False
+    bodies_retain_days: int | None = None  # logged bodies older than this are erased daily (rows stay)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    """``[ledger]``: retention of raw ledger rows (their hourly and daily roll-ups are kept)."""
+
+    retain_days: int | None = None  # None: keep every raw row
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +205,7 @@ class Config:
     path: Path | None = None
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
     defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
@@ -333,13 +342,14 @@ def _build(c: Checks, path: Path | None, doc: dict[str, Any], env: Mapping[str, 
     # built in section order so that problems are reported in that order
     server = _server(c, section("server"))
     log = _log(c, section("log"))
+    ledger = _ledger(c, section("ledger"))
     defaults = _defaults(c, section("defaults"))
     retry = _retry(c, section("retry"))
     providers = _providers(c, doc, env)
     aliases = _aliases(c, section("aliases"), providers)
     pricing = _pricing(c, section("pricing"))
     return Config(
-        path=path, server=server, log=log, defaults=defaults, retry=retry, providers=providers, aliases=aliases,
+        path=path, server=server, log=log, ledger=ledger, defaults=defaults, retry=retry, providers=providers, aliases=aliases,
         pricing=pricing, cache=_cache(c, section("cache")), webhooks=_webhooks(c, section("webhooks"), env),
         admin_token_env=_token(c, section("admin"), "admin", env),
         metrics_token_env=_token(c, section("metrics"), "metrics", env), raw=doc,
@@ -366,8 +376,14 @@ def _server(c: Checks, t: dict[str, Any]) -> ServerConfig:
 
 
 def _log(c: Checks, t: dict[str, Any]) -> LogConfig:
-    c.unknown(t, ("bodies",), "log")
-    return LogConfig(bodies=c.boolean(t, "bodies", "log", default=LogConfig().bodies))
+    c.unknown(t, ("bodies", "bodies_retain_days"), "log")
+    return LogConfig(bodies=c.boolean(t, "bodies", "log", default=LogConfig().bodies),
+                     bodies_retain_days=c.integer(t, "bodies_retain_days", "log", lo=1))
+
+
+def _ledger(c: Checks, t: dict[str, Any]) -> LedgerConfig:
+    c.unknown(t, ("retain_days",), "ledger")
+    return LedgerConfig(retain_days=c.integer(t, "retain_days", "ledger", lo=1))
 
 
 def _defaults(c: Checks, t: dict[str, Any]) -> DefaultsConfig:
@@ -673,6 +689,13 @@ forward_headers = ["anthropic-beta", "anthropic-version", "openai-beta"]
 [log]
 # Log request and response bodies. They can hold personal data: leave off in production.
 bodies = false
+# Erase logged bodies older than this many whole days (the ledger rows stay).
+# bodies_retain_days = 7
+
+[ledger]
+# Delete raw ledger rows older than this many whole days; their hourly and daily roll-ups stay,
+# so reports do not change. Export first to keep them: llmgw ledger export --until DATE
+# retain_days = 400
 
 [defaults]
 # max_tokens sent upstream when the client gave none: Anthropic requires it, and budgets need it

@@ -1,4 +1,4 @@
-"""Spend reports and the live ledger feed: report windows, roll-up queries, output formatting.
+"""Spend reports and the live ledger feed: report windows, grouped report queries, output formatting.
 
 Owns: parsing ``--period`` / ``--since`` / ``--until`` into a UTC window, the grouped report query
 (``report``), its table/CSV/JSON renderings, and the read side of ``llmgw tail`` (``tail_rows``,
@@ -7,9 +7,10 @@ Owns: parsing ``--period`` / ``--since`` / ``--until`` into a UTC window, the gr
 Invariants:
 - Windows are half-open, ``since_ms <= ts_ms < until_ms``, calendar-aligned in UTC.
 - Money is summed in SQL as integers (``cost_nanos``); the USD strings are derived from that integer
-  exactly (``units.usd``: every decimal the amount needs), never through a float. The report total is its own SQL ``SUM`` over
-  the same window and filter, so it equals the ledger to the nano-dollar, and the groups partition
-  the rows, so their sums add up to it.
+  exactly (``units.usd``: every decimal the amount needs), never through a float. History is read
+  through ``store.rollups.source`` (daily and hourly roll-ups, raw rows only at partial-hour edges),
+  which equals the raw ledger to the nano-dollar; the groups partition the window's rows and the
+  total is their sum.
 - Everything here only reads: it works on a read-only connection next to a running daemon.
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 
 from . import clock
 from .errors import NotFound, UsageError
+from .store import rollups
 from .units import epoch_ms, iso_utc, parse_time, usd, window
 
 NONE_LABEL = "(none)"
@@ -40,11 +42,6 @@ BY: dict[str, tuple[str, str | None]] = {
     "provider": ("provider", None),
 }
 SUMS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_nanos")
-# what the response cache saved: answers served from it, and the upstream cost they avoided
-_SAVINGS_SQL = ("COALESCE(SUM(cache LIKE 'hit-%'), 0) AS cache_hits, "
-                "COALESCE(SUM(saved_nanos), 0) AS saved_nanos")
-# the ledger's definition of an error row (see store.ledger): status >= 400, or a stream that failed after a 200
-_ERROR_EXPR = "(status >= 400 OR error_type IS NOT NULL)"
 
 
 # ---- windows -------------------------------------------------------------------------------------
@@ -110,8 +107,8 @@ def resolve_window(period: str | None, since: str | None, until: str | None,
 
 def check_customer(conn: sqlite3.Connection, customer: str) -> None:
     """``NotFound`` unless ``customer`` is a defined customer or appears in the ledger."""
-    known = conn.execute("SELECT 1 FROM customers WHERE id = ?", (customer,)).fetchone() or conn.execute(
-        "SELECT 1 FROM ledger WHERE customer_id = ? LIMIT 1", (customer,)).fetchone()
+    known = conn.execute("SELECT 1 FROM customers WHERE id = ?", (customer,)).fetchone() or _in_history(
+        conn, "customer_id", customer)
     if not known:
         raise NotFound(f"unknown customer {customer!r}")
 
@@ -122,9 +119,17 @@ def resolve_key(conn: sqlite3.Connection, key: str) -> str:
                        (key, key, key)).fetchone()
     if row:
         return str(row[0])
-    if conn.execute("SELECT 1 FROM ledger WHERE key_id = ? LIMIT 1", (key,)).fetchone():
+    if _in_history(conn, "key_id", key):
         return key
     raise NotFound(f"unknown key {key!r} (give a key id or name)")
+
+
+def _in_history(conn: sqlite3.Connection, column: str, value: str) -> bool:
+    """Whether ``value`` appears in ``column`` of the ledger or (for pruned days) its daily roll-ups."""
+    if conn.execute(f"SELECT 1 FROM ledger WHERE {column} = ? LIMIT 1", (value,)).fetchone():
+        return True
+    return rollups.available(conn) and conn.execute(
+        f"SELECT 1 FROM {rollups.TABLES['day']} WHERE {column} = ? LIMIT 1", (value,)).fetchone() is not None
 
 
 # ---- report --------------------------------------------------------------------------------------
@@ -143,43 +148,34 @@ class Report:
         return BY[self.by][1] is not None
 
 
-def _window_where(window: Window, customer: str | None) -> tuple[str, dict[str, Any]]:
-    clauses: list[str] = []
-    params: dict[str, Any] = {}
-    if window.since_ms is not None:
-        clauses.append("ts_ms >= :since_ms")
-        params["since_ms"] = window.since_ms
-    if window.until_ms is not None:
-        clauses.append("ts_ms < :until_ms")
-        params["until_ms"] = window.until_ms
-    if customer is not None:
-        clauses.append("customer_id = :customer")
-        params["customer"] = customer
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+_SELECT = ("COALESCE(SUM(requests), 0) AS requests, COALESCE(SUM(errors), 0) AS errors, "
+           + ", ".join(f"COALESCE(SUM({c}), 0) AS {c}" for c in SUMS)
+           + ", COALESCE(SUM(CASE WHEN cache LIKE 'hit-%' THEN requests ELSE 0 END), 0) AS cache_hits"
+           + ", COALESCE(SUM(saved_nanos), 0) AS saved_nanos")
 
 
 def report(conn: sqlite3.Connection, *, by: str, window: Window, customer: str | None = None) -> Report:
-    """Per-group totals (highest cost first, the NULL group last) and the grand total, both in SQL."""
+    """Per-group totals (highest cost first, the NULL group last) and the grand total.
+
+    Read from the roll-ups (whole days and hours) and raw rows only at partial-hour edges, summed
+    in SQL as integers; the total is the sum of the groups, which partition the window's rows."""
     if by not in BY:
         raise UsageError(f"--by must be one of {', '.join(BY)}")
     col, names = BY[by]
     if customer is not None:
         check_customer(conn, customer)
-    where, params = _window_where(window, customer)
-    select = f"COUNT(*) AS requests, COALESCE(SUM({_ERROR_EXPR}), 0) AS errors, " + ", ".join(
-        f"COALESCE(SUM({c}), 0) AS {c}" for c in SUMS) + ", " + _SAVINGS_SQL
-    grouped = f"SELECT {col} AS id, {select} FROM ledger{where} GROUP BY {col}"
-    if names:
-        sql = (f"SELECT g.*, n.name AS name FROM ({grouped}) AS g LEFT JOIN {names} AS n ON n.id = g.id "
-               "ORDER BY g.cost_nanos DESC, g.id IS NULL, g.id")
-    else:
-        sql = f"SELECT g.*, NULL AS name FROM ({grouped}) AS g ORDER BY g.cost_nanos DESC, g.id IS NULL, g.id"
-    groups = [dict(r) for r in _fetch(conn, sql, params)]
-    total = dict(_fetch(conn, f"SELECT {select} FROM ledger{where}", params)[0])
+    src, params = rollups.source(conn, window.since_ms, window.until_ms,
+                                 {"customer_id": customer} if customer is not None else None)
+    grouped = f"SELECT {col} AS id, {_SELECT} FROM {src} GROUP BY {col}"
+    name = "n.name" if names else "NULL"
+    join = f" LEFT JOIN {names} AS n ON n.id = g.id" if names else ""
+    sql = f"SELECT g.*, {name} AS name FROM ({grouped}) AS g{join} ORDER BY g.cost_nanos DESC, g.id IS NULL, g.id"
+    groups = _fetch(conn, sql, params)
+    total = {k: sum(int(g[k]) for g in groups) for k in (*_NUMBERS, "cache_hits", "saved_nanos")}
     return Report(by, window, customer, groups, total)
 
 
-def _fetch(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+def _fetch(conn: sqlite3.Connection, sql: str, params: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
     cur = conn.execute(sql, params)
     try:
         cols = [d[0] for d in cur.description]

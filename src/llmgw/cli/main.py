@@ -54,6 +54,10 @@ def _register() -> None:
 
     app.add_typer(cache_cmd.app, name="cache")
 
+    from . import ledger_cmd
+
+    app.add_typer(ledger_cmd.app, name="ledger")
+
 
 @app.command()
 def serve(

@@ -33,6 +33,7 @@ from typing import Any
 
 from .. import clock
 from ..errors import LlmgwError, NotFound, UsageError
+from ..store import rollups
 from ..units import MAX_NANOS, PERIODS, iso_utc, usd, window
 
 SCOPES = ("customer", "team", "key")
@@ -86,13 +87,21 @@ _SPEND_COLUMN = {"customer": "customer_id", "team": "team_id", "key": "key_id"}
 
 
 def ledger_spend(conn: sqlite3.Connection) -> SpendFn:
-    """A ``spend_by_scope`` reading ``conn``'s ledger: sum of ``cost_nanos`` since ``since_ms``."""
+    """A ``spend_by_scope`` reading ``conn``'s ledger (through its roll-ups, exact): the sum of
+    ``cost_nanos`` since ``since_ms``. One grouped query per (scope, since) answers every id of that
+    scope (80 customer budgets of one month: one query), so make a new one for each reload."""
+    memo: dict[tuple[str, int], dict[str, int]] = {}
 
     def spend(scope: str, scope_id: str, since_ms: int) -> int:
-        column = _SPEND_COLUMN[scope]
-        row = conn.execute(f"SELECT COALESCE(SUM(cost_nanos), 0) FROM ledger WHERE {column} = ? AND ts_ms >= ?",
-                           (scope_id, since_ms)).fetchone()
-        return int(row[0])
+        got = memo.get((scope, since_ms))
+        if got is None:
+            column = _SPEND_COLUMN[scope]
+            src, params = rollups.source(conn, since_ms, None)
+            got = memo[(scope, since_ms)] = {
+                r[0]: int(r[1]) for r in conn.execute(
+                    f"SELECT {column}, SUM(cost_nanos) FROM {src} WHERE {column} IS NOT NULL GROUP BY {column}",
+                    params)}
+        return got.get(scope_id, 0)
 
     return spend
 

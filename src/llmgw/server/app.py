@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from .. import paths
+from .. import housekeeping, paths
 from ..cache.semantic import ResponseCache
 from ..clock import Clock, wall_ms
 from ..config import Config
@@ -248,6 +248,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         paths.ensure_home(home)
         dbfile = paths.db_path(home)
+        await asyncio.to_thread(housekeeping.catch_up, dbfile)  # roll-ups exact before the budgets load
         writer = LedgerWriter(dbfile)
         writer.start()
         reader = store_db.connect(dbfile)
@@ -280,14 +281,19 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             gw.cache_failed("warm", e)
         app[GATEWAY] = gw
         watcher = asyncio.create_task(definitions.watch())
+        keeper = housekeeping.Retention(dbfile, clock, ledger_days=config.ledger.retain_days,
+                                        bodies_days=config.log.bodies_retain_days)
+        app[STATE]["retention"] = keeper
+        tasks = [watcher, *([asyncio.create_task(keeper.run())] if keeper.enabled else [])]
         try:
             yield
         finally:
-            watcher.cancel()
-            try:
-                await watcher
-            except asyncio.CancelledError:
-                pass
+            for task in tasks:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
             await events.drain(5.0)
             await events.close()
             await asyncio.to_thread(cache.close)

@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,17 +38,28 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     returns. It is not fsynced on every commit, so an OS crash or power loss may lose the last few
     transactions (never corrupt the file). Surviving a process kill is our requirement.
 
-    ``readonly=True`` opens with ``mode=ro`` (the file must already exist).
+    ``readonly=True`` opens a connection that cannot write (``query_only``; ``mode=ro`` where the
+    directory is not writable); the file must already exist.
     """
     path = Path(path)
     if readonly:
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
+        # mode=rw + query_only where we may write the directory: SQLite can then open (or create) the
+        # WAL index file (-shm) and share it; a mode=ro connection without one rebuilds the index
+        # from the WAL and drops its page cache on every read transaction (100x slower with no daemon)
+        shared = os.access(path, os.W_OK) and os.access(path.resolve().parent, os.W_OK)
+        mode = "rw" if shared else "ro"
+        conn = sqlite3.connect(path.resolve().as_uri() + f"?mode={mode}", uri=True, check_same_thread=False)
+        if shared:
+            conn.execute("PRAGMA query_only=ON")
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
+        new = str(path) == ":memory:" or not path.exists() or path.stat().st_size == 0
         conn = sqlite3.connect(path, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout=5000")
     if not readonly:
+        if new:  # only possible before the first table: lets ledger pruning shrink the file (store.retention)
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file; a reader inherits it
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
@@ -228,8 +240,19 @@ def m006_cache_ledger(db: Database) -> None:
     db.execute("ALTER TABLE ledger ADD COLUMN saved_nanos INTEGER NOT NULL DEFAULT 0")
 
 
+def m007_rollups(db: Database) -> None:
+    """Hourly and daily ledger roll-ups and ``ledger_meta`` (their watermark, the retention
+    boundaries); empty: the rows already there are rolled up by ``rollups.catch_up`` (``serve`` runs
+    it at start, in chunks), not inside this one migration transaction."""
+    from . import rollups
+
+    for sql in rollups.schema_sql():
+        db.execute(sql)
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial, m002_usage_estimated, m003_governance,
-                                                      m004_definitions_version, m005_cache, m006_cache_ledger)
+                                                      m004_definitions_version, m005_cache, m006_cache_ledger,
+                                                      m007_rollups)
 
 
 def _migration_set() -> Migrations:

@@ -56,6 +56,9 @@ _SCHEMA: dict[str, tuple[str, Any]] = {
 LEDGER_COLUMNS: tuple[str, ...] = tuple(_SCHEMA)
 """Insertable columns (all but ``id``), in table order."""
 
+COLUMN_KINDS: dict[str, str] = {c: kind for c, (kind, _) in _SCHEMA.items()}
+"""Column -> ``int``, ``real`` or ``text`` (what an export writes it as)."""
+
 
 _INT64 = 2**63
 

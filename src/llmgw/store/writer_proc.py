@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from llmgw.store import rollups
 from llmgw.store.db import open_db
 from llmgw.store.ledger import insert_sql
 
@@ -116,9 +117,10 @@ class _Input:
         self.frames: deque[tuple[int, list[Any]]] = deque()
         self.eof = False
 
-    def read(self, block: bool) -> None:
+    def read(self, block: bool, timeout: float | None = None) -> None:
+        """``block``: wait for a whole frame (at most ``timeout`` seconds for the first bytes)."""
         while not self.eof:
-            if not block and not select.select([self.fd], [], [], 0)[0]:
+            if not select.select([self.fd], [], [], timeout if block else 0)[0]:
                 return
             data = os.read(self.fd, 1 << 20)
             if not data:
@@ -135,12 +137,16 @@ def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int
     conn = open_db(Path(db_path))
     conn.isolation_level = None  # autocommit: insert() manages its transactions
     inp = _Input(fd_in)
+    roller = rollups.Roller(conn)
     last_size = 0
     acks = True  # False once the daemon is gone: keep committing what it sent, tell nobody
     try:
         while True:
             if not inp.frames:
-                inp.read(block=True)
+                inp.read(block=True, timeout=roller.idle_wait())
+                if not inp.frames and not inp.eof:
+                    roller.run()  # idle: roll up what was committed, then wait again
+                    continue
                 if not inp.frames:
                     break  # EOF and nothing left
             if last_size > 1 and not inp.eof:
@@ -165,6 +171,8 @@ def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int
                     _write_all(fd_out, frame([batch_first + len(batch) - 1, failed, elapsed]))
                 except BrokenPipeError:
                     acks = False
+            roller.committed()  # after the answer: a roll-up never delays a request
+        roller.run()
     finally:
         conn.close()
 

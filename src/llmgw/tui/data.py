@@ -10,7 +10,9 @@ Invariants:
 - Every time comes from the ``now_ms`` argument (the app's injectable clock), never the wall clock.
 - Spend follows ``governance.budgets``: a scope with budgets is measured in the window of its most
   used budget (``budget_report``: ``ts_ms >= window start``); one without is measured this UTC
-  calendar month. Money stays integer nano-dollars.
+  calendar month. Money stays integer nano-dollars. History is read through ``store.rollups``
+  (roll-ups for whole hours and days, raw rows only past the roll-up watermark), so a refresh costs
+  the same after a day or after a year of traffic.
 - A row is an error as in ``store.ledger``: ``status >= 400`` or ``error_type`` set. A cache lookup is
   a row whose ``cache`` column is set; a hit is one whose value starts with ``hit`` (``hit-exact``,
   ``hit-semantic``). With no lookups the hit rate is ``None`` (shown as a dash), not 0.
@@ -25,7 +27,7 @@ from typing import Any
 from .. import reports
 from ..errors import NotFound
 from ..governance import budgets as bud
-from ..store import db
+from ..store import db, rollups
 from ..units import PERIODS, window
 
 HOUR_MS = 3_600_000
@@ -90,13 +92,13 @@ def _more_used(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _window_stats(conn: sqlite3.Connection, column: str, ids: list[str], since_ms: int) -> dict[str, dict[str, int]]:
-    marks = ", ".join("?" for _ in ids)
+    src, params = rollups.source(conn, since_ms, None, {column: ids})
     cur = conn.execute(
-        f"SELECT {column} AS sid, COUNT(*) AS requests, COALESCE(SUM(cost_nanos), 0) AS spent_nanos,"
-        " COALESCE(SUM(status >= 400 OR error_type IS NOT NULL), 0) AS errors,"
-        " COALESCE(SUM(cache IS NOT NULL), 0) AS cache_lookups,"
-        " COALESCE(SUM(cache LIKE 'hit%'), 0) AS cache_hits, MAX(ts_ms) AS last_ms"
-        f" FROM ledger WHERE ts_ms >= ? AND {column} IN ({marks}) GROUP BY {column}", (since_ms, *ids))
+        f"SELECT {column} AS sid, SUM(requests) AS requests, COALESCE(SUM(cost_nanos), 0) AS spent_nanos,"
+        " COALESCE(SUM(errors), 0) AS errors,"
+        " COALESCE(SUM(CASE WHEN cache IS NOT NULL THEN requests ELSE 0 END), 0) AS cache_lookups,"
+        " COALESCE(SUM(CASE WHEN cache LIKE 'hit%' THEN requests ELSE 0 END), 0) AS cache_hits, MAX(last_ms) AS last_ms"
+        f" FROM {src} GROUP BY {column}", params)
     return {r["sid"]: {k: r[k] for k in r.keys() if k != "sid"} for r in cur}
 
 
@@ -117,14 +119,12 @@ def _hourly(conn: sqlite3.Connection, column: str, now_ms: int, hours: int,
             only: str | None = None) -> dict[str, list[int]]:
     """Cost per clock hour (oldest first, the current hour last) for each id of ``column``."""
     start, end = hour_buckets(now_ms, hours)
-    sql = (f"SELECT {column}, (ts_ms - ?) / {HOUR_MS} AS h, SUM(cost_nanos) FROM ledger"
-           f" WHERE ts_ms >= ? AND ts_ms < ? AND {column} IS NOT NULL")
-    args: list[Any] = [start, start, end]
-    if only is not None:
-        sql += f" AND {column} = ?"
-        args.append(only)
+    src, params = rollups.source(conn, start, end, {column: only} if only is not None else None, hourly=True)
+    # every row of an hourly source lies within one clock hour, and so does its last_ms
+    sql = (f"SELECT {column}, (last_ms - ?) / {HOUR_MS} AS h, SUM(cost_nanos) FROM {src}"
+           f" WHERE {column} IS NOT NULL GROUP BY {column}, h")
     out: dict[str, list[int]] = {}
-    for sid, h, cost in conn.execute(sql + f" GROUP BY {column}, h", args):
+    for sid, h, cost in conn.execute(sql, [start, *params]):
         out.setdefault(sid, [0] * hours)[int(h)] = int(cost)
     return out
 

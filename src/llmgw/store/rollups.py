@@ -1,0 +1,329 @@
+"""Ledger roll-ups: hourly and daily aggregates that make history cost nothing to read.
+
+Owns: the ``ledger_hourly`` / ``ledger_daily`` tables (created by migration ``m007_rollups``), the
+trigger that keeps them current, the catch-up from raw rows, ``rebuild``/``verify``, and
+``source``: the one query every reader of history (reports, budget spend, ``top``) aggregates over.
+
+Invariants:
+- Roll-ups are derived data. The ledger is the source of truth for every hour that still has its
+  raw rows; below ``pruned_before`` (the retention boundary, a UTC midnight) only roll-ups remain.
+- They are maintained by an ``AFTER INSERT`` trigger on ``ledger``: a row and its roll-ups commit in
+  one transaction, whoever inserts it (the daemon's writer process, a test, an import), so they
+  are never behind and never counted twice. Ledger rows are append-only; prune deletes raw rows
+  only and keeps their roll-ups.
+- A group is (start, customer, team, key, model, provider, status class, cache outcome, error type,
+  error code); NULL dimensions are stored as ``''`` (a unique key does not match NULLs) and read back
+  as NULL. Every measure is an integer, so a sum over roll-ups equals the raw ``SUM`` exactly.
+- ``source(since, until)`` covers the half-open window with the coarsest pieces that fit: whole
+  UTC days from ``ledger_daily``, whole hours at the day edges from ``ledger_hourly``, and raw rows
+  only for the partial hours at the window edges. A window edge inside a pruned partial hour cannot
+  be answered exactly: ``UsageError``, never a guess.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UsageError
+from ..units import DAY_MS, iso_utc
+from .db import transaction
+
+log = logging.getLogger("llmgw.ledger")
+
+HOUR_MS = 3_600_000
+TABLES = {"hour": "ledger_hourly", "day": "ledger_daily"}
+#: group dimensions, in primary-key order after ``start_ms``
+DIMS = ("customer_id", "team_id", "key_id", "model", "provider", "status_class", "cache", "error_type",
+        "error_code")
+TEXT_DIMS = tuple(d for d in DIMS if d != "status_class")
+#: summed measures (all integers); ``last_ms`` (latest ``ts_ms``) is kept as a MAX
+MEASURES = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
+            "cost_nanos", "saved_nanos")
+#: what a raw ledger row contributes to each measure
+_RAW_MEASURE = {
+    "requests": "1", "errors": "(status >= 400 OR error_type IS NOT NULL)",
+    **{m: m for m in MEASURES if m not in ("requests", "errors")},
+}
+_RAW_DIM = {d: f"COALESCE({d}, '')" for d in TEXT_DIMS} | {"status_class": "status / 100"}
+META_ROLLED = "rolled_up_to_id"
+META_PRUNED = "pruned_before_ms"
+META_BODIES_PRUNED = "bodies_pruned_before_ms"
+
+
+# ---- schema (used by the migration) ----------------------------------------------------------------
+
+
+def _table_sql(table: str) -> list[str]:
+    dims = ", ".join(f"{d} {'INTEGER' if d == 'status_class' else 'TEXT'} NOT NULL" for d in DIMS)
+    measures = ", ".join(f"{m} INTEGER NOT NULL" for m in MEASURES)
+    # clustered by time: every reader scans a time range (secondary indexes would cost the
+    # roll-up step more than they save the readers, who group many ids in one scan)
+    return [f"CREATE TABLE {table} (start_ms INTEGER NOT NULL, {dims}, {measures}, last_ms INTEGER NOT NULL,"
+            f" PRIMARY KEY (start_ms, {', '.join(DIMS)})) WITHOUT ROWID"]
+
+
+def schema_sql() -> list[str]:
+    """The tables and the meta table (no data)."""
+    return [*_table_sql(TABLES["hour"]), *_table_sql(TABLES["day"]),
+            "CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"]
+
+
+# ---- rolling up ------------------------------------------------------------------------------------
+
+
+def _aggregate(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> None:
+    """Add the raw rows matching ``where`` to both tables, as one GROUP BY per table."""
+    dims = ", ".join(f"{_RAW_DIM[d]}" for d in DIMS)
+    sums = ", ".join(f"SUM({_RAW_MEASURE[m]})" for m in MEASURES)
+    group = ", ".join(str(i) for i in range(1, len(DIMS) + 2))
+    cols = f"start_ms, {', '.join(DIMS)}, {', '.join(MEASURES)}, last_ms"
+    sets = ", ".join(f"{m} = {m} + excluded.{m}" for m in MEASURES)
+    for table, span in ((TABLES["hour"], HOUR_MS), (TABLES["day"], DAY_MS)):
+        conn.execute(f"INSERT INTO {table} ({cols}) SELECT ts_ms - ts_ms % {span}, {dims}, {sums}, MAX(ts_ms)"
+                     f" FROM ledger WHERE {where} GROUP BY {group}"
+                     f" ON CONFLICT DO UPDATE SET {sets}, last_ms = max(last_ms, excluded.last_ms)", args)
+
+
+def rolled_up_to(conn: sqlite3.Connection) -> int:
+    """The highest ledger id whose row is in the roll-ups (every lower id is too)."""
+    return meta(conn, META_ROLLED) or 0
+
+
+def step(conn: sqlite3.Connection, max_rows: int = 100_000) -> int:
+    """Roll up the next ``max_rows`` ids past the watermark; returns how many ids it covered (0: none
+    pending). In the caller's write transaction: the roll-up rows and the watermark move together."""
+    done = rolled_up_to(conn)
+    top = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM ledger").fetchone()[0])
+    upto = min(top, done + max_rows)
+    if upto <= done:
+        return 0
+    _aggregate(conn, "id > ? AND id <= ?", (done, upto))
+    set_meta(conn, META_ROLLED, upto)
+    return upto - done
+
+
+def pending(conn: sqlite3.Connection) -> int:
+    """Ledger ids not rolled up yet (an upper bound: ids may have gaps)."""
+    top = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM ledger").fetchone()[0])
+    return max(0, top - rolled_up_to(conn))
+
+
+def catch_up(conn: sqlite3.Connection, *, chunk: int = 250_000,
+             progress: Callable[[int, int], None] | None = None) -> int:
+    """Roll up everything pending, one transaction per ``chunk`` ids (the writer is never held for
+    long); ``progress(done, total)`` after each. Returns the ids covered."""
+    total, done = pending(conn), 0
+    while True:
+        with transaction(conn):
+            n = step(conn, chunk)
+        if not n:
+            return done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+
+class Roller:
+    """When the ledger writer process rolls up: right after a commit once ``interval`` seconds
+    have passed since the last roll-up, and when it goes idle (``idle_wait``: how long the writer may
+    block waiting for rows before it should roll up what it committed). Each roll-up is one short
+    transaction of at most ``max_rows`` ids, so the writer is never held for long."""
+
+    def __init__(self, conn: sqlite3.Connection, *, interval: float = 0.5, max_rows: int = 50_000) -> None:
+        self.conn, self.interval, self.max_rows = conn, interval, max_rows
+        self.dirty = True  # rows may be pending from before this process
+        self._last = 0.0
+
+    def committed(self) -> None:
+        self.dirty = True
+        if time.monotonic() - self._last >= self.interval:
+            self.run()
+
+    def idle_wait(self) -> float | None:
+        return self.interval if self.dirty else None
+
+    def run(self) -> None:
+        self._last = time.monotonic()
+        try:
+            with transaction(self.conn):
+                n = step(self.conn, self.max_rows)
+        except sqlite3.Error as e:  # e.g. locked or disk full: the rows are safe, try again later
+            log.warning("ledger roll-up step failed (will retry): %s", e)
+            return
+        self.dirty = n >= self.max_rows
+
+
+def pruned_before(conn: sqlite3.Connection) -> int | None:
+    """The retention boundary: raw rows before it were deleted (their roll-ups stay); None if never."""
+    return meta(conn, META_PRUNED)
+
+
+def meta(conn: sqlite3.Connection, key: str) -> int | None:
+    try:
+        row = conn.execute("SELECT value FROM ledger_meta WHERE key = ?", (key,)).fetchone()
+    except sqlite3.OperationalError:  # a database from before roll-ups, read without migrating
+        return None
+    return None if row is None else int(row[0])
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: int) -> None:
+    conn.execute("INSERT INTO ledger_meta (key, value) VALUES (?, ?)"
+                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+
+def rebuild(conn: sqlite3.Connection) -> int:
+    """Recompute the roll-ups of every hour that still has its raw rows (from ``pruned_before``
+    on; older roll-ups are all that is left of their hours and are kept), up to the watermark.
+    In the caller's transaction; returns the first ``start_ms`` rebuilt (0: everything)."""
+    since = pruned_before(conn) or 0
+    for table in TABLES.values():
+        conn.execute(f"DELETE FROM {table} WHERE start_ms >= ?", (since,))
+    _aggregate(conn, "ts_ms >= ? AND id <= ?", (since, rolled_up_to(conn)))
+    return since
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    day_ms: int
+    measure: str
+    raw: int
+    rolled: int
+
+    def __str__(self) -> str:
+        return f"{iso_utc(self.day_ms)[:10]}: {self.measure} raw {self.raw} != roll-up {self.rolled}"
+
+
+def verify(conn: sqlite3.Connection) -> list[Mismatch]:
+    """Compare each day's totals in both roll-up tables with the raw ``SUM`` of the rows they cover
+    (days that still have raw rows, ids up to the watermark). Run it in one read transaction."""
+    since, upto = pruned_before(conn) or 0, rolled_up_to(conn)
+    sums = ", ".join(f"SUM({_RAW_MEASURE[m]})" for m in MEASURES)
+    rsums = ", ".join(f"SUM({m})" for m in MEASURES)
+    raw = {r[0]: r[1:] for r in conn.execute(
+        f"SELECT ts_ms - ts_ms % {DAY_MS}, {sums} FROM ledger WHERE ts_ms >= ? AND id <= ? GROUP BY 1",
+        (since, upto))}
+    out: list[Mismatch] = []
+    zero = (0,) * len(MEASURES)
+    for table in TABLES.values():
+        rolled = {r[0]: r[1:] for r in conn.execute(
+            f"SELECT start_ms - start_ms % {DAY_MS}, {rsums} FROM {table} WHERE start_ms >= ? GROUP BY 1", (since,))}
+        for day in sorted(raw.keys() | rolled.keys()):
+            a, b = raw.get(day, zero), rolled.get(day, zero)
+            out += [Mismatch(day, f"{table}.{m}", int(x or 0), int(y or 0))
+                    for m, x, y in zip(MEASURES, a, b, strict=True) if int(x or 0) != int(y or 0)]
+    return out
+
+
+def available(conn: sqlite3.Connection) -> bool:
+    """True when the roll-up tables exist (a database migrated to m007 or later)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (TABLES["day"],)).fetchone() is not None
+
+
+# ---- reading: one window as roll-up-shaped rows -----------------------------------------------------
+
+
+Span = tuple[str, int | None, int | None]  # (source: raw | hour | day, since_ms, until_ms)
+
+
+def _ceil(ms: int, unit: int) -> int:
+    return -(-ms // unit) * unit
+
+
+def spans(since_ms: int | None, until_ms: int | None) -> list[Span]:
+    """The pieces that cover ``since_ms <= ts < until_ms`` (None: open), coarsest first where they fit."""
+    s, u = since_ms, until_ms
+    if s is not None and u is not None and s >= u:
+        return []
+    out: list[Span] = []
+    for unit, source in ((HOUR_MS, "raw"), (DAY_MS, "hour")):
+        if s is not None and s % unit:
+            edge = _ceil(s, unit)
+            if u is not None and u <= edge:
+                out.append((source, s, u))
+                return out
+            out.append((source, s, edge))
+            s = edge
+        if u is not None and u % unit:
+            edge = u - u % unit
+            if s is None or edge > s:
+                out.append((source, edge, u))
+                u = edge
+            else:
+                out.append((source, s, u))
+                return out
+    out.append(("day", s, u))
+    return out
+
+
+Filter = Mapping[str, str | Sequence[str]]
+
+
+def _where(time_col: str, since: int | None, until: int | None, filters: Filter, params: list[Any]) -> str:
+    clauses = []
+    if since is not None:
+        clauses.append(f"{time_col} >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append(f"{time_col} < ?")
+        params.append(until)
+    for col, value in filters.items():
+        if isinstance(value, str):
+            clauses.append(f"{col} = ?")
+            params.append(value)
+        else:
+            clauses.append(f"{col} IN ({', '.join('?' for _ in value)})")
+            params.extend(value)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else ""
+
+
+def source(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | None,
+           filters: Filter | None = None, *, hourly: bool = False) -> tuple[str, list[Any]]:
+    """A subquery (SQL, params) yielding roll-up-shaped rows (``DIMS`` with NULL for ``''``,
+    ``MEASURES``, ``last_ms``) whose sums over any grouping equal the raw ledger's in the window.
+
+    ``filters``: dimension -> id or ids (``customer_id``, ``team_id``, ``key_id``...). ``hourly``:
+    no row spans more than a clock hour (for per-hour buckets: bucket by ``last_ms``, which lies in
+    the row's hour). Falls back to raw rows alone on a database without roll-ups (read-only readers
+    do not migrate)."""
+    filters = filters or {}
+    params: list[Any] = []
+    if not available(conn):
+        pieces: Iterable[Span] = [("raw", since_ms, until_ms)]
+    else:
+        pieces = [("hour" if hourly and src == "day" else src, lo, hi) for src, lo, hi in spans(since_ms, until_ms)]
+        boundary = pruned_before(conn)
+        for src, lo, _ in pieces:
+            if src == "raw" and boundary is not None and (lo is None or lo < boundary):
+                raise UsageError(f"raw ledger rows before {iso_utc(boundary)} were pruned: only whole hours"
+                                 f" can be reported there (the window starts or ends at {iso_utc(lo or 0)})")
+    raw_dims = ", ".join(d if d != "status_class" else "status / 100 AS status_class" for d in DIMS)
+    raw_sums = ", ".join(f"{_RAW_MEASURE[m]} AS {m}" for m in MEASURES)
+    raw_select = f"SELECT {raw_dims}, {raw_sums}, ts_ms AS last_ms FROM ledger"
+    selects = []
+    rolled: list[Span] = []
+    for src, lo, hi in pieces:
+        if src == "raw":
+            selects.append(raw_select + _where("ts_ms", lo, hi, filters, params))
+        else:
+            rolled.append((src, lo, hi))
+            dims = ", ".join(f"NULLIF({d}, '') AS {d}" if d in TEXT_DIMS else d for d in DIMS)
+            where = _where("start_ms", lo, hi, filters, params)
+            selects.append(f"SELECT {dims}, {', '.join(MEASURES)}, last_ms FROM {TABLES[src]}{where}")
+    if rolled:
+        # rows past the watermark are not in the roll-ups yet: read them raw. The watermark is read
+        # in this same statement, so it and the roll-ups come from one snapshot (never counted twice)
+        lo = None if any(p[1] is None for p in rolled) else min(p[1] for p in rolled if p[1] is not None)
+        hi = None if any(p[2] is None for p in rolled) else max(p[2] for p in rolled if p[2] is not None)
+        where = _where("ts_ms", lo, hi, filters, params)
+        tail = f"id > (SELECT COALESCE(MAX(value), 0) FROM ledger_meta WHERE key = '{META_ROLLED}')"
+        # NOT INDEXED: read the tail by rowid range (a few rows), never through a time or customer
+        # index that would walk the whole window's raw rows to find them
+        tail_select = raw_select.replace(" FROM ledger", " FROM ledger NOT INDEXED")
+        selects.append(tail_select + (f"{where} AND {tail}" if where else f" WHERE {tail}"))
+    return "(" + " UNION ALL ".join(selects) + ")", params
