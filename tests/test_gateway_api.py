@@ -283,3 +283,24 @@ def test_declared_models_are_listed_as_declared(upstream, daemon_factory):
     with openai.OpenAI(base_url=d.openai_base, api_key=d.key, max_retries=0) as c:
         ids = {m.id for m in c.models.list()}
     assert "openai/gpt-4o-mini" in ids and "openai/gpt-4o" not in ids
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+def test_anthropic_sdk_parse_both_ways(gw, upstream, ac, model):
+    r = ac.messages.parse(model=model, max_tokens=100, messages=[{"role": "user", "content": "who"}],
+                          output_format=Person)
+    assert r.parsed_output == Person(name="fake reply to: who", age=1)
+    sent = upstream.requests[-1]["json"]
+    if model == GPT:
+        schema = sent["response_format"]["json_schema"]
+        assert schema["strict"] is True and schema["schema"]["required"] == ["name", "age"]
+    else:
+        assert sent["output_config"]["format"]["type"] == "json_schema"
+
+
+def test_openai_sdk_parse_streaming_to_claude(gw, upstream, oc):
+    with oc.chat.completions.stream(model=CLAUDE, messages=[{"role": "user", "content": "who"}],
+                                    response_format=Person) as s:
+        final = s.get_final_completion()
+    assert final.choices[0].message.parsed == Person(name="fake reply to: who", age=1)
+    assert upstream.requests[-1]["json"]["output_config"]["format"]["type"] == "json_schema"
