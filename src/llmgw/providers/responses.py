@@ -252,7 +252,7 @@ def to_chat(body: Json, *, provider: str) -> Json:
             call = {"id": item.get("call_id") or item.get("id") or "", "type": "function",
                     "function": {"name": item.get("name") or "", "arguments": item.get("arguments") or "{}"}}
             last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant" and (last.get("tool_calls") or not last["content"]):
+            if last is not None and last["role"] == "assistant":  # one assistant turn: its text, then its calls
                 last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
