@@ -171,6 +171,10 @@ def test_pdfs_cross_dialects(gw, upstream, ac, oc):
     block = upstream.requests[-1]["json"]["messages"][0]["content"][1]
     assert block == {"type": "document", "title": "r.pdf",
                      "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}}
+    oc.responses.create(model=CLAUDE, input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "summarise"},
+        {"type": "input_file", "filename": "r.pdf", "file_data": f"data:application/pdf;base64,{PDF}"}]}])
+    assert upstream.requests[-1]["json"]["messages"][0]["content"][1] == block
 
 
 def test_untranslatable_parameters_are_refused_by_name(gw, upstream, ac):
