@@ -35,7 +35,7 @@ from .cache.semantic import Hit, Keys, ResponseCache, request_keys
 from .cache.semantic import request_options as cache_request_options
 from .clock import Clock, wall_ms
 from .config import Config
-from .errors import InvalidRequest, LlmgwError, ModelNotFound, NotFound, PermissionDenied, Unauthorized
+from .errors import InvalidRequest, LlmgwError, ModelNotFound, PermissionDenied, Unauthorized
 from .governance.bounds import bound_nanos, clamp_max_tokens, cost_bound, prompt_price, unbounded_features
 from .governance.budgets import BudgetBook, BudgetExceeded, Reservation
 from .governance.events import EventSink
@@ -166,7 +166,7 @@ class Gateway:
         if retry and retry.isdigit():
             call.client_retry = int(retry)
         self.metrics.in_flight += 1
-        forwarding = FORWARDED.set(self._forwarded(request)) if self.forward_headers else None
+        forwarding = FORWARDED.set(self.forwarded(request)) if self.forward_headers else None
         try:
             call.key = await self.keys.resolve(bearer(request))
             body = VALIDATORS[route](await self._read_json(request, call))
@@ -236,34 +236,10 @@ class Gateway:
                 # runs before aiohttp sends the response: a retry after this answer finds it
                 await self.idempotency.finish(call.key.id, call.idem_key, call.raw_body, call.idem_answer)
 
-    def _forwarded(self, request: web.Request) -> dict[str, str]:
+    def forwarded(self, request: web.Request) -> dict[str, str]:
         """The client headers ``[server] forward_headers`` lets through to the provider."""
         h = request.headers
         return {name: v for name in self.forward_headers if (v := h.get(name))}
-
-    async def count_tokens(self, request: web.Request) -> web.StreamResponse:
-        """``POST /v1/messages/count_tokens``: authenticated and allow-listed like a request to the
-        same model, but neither billed, budgeted nor rate-limited, and without a ledger row. Anthropic
-        counts itself; an OpenAI-format model is counted with its tokeniser (``providers/tokens``)."""
-        rid = new_request_id()
-        forwarding = FORWARDED.set(self._forwarded(request)) if self.forward_headers else None
-        try:
-            key = await self.keys.resolve(bearer(request))
-            call = Call(request_id=rid, route="count_tokens", inbound="anthropic", ts_ms=self.clock(), key=key)
-            body = validate.messages_request(await self._read_json(request, call))
-            call.model = body["model"]
-            targets = self.router.resolve(call.model)
-            self._authorize(key, call.model, targets)
-            deadline = time.monotonic() + self.request_timeout
-            n = await self.router.run(targets[:1], lambda t, to: t.provider.count_tokens(body, t.model, to),
-                                      deadline, call)
-            return web.Response(body=orjson.dumps({"input_tokens": n}),
-                                headers=id_headers(rid, "anthropic", JSON))
-        except LlmgwError as e:
-            return error_response(e, "anthropic", rid)
-        finally:
-            if forwarding is not None:
-                FORWARDED.reset(forwarding)
 
     async def _idempotent(self, call: Call, idem: str) -> web.Response | None:
         assert call.key is not None and self.idempotency is not None
@@ -370,7 +346,8 @@ class Gateway:
         return resp
 
     # ---- governance: authorize, rate-limit, reserve -----------------------------------------
-    def _authorize(self, key: KeyInfo, model: str, targets: list[Target]) -> None:
+    def authorize(self, key: KeyInfo, model: str, targets: list[Target]) -> None:
+        """403 ``model_not_allowed`` unless ``key`` may use ``model`` (an alias: every target of it)."""
         if not key.allows(model) and not (model in self.router.aliases
                                           and all(key.allows(t.qualified) for t in targets)):
             raise PermissionDenied(f"this key may not use model {model!r}", code="model_not_allowed",
@@ -379,7 +356,7 @@ class Gateway:
     def _admit(self, call: Call, body: dict[str, Any], targets: list[Target]) -> None:
         key = call.key
         assert key is not None and call.model is not None
-        self._authorize(key, call.model, targets)
+        self.authorize(key, call.model, targets)
         budgets = self.budgets.applicable(key.id, key.team_id, key.customer_id)
         if not budgets and not key.rpm and not key.tpm:
             return
@@ -531,28 +508,6 @@ class Gateway:
         """A Responses API answer stored at its provider: follow-ups and reads go there, for its owner."""
         if call.provider is not None and call.key is not None:
             self.router.origins.remember(response_id, call.provider, responses.owner_of(call.key))
-
-    async def stored_response(self, request: web.Request) -> web.StreamResponse:
-        """``GET``/``DELETE /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items``: relayed to the
-        provider that stores the response, for its owner only; not billed, no ledger row."""
-        rid = new_request_id()
-        key = await self.keys.resolve(bearer(request))
-        ref = request.match_info["id"]
-        known = self.router.origins.get(ref)
-        if known is None or known[1] != responses.owner_of(key):
-            raise NotFound(f"response {ref!r} not found (this gateway relays stored responses it created, "
-                           "to the keys of their owner)", code="response_not_found")
-        provider = self.router.providers.get(known[0])
-        stored = getattr(provider, "stored", None)
-        if stored is None:
-            raise NotFound(f"response {ref!r} not found", code="response_not_found")
-        path = "/responses/" + ref + ("/input_items" if request.path.endswith("/input_items") else "")
-        if request.query_string:
-            path += "?" + request.query_string
-        body = await stored(request.method, path, min(self.request_timeout, 60.0))
-        if request.method == "DELETE":
-            self.router.origins.forget(ref)
-        return web.Response(body=body, headers=id_headers(rid, "openai", JSON))
 
     def _settle_stream(self, call: Call, state: StreamState, opened: float) -> None:
         call.upstream_seconds += time.perf_counter() - opened  # the body: still the upstream's time

@@ -47,6 +47,7 @@ from ..providers.upstream import UpstreamClient
 from ..store import db as store_db
 from ..store.writer import LedgerWriter
 from ..units import window
+from . import unbilled
 from .admin import add_routes as add_admin_routes
 from .http import bearer, error_response
 
@@ -113,11 +114,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
-    return await request.app[GATEWAY].count_tokens(request)
+    return await unbilled.count_tokens(request.app[GATEWAY], request)
 
 
 async def stored_response(request: web.Request) -> web.StreamResponse:
-    return await request.app[GATEWAY].stored_response(request)
+    return await unbilled.stored_response(request.app[GATEWAY], request)
 
 
 async def _served(request: web.Request) -> list[dict[str, object]]:
