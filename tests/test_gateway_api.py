@@ -280,6 +280,25 @@ fast = ["openai/gpt-4o-mini"]
             c.models.retrieve("openai/gpt-4o")
 
 
+def test_models_of_an_unreachable_provider_come_from_the_price_list(upstream, daemon_factory):
+    d = daemon_factory(upstream_config(upstream, """
+[providers.down]
+type = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key_env = "TEST_OPENAI_KEY"
+"""), UPSTREAM_ENV)
+    with openai.OpenAI(base_url=d.openai_base, api_key=d.key, max_retries=0) as c:
+        ids = {m.id for m in c.models.list()}
+    assert "down/gpt-4o-mini" in ids and "down/claude-haiku-4-5" not in ids
+
+
+def test_responses_option_is_for_openai_providers(upstream, daemon_factory):
+    with pytest.raises(Exception, match="responses: only for providers of type openai"):
+        daemon_factory(upstream_config(upstream).replace('api_key_env = "TEST_ANTHROPIC_KEY"',
+                                                         'api_key_env = "TEST_ANTHROPIC_KEY"\nresponses = false'),
+                       UPSTREAM_ENV)
+
+
 def test_declared_models_are_listed_as_declared(upstream, daemon_factory):
     d = daemon_factory(upstream_config(upstream).replace(
         'api_key_env = "TEST_OPENAI_KEY"', 'api_key_env = "TEST_OPENAI_KEY"\nmodels = ["gpt-4o-mini"]', 1),

@@ -466,6 +466,8 @@ def _provider(c: Checks, name: str, t: dict[str, Any], env: Mapping[str, str]) -
     elif defaults and defaults[1]:
         keys = [ProviderKey(defaults[1])]
 
+    if "responses" in t and ptype not in ("openai", None, ""):
+        c.add((*at, "responses"), f"only for providers of type openai (this one is {ptype})")
     return ProviderConfig(
         name=name,
         type=ptype or "openai",
