@@ -1144,3 +1144,20 @@ def test_usage_survives_both_response_directions(anthropic_usage):
     resp = openai_completion({"content": "x"}, usage=u)
     back = openai_to_anthropic_response(resp, model="m")["usage"]
     assert back == {"cache_read_input_tokens": 0, "cache_creation_input_tokens": 0, **anthropic_usage}
+
+
+@pytest.mark.parametrize("field", [{"logprobs": True}, {"top_logprobs": 2}, {"audio": {"voice": "alloy"}},
+                                   {"modalities": ["text", "audio"]}])
+def test_openai_fields_anthropic_cannot_honour_are_refused(field):
+    with pytest.raises(InvalidRequest) as e:
+        to_anthropic({"messages": [user("x")], **field})
+    assert e.value.param == next(iter(field)) and e.value.code == "unsupported_parameter"
+    to_anthropic({"messages": [user("x")], "logprobs": False, "modalities": ["text"]})  # asks for nothing more
+
+
+@pytest.mark.parametrize("field", [{"mcp_servers": [{"type": "url", "url": "https://m", "name": "m"}]},
+                                   {"container": "cntr_1"}])
+def test_anthropic_fields_openai_cannot_honour_are_refused(field):
+    with pytest.raises(InvalidRequest) as e:
+        anthropic_request_to_openai({"max_tokens": 1, "messages": [user("x")], **field}, model="gpt-4o")
+    assert e.value.param == next(iter(field))

@@ -13,8 +13,9 @@ Choices, OpenAI request -> Anthropic:
 * content is always a list of blocks; empty text (which Anthropic rejects) is dropped, and so are
   messages left empty; consecutive same-role messages merge, so ``role: tool`` results form one
   user turn ahead of any user text that follows them.
-* ``n`` > 1 is rejected; ``seed``, ``stream_options``, ``frequency_penalty``,
-  ``presence_penalty``, ``logprobs`` and other OpenAI-only knobs are dropped; ``temperature`` is
+* ``n`` > 1, ``logprobs``/``top_logprobs``, ``audio`` and non-text ``modalities`` are rejected (the
+  answer could not be what was asked); ``seed``, ``stream_options``, ``frequency_penalty``,
+  ``presence_penalty``, ``logit_bias``, ``prediction`` and other sampling knobs are dropped; ``temperature`` is
   passed unchanged (Anthropic's range is 0..1 and it says so itself); ``tool_choice`` and
   ``parallel_tool_calls`` only matter when ``tools`` are given.
 * ``response_format`` ``json_schema`` becomes Anthropic's native structured output
@@ -32,7 +33,8 @@ Anthropic request -> OpenAI: ``output_config.format`` (or the beta ``output_form
 for OpenAI reasoning models (o1/o3/o4/gpt-5; ``thinking`` by its budget: under 4096 tokens low, under
 16384 medium, else high) and are refused with a 400 for other models; ``document`` blocks with base64
 PDF data become ``file`` parts, text documents text parts, URL and file-id documents are refused;
-the web search server tool becomes ``web_search_options``. ``top_k``, ``cache_control`` and thinking
+the web search server tool becomes ``web_search_options``; ``mcp_servers`` and ``container`` are
+rejected. ``top_k``, ``cache_control`` and thinking
 blocks echoed in assistant history are dropped; a tool result's ``is_error`` has no OpenAI field,
 only its text passes; ``max_tokens`` becomes ``max_completion_tokens`` for reasoning models.
 
@@ -72,6 +74,18 @@ _TOOL_CHOICE_TO_OPENAI = {"auto": "auto", "any": "required", "none": "none"}
 _REASONING_MODEL_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 _EFFORT_TO_ANTHROPIC = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh"}
 _EFFORT_TO_OPENAI = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
+#: OpenAI request fields an Anthropic model cannot honour (refused, not dropped: the answer would differ)
+_NO_ANTHROPIC_COUNTERPART = {
+    "logprobs": "Anthropic models return no log probabilities",
+    "top_logprobs": "Anthropic models return no log probabilities",
+    "audio": "Anthropic models have no audio output",
+    "modalities": "Anthropic models answer in text only",
+}
+#: Anthropic request fields an OpenAI model cannot honour
+_NO_OPENAI_COUNTERPART = {
+    "mcp_servers": "MCP servers are run by Anthropic's API; OpenAI Chat Completions has no counterpart",
+    "container": "code execution containers are Anthropic's; OpenAI Chat Completions has no counterpart",
+}
 _JSON_INSTRUCTION = "Respond with a single JSON object only: no prose before or after it and no code fences."
 _EMPTY_SCHEMA: Json = {"type": "object", "properties": {}}
 
@@ -271,6 +285,9 @@ def openai_to_anthropic_request(req: Json, *, model: str, default_max_tokens: in
         raise InvalidRequest("n > 1 is not supported by Anthropic models", param="n")
     if req.get("functions") or req.get("function_call"):
         raise InvalidRequest("legacy functions are not supported; use tools", param="functions")
+    for name, why in _NO_ANTHROPIC_COUNTERPART.items():
+        if req.get(name) and not (name == "modalities" and req[name] == ["text"]):
+            raise InvalidRequest(f"{name}: {why}", param=name, code="unsupported_parameter")
     messages = req.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("messages must be a non-empty list", param="messages")
@@ -600,6 +617,9 @@ def _reasoning_effort(req: Json, model: str) -> str | None:
 
 def anthropic_request_to_openai(req: Json, *, model: str) -> Json:
     """An Anthropic Messages request body as an OpenAI Chat Completions request body for ``model``."""
+    for name, why in _NO_OPENAI_COUNTERPART.items():
+        if req.get(name):
+            raise InvalidRequest(f"{name}: {why}", param=name, code="unsupported_parameter")
     messages: list[Json] = []
     system = "\n\n".join(t for t in _texts(req.get("system"), "system") if t)
     if system:
