@@ -3,6 +3,9 @@ translation for OpenAI clients (``/v1/chat/completions``).
 
 ``base_url`` has the official SDK's meaning: requests go to ``base_url + "/v1/messages"``.
 Anthropic requires ``max_tokens``; the configured default is supplied when the client gave none.
+Responses API clients are translated through chat (``responses.py``); ``count_tokens`` and the
+models listing are Anthropic's own endpoints. A client's ``anthropic-beta`` and
+``anthropic-version`` headers are forwarded (``base.forwarded``).
 """
 
 from __future__ import annotations

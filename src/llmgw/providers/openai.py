@@ -5,6 +5,12 @@ llama.cpp) by ``base_url``.
 Anthropic clients, usage capture from streams); subclasses supply the transport: HTTP here, an
 in-process generator in ``demo``. Streams always ask the upstream for ``include_usage`` so the
 cost is known; the usage chunk is forwarded only if the client asked for it.
+
+Responses API clients are passed through to ``/responses`` when the upstream has it
+(``native_responses``: OpenAI providers unless configured ``responses = false``), else translated
+through chat (``responses.py``); legacy ``/completions`` is passed through (HTTP providers only).
+Tool calls with arguments that are not JSON cannot be translated for an Anthropic client: streamed
+or not, that is an error that bills the upstream's usage (``BilledUpstreamError``).
 """
 
 from __future__ import annotations
