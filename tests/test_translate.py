@@ -328,6 +328,22 @@ def test_response_format_json_schema_is_native_structured_output():
     assert "system" not in out  # a guarantee, not a prompt
 
 
+@pytest.mark.parametrize(("model", "native"), [("claude-haiku-4-5-20251001", True), ("claude-sonnet-4-5", True),
+                                             ("claude-opus-4-1-20250805", True), ("claude-3-5-haiku-latest", False),
+                                             ("claude-3-7-sonnet-20250219", False), ("claude-sonnet-4-20250514", False),
+                                             ("claude-opus-4-0", False)])
+def test_json_schema_on_claude_without_structured_outputs_is_an_instruction(model, native):
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    out = to_anthropic({"messages": [user("x")],
+                        "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}},
+                       model=model)
+    if native:
+        assert out["output_config"]["format"]["schema"] == schema and "system" not in out
+    else:
+        assert "output_config" not in out and "single JSON object" in out["system"]
+        assert json.loads(out["system"].split("\n", 1)[1]) == schema
+
+
 @pytest.mark.parametrize(("effort", "expected"), [("minimal", "low"), ("low", "low"), ("high", "high"),
                                                   ("xhigh", "xhigh")])
 def test_reasoning_effort_becomes_anthropic_effort(effort, expected):

@@ -19,9 +19,10 @@ Choices, OpenAI request -> Anthropic:
   passed unchanged (Anthropic's range is 0..1 and it says so itself); ``tool_choice`` and
   ``parallel_tool_calls`` only matter when ``tools`` are given.
 * ``response_format`` ``json_schema`` becomes Anthropic's native structured output
-  (``output_config.format``); ``json_object`` has no Anthropic counterpart (any JSON, no schema), so
-  an instruction to answer with a single JSON object is appended to the system prompt (a prompt, not
-  a guarantee).
+  (``output_config.format``) on models that have it (Claude 4.1 and later); for Claude 3.x and 4.0,
+  and for ``json_object`` (any JSON, no schema: no Anthropic counterpart), an instruction to answer
+  with a single JSON object (conforming to the schema, if any) is appended to the system prompt (a
+  prompt, not a guarantee).
 * ``reasoning_effort`` becomes ``output_config.effort`` (``minimal`` → ``low``; ``none`` is Anthropic's
   default, no thinking); ``web_search_options`` becomes Anthropic's web search server tool.
 * ``file`` parts with inline data (PDFs) become ``document`` blocks; a ``file_id`` (a file stored at
@@ -44,6 +45,7 @@ upstream that are not a JSON object are an :class:`UpstreamError`.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -86,6 +88,8 @@ _NO_OPENAI_COUNTERPART = {
     "mcp_servers": "MCP servers are run by Anthropic's API; OpenAI Chat Completions has no counterpart",
     "container": "code execution containers are Anthropic's; OpenAI Chat Completions has no counterpart",
 }
+#: Claude models without structured outputs: 3.x and 4.0 (their json_schema becomes an instruction)
+_LEGACY_CLAUDE = re.compile(r"^claude-(?:3|(?:sonnet|opus)-4-(?:0|20\d{6}))")
 _JSON_INSTRUCTION = "Respond with a single JSON object only: no prose before or after it and no code fences."
 _EMPTY_SCHEMA: Json = {"type": "object", "properties": {}}
 
@@ -237,21 +241,32 @@ def _anthropic_tool_choice(choice: Any, parallel: Any) -> Json | None:
     return result
 
 
-def _json_instruction(fmt: Any) -> str | None:
-    """The system-prompt instruction for ``json_object`` (None: no instruction needed)."""
+def _json_instruction(fmt: Any, native: bool) -> str | None:
+    """The system-prompt instruction for ``json_object``, or for ``json_schema`` on a model without
+    structured outputs (None: no instruction needed)."""
     ftype = _type_of(fmt)
-    if fmt is None or ftype in ("text", "json_schema"):
+    if fmt is None or ftype == "text" or (ftype == "json_schema" and native):
         return None
     if ftype == "json_object":
         return _JSON_INSTRUCTION
+    if ftype == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if schema is None:
+            return _JSON_INSTRUCTION
+        return f"{_JSON_INSTRUCTION} It must conform to this JSON Schema:\n{_dumps(schema)}"
     raise InvalidRequest(f"response_format type {ftype!r} is not supported", param="response_format")
 
 
-def _output_config(req: Json) -> Json:
+def native_structured_output(model: str) -> bool:
+    """Whether an Anthropic model has structured outputs (every Claude from 4.1 on; not 3.x or 4.0)."""
+    return _LEGACY_CLAUDE.match(model) is None
+
+
+def _output_config(req: Json, native: bool) -> Json:
     """Anthropic ``output_config`` for an OpenAI request's json_schema format and reasoning effort."""
     out: Json = {}
     fmt = req.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+    if native and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         schema = (fmt.get("json_schema") or {}).get("schema")
         if not isinstance(schema, dict):
             raise InvalidRequest("response_format.json_schema.schema: a JSON schema object is required",
@@ -327,7 +342,8 @@ def openai_to_anthropic_request(req: Json, *, model: str, default_max_tokens: in
         else:
             raise InvalidRequest(f"message role {role!r} is not supported", param=f"{param}.role")
 
-    instruction = _json_instruction(req.get("response_format"))
+    native = native_structured_output(model)
+    instruction = _json_instruction(req.get("response_format"), native)
     if instruction:
         system.append(instruction)
     out: Json = {"model": model, "messages": turns}
@@ -352,7 +368,7 @@ def openai_to_anthropic_request(req: Json, *, model: str, default_max_tokens: in
             out["tool_choice"] = choice
     if req.get("web_search_options") is not None:
         out.setdefault("tools", []).append(_web_search_tool(req["web_search_options"]))
-    config = _output_config(req)
+    config = _output_config(req, native)
     if config:
         out["output_config"] = config
     return out
