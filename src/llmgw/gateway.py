@@ -166,7 +166,8 @@ class Gateway:
         if retry and retry.isdigit():
             call.client_retry = int(retry)
         self.metrics.in_flight += 1
-        forwarding = FORWARDED.set(self.forwarded(request)) if self.forward_headers else None
+        fwd = self.forwarded(request) if self.forward_headers else None
+        forwarding = FORWARDED.set(fwd) if fwd else None  # every set is reset below: None between requests
         try:
             call.key = await self.keys.resolve(bearer(request))
             body = VALIDATORS[route](await self._read_json(request, call))

@@ -28,7 +28,8 @@ async def count_tokens(gw: Gateway, request: web.Request) -> web.StreamResponse:
     """Input tokens of an Anthropic Messages request for its model: Anthropic counts itself, an
     OpenAI-format model is counted with its tokeniser (``providers/tokens``), the demo by its rule."""
     rid = new_request_id()
-    forwarding = FORWARDED.set(gw.forwarded(request)) if gw.forward_headers else None
+    fwd = gw.forwarded(request) if gw.forward_headers else None
+    forwarding = FORWARDED.set(fwd) if fwd else None
     try:
         key = await gw.keys.resolve(bearer(request))
         raw = await read_body(request, gw.max_body)
