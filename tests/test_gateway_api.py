@@ -280,6 +280,15 @@ fast = ["openai/gpt-4o-mini"]
             c.models.retrieve("openai/gpt-4o")
 
 
+def test_models_in_the_anthropic_shape_for_the_anthropic_sdk(gw, ac):
+    ids = [m.id for m in ac.models.list()]
+    assert "anthropic/claude-sonnet-4-5" in ids and "openai/gpt-4o" in ids
+    m = ac.models.retrieve("anthropic/claude-sonnet-4-5")
+    assert m.type == "model" and m.display_name == "anthropic/claude-sonnet-4-5" and m.created_at.year >= 2026
+    with pytest.raises(anthropic.NotFoundError):
+        ac.models.retrieve("anthropic/claude-9")
+
+
 def test_models_of_an_unreachable_provider_come_from_the_price_list(upstream, daemon_factory):
     d = daemon_factory(upstream_config(upstream, """
 [providers.down]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import hmac
 import logging
 import os
@@ -130,9 +131,22 @@ async def _served(request: web.Request) -> list[dict[str, object]]:
             for m, owner in await gw.router.served_models(gw.prices) if key.allows(m)]
 
 
+def _anthropic_model(m: dict[str, object]) -> dict[str, object]:
+    """A model object in the Anthropic shape (the Anthropic SDK sends ``anthropic-version``)."""
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(m["created"])))  # type: ignore[call-overload]
+    return {"type": "model", "id": m["id"], "display_name": m["id"], "created_at": created}
+
+
 async def models(request: web.Request) -> web.Response:
     data = await _served(request)
-    return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
+    if "anthropic-version" in request.headers:
+        shaped = [_anthropic_model(m) for m in data]
+        body: dict[str, object] = {"data": shaped, "has_more": False,
+                                   "first_id": shaped[0]["id"] if shaped else None,
+                                   "last_id": shaped[-1]["id"] if shaped else None}
+    else:
+        body = {"object": "list", "data": data}
+    return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
 
 
 async def model(request: web.Request) -> web.Response:
@@ -140,6 +154,8 @@ async def model(request: web.Request) -> web.Response:
     found = next((m for m in await _served(request) if m["id"] == wanted), None)
     if found is None:
         raise ModelNotFound(f"model {wanted!r} is not served here (or not to this key)", param="model")
+    if "anthropic-version" in request.headers:
+        found = _anthropic_model(found)
     return web.json_response(found, dumps=lambda o: orjson.dumps(o).decode())
 
 
