@@ -372,6 +372,7 @@ class FakeUpstream:
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         app.router.add_post("/v1/responses", self._responses)
+        app.router.add_post("/v1/responses/input_tokens", self._input_tokens)
         app.router.add_route("*", "/v1/responses/{id}", self._stored_response)
         app.router.add_get("/v1/responses/{id}/input_items", self._stored_response)
         app.router.add_post("/v1/completions", self._completions)
@@ -995,7 +996,17 @@ async def _stored_response_handler(self: FakeUpstream, request: web.Request) -> 
     return web.json_response(resp)
 
 
+async def _input_tokens_handler(self: FakeUpstream, request: web.Request) -> web.StreamResponse:
+    body, ok, _ = await self._receive(request)
+    if not self._openai_auth_ok(request):
+        return _openai_error(401, "Incorrect API key provided (fake upstream).")
+    if not ok or not isinstance(body, dict):
+        return _openai_error(400, "We could not parse the JSON body of your request.")
+    return web.json_response({"object": "response.input_tokens", "input_tokens": prompt_tokens(responses_messages(body))})
+
+
 FakeUpstream._responses = _responses_handler  # type: ignore[attr-defined]
+FakeUpstream._input_tokens = _input_tokens_handler  # type: ignore[attr-defined]
 FakeUpstream._stored_response = _stored_response_handler  # type: ignore[attr-defined]
 FakeUpstream._count_tokens = _count_tokens_handler  # type: ignore[attr-defined]
 FakeUpstream._completions = _completions_handler  # type: ignore[attr-defined]

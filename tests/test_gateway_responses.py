@@ -316,3 +316,17 @@ def test_stored_responses_belong_to_their_owner(gw, upstream, client):
     translated = client.responses.create(model="anthropic/claude-haiku-4-5-20251001", input="x")
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(translated.id)
+
+
+def test_input_tokens_count(gw, upstream, client):
+    r = client.responses.input_tokens.count(model="openai/gpt-4o-mini", input="count me")
+    assert r.input_tokens == max(1, len('[{"role": "user", "content": "count me"}]') // 4)
+    assert upstream.requests[-1]["path"] == "/v1/responses/input_tokens"
+    assert upstream.requests[-1]["json"]["model"] == "gpt-4o-mini"
+    r = client.responses.input_tokens.count(model="anthropic/claude-haiku-4-5-20251001", input="count me",
+                                           instructions="be brief")
+    sent = upstream.requests[-1]
+    assert sent["path"] == "/v1/messages/count_tokens" and sent["json"]["system"] == "be brief"
+    assert r.input_tokens == max(1, len('[{"role": "user", "content": [{"type": "text", "text": "count me"}]}]') // 4)
+    assert client.responses.input_tokens.count(model="demo/echo", input="count me").input_tokens == 3 + 4 + 2
+    assert gw.ledger() == []  # not billed

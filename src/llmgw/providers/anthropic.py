@@ -107,6 +107,11 @@ class AnthropicProvider(ModelCatalogue):
         resp = await open_sse(self.client, self.name, self.url, orjson.dumps(payload), self._pick_headers(), timeout)
         return AnthropicStream(self.name, inbound, resp, state, include_usage, body.get("model") or model, req)
 
+    async def count_response_tokens(self, body: dict[str, Any], model: str, timeout: float) -> int:
+        """Input tokens of a Responses API request, counted by Anthropic on its translation."""
+        chat = responses.to_chat(body, provider=self.name)
+        return await self.count_tokens(self._payload("openai", chat, model), model, timeout)
+
     async def list_models(self, timeout: float) -> list[str] | None:
         """The model ids Anthropic's ``GET /v1/models`` lists (None: no key to ask with)."""
         if not self.keys:

@@ -131,6 +131,9 @@ class DemoProvider(OpenAIFormat):
         """The demo's own rule of thumb, the same one its answers report as prompt tokens."""
         return prompt_tokens(translate.anthropic_request_to_openai(body, model=model)["messages"])
 
+    async def _count_chat(self, chat: dict[str, Any], model: str) -> int:
+        return prompt_tokens(chat.get("messages") or [])
+
     def _embed(self, payload: dict[str, Any]) -> bytes:
         if payload.get("model") != "embed":
             raise ModelNotFound(f"the demo provider has no embedding model {payload.get('model')!r}; try demo/embed")

@@ -146,6 +146,22 @@ class OpenAIFormat(ModelCatalogue):
         """Input tokens of an Anthropic Messages request, from the model's tokeniser (no upstream call)."""
         text_only = {k: v for k, v in body.items() if k not in ("thinking", "output_config", "output_format")}
         chat = translate.anthropic_request_to_openai(text_only, model=model)  # those settings add no input
+        return await self._count_chat(chat, model)
+
+    async def count_response_tokens(self, body: dict[str, Any], model: str, timeout: float) -> int:
+        """Input tokens of a Responses API request: the upstream's own count when it has the Responses
+        API, else the model's tokeniser on the equivalent chat request."""
+        if self.native_responses:
+            payload = dict(body)
+            payload["model"] = model
+            parsed = loads(await self._send("/responses/input_tokens", payload, timeout))
+            n = parsed.get("input_tokens") if isinstance(parsed, dict) else None
+            if not isinstance(n, int):
+                raise UpstreamError(f"{self.name} answered input_tokens without a count", code="upstream_bad_answer")
+            return n
+        return await self._count_chat(responses.to_chat(body, provider=self.name), model)
+
+    async def _count_chat(self, chat: dict[str, Any], model: str) -> int:
         return await tokens.count(model, chat, self.name)
 
     async def embeddings(self, body: dict[str, Any], model: str, timeout: float) -> Completion:

@@ -118,6 +118,10 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     return await unbilled.count_tokens(request.app[GATEWAY], request)
 
 
+async def response_input_tokens(request: web.Request) -> web.StreamResponse:
+    return await unbilled.response_input_tokens(request.app[GATEWAY], request)
+
+
 async def stored_response(request: web.Request) -> web.StreamResponse:
     return await unbilled.stored_response(request.app[GATEWAY], request)
 
@@ -330,6 +334,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         ("POST", "/v1/messages/count_tokens", guarded(count_tokens)),
         ("POST", "/v1/responses", responses_api),
         ("POST", "/responses", responses_api),
+        ("POST", "/v1/responses/input_tokens", guarded(response_input_tokens)),
         ("GET", "/v1/responses/{id}", guarded(stored_response)),
         ("DELETE", "/v1/responses/{id}", guarded(stored_response)),
         ("GET", "/v1/responses/{id}/input_items", guarded(stored_response)),

@@ -1,5 +1,6 @@
-"""The API routes that reach a provider but are not billed: ``POST /v1/messages/count_tokens`` and
-the Responses API's stored responses (``GET``/``DELETE /v1/responses/{id}``, ``.../input_items``).
+"""The API routes that reach a provider but are not billed: ``POST /v1/messages/count_tokens``,
+``POST /v1/responses/input_tokens`` and the Responses API's stored responses (``GET``/``DELETE
+/v1/responses/{id}``, ``.../input_items``).
 
 They authenticate like the gateway routes and, for count_tokens, check the key's allow-list for the
 model, but take no budget, rate limit or cache and write no ledger row (as ``/v1/models``). Errors
@@ -32,14 +33,7 @@ async def count_tokens(gw: Gateway, request: web.Request) -> web.StreamResponse:
     forwarding = FORWARDED.set(fwd) if fwd else None
     try:
         key = await gw.keys.resolve(bearer(request))
-        raw = await read_body(request, gw.max_body)
-        try:
-            parsed = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError as e:
-            raise InvalidRequest(f"request body is not valid JSON: {e}", code="invalid_json") from e
-        if parsed is None:
-            raise InvalidRequest("request body is empty; expected a JSON object", code="invalid_json")
-        body = validate.messages_request(parsed)
+        body = validate.messages_request(await _json(gw, request))
         targets = gw.router.resolve(body["model"])
         gw.authorize(key, body["model"], targets)
         call = Call(request_id=rid, route="count_tokens", inbound="anthropic", ts_ms=gw.clock(), key=key)
@@ -49,6 +43,33 @@ async def count_tokens(gw: Gateway, request: web.Request) -> web.StreamResponse:
     finally:
         if forwarding is not None:
             FORWARDED.reset(forwarding)
+
+
+async def response_input_tokens(gw: Gateway, request: web.Request) -> web.StreamResponse:
+    """``POST /v1/responses/input_tokens``: the input tokens of a Responses API request, counted by
+    the provider that would serve it (OpenAI itself; Anthropic on the translation; a tokeniser for
+    other OpenAI-format servers), for a stored response's follow-up by the provider that stores it."""
+    rid = new_request_id()
+    key = await gw.keys.resolve(bearer(request))
+    body = responses.validate_request(await _json(gw, request))
+    targets = gw.router.resolve(body["model"])
+    targets = responses.pin_targets(body, targets, gw.router.origins, body["model"], responses.owner_of(key))
+    gw.authorize(key, body["model"], targets)
+    call = Call(request_id=rid, route="input_tokens", inbound="responses", ts_ms=gw.clock(), key=key)
+    n = await gw.router.run(targets[:1], lambda t, to: t.provider.count_response_tokens(body, t.model, to),
+                            time.monotonic() + gw.request_timeout, call)
+    return web.Response(body=orjson.dumps({"object": "response.input_tokens", "input_tokens": n}),
+                        headers=id_headers(rid, "openai", JSON))
+
+
+async def _json(gw: Gateway, request: web.Request) -> object:
+    raw = await read_body(request, gw.max_body)
+    if not raw:
+        raise InvalidRequest("request body is empty; expected a JSON object", code="invalid_json")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest(f"request body is not valid JSON: {e}", code="invalid_json") from e
 
 
 async def stored_response(gw: Gateway, request: web.Request) -> web.StreamResponse:
