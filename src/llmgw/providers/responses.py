@@ -293,6 +293,9 @@ def to_chat(body: Json, *, provider: str) -> Json:
     fmt = _response_format(body.get("text"))
     if fmt is not None:
         out["response_format"] = fmt
+    verbosity = (body.get("text") or {}).get("verbosity")
+    if verbosity:
+        out["verbosity"] = verbosity  # gpt-5's chat knob; a best-effort style hint elsewhere
     effort = (body.get("reasoning") or {}).get("effort")
     if effort:
         out["reasoning_effort"] = effort
