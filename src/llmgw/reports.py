@@ -148,10 +148,10 @@ class Report:
         return BY[self.by][1] is not None
 
 
-_SELECT = ("COALESCE(SUM(requests), 0) AS requests, COALESCE(SUM(errors), 0) AS errors, "
-           + ", ".join(f"COALESCE(SUM({c}), 0) AS {c}" for c in SUMS)
-           + ", COALESCE(SUM(CASE WHEN cache LIKE 'hit-%' THEN requests ELSE 0 END), 0) AS cache_hits"
-           + ", COALESCE(SUM(saved_nanos), 0) AS saved_nanos")
+_AGGS: list[rollups.Agg] = [("requests", "SUM", "requests"), ("errors", "SUM", "errors"),
+                            *((c, "SUM", c) for c in SUMS),
+                            ("cache_hits", "SUM", "CASE WHEN cache LIKE 'hit-%' THEN requests ELSE 0 END"),
+                            ("saved_nanos", "SUM", "saved_nanos")]
 
 
 def report(conn: sqlite3.Connection, *, by: str, window: Window, customer: str | None = None) -> Report:
@@ -164,13 +164,13 @@ def report(conn: sqlite3.Connection, *, by: str, window: Window, customer: str |
     col, names = BY[by]
     if customer is not None:
         check_customer(conn, customer)
-    src, params = rollups.source(conn, window.since_ms, window.until_ms,
-                                 {"customer_id": customer} if customer is not None else None)
-    grouped = f"SELECT {col} AS id, {_SELECT} FROM {src} GROUP BY {col}"
+    sql, params = rollups.grouped(conn, window.since_ms, window.until_ms, [col], _AGGS,
+                                  {"customer_id": customer} if customer is not None else None)
     name = "n.name" if names else "NULL"
-    join = f" LEFT JOIN {names} AS n ON n.id = g.id" if names else ""
-    sql = f"SELECT g.*, {name} AS name FROM ({grouped}) AS g{join} ORDER BY g.cost_nanos DESC, g.id IS NULL, g.id"
-    groups = _fetch(conn, sql, params)
+    join = f" LEFT JOIN {names} AS n ON n.id = g.g0" if names else ""
+    cols = ", ".join(f"COALESCE(g.{a[0]}, 0) AS {a[0]}" for a in _AGGS)
+    groups = _fetch(conn, f"SELECT g.g0 AS id, {cols}, {name} AS name FROM ({sql}) AS g{join}", params)
+    groups.sort(key=lambda g: (-int(g["cost_nanos"]), g["id"] is None, g["id"] or ""))
     total = {k: sum(int(g[k]) for g in groups) for k in (*_NUMBERS, "cache_hits", "saved_nanos")}
     return Report(by, window, customer, groups, total)
 

@@ -96,11 +96,9 @@ def ledger_spend(conn: sqlite3.Connection) -> SpendFn:
         got = memo.get((scope, since_ms))
         if got is None:
             column = _SPEND_COLUMN[scope]
-            src, params = rollups.source(conn, since_ms, None)
-            got = memo[(scope, since_ms)] = {
-                r[0]: int(r[1]) for r in conn.execute(
-                    f"SELECT {column}, SUM(cost_nanos) FROM {src} WHERE {column} IS NOT NULL GROUP BY {column}",
-                    params)}
+            sql, params = rollups.grouped(conn, since_ms, None, [column], [("cost", "SUM", "cost_nanos")])
+            got = memo[(scope, since_ms)] = {r[0]: int(r[1] or 0) for r in conn.execute(sql, params)
+                                            if r[0] is not None}
         return got.get(scope_id, 0)
 
     return spend

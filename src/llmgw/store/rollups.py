@@ -77,16 +77,25 @@ def schema_sql() -> list[str]:
 
 
 def _aggregate(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> None:
-    """Add the raw rows matching ``where`` to both tables, as one GROUP BY per table."""
+    """Add the raw rows matching ``where`` to both tables: one GROUP BY over the raw rows into an
+    hourly scratch table, upserted into ``ledger_hourly`` and, grouped by day, into ``ledger_daily``
+    (the raw rows are read once)."""
     dims = ", ".join(f"{_RAW_DIM[d]}" for d in DIMS)
     sums = ", ".join(f"SUM({_RAW_MEASURE[m]})" for m in MEASURES)
     group = ", ".join(str(i) for i in range(1, len(DIMS) + 2))
     cols = f"start_ms, {', '.join(DIMS)}, {', '.join(MEASURES)}, last_ms"
     sets = ", ".join(f"{m} = {m} + excluded.{m}" for m in MEASURES)
-    for table, span in ((TABLES["hour"], HOUR_MS), (TABLES["day"], DAY_MS)):
-        conn.execute(f"INSERT INTO {table} ({cols}) SELECT ts_ms - ts_ms % {span}, {dims}, {sums}, MAX(ts_ms)"
-                     f" FROM ledger WHERE {where} GROUP BY {group}"
-                     f" ON CONFLICT DO UPDATE SET {sets}, last_ms = max(last_ms, excluded.last_ms)", args)
+    upsert = f" ON CONFLICT DO UPDATE SET {sets}, last_ms = max(last_ms, excluded.last_ms)"
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS rollup_scratch AS SELECT {cols} FROM {TABLES['hour']} WHERE 0")
+    conn.execute("DELETE FROM temp.rollup_scratch")
+    conn.execute(f"INSERT INTO temp.rollup_scratch ({cols}) SELECT ts_ms - ts_ms % {HOUR_MS}, {dims}, {sums},"
+                 f" MAX(ts_ms) FROM ledger WHERE {where} GROUP BY {group}", args)
+    # "WHERE true": an upsert's SELECT needs a WHERE, or ON CONFLICT would parse as a join constraint
+    conn.execute(f"INSERT INTO {TABLES['hour']} ({cols}) SELECT {cols} FROM temp.rollup_scratch WHERE true{upsert}")
+    conn.execute(f"INSERT INTO {TABLES['day']} ({cols}) SELECT start_ms - start_ms % {DAY_MS}, {', '.join(DIMS)},"
+                 f" {', '.join(f'SUM({m})' for m in MEASURES)}, MAX(last_ms) FROM temp.rollup_scratch"
+                 f" GROUP BY {group}{upsert}")
+    conn.execute("DELETE FROM temp.rollup_scratch")
 
 
 def rolled_up_to(conn: sqlite3.Connection) -> int:
@@ -282,17 +291,10 @@ def _where(time_col: str, since: int | None, until: int | None, filters: Filter,
     return (" WHERE " + " AND ".join(clauses)) if clauses else ""
 
 
-def source(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | None,
-           filters: Filter | None = None, *, hourly: bool = False) -> tuple[str, list[Any]]:
-    """A subquery (SQL, params) yielding roll-up-shaped rows (``DIMS`` with NULL for ``''``,
-    ``MEASURES``, ``last_ms``) whose sums over any grouping equal the raw ledger's in the window.
-
-    ``filters``: dimension -> id or ids (``customer_id``, ``team_id``, ``key_id``...). ``hourly``:
-    no row spans more than a clock hour (for per-hour buckets: bucket by ``last_ms``, which lies in
-    the row's hour). Falls back to raw rows alone on a database without roll-ups (read-only readers
-    do not migrate)."""
+def _branches(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | None, filters: Filter | None,
+              hourly: bool) -> list[tuple[str, list[Any]]]:
+    """The window as SELECTs of roll-up-shaped rows, each with its own parameters (see ``source``)."""
     filters = filters or {}
-    params: list[Any] = []
     if not available(conn):
         pieces: Iterable[Span] = [("raw", since_ms, until_ms)]
     else:
@@ -305,19 +307,21 @@ def source(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | None,
     raw_dims = ", ".join(d if d != "status_class" else "status / 100 AS status_class" for d in DIMS)
     raw_sums = ", ".join(f"{_RAW_MEASURE[m]} AS {m}" for m in MEASURES)
     raw_select = f"SELECT {raw_dims}, {raw_sums}, ts_ms AS last_ms FROM ledger"
-    selects = []
+    out: list[tuple[str, list[Any]]] = []
     rolled: list[Span] = []
     for src, lo, hi in pieces:
+        params: list[Any] = []
         if src == "raw":
-            selects.append(raw_select + _where("ts_ms", lo, hi, filters, params))
+            out.append((raw_select + _where("ts_ms", lo, hi, filters, params), params))
         else:
             rolled.append((src, lo, hi))
             dims = ", ".join(f"NULLIF({d}, '') AS {d}" if d in TEXT_DIMS else d for d in DIMS)
             where = _where("start_ms", lo, hi, filters, params)
-            selects.append(f"SELECT {dims}, {', '.join(MEASURES)}, last_ms FROM {TABLES[src]}{where}")
+            out.append((f"SELECT {dims}, {', '.join(MEASURES)}, last_ms FROM {TABLES[src]}{where}", params))
     if rolled:
         # rows past the watermark are not in the roll-ups yet: read them raw. The watermark is read
         # in this same statement, so it and the roll-ups come from one snapshot (never counted twice)
+        params = []
         lo = None if any(p[1] is None for p in rolled) else min(p[1] for p in rolled if p[1] is not None)
         hi = None if any(p[2] is None for p in rolled) else max(p[2] for p in rolled if p[2] is not None)
         where = _where("ts_ms", lo, hi, filters, params)
@@ -325,5 +329,45 @@ def source(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | None,
         # NOT INDEXED: read the tail by rowid range (a few rows), never through a time or customer
         # index that would walk the whole window's raw rows to find them
         tail_select = raw_select.replace(" FROM ledger", " FROM ledger NOT INDEXED")
-        selects.append(tail_select + (f"{where} AND {tail}" if where else f" WHERE {tail}"))
-    return "(" + " UNION ALL ".join(selects) + ")", params
+        out.append((tail_select + (f"{where} AND {tail}" if where else f" WHERE {tail}"), params))
+    return out
+
+
+def source(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | None,
+           filters: Filter | None = None, *, hourly: bool = False) -> tuple[str, list[Any]]:
+    """A subquery (SQL, params) yielding roll-up-shaped rows (``DIMS`` with NULL for ``''``,
+    ``MEASURES``, ``last_ms``) whose sums over any grouping equal the raw ledger's in the window.
+
+    ``filters``: dimension -> id or ids (``customer_id``, ``team_id``, ``key_id``...). ``hourly``:
+    no row spans more than a clock hour (for per-hour buckets: bucket by ``last_ms``, which lies in
+    the row's hour). Falls back to raw rows alone on a database without roll-ups (read-only readers
+    do not migrate). For grouped totals prefer ``grouped``: it aggregates inside each piece."""
+    branches = _branches(conn, since_ms, until_ms, filters, hourly)
+    return ("(" + " UNION ALL ".join(sql for sql, _ in branches) + ")",
+            [p for _, params in branches for p in params])
+
+
+#: an aggregate column of ``grouped``: (name, SUM or MAX, expression over roll-up-shaped columns)
+Agg = tuple[str, str, str]
+
+
+def grouped(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | None, group: Sequence[str],
+            aggs: Sequence[Agg], filters: Filter | None = None, *, hourly: bool = False) -> tuple[str, list[Any]]:
+    """A query (SQL, params) of ``group`` expressions (named ``g0``, ``g1``...) and the ``aggs``
+    over the window, like ``SELECT group, aggs FROM source GROUP BY group`` but aggregated inside
+    each piece first, so the big roll-up scans are plain grouped scans (about 5x faster than
+    grouping their union). Only SUM and MAX, which combine across pieces exactly."""
+    for _, func, _ in aggs:
+        if func not in ("SUM", "MAX"):
+            raise ValueError(f"grouped: {func} does not combine across pieces")
+    keys = ", ".join(f"{g} AS g{i}" for i, g in enumerate(group))
+    inner = ", ".join(f"{func}({expr}) AS {name}" for name, func, expr in aggs)
+    by = f" GROUP BY {', '.join(f'g{i}' for i in range(len(group)))}" if group else ""
+    parts, params = [], []
+    for sql, ps in _branches(conn, since_ms, until_ms, filters, hourly):
+        parts.append(f"SELECT {keys + ', ' if keys else ''}{inner} FROM ({sql}){by}")
+        params += ps
+    outer_keys = ", ".join(f"g{i}" for i in range(len(group)))
+    outer = ", ".join(f"{func}({name}) AS {name}" for name, func, _ in aggs)
+    return (f"SELECT {outer_keys + ', ' if outer_keys else ''}{outer} FROM ({' UNION ALL '.join(parts)}){by}",
+            params)

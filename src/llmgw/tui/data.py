@@ -92,14 +92,15 @@ def _more_used(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _window_stats(conn: sqlite3.Connection, column: str, ids: list[str], since_ms: int) -> dict[str, dict[str, int]]:
-    src, params = rollups.source(conn, since_ms, None, {column: ids})
-    cur = conn.execute(
-        f"SELECT {column} AS sid, SUM(requests) AS requests, COALESCE(SUM(cost_nanos), 0) AS spent_nanos,"
-        " COALESCE(SUM(errors), 0) AS errors,"
-        " COALESCE(SUM(CASE WHEN cache IS NOT NULL THEN requests ELSE 0 END), 0) AS cache_lookups,"
-        " COALESCE(SUM(CASE WHEN cache LIKE 'hit%' THEN requests ELSE 0 END), 0) AS cache_hits, MAX(last_ms) AS last_ms"
-        f" FROM {src} GROUP BY {column}", params)
-    return {r["sid"]: {k: r[k] for k in r.keys() if k != "sid"} for r in cur}
+    sql, params = rollups.grouped(conn, since_ms, None, [column], [
+        ("requests", "SUM", "requests"), ("spent_nanos", "SUM", "cost_nanos"), ("errors", "SUM", "errors"),
+        ("cache_lookups", "SUM", "CASE WHEN cache IS NOT NULL THEN requests ELSE 0 END"),
+        ("cache_hits", "SUM", "CASE WHEN cache LIKE 'hit%' THEN requests ELSE 0 END"), ("last_ms", "MAX", "last_ms"),
+    ], {column: ids})
+    cur = conn.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return {r[0]: {k: (r[i] or 0) if k != "last_ms" else r[i] for i, k in enumerate(names) if i}
+            for r in cur}
 
 
 def _recent(conn: sqlite3.Connection, column: str, now_ms: int) -> dict[str, int]:
@@ -119,13 +120,14 @@ def _hourly(conn: sqlite3.Connection, column: str, now_ms: int, hours: int,
             only: str | None = None) -> dict[str, list[int]]:
     """Cost per clock hour (oldest first, the current hour last) for each id of ``column``."""
     start, end = hour_buckets(now_ms, hours)
-    src, params = rollups.source(conn, start, end, {column: only} if only is not None else None, hourly=True)
     # every row of an hourly source lies within one clock hour, and so does its last_ms
-    sql = (f"SELECT {column}, (last_ms - ?) / {HOUR_MS} AS h, SUM(cost_nanos) FROM {src}"
-           f" WHERE {column} IS NOT NULL GROUP BY {column}, h")
+    sql, params = rollups.grouped(conn, start, end, [column, f"(last_ms - {int(start)}) / {HOUR_MS}"],
+                                  [("cost", "SUM", "cost_nanos")], {column: only} if only is not None else None,
+                                  hourly=True)
     out: dict[str, list[int]] = {}
-    for sid, h, cost in conn.execute(sql, [start, *params]):
-        out.setdefault(sid, [0] * hours)[int(h)] = int(cost)
+    for sid, h, cost in conn.execute(sql, params):
+        if sid is not None:
+            out.setdefault(sid, [0] * hours)[int(h)] = int(cost or 0)
     return out
 
 
