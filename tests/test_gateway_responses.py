@@ -330,3 +330,31 @@ def test_input_tokens_count(gw, upstream, client):
     assert r.input_tokens == max(1, len('[{"role": "user", "content": [{"type": "text", "text": "count me"}]}]') // 4)
     assert client.responses.input_tokens.count(model="demo/echo", input="count me").input_tokens == 3 + 4 + 2
     assert gw.ledger() == []  # not billed
+
+
+BAD_BODIES = [
+    b"", b"[]", b'{"model": 1, "input": "x"}', b'{"input": "x"}', b'{"model": "demo/echo"}',
+    b'{"model": "demo/echo", "input": {"a": 1}}', b'{"model": "demo/echo", "input": [1]}',
+    b'{"model": "demo/echo", "input": [{"role": "robot", "content": "x"}]}',
+    b'{"model": "demo/echo", "input": [{"role": "user", "content": 7}]}',
+    b'{"model": "demo/echo", "input": [{"role": "user", "content": [{"type": "input_video"}]}]}',
+    b'{"model": "demo/echo", "input": "x", "max_output_tokens": 0}',
+    b'{"model": "demo/echo", "input": "x", "temperature": "hot"}',
+    b'{"model": "demo/echo", "input": "x", "tools": {}}',
+    b'{"model": "demo/echo", "input": "x", "tools": [{"type": "function"}]}',
+    b'{"model": "demo/echo", "input": "x", "text": {"format": "json"}}',
+    b'{"model": "demo/echo", "input": "x", "text": {"format": {"type": "xml"}}}',
+    b'{"model": "demo/echo", "input": "x", "tool_choice": {"type": "allowed_tools"}, "tools": [{"type": "function", "name": "f"}]}',
+    b'{"model": "demo/echo", "input": "x", "stream": "yes"}',
+    b'{"model": "anthropic/claude-haiku-4-5-20251001", "input": "x", "reasoning": {"effort": "extreme"}}',
+    b'{"model": "demo/echo", "input": [{"type": "function_call_output", "call_id": "c", "output": 5}]}',
+]
+
+
+@pytest.mark.parametrize("raw", BAD_BODIES)
+def test_bad_responses_bodies_are_typed_4xx(gw, raw):
+    r = httpx.post(gw.url + "/v1/responses", content=raw, headers={"authorization": f"Bearer {gw.key}",
+                                                                   "content-type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["message"]

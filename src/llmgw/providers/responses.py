@@ -215,7 +215,9 @@ def _chat_tool_choice(choice: Any) -> Any:
 
 def _response_format(text: Any) -> Json | None:
     fmt = (text or {}).get("format") if isinstance(text, dict) else None
-    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+    if fmt is not None and not isinstance(fmt, dict):
+        raise _bad("text.format", "an object", fmt)
+    if fmt is None or fmt.get("type") in (None, "text"):
         return None
     if fmt["type"] == "json_object":
         return {"type": "json_object"}
