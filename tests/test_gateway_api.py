@@ -336,3 +336,28 @@ def test_openai_sdk_parse_streaming_to_claude(gw, upstream, oc):
         final = s.get_final_completion()
     assert final.choices[0].message.parsed == Person(name="fake reply to: who", age=1)
     assert upstream.requests[-1]["json"]["output_config"]["format"]["type"] == "json_schema"
+
+
+@pytest.mark.parametrize(("path", "raw"), [
+    ("/v1/completions", b'{"model": "openai/gpt-4o-mini"}'),
+    ("/v1/completions", b'{"model": "openai/gpt-4o-mini", "prompt": 5}'),
+    ("/v1/completions", b'{"model": "openai/gpt-4o-mini", "prompt": "x", "max_tokens": -1}'),
+    ("/v1/completions", b'{"model": "openai/gpt-4o-mini", "prompt": "x", "best_of": 0}'),
+    ("/v1/completions", b"not json"),
+    ("/v1/messages/count_tokens", b'{"model": "openai/gpt-4o-mini"}'),
+    ("/v1/messages/count_tokens", b'{"model": "openai/gpt-4o-mini", "messages": []}'),
+    ("/v1/messages/count_tokens", b"[]"),
+    ("/v1/messages/count_tokens", b""),
+    ("/v1/messages/count_tokens", b'{"model": "nope/x", "messages": [{"role": "user", "content": "x"}]}'),
+    ("/v1/responses/input_tokens", b'{"model": "openai/gpt-4o-mini", "input": 3}'),
+    ("/v1/responses/input_tokens", b"{"),
+])
+def test_bad_bodies_on_the_other_routes_are_typed_4xx(gw, upstream, path, raw):
+    upstream.reset()
+    r = httpx.post(gw.url + path, content=raw, headers={"authorization": f"Bearer {gw.key}",
+                                                        "content-type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+    body = r.json()
+    assert (body["error"]["message"] if "message" in body["error"] else body["error"]) and upstream.requests == []
+    if path.startswith("/v1/messages"):
+        assert body["type"] == "error"  # the Anthropic envelope
