@@ -41,11 +41,15 @@ from . import sse
 
 Json = dict[str, Any]
 
-_REFUSED = {"background": "background responses need the provider's stored responses",
-            "prompt": "reusable prompts live at OpenAI",
-            "conversation": "conversations are stored at the provider that created them",
-            "previous_response_id": "stored responses live at the provider that created them",
-            "max_tool_calls": "a cap on hosted tool calls has no Chat Completions counterpart"}
+_REFUSED = {
+    "background": "background responses are stored and polled at the provider; provider {p} stores none",
+    "prompt": "reusable prompts are stored at OpenAI; provider {p} cannot read them",
+    "conversation": "conversations are stored at the provider that created them; provider {p} stores none, so "
+                    "send the whole conversation in input",
+    "previous_response_id": "stored responses live at the provider that created them; provider {p} stores none, "
+                            "so send the whole conversation in input",
+    "max_tool_calls": "it caps hosted tool calls, which provider {p} does not run",
+}
 _HOSTED_TOOLS = ("web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11")
 _STORE_FIELDS = ("previous_response_id", "conversation")
 
@@ -234,8 +238,7 @@ def to_chat(body: Json, *, provider: str) -> Json:
     """A Responses request as the equivalent Chat Completions request (for ``provider``, named in errors)."""
     for name, why in _REFUSED.items():
         if body.get(name):
-            raise InvalidRequest(f"{name}: {why}, and provider {provider} does not keep them; send the whole "
-                                 "conversation in input", param=name, code="unsupported_parameter")
+            raise InvalidRequest(f"{name}: {why.format(p=provider)}", param=name, code="unsupported_parameter")
     messages: list[Json] = []
     if body.get("instructions"):
         messages.append({"role": "system", "content": body["instructions"]})
