@@ -110,6 +110,16 @@ def test_client_beta_headers_reach_the_provider(gw, upstream, ac, oc):
     assert "anthropic-beta" not in upstream.requests[-1]["headers"]  # per request, never left over
 
 
+def test_a_client_beta_joins_a_configured_one(upstream, daemon_factory):
+    cfg = upstream_config(upstream).replace('api_key_env = "TEST_ANTHROPIC_KEY"',
+                                            'api_key_env = "TEST_ANTHROPIC_KEY"\nheaders = { "Anthropic-Beta" = "a-1" }')
+    d = daemon_factory(cfg, UPSTREAM_ENV)
+    with anthropic.Anthropic(base_url=d.url, api_key=d.key, max_retries=0) as c:
+        c.messages.create(model=CLAUDE, max_tokens=10, messages=[{"role": "user", "content": "hi"}],
+                          extra_headers={"anthropic-beta": "b-2"})
+    assert upstream.requests[-1]["headers"]["anthropic-beta"] == "a-1,b-2"
+
+
 def test_forwarding_can_be_switched_off(upstream, daemon_factory):
     d = daemon_factory(upstream_config(upstream, "[server]\nforward_headers = []\n"), UPSTREAM_ENV)
     with anthropic.Anthropic(base_url=d.url, api_key=d.key, max_retries=0) as c:

@@ -43,7 +43,7 @@ class AnthropicProvider(ModelCatalogue):
         self.models_url = cfg.base_url + "/v1/models?limit=1000"
         self.default_max_tokens = default_max_tokens
         self._headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
-        self._headers.update(cfg.headers)
+        self._headers.update({k.lower(): v for k, v in cfg.headers.items()})  # one spelling: no duplicates
 
     def __repr__(self) -> str:  # never show keys
         return f"AnthropicProvider({self.name!r}, {self.url!r}, keys={len(self.keys)})"

@@ -374,7 +374,7 @@ class OpenAIProvider(OpenAIFormat):
         self.client = client
         self.keys = keys
         self.base_url = cfg.base_url
-        self._headers = dict(cfg.headers)
+        self._headers = {k.lower(): v for k, v in cfg.headers.items()}  # one spelling: no duplicates
         self._headers["content-type"] = "application/json"
 
     def __repr__(self) -> str:  # never show keys
