@@ -1,0 +1,1 @@
+"""Shared state for several llmgw instances (Redis): budget leases. Imported only when configured."""
