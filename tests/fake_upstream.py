@@ -852,6 +852,13 @@ class FakeUpstream:
 
 
 async def _responses_handler(self: FakeUpstream, request: web.Request) -> web.StreamResponse:
+    try:
+        return await _responses_inner(self, request)
+    except _Abort:
+        return web.Response(status=499)  # never reaches the client: the transport is gone
+
+
+async def _responses_inner(self: FakeUpstream, request: web.Request) -> web.StreamResponse:
     body, ok, fault = await self._receive(request)
     if fault is not None and fault.status:
         return _openai_error(fault.status, f"fake fault {fault.status}", self._fault_headers(fault))
@@ -906,6 +913,10 @@ async def _responses_handler(self: FakeUpstream, request: web.Request) -> web.St
 
     async def event(etype: str, **data: Any) -> None:
         nonlocal seq
+        if fault is not None and fault.disconnect_after is not None and etype == "response.output_text.delta":
+            if fault.disconnect_after <= 0:
+                self._abort(request)
+            fault.disconnect_after -= 1
         await stream.write(f"event: {etype}\ndata: {json.dumps({'type': etype, 'sequence_number': seq, **data})}\n\n".encode())
         seq += 1
 

@@ -270,8 +270,14 @@ def test_upstream_breaking_mid_stream_ends_with_response_failed(gw, upstream, cl
                                           stream=True))
     assert events[0].type == "response.created" and events[-1].type == "response.failed"
     assert events[-1].response.error.code == "upstream_stream_broken"
+    assert events[-1].response.id == events[0].response.id  # the failure is the stream's own response
+    assert events[-1].sequence_number == events[-2].sequence_number + 1
     row = gw.ledger()[-1]
     assert row["outcome"] == "error" and row["error_code"] == "upstream_stream_broken" and row["stream"] == 1
+    # the SDK's stream helper sees the same failure, not a broken stream state
+    upstream.add_fault(path="/v1/messages", disconnect_after=1)
+    with client.responses.stream(model="anthropic/claude-haiku-4-5-20251001", input="break me") as s:
+        assert [e.type for e in s][-1] == "response.failed"
 
 
 def test_a_server_without_responses_gets_chat(upstream, daemon_factory):
@@ -358,3 +364,12 @@ def test_bad_responses_bodies_are_typed_4xx(gw, raw):
     assert 400 <= r.status_code < 500, r.text
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and err["message"]
+
+
+def test_pass_through_stream_breaking_ends_with_its_own_response_failed(gw, upstream, client):
+    upstream.add_fault(path="/v1/responses", disconnect_after=1)
+    events = list(client.responses.create(model="openai/gpt-4o-mini", input="break me please now", stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.failed"
+    assert events[-1].response.id == events[0].response.id
+    assert events[-1].sequence_number == events[-2].sequence_number + 1
+    assert gw.ledger()[-1]["error_code"] == "upstream_stream_broken"

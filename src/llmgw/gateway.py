@@ -479,7 +479,8 @@ class Gateway:
                 call.status = 200 if not client_gone else 499
                 await self._record(call)
                 if not client_gone:
-                    await write_eof_quietly(resp, error_event(e, call.inbound))
+                    own = getattr(stream, "error_event", None)  # a Responses stream names its response
+                    await write_eof_quietly(resp, (own(e) if own else None) or error_event(e, call.inbound))
                 return resp
             self._settle_stream(call, state, opened)
             if client_gone:

@@ -209,6 +209,10 @@ class AnthropicStream:
                 return
         raise UpstreamError(f"{self.provider} stream ended before message_stop", code="upstream_stream_truncated")
 
+    def error_event(self, err: Any) -> bytes | None:
+        """A Responses stream's own ``response.failed`` (None: the dialect's usual error event)."""
+        return self._to_responses.failed(err.code, err.message) if self._to_responses is not None else None
+
     def terminal(self) -> bytes:
         if self._to_responses is not None:
             return self._terminal

@@ -285,6 +285,10 @@ class OpenAIStream:
 
     _responses_tail = b""
 
+    def error_event(self, err: Any) -> bytes | None:
+        """A Responses stream's own ``response.failed`` (None: the dialect's usual error event)."""
+        return self._to_responses.failed(err.code, err.message) if self._to_responses is not None else None
+
     def terminal(self) -> bytes:
         if self._to_anthropic is not None:
             return self._tail + b"".join(sse.anthropic_event(n, o) for n, o in self._to_anthropic.finish())
@@ -311,6 +315,8 @@ class ResponsesPassThrough:
         self._closer = closer
         self.state = state
         self.response_id: str | None = None  # the id the upstream stores the response under
+        self._created: str | None = None  # the id of the response this stream created
+        self._seq = 0  # the next sequence number
         self.completed = False
         self._terminal = b""
         self.answer: bytes | None = None
@@ -323,12 +329,17 @@ class ResponsesPassThrough:
                 ev = loads(data)
                 etype = ev.get("type") if isinstance(ev, dict) else None
                 raw = sse.anthropic_raw(name or str(etype or "message").encode(), data)
+                seq = ev.get("sequence_number") if isinstance(ev, dict) else None
+                if isinstance(seq, int):
+                    self._seq = seq + 1
                 if etype == "response.output_text.delta":
                     state.add_text(ev.get("delta"))
                 elif etype == "response.created":
                     resp = ev.get("response") or {}
-                    if isinstance(resp.get("id"), str) and resp.get("store", True):
-                        self.response_id = resp["id"]
+                    if isinstance(resp.get("id"), str):
+                        self._created = resp["id"]
+                        if resp.get("store", True):
+                            self.response_id = resp["id"]
                 elif etype in ("response.completed", "response.incomplete", "response.failed", "error"):
                     resp = ev.get("response") or {}
                     if resp.get("usage"):
@@ -355,6 +366,10 @@ class ResponsesPassThrough:
 
     def terminal(self) -> bytes:
         return self._terminal
+
+    def error_event(self, err: Any) -> bytes:
+        """``response.failed`` for the response this stream created, with the next sequence number."""
+        return responses.error_event(err.code, err.message, self._created, self._seq)
 
     async def aclose(self) -> None:
         if self._closer is not None:

@@ -529,6 +529,13 @@ class ChatStreamToResponses:
     def text(self) -> str:
         return "".join(i["content"][0]["text"] for i in self._items if i["type"] == "message")
 
+    def failed(self, code: str | None, message: str) -> bytes:
+        """``response.failed`` for this stream, if it began (else a stream of its own)."""
+        self._finished = True
+        if not self._started:
+            return encode(self._start()) + error_event(code, message, self.response["id"], self._seq)
+        return error_event(code, message, self.response["id"], self._seq, [_copy(i) for i in self._items])
+
 
 def _copy(item: Json) -> Json:
     out = dict(item)
@@ -541,11 +548,13 @@ def encode(events: list[tuple[str, Json]]) -> bytes:
     return b"".join(sse.anthropic_event(name, data) for name, data in events)
 
 
-def error_event(code: str | None, message: str) -> bytes:
-    """The last event of a Responses stream that failed after it began (``response.failed``)."""
-    resp = {"id": _id("resp_"), "object": "response", "status": "failed", "output": [],
+def error_event(code: str | None, message: str, resp_id: str | None = None, seq: int = 0,
+                output: list[Json] | None = None) -> bytes:
+    """The last event of a Responses stream that failed after it began (``response.failed``): for the
+    SDK's stream helper, with the id of the response the stream created and the next sequence number."""
+    resp = {"id": resp_id or _id("resp_"), "object": "response", "status": "failed", "output": output or [],
             "error": {"code": code or "server_error", "message": message}}
-    return sse.anthropic_event("response.failed", {"type": "response.failed", "sequence_number": 0,
+    return sse.anthropic_event("response.failed", {"type": "response.failed", "sequence_number": seq,
                                                    "response": resp})
 
 
