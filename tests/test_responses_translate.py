@@ -165,3 +165,13 @@ def test_pinning():
     origins.remember("r2", "openai", "cust")
     origins.remember("r3", "openai", "cust")
     assert origins.get("r1") is None and origins.get("r3") == ("openai", "cust")  # bounded, oldest out
+
+
+def test_completions_bound_view_counts_best_of():
+    from llmgw.governance.bounds import output_token_bound
+    from llmgw.providers import completions
+
+    view = completions.bound_view({"model": "m", "prompt": ["a", "b"], "n": 2, "best_of": 3, "max_tokens": 10})
+    assert output_token_bound(view, inbound="openai", default_max_tokens=4096) == 30  # every best_of is billed
+    view = completions.bound_view({"model": "m", "prompt": "x"})
+    assert output_token_bound(view, inbound="openai", default_max_tokens=4096) == completions.DEFAULT_MAX_TOKENS

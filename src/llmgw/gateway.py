@@ -389,7 +389,7 @@ class Gateway:
             if not key.clamp:
                 raise
             remaining = self.budgets.remaining(budgets, call.ts_ms)
-            n = int(body.get("n") or 1) if call.inbound == "openai" else 1
+            n = int(view.get("n") or 1) if call.inbound in ("openai", "completions") else 1  # best_of too
             m = clamp_max_tokens(remaining or 0, prompt_bound, price, n)
             if not m:
                 raise
