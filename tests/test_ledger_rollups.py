@@ -28,7 +28,7 @@ from llmgw.governance.budgets import ledger_spend
 from llmgw.server.app import STATE
 from llmgw.store import db, retention, rollups
 from llmgw.store.ledger import as_tuple, insert_sql, normalise_row
-from llmgw.units import DAY_MS, parse_time
+from llmgw.units import DAY_MS, parse_time, window
 
 HOUR = 3_600_000
 START = parse_time("2026-08-01", "t")  # 2026-08-01T00:00Z
@@ -97,7 +97,8 @@ def raw_groups(conn: sqlite3.Connection, col: str, since: int | None, until: int
 def random_window(rnd: random.Random) -> tuple[int | None, int | None]:
     def edge() -> int:
         t = START - DAY_MS + rnd.randrange(SPAN + 2 * DAY_MS)
-        return rnd.choice([t, t - t % HOUR, t - t % DAY_MS])  # anywhere, on an hour, on a midnight
+        # anywhere, on an hour, on a midnight, on the 1st of a month
+        return rnd.choice([t, t - t % HOUR, t - t % DAY_MS, window("month", t)[0]])
 
     s = edge() if rnd.random() < 0.85 else None
     u = edge() if rnd.random() < 0.85 else None
@@ -119,21 +120,28 @@ def ledger_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def aligned(src: str, t: int | None) -> bool:
+    if t is None or src == "raw":
+        return True
+    return window("month", t)[0] == t if src == "month" else t % (HOUR if src == "hour" else DAY_MS) == 0
+
+
 def test_spans_cover_the_window_exactly_once() -> None:
     rnd = random.Random(3)
     for _ in range(2000):
         s, u = random_window(rnd)
         pieces = rollups.spans(s, u)
         for src, lo, hi in pieces:
-            unit = {"raw": 1, "hour": HOUR, "day": DAY_MS}[src]
-            assert lo is None or lo % unit == 0 or src == "raw"
-            assert hi is None or hi % unit == 0 or src == "raw"
+            assert aligned(src, lo) and aligned(src, hi), (src, lo, hi)
         ordered = sorted(pieces, key=lambda p: -(2**63) if p[1] is None else p[1])
         assert (ordered[0][1] if ordered else s) == s and (ordered[-1][2] if ordered else u) == (u if pieces else u)
         for a, b in zip(ordered, ordered[1:], strict=False):
             assert a[2] == b[1]  # contiguous, no overlap
     assert rollups.spans(START + 5, START + 10) == [("raw", START + 5, START + 10)]
     assert rollups.spans(START, START + 2 * DAY_MS) == [("day", START, START + 2 * DAY_MS)]
+    sept, nov = parse_time("2026-09-01", "t"), parse_time("2026-11-01", "t")
+    assert rollups.spans(START - HOUR, nov) == [("hour", START - HOUR, START), ("month", START, nov)]
+    assert rollups.spans(START + DAY_MS, None) == [("day", START + DAY_MS, sept), ("month", sept, None)]
     assert rollups.spans(START + HOUR, START + DAY_MS + 30) == [
         ("raw", START + DAY_MS, START + DAY_MS + 30), ("hour", START + HOUR, START + DAY_MS)]
 
@@ -303,6 +311,13 @@ def test_prune_keeps_every_report_and_shrinks_the_file(tmp_path: Path) -> None:
     # a partial hour inside the pruned days cannot be answered exactly: a clear error, not a guess
     res = _cli(home, "report", "--since", "2026-08-10T10:30", "--until", "2026-08-20")
     assert res.returncode == 2 and "pruned" in res.stderr
+    # a rebuild after a prune keeps the pruned days (September is half pruned) and checks out
+    res = _cli(home, "ledger", "rollup", "--rebuild", "--verify", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["verified"] is True, res.stdout
+    for m in months:
+        res = _cli(home, "report", "--format", "json", "--period", m[0][:7])
+        total = json.loads(res.stdout)["total"]
+        assert {k: total[k] for k in before[m]} == before[m], m
     with pytest.raises(UsageError):
         reports.report(conn, by="customer", window=reports.Window(START + 30, None, "w"))
     conn.close()

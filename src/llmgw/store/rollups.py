@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
-from ..units import DAY_MS, iso_utc
+from ..units import DAY_MS, iso_utc, window
 from .db import transaction
 
 log = logging.getLogger("llmgw.ledger")
 
 HOUR_MS = 3_600_000
-TABLES = {"hour": "ledger_hourly", "day": "ledger_daily"}
+TABLES = {"hour": "ledger_hourly", "day": "ledger_daily", "month": "ledger_monthly"}
 #: group dimensions, in primary-key order after ``start_ms``
 DIMS = ("customer_id", "team_id", "key_id", "model", "provider", "status_class", "cache", "error_type",
         "error_code")
@@ -68,9 +68,15 @@ def _table_sql(table: str) -> list[str]:
 
 
 def schema_sql() -> list[str]:
-    """The tables and the meta table (no data)."""
-    return [*_table_sql(TABLES["hour"]), *_table_sql(TABLES["day"]),
+    """The tables and the meta table (no data): migration ``m007_rollups``'s schema. Frozen once
+    released: a change to it is a new migration."""
+    return [*(_table_sql(t)[0] for t in TABLES.values()),
             "CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"]
+
+
+def _month_sql(ms: str) -> str:
+    """SQL for the UTC calendar month start (epoch ms) of the epoch-ms expression ``ms``."""
+    return f"CAST(strftime('%s', ({ms}) / 1000, 'unixepoch', 'start of month') AS INTEGER) * 1000"
 
 
 # ---- rolling up ------------------------------------------------------------------------------------
@@ -92,9 +98,10 @@ def _aggregate(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> N
                  f" MAX(ts_ms) FROM ledger WHERE {where} GROUP BY {group}", args)
     # "WHERE true": an upsert's SELECT needs a WHERE, or ON CONFLICT would parse as a join constraint
     conn.execute(f"INSERT INTO {TABLES['hour']} ({cols}) SELECT {cols} FROM temp.rollup_scratch WHERE true{upsert}")
-    conn.execute(f"INSERT INTO {TABLES['day']} ({cols}) SELECT start_ms - start_ms % {DAY_MS}, {', '.join(DIMS)},"
-                 f" {', '.join(f'SUM({m})' for m in MEASURES)}, MAX(last_ms) FROM temp.rollup_scratch"
-                 f" GROUP BY {group}{upsert}")
+    for table, start in ((TABLES["day"], f"start_ms - start_ms % {DAY_MS}"), (TABLES["month"], _month_sql("start_ms"))):
+        conn.execute(f"INSERT INTO {table} ({cols}) SELECT {start}, {', '.join(DIMS)},"
+                     f" {', '.join(f'SUM({m})' for m in MEASURES)}, MAX(last_ms) FROM temp.rollup_scratch"
+                     f" GROUP BY {group}{upsert}")
     conn.execute("DELETE FROM temp.rollup_scratch")
 
 
@@ -187,12 +194,24 @@ def set_meta(conn: sqlite3.Connection, key: str, value: int) -> None:
 
 def rebuild(conn: sqlite3.Connection) -> int:
     """Recompute the roll-ups of every hour that still has its raw rows (from ``pruned_before``
-    on; older roll-ups are all that is left of their hours and are kept), up to the watermark.
-    In the caller's transaction; returns the first ``start_ms`` rebuilt (0: everything)."""
+    on; older roll-ups are all that is left of their hours and are kept), up to the watermark;
+    the months from the boundary's month on are re-summed from the daily rows (a month that was
+    partly pruned keeps its pruned days through them). In the caller's transaction; returns the
+    first ``start_ms`` rebuilt (0: everything)."""
     since = pruned_before(conn) or 0
-    for table in TABLES.values():
+    for table in (TABLES["hour"], TABLES["day"]):
         conn.execute(f"DELETE FROM {table} WHERE start_ms >= ?", (since,))
+    month = window("month", since)[0] if since else 0
+    conn.execute(f"DELETE FROM {TABLES['month']} WHERE start_ms >= ?", (month,))
+    # what _aggregate adds for the hours from `since`, plus the daily rows of the boundary month before it
     _aggregate(conn, "ts_ms >= ? AND id <= ?", (since, rolled_up_to(conn)))
+    if month < since:
+        cols = f"start_ms, {', '.join(DIMS)}, {', '.join(MEASURES)}, last_ms"
+        sets = ", ".join(f"{m} = {m} + excluded.{m}" for m in MEASURES)
+        conn.execute(f"INSERT INTO {TABLES['month']} ({cols}) SELECT {month}, {', '.join(DIMS)},"
+                     f" {', '.join(f'SUM({m})' for m in MEASURES)}, MAX(last_ms) FROM {TABLES['day']}"
+                     f" WHERE start_ms >= ? AND start_ms < ? GROUP BY {', '.join(DIMS)}"
+                     f" ON CONFLICT DO UPDATE SET {sets}, last_ms = max(last_ms, excluded.last_ms)", (month, since))
     return since
 
 
@@ -208,22 +227,31 @@ class Mismatch:
 
 
 def verify(conn: sqlite3.Connection) -> list[Mismatch]:
-    """Compare each day's totals in both roll-up tables with the raw ``SUM`` of the rows they cover
-    (days that still have raw rows, ids up to the watermark). Run it in one read transaction."""
+    """Compare the roll-up tables with the raw ``SUM`` of the rows they cover, per day (per month
+    for the monthly table), over what still has raw rows and ids up to the watermark. Run it in
+    one read transaction."""
     since, upto = pruned_before(conn) or 0, rolled_up_to(conn)
+    month = window("month", since)[0] if since else 0
     sums = ", ".join(f"SUM({_RAW_MEASURE[m]})" for m in MEASURES)
     rsums = ", ".join(f"SUM({m})" for m in MEASURES)
-    raw = {r[0]: r[1:] for r in conn.execute(
-        f"SELECT ts_ms - ts_ms % {DAY_MS}, {sums} FROM ledger WHERE ts_ms >= ? AND id <= ? GROUP BY 1",
-        (since, upto))}
     out: list[Mismatch] = []
     zero = (0,) * len(MEASURES)
-    for table in TABLES.values():
+    for table, raw_key, key, lo in (
+            (TABLES["hour"], f"ts_ms - ts_ms % {DAY_MS}", f"start_ms - start_ms % {DAY_MS}", since),
+            (TABLES["day"], f"ts_ms - ts_ms % {DAY_MS}", "start_ms", since),
+            (TABLES["month"], _month_sql("ts_ms"), "start_ms", month)):
+        # a month that was partly pruned is checked against its daily rows for the pruned days
+        raw = {r[0]: list(r[1:]) for r in conn.execute(
+            f"SELECT {raw_key}, {sums} FROM ledger WHERE ts_ms >= ? AND id <= ? GROUP BY 1", (max(lo, since), upto))}
+        if lo < since:
+            for r in conn.execute(f"SELECT {lo}, {rsums} FROM {TABLES['day']} WHERE start_ms >= ? AND start_ms < ?",
+                                  (lo, since)):
+                raw[lo] = [int(a or 0) + int(b or 0) for a, b in zip(raw.get(lo, zero), r[1:], strict=True)]
         rolled = {r[0]: r[1:] for r in conn.execute(
-            f"SELECT start_ms - start_ms % {DAY_MS}, {rsums} FROM {table} WHERE start_ms >= ? GROUP BY 1", (since,))}
-        for day in sorted(raw.keys() | rolled.keys()):
-            a, b = raw.get(day, zero), rolled.get(day, zero)
-            out += [Mismatch(day, f"{table}.{m}", int(x or 0), int(y or 0))
+            f"SELECT {key}, {rsums} FROM {table} WHERE start_ms >= ? GROUP BY 1", (lo,))}
+        for bucket in sorted(raw.keys() | rolled.keys()):
+            a, b = raw.get(bucket, zero), rolled.get(bucket, zero)
+            out += [Mismatch(bucket, f"{table}.{m}", int(x or 0), int(y or 0))
                     for m, x, y in zip(MEASURES, a, b, strict=True) if int(x or 0) != int(y or 0)]
     return out
 
@@ -244,29 +272,41 @@ def _ceil(ms: int, unit: int) -> int:
     return -(-ms // unit) * unit
 
 
+def _month_start(ms: int) -> int:
+    return window("month", ms)[0]
+
+
 def spans(since_ms: int | None, until_ms: int | None) -> list[Span]:
-    """The pieces that cover ``since_ms <= ts < until_ms`` (None: open), coarsest first where they fit."""
+    """The pieces that cover ``since_ms <= ts < until_ms`` (None: open), coarsest first where they
+    fit: raw rows for partial hours, hourly rows for partial days, daily rows for partial UTC
+    calendar months, monthly rows for the whole months between."""
     s, u = since_ms, until_ms
     if s is not None and u is not None and s >= u:
         return []
     out: list[Span] = []
-    for unit, source in ((HOUR_MS, "raw"), (DAY_MS, "hour")):
-        if s is not None and s % unit:
-            edge = _ceil(s, unit)
+    levels: tuple[tuple[str, Callable[[int], int], Callable[[int], int]], ...] = (
+        ("raw", lambda t: t - t % HOUR_MS, lambda t: _ceil(t, HOUR_MS)),
+        ("hour", lambda t: t - t % DAY_MS, lambda t: _ceil(t, DAY_MS)),
+        ("day", _month_start, lambda t: t if _month_start(t) == t else window("month", t)[1] or t),
+    )
+    for source, floor, ceil in levels:
+        if s is not None and floor(s) != s:
+            edge = ceil(s)
             if u is not None and u <= edge:
                 out.append((source, s, u))
                 return out
             out.append((source, s, edge))
             s = edge
-        if u is not None and u % unit:
-            edge = u - u % unit
+        if u is not None and floor(u) != u:
+            edge = floor(u)
             if s is None or edge > s:
                 out.append((source, edge, u))
                 u = edge
             else:
                 out.append((source, s, u))
                 return out
-    out.append(("day", s, u))
+    if s is None or u is None or s < u:
+        out.append(("month", s, u))
     return out
 
 
@@ -298,7 +338,7 @@ def _branches(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | No
     if not available(conn):
         pieces: Iterable[Span] = [("raw", since_ms, until_ms)]
     else:
-        pieces = [("hour" if hourly and src == "day" else src, lo, hi) for src, lo, hi in spans(since_ms, until_ms)]
+        pieces = [("hour" if hourly and src != "raw" else src, lo, hi) for src, lo, hi in spans(since_ms, until_ms)]
         boundary = pruned_before(conn)
         for src, lo, _ in pieces:
             if src == "raw" and boundary is not None and (lo is None or lo < boundary):
