@@ -281,15 +281,16 @@ def start_forwarder(procs: Procs, mock_port: int) -> Target:
     return t
 
 
-def start_llmgw(procs: Procs, mock_port: int, workdir: Path, python: str) -> Target:
-    home = workdir / "llmgw-home"
+def start_llmgw(procs: Procs, mock_port: int, workdir: Path, python: str, name: str = "llmgw",
+                extra_config: str = "") -> Target:
+    home = workdir / f"{name}-home"
     home.mkdir()
-    cfg = workdir / "llmgw.toml"
+    cfg = workdir / f"{name}.toml"
     cfg.write_text(
         "[providers.mock]\n"
         'type = "openai"\n'
         f'base_url = "http://{HOST}:{mock_port}/v1"\n'
-        'api_key_env = "MOCK_KEY"\n'
+        'api_key_env = "MOCK_KEY"\n' + extra_config
     )
     src = str(REPO / "src")
     pythonpath = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
@@ -333,7 +334,7 @@ def start_llmgw(procs: Procs, mock_port: int, workdir: Path, python: str) -> Tar
         "--config",
         str(cfg),
     ]
-    proc = procs.start("llmgw", cmd, env={"PYTHONPATH": pythonpath, "MOCK_KEY": "x"}, cwd=workdir)
+    proc = procs.start(name, cmd, env={"PYTHONPATH": pythonpath, "MOCK_KEY": "x"}, cwd=workdir)
     base = f"http://{HOST}:{port}"
 
     def healthz() -> tuple[bool, str]:
@@ -342,7 +343,7 @@ def start_llmgw(procs: Procs, mock_port: int, workdir: Path, python: str) -> Tar
 
     wait_ready(proc, healthz, 60)
     t = Target(
-        "llmgw",
+        name,
         base + "/v1/chat/completions",
         {"Authorization": f"Bearer {secret}"},
         "mock/gpt-4o-mini",
@@ -510,6 +511,123 @@ def report(targets: list[Target], skipped: dict[str, str], args: argparse.Namesp
     }
 
 
+# ---- --cache: the response cache's cost on the request path ----------------------------------------
+
+CACHE_CONFIGS = {"cache-off": "", "cache-exact": '[cache]\nmode = "exact"\n',
+                 "cache-semantic": '[cache]\nmode = "semantic"\n'}
+CACHE_LUA = """
+local counter = 0
+local prefix = {prefix}
+wrk.method = "POST"
+{headers}
+request = function()
+  counter = counter + 1
+  local text
+  if {fixed} then
+    text = {fixed_text}
+  else
+    text = string.format("Write a short catalogue caption for this product. sku: %s-%d", prefix, counter)
+  end
+  local stream = ""
+  if {streams} and counter % 5 == 0 then stream = '"stream": true, ' end
+  local body = string.format('{{"model": "%s", "max_tokens": 16, %s"messages": [{{"role": "user", "content": "%s"}}]}}',
+                             {model}, stream, text)
+  return wrk.format(nil, nil, nil, body)
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("{tag} %d %d %d %d %d %d %d %.1f %.1f %.1f %.1f\\n",
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.mean, latency.max))
+end
+"""
+SEEDED = "Write a short catalogue caption for this product. sku: SEED-1"
+PARAPHRASE = "Please write a short catalogue caption for the product. sku: SEED-1"
+
+
+def cache_load(t: Target, args: argparse.Namespace, *, fixed: str | None, streams: bool) -> dict[str, Any]:
+    """wrk with a fresh prompt per request (every request a cache miss, 1 in 5 streamed when
+    ``streams``), or one ``fixed`` prompt (a hit once it is cached)."""
+    import uuid
+
+    from loadgen import RESULT_TAG, _lua_string, _parse_wrk
+
+    hdrs = {"Content-Type": "application/json", **t.headers}
+    script = CACHE_LUA.format(
+        prefix=_lua_string(uuid.uuid4().hex[:10]), headers="\n".join(
+            f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in hdrs.items()),
+        fixed="true" if fixed else "false", fixed_text=_lua_string(fixed or ""), streams="true" if streams else "false",
+        model=_lua_string(t.model), tag=RESULT_TAG)
+    path = Path(tempfile.mkstemp(suffix=".lua", prefix="cache-load-")[1])
+    path.write_text(script)
+    try:
+        proc = subprocess.run(["wrk", "-t1", f"-c{args.concurrency}", f"-d{max(1, round(args.duration))}s",
+                               "--timeout", "30s", "--latency", "-s", str(path), t.url],
+                              capture_output=True, text=True, timeout=args.duration + 60)
+        if proc.returncode != 0 or RESULT_TAG not in proc.stdout:
+            raise BenchError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+        res = _parse_wrk(proc.stdout)
+    finally:
+        path.unlink()
+    res["rss_mb"] = rss_mb(t.proc.pid) if t.proc else None
+    return res
+
+
+def run_cache(args: argparse.Namespace, procs: Procs, workdir: Path) -> int:
+    """Throughput with the cache off, exact and semantic in one run: every request a miss (new
+    prompts, 20 % streams), then hits (semantic: a paraphrase of a stored prompt; exact: the same
+    prompt). Target: semantic misses >= 0.7x cache off, and hits faster than misses."""
+    if not have_wrk():
+        raise SystemExit("--cache needs wrk on PATH (apt-get install -y wrk): a fresh prompt per request")
+    log(f"starting servers (logs in {workdir})")
+    _, mock_port = start_mock(procs)
+    targets = {name: start_llmgw(procs, mock_port, workdir, args.python, name, extra)
+               for name, extra in CACHE_CONFIGS.items()}
+    for t in targets.values():
+        for text in (SEEDED, SEEDED):  # stored, then served: every index and model is warm
+            http("POST", t.url, {"model": t.model, "messages": [{"role": "user", "content": text}],
+                                 "max_tokens": 16}, t.headers)
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for rnd in range(args.rounds):
+        log(f"round {rnd + 1}/{args.rounds}")
+        for name, t in targets.items():
+            runs = results.setdefault(name, {})
+            if args.warmup > 0:
+                saved, args.duration = args.duration, args.warmup
+                cache_load(t, args, fixed=None, streams=True)
+                args.duration = saved
+            runs.setdefault("miss", []).append(cache_load(t, args, fixed=None, streams=True))
+            if name != "cache-off":
+                runs.setdefault("hit", []).append(
+                    cache_load(t, args, fixed=PARAPHRASE if name == "cache-semantic" else SEEDED, streams=False))
+            for mode, rs in runs.items():
+                r = rs[-1]
+                log(f"  {name:<15} {mode:<5} {r['rps']:>8.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
+                    f"  errors {r['errors']}")
+    final = {name: {mode: combine(rs) for mode, rs in runs.items()} for name, runs in results.items()}
+    print()
+    print(f"llmgw cache bench: wrk -t1 -c{args.concurrency}, {args.duration:g} s per run, median of {args.rounds} "
+          f"round(s), {os.cpu_count()} CPUs; misses: a new prompt per request, 1 in 5 streamed")
+    head = f"{'config':<15} {'mode':<5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'RSS MB':>7}"
+    print(head)
+    print("-" * len(head))
+    for name, modes in final.items():
+        for mode, r in modes.items():
+            print(f"{name:<15} {mode:<5} {fmt(r['rps'], '9.0f')} {fmt(r['p50_ms'], '8.2f')} {fmt(r['p99_ms'], '8.2f')} "
+                  f"{r['errors']:>7} {fmt(r.get('rss_mb'), '7.1f')}")
+    off = final["cache-off"]["miss"]["rps"]
+    sem = final["cache-semantic"]
+    ratio = sem["miss"]["rps"] / off if off else float("nan")
+    print(f"\nsemantic misses / cache off: {ratio:.2f}x ({'ok' if ratio >= 0.7 else 'BELOW'} target >= 0.7x); "
+          f"exact misses / off: {final['cache-exact']['miss']['rps'] / off:.2f}x")
+    faster = sem["hit"]["rps"] > sem["miss"]["rps"] and sem["hit"]["p50_ms"] < sem["miss"]["p50_ms"]
+    print(f"semantic hits {sem['hit']['rps']:.0f} req/s, p50 {sem['hit']['p50_ms']:.2f} ms vs misses "
+          f"{sem['miss']['rps']:.0f} req/s, p50 {sem['miss']['p50_ms']:.2f} ms: hits {'faster' if faster else 'NOT faster'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": final, "semantic_miss_ratio": ratio}, indent=2))
+    return 0
+
+
 def parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     items = [x.strip() for x in text.split(",") if x.strip()]
     bad = [x for x in items if x not in allowed]
@@ -544,6 +662,8 @@ def main(argv: list[str] | None = None) -> int:
         help="dir with node_modules/@portkey-ai/gateway",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--cache", action="store_true",
+                        help="instead: llmgw with the response cache off, exact and semantic (misses and hits)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, server logs)")
     args = parser.parse_args(argv)
     targets = parse_list(args.targets, ALL_TARGETS, "target")
@@ -565,6 +685,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     workdir = Path(tempfile.mkdtemp(prefix="llmgw-bench-"))
     procs = Procs(workdir)
+    if args.cache:
+        try:
+            return run_cache(args, procs, workdir)
+        except KeyboardInterrupt:
+            log("interrupted: stopping servers")
+            return 130
+        except BenchError as exc:
+            log(f"error: {exc}")
+            return 1
+        finally:
+            procs.stop_all()
+            if args.keep:
+                log(f"kept {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
     measured: list[Target] = []
     skipped: dict[str, str] = {}
     try:

@@ -79,8 +79,8 @@ _llmgw_spec() {
             _llmgw_args=0 ;;
         "llmgw keys create")
             _llmgw_subs=""
-            _llmgw_opts="--home --customer --team --name --models --budget --period --rpm --tpm --expires --clamp --cache -h --help"
-            _llmgw_vopts="--home --customer --team --name --models --budget --period --rpm --tpm --expires --cache"
+            _llmgw_opts="--home --customer --team --name --models --budget --period --rpm --tpm --expires --clamp --cache --cache-threshold -h --help"
+            _llmgw_vopts="--home --customer --team --name --models --budget --period --rpm --tpm --expires --cache --cache-threshold"
             _llmgw_args=0 ;;
         "llmgw keys list")
             _llmgw_subs=""
@@ -168,29 +168,44 @@ _llmgw_spec() {
             _llmgw_vopts="--id --customer --team --key --period --home"
             _llmgw_args=0 ;;
         "llmgw cache")
-            _llmgw_subs="ablate stats clear inspect"
+            _llmgw_subs="ablate stats clear delete hits mark-wrong inspect"
             _llmgw_opts="-h --help"
             _llmgw_vopts=""
             _llmgw_args=0 ;;
         "llmgw cache ablate")
             _llmgw_subs=""
-            _llmgw_opts="--pairs --from-log --since --until --thresholds --variants --target-error --examples --model --seed --format --home -h --help"
-            _llmgw_vopts="--pairs --since --until --thresholds --variants --target-error --examples --model --seed --format --home"
+            _llmgw_opts="--pairs --from-log --retrieval --since --until --thresholds --variants --target-error --examples --model --seed --format --home -c --config -h --help"
+            _llmgw_vopts="--pairs --since --until --thresholds --variants --target-error --examples --model --seed --format --home -c --config"
             _llmgw_args=0 ;;
         "llmgw cache stats")
             _llmgw_subs=""
-            _llmgw_opts="--home --json -h --help"
-            _llmgw_vopts="--home"
+            _llmgw_opts="--home --json --since --top -h --help"
+            _llmgw_vopts="--home --since --top"
             _llmgw_args=0 ;;
         "llmgw cache clear")
             _llmgw_subs=""
             _llmgw_opts="--home --namespace -h --help"
             _llmgw_vopts="--home --namespace"
             _llmgw_args=0 ;;
+        "llmgw cache delete")
+            _llmgw_subs=""
+            _llmgw_opts="--prompt --home -h --help"
+            _llmgw_vopts="--prompt --home"
+            _llmgw_args=1 ;;
+        "llmgw cache hits")
+            _llmgw_subs=""
+            _llmgw_opts="--since --sort --limit --shadow --home --json -h --help"
+            _llmgw_vopts="--since --sort --limit --home"
+            _llmgw_args=0 ;;
+        "llmgw cache mark-wrong")
+            _llmgw_subs=""
+            _llmgw_opts="--home -h --help"
+            _llmgw_vopts="--home"
+            _llmgw_args=1 ;;
         "llmgw cache inspect")
             _llmgw_subs=""
-            _llmgw_opts="--home --k --model --json -h --help"
-            _llmgw_vopts="--home --k --model"
+            _llmgw_opts="--home -c --config --k --model --json -h --help"
+            _llmgw_vopts="--home -c --config --k --model"
             _llmgw_args=1 ;;
         "llmgw ledger")
             _llmgw_subs="rollup prune export"
@@ -291,11 +306,21 @@ _llmgw_values() {
             COMPREPLY=($(compgen -W "table json csv" -- "$3")) ;;
         "llmgw cache ablate --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw cache ablate -c"|"llmgw cache ablate --config")
+            compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw cache stats --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw cache clear --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw cache delete --home")
+            compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw cache hits --home")
+            compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw cache mark-wrong --home")
+            compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw cache inspect --home")
+            compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw cache inspect -c"|"llmgw cache inspect --config")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw ledger rollup --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;

@@ -17,7 +17,7 @@ function __llmgw_subcommands --argument-names path
         case 'llmgw budget'
             printf '%s\n' 'set' 'show' 'delete'
         case 'llmgw cache'
-            printf '%s\n' 'ablate' 'stats' 'clear' 'inspect'
+            printf '%s\n' 'ablate' 'stats' 'clear' 'delete' 'hits' 'mark-wrong' 'inspect'
         case 'llmgw ledger'
             printf '%s\n' 'rollup' 'prune' 'export'
     end
@@ -47,7 +47,7 @@ function __llmgw_value_options --argument-names path
         case 'llmgw config export'
             printf '%s\n' --home
         case 'llmgw keys create'
-            printf '%s\n' --home --customer --team --name --models --budget --period --rpm --tpm --expires --cache
+            printf '%s\n' --home --customer --team --name --models --budget --period --rpm --tpm --expires --cache --cache-threshold
         case 'llmgw keys list'
             printf '%s\n' --home --customer --team
         case 'llmgw keys show'
@@ -77,13 +77,19 @@ function __llmgw_value_options --argument-names path
         case 'llmgw budget delete'
             printf '%s\n' --id --customer --team --key --period --home
         case 'llmgw cache ablate'
-            printf '%s\n' --pairs --since --until --thresholds --variants --target-error --examples --model --seed --format --home
+            printf '%s\n' --pairs --since --until --thresholds --variants --target-error --examples --model --seed --format --home -c --config
         case 'llmgw cache stats'
-            printf '%s\n' --home
+            printf '%s\n' --home --since --top
         case 'llmgw cache clear'
             printf '%s\n' --home --namespace
+        case 'llmgw cache delete'
+            printf '%s\n' --prompt --home
+        case 'llmgw cache hits'
+            printf '%s\n' --since --sort --limit --home
+        case 'llmgw cache mark-wrong'
+            printf '%s\n' --home
         case 'llmgw cache inspect'
-            printf '%s\n' --home --k --model
+            printf '%s\n' --home -c --config --k --model
         case 'llmgw ledger rollup'
             printf '%s\n' --home
         case 'llmgw ledger prune'
@@ -245,6 +251,7 @@ complete -c llmgw -n '__llmgw_at \'llmgw keys create\'' -l tpm -x -d 'Tokens per
 complete -c llmgw -n '__llmgw_at \'llmgw keys create\'' -l expires -x -d 'Expiry: YYYY-MM-DD (00:00 UTC) or an ISO datetime.'
 complete -c llmgw -n '__llmgw_at \'llmgw keys create\'' -l clamp -d 'When the budget cannot cover a request, lower its max_tokens instead of rejecting it.'
 complete -c llmgw -n '__llmgw_at \'llmgw keys create\'' -l cache -x -d 'Response cache mode for this key.'
+complete -c llmgw -n '__llmgw_at \'llmgw keys create\'' -l cache-threshold -x -d 'Semantic cache threshold for this key\'s requests, in (0, 1].'
 complete -c llmgw -n '__llmgw_at \'llmgw keys create\'' -s h -l help -d 'Show this message and exit.'
 
 # llmgw keys list
@@ -352,30 +359,37 @@ complete -c llmgw -n '__llmgw_at \'llmgw budget delete\'' -l home -r -F -d 'Stat
 complete -c llmgw -n '__llmgw_at \'llmgw budget delete\'' -s h -l help -d 'Show this message and exit.'
 
 # llmgw cache
-complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -f -a 'ablate' -d 'Measure hit rate against false hits per semantic threshold, with and without...'
-complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -f -a 'stats' -d 'Entries, hits, money saved and size of the response cache (by namespace).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -f -a 'ablate' -d 'Measure hit rate against wrong hits per semantic threshold, with the running...'
+complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -f -a 'stats' -d 'Entries, hits, money saved and size of the response cache; hit rate by type...'
 complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -f -a 'clear' -d 'Delete cache entries (all, or one namespace).'
-complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -f -a 'inspect' -d 'Show the stored prompts nearest to PROMPT: similarity, partition, and...'
+complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -f -a 'delete' -d 'Delete one cache entry by id, or the entries stored for a prompt; prints how...'
+complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -f -a 'hits' -d 'Recent semantic hits: the request, the prompt that was asked, the cache...'
+complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -f -a 'mark-wrong' -d 'A semantic hit served a wrong answer: delete the entry that gave it and keep...'
+complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -f -a 'inspect' -d 'Show the stored prompts nearest to PROMPT: similarity, partition, and what...'
 complete -c llmgw -n '__llmgw_at \'llmgw cache\'' -s h -l help -d 'Show this message and exit.'
 
 # llmgw cache ablate
 complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l pairs -r -F -d 'Labelled pairs: TSV (text_a, text_b, label; optional leading id column and header), JSONL...'
 complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l from-log -d 'Replay the ledger\'s logged requests (needs [log] bodies = true) in time order.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l retrieval -d 'With --pairs: GPTCache\'s protocol: cache every a, query every b against the whole cache, count...'
 complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l since -x -d 'With --from-log: start (inclusive), ISO-8601 date or date-time, UTC unless an offset is given.'
 complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l until -x -d 'With --from-log: end (exclusive), ISO-8601 date or date-time.'
 complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l thresholds -x -d 'Cosine thresholds: a list (0.9,0.95) or start:stop:step, both ends inclusive.'
-complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l variants -x -d 'Comma-separated: guard (facts must match too), no-guard (similarity only).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l variants -x -d 'Comma-separated: config (the running configuration: guard, guard_patterns, gate), config-CLASS...'
 complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l target-error -x -d 'Recommend the lowest threshold whose 95 % Wilson upper bound of the error (false-hit rate; with...'
 complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l examples -x -d 'Show this many colliding pairs (wrong hits) at the recommended threshold.'
 complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l model -x -d 'A model2vec model directory or hub id.'
 complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l seed -x -d 'Seed for the negatives of a GPTCache mock file (origin i paired with another item\'s similar).'
 complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l format -x -a 'table json csv' -d 'table (with a chart) for people; json or csv for machines.'
 complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -l home -r -F -d 'State directory (database, index).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -s c -l config -r -F -d 'Config file.'
 complete -c llmgw -n '__llmgw_at \'llmgw cache ablate\'' -s h -l help -d 'Show this message and exit.'
 
 # llmgw cache stats
 complete -c llmgw -n '__llmgw_at \'llmgw cache stats\'' -l home -r -F -d 'State directory (database, index).'
 complete -c llmgw -n '__llmgw_at \'llmgw cache stats\'' -l json -d 'Print JSON.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache stats\'' -l since -x -d 'Hit rates over requests since: 30m, 12h, 1d, 2w, or an ISO-8601 date / date-time.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache stats\'' -l top -x -d 'Show the N namespaces with the most entries.'
 complete -c llmgw -n '__llmgw_at \'llmgw cache stats\'' -s h -l help -d 'Show this message and exit.'
 
 # llmgw cache clear
@@ -383,10 +397,29 @@ complete -c llmgw -n '__llmgw_at \'llmgw cache clear\'' -l home -r -F -d 'State 
 complete -c llmgw -n '__llmgw_at \'llmgw cache clear\'' -l namespace -x -d 'Only this namespace.'
 complete -c llmgw -n '__llmgw_at \'llmgw cache clear\'' -s h -l help -d 'Show this message and exit.'
 
+# llmgw cache delete
+complete -c llmgw -n '__llmgw_at \'llmgw cache delete\'' -l prompt -x -d 'Delete every entry whose stored prompt is exactly this text.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache delete\'' -l home -r -F -d 'State directory (database, index).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache delete\'' -s h -l help -d 'Show this message and exit.'
+
+# llmgw cache hits
+complete -c llmgw -n '__llmgw_at \'llmgw cache hits\'' -l since -x -d '30m, 12h, 1d, 2w, or an ISO-8601 date / date-time.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache hits\'' -l sort -x -d 'Newest first, or least similar first (the likeliest wrong ones).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache hits\'' -l limit -x -d 'At most this many.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache hits\'' -l shadow -d 'List shadow-mode hits (not served) instead.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache hits\'' -l home -r -F -d 'State directory (database, index).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache hits\'' -l json -d 'Print JSON.'
+complete -c llmgw -n '__llmgw_at \'llmgw cache hits\'' -s h -l help -d 'Show this message and exit.'
+
+# llmgw cache mark-wrong
+complete -c llmgw -n '__llmgw_at \'llmgw cache mark-wrong\'' -l home -r -F -d 'State directory (database, index).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache mark-wrong\'' -s h -l help -d 'Show this message and exit.'
+
 # llmgw cache inspect
 complete -c llmgw -n '__llmgw_at \'llmgw cache inspect\'' -l home -r -F -d 'State directory (database, index).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache inspect\'' -s c -l config -r -F -d 'Config file.'
 complete -c llmgw -n '__llmgw_at \'llmgw cache inspect\'' -l k -x -d 'How many neighbours to show.'
-complete -c llmgw -n '__llmgw_at \'llmgw cache inspect\'' -l model -x -d 'A model2vec model (default: the bundled one).'
+complete -c llmgw -n '__llmgw_at \'llmgw cache inspect\'' -l model -x -d 'A model2vec model (default: the running configuration\'s).'
 complete -c llmgw -n '__llmgw_at \'llmgw cache inspect\'' -l json -d 'Print JSON.'
 complete -c llmgw -n '__llmgw_at \'llmgw cache inspect\'' -s h -l help -d 'Show this message and exit.'
 

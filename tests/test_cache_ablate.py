@@ -170,9 +170,14 @@ def test_cli_pairs_with_bundled_model_json_csv_table(tmp_path: Path) -> None:
         "Caption for SKU 10482 please\tCaption for SKU 10483 please\t0\n"
         "The weather is nice today\tQuantum chromodynamics lecture notes\t0\n"
     )
-    proc = llmgw("--pairs", f, "--format", "json", "--thresholds", "0.9,0.95")
+    proc = llmgw("--pairs", f, "--format", "json", "--thresholds", "0.9,0.95", "--variants", "guard,no-guard")
     assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
+    out = json.loads(proc.stdout)
+    data = out["rows"]
+    # the JSON carries the recommendation, the AUC and the counts with the rows
+    assert set(out["recommended"]) == {"guard", "no-guard"} and set(out["auc"]) == {"guard", "no-guard"}
+    assert (out["n_pos"], out["n_neg"], out["pairs"]) == (2, 3, 5)
+    assert out["clean_negatives_needed"] == ab.negatives_needed(0.01)
     assert len(data) == 4 and all(list(r) == KEYS for r in data)
     assert [(r["threshold"], r["variant"]) for r in data] == [(0.9, "guard"), (0.95, "guard"),
                                                               (0.9, "no-guard"), (0.95, "no-guard")]
@@ -185,7 +190,7 @@ def test_cli_pairs_with_bundled_model_json_csv_table(tmp_path: Path) -> None:
     proc = llmgw("--pairs", f, "--format", "csv", "--thresholds", "0.9", "--variants", "guard")
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
-    assert len(rows) == 1 and list(rows[0]) == KEYS and rows[0]["variant"] == "guard"
+    assert len(rows) == 1 and list(rows[0]) == [*KEYS, "recommended"] and rows[0]["variant"] == "guard"
 
     proc = llmgw("--pairs", f, "--examples", "2", "--variants", "no-guard")
     assert proc.returncode == 0, proc.stderr
@@ -274,9 +279,11 @@ def test_cli_from_log(tmp_path: Path) -> None:
             conn.executemany(insert_sql(), [as_tuple(normalise_row(r)) for r in ledger_rows()])
     finally:
         conn.close()
-    proc = llmgw("--from-log", "--format", "json", "--thresholds", "0.95", home=home)
+    proc = llmgw("--from-log", "--format", "json", "--thresholds", "0.95", "--variants", "guard,no-guard", home=home)
     assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
+    out = json.loads(proc.stdout)
+    data = out["rows"]
+    assert out["censored"] == 0 and out["refusal"] is None and set(out["recommended"]) == {"guard", "no-guard"}
     assert [(r["variant"], r["requests"]) for r in data] == [("guard", 5), ("no-guard", 5)]
     guard = data[0]
     assert (guard["hits"], guard["wrong_hits"], guard["saved_nanos"]) == (1, 0, 200)
@@ -289,3 +296,53 @@ def test_cli_from_log(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "no replayable requests" in proc.stderr
     proc = llmgw("--from-log", "--since", "yesterday", home=home)
     assert proc.returncode == 2 and "--since: expected YYYY-MM-DD" in proc.stderr
+
+
+def test_from_log_refuses_to_recommend_from_censored_traffic(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    rows = ledger_rows()
+    rows.append({**rows[0], "request_id": "req_sem", "ts_ms": rows[-1]["ts_ms"] + 1000, "cache": "hit-semantic",
+                 "cache_similarity": 0.97, "cost_nanos": 0})
+    conn = open_db(paths.db_path(home))
+    try:
+        with conn:
+            conn.executemany(insert_sql(), [as_tuple(normalise_row(r)) for r in rows])
+    finally:
+        conn.close()
+    proc = llmgw("--from-log", "--format", "json", "--thresholds", "0.9,0.95", home=home)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["censored"] == 1 and "answered by the semantic cache" in out["refusal"]
+    assert all(v is None for v in out["recommended"].values())
+    proc = llmgw("--from-log", "--thresholds", "0.9,0.95", home=home)
+    assert "no recommendation: 1 of 9 requests" in proc.stdout and "shadow = true" in proc.stdout
+
+
+def test_retrieval_counts_right_wrong_and_miss() -> None:
+    table = {"q1": [1, 0, 0], "q1'": [0.99, 0.14, 0], "q2": [0, 1, 0], "q2'": [0.2, 0.98, 0], "far": [0, 0, 1],
+             "x": [0.97, 0.243, 0]}
+    pairs = [ab.Pair("q1", "q1'", 1), ab.Pair("q2", "q2'", 1), ab.Pair("far", "x", 1)]
+    rep = ab.retrieval(pairs, StubEmbedder(table), [0.5, 0.99], ["no-guard"])
+    by = {r.threshold: r for r in rep.rows}
+    # at 0.5: q1' -> q1 right, q2' -> q2 right, x -> q1 wrong (its own entry "far" is orthogonal)
+    assert (by[0.5].right, by[0.5].wrong, by[0.5].miss) == (2, 1, 0)
+    assert (by[0.99].right, by[0.99].wrong, by[0.99].miss) == (1, 0, 2)
+    assert rep.recommended["no-guard"] is None  # 3 queries can never show a 1 % bound
+    assert rep.summary()["clean_negatives_needed"] == ab.negatives_needed(0.01) > 300
+
+
+def test_cli_retrieval(tmp_path: Path) -> None:
+    data = [{"a": "What is the capital of France?", "b": "Tell me the capital city of France.", "label": 1},
+            {"a": "How do I reset my password?", "b": "How can I reset my password?", "label": 1},
+            {"a": "Write a product caption for the linen shirt.",
+             "b": "Write a product caption for the linen shirt in French.", "label": 0}]
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("".join(json.dumps(d) + "\n" for d in data))
+    proc = llmgw("--pairs", f, "--retrieval", "--format", "json", "--thresholds", "0.8", home=tmp_path / "h")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    by = {r["variant"]: r for r in out["rows"]}
+    assert by["config"]["queries"] == 3 and by["config"]["wrong"] == 0  # the gate stops the language flip
+    assert by["no-guard"]["wrong"] >= 1
+    assert "recommended" in out

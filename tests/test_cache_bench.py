@@ -29,16 +29,17 @@ def test_bench_runs_small_and_reuses_a_kept_home(tmp_path: Path) -> None:
     out = tmp_path / "a.json"
     p = subprocess.run([sys.executable, str(BENCH), "--entries", "300", "--queries", "20", "--keep",
                         "--json", str(out)], capture_output=True, text=True, env=env, timeout=300, check=True)
-    assert "target embed+search p99" in p.stdout
+    assert "target lookup p99" in p.stdout
     home = re.search(r"kept (\S+)", p.stderr).group(1)  # type: ignore[union-attr]
     try:
         first = json.loads(out.read_text())
-        assert first["lookup"]["index_size"] == 300 and first["lookup"]["queries"] == 20
+        assert first["lookup"]["partitions"] >= 250 and first["lookup"]["queries"] == 20
+        assert first["lookup"]["near_hit_wrong"] == 0
         p2 = subprocess.run([sys.executable, str(BENCH), "--reuse", home, "--json", "-"], capture_output=True,
                             text=True, env=env, timeout=300, check=True)
         again = json.loads(p2.stdout[p2.stdout.index("{"):])
-        assert again["build"] == first["build"] and again["lookup"]["index_size"] == 300
-        assert again["lookup"]["near_top1"] == first["lookup"]["near_top1"]
+        assert again["build"] == first["build"] and again["lookup"]["partitions"] == first["lookup"]["partitions"]
+        assert again["lookup"]["near_hit_right"] == first["lookup"]["near_hit_right"]
     finally:
         import shutil
 

@@ -239,7 +239,7 @@ def test_a_model_that_cannot_load_makes_misses_not_errors(daemon_factory, upstre
         assert r.status_code == 200, r.text
         assert r.headers["x-llmgw-cache"] == "miss" and r.json()["choices"][0]["message"]["content"]
     assert calls(upstream) - before == 3  # nothing was served from (or stored in) the broken cache
-    assert cache_errors(d) == {"warm": 1, "lookup": 3, "store": 3}
+    assert cache_errors(d) == {"warm": 1, "lookup": 3, "store": 3, "record": 0}
     logs = cache_error_logs(caplog)
     assert len(logs) == 1 and "cache.model: cannot load" in logs[0] and str(model) in logs[0], logs
     assert [r["status"] for r in d.ledger()] == [200, 200, 200]
@@ -263,6 +263,9 @@ def test_a_broken_cache_table_makes_misses_not_errors(daemon_factory, upstream, 
         r = ask(d, d.key, PROMPT)
         assert r.status_code == 200 and r.headers["x-llmgw-cache"] == "miss", r.text
     assert calls(upstream) - before == 3
-    assert cache_errors(d) == {"warm": 0, "lookup": 3, "store": 3}
+    errors = cache_errors(d)
+    # the hit before the drop counts its touch a few ms later: it may fail too (op "record")
+    assert {k: v for k, v in errors.items() if k != "record"} == {"warm": 0, "lookup": 3, "store": 3}
+    assert errors["record"] in (0, 1)
     logs = cache_error_logs(caplog)
     assert len(logs) == 1 and "no such table: cache_entries" in logs[0], logs

@@ -468,7 +468,8 @@ READ_COMMANDS = [
     ("keys", "revoke", "k"), ("keys", "rotate", "k"), ("customers", "list"), ("customers", "show", "c"),
     ("teams", "list"), ("budget", "show"), ("budget", "delete", "--id", "b"), ("report",),
     ("tail", "--no-follow"), ("cache", "stats"), ("cache", "clear"), ("cache", "inspect", "hello"),
-    ("cache", "ablate", "--from-log"), ("config", "export"), ("top",),
+    ("cache", "ablate", "--from-log"), ("cache", "hits"), ("cache", "delete", "1"), ("cache", "mark-wrong", "req_x"),
+    ("config", "export"), ("top",),
     ("ledger", "rollup"), ("ledger", "prune", "--before", "2026-01-01", "--yes"), ("ledger", "export"),
 ]
 

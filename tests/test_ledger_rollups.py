@@ -27,7 +27,7 @@ from llmgw.errors import UsageError
 from llmgw.governance.budgets import ledger_spend
 from llmgw.server.app import STATE
 from llmgw.store import db, retention, rollups
-from llmgw.store.ledger import as_tuple, insert_sql, normalise_row
+from llmgw.store.ledger import LEDGER_COLUMNS, as_tuple, insert_sql, normalise_row
 from llmgw.units import DAY_MS, parse_time, window
 
 HOUR = 3_600_000
@@ -210,7 +210,12 @@ def _old_home(home: Path, rows: list[dict[str, Any]]) -> None:
     for fn in db.MIGRATIONS[: db.MIGRATIONS.index(db.m007_rollups)]:
         migrations()(fn)
     migrations.apply(Database(conn))
-    insert(conn, rows)
+    # only the columns that home had (later migrations add more, e.g. m008_cache_audit's cache_entry_id)
+    have = {r[1] for r in conn.execute("PRAGMA table_info(ledger)")}
+    names = [c for c in LEDGER_COLUMNS if c in have]
+    with conn:
+        conn.executemany(f"INSERT INTO ledger ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                         [tuple(normalise_row(r)[c] for c in names) for r in rows])
     now = "2026-08-01T00:00:00+00:00"
     with conn:
         conn.execute("INSERT INTO customers (id, name, created_at) VALUES ('acme', 'Acme', ?)", (now,))

@@ -86,6 +86,7 @@ def test_open_creates_dir_sets_pragmas_and_schema(db_path: Path) -> None:
                 "tpm",
                 "clamp",
                 "cache_mode",
+                "cache_threshold",
                 "prev_key_hash",
                 "prev_valid_until",
                 "revoked_at",

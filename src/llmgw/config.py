@@ -40,6 +40,9 @@ from llmgw.tomltext import show as _show
 
 PROVIDER_TYPES = ("openai", "anthropic", "demo")
 CACHE_MODES = ("off", "exact", "semantic")
+#: the instruction gate's word classes (``cache/gate.py``; kept here so the config stays light)
+GATE_CLASSES = ("negation", "numbers", "languages", "formats", "directions", "polar", "channels", "suffixes",
+                "order")
 #: the governance sections, read by ``llmgw config apply``: kept raw in ``Config.raw``, not checked here
 DECLARED_SECTIONS = ("customers", "teams", "keys", "budgets")
 KNOWN_SECTIONS = ("server", "log", "ledger", "defaults", "retry", "providers", "aliases", "pricing", "cache", "webhooks",
@@ -125,6 +128,22 @@ class CacheConfig:
     guard_patterns: tuple[str, ...] = ()
     model: str | None = None
     charge_hits: bool = False
+    gate: bool = True
+    gate_classes: tuple[str, ...] = GATE_CLASSES
+    shadow: bool = False
+    verify_sample: float = 0.0
+    namespace_thresholds: tuple[tuple[str, float], ...] = ()
+    model_thresholds: tuple[tuple[str, float], ...] = ()
+
+    def threshold_for(self, namespace: str, model: str | None) -> float:
+        """The configured threshold of a namespace, else of a model, else ``threshold``."""
+        for name, value in self.namespace_thresholds:
+            if name == namespace:
+                return value
+        for name, value in self.model_thresholds:
+            if name == model:
+                return value
+        return self.threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -636,7 +655,35 @@ def _cache(c: Checks, t: dict[str, Any]) -> CacheConfig:
         guard_patterns=tuple(patterns),
         model=c.string(t, "model", "cache"),
         charge_hits=c.boolean(t, "charge_hits", "cache", default=d.charge_hits),
+        gate=c.boolean(t, "gate", "cache", default=d.gate),
+        gate_classes=c.parsed(t, "gate_classes", _gate_classes, "cache", default=d.gate_classes),
+        shadow=c.boolean(t, "shadow", "cache", default=d.shadow),
+        verify_sample=c.number(t, "verify_sample", "cache", hi=1, default=d.verify_sample),
+        namespace_thresholds=_thresholds(c, t, "namespace_thresholds"),
+        model_thresholds=_thresholds(c, t, "model_thresholds"),
     )
+
+
+def _gate_classes(value: Any) -> tuple[str, ...]:
+    from .cache.gate import check_classes
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected an array of class names ({', '.join(GATE_CLASSES)})")
+    return check_classes(value)
+
+
+def _thresholds(c: Checks, t: dict[str, Any], name: str) -> tuple[tuple[str, float], ...]:
+    table = t.get(name)
+    if table is None:
+        return ()
+    if c.table(table, "cache", name) is None:
+        return ()
+    out: list[tuple[str, float]] = []
+    for k in table:
+        v = c.number(table, k, "cache", name, positive=True, hi=1)
+        if v is not None:
+            out.append((str(k), v))
+    return tuple(out)
 
 
 def _webhooks(c: Checks, t: dict[str, Any], env: Mapping[str, str]) -> WebhookConfig | None:

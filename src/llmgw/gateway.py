@@ -33,6 +33,7 @@ from . import validate
 from .cache.replay import completion_from_stream, replay_stream
 from .cache.semantic import Hit, Keys, ResponseCache, request_keys
 from .cache.semantic import request_options as cache_request_options
+from .cache.verdict import CacheAudit
 from .clock import Clock, wall_ms
 from .config import Config
 from .errors import InvalidRequest, LlmgwError, ModelNotFound, PermissionDenied, Unauthorized
@@ -127,6 +128,8 @@ class Call:
     # response cache
     cache: str | None = None  # hit-exact | hit-semantic | miss | bypass; None: cache off
     cache_similarity: float | None = None
+    cache_entry_id: int | None = None  # the entry that answered (or, in shadow mode, would have)
+    shadow: Hit | None = None  # shadow mode: the semantic hit that was not served
     saved: int = 0
     cache_put: tuple[Keys, bool, int | None] | None = None  # where to store the answer (keys, semantic, ttl)
     response: web.StreamResponse | None = None  # a stream already sent to the client
@@ -158,6 +161,9 @@ class Gateway:
         self._unpriced_warned: set[str] = set()
         self._prices: dict[tuple[str, str], Price | None] = {}
         self._cache_errors_logged: set[str] = set()
+        self.cache_audit = CacheAudit(self) if cache is not None else None
+        if cache is not None:
+            cache.on_error = self.cache_failed  # writes no request waits for (hit touches, the hit log)
 
     # ---- the spine -------------------------------------------------------------------------
     async def handle(self, request: web.Request, route: str) -> web.StreamResponse:
@@ -205,6 +211,8 @@ class Gateway:
             if call.idem_key is not None:
                 call.idem_answer = Stored(completion.status, "application/json", completion.body)
             await self._record(call)
+            if call.shadow is not None and completion.status == 200 and self.cache_audit is not None:
+                self.cache_audit.shadow_verdict(call, completion.body)
             if call.cache_put is not None and completion.status == 200:
                 await self._cache_store(call, completion.body)
             return web.Response(body=completion.body, status=completion.status,
@@ -263,15 +271,16 @@ class Gateway:
         mode = call.key.cache_mode or cfg.mode
         if mode == "off":
             return None
-        do_lookup, do_store, threshold, ttl_ms, namespace = cache_request_options(request.headers, cfg)
+        do_lookup, do_store, threshold, ttl_ms, namespace = cache_request_options(
+            request.headers, cfg, call.key.cache_threshold, call.model)
         key = call.key
         scope = "*" if cfg.scope == "global" else (key.customer_id or f"key:{key.id}")
         if call.route == ROUTE_RESPONSES:  # keyed by the same conversation view as chat, every field kept
             body = {**{k: v for k, v in body.items() if k not in ("input", "instructions")},
                     **responses.bound_view(body)}
-        keys = request_keys(body, inbound=call.inbound, scope=scope, namespace=namespace, use_guard=cfg.guard,
-                            patterns=cfg.guard_patterns)
         semantic = mode == "semantic"
+        keys = request_keys(body, inbound=call.inbound, scope=scope, namespace=namespace,
+                            use_guard=cfg.guard and semantic, patterns=cfg.guard_patterns)
         call.cache_put = (keys, semantic, ttl_ms) if do_store else None
         if not do_lookup:
             call.cache = "bypass"
@@ -279,15 +288,25 @@ class Gateway:
             return None
         t0 = time.perf_counter()
         try:
-            hit = await self.cache.lookup(keys, semantic, threshold, call.ts_ms)
+            found = await self.cache.lookup(keys, semantic, threshold, call.ts_ms, call.request_id,
+                                            log_hit=not cfg.shadow)
         except Exception as e:  # a failing cache is a miss, never a failed request
             self.cache_failed("lookup", e)
             hit = None
         else:
+            hit = found.hit
+            if hit is not None and hit.kind == "semantic" and cfg.shadow:
+                call.shadow, hit = hit, None  # shadow mode: record what would have been served, serve fresh
             self.metrics.observe_cache(hit.kind if hit else None, time.perf_counter() - t0,
-                                       hit.cost_nanos if hit else 0)
+                                       hit.cost_nanos if hit else 0, similarity=found.best if semantic else None,
+                                       blocked=found.blocked)
             self.metrics.cache_entries = self.cache.entries
-        if hit is None:
+        if call.shadow is not None:
+            call.cache = "shadow"
+            call.headers["x-llmgw-cache"] = "miss"
+            call.cache_entry_id = call.shadow.entry_id
+            call.cache_similarity = round(call.shadow.similarity, 6)
+        elif hit is None:
             call.cache = "miss"
             call.headers["x-llmgw-cache"] = "miss"
         return hit
@@ -319,6 +338,7 @@ class Gateway:
         assert self.cache is not None
         call.cache = f"hit-{hit.kind}"
         call.cache_put = None
+        call.cache_entry_id = hit.entry_id
         call.headers["x-llmgw-cache"] = call.cache
         if hit.kind == "semantic":
             call.cache_similarity = round(hit.similarity, 6)
@@ -327,6 +347,8 @@ class Gateway:
         call.saved = hit.cost_nanos
         if self.cache.config.charge_hits:
             call.cost = hit.cost_nanos
+        if hit.kind == "semantic" and self.cache_audit is not None:
+            self.cache_audit.maybe_verify(call, body, hit)
         if not call.stream:
             await self._record(call)
             return web.Response(body=hit.body, headers=id_headers(call.request_id, call.inbound, JSON, call.headers))
@@ -486,6 +508,8 @@ class Gateway:
             if client_gone:
                 call.status, call.outcome = 499, "cancelled"
             await self._record(call)
+            if call.shadow is not None and self.cache_audit is not None and not client_gone:
+                self.cache_audit.shadow_verdict(call, state.text.encode())
             if call.cache_put is not None and self.cache is not None and not call.usage_estimated:
                 answer = getattr(stream, "answer", None) if call.inbound == "responses" else completion_from_stream(
                     call.inbound, call.model or "", state.text, state.finish_reason, call.usage)
@@ -554,6 +578,7 @@ class Gateway:
             "client_retry": call.client_retry, "usage_estimated": int(call.usage_estimated),
             "reserved_nanos": call.reserved, "idempotent_replay": int(call.idempotent_replay),
             "cache": call.cache, "cache_similarity": call.cache_similarity, "saved_nanos": call.saved,
+            "cache_entry_id": call.cache_entry_id,
         }
         if self.log_bodies:
             row["request_body"] = call.raw_body.decode("utf-8", "replace") if call.raw_body else None

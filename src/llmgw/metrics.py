@@ -32,10 +32,18 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 #: sub-millisecond work: cache lookups, ledger commits
 FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
+#: cache lookups: fine enough around 1 ms to check a 1 ms p99 target
+CACHE_LOOKUP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.005, 0.01, 0.025, 0.1, 1.0)
+#: cosine similarity of the best semantic candidate, for hits and misses
+SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 1.0)
+#: what a shadow lookup or a verification re-ask found (``llmgw_cache_shadow_total``/``_verify_total``)
+CACHE_VERDICTS = ("agree", "disagree")
+CACHE_VERIFY_OUTCOMES = ("agree", "disagree", "failed", "skipped")
+
 REJECTION_REASONS = ("budget_exceeded", "rate_limit_exceeded", "model_not_allowed", "auth", "invalid_request")
 CACHE_HIT_TYPES = ("exact", "semantic")
 #: what the response cache was doing when it failed (the ``op`` label of ``llmgw_cache_errors_total``)
-CACHE_ERROR_OPS = ("lookup", "store", "warm")
+CACHE_ERROR_OPS = ("lookup", "store", "warm", "record")
 #: value of the ``cache`` label of ``llmgw_requests_total`` while no cache is in the request path
 CACHE_OFF = "off"
 
@@ -97,7 +105,13 @@ class Metrics:
         # the response cache (filled by the cache through ``observe_cache``; zeros until then)
         self.cache_hits: dict[str, int] = dict.fromkeys(CACHE_HIT_TYPES, 0)
         self.cache_misses = 0
-        self.cache_lookup = _Histogram(FAST_BUCKETS)
+        self.cache_lookup = _Histogram(CACHE_LOOKUP_BUCKETS)
+        #: best semantic similarity per lookup, by result (hit, miss)
+        self.cache_similarity = {"hit": _Histogram(SIMILARITY_BUCKETS), "miss": _Histogram(SIMILARITY_BUCKETS)}
+        #: semantic candidates above the threshold refused by the instruction gate, by class
+        self.cache_gate_blocked: dict[str, int] = {}
+        self.cache_shadow: dict[str, int] = dict.fromkeys(CACHE_VERDICTS, 0)
+        self.cache_verify: dict[str, int] = dict.fromkeys(CACHE_VERIFY_OUTCOMES, 0)
         self.cache_saved_nanos = 0
         self.cache_entries = 0  # set by the cache whenever its size changes
         #: cache failures the request went on without (``Gateway.cache_failed``): op -> count
@@ -140,11 +154,18 @@ class Metrics:
         if cost:
             self.cost_nanos[(provider, model, customer)] += cost
 
-    def observe_cache(self, hit: str | None, lookup_seconds: float, saved_nanos: int = 0) -> None:
+    def observe_cache(self, hit: str | None, lookup_seconds: float, saved_nanos: int = 0, *,
+                      similarity: float | None = None, blocked: str | None = None) -> None:
         """One cache lookup, for the cache to call on the event loop: ``hit`` is the hit type
         ("exact" or "semantic") or ``None`` for a miss; ``saved_nanos`` is what the replayed answer
-        would have cost upstream (nano-dollars). Set ``cache_entries`` when the cache's size changes."""
+        would have cost upstream (nano-dollars); ``similarity`` the best semantic candidate's cosine
+        (None: no semantic search, or an empty partition); ``blocked`` a gate class that refused a
+        candidate. Set ``cache_entries`` when the cache's size changes."""
         self.cache_lookup.observe(lookup_seconds)
+        if similarity is not None and hit != "exact":
+            self.cache_similarity["miss" if hit is None else "hit"].observe(similarity)
+        if blocked is not None:
+            self.cache_gate_blocked[blocked] = self.cache_gate_blocked.get(blocked, 0) + 1
         if hit is None:
             self.cache_misses += 1
             return
@@ -202,9 +223,21 @@ class Metrics:
         lookup = HistogramMetricFamily("llmgw_cache_lookup_seconds", "Response cache lookup duration.")
         lookup.add_metric([], self.cache_lookup.buckets(), self.cache_lookup.sum)
         yield lookup
+        for result, h in self.cache_similarity.items():
+            sim = HistogramMetricFamily(f"llmgw_cache_{result}_similarity", "Cosine similarity of the best "
+                                        f"semantic candidate of each lookup that was a {result}.")
+            sim.add_metric([], h.buckets(), h.sum)
+            yield sim
+        yield counter("llmgw_cache_gate_blocked", "Semantic candidates above the threshold that the instruction "
+                      "gate refused, by word class.", ["class"], {(k,): v for k, v in self.cache_gate_blocked.items()})
+        yield counter("llmgw_cache_shadow", "Shadow-mode semantic hits (not served), by whether the fresh "
+                      "answer agreed with the cached one.", ["verdict"], {(k,): v for k, v in self.cache_shadow.items()})
+        yield counter("llmgw_cache_verify", "Sampled semantic hits re-asked upstream, by outcome (agree, disagree, "
+                      "failed, skipped).", ["outcome"], {(k,): v for k, v in self.cache_verify.items()})
         yield GaugeMetricFamily("llmgw_cache_entries", "Entries in the response cache.", value=self.cache_entries)
         errors = CounterMetricFamily("llmgw_cache_errors", "Response cache failures, by operation (lookup, store, "
-                                     "warm); the request went upstream without the cache.", labels=["op"])
+                                     "warm; record: hit counters, the hit log, labels); the request went upstream "
+                                     "without the cache.", labels=["op"])
         for op, n in self.cache_errors.items():
             errors.add_metric([op], n)
         yield errors

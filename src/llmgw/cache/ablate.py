@@ -32,14 +32,75 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmgw.cache.guard import ExtraPatterns, extract_facts
+from llmgw.cache import gate
+from llmgw.cache.guard import ExtraPatterns, fingerprint
 from llmgw.errors import UsageError
 
 if TYPE_CHECKING:
     from llmgw.cache.embedder import Embedder
 
-VARIANTS = ("guard", "no-guard")
+VARIANTS = ("config", "guard", "no-guard")
 Z95 = 1.959963984540054
+
+
+# ---- policies: what decides a hit besides the similarity -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The structure checks of the running configuration (``[cache] guard``, ``guard_patterns``,
+    ``gate``/``gate_classes``), as the daemon applies them."""
+
+    guard: bool = True
+    patterns: tuple[str, ...] = ()
+    gate_classes: tuple[str, ...] = gate.CLASSES
+
+    @classmethod
+    def of(cls, config: Any) -> Policy:
+        return cls(bool(config.guard), tuple(config.guard_patterns),
+                   tuple(config.gate_classes) if config.gate else ())
+
+
+def variant_policy(variant: str, running: Policy) -> Policy:
+    """``config``: the running configuration; ``config-CLASS``: the same without one gate class;
+    ``guard``: the field guard only (no gate); ``no-guard``: similarity only."""
+    if variant == "config":
+        return running
+    if variant.startswith("config-"):
+        cls = variant[len("config-"):]
+        return Policy(running.guard, running.patterns, tuple(c for c in running.gate_classes if c != cls))
+    if variant == "guard":
+        return Policy(True, running.patterns, ())
+    return Policy(False, (), ())
+
+
+class Judge:
+    """Memoised guard fingerprints and gate features: ``blocks(policy, a, b)`` says what stops a
+    hit between cached ``a`` and query ``b`` (``"guard"``, a gate class) or ``None``."""
+
+    def __init__(self) -> None:
+        self._fp: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._feat: dict[str, gate.Features] = {}
+
+    def fingerprint(self, text: str, patterns: tuple[str, ...]) -> str:
+        k = (text, patterns)
+        got = self._fp.get(k)
+        if got is None:
+            got = self._fp[k] = fingerprint(text, patterns)
+        return got
+
+    def features(self, text: str) -> gate.Features:
+        got = self._feat.get(text)
+        if got is None:
+            got = self._feat[text] = gate.features(text)
+        return got
+
+    def blocks(self, policy: Policy, a: str, b: str) -> str | None:
+        if policy.guard and self.fingerprint(a, policy.patterns) != self.fingerprint(b, policy.patterns):
+            return "guard"
+        if policy.gate_classes:
+            return gate.conflict(self.features(a), self.features(b), policy.gate_classes)
+        return None
 
 
 # ---- thresholds ----------------------------------------------------------------------------------
@@ -79,8 +140,9 @@ def parse_variants(spec: str) -> list[str]:
     for v in (p.strip() for p in spec.split(",")):
         if not v:
             continue
-        if v not in VARIANTS:
-            raise UsageError(f"bad --variants {spec!r}: {v!r} is not one of {', '.join(VARIANTS)}")
+        if v not in VARIANTS and not (v.startswith("config-") and v[len("config-"):] in gate.CLASSES):
+            raise UsageError(f"bad --variants {spec!r}: {v!r} is not one of {', '.join(VARIANTS)} "
+                             f"or config-CLASS (CLASS one of {', '.join(gate.CLASSES)})")
         if v not in out:
             out.append(v)
     if not out:
@@ -256,17 +318,34 @@ class PairReport:
     rows: list[PairRow]
     auc: dict[str, float | None]
     similarities: list[float]
-    guard_ok: list[bool]
+    allowed: dict[str, list[bool]]
     pairs: list[Pair]
     target_error: float
     recommended: dict[str, float | None] = field(default_factory=dict)
 
     def collisions(self, variant: str, threshold: float, limit: int) -> list[tuple[float, Pair]]:
         """Negative pairs that hit at ``threshold`` under ``variant``, most similar first."""
-        found = [(s, p) for s, ok, p in zip(self.similarities, self.guard_ok, self.pairs, strict=True)
-                 if not p.label and s >= threshold and (ok or variant == "no-guard")]
+        found = [(s, p) for s, ok, p in zip(self.similarities, self.allowed[variant], self.pairs, strict=True)
+                 if not p.label and s >= threshold and ok]
         found.sort(key=lambda x: -x[0])
         return found[:limit]
+
+    def summary(self) -> dict[str, Any]:
+        n_pos = sum(p.label for p in self.pairs)
+        return {"pairs": len(self.pairs), "n_pos": n_pos, "n_neg": len(self.pairs) - n_pos,
+                "target_error": self.target_error, "recommended": self.recommended, "auc": self.auc,
+                "clean_negatives_needed": negatives_needed(self.target_error)}
+
+
+def negatives_needed(target_error: float) -> int:
+    """How many clean negatives (none of them a false hit) it takes for the Wilson 95 % upper bound
+    of the false-hit rate to fall below ``target_error``."""
+    n = 1
+    while wilson(0, n)[1] >= target_error:
+        n = n * 2 if wilson(0, n * 2)[1] >= target_error else n + 1
+        if n > 10_000_000:
+            break
+    return n
 
 
 def pair_similarities(pairs: Sequence[Pair], embedder: Embedder) -> list[float]:
@@ -291,19 +370,25 @@ def pair_metrics(
     *,
     target_error: float = 0.01,
     extra_patterns: ExtraPatterns = (),
+    policy: Policy | None = None,
 ) -> PairReport:
     """Metrics per threshold and variant; ``recommended[variant]`` is the lowest threshold whose
-    false-hit-rate Wilson upper bound is below ``target_error`` (``None`` if no threshold qualifies)."""
-    guard_ok = [_facts(p.a, extra_patterns) == _facts(p.b, extra_patterns) for p in pairs] \
-        if "guard" in variants else [True] * len(pairs)
+    false-hit-rate Wilson upper bound is below ``target_error`` (``None`` if no threshold qualifies).
+    ``policy`` is the running configuration (default: guard with ``extra_patterns``, full gate)."""
+    running = policy or Policy(True, tuple(extra_patterns) if not isinstance(extra_patterns, dict)
+                               else tuple(extra_patterns.values()))
+    judge = Judge()
     labels = [p.label for p in pairs]
     n_pos = sum(labels)
     n_neg = len(labels) - n_pos
     rows: list[PairRow] = []
     auc: dict[str, float | None] = {}
     recommended: dict[str, float | None] = {}
+    allowed: dict[str, list[bool]] = {}
     for variant in variants:
-        scores = [s if (ok or variant == "no-guard") else -2.0 for s, ok in zip(similarities, guard_ok, strict=True)]
+        pol = variant_policy(variant, running)
+        ok = allowed[variant] = [judge.blocks(pol, p.a, p.b) is None for p in pairs]
+        scores = [s if k else -2.0 for s, k in zip(similarities, ok, strict=True)]
         auc[variant] = roc_auc(scores, labels)
         recommended[variant] = None
         for t in thresholds:
@@ -317,12 +402,113 @@ def pair_metrics(
             rows.append(PairRow(t, variant, recall, fhr, precision, recall, f1, n_pos, n_neg, tp, fp, high))
             if recommended[variant] is None and n_neg and high < target_error:
                 recommended[variant] = t
-    return PairReport(list(thresholds), list(variants), rows, auc, list(similarities), guard_ok, list(pairs),
+    return PairReport(list(thresholds), list(variants), rows, auc, list(similarities), allowed, list(pairs),
                       target_error, recommended)
 
 
-def _facts(text: str, extra: ExtraPatterns) -> frozenset[tuple[str, str]]:
-    return extract_facts(text, extra)
+# ---- retrieval: the GPTCache protocol ------------------------------------------------------------
+
+
+@dataclass
+class RetrievalRow:
+    threshold: float
+    variant: str
+    queries: int
+    right: int
+    wrong: int
+    miss: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "variant": self.variant, "queries": self.queries,
+                "right": self.right, "wrong": self.wrong, "miss": self.miss,
+                "wrong_rate": self.wrong / self.queries if self.queries else 0.0,
+                "wrong_rate_ci95": list(wilson(self.wrong, self.queries))}
+
+
+@dataclass
+class RetrievalReport:
+    rows: list[RetrievalRow]
+    entries: int
+    queries: int
+    target_error: float
+    recommended: dict[str, float | None]
+    examples: dict[str, list[tuple[float, str, str]]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {"entries": self.entries, "queries": self.queries, "target_error": self.target_error,
+                "recommended": self.recommended, "clean_negatives_needed": negatives_needed(self.target_error)}
+
+
+def retrieval(
+    pairs: Sequence[Pair],
+    embedder: Embedder,
+    thresholds: Sequence[float],
+    variants: Sequence[str] = VARIANTS,
+    *,
+    target_error: float = 0.01,
+    policy: Policy | None = None,
+    keep_examples: int = 0,
+) -> RetrievalReport:
+    """Cache every distinct ``a``, query every distinct ``b`` against the whole cache (GPTCache's
+    protocol): the best entry the variant allows answers when its cosine >= threshold. The answer is
+    *right* when that entry and the query form a positive pair (or are the same text), *wrong*
+    otherwise; no entry at the threshold is a *miss*. ``recommended[variant]``: the lowest threshold
+    whose wrong-answer rate (Wilson 95 % upper bound) is below ``target_error``."""
+    import numpy as np
+
+    running = policy or Policy()
+    judge = Judge()
+    entries = list(dict.fromkeys(p.a for p in pairs))
+    queries = list(dict.fromkeys(p.b for p in pairs))
+    positive = {(p.a, p.b) for p in pairs if p.label}
+    ev = embedder.encode(entries)
+    qv = embedder.encode(queries)
+    rows: list[RetrievalRow] = []
+    recommended: dict[str, float | None] = {}
+    examples: dict[str, list[tuple[float, str, str]]] = {}
+    lowest = min(thresholds) if thresholds else 0.0
+    best: dict[str, list[tuple[float, int] | None]] = {v: [] for v in variants}
+    for start in range(0, len(queries), 512):
+        sims = np.round(qv[start:start + 512] @ ev.T, 6)
+        for off in range(sims.shape[0]):
+            qi = start + off
+            row = sims[off]
+            order = np.argsort(-row)
+            for variant in variants:
+                pol = variant_policy(variant, running)
+                found: tuple[float, int] | None = None
+                for ei in order:
+                    sim = float(row[ei])
+                    if sim < lowest:
+                        break
+                    if judge.blocks(pol, entries[int(ei)], queries[qi]) is None:
+                        found = (sim, int(ei))
+                        break
+                best[variant].append(found)
+    for variant in variants:
+        recommended[variant] = None
+        examples[variant] = []
+        for t in thresholds:
+            right = wrong = 0
+            for qi, found in enumerate(best[variant]):
+                if found is None or found[0] < t:
+                    continue
+                a = entries[found[1]]
+                if a == queries[qi] or (a, queries[qi]) in positive:
+                    right += 1
+                else:
+                    wrong += 1
+            rows.append(RetrievalRow(t, variant, len(queries), right, wrong, len(queries) - right - wrong))
+            if recommended[variant] is None and queries and wilson(wrong, len(queries))[1] < target_error:
+                recommended[variant] = t
+        rec = recommended[variant]
+        t_ex: float = rec if rec is not None else (thresholds[0] if thresholds else 0.0)
+        if keep_examples:
+            bad = [(f[0], entries[f[1]], queries[qi]) for qi, f in enumerate(best[variant])
+                   if f is not None and f[0] >= t_ex and entries[f[1]] != queries[qi]
+                   and (entries[f[1]], queries[qi]) not in positive]
+            examples[variant] = sorted(bad, key=lambda x: -x[0])[:keep_examples]
+    return RetrievalReport(rows, len(entries), len(queries), target_error, recommended, examples)
 
 
 # ---- ledger replay -------------------------------------------------------------------------------
@@ -491,6 +677,7 @@ def replay(
     extra_patterns: ExtraPatterns = (),
     keep_examples: int = 0,
     skipped: int = 0,
+    policy: Policy | None = None,
 ) -> ReplayReport:
     """Replay ``requests`` (in the given order) into an empty simulated cache per threshold and variant.
 
@@ -499,25 +686,32 @@ def replay(
     """
     import numpy as np
 
+    running = policy or Policy(True, tuple(extra_patterns) if not isinstance(extra_patterns, dict)
+                               else tuple(extra_patterns.values()))
+    judge = Judge()
     vecs = embedder.encode([r.text for r in requests]) if requests else None
-    facts = [_facts(r.text, extra_patterns) for r in requests] if "guard" in variants else []
     rows: list[ReplayRow] = []
     recommended: dict[str, float | None] = {}
     for variant in variants:
+        pol = variant_policy(variant, running)
         recommended[variant] = None
         for t in thresholds:
             part: dict[Any, list[int]] = {}
             row = ReplayRow(t, variant, len(requests), 0, 0, 0)
             for i, r in enumerate(requests):
-                key: Any = (r.scope, facts[i]) if variant == "guard" else r.scope
+                key: Any = (r.scope, judge.fingerprint(r.text, pol.patterns)) if pol.guard else r.scope
                 entries = part.setdefault(key, [])
                 hit = None
                 if entries and vecs is not None:
-                    sims = vecs[entries] @ vecs[i]
-                    j = int(np.argmax(sims))
-                    best = round(float(sims[j]), 6)
-                    if best >= t:
-                        hit = (best, entries[j])
+                    sims = np.round(vecs[entries] @ vecs[i], 6)
+                    for j in np.argsort(-sims):
+                        best = float(sims[j])
+                        if best < t:
+                            break
+                        if not pol.gate_classes or gate.conflict(judge.features(requests[entries[j]].text),
+                                                                 judge.features(r.text), pol.gate_classes) is None:
+                            hit = (best, entries[int(j)])
+                            break
                 if hit is None:
                     entries.append(i)
                     continue

@@ -66,24 +66,135 @@ _NULL_WORDS = frozenset({"", "null", "none", "nil", "n/a", "na", "undefined", "-
 
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s<>\"'“”‘’]+")
 _KEY = r"[\"']?[A-Za-z_][\w.-]{0,63}[\"']?"
-_KV = re.compile(
-    rf"(?<![\w.\-/?&#@])({_KEY})[ \t]*(?:=|:(?!//))[ \t]*"
-    rf"((?:(?![,;]?[ \t]*(?<![\w.\-/?&#@\"']){_KEY}[ \t]*(?:=|:(?!//)))(?!,[ \t]|,$|,{_KEY}[ \t]*[:=]|[.!?](?:[ \t]|$))[^\n;|])*)",
-    re.MULTILINE,
-)
+# a value runs to the end of its line, a ``;``/``|``, or where the next ``key:`` starts; ``_split_value``
+# then keeps the list items and short sentences that belong to it and gives longer prose back
+_KV_HEAD = re.compile(rf"(?<![\w.\-/?&#@])({_KEY})[ \t]*(?:=|:(?!//))[ \t]*")
+_VALUE_END = re.compile(r"[\n;|]")
+_NEXT_KEY = re.compile(rf"[,;.]?[ \t]*(?<![\w.\-/?&#@\"']){_KEY}[ \t]*(?:=|:(?!//))")
 _QUOTE = re.compile(
     r"\"([^\"\n]{1,300})\"|(?<!\w)'([^'\n]{1,300})'(?!\w)|“([^”\n]{1,300})”|‘([^’\n]{1,300})’|«([^»\n]{1,300})»"
 )
 _TOKEN = re.compile(
     r"(?P<time>(?<![\w:.])\d{1,2}:\d{2}(?::\d{2})?(?:\s*[aApP]\.?[mM]\.?(?!\w))?(?![\w:]))"
-    r"|(?P<num>(?<![\w.,])(?:[$€£¥]\s?)?-?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?(?![\w,]|\.\d))"
+    r"|(?P<num>(?<![\w.,])(?:[€£¥]\s?)?-?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?(?![\w,]|\.\d))"
     r"|(?P<id>(?<![\w.\-/])(?=[\w.\-/]*\d)[A-Za-z0-9]+(?:[-_./][A-Za-z0-9]+)+(?![\w%]|[-_./]\w))"
     r"|(?P<id2>(?<!\w)(?=[A-Za-z_]*\d)(?=\d*[A-Za-z_])\w+)"
-    r"|(?P<num2>(?<![\w.])(?:[$€£¥]\s?)?(?:(?<![\w-])-)?\d+(?:\.\d+)?%?(?!\w|\.\d))"
+    r"|(?P<num2>(?<![\w.])(?:[€£¥]\s?)?(?:(?<![\w-])-)?\d+(?:\.\d+)?%?(?!\w|\.\d))"
 )
 _DECIMAL = re.compile(r"\d+\.\d+")
 _SPACES = re.compile(r"\s+")
 _TRAIL = ".,;:!?)]}"
+
+# ---- harmless formatting, normalised before anything is extracted ---------------------------------
+_SMALL = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+          "sixteen seventeen eighteen nineteen").split()
+_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
+         "ninety": 90}
+NUMBER_WORDS: dict[str, int] = {w: i for i, w in enumerate(_SMALL)} | _TENS | {"hundred": 100, "dozen": 12}
+del NUMBER_WORDS["one"]  # "one can", "at once", "the one with": a pronoun far more often than a count
+_NUMBER_WORD = re.compile(
+    r"(?<![\w-])(?:(" + "|".join(_TENS) + r")(?:[- ](one|two|three|four|five|six|seven|eight|nine))?"
+    r"|(" + "|".join(w for w in NUMBER_WORDS if w not in _TENS) + r"))(?![\w-])", re.IGNORECASE)
+_UNITS = ("kg|g|mg|lb|lbs|oz|cm|mm|m|km|in|ft|ml|l|gb|mb|tb|kb|w|kw|v|mah|hz|khz|mhz|ghz|px|pt|k|x")
+_UNIT_GAP = re.compile(rf"(\d)[ \t]+(%|(?:{_UNITS})\b)", re.IGNORECASE)
+_DOLLAR = re.compile(r"(?:US)?\$[ \t]?(?=\d)")
+_EMPHASIS = re.compile(r"\*\*|__|`")
+_LIST_MARKER = re.compile(r"^([ \t]*)\d{1,2}[.)][ \t]+", re.MULTILINE)  # "1. " in a numbered list
+_VERSION = re.compile(r"(?<![\w.])[vV](?=\d+(?:\.\d+)+\b)")  # v2.10.0 = 2.10.0
+_DASH_FIELD = re.compile(r"^([ \t]*(?:[-*•][ \t]+)?)([A-Za-z][\w]{0,63})[ \t]+[-–—][ \t]+(?=\S)", re.MULTILINE)
+_SPELLING = {"grey": "gray", "colour": "color", "colours": "colors", "coloured": "colored", "centre": "center",
+             "metre": "meter", "metres": "meters", "litre": "liter", "litres": "liters", "aluminium": "aluminum",
+             "favourite": "favorite", "jewellery": "jewelry", "organisation": "organization",
+             "catalogue": "catalog", "tyre": "tire", "tyres": "tires"}
+_SPELLING_RX = re.compile(r"\b(" + "|".join(_SPELLING) + r")\b", re.IGNORECASE)
+_TRUE = frozenset({"yes", "true", "y", "on"})
+_FALSE = frozenset({"no", "false", "off"})
+_YAML_KEY_LINE = re.compile(rf"^([ \t]*)(?:[-*][ \t]+)?({_KEY})[ \t]*:[ \t]*([|>][-+]?)?[ \t]*$")
+_YAML_ANY_KEY = re.compile(rf"^[ \t]*(?:[-*][ \t]+)?{_KEY}[ \t]*(?:=|:(?!//))")
+_ITEM_SPLIT = re.compile(r",(?!\d)[ \t]*|[ \t]+(?:and|&)[ \t]+|[ \t]*&[ \t]*")
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])[ \t]+")
+_HAS_DIGIT = re.compile(r"\d")
+_LOWER_WORDS = re.compile(r"[a-z]+")
+_NUMBERISH = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+\.\d+")
+_SPACE_RUN = re.compile(r"\s\s|[\t\n\r\f\v]")
+_MAX_ITEM_WORDS = 4  # a list item or a sentence of a value; longer pieces are prose again
+
+
+def _number_word(m: re.Match[str]) -> str:
+    if m.group(1):
+        return str(_TENS[m.group(1).lower()] + (NUMBER_WORDS[m.group(2).lower()] if m.group(2) else 0))
+    return str(NUMBER_WORDS[m.group(3).lower()])
+
+
+def normalise_text(text: str) -> str:
+    """Harmless formatting made equal: markdown emphasis, ``Key - value`` lines, multi-line YAML
+    values, ``$89.99`` = ``89.99``, ``1.5 kg`` = ``1.5kg``, ``20 %`` = ``20%``, number words as digits,
+    British spellings (``grey`` = ``gray``)."""
+    # each pass only when its trigger is in the text: this runs on every request of a semantic cache
+    if "*" in text or "_" in text or "`" in text:
+        text = _EMPHASIS.sub("", text)
+    digits = _HAS_DIGIT.search(text) is not None
+    if digits:
+        text = _LIST_MARKER.sub(r"\1", text)
+        text = _VERSION.sub("", text)
+    if " - " in text or "–" in text or "—" in text:
+        text = _DASH_FIELD.sub(r"\1\2: ", text)
+    if "\n" in text and ":" in text:
+        text = _yaml_blocks(text)
+    if "$" in text:
+        text = _DOLLAR.sub("", text)
+    words = set(_LOWER_WORDS.findall(text.lower()))
+    if not words.isdisjoint(NUMBER_WORDS):
+        text = _NUMBER_WORD.sub(_number_word, text)
+        digits = True
+    if digits:
+        text = _UNIT_GAP.sub(r"\1\2", text)
+    if not words.isdisjoint(_SPELLING):
+        text = _SPELLING_RX.sub(lambda m: _SPELLING[m.group(1).lower()], text)
+    return text
+
+
+def _yaml_blocks(text: str) -> str:
+    """``key:`` (or ``key: |``) followed by more indented lines or ``- item`` lines: one line
+    ``key: item, item`` (a block scalar's lines are joined with spaces). A ``key:`` whose indented
+    lines are fields itself (a nested mapping) is dropped: its fields stand for it."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        m = _YAML_KEY_LINE.match(lines[i])
+        if m is None:
+            out.append(lines[i])
+            i += 1
+            continue
+        indent = len(m.group(1).expandtabs())
+        j = i + 1
+        block: list[str] = []
+        while j < len(lines):
+            line = lines[j]
+            stripped = line.strip()
+            if not stripped:
+                j += 1
+                continue
+            ind = len(line) - len(line.lstrip())
+            if ind > indent or (ind == indent and stripped.startswith(("- ", "* ")) and not m.group(3)):
+                block.append(line)
+                j += 1
+                continue
+            break
+        if not block:
+            out.append(lines[i])
+            i += 1
+            continue
+        if any(_YAML_ANY_KEY.match(b) for b in block):
+            out.extend(block)  # a nested mapping: its own fields
+        elif m.group(3):
+            out.append(f"{m.group(1)}{m.group(2)}: " + " ".join(b.strip() for b in block))
+        else:
+            items = [b.strip()[2:].strip() if b.strip().startswith(("- ", "* ")) else b.strip() for b in block]
+            out.append(f"{m.group(1)}{m.group(2)}: " + ", ".join(items))
+        i = j
+    return "\n".join(out)
 
 
 def _norm_number(s: str) -> str:
@@ -95,48 +206,110 @@ def _norm_number(s: str) -> str:
     return s
 
 
-def _norm_value(v: str) -> str:
-    v = _SPACES.sub(" ", v).strip().rstrip(_TRAIL).strip()
+def _norm_scalar(v: str) -> str:
+    if _SPACE_RUN.search(v):
+        v = _SPACES.sub(" ", v)
+    v = v.strip().rstrip(_TRAIL).strip()
     if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
         v = v[1:-1].strip()
     v = v.casefold()
     if v in _NULL_WORDS:
         return NULL
-    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+\.\d+", v):
-        return _norm_number(v)
+    if v in _TRUE:
+        return "true"
+    if v in _FALSE:
+        return "false"
+    if v[:1].isdigit() or v[:1] == "-":
+        if _NUMBERISH.fullmatch(v):
+            return _norm_number(v)
     return v
 
 
+def _norm_value(v: str) -> str:
+    """A field's value: list items (``a, b``, ``a and b``) and sentences in any order are one value."""
+    pieces = [p for p in (_norm_scalar(x) for x in _SENTENCE_SPLIT.split(v)) if p != NULL or len(v) < 3]
+    items: list[str] = []
+    for piece in pieces or [NULL]:
+        parts = [_norm_scalar(x) for x in _ITEM_SPLIT.split(piece)] if piece != NULL else [NULL]
+        items.extend(x for x in parts if x != NULL or len(parts) == 1)
+    if len(items) <= 1:
+        return items[0] if items else NULL
+    return ", ".join(sorted(items))
+
+
+def _split_value(raw: str) -> tuple[str, str]:
+    """(the field's value, prose that follows it): the first piece (up to ``, `` or a sentence end)
+    always belongs to the value, later pieces only while each is a short item (a list value, or
+    ``Lightweight. Waterproof.``); from the first longer piece on it is prose again."""
+    cut = re.compile(r",(?!\d)[ \t]+|(?<=[.!?])[ \t]+")
+    pos = 0
+    m = cut.search(raw)
+    if m is None:
+        return raw, ""
+    end = m.start()
+    pos = m.end()
+    while pos < len(raw):
+        m = cut.search(raw, pos)
+        piece_end = m.start() if m else len(raw)
+        if len(raw[pos:piece_end].split()) > _MAX_ITEM_WORDS:
+            return raw[:end], raw[end:]
+        end = piece_end
+        pos = m.end() if m else len(raw)
+    return raw[:end], raw[end:]
+
+
+_FIELD_LEAD = re.compile(r"(?:^|[,;|(\[{])[ \t]*(?:[-*•][ \t]+)?$")
+
+
+def _is_field(text: str, start: int, previous_end: int) -> bool:
+    """A ``key:`` is a field at the start of a line (after a list bullet), after a separator
+    (``,;|([{``), or right after the previous field; after prose words it is prose."""
+    line_start = text.rfind("\n", 0, start) + 1
+    before = text[max(line_start, previous_end if previous_end > line_start else line_start):start]
+    if previous_end >= line_start and not before.strip(" \t,;|"):
+        return True
+    return _FIELD_LEAD.search(text[line_start:start]) is not None or \
+        (previous_end >= line_start and _FIELD_LEAD.search(before) is not None)
+
+
 def _norm_key(k: str) -> str:
-    return k.strip().strip("\"'").strip().casefold()
+    k = k.strip().strip("\"'").strip().casefold()
+    return _SPELLING.get(k, k)
 
 
-def _flatten(prefix: str, obj: object, out: set[tuple[str, str]]) -> None:
+def _flatten(prefix: str, obj: object, out: list[tuple[str, str]]) -> None:
+    """JSON fields by their leaf key (``{"product": {"brand": "Nike"}}`` is ``brand: Nike``); a list
+    of scalars is one list value, like ``colors: black, white``."""
     if isinstance(obj, dict):
         if not obj and prefix:
-            out.add((prefix, "{}"))
+            out.append((prefix, "{}"))
         for k, v in obj.items():
-            key = _norm_key(str(k))
-            _flatten(f"{prefix}.{key}" if prefix else key, v, out)
+            _flatten(_norm_key(str(k)), v, out)
     elif isinstance(obj, list):
         if not obj:
-            out.add((prefix, "[]"))
-        for i, v in enumerate(obj):
-            _flatten(f"{prefix}.{i}", v, out)
+            out.append((prefix, "[]"))
+        elif all(not isinstance(v, dict | list) for v in obj):
+            scalars: list[tuple[str, str]] = []
+            for v in obj:
+                _flatten(prefix, v, scalars)
+            out.append((prefix, ", ".join(sorted(v for _, v in scalars)) if len(scalars) > 1 else scalars[0][1]))
+        else:
+            for v in obj:
+                _flatten(prefix, v, out)
     elif obj is None:
-        out.add((prefix, NULL))
+        out.append((prefix, NULL))
     elif isinstance(obj, bool):
-        out.add((prefix, "true" if obj else "false"))
+        out.append((prefix, "true" if obj else "false"))
     elif isinstance(obj, int | float):
-        out.add((prefix, _norm_number(repr(obj) if isinstance(obj, float) else str(obj))))
+        out.append((prefix, _norm_number(repr(obj) if isinstance(obj, float) else str(obj))))
     else:
-        out.add((prefix, _norm_value(str(obj))))
+        out.append((prefix, _norm_value(str(obj))))
 
 
 _DECODER = json.JSONDecoder()
 
 
-def _json_objects(text: str, out: set[tuple[str, str]]) -> str:
+def _json_objects(text: str, out: list[tuple[str, str]]) -> str:
     """Add the fields of every JSON object in ``text``; return text with those objects blanked."""
     if "{" not in text:
         return text
@@ -172,50 +345,81 @@ def _extra_items(extra_patterns: ExtraPatterns) -> tuple[tuple[str, str], ...]:
 
 def extract_facts(text: str, extra_patterns: ExtraPatterns = ()) -> Facts:
     """The normalised structured facts of ``text`` (see the module docstring for each kind)."""
-    out: set[tuple[str, str]] = set()
+    return frozenset(fact_list(text, extra_patterns))
+
+
+def fact_list(text: str, extra_patterns: ExtraPatterns = ()) -> list[tuple[str, str]]:
+    """The facts of ``text`` as a sorted list with repeats of a field kept (``step: a`` twice is
+    not ``step: a`` once), plus ``("#order", ...)``: the order in which two or more distinct
+    standalone numbers and ids appear (``move 3 units to warehouse 7`` is not ``7 ... 3``)."""
+    out: list[tuple[str, str]] = []
     if extra_patterns:
         for name, rx in _compile_extra(_extra_items(extra_patterns)):
             for m in rx.finditer(text):
-                out.add((f"#x:{name}", _SPACES.sub(" ", m.group(0)).strip()))
+                out.append((f"#x:{name}", _SPACES.sub(" ", m.group(0)).strip()))
+    text = normalise_text(text)
     urls: list[str] = []
 
     def _url(m: re.Match[str]) -> str:
         u = m.group(0).rstrip(_TRAIL)
         urls.append(u)
-        out.add(("#url", u))
+        out.append(("#url", u))
         return f"\ue000{len(urls) - 1}\ue001" + m.group(0)[len(u) :]
 
-    text = _URL.sub(_url, text)
+    if "://" in text:
+        text = _URL.sub(_url, text)
     text = _json_objects(text, out)
     rest: list[str] = []
     pos = 0
-    for m in _KV.finditer(text):
-        value = m.group(2)
+    field_end = -1
+    at = 0 if (":" in text or "=" in text) else len(text)
+    while (kv := _KV_HEAD.search(text, at)) is not None:
+        vstart = kv.end()
+        end = _VALUE_END.search(text, vstart)
+        vend = end.start() if end else len(text)
+        nxt = _NEXT_KEY.search(text, vstart, vend)  # the next "key:" on the line ends this value
+        if nxt is not None:
+            vend = nxt.start()
+        at = max(vend, kv.end())
+        value, prose = _split_value(text[vstart:vend])
+        if not _is_field(text, kv.start(), field_end) and (
+                not value.strip() or value != value.split(",")[0] or len(value.split()) > 3):
+            # after prose words only a short single value is a field ("... product brand: Nike"); "the
+            # following structure:" or "Python objects: integers, floats, ..." are prose
+            continue
+        field_end = vend
         if "\ue000" in value:
             value = re.sub(r"\ue000(\d+)\ue001", lambda u: urls[int(u.group(1))], value)
-        out.add((_norm_key(m.group(1)), _norm_value(value)))
-        rest.append(text[pos : m.start()] + " ")
-        pos = m.end()
+        out.append((_norm_key(kv.group(1)), _norm_value(value)))
+        rest.append(text[pos : kv.start()] + " " + prose + " ")
+        pos = vend
     text = "".join(rest) + text[pos:]  # a fact inside a field counts once, as the field
-    for m in _QUOTE.finditer(text):
+    quoted = any(c in text for c in "\"'“‘«")
+    for m in (_QUOTE.finditer(text) if quoted else ()):
         q = next(g for g in m.groups() if g is not None)
-        out.add(("#quote", _SPACES.sub(" ", q).strip().casefold()))
-    for m in _TOKEN.finditer(re.sub(r"\ue000\d+\ue001", " ", text)):
+        out.append(("#quote", _SPACES.sub(" ", q).strip()))  # codes in quotes keep their case
+    sequence: list[str] = []
+    scan = re.sub(r"\ue000\d+\ue001", " ", text) if urls else text
+    for m in (_TOKEN.finditer(scan) if _HAS_DIGIT.search(scan) else ()):  # every token kind has a digit
         kind = m.lastgroup or ""
         tok = m.group(0)
         if kind == "time":
-            out.add(("#time", _SPACES.sub("", tok).replace(".", "").casefold()))
-        elif kind.startswith("num"):
-            out.add(("#num", _norm_number(tok)))
-        elif _DECIMAL.fullmatch(tok):
-            out.add(("#num", _norm_number(tok)))
+            fact = ("#time", _SPACES.sub("", tok).replace(".", "").casefold())
+        elif kind.startswith("num") or _DECIMAL.fullmatch(tok):
+            fact = ("#num", _norm_number(tok))
         else:
-            out.add(("#id", tok.casefold()))
-    return frozenset(out)
-
-
-def fingerprint_facts(facts: Facts) -> str:
-    """A stable hex digest of a fact set: equal iff the fact sets are equal (up to BLAKE2)."""
+            fact = ("#id", tok.casefold())
+        out.append(fact)
+        if fact[1] not in sequence:
+            sequence.append(fact[1])
+    # fields: a multiset; standalone numbers, ids, quotes, urls, times and pattern matches: a set
+    fields = sorted(f for f in out if not f[0].startswith("#"))
+    tokens = sorted({f for f in out if f[0].startswith("#")})
+    if len(sequence) >= 2:
+        tokens.append(("#order", " ".join(sequence)))
+    return fields + tokens
+def fingerprint_facts(facts: Facts | Sequence[tuple[str, str]]) -> str:
+    """A stable hex digest of a fact set (or ``fact_list``): equal iff equal (up to BLAKE2)."""
     h = hashlib.blake2b(digest_size=16)
     for kind, value in sorted(facts):
         h.update(kind.encode("utf-8", "surrogatepass") + b"\x1f")
@@ -224,5 +428,5 @@ def fingerprint_facts(facts: Facts) -> str:
 
 
 def fingerprint(text: str, extra_patterns: ExtraPatterns = ()) -> str:
-    """``fingerprint_facts(extract_facts(text))``: store it with a cache entry, compare exactly."""
-    return fingerprint_facts(extract_facts(text, extra_patterns))
+    """``fingerprint_facts(fact_list(text))``: store it with a cache entry, compare exactly."""
+    return fingerprint_facts(fact_list(text, extra_patterns))

@@ -12,9 +12,12 @@ Isolation, for both layers:
   hash, parameters: everything that is not the embedded text) and the *facts* fingerprint of the
   field guard (``brand: null`` vs ``brand: Nike`` can never hit each other).
 
-Only complete 200 answers are stored (never an errored or truncated stream). Everything that
-touches SQLite, the embedder or the index runs in a worker thread under one lock; the event loop
-only awaits it. ``warm``, ``lookup`` and ``store`` raise whatever failed (a model that cannot be
+Only complete 200 answers are stored (never an errored or truncated stream). Lookups run on the
+event loop (an indexed SQLite read, one embedding, an exact scan of the partition or a widened ANN
+search: ~0.1-0.5 ms); every write goes to the cache's writer thread, which commits in batches.
+Semantic search is inside the partition (scope, model, namespace, context, facts), so recall does not
+depend on unrelated entries; the instruction gate (``gate.py``) then vets each candidate. ``warm``,
+``lookup`` and ``store`` raise whatever failed (a model that cannot be
 loaded, usearch missing, SQLite): the gateway turns that into a miss or no store, counts and logs
 it (``Gateway.cache_failed``), so a failing cache never fails a request. Configuration (``[cache]``, all optional, read by ``config.py``): ``mode`` off|exact|semantic (default
 off: a gateway must not silently serve stored samples), ``threshold`` (0.95), ``ttl`` seconds
@@ -28,8 +31,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import queue
+import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +45,15 @@ from .. import paths
 from ..config import CacheConfig
 from ..errors import InvalidRequest
 from ..store import db as store_db
-from . import guard
+from . import gate, guard
 from . import store as cstore
+from .partitions import EXACT_MAX
+
+__all__ = ["EXACT_MAX", "Hit", "Keys", "Lookup", "ResponseCache", "request_keys", "request_options"]
 
 log = logging.getLogger("llmgw.cache")
 
-_INDEX_MARGIN = 0.02  # bf16 cosine error is far below this
+_INDEX_MARGIN = 0.02  # bf16 cosine error is far below this (partitions.INDEX_MARGIN)
 # parameters that do not change the answer (transport and bookkeeping only)
 _NOT_OUTPUT = frozenset({"stream", "stream_options", "user", "metadata", "model", "messages", "system"})
 
@@ -77,10 +85,30 @@ class Keys:
     context_hash: str
     prompt: str
     facts: str = ""
+    vector: Any = None  # the prompt's embedding, once a semantic lookup computed it (the store reuses it)
+    _pk: int | None = None
+    _ek: int | None = None
+
+    def partition(self) -> int:
+        """The semantic partition as a 64-bit digest: scope, model, namespace, context and facts."""
+        if self._pk is None:
+            self._pk = partition_key(self.scope, self.model, self.namespace, self.context_hash, self.facts)
+        return self._pk
+
+    def exact(self) -> int:
+        """The exact entry's key as a 64-bit digest: scope, model, namespace and exact hash."""
+        if self._ek is None:
+            self._ek = partition_key(self.scope, self.model, self.namespace, self.exact_hash, "")
+        return self._ek
+
+
+def partition_key(scope: str, model: str, namespace: str, context_hash: str, facts: str) -> int:
+    raw = "\x1f".join((scope, model, namespace, context_hash, facts)).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
 
 
 def request_keys(body: dict[str, Any], *, inbound: str, scope: str, namespace: str, use_guard: bool,
-                 patterns: tuple[str, ...]) -> Keys:
+                 patterns: tuple[str, ...] | list[str]) -> Keys:
     messages = body.get("messages") or []
     last_user = next((i for i in range(len(messages) - 1, -1, -1)
                       if isinstance(messages[i], dict) and messages[i].get("role") == "user"), None)
@@ -103,7 +131,7 @@ def request_keys(body: dict[str, Any], *, inbound: str, scope: str, namespace: s
         scope=scope, model=f"{inbound}:{body.get('model')}", namespace=namespace,
         exact_hash=hashlib.sha256(orjson.dumps(exact, option=orjson.OPT_SORT_KEYS)).hexdigest(),
         context_hash=hashlib.sha256(orjson.dumps(context, option=orjson.OPT_SORT_KEYS)).hexdigest(),
-        prompt=prompt, facts=guard.fingerprint(prompt, patterns) if use_guard else "")
+        prompt=prompt, facts=guard.fingerprint(prompt, tuple(patterns)) if use_guard else "")
 
 
 @dataclass(slots=True)
@@ -113,114 +141,436 @@ class Hit:
     body: bytes
     usage_json: str | None
     cost_nanos: int
+    entry_id: int = 0
+    prompt: str | None = None  # the stored prompt that answers
+    asked: str = ""  # the prompt of the request (a semantic hit)
+
+
+@dataclass(slots=True)
+class Lookup:
+    """What one lookup found: the hit (or None), the best similarity in the partition (for the
+    similarity histograms; None without a semantic search) and what blocked a closer candidate."""
+
+    hit: Hit | None
+    best: float | None = None
+    blocked: str | None = None  # a gate class that refused a candidate above the threshold
+
+
+_TRIM_EVERY = 32  # semantic store batches between two malloc_trim calls
+_GATHER_SECONDS = 0.005  # hit touches, the hit log and labels wait this long to go to the writer together
+_HIT_LOG_MAX = 100_000  # rows of cache_hit_log kept (the oldest are pruned)
+_FEATURES_MAX = 20_000  # gate features of stored prompts kept in memory
+
+
+@dataclass(slots=True)
+class _Put:
+    """One answer to store (what ``ResponseCache.store`` hands the cache's writer thread)."""
+
+    keys: Keys
+    blob: bytes | None
+    body: bytes
+    usage_json: str
+    cost: int
+    ttl_ms: int | None
+    now_ms: int
+
+
+class _Writer:
+    """The cache's one writer thread, with its own connection: stores (awaited, so a client's next
+    request finds its answer), hit touches, the hit log and labels (not awaited) go through a queue
+    and commit in batches (group commit). ``on_error(op, exc)`` runs on the loop for the writes no
+    request awaits."""
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self.cache = cache
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.conn: Any = None
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="llmgw-cache-writer", daemon=True)
+            self.thread.start()
+
+    def submit(self, op: str, args: Any, loop: asyncio.AbstractEventLoop | None = None,
+               fut: asyncio.Future[Any] | None = None) -> None:
+        self.start()
+        self.queue.put((op, args, loop, fut))
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join(30)
+            self.thread = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < 512:
+                try:
+                    nxt = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._process(batch)
+            if stop:
+                return
+
+    def _process(self, batch: list[Any]) -> None:
+        try:
+            if self.conn is None:
+                self.conn = store_db.connect(paths.db_path(self.cache.home))
+            results = [self.cache._apply(self.conn, op, args) for op, args, _, _ in batch]
+            self.conn.commit()
+        except Exception:
+            if self.conn is not None:
+                self.conn.rollback()
+            if len(batch) > 1:  # find the item that failed: one transaction each
+                for item in batch:
+                    self._process([item])
+                return
+            op, _, loop, fut = batch[0]
+            exc = sys.exc_info()[1]
+            assert exc is not None
+            if fut is not None and loop is not None:
+                loop.call_soon_threadsafe(_settle_future, fut, None, exc)
+            elif loop is not None and self.cache.on_error is not None:
+                loop.call_soon_threadsafe(self.cache.on_error, "record", exc)
+            return
+        for (_, _, loop, fut), result in zip(batch, results, strict=True):
+            if fut is not None and loop is not None:
+                loop.call_soon_threadsafe(_settle_future, fut, result, None)
+        if any(op == "put" and args.blob is not None for op, args, _, _ in batch):
+            self.cache._stores_since_trim += 1
+            if self.cache._stores_since_trim >= _TRIM_EVERY:
+                self.cache._stores_since_trim = 0
+                trim_heap()
+
+
+def _settle_future(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
 
 
 @dataclass
 class ResponseCache:
+    """The response cache of one daemon. Lookups run on the event loop (SQLite reads in WAL never
+    wait for a writer; the embedding and the partition scan take ~0.1 ms); every write goes through
+    the writer thread (``_Writer``). The in-memory partitions are changed on the loop only."""
+
     home: Path
     config: CacheConfig
     embedder: Any = None  # an Embedder; created lazily for semantic mode
-    _lock: threading.Lock = field(default_factory=threading.Lock)
     _conn: Any = None
     _index: Any = None
     entries: int = 0
+    _parts: Any = None  # a partitions.Partitions once the semantic layer is loaded
+    #: exact keys (``Keys.exact``) -> entry id: a miss never touches SQLite
+    _exact: dict[int, int] = field(default_factory=dict)
+    _features: dict[int, gate.Features] = field(default_factory=dict)
+    _stores: int = 0
+    _stores_since_trim: int = _TRIM_EVERY - 1  # the first semantic store trims
+    _hit_logs: int = 0
+    _writer: _Writer | None = None
+    _pending: list[tuple[str, Any]] = field(default_factory=list)  # writes gathered on the loop
+    _loading: asyncio.Lock | None = None
+    on_error: Any = None  # (op, exc) for writes no request awaits: Gateway.cache_failed
 
-    # ---- lifecycle (worker thread) -----------------------------------------------------------
+    @property
+    def truncated_searches(self) -> int:
+        """Lookups whose widened ANN search stopped without reaching the partition."""
+        return 0 if self._parts is None else int(self._parts.truncated_searches)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
     def _open(self) -> None:
         if self._conn is not None:
             return
-        self._conn = store_db.connect(paths.db_path(self.home))
-        self.entries = int(self._conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
+        conn = store_db.connect(paths.db_path(self.home))
+        exact: dict[int, int] = {}
+        for eid, scope, model, ns, exact_hash in conn.execute(
+                "SELECT id, scope, model, namespace, exact_hash FROM cache_entries"):
+            exact[partition_key(scope, model, ns, exact_hash, "")] = int(eid)
+        self._exact = exact
+        self.entries = len(exact)
+        self._conn = conn
 
     def _semantic(self) -> Any:
         if self._index is None:
             from .embedder import Model2VecEmbedder
             from .index import VectorIndex
+            from .partitions import Partitions
 
             if self.embedder is None:
                 self.embedder = Model2VecEmbedder(self.config.model)
-            conn = self._conn
-            self._index = VectorIndex(paths.cache_index_path(self.home), self.embedder.dim,
-                                      expected_count=cstore.vector_count(conn),
-                                      entries=lambda: cstore.iter_vectors(conn))
+            parts = Partitions(self.embedder.dim, paths.cache_index_path(self.home))
+            count = int(self._conn.execute("SELECT count(*) FROM cache_entries WHERE vector IS NOT NULL")
+                        .fetchone()[0])
+            rows = ((eid, partition_key(scope, model, ns, ctx, facts), bytes(blob))
+                    for eid, scope, model, ns, ctx, facts, blob in self._conn.execute(
+                        "SELECT id, scope, model, namespace, context_hash, facts, vector FROM cache_entries "
+                        "WHERE vector IS NOT NULL ORDER BY id"))
+            dim = self.embedder.dim
+            parts.load(rows, count, lambda expected, entries: VectorIndex(
+                paths.cache_index_path(self.home), dim, expected_count=expected, entries=entries))
+            self._parts = parts
+            self._index = parts.index
+            trim_heap()  # loading the model and the rows leaves ~10 MB of free heap pages behind
         return self._index
 
     def warm(self, semantic: bool) -> None:
-        with self._lock:
-            self._open()
-            if semantic:
-                self._semantic()
+        """Open the database (and for semantic mode load the model and the partitions): before the
+        daemon serves, in a worker thread."""
+        self._open()
+        if semantic:
+            self._semantic()
 
     def close(self) -> None:
-        with self._lock:
-            if self._index is not None:
-                self._index.save()
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        if self._writer is not None:
+            self._hand_over(None)  # hits not handed over yet (the writer drains its queue before it stops)
+            self._writer.stop()
+        if self._index is not None:
+            self._index.save()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
-    # ---- lookup / store (worker thread) ------------------------------------------------------
-    def _lookup(self, keys: Keys, semantic: bool, threshold: float, now_ms: int) -> Hit | None:
-        with self._lock:
-            self._open()
-            e = cstore.lookup_exact(self._conn, scope=keys.scope, model=keys.model, exact_hash=keys.exact_hash,
-                                    now_ms=now_ms, namespace=keys.namespace)
-            if e is not None:
-                cstore.touch(self._conn, e.id, now_ms)
-                return Hit("exact", 1.0, e.response, e.usage_json, e.cost_nanos)
-            if not semantic or not keys.prompt.strip():
-                return None
-            index = self._semantic()
-            vec = self.embedder.encode([keys.prompt])[0]
-            # the index (bf16) only proposes candidates, with a margin; the threshold is applied to
-            # the exact cosine against each candidate's stored f16 vector
-            near = index.search(vec, 8, threshold - _INDEX_MARGIN)
-            if not near:
-                return None
-            found = cstore.candidates(self._conn, [i for i, _ in near], scope=keys.scope, model=keys.model,
-                                      context_hash=keys.context_hash, now_ms=now_ms, namespace=keys.namespace,
-                                      facts=keys.facts)
-            scored = [(float(vec @ cstore.blob_to_vector(e.vector)), e) for e in found if e.vector]
-            scored = [(sim, e) for sim, e in scored if sim >= threshold]
-            if not scored:
-                return None
-            sim, best = max(scored, key=lambda x: x[0])
-            cstore.touch(self._conn, best.id, now_ms)
-            return Hit("semantic", min(sim, 1.0), best.response, best.usage_json, best.cost_nanos)
+    def _ready(self, semantic: bool) -> bool:
+        return self._conn is not None and (not semantic or self._index is not None)
+
+    async def _warm_async(self, semantic: bool) -> None:
+        """Load what ``warm`` did not (a cache that failed to warm tries again, off the loop)."""
+        if self._loading is None:
+            self._loading = asyncio.Lock()
+        async with self._loading:
+            if not self._ready(semantic):
+                await asyncio.to_thread(self.warm, semantic)
+
+    # ---- partitions in memory (on the loop) ---------------------------------------------------
+    def _forget(self, gone: Iterable[tuple[int, int, int]]) -> None:
+        """Entries gone from SQLite (replaced, evicted, deleted by another process, expired), as
+        ``(id, partition digest, exact digest)``: their memory and index slots are freed now."""
+        for eid, pk, ek in gone:
+            self._features.pop(eid, None)
+            if self._exact.get(ek) == eid:
+                del self._exact[ek]
+            if self._parts is not None:
+                self._parts.forget(eid, pk)
+
+    def _gate_features(self, entry: cstore.Entry) -> gate.Features:
+        got = self._features.get(entry.id)
+        if got is None:
+            if len(self._features) >= _FEATURES_MAX:
+                self._features.clear()
+            got = self._features[entry.id] = gate.features(entry.prompt_text or "")
+        return got
+
+    # ---- lookup (on the loop) ----------------------------------------------------------------
+    def _lookup(self, keys: Keys, semantic: bool, threshold: float, now_ms: int, request_id: str = "",
+                log_hit: bool = True) -> Lookup:
+        self._open()
+        eid = self._exact.get(keys.exact())
+        e = None
+        if eid is not None:
+            e = cstore.get(self._conn, eid)
+            if e is None:
+                self._forget([(eid, keys.partition(), keys.exact())])  # deleted by another process
+            elif e.expires_ms is not None and e.expires_ms <= now_ms:
+                e = None  # expired: the next store of this request replaces it
+        if e is not None:
+            self._write("touch", (e.id, now_ms))
+            return Lookup(Hit("exact", 1.0, e.response, e.usage_json, e.cost_nanos, e.id, e.prompt_text), 1.0)
+        if not semantic or not keys.prompt.strip():
+            return Lookup(None)
+        self._semantic()
+        vec = keys.vector = self.embedder.encode([keys.prompt])[0]
+        pk = keys.partition()
+        ranked = self._parts.ranked(pk, vec, threshold)
+        if not ranked:
+            return Lookup(None)
+        best = ranked[0][0]
+        wanted = [eid for sim, eid in ranked if sim >= threshold - _INDEX_MARGIN][:16]
+        if not wanted:
+            return Lookup(None, best)
+        found = cstore.candidates(self._conn, wanted, scope=keys.scope, model=keys.model,
+                                  context_hash=keys.context_hash, now_ms=now_ms, namespace=keys.namespace,
+                                  facts=keys.facts)
+        if len(found) < len(wanted):
+            present = {f.id for f in found}
+            for i in wanted:
+                if i not in present:  # deleted by another process, or expired
+                    self._features.pop(i, None)
+                    self._parts.forget(i, pk)
+        # the threshold applies to the exact cosine against the stored float16 vector
+        scored = sorted(((float(vec @ cstore.blob_to_vector(f.vector)), f) for f in found if f.vector),
+                        key=lambda x: -x[0])
+        blocked = None
+        classes = self.config.gate_classes if self.config.gate else ()
+        mine = gate.features(keys.prompt) if classes else None
+        for sim, cand in scored:
+            if sim < threshold:
+                break
+            if mine is not None:
+                why = gate.conflict(self._gate_features(cand), mine, classes)
+                if why is not None:
+                    blocked = blocked or why
+                    continue
+            sim = min(sim, 1.0)
+            self._write("touch", (cand.id, now_ms))
+            if log_hit and request_id:
+                self._write("log", (request_id, now_ms, cand.id, sim, keys.prompt, "hit"))
+            return Lookup(Hit("semantic", sim, cand.response, cand.usage_json, cand.cost_nanos, cand.id,
+                              cand.prompt_text, keys.prompt), max(best, sim), blocked)
+        return Lookup(None, max(best, scored[0][0]) if scored else best, blocked)
+
+    # ---- writes (the writer thread; ``_apply`` runs there, inside the batch's transaction) -----
+    def _write(self, op: str, args: Any) -> None:
+        """A write no request waits for (touch, hit log, label)."""
+        if self._writer is None:
+            self._writer = _Writer(self)
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the daemon (tests, benchmarks): write now
+            loop = None
+        if loop is None:
+            conn = store_db.connect(paths.db_path(self.home))
+            try:
+                self._apply(conn, op, args)
+                conn.commit()
+            finally:
+                conn.close()
+            return
+        # gathered for a few milliseconds: one hand-over to the writer thread for many hits
+        self._pending.append((op, args))
+        if len(self._pending) == 1:
+            loop.call_later(_GATHER_SECONDS, self._hand_over, loop)
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        items, self._pending = self._pending, []
+        if items and self._writer is not None:
+            self._writer.submit("many", items, loop)
+
+    def _apply(self, conn: Any, op: str, args: Any) -> Any:
+        if op == "many":
+            for item_op, item_args in args:
+                self._apply(conn, item_op, item_args)
+            return None
+        if op == "put":
+            p: _Put = args
+            k = p.keys
+            new_id, replaced = cstore.insert(
+                conn, scope=k.scope, model=k.model, exact_hash=k.exact_hash, context_hash=k.context_hash,
+                response=p.body, content_type="application/json", now_ms=p.now_ms, namespace=k.namespace,
+                facts=k.facts, prompt_text=k.prompt, vector=p.blob, usage_json=p.usage_json, cost_nanos=p.cost,
+                ttl_ms=p.ttl_ms, commit=False)
+            self._stores += 1
+            total = self.entries + (1 if replaced is None else 0)
+            recount = self._stores % 1000 == 0
+            gone = cstore.evict_lru(conn, self.config.max_entries, commit=False, total=None if recount else total,
+                                    rows=True) if recount or total > self.config.max_entries else []
+            entries = int(conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0]) if recount \
+                else total - len(gone)
+            keyed = [(eid, partition_key(sc, mo, ns, ctx, fa), partition_key(sc, mo, ns, ex, ""))
+                     for eid, sc, mo, ns, ctx, fa, ex in gone]
+            if replaced is not None:
+                keyed.append((replaced, k.partition(), k.exact()))
+            return new_id, keyed, entries
+        if op == "touch":
+            cstore.touch(conn, args[0], args[1], commit=False)
+        elif op == "log":
+            request_id, now_ms, entry_id, sim, prompt, kind = args
+            conn.execute("INSERT OR REPLACE INTO cache_hit_log (request_id, ts_ms, entry_id, similarity, prompt,"
+                         " kind) VALUES (?, ?, ?, ?, ?, ?)", (request_id, now_ms, entry_id, sim, prompt, kind))
+            self._hit_logs += 1
+            if self._hit_logs % 1000 == 0:
+                conn.execute("DELETE FROM cache_hit_log WHERE rowid <= (SELECT max(rowid) FROM cache_hit_log) - ?",
+                             (_HIT_LOG_MAX,))
+        elif op == "label":
+            cstore.add_label(conn, **args)
+        return None
+
+    def _put(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int, ttl_ms: int | None,
+             now_ms: int) -> tuple[_Put, Any]:
+        vec = None
+        if semantic and keys.prompt.strip():
+            self._semantic()
+            vec = keys.vector if keys.vector is not None else self.embedder.encode([keys.prompt])[0]
+        blob = None if vec is None else cstore.vector_to_blob(vec)
+        return _Put(keys, blob, bytes(body), usage_json, int(cost), ttl_ms, now_ms), vec
+
+    def _stored(self, put: _Put, vec: Any, result: Any) -> None:
+        """The writer committed ``put``: bring memory in line (on the loop)."""
+        new_id, gone, entries = result
+        self.entries = entries
+        self._forget(gone)
+        self._exact[put.keys.exact()] = new_id
+        if self._parts is not None and vec is not None and put.blob is not None:
+            import numpy as np
+
+            self._parts.add(new_id, put.keys.partition(), vec, np.frombuffer(put.blob, dtype=np.float16))
 
     def _store(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int, ttl_ms: int | None,
                now_ms: int) -> None:
-        with self._lock:
-            self._open()
-            vec = None
-            if semantic and keys.prompt.strip():
-                vec = self.embedder_vector(keys.prompt)
-            new_id, replaced = cstore.insert(
-                self._conn, scope=keys.scope, model=keys.model, exact_hash=keys.exact_hash,
-                context_hash=keys.context_hash, response=body, content_type="application/json", now_ms=now_ms,
-                namespace=keys.namespace, facts=keys.facts, prompt_text=keys.prompt, vector=vec,
-                usage_json=usage_json, cost_nanos=cost, ttl_ms=ttl_ms)
-            gone = cstore.evict_lru(self._conn, self.config.max_entries)
-            if self._index is not None:
-                if replaced is not None:
-                    gone.append(replaced)
-                self._index.remove_many(gone)
-                if vec is not None:
-                    self._index.add(new_id, vec)
-                    trim_heap()
-            self.entries = int(self._conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
+        """``store`` without the writer thread: for tests and benchmarks."""
+        self._open()
+        put, vec = self._put(keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
+        conn = store_db.connect(paths.db_path(self.home))
+        try:
+            result = self._apply(conn, "put", put)
+            conn.commit()
+        finally:
+            conn.close()
+        self._stored(put, vec, result)
+        if put.blob is not None:
+            self._stores_since_trim += 1
+            if self._stores_since_trim >= _TRIM_EVERY:
+                self._stores_since_trim = 0
+                trim_heap()
 
-    def embedder_vector(self, text: str) -> Any:
-        self._semantic()
-        return self.embedder.encode([text])[0]
+    def record_label(self, source: str, request_id: str, entry_id: int | None, similarity: float | None,
+                     cached_prompt: str | None, asked_prompt: str | None, label: int | None, now_ms: int) -> None:
+        """Keep a labelled pair for ``ablate`` (not awaited): ``source`` shadow | verify | mark-wrong;
+        ``label`` 1 when the cached answer was right for the asked prompt, 0 when wrong."""
+        self._write("label", {"source": source, "request_id": request_id, "entry_id": entry_id,
+                              "similarity": similarity, "cached_prompt": cached_prompt,
+                              "asked_prompt": asked_prompt, "label": label, "now_ms": now_ms})
+
+    def log_shadow(self, request_id: str, now_ms: int, hit: Hit, prompt: str) -> None:
+        self._write("log", (request_id, now_ms, hit.entry_id, hit.similarity, prompt, "shadow"))
 
     # ---- the loop-side API -------------------------------------------------------------------
-    async def lookup(self, keys: Keys, semantic: bool, threshold: float, now_ms: int) -> Hit | None:
-        return await asyncio.to_thread(self._lookup, keys, semantic, threshold, now_ms)
+    async def lookup(self, keys: Keys, semantic: bool, threshold: float, now_ms: int, request_id: str = "",
+                     log_hit: bool = True) -> Lookup:
+        if not self._ready(semantic):
+            await self._warm_async(semantic)
+        return self._lookup(keys, semantic, threshold, now_ms, request_id, log_hit)
 
     async def store(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int,
                     ttl_ms: int | None, now_ms: int) -> None:
-        await asyncio.to_thread(self._store, keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
+        """Store an answer; returns once it is committed (the client's next request finds it)."""
+        if not self._ready(semantic):
+            await self._warm_async(semantic)
+        put, vec = self._put(keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
+        if self._writer is None:
+            self._writer = _Writer(self)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._writer.submit("put", put, loop, fut)
+        result = await asyncio.shield(fut)
+        self._stored(put, vec, result)
 
 
 _malloc_trim: Any = None
@@ -251,10 +601,14 @@ def trim_heap() -> None:
         _malloc_trim(0)
 
 
-def request_options(headers: Mapping[str, str], config: CacheConfig) -> tuple[bool, bool, float, int | None, str]:
-    """(lookup?, store?, threshold, ttl_ms, namespace) from the request's headers."""
+def request_options(headers: Mapping[str, str], config: CacheConfig, key_threshold: float | None = None,
+                    model: str | None = None) -> tuple[bool, bool, float, int | None, str]:
+    """(lookup?, store?, threshold, ttl_ms, namespace) from the request's headers. The threshold: the
+    ``x-llmgw-cache-threshold`` header, else the key's (``keys create --cache-threshold``), else the
+    namespace's or the model's in ``[cache]``, else ``[cache] threshold``."""
     cc = {p.strip().lower() for p in headers.get("cache-control", "").split(",")}
-    threshold = config.threshold
+    namespace = headers.get("x-llmgw-cache-namespace", "")
+    threshold = key_threshold if key_threshold is not None else config.threshold_for(namespace, model)
     if "x-llmgw-cache-threshold" in headers:
         try:
             threshold = float(headers["x-llmgw-cache-threshold"])
@@ -271,7 +625,6 @@ def request_options(headers: Mapping[str, str], config: CacheConfig) -> tuple[bo
             raise InvalidRequest("x-llmgw-cache-ttl: expected whole seconds", param="x-llmgw-cache-ttl",
                                  code="invalid_value")
         ttl_ms = int(raw) * 1000 or None
-    namespace = headers.get("x-llmgw-cache-namespace", "")
     if len(namespace) > 200:
         raise InvalidRequest("x-llmgw-cache-namespace: at most 200 characters", param="x-llmgw-cache-namespace",
                              code="invalid_value")

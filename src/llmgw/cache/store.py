@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -93,14 +94,15 @@ def iter_vectors(conn: sqlite3.Connection) -> Iterator[tuple[int, Any]]:
 def insert(conn: sqlite3.Connection, *, scope: str, model: str, exact_hash: str, context_hash: str,
            response: bytes, content_type: str, now_ms: int, namespace: str = "", facts: str = "",
            prompt_text: str | None = None, vector: Any = None, usage_json: str | None = None,
-           cost_nanos: int = 0, ttl_ms: int | None = None) -> tuple[int, int | None]:
+           cost_nanos: int = 0, ttl_ms: int | None = None, commit: bool = True) -> tuple[int, int | None]:
     """Store an entry; returns ``(new id, id it replaced or None)``. The replaced id (same scope,
     model, namespace and exact hash) must be removed from the index by the caller. ``vector`` may
-    be a numpy vector, a sequence of floats or float16 bytes; ``ttl_ms`` None means no expiry."""
+    be a numpy vector, a sequence of floats or float16 bytes; ``ttl_ms`` None means no expiry.
+    ``commit=False``: part of the caller's transaction (the cache writer's batch)."""
     blob = None if vector is None else (bytes(vector) if isinstance(vector, bytes | bytearray | memoryview)
                                         else vector_to_blob(vector))
     expires_ms = None if ttl_ms is None else now_ms + int(ttl_ms)
-    with conn:
+    with conn if commit else contextlib.nullcontext(conn):
         old = conn.execute("SELECT id FROM cache_entries WHERE scope = ? AND model = ? AND namespace = ? "
                            "AND exact_hash = ?", (scope, model, namespace, exact_hash)).fetchone()
         if old is not None:
@@ -148,9 +150,9 @@ def candidates(conn: sqlite3.Connection, ids: Iterable[int], *, scope: str, mode
     return [found[i] for i in dict.fromkeys(order) if i in found]
 
 
-def touch(conn: sqlite3.Connection, entry_id: int, now_ms: int) -> None:
+def touch(conn: sqlite3.Connection, entry_id: int, now_ms: int, commit: bool = True) -> None:
     """Record a hit: ``hits + 1`` and ``last_hit_ms`` (the LRU clock)."""
-    with conn:
+    with conn if commit else contextlib.nullcontext(conn):
         conn.execute("UPDATE cache_entries SET hits = hits + 1, last_hit_ms = ? WHERE id = ?",
                      (now_ms, int(entry_id)))
 
@@ -161,18 +163,86 @@ def _delete(conn: sqlite3.Connection, ids: list[int]) -> None:
         conn.execute(f"DELETE FROM cache_entries WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
 
 
-def evict_lru(conn: sqlite3.Connection, max_entries: int) -> list[int]:
+def evict_lru(conn: sqlite3.Connection, max_entries: int, commit: bool = True, total: int | None = None,
+              rows: bool = False) -> list[Any]:
     """Delete the least recently used entries beyond ``max_entries``; returns their ids, least
-    recently used first (ties: oldest id first)."""
-    with conn:
-        total = int(conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
+    recently used first (ties: oldest id first). ``total``: the caller's count of entries (saves a
+    ``count(*)``, a scan of the table). ``rows``: return ``(id, scope, model, namespace,
+    context_hash, facts, exact_hash)`` instead (what the cache needs to forget them)."""
+    with conn if commit else contextlib.nullcontext(conn):
+        if total is None:
+            total = int(conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
         excess = total - max(0, int(max_entries))
         if excess <= 0:
             return []
-        ids = [int(r[0]) for r in conn.execute(
-            "SELECT id FROM cache_entries ORDER BY last_hit_ms, id LIMIT ?", (excess,))]
+        found = [tuple(r) for r in conn.execute(
+            "SELECT id, scope, model, namespace, context_hash, facts, exact_hash FROM cache_entries "
+            "ORDER BY last_hit_ms, id LIMIT ?", (excess,))]
+        ids = [int(r[0]) for r in found]
         _delete(conn, ids)
-    return ids
+    return found if rows else ids
+
+
+def delete(conn: sqlite3.Connection, ids: Iterable[int]) -> list[int]:
+    """Delete these entries; returns the ids that existed."""
+    wanted = [int(i) for i in ids]
+    with conn:
+        found: list[int] = []
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start:start + _CHUNK]
+            found += [int(r[0]) for r in conn.execute(
+                f"SELECT id FROM cache_entries WHERE id IN ({', '.join('?' * len(chunk))})", chunk)]
+        _delete(conn, found)
+    return sorted(found)
+
+
+def ids_by_prompt(conn: sqlite3.Connection, prompt: str) -> list[int]:
+    """Entries whose stored prompt is exactly ``prompt`` (any partition)."""
+    return [int(r[0]) for r in conn.execute("SELECT id FROM cache_entries WHERE prompt_text = ? ORDER BY id",
+                                            (prompt,))]
+
+
+# ---- the hit log and labelled pairs (migration m008_cache_audit) -----------------------------------
+
+
+def add_label(conn: sqlite3.Connection, *, source: str, request_id: str | None, entry_id: int | None,
+              similarity: float | None, cached_prompt: str | None, asked_prompt: str | None, label: int | None,
+              now_ms: int) -> None:
+    """Keep a labelled pair (the caller commits)."""
+    conn.execute("INSERT INTO cache_labels (ts_ms, source, request_id, entry_id, similarity, cached_prompt,"
+                 " asked_prompt, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 (now_ms, source, request_id, entry_id, similarity, cached_prompt, asked_prompt, label))
+
+
+def labels(conn: sqlite3.Connection, since_ms: int | None = None, until_ms: int | None = None) -> list[dict[str, Any]]:
+    """Labelled pairs with both prompts, oldest first."""
+    cur = conn.execute(
+        "SELECT ts_ms, source, request_id, entry_id, similarity, cached_prompt, asked_prompt, label FROM cache_labels"
+        " WHERE label IS NOT NULL AND cached_prompt IS NOT NULL AND asked_prompt IS NOT NULL"
+        " AND ts_ms >= ? AND ts_ms < ? ORDER BY id",
+        (since_ms if since_ms is not None else -(2**62), until_ms if until_ms is not None else 2**62))
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur]
+
+
+def hit_log(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
+    cur = conn.execute("SELECT request_id, ts_ms, entry_id, similarity, prompt, kind FROM cache_hit_log "
+                       "WHERE request_id = ?", (request_id,))
+    row = cur.fetchone()
+    return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
+
+
+def recent_hits(conn: sqlite3.Connection, since_ms: int, *, sort: str = "time", limit: int = 50,
+                kind: str = "hit") -> list[dict[str, Any]]:
+    """Recent semantic hits (``kind`` hit or shadow): the prompt asked, the entry that answered (its
+    prompt, or None when the entry is gone), similarity; newest first or least similar first."""
+    order = "h.similarity ASC, h.ts_ms DESC" if sort == "similarity" else "h.ts_ms DESC"
+    cur = conn.execute(
+        "SELECT h.request_id, h.ts_ms, h.entry_id, h.similarity, h.prompt AS asked, e.prompt_text AS cached,"
+        " e.namespace, e.hits AS entry_hits, h.kind FROM cache_hit_log h LEFT JOIN cache_entries e ON e.id = h.entry_id"
+        f" WHERE h.ts_ms >= ? AND h.kind = ? ORDER BY {order} LIMIT ?", (since_ms, kind, int(limit)))
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur]
 
 
 def clear(conn: sqlite3.Connection, namespace: str | None = None) -> int:

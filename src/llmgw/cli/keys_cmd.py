@@ -39,6 +39,10 @@ def create(
                                                         "max_tokens instead of rejecting it.")] = False,
     cache: Annotated[str | None, typer.Option("--cache", metavar="off|exact|semantic",
                                               help="Response cache mode for this key. Default: the config's.")] = None,
+    cache_threshold: Annotated[float | None, typer.Option(
+        "--cache-threshold", metavar="COSINE",
+        help="Semantic cache threshold for this key's requests, in (0, 1]. Default: the config's "
+             "(by namespace, by model, or [cache] threshold).")] = None,
 ) -> None:
     """Create a virtual key; prints the secret once on stdout (only its hash is stored)."""
     from ..governance.keys import mint
@@ -49,7 +53,7 @@ def create(
     with writing(resolve_home(home)) as conn:
         secret, info = mint(conn, name=name, customer_id=customer, team_id=team, models=model_list,
                             expires_at=expires, rpm=rpm, tpm=tpm, clamp=clamp, cache_mode=cache,
-                            budget_nanos=budget_nanos, budget_period=period)
+                            budget_nanos=budget_nanos, budget_period=period, cache_threshold=cache_threshold)
     sys.stdout.write(secret + "\n")
     sys.stdout.flush()
     err(f"created key {info.id}" + (f" ({info.name})" if info.name else "")

@@ -99,13 +99,14 @@ class KeyInfo:
     tpm: int | None = None
     clamp: bool = False
     cache_mode: str | None = None
+    cache_threshold: float | None = None  # the semantic threshold of this key's requests (None: the config's)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row | dict[str, Any]) -> KeyInfo:
         models = orjson.loads(row["models"]) if row["models"] else []
         return cls(row["id"], row["name"], row["key_hash"], row["status"], row["customer_id"], row["team_id"],
                    tuple(models), row["expires_at"], _col(row, "rpm"), _col(row, "tpm"), bool(_col(row, "clamp")),
-                   _col(row, "cache_mode"))
+                   _col(row, "cache_mode"), _col(row, "cache_threshold"))
 
     def allows(self, model: str) -> bool:
         """Whether this key may use ``model`` (no allow-list: every model)."""
@@ -183,7 +184,7 @@ def mint(conn: sqlite3.Connection, *, name: str | None = None, customer_id: str 
          team_id: str | None = None, models: list[str] | None = None, expires_at: str | None = None,
          replace: bool = False, rpm: int | None = None, tpm: int | None = None, clamp: bool = False,
          cache_mode: str | None = None, budget_nanos: int | None = None,
-         budget_period: str | None = None) -> tuple[str, KeyInfo]:
+         budget_period: str | None = None, cache_threshold: float | None = None) -> tuple[str, KeyInfo]:
     """Create a key (or, with ``replace``, give the key of that name a new secret); returns the secret.
 
     Everything is checked before anything is written; the key and its optional hard budget
@@ -197,6 +198,9 @@ def mint(conn: sqlite3.Connection, *, name: str | None = None, customer_id: str 
     rpm = _positive_int("rpm", rpm)
     tpm = _positive_int("tpm", tpm)
     cache_mode = _choice("cache", cache_mode, CACHE_MODES)
+    if cache_threshold is not None and (isinstance(cache_threshold, bool) or not isinstance(cache_threshold, int | float)
+                                        or not 0 < cache_threshold <= 1):
+        raise _bad("cache-threshold", f"expected a cosine similarity in (0, 1], got {cache_threshold!r}")
     if budget_period is not None and budget_nanos is None:
         raise _bad("period", "applies to a budget: give a budget too")
     if budget_nanos is not None:
@@ -217,10 +221,11 @@ def mint(conn: sqlite3.Connection, *, name: str | None = None, customer_id: str 
         kid = "key_" + uuid.uuid4().hex[:16]
         conn.execute(
             "INSERT INTO keys (id, name, key_hash, display, customer_id, team_id, status, models, created_at,"
-            " expires_at, rpm, tpm, clamp, cache_mode) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
+            " expires_at, rpm, tpm, clamp, cache_mode, cache_threshold)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?)",
             (kid, name, h, display(secret), customer_id, team_id,
              orjson.dumps(models).decode() if models else None, iso_utc(clock.now_ms()), expires, rpm, tpm, int(clamp),
-             cache_mode))
+             cache_mode, None if cache_threshold is None else float(cache_threshold)))
         if budget_nanos is not None and budget_period is not None:
             upsert_budget(conn, "key", kid, budget_period, budget_nanos)
     row = conn.execute("SELECT * FROM keys WHERE id = ?", (kid,)).fetchone()
@@ -228,7 +233,7 @@ def mint(conn: sqlite3.Connection, *, name: str | None = None, customer_id: str 
 
 
 _PUBLIC = ("id, name, display, status, customer_id, team_id, models, created_at, expires_at, rpm, tpm, clamp,"
-           " cache_mode, revoked_at, prev_valid_until")
+           " cache_mode, cache_threshold, revoked_at, prev_valid_until")
 
 
 def _public(row: sqlite3.Row) -> dict[str, Any]:

@@ -317,6 +317,8 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
                     pass
             await events.drain(5.0)
             await events.close()
+            if gw.cache_audit is not None:
+                await gw.cache_audit.drain()  # shadow verdicts and verifications under way
             await asyncio.to_thread(cache.close)
             await router.close()
             await upstream.close()

@@ -250,9 +250,37 @@ def m007_rollups(db: Database) -> None:
         db.execute(sql)
 
 
+def m008_cache_audit(db: Database) -> None:
+    """The cache entry that answered a hit (ledger), per-key cache thresholds, the semantic hit log
+    (the prompt asked and the entry that answered) and labelled pairs for ``cache ablate``."""
+    for sql in (
+        "ALTER TABLE ledger ADD COLUMN cache_entry_id INTEGER",
+        "ALTER TABLE keys ADD COLUMN cache_threshold REAL",
+        """CREATE TABLE cache_hit_log (
+            request_id TEXT PRIMARY KEY,
+            ts_ms INTEGER NOT NULL,
+            entry_id INTEGER NOT NULL,
+            similarity REAL NOT NULL,
+            prompt TEXT,
+            kind TEXT NOT NULL)           -- hit | shadow""",
+        "CREATE INDEX cache_hit_log_ts ON cache_hit_log(ts_ms)",
+        """CREATE TABLE cache_labels (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts_ms INTEGER NOT NULL,
+            source TEXT NOT NULL,         -- shadow | verify | mark-wrong
+            request_id TEXT,
+            entry_id INTEGER,
+            similarity REAL,
+            cached_prompt TEXT,
+            asked_prompt TEXT,
+            label INTEGER)                -- 1: the cached answer was right for the asked prompt, 0: wrong""",
+    ):
+        db.execute(sql)
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial, m002_usage_estimated, m003_governance,
                                                       m004_definitions_version, m005_cache, m006_cache_ledger,
-                                                      m007_rollups)
+                                                      m007_rollups, m008_cache_audit)
 
 
 def _migration_set() -> Migrations:

@@ -51,6 +51,7 @@ _SCHEMA: dict[str, tuple[str, Any]] = {
     "idempotent_replay": (_INT, 0),
     "cache_similarity": (_REAL, None),
     "saved_nanos": (_INT, 0),
+    "cache_entry_id": (_INT, None),
 }
 
 LEDGER_COLUMNS: tuple[str, ...] = tuple(_SCHEMA)

@@ -1,0 +1,177 @@
+"""Semantic search inside the partition: recall does not depend on how many unrelated entries are
+cached, large partitions use the widened ANN search, and entries deleted elsewhere are forgotten at
+once. Real SQLite, the real bundled model, the real usearch index; no daemon (that is
+tests/test_cache_audit.py)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from llmgw import paths
+from llmgw.cache import semantic
+from llmgw.cache import store as cstore
+from llmgw.config import CacheConfig
+from llmgw.store import db as dbmod
+
+NOW = 1_800_000_000_000
+PRODUCTS = ["linen shirt", "wool coat", "rain jacket", "running shoe", "leather belt", "silk scarf", "denim jeans",
+            "canvas tote", "down vest", "trail boot", "sun hat", "yoga mat", "water bottle", "desk lamp",
+            "ceramic mug", "cotton towel", "bike helmet", "camping tent", "travel pillow", "phone case"]
+MATERIALS = ["cotton", "wool", "nylon", "leather", "bamboo", "steel", "glass", "oak", "felt", "cork"]
+ADJ = ["sturdy", "light", "soft", "classic", "modern", "compact", "elegant", "durable", "cosy", "bright"]
+
+
+def cache_at(home: Path, **cfg: object) -> semantic.ResponseCache:
+    dbmod.open_db(paths.db_path(home)).close()
+    return semantic.ResponseCache(home, CacheConfig(mode="semantic", **cfg))  # type: ignore[arg-type]
+
+
+def keys(text: str, scope: str = "acme") -> semantic.Keys:
+    body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+    return semantic.request_keys(body, inbound="openai", scope=scope, namespace="", use_guard=True, patterns=())
+
+
+def put(cache: semantic.ResponseCache, text: str, scope: str = "acme") -> None:
+    cache._store(keys(text, scope), True, text.encode(), "{}", 1, None, NOW)
+
+
+COLOURS = ["red", "navy", "olive", "cream", "black", "white", "teal", "rust", "sand", "plum"]
+
+
+def other_products(n: int, seed: int) -> list[str]:
+    """``n`` distinct prompts of the same template with no facts: one partition with the targets."""
+    combos = [(a, m, p, c) for a in ADJ for m in MATERIALS for p in PRODUCTS for c in COLOURS]
+    return [f"Write a catalogue caption for the {a} {c} {m} {p}." for a, m, p, c in random.Random(seed).sample(combos, n)]
+
+
+TARGETS = [f"Write a catalogue caption for our {p}." for p in PRODUCTS]
+QUERIES = [f"Please write a catalogue caption for this {p}." for p in PRODUCTS]
+
+
+def recall(home: Path, unrelated: list[str], scope_of_unrelated: str) -> tuple[int, int]:
+    cache = cache_at(home, threshold=0.9)
+    try:
+        for t in TARGETS:
+            put(cache, t)
+        for u in unrelated:
+            put(cache, u, scope_of_unrelated)
+        right = wrong = 0
+        for q, t in zip(QUERIES, TARGETS, strict=True):
+            got = cache._lookup(keys(q), True, 0.9, NOW + 1).hit
+            if got is not None:
+                right += got.body == t.encode()
+                wrong += got.body != t.encode()
+        return right, wrong
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("scope", ["acme", "globex"], ids=["same-partition", "other-customer"])
+def test_recall_is_the_same_with_50_or_2000_other_entries(tmp_path: Path, scope: str) -> None:
+    small = recall(tmp_path / "small", other_products(50, 1), scope)
+    large = recall(tmp_path / "large", other_products(2000, 2), scope)
+    assert small[0] >= 15  # the paraphrases find their products
+    assert large[0] >= small[0] - 1 and large[1] <= small[1] + 1, (small, large)
+
+
+def test_a_large_partition_uses_the_index_and_a_small_one_memory(tmp_path: Path) -> None:
+    cache = cache_at(tmp_path, threshold=0.9)
+    try:
+        for u in other_products(semantic.EXACT_MAX + 10, 3):
+            put(cache, u)
+        put(cache, "Describe the teapot. sku: 555")  # its own partition (facts)
+        big = keys(TARGETS[0]).partition()
+        assert cache._parts.is_large(big) and len(cache._index) == len(cache._parts.members(big))
+        small = keys("Describe the teapot. sku: 555").partition()
+        assert not cache._parts.is_large(small) and len(cache._parts.members(small)) == 1
+        hit = cache._lookup(keys("Please describe the teapot. sku: 555"), True, 0.9, NOW + 1).hit
+        assert hit is not None and hit.kind == "semantic"
+    finally:
+        cache.close()
+
+
+def test_entries_deleted_by_another_process_are_forgotten_at_once(tmp_path: Path) -> None:
+    cache = cache_at(tmp_path, threshold=0.9)
+    try:
+        for u in other_products(semantic.EXACT_MAX + 10, 4):
+            put(cache, u)
+        put(cache, TARGETS[0])
+        first = cache._lookup(keys(QUERIES[0]), True, 0.9, NOW + 1).hit
+        assert first is not None
+        before = len(cache._index)
+        conn = dbmod.connect(paths.db_path(tmp_path))
+        try:
+            assert cstore.delete(conn, [first.entry_id]) == [first.entry_id]  # e.g. llmgw cache delete
+        finally:
+            conn.close()
+        again = cache._lookup(keys(QUERIES[0]), True, 0.9, NOW + 2).hit
+        assert again is None or again.entry_id != first.entry_id
+        assert not cache._parts.contains(first.entry_id, keys(QUERIES[0]).partition())
+        assert len(cache._index) == before - 1
+    finally:
+        cache.close()
+
+
+def test_restart_reloads_partitions_and_rebuilds_an_index_of_the_large_ones(tmp_path: Path) -> None:
+    cache = cache_at(tmp_path, threshold=0.9)
+    for u in other_products(semantic.EXACT_MAX + 5, 5):
+        put(cache, u)
+    put(cache, TARGETS[3])
+    cache.close()
+    again = semantic.ResponseCache(tmp_path, CacheConfig(mode="semantic", threshold=0.9))
+    try:
+        hit = again._lookup(keys(QUERIES[3]), True, 0.9, NOW + 1).hit
+        assert hit is not None and hit.body == TARGETS[3].encode()
+        assert len(again._index) == semantic.EXACT_MAX + 6
+    finally:
+        again.close()
+
+
+def test_the_gate_refuses_a_closer_candidate_and_serves_the_next(tmp_path: Path) -> None:
+    cache = cache_at(tmp_path, threshold=0.85)
+    try:
+        put(cache, "Write a product caption for the linen shirt in French.")
+        found = cache._lookup(keys("Write a product caption for the linen shirt."), True, 0.85, NOW + 1)
+        assert found.hit is None and found.blocked == "languages" and found.best is not None and found.best > 0.9
+        put(cache, "Could you write a product caption for our linen shirt?")
+        found = cache._lookup(keys("Write a product caption for the linen shirt."), True, 0.85, NOW + 1)
+        assert found.hit is not None and found.hit.body == b"Could you write a product caption for our linen shirt?"
+        assert cache._lookup(keys("Write a product caption for the linen shirt in German."), True, 0.85,
+                             NOW + 1).hit is None
+    finally:
+        cache.close()
+
+
+def test_partitions_reuse_freed_slots_and_move_a_growing_partition_to_the_index(tmp_path: Path) -> None:
+    import numpy as np
+
+    from llmgw.cache.index import VectorIndex
+    from llmgw.cache.partitions import EXACT_MAX, Partitions
+
+    parts = Partitions(4, tmp_path / "i.usearch")
+    parts.load([], 0, lambda n, entries: VectorIndex(tmp_path / "i.usearch", 4, expected_count=n, entries=entries))
+    rng = np.random.default_rng(0)
+
+    def vec() -> tuple[np.ndarray, np.ndarray]:
+        v = rng.standard_normal(4).astype(np.float32)
+        v /= np.linalg.norm(v)
+        return v, v.astype(np.float16)
+
+    v1, h1 = vec()
+    parts.add(1, 100, v1, h1)
+    parts.add(2, 100, *vec())
+    assert parts.members(100) == [1, 2] and parts.top == 2
+    assert parts.ranked(100, v1, 0.9)[0][1] == 1  # exact scan, best first
+    parts.forget(1, 100)
+    assert parts.members(100) == [2] and isinstance(parts.parts[100], int)
+    parts.add(3, 200, *vec())
+    assert parts.top == 2  # the freed slot was reused, nothing grew
+    for eid in range(10, 11 + EXACT_MAX):
+        parts.add(eid, 300, *vec())
+    # past EXACT_MAX the vectors moved to the index and every one of their slots is free again
+    assert parts.is_large(300) and len(parts.index) == EXACT_MAX + 1 and len(parts.free) == EXACT_MAX + 1
+    parts.forget(10, 300)
+    assert len(parts.index) == EXACT_MAX and 10 not in parts.members(300)
