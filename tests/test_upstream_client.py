@@ -907,3 +907,33 @@ async def test_finish_not_completed_closes_the_connection(serve: Serve, client: 
     assert idle_count(client) == 0
     assert await post_read(client, srv.url) == (200, b"ok")
     assert srv.conns() == [0, 1]
+
+
+@pytest.mark.parametrize("before", [b"", b": PROCESSING\n\n"], ids=["nothing", "a comment"])
+async def test_open_sse_waits_for_the_first_event_a_stall_before_it_is_a_retryable_timeout(
+        serve: Serve, client: UpstreamClient, before: bytes) -> None:
+    # headers (and maybe a keep-alive comment), then nothing: nothing reached a client yet
+    srv = await serve(script([SSE_HEAD, *([chunk(before)] if before else []), HANG]))
+    with pytest.raises(AttemptFailed, match="sent no stream event within") as ei:
+        await open_sse(client, "prov", srv.url, b"", {}, TIMEOUT)
+    assert ei.value.timeout
+    await until(lambda: 0 in srv.client_closed, "the client closing the stalled stream")
+
+
+async def test_open_sse_returns_at_the_first_data_line_comments_before_it_included(
+        serve: Serve, client: UpstreamClient) -> None:
+    gate = asyncio.Event()
+    srv = await serve(script([SSE_HEAD, chunk(b": PROCESSING\n\n"), chunk(b"da"), chunk(b'ta: {"a":1}\n\n'), gate,
+                              chunk(b"data: [DONE]\n\n"), LAST]))
+    resp = await open_sse(client, "prov", srv.url, b"", {}, 5.0)
+    gate.set()
+    assert await collect(resp) in ([[(None, b'{"a":1}')], [(None, b"[DONE]")]], [[(None, b'{"a":1}'), (None, b"[DONE]")]])
+
+
+async def test_open_sse_break_before_the_first_bytes_is_a_retryable_failure(serve: Serve,
+                                                                           client: UpstreamClient) -> None:
+    srv = await serve(script([SSE_HEAD, CLOSE]))
+    with pytest.raises(AttemptFailed, match="stream broke before its first event") as ei:
+        await open_sse(client, "prov", srv.url, b"", {}, 5.0)
+    assert not ei.value.timeout
+    assert srv.connections == 1

@@ -83,6 +83,7 @@ class ServerConfig:
     max_body_bytes: int = 20 * 1024 * 1024
     request_timeout: float = 600.0  # seconds per request overall, every upstream attempt included
     drain_timeout: float = 30.0
+    body_timeout: float = 30.0  # seconds a client gets to send a request body (a slow one cannot hold a connection)
     # client request headers passed on to providers (``anthropic-*`` only to Anthropic providers,
     # ``openai-*`` only to OpenAI-format ones, any other listed name to every provider); [] = none
     forward_headers: tuple[str, ...] = FORWARD_HEADERS
@@ -377,7 +378,8 @@ def _build(c: Checks, path: Path | None, doc: dict[str, Any], env: Mapping[str, 
 
 def _server(c: Checks, t: dict[str, Any]) -> ServerConfig:
     d = ServerConfig()
-    c.unknown(t, ("host", "port", "max_body_bytes", "request_timeout", "drain_timeout", "forward_headers"), "server")
+    c.unknown(t, ("host", "port", "max_body_bytes", "request_timeout", "drain_timeout", "body_timeout",
+                  "forward_headers"), "server")
     forward = c.strings(t, "forward_headers", "server", what="header name", default=list(d.forward_headers))
     for i, name in enumerate(forward):
         if not _HEADER_NAME.match(name):
@@ -391,6 +393,7 @@ def _server(c: Checks, t: dict[str, Any]) -> ServerConfig:
         max_body_bytes=c.integer(t, "max_body_bytes", "server", default=d.max_body_bytes, lo=1),
         request_timeout=c.number(t, "request_timeout", "server", default=d.request_timeout, positive=True),
         drain_timeout=c.number(t, "drain_timeout", "server", default=d.drain_timeout),
+        body_timeout=c.number(t, "body_timeout", "server", default=d.body_timeout, positive=True),
     )
 
 
@@ -727,7 +730,8 @@ host = "127.0.0.1"
 port = 8080
 # Largest request body accepted, in bytes (20 MiB); larger requests get HTTP 413.
 max_body_bytes = 20971520
-# Seconds one request may take overall, every upstream attempt and fallback included.
+# Seconds one request may take overall: every upstream attempt and fallback, a stream's whole body
+# and the wait for its ledger row's commit.
 request_timeout = 600.0
 # On shutdown, seconds in-flight requests get to finish.
 drain_timeout = 30.0

@@ -20,6 +20,12 @@ class LlmgwError(Exception):
     code: str | None = None
     anthropic_type: str = "api_error"
     exit_code: int = 1
+    #: an upstream's own error body and its dialect ("openai" | "anthropic"): a client of that
+    #: dialect gets the body as the provider wrote it (redacted), others the envelope of ``message``
+    upstream_body: bytes | None = None
+    upstream_dialect: str | None = None
+    #: the answer closes the connection (what is left of the request on it cannot be trusted)
+    close_connection: bool = False
 
     def __init__(
         self,
@@ -67,6 +73,14 @@ class BodyTooLarge(InvalidRequest):
     status = 413
     code = "request_too_large"
     anthropic_type = "request_too_large"
+
+
+class BodyTimeout(InvalidRequest):
+    """The client did not send its whole request body in time; the connection is closed after the answer."""
+
+    status = 408
+    code = "body_timeout"
+    close_connection = True
 
 
 class Unauthorized(LlmgwError):
@@ -124,18 +138,23 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamRejected(LlmgwError):
-    """The provider answered a 4xx about the request itself; passed on with its status and type."""
+    """The provider answered a 4xx about the request itself (or a 429/529 that outlasted the
+    gateway's retries); passed on with its status, type and, to a client of the provider's dialect,
+    its own body."""
 
     type = "invalid_request_error"
     anthropic_type = "invalid_request_error"
     exit_code = 5
 
     def __init__(self, message: str, *, status: int, type: str | None = None, code: str | None = None,
-                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
+                 param: str | None = None, headers: dict[str, str] | None = None,
+                 upstream_body: bytes | None = None, upstream_dialect: str | None = None) -> None:
         super().__init__(message, code=code, param=param, status=status, headers=headers)
         if type:
             self.type = type
-        self.anthropic_type = _ANTHROPIC_BY_STATUS.get(status, "invalid_request_error")
+        self.anthropic_type = _ANTHROPIC_BY_STATUS.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        self.upstream_body = upstream_body
+        self.upstream_dialect = upstream_dialect
 
 
 # ---- local (CLI / config) errors ------------------------------------------------------------
@@ -176,6 +195,23 @@ class ResourceError(LlmgwError):
 
     type = "resource_error"
     exit_code = 2
+
+
+class ServiceUnavailable(LlmgwError):
+    """The gateway cannot take the request now because it could not record it: the ledger writer is
+    down, restarting, or cannot commit (disk full, database locked). Refused before any upstream
+    attempt (``ledger_unavailable``); ``ledger_timeout`` when the row of an answered request was not
+    committed within ``server.request_timeout`` (the row stays queued and is written once the ledger
+    recovers). 503 with a short ``Retry-After``: the SDKs retry it."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "ledger_unavailable"
+    anthropic_type = "api_error"
+    exit_code = 5
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"retry-after": "1"})
 
 
 _ANTHROPIC_BY_STATUS = {

@@ -11,6 +11,11 @@ Invariants:
   numbers are billed; only when the provider never reports usage are tokens estimated (and the
   row says ``usage_estimated = 1``).
 - Upstream retries never happen after the first streamed byte.
+- No provider call without a row that can be written: every integer of the row is bounded
+  (``governance.bounds``) and a ledger that cannot record (``LedgerWriter.health``) refuses the
+  request with a typed 503 before any upstream attempt. ``server.request_timeout`` bounds the whole
+  request: upstream attempts, a stream's body and the wait for the row's commit.
+- A client that hangs up is recorded as 499/cancelled, stream or not.
 """
 
 from __future__ import annotations
@@ -36,9 +41,27 @@ from .cache.semantic import request_options as cache_request_options
 from .cache.verdict import CacheAudit
 from .clock import Clock, wall_ms
 from .config import Config
-from .errors import InvalidRequest, LlmgwError, ModelNotFound, PermissionDenied, Unauthorized
-from .governance.bounds import bound_nanos, clamp_max_tokens, cost_bound, prompt_price, unbounded_features
-from .governance.budgets import BudgetBook, BudgetExceeded, Reservation
+from .errors import (
+    InvalidRequest,
+    LlmgwError,
+    ModelNotFound,
+    PermissionDenied,
+    ServiceUnavailable,
+    Unauthorized,
+    UpstreamTimeout,
+)
+from .governance.bounds import (
+    RETRY_HEADER,
+    bound_cost,
+    bound_nanos,
+    bound_usage,
+    clamp_max_tokens,
+    client_retry_count,
+    cost_bound,
+    prompt_price,
+    unbounded_features,
+)
+from .governance.budgets import BudgetBook, BudgetExceeded, Flight, Reservation
 from .governance.events import EventSink
 from .governance.idempotency import Idempotency, Stored
 from .governance.keys import KeyInfo, KeyTable
@@ -57,9 +80,10 @@ from .server.http import (
     error_response,
     id_headers,
     read_body,
+    send_and_close,
     write_eof_quietly,
 )
-from .store.writer import LedgerWriter
+from .store.writer import CommitTimeout, LedgerWriter
 from .usage import Usage
 
 log = logging.getLogger("llmgw.gateway")
@@ -100,6 +124,7 @@ class Call:
     inbound: str  # "openai" | "anthropic": the client's dialect
     ts_ms: int  # business time of the request (the gateway's clock)
     t0: float = field(default_factory=time.perf_counter)
+    deadline: float = 0.0  # time.monotonic() by which the request must be done (server.request_timeout)
     stream: bool = False
     model: str | None = None
     provider: str | None = None
@@ -119,6 +144,7 @@ class Call:
     cost: int = 0
     # governance
     reservation: Reservation | None = None
+    flight: Flight | None = None  # tracked by the budget book from admission until the row is committed
     reserved: int = 0
     rl_estimate: int = 0
     headers: dict[str, str] = field(default_factory=dict)  # added to every response of this call
@@ -160,25 +186,34 @@ class Gateway:
         self.forward_headers = config.server.forward_headers
         self._unpriced_warned: set[str] = set()
         self._prices: dict[tuple[str, str], Price | None] = {}
+        metrics.known_model = self.known_model  # metric labels name only models the config knows
         self._cache_errors_logged: set[str] = set()
         self.cache_audit = CacheAudit(self) if cache is not None else None
         if cache is not None:
             cache.on_error = self.cache_failed  # writes no request waits for (hit touches, the hit log)
+        self._unrecorded = 0  # rows of refused requests the ledger queue could not take
+        self._unrecorded_logged = -math.inf
 
     # ---- the spine -------------------------------------------------------------------------
     async def handle(self, request: web.Request, route: str) -> web.StreamResponse:
         call = Call(request_id=new_request_id(), route=route, ts_ms=self.clock(), inbound=DIALECTS.get(route, "openai"))
-        retry = request.headers.get("x-stainless-retry-count")
-        if retry and retry.isdigit():
-            call.client_retry = int(retry)
+        call.deadline = time.monotonic() + self.request_timeout
         self.metrics.in_flight += 1
         fwd = self.forwarded(request) if self.forward_headers else None
         forwarding = FORWARDED.set(fwd) if fwd else None  # every set is reset below: None between requests
         try:
-            call.key = await self.keys.resolve(bearer(request))
+            call.client_retry = client_retry_count(request.headers.get(RETRY_HEADER))
+            validate.request_headers(request.headers)
+            try:
+                call.key = await self.keys.resolve(bearer(request))
+            except sqlite3.Error as e:  # a key new to this daemon, and the database cannot be read now
+                raise ServiceUnavailable(f"the key store cannot be read now: {e}", code="keys_unavailable") from e
             body = VALIDATORS[route](await self._read_json(request, call))
             call.model = body["model"]
             call.stream = bool(body.get("stream")) and route != ROUTE_EMBEDDINGS
+            problem = self.writer.health()
+            if problem is not None:  # no provider call without a row that can be written
+                raise ServiceUnavailable(f"the gateway cannot record requests now, so it takes none: {problem}")
             targets = self.router.resolve(call.model)
             if route == ROUTE_RESPONSES:  # a stored response lives at one provider: only it can go on
                 targets = responses.pin_targets(body, targets, self.router.origins, call.model,
@@ -194,7 +229,7 @@ class Gateway:
                 hit = await self._cache_lookup(request, call, body)
                 if hit is not None:
                     return await self._serve_hit(request, call, body, hit)
-            deadline = time.monotonic() + self.request_timeout
+            deadline = call.deadline
             if call.stream:
                 return await self._stream(request, call, body, targets, deadline)
             if route == ROUTE_EMBEDDINGS:
@@ -208,6 +243,8 @@ class Gateway:
                 self._remember_response(call, completion.response_id)
             if self.log_bodies:
                 call.response_body = completion.body.decode("utf-8", "replace")
+            if request.transport is None or request.transport.is_closing():
+                call.status, call.outcome = 499, "cancelled"  # the client hung up: billed, not delivered
             if call.idem_key is not None:
                 call.idem_answer = Stored(completion.status, "application/json", completion.body)
             await self._record(call)
@@ -218,6 +255,11 @@ class Gateway:
             return web.Response(body=completion.body, status=completion.status,
                                 headers=id_headers(call.request_id, call.inbound, JSON, call.headers))
         except LlmgwError as e:
+            if call.recorded:  # the row went in already (e.g. its commit did not come in time)
+                if call.response is not None and call.response.prepared:  # a stream: end it with the error
+                    await write_eof_quietly(call.response, error_event(e, call.inbound))
+                    return call.response
+                return error_response(e, call.inbound, call.request_id, call.headers)
             self._fail(call, e)
             billed = getattr(e, "usage", None)  # the upstream answered and billed, but unusably
             if isinstance(billed, Usage):
@@ -226,11 +268,22 @@ class Gateway:
                 reason = rejection_reason(e)
                 if reason is not None:
                     self.metrics.rejections[reason] += 1
-            await self._record(call)
-            return error_response(e, call.inbound, call.request_id, call.headers)
+            if isinstance(e, ServiceUnavailable):
+                self._record_nowait(call)  # the ledger is down: queue the row, do not wait for it
+            else:
+                await self._record(call)
+            resp = error_response(e, call.inbound, call.request_id, call.headers)
+            return await send_and_close(request, resp) if e.close_connection else resp
+        except asyncio.CancelledError:  # the shutdown drain ran out of time: the row, without waiting for it
+            if not call.recorded:
+                call.status, call.outcome = 499, "cancelled"
+                self._record_nowait(call)
+            raise
         except Exception:  # a bug: still a typed answer and a ledger row, never a traceback
             log.exception("unhandled error in request %s", call.request_id)
-            err = LlmgwError(f"internal error (request {call.request_id})", code="internal_error")
+            # after an upstream attempt an SDK's retry would cost another provider call
+            err = LlmgwError(f"internal error (request {call.request_id})", code="internal_error",
+                             headers={"x-should-retry": "false"} if call.attempts else None)
             if not call.recorded:
                 self._fail(call, err)
                 await self._record(call)
@@ -380,8 +433,12 @@ class Gateway:
         key = call.key
         assert key is not None and call.model is not None
         self.authorize(key, call.model, targets)
+        flight = call.flight = self.budgets.track(key.id, key.team_id, key.customer_id, call.ts_ms)
         budgets = self.budgets.applicable(key.id, key.team_id, key.customer_id)
         if not budgets and not key.rpm and not key.tpm:
+            # a budget created while this request runs reserves its bound (computed only then)
+            flight.bound = lambda: cost_bound(body, len(call.raw_body), self._bound_price(targets),
+                                              inbound=call.inbound, default_max_tokens=self.default_max_tokens)[2]
             return
         if call.route != ROUTE_EMBEDDINGS and _max_tokens_of(body) is None:
             # make the output bound real: the upstream gets the same limit the reservation assumed
@@ -398,6 +455,7 @@ class Gateway:
             info = self.ratelimiter.check(key.id, key.rpm, key.tpm, call.rl_estimate, time.monotonic())
             call.headers.update(info.headers())
         if not budgets:
+            flight.bound = lambda: bound
             return
         if any(b.hard for b in budgets):
             unbounded = list(dict.fromkeys(unbounded_features(view) + (
@@ -422,6 +480,7 @@ class Gateway:
             call.reservation = self.budgets.reserve(budgets, bound, call.ts_ms)
             call.headers["x-llmgw-max-tokens-clamped"] = str(m)
         call.reserved = bound
+        flight.reservation = call.reservation
         call.headers.update(self.budgets.warning_headers(budgets, call.ts_ms))
 
     def _bound_price(self, targets: list[Target]) -> Price | None:
@@ -435,33 +494,43 @@ class Gateway:
 
     def _settle(self, call: Call) -> None:
         """Real cost from real usage; release reservations; count tokens against the rate limit."""
+        if bound_usage(call.usage):
+            log.warning("request %s: %s reported token counts outside 0..2^40; recorded clamped",
+                        call.request_id, call.provider or "the cache")
         if call.provider and call.upstream_model:
             price = self._price(call.provider, call.upstream_model)
             if price is None and call.usage.total_tokens:
                 name = f"{call.provider}/{call.upstream_model}"
-                self.metrics.unpriced[(call.provider, call.upstream_model)] += 1
-                if name not in self._unpriced_warned:
+                label = self.metrics.model_label(name)
+                self.metrics.unpriced[(call.provider, call.upstream_model if label == name else label)] += 1
+                if name not in self._unpriced_warned and len(self._unpriced_warned) < 1000:
                     self._unpriced_warned.add(name)
                     log.warning("no price known for %s: its requests are recorded at cost 0", name)
             call.cost = cost_nanos(price, call.usage)
-        if call.reservation is not None:
+        call.cost = bound_cost(call.cost)
+        events = None
+        if call.flight is not None:
+            events = self.budgets.settle_flight(call.flight, call.cost, call.ts_ms)
+        elif call.reservation is not None:
             events = self.budgets.settle(call.reservation, call.cost, call.ts_ms)
-            if events and self.events is not None:
-                now = self.clock()
-                self.events.emit([e.as_dict(now) for e in events])
+        if events and self.events is not None:
+            now = self.clock()
+            self.events.emit([e.as_dict(now) for e in events])
         key = call.key
         if call.rl_estimate and key is not None:
             self.ratelimiter.settle(key.id, call.rl_estimate, call.usage.total_tokens, time.monotonic())
 
     # ---- pieces ----------------------------------------------------------------------------
     async def _read_json(self, request: web.Request, call: Call) -> Any:
-        raw = call.raw_body = await read_body(request, self.max_body)
+        raw = call.raw_body = await read_body(request, self.max_body, self.config.server.body_timeout)
         if not raw:
             raise InvalidRequest("request body is empty; expected a JSON object", code="invalid_json")
         try:
-            return orjson.loads(raw)
+            parsed = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
             raise InvalidRequest(f"request body is not valid JSON: {e}", code="invalid_json") from e
+        validate.nesting(raw, parsed)
+        return parsed
 
     def _fail(self, call: Call, err: LlmgwError) -> None:
         call.error = err
@@ -483,14 +552,19 @@ class Gateway:
             except OSError:
                 client_gone = True
             try:
-                async for event in stream.events():
-                    if call.ttfb is None:
-                        call.ttfb = time.perf_counter() - call.t0
-                    if not client_gone:
-                        try:
-                            await resp.write(event)
-                        except OSError:
-                            client_gone = True  # keep draining: the provider's usage is the bill
+                try:
+                    async with asyncio.timeout(max(0.0, call.deadline - time.monotonic())):
+                        async for event in stream.events():
+                            if call.ttfb is None:
+                                call.ttfb = time.perf_counter() - call.t0
+                            if not client_gone:
+                                try:
+                                    await resp.write(event)
+                                except OSError:
+                                    client_gone = True  # keep draining: the provider's usage is the bill
+                except TimeoutError:
+                    raise UpstreamTimeout(f"the stream ran past server.request_timeout ({self.request_timeout:g} s)",
+                                          code="request_timeout") from None
                 if call.ttfb is None:  # the whole answer came in the read that held its end
                     call.ttfb = time.perf_counter() - call.t0
                 if not client_gone and (request.transport is None or request.transport.is_closing()):
@@ -548,6 +622,20 @@ class Gateway:
             call.response_body = state.text
 
     # ---- settle + record -------------------------------------------------------------------
+    def known_model(self, name: str) -> bool:
+        """Whether the configuration knows ``name`` (an alias, or provider/model that the provider
+        declares in its ``models`` or that has a price): the model names metrics may label."""
+        if name in self.router.aliases:
+            return True
+        pname, _, mname = name.partition("/")
+        provider = self.router.providers.get(pname)
+        if provider is None or not mname:
+            return False
+        models = getattr(provider, "models", None)
+        if models and provider.serves(mname):
+            return True
+        return self._price(pname, mname) is not None
+
     def _price(self, provider: str, model: str) -> Price | None:
         key = (provider, model)
         try:
@@ -568,7 +656,7 @@ class Gateway:
             "request_id": call.request_id, "ts_ms": call.ts_ms, "route": call.route, "model": call.model,
             "provider": call.provider, "upstream_model": call.upstream_model, "stream": int(call.stream),
             "status": call.status, "outcome": call.outcome,
-            "error_type": err.type if err else None, "error_code": err.code if err else None,
+            "error_type": _text(err.type) if err else None, "error_code": _text(err.code) if err else None,
             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
             "cached_tokens": u.cached_tokens, "cache_write_tokens": u.cache_write_tokens,
             "cost_nanos": call.cost, "latency_ms": round(latency * 1000, 3),
@@ -587,20 +675,51 @@ class Gateway:
         return row
 
     async def _record(self, call: Call) -> None:
+        """Settle and write the row; wait for its commit until the request's deadline (at least
+        ``LEDGER_GRACE`` seconds), else ``ServiceUnavailable`` (``ledger_timeout``): the row stays
+        queued and is written when the ledger recovers."""
         call.recorded = True
         self._settle(call)
-        await self.writer.write(self._row(call), trusted=True)
+        try:
+            fut = self.writer.submit(self._row(call), trusted=True,
+                                     deadline=max(call.deadline, time.monotonic() + LEDGER_GRACE))
+        except RuntimeError as e:  # stopped, or its queue is full
+            log.error("request %s could not be recorded: %s", call.request_id, e)
+            raise ServiceUnavailable(f"the gateway could not record this request: {e}") from None
+        flight = call.flight
+        if flight is not None:
+            flight.seq = self.writer.last_seq
+        try:
+            await fut
+        except CommitTimeout:
+            # the flight stays tracked (its row is not committed yet) until a budget reload prunes it
+            raise ServiceUnavailable("the ledger did not commit this request's row within server.request_timeout; "
+                                     "it stays queued and is written once the ledger recovers",
+                                     code="ledger_timeout") from None
+        if flight is not None:
+            self.budgets.untrack(flight)
 
     def _record_nowait(self, call: Call) -> None:
         call.recorded = True
         self._settle(call)
         try:
             self.writer.submit(self._row(call), trusted=True)
-        except RuntimeError:
-            log.error("ledger writer stopped; request %s could not be recorded", call.request_id)
+        except RuntimeError as e:  # stopped, or the queue is full (a long outage): logged at most every 10 s
+            self._unrecorded += 1
+            now = time.monotonic()
+            if now - self._unrecorded_logged >= 10.0:
+                self._unrecorded_logged = now
+                log.error("request %s could not be recorded: %s (%d such requests so far)", call.request_id, e,
+                          self._unrecorded)
+            return
+        if call.flight is not None:
+            call.flight.seq = self.writer.last_seq
 
 
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+#: the least time a request waits for its row's commit, even past its deadline (an error row of a
+#: request that ran out of time still gets its commit)
+LEDGER_GRACE = 1.0
 
 # error class -> ``llmgw_rejections_total`` reason for an error raised before any upstream attempt
 # (None: not a refusal, e.g. a bug); filled lazily, one dict lookup per error afterwards
@@ -624,6 +743,11 @@ def rejection_reason(err: LlmgwError) -> str | None:
         reason = next((r for c, r in _REJECTION_CLASSES if issubclass(cls, c)), None)
         _REJECTIONS[cls] = reason
         return reason
+
+
+def _text(v: Any) -> str | None:
+    """A TEXT column from what an upstream's error envelope said (a type or code may be any JSON)."""
+    return v if v is None or isinstance(v, str) else str(v)
 
 
 def _max_tokens_of(body: dict[str, Any]) -> Any:

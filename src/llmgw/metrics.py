@@ -8,6 +8,9 @@ read at scrape time through functions that take their owner's lock, never on the
 Invariants:
 - Labels stay low-cardinality on histograms (route, provider); customer labels are only on
   counters; no key or team label anywhere.
+- A ``model`` label names only a model the configuration knows (an alias, a model a provider
+  declares, a priced model: ``Metrics.known_model``), at most ``MODEL_LABELS_MAX`` of them; any
+  other name a client sends is counted as ``other``, so clients cannot grow the series.
 - Label sets that dashboards rate() over (rejection reasons, cache hit types, cache error
   operations) are exported from the start with value 0, so a series exists before its first event.
 - Every metric is listed in the README's metrics table; ``/metrics`` is clean under
@@ -25,6 +28,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from . import redact
 from .units import NANOS_PER_USD
 
 #: request and upstream latency (seconds): from a cached reply to a long generation
@@ -46,6 +50,12 @@ CACHE_HIT_TYPES = ("exact", "semantic")
 CACHE_ERROR_OPS = ("lookup", "store", "warm", "record")
 #: value of the ``cache`` label of ``llmgw_requests_total`` while no cache is in the request path
 CACHE_OFF = "off"
+#: distinct values of the ``model`` labels (first come, first labelled); every other model is OTHER_MODEL
+MODEL_LABELS_MAX = 500
+#: the ``model`` label of a model the configuration does not know, or of one past MODEL_LABELS_MAX
+OTHER_MODEL = "other"
+#: unknown model names remembered as such (beyond: asked again, a few dict lookups)
+_UNKNOWN_REMEMBERED = 10_000
 
 #: a scrape-time histogram source: () -> (bucket upper bounds, per-bucket counts incl. +Inf, sum)
 HistogramSource = Callable[[], tuple[Sequence[float], Sequence[int], float]]
@@ -118,16 +128,34 @@ class Metrics:
         self.cache_errors: dict[str, int] = dict.fromkeys(CACHE_ERROR_OPS, 0)
         self.gauges = dict(gauges or {})
         self.histograms = dict(histograms or {})
+        #: whether a model name (as a client wrote it: alias or provider/model) may be a label value;
+        #: the gateway sets it from its routes and prices (the default: any name, still capped)
+        self.known_model: Callable[[str], bool] = lambda name: True
+        self._model_labels: set[str] = set()
+        self._unknown_models: set[str] = set()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # a Collector: anything with collect()
 
     # ---- hot path --------------------------------------------------------------------------
+    def model_label(self, name: str) -> str:
+        """``name`` as a ``model`` label value: itself if known and within the cap, else OTHER_MODEL."""
+        if name in self._model_labels:
+            return name
+        if not name or name in self._unknown_models:
+            return OTHER_MODEL
+        if len(self._model_labels) < MODEL_LABELS_MAX and self.known_model(name):
+            self._model_labels.add(name)
+            return name
+        if len(self._unknown_models) < _UNKNOWN_REMEMBERED:
+            self._unknown_models.add(name)
+        return OTHER_MODEL
+
     def observe_request(self, row: Mapping[str, Any], upstream_seconds: float = 0.0) -> None:
         """One finished API request, from its ledger row (``Gateway._row``: route, provider, model,
         status, outcome, latency_ms, ttfb_ms, attempts, customer_id, the token counts, cost_nanos and
         cache, None without a cache) and what the row does not hold: ``upstream_seconds``, the time
         spent in upstream attempts (0 of them: never reached a provider) and reading a stream's body."""
-        route, provider, model = row["route"], row["provider"] or "", row["model"] or ""
+        route, provider, model = row["route"], row["provider"] or "", self.model_label(row["model"] or "")
         self.requests[(route, provider, model, f"{row['status'] // 100}xx", row["outcome"],
                        row["cache"] or CACHE_OFF)] += 1
         self.duration[(route, provider)].observe(row["latency_ms"] / 1000)
@@ -267,4 +295,5 @@ class Metrics:
             yield util
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The scrape, every configured secret redacted (``redact``): labels come from clients."""
+        return redact.data(generate_latest(self.registry))

@@ -2,6 +2,10 @@
 
 ``LLMGW_HOME`` (or ``--home``) overrides the base directory; otherwise the XDG data dir
 (``$XDG_DATA_HOME/llmgw``, default ``~/.local/share/llmgw``). Nothing else in the code builds paths.
+
+The home holds cached prompts and answers, the ledger and key hashes: llmgw creates it 0700 and its
+files 0600 (``HOME_MODE``, ``FILE_MODE``; ``private_file``), whatever the umask. An existing home
+keeps the mode its owner gave it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from pathlib import Path
 DB_NAME = "llmgw.db"
 CACHE_INDEX_NAME = "cache.usearch"
 CONFIG_NAME = "llmgw.toml"
+HOME_MODE = 0o700
+FILE_MODE = 0o600
 
 
 def home(override: str | os.PathLike[str] | None = None) -> Path:
@@ -22,6 +28,15 @@ def home(override: str | os.PathLike[str] | None = None) -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(xdg) / "llmgw"
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` empty with ``FILE_MODE`` if it does not exist (an existing file is left as it
+    is): SQLite then gives its -wal and -shm files the same mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    except FileExistsError:
+        pass
 
 
 def db_path(home_dir: Path) -> Path:
@@ -55,7 +70,7 @@ def ensure_home(home_dir: Path) -> Path:
 
     why = None
     try:
-        home_dir.mkdir(parents=True, exist_ok=True)
+        home_dir.mkdir(parents=True, exist_ok=True, mode=HOME_MODE)
     except FileExistsError:
         why = "it is a file, not a directory"
     except NotADirectoryError:

@@ -88,6 +88,9 @@ def serve(
         cfg = cfg.with_demo()  # the demo models exist only when asked for or configured
     if demo and "demo" not in cfg.enabled_providers():
         raise ConfigError("--demo needs the demo provider, but the config disables it ([providers.demo] enabled = false)")
+    import os
+
+    os.umask(0o077)  # everything the daemon creates (database, WAL, cache index) is private to its user
     paths.ensure_home(h)  # a home that cannot be one fails here, as one line, before anything starts
     secret = None
     if demo:

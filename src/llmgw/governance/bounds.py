@@ -43,6 +43,14 @@ tokens are inside ``max_completion_tokens`` / Anthropic's ``max_tokens``. Predic
 Embeddings requests (``input`` and no ``messages``) have no output.
 
 Invariant: integers only; a missing price (``None``) costs 0, as in ``pricing.cost_nanos``.
+
+Also the bounds of every integer a ledger row holds, applied before the row is built so a row can
+always be written (SQLite's INTEGER is 64-bit; a larger value would fail the row after the provider
+was paid): ``client_retry_count`` (the ``x-stainless-retry-count`` header: a typed 400 when it is
+not ASCII digits, clamped to ``CLIENT_RETRY_MAX``), ``bound_nanos`` / ``cost_bound`` (at most
+``MAX_NANOS``, whatever ``max_tokens`` says) and ``bound_usage`` / ``bound_cost`` (token counts an
+upstream reports, clamped to ``MAX_TOKENS``, and costs to ``MAX_NANOS``). The other integer
+columns are the gateway's own (timestamps, statuses, attempts, 0/1 flags).
 """
 
 from __future__ import annotations
@@ -51,7 +59,10 @@ from typing import Any
 
 import orjson
 
+from ..errors import InvalidRequest
 from ..pricing import Price
+from ..units import MAX_NANOS
+from ..usage import Usage
 
 PER_MESSAGE_TOKENS = 8
 IMAGE_TOKENS = 1600
@@ -59,6 +70,12 @@ TOOLS_OVERHEAD_TOKENS = 1024
 BUILTIN_TOOL_TOKENS = 1024
 #: what ``clamp_max_tokens`` returns when output costs nothing and the caller gave no cap
 MAX_TOKENS_CEILING = 2**31 - 1
+
+#: the most ``x-stainless-retry-count`` the ledger records (the SDKs send 0, 1, 2)
+CLIENT_RETRY_MAX = 1_000_000
+#: the most tokens of one kind a ledger row records (far beyond any context window)
+MAX_TOKENS = 2**40
+RETRY_HEADER = "x-stainless-retry-count"
 
 _IMAGE_TYPES = frozenset({"image_url", "image", "input_image"})
 _FILE_TYPES = frozenset({"document", "file", "input_audio", "input_file"})
@@ -187,10 +204,43 @@ def prompt_price(price: Price | None) -> int:
 
 
 def bound_nanos(prompt_bound: int, output_bound: int, price: Price | None) -> int:
-    """Cost in nano-dollars of ``prompt_bound`` prompt and ``output_bound`` output tokens at worst."""
+    """Cost in nano-dollars of ``prompt_bound`` prompt and ``output_bound`` output tokens at worst
+    (at most ``MAX_NANOS``: what a budget or the ledger can hold)."""
     if price is None:
         return 0
-    return prompt_bound * prompt_price(price) + output_bound * price.output
+    return min(prompt_bound * prompt_price(price) + output_bound * price.output, MAX_NANOS)
+
+
+def client_retry_count(value: str | None) -> int | None:
+    """The ``x-stainless-retry-count`` header as the ledger's ``client_retry``: None when absent or
+    empty, clamped to ``CLIENT_RETRY_MAX``; ``InvalidRequest`` unless it is ASCII digits."""
+    if not value:
+        return None
+    v = value.strip()
+    if not (v.isascii() and v.isdigit()):
+        raise InvalidRequest(f"{RETRY_HEADER}: expected a non-negative integer", param=RETRY_HEADER,
+                             code="invalid_header")
+    return CLIENT_RETRY_MAX if len(v) > 7 else min(int(v), CLIENT_RETRY_MAX)
+
+
+def _clamp(n: int, hi: int) -> int:
+    return 0 if n < 0 else hi if n > hi else n
+
+
+def bound_usage(u: Usage) -> bool:
+    """Clamp the token counts an upstream reported to ``0..MAX_TOKENS`` (in place); True if any was
+    outside (the caller logs it: an upstream that reports that is broken or hostile)."""
+    fields = (u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.cache_write_tokens)
+    if all(isinstance(n, int) and 0 <= n <= MAX_TOKENS for n in fields):
+        return False
+    p, c, r, w = (_clamp(n if isinstance(n, int) else 0, MAX_TOKENS) for n in fields)
+    u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.cache_write_tokens = p, c, r, w
+    return True
+
+
+def bound_cost(nanos: int) -> int:
+    """A cost as the ledger and the budgets hold it: ``0..MAX_NANOS``."""
+    return _clamp(nanos, MAX_NANOS)
 
 
 def cost_bound(body: dict[str, Any], raw_len: int, price: Price | None, *, inbound: str,

@@ -19,12 +19,19 @@ Invariants:
   ``spent + reserved + amount <= limit (+ grace)``.
 * Windows roll over at request time (``now_ms >= end``): spent and reserved restart at 0. A
   reservation made in an earlier window settles nothing into the new one.
+* A budget that appears while requests run (created by the CLI, the admin API or ``config apply``)
+  counts them: its spent is what the ledger holds up to the writer's committed point plus every
+  request the book tracks (a ``Flight``, from admission until its row is committed) that is not in
+  that part of the ledger: its cost if settled, else its reservation (the flight's existing one, or
+  its cost bound), which then settles into the new budget too. So counters equal ledger spend in
+  the window plus reservations in flight, whatever changes during traffic (see ``reload``).
 * Events are produced, never written: ``settle`` returns them and the gateway stores them (the events
   table's unique index keeps each one once, also across restarts).
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -35,6 +42,8 @@ from .. import clock
 from ..errors import LlmgwError, NotFound, UsageError
 from ..store import rollups
 from ..units import MAX_NANOS, PERIODS, iso_utc, usd, window
+
+log = logging.getLogger("llmgw.budgets")
 
 SCOPES = ("customer", "team", "key")
 ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly", "total": "total"}
@@ -174,6 +183,23 @@ class Reservation:
     settled: bool = False
 
 
+@dataclass(slots=True, eq=False)
+class Flight:
+    """One request between admission and the commit of its ledger row, as the book tracks it."""
+
+    key_id: str | None
+    team_id: str | None
+    customer_id: str | None
+    ts_ms: int
+    reservation: Reservation | None = None
+    bound: Callable[[], int] | None = None  # its cost bound, computed only if a budget appears meanwhile
+    cost: int | None = None  # set when it settles
+    seq: int = 0  # the ledger writer's sequence number of its row (0: not submitted yet)
+
+    def scope_id(self, scope: str) -> str | None:
+        return self.key_id if scope == "key" else self.team_id if scope == "team" else self.customer_id
+
+
 class BudgetBook:
     """Spent and reserved per budget in its current window; rebuilt from the ledger by ``load``."""
 
@@ -183,6 +209,75 @@ class BudgetBook:
         self.error_status = error_status
         self._states: dict[str, _State] = {}
         self._by_scope: dict[tuple[str, str], list[Budget]] = {}
+        self._flights: set[Flight] = set()
+        self._recent: list[Flight] = []  # flights done while a snapshot was being read
+        self._snapshots = 0
+
+    # -- requests in flight ------------------------------------------------------------------------
+
+    def track(self, key_id: str | None, team_id: str | None, customer_id: str | None, ts_ms: int) -> Flight:
+        """Start tracking an admitted request (until ``untrack``, once its ledger row is committed)."""
+        f = Flight(key_id, team_id, customer_id, ts_ms)
+        self._flights.add(f)
+        return f
+
+    def untrack(self, flight: Flight) -> None:
+        """The flight's row is committed (or it never reached the ledger writer)."""
+        self._flights.discard(flight)
+        if self._snapshots:
+            self._recent.append(flight)
+
+    def settle_flight(self, flight: Flight, actual_nanos: int, now_ms: int) -> list[Event]:
+        """``settle`` the flight's reservation (if it has one, even one a new budget gave it)."""
+        flight.cost = max(0, actual_nanos)
+        return self.settle(flight.reservation, actual_nanos, now_ms) if flight.reservation is not None else []
+
+    def begin_snapshot(self, committed_seq: int) -> None:
+        """A budget reload is about to read the ledger (up to the writer's committed point, whose
+        sequence number is ``committed_seq``): remember flights that finish until ``end_snapshot``,
+        and forget the ones whose rows are committed at or before that point."""
+        self._snapshots += 1
+        done = [f for f in self._flights if 0 < f.seq <= committed_seq and f.cost is not None]
+        self._flights.difference_update(done)
+
+    def end_snapshot(self) -> None:
+        self._snapshots = max(0, self._snapshots - 1)
+        if not self._snapshots:
+            self._recent.clear()
+
+    def in_flight(self) -> int:
+        return len(self._flights)
+
+    @staticmethod
+    def _bound_of(f: Flight) -> int:
+        if f.bound is None:
+            return 0
+        try:
+            return max(0, f.bound())
+        except Exception:  # a bound that cannot be computed reserves nothing; the settle still counts
+            log.exception("could not compute the cost bound of a request in flight for a new budget")
+            return 0
+
+    def _count_in_flight(self, st: _State, committed_seq: int) -> None:
+        """A new budget: add the requests its ledger read did not see (rows after ``committed_seq``)."""
+        b = st.budget
+        for f in (*self._flights, *self._recent):
+            if f.scope_id(b.scope) != b.scope_id or f.ts_ms < st.start_ms:
+                continue
+            if st.end_ms is not None and f.ts_ms >= st.end_ms:
+                continue
+            if 0 < f.seq <= committed_seq:
+                continue  # its row is in the part of the ledger that was read
+            if f.cost is not None:
+                st.spent += f.cost
+                continue
+            res = f.reservation
+            if res is None:
+                res = f.reservation = Reservation(self._bound_of(f), f.ts_ms, ())
+            if res.settled:
+                continue
+            st.reserved += res.amount
+            res.parts = (*res.parts, (b.id, st.start_ms))
 
     # -- definitions -------------------------------------------------------------------------------
 
@@ -193,10 +288,13 @@ class BudgetBook:
         self.reload(budget_rows, spend_by_scope, now_ms)
 
     def reload(self, budget_rows: Iterable[BudgetRow], spend_by_scope: SpendFn,
-               now_ms: int) -> None:
+               now_ms: int, *, committed_seq: int | None = None) -> None:
         """Apply changed definitions: new budgets read their spend from the ledger; a budget it already
         had (same id, scope and period) keeps its spent and reserved counters with the new limit, warn
-        level, grace and hardness; removed budgets are dropped (their reservations settle to nothing)."""
+        level, grace and hardness; removed budgets are dropped (their reservations settle to nothing).
+
+        With ``committed_seq`` (the daemon: ``spend_by_scope`` read the ledger up to the writer's
+        committed point, see ``begin_snapshot``), a new budget also counts the requests in flight."""
         states: dict[str, _State] = {}
         for row in budget_rows:
             b = row if isinstance(row, Budget) else Budget.from_row(row)
@@ -208,7 +306,9 @@ class BudgetBook:
                 states[b.id] = old
                 continue
             start, end = window(b.period, now_ms)
-            states[b.id] = _State(b, start, end, spent=spend_by_scope(b.scope, b.scope_id, start))
+            st = states[b.id] = _State(b, start, end, spent=spend_by_scope(b.scope, b.scope_id, start))
+            if committed_seq is not None:
+                self._count_in_flight(st, committed_seq)
         by_scope: dict[tuple[str, str], list[Budget]] = {}
         for st in states.values():
             by_scope.setdefault((st.budget.scope, st.budget.scope_id), []).append(st.budget)

@@ -12,18 +12,26 @@ Scope and rules:
 - Streaming requests ignore the header (an SSE stream is not replayed from here).
 SQLite work runs in worker threads with short-lived connections: only requests carrying the
 header pay for it.
+- The store failing (disk full, a lock held longer than the busy timeout) never becomes a bare 500:
+  ``begin`` raises a typed 503 (``ServiceUnavailable``, code ``idempotency_unavailable``) before the
+  request runs; ``finish`` logs and gives the slot up, and the answer is still delivered (it was
+  recorded in the ledger; only a retry of it would run again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..clock import Clock, wall_ms
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, ServiceUnavailable
 from ..store import db as store_db
+
+log = logging.getLogger("llmgw.idempotency")
 
 TTL_MS = 24 * 3600 * 1000
 MAX_KEY_LEN = 255
@@ -87,7 +95,11 @@ class Idempotency:
         mine: asyncio.Future[Stored | None] = asyncio.get_running_loop().create_future()
         self._in_flight[slot] = mine
         try:
-            found = await asyncio.to_thread(_lookup, self.db_path, key_id, idem_key, self.clock())
+            try:
+                found = await asyncio.to_thread(_lookup, self.db_path, key_id, idem_key, self.clock())
+            except (sqlite3.Error, OSError) as e:
+                raise ServiceUnavailable(f"Idempotency-Key: the store of earlier answers cannot be read now ({e})",
+                                         code="idempotency_unavailable") from e
             if found is not None and found[0] != rhash:
                 raise InvalidRequest("this Idempotency-Key was already used with a different request body",
                                      param="Idempotency-Key", code="idempotency_key_reused")
@@ -111,5 +123,7 @@ class Idempotency:
             if stored is not None and stored.status == 200:
                 await asyncio.to_thread(_store, self.db_path, key_id, idem_key, request_hash(raw_body), stored,
                                         self.clock())
+        except (sqlite3.Error, OSError) as e:
+            log.error("could not store the answer for an Idempotency-Key (a retry of it will run again): %s", e)
         finally:
             self._release(slot, stored)

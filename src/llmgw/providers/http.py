@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import ModelNotFound, UpstreamError, UpstreamRejected
+from ..errors import LlmgwError, ModelNotFound, UpstreamError, UpstreamRejected
 from .base import RETRYABLE_STATUS, AttemptFailed
 from .sse import Event, split_events
 from .upstream import UpstreamClient, UpstreamResponse
@@ -41,27 +41,52 @@ def parse_retry_after(headers: Any) -> float | None:
         return max(0.0, when.timestamp() - time.time())
 
 
-def _upstream_message(data: bytes) -> tuple[str, str | None, str | None]:
-    """(message, type, code) from an OpenAI or Anthropic error envelope, best effort."""
+def _upstream_message(data: bytes) -> tuple[str, str | None, str | None, str | None]:
+    """(message, type, code, dialect) from an upstream error body, best effort. ``dialect`` is
+    "anthropic" for ``{"type": "error", "error": {...}}``, "openai" for ``{"error": {...}}`` and
+    None for anything else (plain text, HTML from a proxy, vLLM's flat ``{"message": ...}``)."""
     try:
         body = orjson.loads(data)
     except orjson.JSONDecodeError:
         text = data[:300].decode("utf-8", "replace").strip()
-        return text or "no error body", None, None
-    err = body.get("error") if isinstance(body, dict) else None
+        return text or "no error body", None, None, None
+    if not isinstance(body, dict):
+        return str(body)[:300], None, None, None
+    err = body.get("error")
     if isinstance(err, dict):
-        return str(err.get("message") or err), err.get("type"), err.get("code")
+        dialect = "anthropic" if body.get("type") == "error" else "openai"
+        etype, code = err.get("type"), err.get("code")
+        return (str(err.get("message") or err), etype if isinstance(etype, str) else None,
+                code if isinstance(code, str) else None, dialect)
     if isinstance(err, str):
-        return err, None, None
-    return str(body)[:300], None, None
+        return err, None, None, None
+    message = body.get("message")
+    if isinstance(message, str) and message:
+        return message, None, None, None
+    return str(body)[:300], None, None, None
+
+
+#: retryable statuses that, once they outlast the gateway's retries, go to the client as the
+#: provider's own typed answer (rate limited, overloaded) rather than as a 502
+PASSED_THROUGH = frozenset({429, 529})
 
 
 def failure_for(provider: str, status: int, data: bytes, headers: Any) -> Exception:
-    """The exception for a non-2xx upstream answer (returned, not raised)."""
-    message, etype, code = _upstream_message(data)
+    """The exception for a non-2xx upstream answer (returned, not raised).
+
+    A 4xx about the request reaches the client as the provider wrote it: its status, type and code,
+    its message without any prefix and, to a client of the provider's dialect, its very body (every
+    configured secret redacted on the way out). A retryable failure's message names the provider
+    and the status (``openai answered 503: ...``) for the log and the gateway's own 502."""
+    message, etype, code, dialect = _upstream_message(data)
     text = f"{provider} answered {status}: {message}"
     if status in RETRYABLE_STATUS:
-        err = UpstreamError(text, code=f"upstream_{status}")
+        err: LlmgwError
+        if status in PASSED_THROUGH:
+            err = UpstreamRejected(message, status=status, type=etype, code=code or f"upstream_{status}",
+                                   upstream_body=data if dialect else None, upstream_dialect=dialect)
+        else:
+            err = UpstreamError(text, code=f"upstream_{status}")
         return AttemptFailed(text, status=status, retry_after=parse_retry_after(headers), error=err)
     if status in (401, 403):
         # The gateway's provider key was refused: not the client's fault, and another key or
@@ -70,8 +95,11 @@ def failure_for(provider: str, status: int, data: bytes, headers: Any) -> Except
                             code="upstream_auth_failed")
         return AttemptFailed(err.message, status=status, error=err)
     if status == 404 and ("model" in message.lower() or code == "model_not_found" or etype == "not_found_error"):
-        return ModelNotFound(f"{provider}: {message}")
-    return UpstreamRejected(text, status=status, type=etype if status < 500 else None, code=code)
+        nf = ModelNotFound(message)
+        nf.upstream_body, nf.upstream_dialect = (data, dialect) if dialect else (None, None)
+        return nf
+    return UpstreamRejected(message, status=status, type=etype if status < 500 else None, code=code,
+                            upstream_body=data if dialect else None, upstream_dialect=dialect)
 
 
 async def post_json(client: UpstreamClient, provider: str, url: str, payload: bytes,
@@ -91,8 +119,10 @@ async def post_json(client: UpstreamClient, provider: str, url: str, payload: by
 
 async def open_sse(client: UpstreamClient, provider: str, url: str, payload: bytes,
                    headers: dict[str, str], timeout: float) -> UpstreamResponse:
-    """Start a streaming attempt; returns the response once its status is 2xx. ``timeout`` bounds
-    the wait for the headers and then each wait for the next bytes of the stream."""
+    """Start a streaming attempt; returns the response once its status is 2xx and its first event
+    is in (``UpstreamResponse.started``): until then nothing has reached the client, so a stall or
+    a break before the first event is a failed attempt the router retries. ``timeout`` bounds the
+    wait for the headers, then the wait for the first event, then each wait for the next bytes."""
     try:
         r = await client.post(url, payload, headers, read_timeout=timeout)
     except TimeoutError as e:
@@ -105,6 +135,12 @@ async def open_sse(client: UpstreamClient, provider: str, url: str, payload: byt
         except (OSError, TimeoutError):
             data = b""
         raise failure_for(provider, r.status, data, r.headers)
+    try:
+        await r.started(within=timeout)
+    except TimeoutError as e:
+        raise AttemptFailed(f"{provider} sent no stream event within {timeout:g}s", timeout=True) from e
+    except OSError as e:
+        raise AttemptFailed(f"{provider} stream broke before its first event: {e}") from e
     return r
 
 

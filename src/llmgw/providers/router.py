@@ -6,20 +6,24 @@ timeouts, 408/409/429/5xx); an upstream ``Retry-After`` is honoured when it is a
 ``retry.max_retry_after`` seconds and fits in the request's deadline, otherwise the router moves
 on to the next target at once. Non-retryable errors (the upstream rejected the request itself)
 end the call. Streams are only ever retried before their first byte: ``attempt`` returns once the
-upstream answered 200, and nothing after that passes through here.
+upstream answered 200 and its first bytes are in (a stall before them is a failed attempt), and
+nothing after that passes through here. When the attempts are spent, the error says
+``x-should-retry: false`` (and a ``Retry-After`` of at most ``retry.max_retry_after``), so an SDK's
+own retries do not multiply the upstream calls; a 429 or 529 goes out as the provider's own answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from ..config import Config
-from ..errors import LlmgwError, ModelNotFound, UpstreamError, UpstreamTimeout
+from ..errors import LlmgwError, ModelNotFound, UpstreamError, UpstreamRejected, UpstreamTimeout
 from .anthropic import AnthropicProvider
 from .base import AttemptFailed, Provider, Target
 from .demo import DemoProvider
@@ -155,12 +159,22 @@ class Router:
                     if delay >= deadline - time.monotonic():
                         break
                     await asyncio.sleep(delay)
+        # The gateway has made its attempts: the answer tells SDKs not to add theirs
+        # (x-should-retry: false stops both official SDKs), so one client request costs at most
+        # the configured attempts upstream. A short Retry-After of the last answer goes along.
+        stop = {"x-should-retry": "false"}
+        if last is not None and last.retry_after is not None and last.retry_after <= self.retry.max_retry_after:
+            stop["retry-after"] = str(math.ceil(last.retry_after))
         if last is None or last.timeout or time.monotonic() >= deadline:
             what = last.message if last else "no attempt fitted in the request deadline"
             raise UpstreamTimeout(f"upstream timed out after {call.attempts} attempt(s): {what}",
-                                  code="upstream_timeout")
+                                  code="upstream_timeout", headers=stop)
+        if isinstance(last.error, UpstreamRejected):  # a 429/529: the provider's own typed answer
+            last.error.headers.update(stop)
+            raise last.error
         code = last.error.code if last.error is not None and last.error.code else "upstream_unavailable"
-        raise UpstreamError(f"all {call.attempts} upstream attempt(s) failed; last: {last.message}", code=code)
+        raise UpstreamError(f"all {call.attempts} upstream attempt(s) failed; last: {last.message}", code=code,
+                            headers=stop)
 
     async def close(self) -> None:
         for p in self.providers.values():

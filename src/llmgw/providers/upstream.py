@@ -385,6 +385,28 @@ class UpstreamResponse:
             self.close()
             raise
 
+    async def started(self, within: float | None = None) -> None:
+        """Wait, at most ``within`` seconds in all, until the body holds its first SSE ``data:``
+        line (any bytes, if it is compressed) or has ended, without taking anything: a stream that
+        stalls before its first event can still be retried. SSE comments sent while the upstream
+        thinks (``: PROCESSING``) do not count as the first event. A failed or timed-out wait
+        closes the connection."""
+        conn = self._conn
+        deadline = self._deadline
+        if within is not None:
+            until = asyncio.get_running_loop().time() + within
+            deadline = until if deadline is None else min(deadline, until)
+        try:
+            while not conn.complete:
+                chunks = conn.chunks
+                if chunks and (self._decoder is not None
+                               or b"data:" in (chunks[0] if len(chunks) == 1 else b"".join(chunks))):
+                    return
+                await conn.wait(self._read_timeout, deadline)
+        except BaseException:
+            self.close()
+            raise
+
     @property
     def at_eof(self) -> bool:
         return self._conn.complete and not self._conn.chunks

@@ -122,6 +122,8 @@ def _budget_def(row: sqlite3.Row) -> dict[str, Any]:
 
 
 class AdminApi:
+    body_timeout: float | None = None  # server.body_timeout, set by add_routes
+
     def __init__(self, dbfile: Path, token: str, max_body: int, clock: Clock,
                  refresh: Callable[[], Awaitable[None]]) -> None:
         self.dbfile = dbfile
@@ -177,7 +179,7 @@ class AdminApi:
 
     async def body(self, request: web.Request, allowed: tuple[str, ...], *, optional: bool = False) -> dict[str, Any]:
         """The JSON object of the body, with only ``allowed`` fields (``optional``: may be empty)."""
-        raw = await read_body(request, self.max_body)
+        raw = await read_body(request, self.max_body, self.body_timeout)
         if not raw.strip():
             if optional:
                 return {}
@@ -400,6 +402,7 @@ def add_routes(app: web.Application, config: Config, home: Path, environ: Mappin
     if len(token) < 16:
         log.warning("the admin token is short (%d characters): use a long random one", len(token))
     api = AdminApi(paths.db_path(home), token, config.server.max_body_bytes, clock, refresh)
+    api.body_timeout = config.server.body_timeout
     methods: dict[str, list[str]] = {}
     for method, path, handler in api.routes():
         app.router.add_route(method, path, guarded(api.protected(handler)))

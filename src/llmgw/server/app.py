@@ -23,7 +23,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from .. import housekeeping, paths
+from .. import housekeeping, paths, redact, validate
 from ..cache.semantic import ResponseCache
 from ..clock import Clock, wall_ms
 from ..config import Config
@@ -48,9 +48,9 @@ from ..providers.upstream import UpstreamClient
 from ..store import db as store_db
 from ..store.writer import LedgerWriter
 from ..units import window
-from . import unbilled
+from . import openapi, unbilled
 from .admin import add_routes as add_admin_routes
-from .http import bearer, error_response
+from .http import bearer, error_response, send_and_close
 
 log = logging.getLogger("llmgw.server")
 
@@ -72,9 +72,11 @@ def guarded(handler: Handler) -> Handler:
     async def wrapper(request: web.Request) -> web.StreamResponse:
         rid = new_request_id()
         try:
+            validate.request_headers(request.headers)
             resp = await handler(request)
         except LlmgwError as e:
-            return error_response(e, _dialect(request), rid)
+            resp = error_response(e, _dialect(request), rid)
+            return await send_and_close(request, resp) if e.close_connection else resp
         except Exception:
             log.exception("unhandled error in request %s", rid)
             return error_response(LlmgwError(f"internal error (request {rid})", code="internal_error"),
@@ -163,7 +165,18 @@ async def model(request: web.Request) -> web.Response:
     return web.json_response(found, dumps=lambda o: orjson.dumps(o).decode())
 
 
+async def openapi_json(request: web.Request) -> web.Response:
+    """The OpenAPI description of the public routes (``server/openapi.py``)."""
+    return web.Response(body=request.app[STATE]["openapi"], content_type="application/json")
+
+
 async def healthz(request: web.Request) -> web.Response:
+    """200 while the daemon can serve; 503 naming the problem when its ledger cannot record requests
+    (the writer down or restarting, the disk full, the database locked): it refuses them then, and a
+    container HEALTHCHECK or a supervisor should see it."""
+    problem = request.app[GATEWAY].writer.health()
+    if problem is not None:
+        return web.json_response({"status": "unhealthy", "problems": [problem]}, status=503)
     return web.json_response({"status": "ok"})
 
 
@@ -173,8 +186,9 @@ async def readyz(request: web.Request) -> web.Response:
     problems = []
     if state.get("draining"):
         problems.append("draining")
-    if not gw.writer.alive:
-        problems.append("ledger writer not running")
+    problem = gw.writer.health()
+    if problem is not None:
+        problems.append(problem)
     if problems:
         return web.json_response({"status": "unavailable", "problems": problems}, status=503)
     return web.json_response({"status": "ready", "keys": len(gw.keys), "providers": sorted(gw.router.providers)})
@@ -197,24 +211,47 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def _read_definitions(conn: sqlite3.Connection, keys: KeyTable, last: int, now_ms: int,
-                      known: frozenset[tuple[str, str, str, str]] = frozenset(),
+                      known: frozenset[tuple[str, str, str, str]] = frozenset(), upto_rowid: int | None = None,
                       ) -> tuple[int, list[sqlite3.Row] | None, dict[tuple[str, str, int], int]]:
     """In a worker thread: if definitions changed, reload keys and read the budget rows plus the
     ledger spend of the current window of each budget the daemon does not track yet (``known``:
-    (id, scope, scope_id, period) of tracked ones), so the loop never waits on SQLite."""
+    (id, scope, scope_id, period) of tracked ones), so the loop never waits on SQLite.
+
+    With ``upto_rowid`` (the ledger writer's committed point when the read began) the spend counts
+    ledger rows with ``id <= upto_rowid`` only: the requests after it are still tracked by the
+    budget book, which adds them (``BudgetBook.reload(committed_seq=)``). One read transaction, so
+    the spend and what is taken out of it come from the same snapshot."""
     version = store_db.definitions_version(conn)
     if version == last:
         return version, None, {}
-    keys.load(conn)
-    rows = read_budgets(conn)
-    spend = ledger_spend(conn)
-    spends = {}
-    for r in rows:
-        if (r["id"], r["scope"], r["scope_id"], r["period"]) in known:
-            continue
-        start, _ = window(r["period"], now_ms)
-        spends[(r["scope"], r["scope_id"], start)] = spend(r["scope"], r["scope_id"], start)
+    conn.execute("BEGIN")
+    try:
+        keys.load(conn)
+        rows = read_budgets(conn)
+        spend = ledger_spend(conn)
+        spends = {}
+        for r in rows:
+            if (r["id"], r["scope"], r["scope_id"], r["period"]) in known:
+                continue
+            start, _ = window(r["period"], now_ms)
+            got = spend(r["scope"], r["scope_id"], start)
+            if upto_rowid is not None:
+                got -= _spend_after(conn, r["scope"], r["scope_id"], start, upto_rowid)
+            spends[(r["scope"], r["scope_id"], start)] = got
+    finally:
+        conn.rollback()
     return version, rows, spends
+
+
+_SCOPE_COLUMN = {"customer": "customer_id", "team": "team_id", "key": "key_id"}
+
+
+def _spend_after(conn: sqlite3.Connection, scope: str, scope_id: str, since_ms: int, rowid: int) -> int:
+    """Ledger spend of one scope since ``since_ms`` in rows after ``rowid`` (a range of the primary key)."""
+    # NOT INDEXED: the rowid range (a few rows) and not the scope's index (the whole window's rows)
+    row = conn.execute(f"SELECT COALESCE(SUM(cost_nanos), 0) FROM ledger NOT INDEXED WHERE id > ?"
+                       f" AND {_SCOPE_COLUMN[scope]} = ? AND ts_ms >= ?", (rowid, scope_id, since_ms)).fetchone()
+    return int(row[0])
 
 
 class Definitions:
@@ -222,7 +259,8 @@ class Definitions:
 
     ``refresh`` re-reads them when the definitions version moved (another process, or this daemon's
     admin API, changed them); ``watch`` calls it every ``interval`` seconds. Refreshes never overlap,
-    and the SQLite work runs in a worker thread so the loop never waits on it."""
+    and the SQLite work runs in a worker thread so the loop never waits on it. A budget new to the
+    daemon counts the requests in flight (see ``BudgetBook.begin_snapshot``)."""
 
     def __init__(self, conn: sqlite3.Connection, gw: Gateway, interval: float) -> None:
         self.conn, self.gw, self.interval = conn, gw, interval
@@ -235,15 +273,23 @@ class Definitions:
 
     async def refresh(self) -> None:
         async with self._lock:
-            known = frozenset((b.id, b.scope, b.scope_id, b.period) for b in self.gw.budgets.budgets())
-            self._apply(*await asyncio.to_thread(_read_definitions, self.conn, self.gw.keys, self.version,
-                                                 self.gw.clock(), known))
+            book = self.gw.budgets
+            known = frozenset((b.id, b.scope, b.scope_id, b.period) for b in book.budgets())
+            seq, rowid = self.gw.writer.committed
+            book.begin_snapshot(seq)
+            try:
+                got = await asyncio.to_thread(_read_definitions, self.conn, self.gw.keys, self.version,
+                                              self.gw.clock(), known, rowid)
+                self._apply(*got, committed_seq=seq)
+            finally:
+                book.end_snapshot()
 
-    def _apply(self, version: int, rows: list[sqlite3.Row] | None, spends: dict[tuple[str, str, int], int]) -> None:
+    def _apply(self, version: int, rows: list[sqlite3.Row] | None, spends: dict[tuple[str, str, int], int],
+               committed_seq: int | None = None) -> None:
         self.version = version
         if rows is not None:
             self.gw.budgets.reload(rows, lambda scope, scope_id, start: spends.get((scope, scope_id, start), 0),
-                                   self.gw.clock())
+                                   self.gw.clock(), committed_seq=committed_seq)
 
     async def watch(self) -> None:
         while True:
@@ -252,6 +298,8 @@ class Definitions:
                 await self.refresh()
             except sqlite3.Error as e:
                 log.warning("could not reload definitions: %s", e)
+            except Exception:  # a bug: logged, and the watch goes on (a dead watcher never reloads again)
+                log.exception("could not reload definitions")
 
 
 def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None = None,
@@ -259,8 +307,9 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
     """The daemon's app. ``clock`` (epoch ms) is its business time: budget windows, key expiry,
     idempotency and cache TTLs, ledger and event timestamps."""
     env = dict(os.environ if environ is None else environ)
+    redact.register(config, env)  # no configured secret in an answer, a log line or the metrics
     app = web.Application(client_max_size=config.server.max_body_bytes)
-    app[STATE] = {}
+    app[STATE] = {"openapi": orjson.dumps(openapi.document())}
     token = config.token("metrics", env)
     secret = config.webhooks.resolve_secret(env) if config.webhooks else None
     if token is not None:
@@ -284,6 +333,10 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             "llmgw_ledger_queue_depth": ("Ledger rows waiting for the writer.", lambda: writer.queue_depth),
             "llmgw_ledger_last_commit_seconds": ("Duration of the last ledger commit.",
                                                  lambda: writer.last_commit_seconds),
+            "llmgw_ledger_writer_up": ("1 while the ledger can record requests, 0 while they are refused.",
+                                       lambda: int(writer.health() is None)),
+            "llmgw_ledger_writer_restarts": ("Ledger writer processes restarted after dying.",
+                                             lambda: writer.restarts),
         }, budgets=lambda: [book.status(b, clock()) for b in book.budgets()], histograms={
             "llmgw_ledger_commit_seconds": ("Ledger writer batch insert + commit duration.",
                                             writer.commit_times.snapshot),
@@ -351,6 +404,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         ("GET", "/healthz", guarded(healthz)),
         ("GET", "/readyz", guarded(readyz)),
         ("GET", "/metrics", guarded(metrics)),
+        ("GET", "/openapi.json", guarded(openapi_json)),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)

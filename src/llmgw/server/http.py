@@ -11,26 +11,33 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 import orjson
 from aiohttp import web
 
-from ..errors import BodyTooLarge, LlmgwError
-from ..providers import responses, sse
+from .. import redact
+from ..errors import BodyTimeout, BodyTooLarge, LlmgwError
+from ..providers import responses
 
 JSON = {"Content-Type": "application/json"}
 _SSE = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 
 
-async def read_body(request: web.Request, max_body: int) -> bytes:
-    """The request body, or a typed 413 when it is over ``max_body`` bytes (declared or not)."""
+async def read_body(request: web.Request, max_body: int, timeout: float | None = None) -> bytes:
+    """The request body, or a typed 413 when it is over ``max_body`` bytes (declared or not), or a
+    typed 408 when it has not all arrived within ``timeout`` seconds (a client trickling a body
+    cannot hold a connection)."""
     if request.content_length is not None and request.content_length > max_body:
         raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {max_body} bytes")
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge as e:
         raise BodyTooLarge(f"request body exceeds the limit of {max_body} bytes") from e
+    except TimeoutError as e:
+        raise BodyTimeout(f"request body: not received within {timeout:g} s (server.body_timeout)") from e
 
 
 def bearer(request: web.Request) -> str | None:
@@ -53,21 +60,49 @@ def id_headers(request_id: str, inbound: str, *more: Mapping[str, str]) -> dict[
     return headers
 
 
+def error_body(err: LlmgwError, inbound: str) -> bytes:
+    """The JSON body of ``err`` for a client of the ``inbound`` dialect, every configured secret
+    redacted: an upstream's own error body when it speaks that dialect, else the dialect's envelope."""
+    if err.upstream_body is not None and err.upstream_dialect == inbound:
+        return redact.data(err.upstream_body)
+    body = orjson.dumps(err.anthropic_body() if inbound == "anthropic" else err.openai_body())
+    return redact.data(body)
+
+
 def error_response(err: LlmgwError, inbound: str, request_id: str,
                    headers: Mapping[str, str] | None = None) -> web.Response:
-    """``err`` as the dialect's JSON envelope; ``headers`` go out too unless ``err`` sets the same ones."""
-    body = err.anthropic_body() if inbound == "anthropic" else err.openai_body()
-    return web.Response(body=orjson.dumps(body), status=err.status, content_type="application/json",
+    """``err`` as a JSON answer (``error_body``); ``headers`` go out too unless ``err`` sets the same ones."""
+    resp = web.Response(body=error_body(err, inbound), status=err.status, content_type="application/json",
                         headers=id_headers(request_id, inbound, headers or {}, err.headers))
+    if err.close_connection:
+        resp.force_close()
+    return resp
+
+
+async def send_and_close(request: web.Request, resp: web.Response) -> web.Response:
+    """Send ``resp`` now and close the connection once it is out, instead of aiohttp's lingering
+    read of a body the handler did not read (up to 10 s of a client's trickle)."""
+    try:
+        await resp.prepare(request)
+        await resp.write_eof()
+    except OSError:
+        pass
+    finally:
+        if request.transport is not None:
+            request.transport.close()  # an asyncio transport sends what it holds, then closes
+    return resp
 
 
 def error_event(err: LlmgwError, inbound: str) -> bytes:
     """``err`` as the last SSE event of a stream that has begun."""
+    data = error_body(err, inbound)
+    if b"\n" in data or b"\r" in data:  # a pretty-printed upstream body: one SSE data line holds no line break
+        data = orjson.dumps(orjson.loads(data))
     if inbound == "anthropic":
-        return sse.anthropic_event("error", err.anthropic_body())
+        return b"event: error\ndata: " + data + b"\n\n"
     if inbound == "responses":
         return responses.error_event(err.code, err.message)
-    return sse.openai_event(err.openai_body())
+    return b"data: " + data + b"\n\n"
 
 
 class SSEResponse(web.StreamResponse):

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import paths
 from ..errors import ResourceError
 
 if TYPE_CHECKING:
@@ -39,7 +40,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     transactions (never corrupt the file). Surviving a process kill is our requirement.
 
     ``readonly=True`` opens a connection that cannot write (``query_only``; ``mode=ro`` where the
-    directory is not writable); the file must already exist.
+    directory is not writable); the file must already exist. A new database file is created 0600
+    (its -wal and -shm files follow), a new parent directory 0700: they hold prompts, answers and
+    key hashes.
     """
     path = Path(path)
     if readonly:
@@ -52,8 +55,11 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         if shared:
             conn.execute("PRAGMA query_only=ON")
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = str(path) == ":memory:" or not path.exists() or path.stat().st_size == 0
+        memory = str(path) == ":memory:"
+        new = memory or not path.exists() or path.stat().st_size == 0
+        if not memory:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=paths.HOME_MODE)
+            paths.private_file(path)
         conn = sqlite3.connect(path, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout=5000")

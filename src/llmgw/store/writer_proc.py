@@ -8,13 +8,27 @@ loop for the GIL: in a thread it cost the loop ~25 µs per request in GIL hand-o
 commits while the loop was busy.
 
 Protocol (both directions: frames of a 4-byte little-endian length and an orjson payload):
-- stdin:  ``[first_seq, [row, ...]]``: rows as ``ledger.as_tuple`` tuples, numbered from
-  ``first_seq`` on; sequence numbers are contiguous across frames.
-- stdout: ``[last_seq, [[seq, error_class, message], ...], commit_seconds]`` after each commit:
-  every row up to ``last_seq`` is committed, except the listed ones, which failed.
+- stdin:  ``[first_seq, [row, ...]]``: rows as ``ledger.as_tuple`` tuples (or ``null`` for a row
+  the daemon could not encode: it fails), numbered from ``first_seq`` on; sequence numbers are
+  contiguous across frames. ``[first_seq, [row, ...], 1]`` is a *recovery* frame, sent to a
+  restarted writer with every row the dead one had not confirmed: a row whose ``request_id`` is
+  already in the ledger (committed before the crash, unconfirmed) counts as committed and is not
+  inserted again.
+- stdout: ``[last_seq, [[seq, error_class, message], ...], commit_seconds, max_rowid]`` after each
+  commit: every row up to ``last_seq`` is committed, except the listed ones, which failed;
+  ``max_rowid`` is the highest ledger ``id`` among the rows this writer confirmed (inserted, or found
+  already in by a recovery frame); every row at or below it is confirmed, which budget rebuilds rely
+  on (the daemon starts from the ledger's highest id when it starts).
+  ``{"unhealthy": message}`` when a commit fails for a reason that is not the row's (the disk is
+  full, the database is locked, an I/O error), and ``{"unhealthy": null}`` once commits work again
+  (and once at start, when the database is open).
+
 Rows are committed in order, in batches of up to MAX_BATCH rows: whatever arrived during the
 previous commit. With LINGER > 0 it also waits that long for more rows under load (the previous
-batch had more than one row). It exits after
+batch had more than one row). A batch that fails with ``sqlite3.OperationalError`` (disk full,
+lock held longer than the writer's ``busy_timeout``, I/O error) is *retried* with backoff until it
+commits: an accepted row is never dropped for a resource problem; only a row that is bad in
+itself (a constraint, a value SQLite cannot bind) fails, alone. It exits after
 committing everything once stdin reaches EOF: the daemon closed it, or the daemon died. SIGINT
 and SIGTERM are ignored (a Ctrl-C or systemd's stop reaches the whole process group): the daemon
 decides when the ledger stops, so no committed-but-unacknowledged or accepted-but-unwritten row
@@ -33,6 +47,7 @@ import struct
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,40 +87,150 @@ def _insert_sql(n: int) -> str:
     return head + " VALUES " + ", ".join([values] * n)
 
 
-def insert(conn: sqlite3.Connection, rows: list[Any]) -> list[BaseException | None]:
-    """Insert and commit; return one error (or None) per row.
+#: the writer's own lock wait: a lock held longer makes it report itself unhealthy (the daemon then
+#: refuses requests) and retry, instead of blocking silently for the connection's 5 s default
+BUSY_TIMEOUT_MS = 1000
+#: rows per INSERT statement at most (x 31 columns stays under SQLite's 32,766 variables); a batch
+#: can be larger (a recovery frame), in several statements of one transaction
+PIECE_MAX = 512
+RETRY_FIRST, RETRY_MAX = 0.05, 1.0
+#: once the daemon is gone (stdin closed) a writer that still cannot commit gives up after this
+#: long, instead of lingering as an orphan; the rows it could not write are counted on stderr
+GIVE_UP_AFTER_EOF = 30.0
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
+Wait = Callable[[sqlite3.OperationalError], None]
+
+
+def insert(conn: sqlite3.Connection, rows: list[Any], wait: Wait) -> tuple[list[BaseException | None], int]:
+    """Insert and commit; return one error (or None) per row, and the last inserted rowid (0: none).
 
     Rows go in as multi-row ``INSERT ... VALUES (...), (...)`` statements of power-of-two sizes
     (a handful of distinct statements for the statement cache): one ``sqlite3_step`` per statement
     instead of one per row. A batch that fits one statement is its own transaction (autocommit).
-    If the batch fails, rows are retried one by one so that a bad row fails alone.
+    If the batch fails because of a row, rows are retried one by one so that a bad row fails
+    alone. ``sqlite3.OperationalError`` (disk full, locked, I/O) is not a row's fault: ``wait`` is
+    called (it reports and backs off) and the same statement is tried again, until it works.
     """
     pieces: list[list[Any]] = []
     i = 0
     while i < len(rows):
-        size = 1 << ((len(rows) - i).bit_length() - 1)
+        size = 1 << (min(len(rows) - i, PIECE_MAX).bit_length() - 1)
         pieces.append(rows[i : i + size])
         i += size
-    try:
-        if len(pieces) == 1:
-            conn.execute(_insert_sql(len(rows)), tuple(itertools.chain.from_iterable(rows)))
-        else:
-            conn.execute("BEGIN")
-            for piece in pieces:
-                conn.execute(_insert_sql(len(piece)), tuple(itertools.chain.from_iterable(piece)))
-            conn.execute("COMMIT")
-        return [None] * len(rows)
-    except Exception:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-    errors: list[BaseException | None] = []
-    for row in rows:  # rare path: one transaction per row, so one failure cannot undo another
+    while True:
         try:
-            conn.execute(_INSERT, row)
-            errors.append(None)
-        except Exception as exc:
-            errors.append(exc)
-    return errors
+            if len(pieces) == 1:
+                cur = conn.execute(_insert_sql(len(rows)), tuple(itertools.chain.from_iterable(rows)))
+            else:
+                conn.execute("BEGIN")
+                for piece in pieces:
+                    cur = conn.execute(_insert_sql(len(piece)), tuple(itertools.chain.from_iterable(piece)))
+                conn.execute("COMMIT")
+            return [None] * len(rows), cur.lastrowid or 0
+        except sqlite3.OperationalError as exc:
+            _rollback(conn)
+            wait(exc)
+        except Exception:
+            _rollback(conn)
+            break
+    errors: list[BaseException | None] = []
+    last = 0
+    for row in rows:  # rare path: one transaction per row, so one failure cannot undo another
+        while True:
+            try:
+                cur = conn.execute(_INSERT, row)
+                last = cur.lastrowid or last
+                errors.append(None)
+            except sqlite3.OperationalError as exc:
+                wait(exc)
+                continue
+            except Exception as exc:
+                errors.append(exc)
+            break
+    return errors, last
+
+
+def _already_committed(conn: sqlite3.Connection, rows: list[Any]) -> tuple[set[int], int]:
+    """Positions in ``rows`` whose request_id is in the ledger already (a recovery frame), and the
+    highest of their ledger ids."""
+    ids = [r[0] for r in rows if r is not None]
+    if not ids:
+        return set(), 0
+    found = dict(conn.execute("SELECT request_id, id FROM ledger WHERE request_id IN "
+                              "(SELECT value FROM json_each(?))", (orjson.dumps(ids).decode(),)).fetchall())
+    return {i for i, r in enumerate(rows) if r is not None and r[0] in found}, max(found.values(), default=0)
+
+
+class _Writer:
+    """The commit loop's state: the connection, the health last reported, the highest rowid it
+    confirmed (0 until its first commit: the daemon keeps the maximum)."""
+
+    def __init__(self, conn: sqlite3.Connection, fd_out: int, inp: _Input) -> None:
+        self.conn = conn
+        self.fd_out = fd_out
+        self.inp = inp
+        self.acks = True  # False once the daemon is gone: keep committing what it sent, tell nobody
+        self.unhealthy: str | None = None
+        self.max_rowid = 0
+        self._delay = RETRY_FIRST
+        self._since: float | None = None  # when commits started failing after the daemon left
+
+    def tell(self, obj: Any) -> None:
+        if self.acks:
+            try:
+                _write_all(self.fd_out, frame(obj))
+            except BrokenPipeError:
+                self.acks = False
+
+    def wait(self, exc: sqlite3.OperationalError) -> None:
+        """A commit failed for a reason that is not the rows': say so (once), back off, go on."""
+        why = str(exc) or type(exc).__name__
+        if self.unhealthy != why:
+            self.unhealthy = why
+            self.tell({"unhealthy": why})
+        if self.inp.eof:
+            if self._since is None:
+                self._since = time.monotonic()
+            elif time.monotonic() - self._since > GIVE_UP_AFTER_EOF:
+                waiting = sum(len(rows) for _, rows, _ in self.inp.frames)
+                sys.stderr.write(f"llmgw ledger writer: the daemon is gone and commits still fail ({why}); "
+                                 f"giving up, this batch and {waiting} more rows were not written\n")
+                raise SystemExit(3)
+        time.sleep(self._delay)
+        self._delay = min(self._delay * 2, RETRY_MAX)
+        self.inp.read(block=False)  # keep the daemon's pipe flowing while we wait
+
+    def commit(self, rows: list[Any], recover: bool) -> list[BaseException | None]:
+        """Commit ``rows`` (a recovery batch without the rows already in); one error (or None) per row."""
+        skip: set[int] = set()
+        while recover:
+            try:
+                skip, top = _already_committed(self.conn, rows)
+                self.max_rowid = max(self.max_rowid, top)
+                break
+            except sqlite3.OperationalError as exc:
+                self.wait(exc)
+        fresh = [r for i, r in enumerate(rows) if i not in skip] if skip else rows
+        errors, last = insert(self.conn, fresh, self.wait) if fresh else ([], 0)
+        self._delay = RETRY_FIRST
+        self._since = None
+        if self.unhealthy is not None:
+            self.unhealthy = None
+            self.tell({"unhealthy": None})
+        self.max_rowid = max(self.max_rowid, last)
+        if not skip:
+            return errors
+        it = iter(errors)
+        return [None if i in skip else next(it) for i in range(len(rows))]
 
 
 class _Input:
@@ -114,7 +239,7 @@ class _Input:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.buf = bytearray()
-        self.frames: deque[tuple[int, list[Any]]] = deque()
+        self.frames: deque[tuple[int, list[Any], bool]] = deque()
         self.eof = False
 
     def read(self, block: bool, timeout: float | None = None) -> None:
@@ -127,8 +252,8 @@ class _Input:
                 self.eof = True
                 return
             self.buf += data
-            for first, rows in unframe(self.buf):
-                self.frames.append((first, rows))
+            for f in unframe(self.buf):
+                self.frames.append((f[0], f[1], len(f) > 2 and bool(f[2])))
             if self.frames:
                 block = False  # got a whole frame: from here on only take what is already there
 
@@ -136,10 +261,12 @@ class _Input:
 def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int = 1) -> None:
     conn = open_db(Path(db_path))
     conn.isolation_level = None  # autocommit: insert() manages its transactions
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     inp = _Input(fd_in)
+    w = _Writer(conn, fd_out, inp)
+    w.tell({"unhealthy": None})  # ready: the database is open (a restarted writer is healthy from here)
     roller = rollups.Roller(conn)
     last_size = 0
-    acks = True  # False once the daemon is gone: keep committing what it sent, tell nobody
     try:
         while True:
             if not inp.frames:
@@ -152,25 +279,28 @@ def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int
             if last_size > 1 and not inp.eof:
                 time.sleep(linger)
             inp.read(block=False)
-            # one batch: up to max_batch rows from the frames in order (a frame may be split)
+            # one batch: up to max_batch rows from the frames in order (a frame may be split); a
+            # recovery frame is a batch of its own
             batch: list[Any] = []
             batch_first = inp.frames[0][0]
-            while inp.frames and len(batch) < max_batch:
-                first, rows = inp.frames.popleft()
-                take = max_batch - len(batch)
+            recover = inp.frames[0][2]
+            while inp.frames and len(batch) < max_batch and inp.frames[0][2] == recover:
+                first, rows, rec = inp.frames.popleft()
+                # a recovery frame is committed whole, in one answer: the rows the dead writer had
+                # committed are then all confirmed at once, so "every row up to max_rowid is
+                # confirmed" holds after each answer
+                take = len(rows) if recover else max_batch - len(batch)
                 batch.extend(rows[:take])
                 if len(rows) > take:
-                    inp.frames.appendleft((first + take, rows[take:]))
+                    inp.frames.appendleft((first + take, rows[take:], rec))
+                if recover:
+                    break
             last_size = len(batch)
             started = time.perf_counter()
-            errors = insert(conn, batch)
+            errors = w.commit(batch, recover)
             elapsed = time.perf_counter() - started
             failed = [[batch_first + i, type(e).__name__, str(e)] for i, e in enumerate(errors) if e is not None]
-            if acks:
-                try:
-                    _write_all(fd_out, frame([batch_first + len(batch) - 1, failed, elapsed]))
-                except BrokenPipeError:
-                    acks = False
+            w.tell([batch_first + len(batch) - 1, failed, elapsed, w.max_rowid])
             roller.committed()  # after the answer: a roll-up never delays a request
         roller.run()
     finally:
