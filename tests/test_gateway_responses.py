@@ -373,3 +373,12 @@ def test_pass_through_stream_breaking_ends_with_its_own_response_failed(gw, upst
     assert events[-1].response.id == events[0].response.id
     assert events[-1].sequence_number == events[-2].sequence_number + 1
     assert gw.ledger()[-1]["error_code"] == "upstream_stream_broken"
+
+
+def test_an_openai_error_reaches_a_responses_client_as_openai_wrote_it(gw, upstream, client):
+    upstream.reset()
+    with pytest.raises(openai.NotFoundError) as e:
+        client.responses.create(model="openai/gpt-4o-mini", input="x", previous_response_id="resp_nobody")
+    assert e.value.body == {"message": "Previous response with id 'resp_nobody' not found.",
+                            "type": "invalid_request_error", "param": "previous_response_id",
+                            "code": "previous_response_not_found"}

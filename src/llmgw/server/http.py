@@ -63,7 +63,8 @@ def id_headers(request_id: str, inbound: str, *more: Mapping[str, str]) -> dict[
 def error_body(err: LlmgwError, inbound: str) -> bytes:
     """The JSON body of ``err`` for a client of the ``inbound`` dialect, every configured secret
     redacted: an upstream's own error body when it speaks that dialect, else the dialect's envelope."""
-    if err.upstream_body is not None and err.upstream_dialect == inbound:
+    dialect = "openai" if inbound in ("responses", "completions") else inbound  # OpenAI's error envelope too
+    if err.upstream_body is not None and err.upstream_dialect == dialect:
         return redact.data(err.upstream_body)
     body = orjson.dumps(err.anthropic_body() if inbound == "anthropic" else err.openai_body())
     return redact.data(body)
