@@ -155,7 +155,7 @@ complete -c llmgw -n '__llmgw_at \'llmgw serve\'' -l host -x -d 'Address to list
 complete -c llmgw -n '__llmgw_at \'llmgw serve\'' -l port -x -d 'Port to listen on (0 = any free port).'
 complete -c llmgw -n '__llmgw_at \'llmgw serve\'' -s c -l config -r -F -d 'Config file.'
 complete -c llmgw -n '__llmgw_at \'llmgw serve\'' -l home -r -F -d 'State directory (database, index).'
-complete -c llmgw -n '__llmgw_at \'llmgw serve\'' -l demo -d 'Mint a demo virtual key and print it, with a curl example for the offline demo/echo model.'
+complete -c llmgw -n '__llmgw_at \'llmgw serve\'' -l demo -d 'Add the offline demo provider (demo/echo, demo/lorem, demo/embed) and print a demo virtual key...'
 complete -c llmgw -n '__llmgw_at \'llmgw serve\'' -s h -l help -d 'Show this message and exit.'
 
 # llmgw init

@@ -12,7 +12,17 @@ Auth: OpenAI routes need `Authorization: Bearer <anything>` (401 otherwise); /v1
 `x-api-key` or `Authorization: Bearer` (anthropic SDK 2.x sends the key as a Bearer token) and
 `anthropic-version` (401 / 400 otherwise), plus `max_tokens` in the body.
 
-Routes: POST /v1/chat/completions, POST /v1/messages, POST /v1/embeddings, GET /v1/models.
+Routes: POST /v1/chat/completions, POST /v1/messages, POST /v1/messages/count_tokens (the prompt
+tokens below; unknown fields are a 400 as at Anthropic), POST /v1/responses (the Responses API,
+streamed with its typed events; responses are kept in `.stored` unless `store` is false, and an
+unknown `previous_response_id` is a 404), POST /v1/completions (legacy), POST /v1/embeddings,
+GET /v1/models.
+
+Structured output: a chat `response_format` json_schema, an Anthropic `output_config.format` (or
+`output_format`) or a Responses `text.format` json_schema makes the reply the JSON of
+`schema_reply(schema, reply_text)` (strings are the reply text, integers 1, numbers 1.5, booleans
+true). `.bad_tool_arguments = True` makes OpenAI tool calls carry arguments that are not JSON
+(`BAD_TOOL_ARGS`); `.reset()` clears it.
 
 Deterministic behaviour (the helpers below compute the same values, so tests can assert on them):
 - reply text: `reply_text(messages)` = "fake reply to: " + first 60 chars of the last user message's
@@ -171,6 +181,64 @@ def tool_name(tool: Any) -> str:
     return "tool"
 
 
+BAD_TOOL_ARGS = '{"q": "x"'  # cut short: not JSON
+
+
+def openai_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a Chat Completions request asks the answer to follow (response_format)."""
+    rf = body.get("response_format")
+    if isinstance(rf, dict) and rf.get("type") == "json_schema":
+        return (rf.get("json_schema") or {}).get("schema") or {}
+    return None
+
+
+def anthropic_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema of an Anthropic request's structured output (output_config.format, or the
+    beta output_format)."""
+    fmt = (body.get("output_config") or {}).get("format") or body.get("output_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        return fmt.get("schema") or {}
+    return None
+
+
+def schema_reply(schema: dict[str, Any], text: str) -> Any:
+    """A deterministic value that follows ``schema``: strings are ``text``, numbers 1, booleans true."""
+    kind = schema.get("type")
+    if kind == "object" or "properties" in schema:
+        return {k: schema_reply(v, text) for k, v in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [schema_reply(schema.get("items") or {}, text)]
+    if kind == "integer":
+        return 1
+    if kind == "number":
+        return 1.5
+    if kind == "boolean":
+        return True
+    if "enum" in schema:
+        return schema["enum"][0]
+    return text
+
+
+def responses_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Responses API input as chat-like messages (text parts as {"type": "text"})."""
+    inp = body.get("input")
+    if isinstance(inp, str):
+        return [{"role": "user", "content": inp}]
+    out: list[dict[str, Any]] = []
+    for item in inp or []:
+        if not isinstance(item, dict):
+            continue
+        if item.get("type", "message") == "message":
+            content = item.get("content")
+            if isinstance(content, list):
+                content = [{"type": "text", "text": p.get("text", "")} if p.get("type") in ("input_text", "output_text")
+                           else {"type": "image_url"} if p.get("type") == "input_image" else p for p in content]
+            out.append({"role": item.get("role"), "content": content})
+        elif item.get("type") == "function_call_output":
+            out.append({"role": "tool", "content": str(item.get("output"))})
+    return out
+
+
 # --------------------------------------------------------------------------- faults
 
 
@@ -242,6 +310,8 @@ class FakeUpstream:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self.stored: dict[str, dict[str, Any]] = {}  # Responses API: id -> response it created
+        self.bad_tool_arguments = False  # OpenAI chat: tool call arguments that are not JSON
 
     # ---- lifecycle
 
@@ -300,6 +370,12 @@ class FakeUpstream:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
+        app.router.add_post("/v1/responses", self._responses)
+        app.router.add_post("/v1/responses/input_tokens", self._input_tokens)
+        app.router.add_route("*", "/v1/responses/{id}", self._stored_response)
+        app.router.add_get("/v1/responses/{id}/input_items", self._stored_response)
+        app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=self._shutdown_timeout)
@@ -341,6 +417,7 @@ class FakeUpstream:
         with self._lock:
             self._requests.clear()
             self._faults.clear()
+            self.bad_tool_arguments = False
 
     def add_fault(self, **behaviour: Any) -> None:
         fault = _Fault(**behaviour)
@@ -451,12 +528,15 @@ class FakeUpstream:
         tool = wants_tool_call(messages, body.get("tools"))
         if tool:
             name = tool_name(body["tools"][0])
-            args = json.dumps(TOOL_ARGS)
+            args = BAD_TOOL_ARGS if self.bad_tool_arguments else json.dumps(TOOL_ARGS)
             text, finish, per_choice = "", "tool_calls", TOOL_CALL_TOKENS
         else:
             limit = body.get("max_completion_tokens", body.get("max_tokens"))
             text, cut = truncate(reply_text(messages), limit)
             finish, per_choice = ("length" if cut else "stop"), word_count(text)
+            schema = openai_schema(body)
+            if schema is not None:
+                text, finish = json.dumps(schema_reply(schema, reply_text(messages))), "stop"
         pt = prompt_tokens(messages)
         ct = per_choice * n
         usage = {
@@ -681,6 +761,9 @@ class FakeUpstream:
         else:
             text, cut = truncate(reply_text(messages), max_tokens)
             stop_reason, output_tokens = ("max_tokens" if cut else "end_turn"), word_count(text)
+            schema = anthropic_schema(body)
+            if schema is not None:
+                text, stop_reason = json.dumps(schema_reply(schema, reply_text(messages))), "end_turn"
         total = prompt_tokens(messages)
         if mentions_cache_marker(messages, body.get("system")):
             cache_read, cache_creation = total // 2, CACHE_CREATION_TOKENS
@@ -763,3 +846,178 @@ class FakeUpstream:
         await event("message_stop", {"type": "message_stop"})
         await resp.write_eof()
         return resp
+
+
+# --------------------------------------------------------------------------- more OpenAI and Anthropic routes
+
+
+async def _responses_handler(self: FakeUpstream, request: web.Request) -> web.StreamResponse:
+    try:
+        return await _responses_inner(self, request)
+    except _Abort:
+        return web.Response(status=499)  # never reaches the client: the transport is gone
+
+
+async def _responses_inner(self: FakeUpstream, request: web.Request) -> web.StreamResponse:
+    body, ok, fault = await self._receive(request)
+    if fault is not None and fault.status:
+        return _openai_error(fault.status, f"fake fault {fault.status}", self._fault_headers(fault))
+    if not self._openai_auth_ok(request):
+        return _openai_error(401, "Incorrect API key provided (fake upstream).")
+    if not ok or not isinstance(body, dict) or not body.get("model"):
+        return _openai_error(400, "model: required")
+    prev = body.get("previous_response_id")
+    if prev is not None and prev not in self.stored:
+        err = {"error": {"message": f"Previous response with id '{prev}' not found.", "type": "invalid_request_error",
+                         "param": "previous_response_id", "code": "previous_response_not_found"}}
+        return web.json_response(err, status=404)
+    messages = responses_messages(body)
+    rid = "resp_fake" + uuid.uuid4().hex[:20]
+    tool = wants_tool_call(messages, body.get("tools"))
+    output: list[dict[str, Any]] = []
+    if tool:
+        call = {"type": "function_call", "id": "fc_fake" + uuid.uuid4().hex[:12], "call_id": "call_" + uuid.uuid4().hex[:12],
+                "name": tool_name(body["tools"][0]), "arguments": json.dumps(TOOL_ARGS), "status": "completed"}
+        output.append(call)
+        out_tokens, status = TOOL_CALL_TOKENS, "completed"
+    else:
+        text, cut = truncate(reply_text(messages), body.get("max_output_tokens"))
+        fmt = (body.get("text") or {}).get("format") or {}
+        if fmt.get("type") == "json_schema":
+            text, cut = json.dumps(schema_reply(fmt.get("schema") or {}, reply_text(messages))), False
+        output.append({"type": "message", "id": "msg_fake" + uuid.uuid4().hex[:12], "status": "completed",
+                       "role": "assistant",
+                       "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]})
+        out_tokens, status = word_count(text), ("incomplete" if cut else "completed")
+    pt = prompt_tokens(messages)
+    usage = {"input_tokens": pt, "input_tokens_details": {"cached_tokens": pt // 2 if mentions_cache_marker(messages) else 0},
+             "output_tokens": out_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+             "total_tokens": pt + out_tokens}
+    resp: dict[str, Any] = {
+        "id": rid, "object": "response", "created_at": int(time.time()), "status": status, "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
+        "model": body["model"], "output": output, "parallel_tool_calls": True, "previous_response_id": prev,
+        "reasoning": {"effort": None, "summary": None}, "store": body.get("store", True),
+        "temperature": body.get("temperature", 1.0), "text": body.get("text") or {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"), "tools": body.get("tools") or [], "top_p": 1.0,
+        "truncation": "disabled", "usage": usage, "user": None, "metadata": {},
+    }
+    if resp["store"]:
+        self.stored[rid] = resp
+    if not body.get("stream"):
+        return web.json_response(resp, headers={"x-request-id": "req_" + uuid.uuid4().hex})
+    stream = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+    await stream.prepare(request)
+    seq = 0
+
+    async def event(etype: str, **data: Any) -> None:
+        nonlocal seq
+        if fault is not None and fault.disconnect_after is not None and etype == "response.output_text.delta":
+            if fault.disconnect_after <= 0:
+                self._abort(request)
+            fault.disconnect_after -= 1
+        await stream.write(f"event: {etype}\ndata: {json.dumps({'type': etype, 'sequence_number': seq, **data})}\n\n".encode())
+        seq += 1
+
+    start = {**resp, "status": "in_progress", "output": [], "usage": None}
+    await event("response.created", response=start)
+    await event("response.in_progress", response=start)
+    for i, item in enumerate(output):
+        if item["type"] == "message":
+            text = item["content"][0]["text"]
+            await event("response.output_item.added", output_index=i, item={**item, "status": "in_progress", "content": []})
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            common = {"item_id": item["id"], "output_index": i, "content_index": 0}
+            await event("response.content_part.added", **common, part=part)
+            for piece in split_pieces(text):
+                await event("response.output_text.delta", **common, delta=piece, logprobs=[])
+            await event("response.output_text.done", **common, text=text, logprobs=[])
+            await event("response.content_part.done", **common, part={**part, "text": text})
+        else:
+            await event("response.output_item.added", output_index=i, item={**item, "status": "in_progress", "arguments": ""})
+            await event("response.function_call_arguments.delta", item_id=item["id"], output_index=i, delta=item["arguments"])
+            await event("response.function_call_arguments.done", item_id=item["id"], output_index=i,
+                        arguments=item["arguments"], name=item["name"])
+        await event("response.output_item.done", output_index=i, item=item)
+    await event("response.completed" if status == "completed" else "response.incomplete", response=resp)
+    await stream.write_eof()
+    return stream
+
+
+async def _count_tokens_handler(self: FakeUpstream, request: web.Request) -> web.StreamResponse:
+    body, ok, fault = await self._receive(request)
+    if fault is not None and fault.status:
+        return _anthropic_error(fault.status, f"fake fault {fault.status}", self._fault_headers(fault))
+    if not request.headers.get("x-api-key", "").strip() and not self._openai_auth_ok(request):
+        return _anthropic_error(401, "x-api-key header is required")
+    if not ok or not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return _anthropic_error(400, "messages: Field required")
+    extra = sorted(set(body) - {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers",
+                                "output_config", "output_format", "context_management"})
+    if extra:
+        return _anthropic_error(400, f"{extra[0]}: Extra inputs are not permitted")
+    return web.json_response({"input_tokens": prompt_tokens(body["messages"])})
+
+
+async def _completions_handler(self: FakeUpstream, request: web.Request) -> web.StreamResponse:
+    body, ok, fault = await self._receive(request)
+    if fault is not None and fault.status:
+        return _openai_error(fault.status, f"fake fault {fault.status}", self._fault_headers(fault))
+    if not self._openai_auth_ok(request):
+        return _openai_error(401, "Incorrect API key provided (fake upstream).")
+    if not ok or not isinstance(body, dict) or "prompt" not in body:
+        return _openai_error(400, "'prompt' is a required property")
+    prompt = body["prompt"] if isinstance(body["prompt"], str) else json.dumps(body["prompt"])
+    text, cut = truncate(REPLY_PREFIX + prompt[:SNIPPET_CHARS], body.get("max_tokens", 16))
+    pt, ct = max(1, len(prompt) // 4), word_count(text)
+    usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+    cid = "cmpl-fake" + uuid.uuid4().hex[:20]
+    finish = "length" if cut else "stop"
+    base = {"id": cid, "object": "text_completion", "created": int(time.time()), "model": body.get("model")}
+    if not body.get("stream"):
+        return web.json_response({**base, "choices": [{"index": 0, "text": text, "logprobs": None,
+                                                       "finish_reason": finish}], "usage": usage})
+    stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await stream.prepare(request)
+    for i, piece in enumerate(split_pieces(text)):
+        last = i == len(split_pieces(text)) - 1
+        chunk = {**base, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": finish if last else None}]}
+        await stream.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    if (body.get("stream_options") or {}).get("include_usage"):
+        await stream.write(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
+    await stream.write(b"data: [DONE]\n\n")
+    await stream.write_eof()
+    return stream
+
+
+async def _stored_response_handler(self: FakeUpstream, request: web.Request) -> web.StreamResponse:
+    await self._receive(request)
+    if not self._openai_auth_ok(request):
+        return _openai_error(401, "Incorrect API key provided (fake upstream).")
+    rid = request.match_info["id"]
+    resp = self.stored.get(rid)
+    if resp is None:
+        return _openai_error(404, f"Response with id '{rid}' not found.")
+    if request.path.endswith("/input_items"):
+        return web.json_response({"object": "list", "data": [], "has_more": False})
+    if request.method == "DELETE":
+        del self.stored[rid]
+        return web.json_response({"id": rid, "object": "response", "deleted": True})
+    return web.json_response(resp)
+
+
+async def _input_tokens_handler(self: FakeUpstream, request: web.Request) -> web.StreamResponse:
+    body, ok, _ = await self._receive(request)
+    if not self._openai_auth_ok(request):
+        return _openai_error(401, "Incorrect API key provided (fake upstream).")
+    if not ok or not isinstance(body, dict):
+        return _openai_error(400, "We could not parse the JSON body of your request.")
+    return web.json_response({"object": "response.input_tokens", "input_tokens": prompt_tokens(responses_messages(body))})
+
+
+FakeUpstream._responses = _responses_handler  # type: ignore[attr-defined]
+FakeUpstream._input_tokens = _input_tokens_handler  # type: ignore[attr-defined]
+FakeUpstream._stored_response = _stored_response_handler  # type: ignore[attr-defined]
+FakeUpstream._count_tokens = _count_tokens_handler  # type: ignore[attr-defined]
+FakeUpstream._completions = _completions_handler  # type: ignore[attr-defined]

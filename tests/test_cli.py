@@ -260,7 +260,7 @@ def test_config_show_prints_providers_without_secrets(cli: Cli) -> None:
     assert res.code == 0, res
     doc = json.loads(res.out)
     assert doc["path"] == str(path)
-    assert set(doc["providers"]) == {"openai", "anthropic", "vllm", "demo"}
+    assert set(doc["providers"]) == {"openai", "anthropic", "vllm"}
     assert doc["providers"]["openai"]["key_env"] == ["OPENAI_API_KEY"]
     assert doc["providers"]["anthropic"]["key_env"] == ["ANTHROPIC_API_KEY"]
     assert doc["providers"]["vllm"]["key_env"] == ["VLLM_KEY_A", "VLLM_KEY_B"]
@@ -275,7 +275,7 @@ def test_config_show_defaults_without_a_file(cli: Cli) -> None:
     assert res.code == 0, res
     doc = json.loads(res.out)
     assert doc["path"] is None
-    assert set(doc["providers"]) == {"openai", "anthropic", "demo"}
+    assert set(doc["providers"]) == {"openai", "anthropic"}
     assert doc["providers"]["openai"]["key_env"] == ["OPENAI_API_KEY"]
     for secret in SECRETS.values():
         assert secret not in res.out + res.err

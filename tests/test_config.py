@@ -42,8 +42,8 @@ def test_no_file_gives_every_default() -> None:
     assert cfg.defaults.max_tokens == 4096
     assert (cfg.retry.max_retries, cfg.retry.backoff_base, cfg.retry.backoff_max) == (2, 0.5, 8.0)
     assert cfg.retry.max_retry_after == 30.0
-    assert list(cfg.providers) == ["openai", "anthropic", "demo"]
-    openai, anthropic, demo = cfg.providers["openai"], cfg.providers["anthropic"], cfg.providers["demo"]
+    assert list(cfg.providers) == ["openai", "anthropic"]  # the demo only when asked for
+    openai, anthropic, demo = cfg.providers["openai"], cfg.providers["anthropic"], cfg.with_demo().providers["demo"]
     assert (openai.type, openai.base_url, openai.keys) == (
         "openai", "https://api.openai.com/v1", [ProviderKey("OPENAI_API_KEY", 1)])
     assert (anthropic.type, anthropic.base_url, anthropic.keys) == (
@@ -63,7 +63,7 @@ def test_base_url_from_environment_trailing_slash_stripped() -> None:
 def test_empty_file_is_all_defaults(in_tmp: Path) -> None:
     cfg = load(write(""), environ={})
     assert cfg.path == Path("llmgw.toml")
-    assert list(cfg.providers) == ["openai", "anthropic", "demo"]
+    assert list(cfg.providers) == ["openai", "anthropic"]
 
 
 # ---- the starter file -------------------------------------------------------------------------
@@ -74,7 +74,7 @@ def test_starter_toml_loads_without_error(in_tmp: Path) -> None:
     assert validate_file(path, environ={}) == []
     cfg = load(path, environ={})
     assert cfg.aliases["caption"] == ["anthropic/claude-haiku-4-5-20251001", "openai/gpt-4o-mini"]
-    assert set(cfg.providers) == {"openai", "anthropic", "demo"}
+    assert set(cfg.providers) == {"openai", "anthropic"}
     assert cfg.providers["openai"].keys == [ProviderKey("OPENAI_API_KEY")]
     assert cfg.providers["anthropic"].keys == [ProviderKey("ANTHROPIC_API_KEY")]
     # the values it shows are the defaults
@@ -97,7 +97,7 @@ def test_starter_toml_commented_examples_are_valid(in_tmp: Path) -> None:
     cfg = load(write(uncommented), environ={"LLMGW_UI_TOKEN": "t"})
     assert cfg.ui == config.UiConfig("LLMGW_UI_TOKEN", "EUR", Decimal("0.92"), 12)
     assert cfg.providers["vllm"].base_url == "http://localhost:8000/v1"
-    assert cfg.providers["demo"].enabled is False
+    assert cfg.providers["demo"].type == "demo"
     assert cfg.aliases["fast"] == ["openai/gpt-4o-mini"]
     assert cfg.pricing["openai/gpt-4o-mini"].cached_input == Decimal("0.075")
 
@@ -143,7 +143,7 @@ output = 0.001
     assert cfg.server.request_timeout == 30.0 and isinstance(cfg.server.request_timeout, float)
     assert cfg.log.bodies is True and cfg.defaults.max_tokens == 1000
     assert cfg.retry.max_retries == 0 and cfg.retry.backoff_base == 0.0
-    assert list(cfg.providers) == ["openai", "vllm", "demo"]  # no anthropic: providers were listed
+    assert list(cfg.providers) == ["openai", "vllm"]  # no anthropic: providers were listed
     assert cfg.providers["openai"].keys == [ProviderKey("OA_1", 3), ProviderKey("OA_2", 1)]
     assert cfg.providers["openai"].base_url == "https://api.openai.com/v1"
     assert cfg.providers["openai"].headers == {"OpenAI-Organization": "org-123"}
@@ -309,14 +309,16 @@ def test_type_and_range_errors(in_tmp: Path, toml: str, message: str) -> None:
 # ---- providers -------------------------------------------------------------------------------
 
 
-def test_demo_is_always_present_unless_disabled(in_tmp: Path) -> None:
+def test_demo_is_present_only_when_declared_or_asked_for(in_tmp: Path) -> None:
     cfg = load(write("[providers.anthropic]\n"), environ={})
-    assert list(cfg.providers) == ["anthropic", "demo"]
+    assert list(cfg.providers) == ["anthropic"]
+    assert list(cfg.with_demo().providers) == ["anthropic", "demo"]  # serve --demo
     cfg = load(write("[providers.demo]\nenabled = false\n"), environ={})
     assert cfg.providers["demo"].enabled is False
     assert cfg.enabled_providers() == {}
+    assert cfg.with_demo().enabled_providers() == {}  # a disabled demo stays disabled
     cfg = load(write("[providers]\n"), environ={})
-    assert list(cfg.providers) == ["demo"]
+    assert list(cfg.providers) == []
 
 
 def test_other_names_need_type_and_base_url(in_tmp: Path) -> None:
@@ -385,7 +387,7 @@ def test_resolve_keys_reads_only_set_variables() -> None:
     cfg = load(None, environ={})
     assert cfg.providers["openai"].resolve_keys({"OPENAI_API_KEY": "sk-secret"}) == [("sk-secret", 1)]
     assert cfg.providers["openai"].resolve_keys({"OPENAI_API_KEY": ""}) == []
-    assert cfg.providers["demo"].resolve_keys({"OPENAI_API_KEY": "sk-secret"}) == []
+    assert cfg.with_demo().providers["demo"].resolve_keys({"OPENAI_API_KEY": "sk-secret"}) == []
 
 
 def test_resolve_keys_with_weights(in_tmp: Path) -> None:
@@ -425,7 +427,7 @@ bad = ["openai/gpt-4o", "nope/model", "no-slash", 7, "openai/gpt-5"]
     assert found == [
         'llmgw.toml: aliases."a/b": alias names must not be empty or contain "/"',
         'llmgw.toml: aliases.empty: expected "provider/model" or a non-empty array of them, got an array',
-        'llmgw.toml: aliases.bad[1]: "nope/model": no provider named "nope" (configured: demo, openai)',
+        'llmgw.toml: aliases.bad[1]: "nope/model": no provider named "nope" (configured: openai)',
         'llmgw.toml: aliases.bad[2]: expected "provider/model", got "no-slash"',
         'llmgw.toml: aliases.bad[3]: expected "provider/model", got 7',
         'llmgw.toml: aliases.bad[4]: "openai/gpt-5": provider "openai" does not list model "gpt-5" in its models',

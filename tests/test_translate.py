@@ -150,7 +150,7 @@ def test_bad_image_urls(url):
     assert e.value.status == 400
 
 
-@pytest.mark.parametrize("ptype", ["input_audio", "file", "refusal"])
+@pytest.mark.parametrize("ptype", ["input_audio", "refusal"])
 def test_unsupported_part_type_is_named(ptype):
     with pytest.raises(InvalidRequest) as e:
         to_anthropic({"messages": [user("hi"), {"role": "user", "content": [
@@ -320,12 +320,58 @@ def test_response_format_json_object_appends_to_system():
     assert "single JSON object" in instruction
 
 
-def test_response_format_json_schema_includes_schema():
+def test_response_format_json_schema_is_native_structured_output():
     schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
     out = to_anthropic({"messages": [user("x")],
                         "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}})
-    assert "single JSON object" in out["system"]
-    assert json.loads(out["system"].split("\n", 1)[1]) == schema
+    assert out["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+    assert "system" not in out  # a guarantee, not a prompt
+
+
+@pytest.mark.parametrize(("model", "native"), [("claude-haiku-4-5-20251001", True), ("claude-sonnet-4-5", True),
+                                             ("claude-opus-4-1-20250805", True), ("claude-3-5-haiku-latest", False),
+                                             ("claude-3-7-sonnet-20250219", False), ("claude-sonnet-4-20250514", False),
+                                             ("claude-opus-4-0", False)])
+def test_json_schema_on_claude_without_structured_outputs_is_an_instruction(model, native):
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    out = to_anthropic({"messages": [user("x")],
+                        "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}},
+                       model=model)
+    if native:
+        assert out["output_config"]["format"]["schema"] == schema and "system" not in out
+    else:
+        assert "output_config" not in out and "single JSON object" in out["system"]
+        assert json.loads(out["system"].split("\n", 1)[1]) == schema
+
+
+@pytest.mark.parametrize(("effort", "expected"), [("minimal", "low"), ("low", "low"), ("high", "high"),
+                                                  ("xhigh", "xhigh")])
+def test_reasoning_effort_becomes_anthropic_effort(effort, expected):
+    out = to_anthropic({"messages": [user("x")], "reasoning_effort": effort})
+    assert out["output_config"] == {"effort": expected}
+    assert "output_config" not in to_anthropic({"messages": [user("x")], "reasoning_effort": "none"})
+    with pytest.raises(InvalidRequest) as e:
+        to_anthropic({"messages": [user("x")], "reasoning_effort": "extreme"})
+    assert e.value.param == "reasoning_effort"
+
+
+def test_web_search_options_become_the_web_search_tool():
+    out = to_anthropic({"messages": [user("x")], "web_search_options": {
+        "search_context_size": "low", "user_location": {"type": "approximate", "approximate": {"city": "Oslo"}}}})
+    assert out["tools"] == [{"type": "web_search_20250305", "name": "web_search",
+                             "user_location": {"type": "approximate", "city": "Oslo"}}]
+
+
+def test_pdf_file_parts_become_document_blocks():
+    out = to_anthropic({"messages": [user([
+        {"type": "text", "text": "summarise"},
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}}])]})
+    assert out["messages"][0]["content"][1] == {
+        "type": "document", "title": "a.pdf", "source": {"type": "base64", "media_type": "application/pdf",
+                                                          "data": "JVBERi0x"}}
+    with pytest.raises(InvalidRequest) as e:
+        to_anthropic({"messages": [user([{"type": "file", "file": {"file_id": "file-abc"}}])]})
+    assert e.value.param == "messages[0].content[0].file" and "file_id" in e.value.message
 
 
 def test_response_format_with_block_system_adds_a_block():
@@ -585,7 +631,7 @@ def test_anthropic_request_basic():
         "top_k": 5,
         "stop_sequences": ["END"],
         "metadata": {"user_id": "u-1"},
-        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "thinking": {"type": "disabled"},
     }, model="gpt-4o")
     assert out == {
         "model": "gpt-4o",
@@ -694,7 +740,7 @@ def test_anthropic_tool_choice(choice, expected):
 @pytest.mark.parametrize(
     ("block", "named"),
     [
-        ({"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}, "document"),
+        ({"type": "document", "source": {"type": "url", "url": "https://x/a.pdf"}}, "url"),
         ({"type": "search_result", "source": "s", "title": "t", "content": []}, "search_result"),
         ({"type": "image", "source": {"type": "file", "file_id": "f"}}, "file"),
         ({"type": "tool_result", "tool_use_id": "t", "content": [
@@ -711,10 +757,63 @@ def test_anthropic_request_untranslatable_blocks(block, named):
 def test_anthropic_request_server_tools_rejected():
     with pytest.raises(InvalidRequest) as e:
         anthropic_request_to_openai({"max_tokens": 1, "messages": [user("x")],
-                                     "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+                                     "tools": [{"type": "code_execution_20250825", "name": "code_execution"}]},
                                     model="gpt-4o")
-    assert "web_search_20250305" in e.value.message
+    assert "code_execution_20250825" in e.value.message
     assert e.value.param == "tools[0]"
+
+
+def test_anthropic_web_search_tool_becomes_web_search_options():
+    out = anthropic_request_to_openai({"max_tokens": 1, "messages": [user("x")], "tools": [
+        {"type": "web_search_20250305", "name": "web_search", "user_location": {"type": "approximate",
+                                                                                "country": "NO"}}]},
+        model="gpt-4o-search-preview")
+    assert out["web_search_options"] == {"user_location": {"type": "approximate", "approximate": {"country": "NO"}}}
+    assert "tools" not in out
+
+
+@pytest.mark.parametrize("field", ["output_config", "output_format"])
+def test_anthropic_structured_output_becomes_response_format(field):
+    strict = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"],
+              "additionalProperties": False}
+    fmt = {"type": "json_schema", "schema": strict}
+    req = {"max_tokens": 1, "messages": [user("x")],
+           **({"output_config": {"format": fmt}} if field == "output_config" else {"output_format": fmt})}
+    out = anthropic_request_to_openai(req, model="gpt-4o")
+    assert out["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": strict,
+                                                                             "strict": True}}
+    loose = {"type": "object", "properties": {"a": {"type": "string"}}}
+    out = anthropic_request_to_openai({"max_tokens": 1, "messages": [user("x")], "output_config": {
+        "format": {"type": "json_schema", "schema": loose}}}, model="gpt-4o")
+    assert out["response_format"]["json_schema"]["strict"] is False  # OpenAI's strict mode would refuse it
+
+
+@pytest.mark.parametrize(("thinking", "effort"), [({"type": "enabled", "budget_tokens": 1024}, "low"),
+                                                  ({"type": "enabled", "budget_tokens": 8000}, "medium"),
+                                                  ({"type": "enabled", "budget_tokens": 32000}, "high"),
+                                                  ({"type": "adaptive"}, "medium")])
+def test_thinking_becomes_reasoning_effort_for_reasoning_models(thinking, effort):
+    out = anthropic_request_to_openai({"max_tokens": 1, "messages": [user("x")], "thinking": thinking}, model="o3")
+    assert out["reasoning_effort"] == effort
+    out = anthropic_request_to_openai({"max_tokens": 1, "messages": [user("x")], "output_config": {"effort": "max"}},
+                                      model="gpt-5")
+    assert out["reasoning_effort"] == "xhigh"
+    with pytest.raises(InvalidRequest) as e:  # no counterpart: refused, never silently dropped
+        anthropic_request_to_openai({"max_tokens": 1, "messages": [user("x")], "thinking": thinking}, model="gpt-4o")
+    assert e.value.param == "thinking" and "gpt-4o" in e.value.message
+
+
+def test_anthropic_documents_become_file_parts():
+    out = anthropic_request_to_openai({"max_tokens": 1, "messages": [user([
+        {"type": "text", "text": "read"},
+        {"type": "document", "title": "r.pdf", "source": {"type": "base64", "media_type": "application/pdf",
+                                                          "data": "JVBERi0x"}},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain words"}}])]},
+        model="gpt-4o")
+    assert out["messages"][0]["content"] == [
+        {"type": "text", "text": "read"},
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0x", "filename": "r.pdf"}},
+        {"type": "text", "text": "plain words"}]
 
 
 def test_request_round_trip_openai_anthropic_openai():
@@ -1061,3 +1160,20 @@ def test_usage_survives_both_response_directions(anthropic_usage):
     resp = openai_completion({"content": "x"}, usage=u)
     back = openai_to_anthropic_response(resp, model="m")["usage"]
     assert back == {"cache_read_input_tokens": 0, "cache_creation_input_tokens": 0, **anthropic_usage}
+
+
+@pytest.mark.parametrize("field", [{"logprobs": True}, {"top_logprobs": 2}, {"audio": {"voice": "alloy"}},
+                                   {"modalities": ["text", "audio"]}])
+def test_openai_fields_anthropic_cannot_honour_are_refused(field):
+    with pytest.raises(InvalidRequest) as e:
+        to_anthropic({"messages": [user("x")], **field})
+    assert e.value.param == next(iter(field)) and e.value.code == "unsupported_parameter"
+    to_anthropic({"messages": [user("x")], "logprobs": False, "modalities": ["text"]})  # asks for nothing more
+
+
+@pytest.mark.parametrize("field", [{"mcp_servers": [{"type": "url", "url": "https://m", "name": "m"}]},
+                                   {"container": "cntr_1"}])
+def test_anthropic_fields_openai_cannot_honour_are_refused(field):
+    with pytest.raises(InvalidRequest) as e:
+        anthropic_request_to_openai({"max_tokens": 1, "messages": [user("x")], **field}, model="gpt-4o")
+    assert e.value.param == next(iter(field))

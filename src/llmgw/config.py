@@ -68,6 +68,14 @@ _WELL_KNOWN: dict[str, tuple[str, str | None, str | None, str]] = {
 # ---- the typed settings -----------------------------------------------------------------------
 
 
+#: the client headers forwarded by default (``[server] forward_headers``)
+FORWARD_HEADERS = ("anthropic-beta", "anthropic-version", "openai-beta")
+#: never forwarded, whatever the config says: credentials, framing and hop-by-hop headers
+NEVER_FORWARDED = frozenset({"authorization", "x-api-key", "api-key", "host", "content-length", "content-type",
+                             "content-encoding", "transfer-encoding", "connection", "keep-alive", "cookie",
+                             "proxy-authorization", "te", "upgrade", "accept-encoding", "user-agent"})
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -76,6 +84,9 @@ class ServerConfig:
     request_timeout: float = 600.0  # seconds per request overall, every upstream attempt included
     drain_timeout: float = 30.0
     body_timeout: float = 30.0  # seconds a client gets to send a request body (a slow one cannot hold a connection)
+    # client request headers passed on to providers (``anthropic-*`` only to Anthropic providers,
+    # ``openai-*`` only to OpenAI-format ones, any other listed name to every provider); [] = none
+    forward_headers: tuple[str, ...] = FORWARD_HEADERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +196,7 @@ class ProviderConfig:
     models: list[str] = field(default_factory=list)  # empty = any model
     headers: dict[str, str] = field(default_factory=dict)
     enabled: bool = True
+    responses: bool = True  # OpenAI type: the upstream serves /responses itself (else: translated via chat)
 
     def resolve_keys(self, environ: Mapping[str, str] | None = None) -> list[tuple[str, int]]:
         """``(secret, weight)`` for each key whose environment variable is set and non-empty."""
@@ -241,6 +253,15 @@ class Config:
 
     def enabled_providers(self) -> dict[str, ProviderConfig]:
         return {name: p for name, p in self.providers.items() if p.enabled}
+
+    def with_demo(self) -> Config:
+        """This config plus the offline demo provider (``serve --demo``), unless it declares one."""
+        if "demo" in self.providers:
+            return self
+        from dataclasses import replace
+
+        demo = ProviderConfig(name="demo", type="demo", base_url="")
+        return replace(self, providers={**self.providers, "demo": demo})
 
     def token(self, section: str, environ: Mapping[str, str] | None = None) -> str | None:
         """The bearer token of ``[admin]``, ``[metrics]`` or ``[ui]`` from the environment (``None``:
@@ -374,8 +395,16 @@ def _build(c: Checks, path: Path | None, doc: dict[str, Any], env: Mapping[str, 
 
 def _server(c: Checks, t: dict[str, Any]) -> ServerConfig:
     d = ServerConfig()
-    c.unknown(t, ("host", "port", "max_body_bytes", "request_timeout", "drain_timeout", "body_timeout"), "server")
+    c.unknown(t, ("host", "port", "max_body_bytes", "request_timeout", "drain_timeout", "body_timeout",
+                  "forward_headers"), "server")
+    forward = c.strings(t, "forward_headers", "server", what="header name", default=list(d.forward_headers))
+    for i, name in enumerate(forward):
+        if not _HEADER_NAME.match(name):
+            c.add(("server", "forward_headers", i), f"{name!r} is not a header name")
+        elif name.lower() in NEVER_FORWARDED:
+            c.add(("server", "forward_headers", i), f"{name!r} is never forwarded (credentials or framing)")
     return ServerConfig(
+        forward_headers=tuple(dict.fromkeys(n.lower() for n in forward)),
         host=c.string(t, "host", "server", default=d.host),
         port=c.integer(t, "port", "server", default=d.port, lo=0, hi=65535),
         max_body_bytes=c.integer(t, "max_body_bytes", "server", default=d.max_body_bytes, lo=1),
@@ -420,12 +449,12 @@ def _retry(c: Checks, t: dict[str, Any]) -> RetryConfig:
 
 # ---- providers ---------------------------------------------------------------------------------
 
-_PROVIDER_KEYS = ("type", "base_url", "api_key_env", "keys", "timeout", "models", "headers", "enabled")
+_PROVIDER_KEYS = ("type", "base_url", "api_key_env", "keys", "timeout", "models", "headers", "enabled", "responses")
 
 
 def _providers(c: Checks, doc: dict[str, Any], env: Mapping[str, str]) -> dict[str, ProviderConfig]:
     if "providers" not in doc:
-        return {name: _provider(c, name, {}, env) for name in ("openai", "anthropic", "demo")}
+        return {name: _provider(c, name, {}, env) for name in ("openai", "anthropic")}
     table = c.table(doc["providers"], "providers") or {}
     out: dict[str, ProviderConfig] = {}
     for name, entry in table.items():
@@ -435,8 +464,6 @@ def _providers(c: Checks, doc: dict[str, Any], env: Mapping[str, str]) -> dict[s
         t = c.table(entry, "providers", name)
         if t is not None:
             out[name] = _provider(c, name, t, env)
-    if "demo" not in out:
-        out["demo"] = _provider(c, "demo", {}, env)
     return out
 
 
@@ -478,6 +505,8 @@ def _provider(c: Checks, name: str, t: dict[str, Any], env: Mapping[str, str]) -
     elif defaults and defaults[1]:
         keys = [ProviderKey(defaults[1])]
 
+    if "responses" in t and ptype not in ("openai", None, ""):
+        c.add((*at, "responses"), f"only for providers of type openai (this one is {ptype})")
     return ProviderConfig(
         name=name,
         type=ptype or "openai",
@@ -487,6 +516,7 @@ def _provider(c: Checks, name: str, t: dict[str, Any], env: Mapping[str, str]) -
         models=c.strings(t, "models", *at, what="model name", default=[]),
         headers=_headers(c, t, at),
         enabled=c.boolean(t, "enabled", *at, default=True),
+        responses=c.boolean(t, "responses", *at, default=True),
     )
 
 
@@ -761,6 +791,9 @@ max_body_bytes = 20971520
 request_timeout = 600.0
 # On shutdown, seconds in-flight requests get to finish.
 drain_timeout = 30.0
+# Client request headers passed on to the provider: anthropic-* ones to Anthropic providers only,
+# openai-* ones to OpenAI-format providers only. [] forwards none. Credentials never pass.
+forward_headers = ["anthropic-beta", "anthropic-version", "openai-beta"]
 
 [log]
 # Log request and response bodies. They can hold personal data: leave off in production.
@@ -790,8 +823,9 @@ backoff_max = 8.0
 max_retry_after = 30.0
 
 # ---- providers ----------------------------------------------------------------------------
-# Without any [providers.*] section llmgw uses openai, anthropic and demo with their defaults.
-# Once you write one, list every provider you want; demo stays unless disabled.
+# Without any [providers.*] section llmgw uses openai and anthropic with their defaults.
+# Once you write one, list every provider you want. The offline demo provider exists only when
+# declared here or with `llmgw serve --demo`.
 #
 #   type         "openai" (OpenAI or any OpenAI-compatible server), "anthropic", or
 #                "demo" (offline, canned answers)
@@ -804,6 +838,8 @@ max_retry_after = 30.0
 #   models       models this provider serves; empty or absent = any
 #   headers      extra HTTP headers sent upstream, e.g. { "OpenAI-Organization" = "org-..." }
 #   enabled      false keeps the definition but sends nothing to it
+#   responses    (openai type) false for a server without its own /v1/responses: Responses API
+#                requests are then translated through chat completions (default true)
 # Provider names use a-z, 0-9, _ and -. Names other than openai, anthropic and demo need an
 # explicit type and base_url.
 
@@ -828,9 +864,9 @@ timeout = 600.0
 # models = ["meta-llama/Llama-3.1-8B-Instruct"]
 # timeout = 120.0
 
-# The offline demo provider is always present; to remove it:
+# The offline demo provider (models demo/echo, demo/lorem, demo/embed):
 # [providers.demo]
-# enabled = false
+# type = "demo"
 
 [aliases]
 # A model name clients may ask for, mapped to "provider/model" targets tried in order: when one

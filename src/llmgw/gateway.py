@@ -68,7 +68,9 @@ from .governance.keys import KeyInfo, KeyTable
 from .governance.ratelimit import RateLimited, RateLimiter
 from .metrics import Metrics
 from .pricing import Price, PriceBook, cost_nanos
-from .providers.base import OpenStream, StreamState, Target
+from .providers import completions as legacy
+from .providers import responses
+from .providers.base import FORWARDED, OpenStream, StreamState, Target
 from .providers.router import Router
 from .providers.sse import anthropic_raw, openai_raw, split_events
 from .server.http import (
@@ -92,11 +94,17 @@ log = logging.getLogger("llmgw.gateway")
 _CACHE_ERRORS_LOGGED = 10
 
 ROUTE_CHAT, ROUTE_MESSAGES, ROUTE_EMBEDDINGS = "chat", "messages", "embeddings"
+ROUTE_RESPONSES, ROUTE_COMPLETIONS = "responses", "completions"
 VALIDATORS: dict[str, Callable[[Any], dict[str, Any]]] = {
     ROUTE_CHAT: validate.chat_request,
     ROUTE_MESSAGES: validate.messages_request,
     ROUTE_EMBEDDINGS: validate.embeddings_request,
+    ROUTE_RESPONSES: responses.validate_request,
+    ROUTE_COMPLETIONS: legacy.validate_request,
 }
+#: the client's dialect by route (providers answer in it); "openai" for the others
+DIALECTS = {ROUTE_MESSAGES: "anthropic", ROUTE_RESPONSES: "responses", ROUTE_COMPLETIONS: "completions"}
+_UNCACHED = (ROUTE_EMBEDDINGS, ROUTE_COMPLETIONS)
 
 
 _ID_PREFIX = "req_" + secrets.token_hex(6)
@@ -177,6 +185,7 @@ class Gateway:
         self.max_body = config.server.max_body_bytes
         self.request_timeout = config.server.request_timeout
         self.log_bodies = config.log.bodies
+        self.forward_headers = config.server.forward_headers
         self._unpriced_warned: set[str] = set()
         self._prices: dict[tuple[str, str], Price | None] = {}
         metrics.known_model = self.known_model  # metric labels name only models the config knows
@@ -189,10 +198,11 @@ class Gateway:
 
     # ---- the spine -------------------------------------------------------------------------
     async def handle(self, request: web.Request, route: str) -> web.StreamResponse:
-        call = Call(request_id=new_request_id(), route=route, ts_ms=self.clock(),
-                    inbound="anthropic" if route == ROUTE_MESSAGES else "openai")
+        call = Call(request_id=new_request_id(), route=route, ts_ms=self.clock(), inbound=DIALECTS.get(route, "openai"))
         call.deadline = time.monotonic() + self.request_timeout
         self.metrics.in_flight += 1
+        fwd = self.forwarded(request) if self.forward_headers else None
+        forwarding = FORWARDED.set(fwd) if fwd else None  # every set is reset below: None between requests
         try:
             call.client_retry = client_retry_count(request.headers.get(RETRY_HEADER))
             validate.request_headers(request.headers)
@@ -207,13 +217,17 @@ class Gateway:
             if problem is not None:  # no provider call without a row that can be written
                 raise ServiceUnavailable(f"the gateway cannot record requests now, so it takes none: {problem}")
             targets = self.router.resolve(call.model)
+            if route == ROUTE_RESPONSES:  # a stored response lives at one provider: only it can go on
+                targets = responses.pin_targets(body, targets, self.router.origins, call.model,
+                                                responses.owner_of(call.key))
             idem = request.headers.get("idempotency-key")
             if idem is not None and not call.stream and self.idempotency is not None:
                 replay = await self._idempotent(call, idem)
                 if replay is not None:
                     return replay
             self._admit(call, body, targets)
-            if self.cache is not None and route != ROUTE_EMBEDDINGS:
+            if self.cache is not None and route not in _UNCACHED and not (
+                    route == ROUTE_RESPONSES and responses.stored_reference(body)):
                 hit = await self._cache_lookup(request, call, body)
                 if hit is not None:
                     return await self._serve_hit(request, call, body, hit)
@@ -227,6 +241,8 @@ class Gateway:
                 completion = await self.router.run(
                     targets, lambda t, to: t.provider.complete(call.inbound, body, t.model, to), deadline, call)
             call.usage = completion.usage
+            if completion.response_id is not None:
+                self._remember_response(call, completion.response_id)
             if self.log_bodies:
                 call.response_body = completion.body.decode("utf-8", "replace")
             if request.transport is None or request.transport.is_closing():
@@ -247,6 +263,9 @@ class Gateway:
                     return call.response
                 return error_response(e, call.inbound, call.request_id, call.headers)
             self._fail(call, e)
+            billed = getattr(e, "usage", None)  # the upstream answered and billed, but unusably
+            if isinstance(billed, Usage):
+                call.usage = billed
             if not call.attempts:  # refused before any upstream attempt: the gateway's own decision
                 reason = rejection_reason(e)
                 if reason is not None:
@@ -275,9 +294,16 @@ class Gateway:
             return error_response(err, call.inbound, call.request_id)
         finally:
             self.metrics.in_flight -= 1
+            if forwarding is not None:
+                FORWARDED.reset(forwarding)
             if call.idem_key is not None and call.key is not None and self.idempotency is not None:
                 # runs before aiohttp sends the response: a retry after this answer finds it
                 await self.idempotency.finish(call.key.id, call.idem_key, call.raw_body, call.idem_answer)
+
+    def forwarded(self, request: web.Request) -> dict[str, str]:
+        """The client headers ``[server] forward_headers`` lets through to the provider."""
+        h = request.headers
+        return {name: v for name in self.forward_headers if (v := h.get(name))}
 
     async def _idempotent(self, call: Call, idem: str) -> web.Response | None:
         assert call.key is not None and self.idempotency is not None
@@ -304,6 +330,9 @@ class Gateway:
             request.headers, cfg, call.key.cache_threshold, call.model)
         key = call.key
         scope = "*" if cfg.scope == "global" else (key.customer_id or f"key:{key.id}")
+        if call.route == ROUTE_RESPONSES:  # keyed by the same conversation view as chat, every field kept
+            body = {**{k: v for k, v in body.items() if k not in ("input", "instructions")},
+                    **responses.bound_view(body)}
         semantic = mode == "semantic"
         keys = request_keys(body, inbound=call.inbound, scope=scope, namespace=namespace,
                             use_guard=cfg.guard and semantic, patterns=cfg.guard_patterns)
@@ -379,7 +408,10 @@ class Gateway:
             await self._record(call)
             return web.Response(body=hit.body, headers=id_headers(call.request_id, call.inbound, JSON, call.headers))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        events, terminal = replay_stream(call.inbound, hit.body, include_usage)
+        if call.inbound == "responses":
+            events, terminal = responses.replay(orjson.loads(hit.body))
+        else:
+            events, terminal = replay_stream(call.inbound, hit.body, include_usage)
         resp = SSEResponse(call.request_id, call.inbound, call.headers)
         call.response = resp
         await self._record(call)
@@ -394,13 +426,17 @@ class Gateway:
         return resp
 
     # ---- governance: authorize, rate-limit, reserve -----------------------------------------
+    def authorize(self, key: KeyInfo, model: str, targets: list[Target]) -> None:
+        """403 ``model_not_allowed`` unless ``key`` may use ``model`` (an alias: every target of it)."""
+        if not key.allows(model) and not (model in self.router.aliases
+                                          and all(key.allows(t.qualified) for t in targets)):
+            raise PermissionDenied(f"this key may not use model {model!r}", code="model_not_allowed",
+                                   param="model")
+
     def _admit(self, call: Call, body: dict[str, Any], targets: list[Target]) -> None:
         key = call.key
         assert key is not None and call.model is not None
-        if not key.allows(call.model) and not (call.model in self.router.aliases
-                                               and all(key.allows(t.qualified) for t in targets)):
-            raise PermissionDenied(f"this key may not use model {call.model!r}", code="model_not_allowed",
-                                   param="model")
+        self.authorize(key, call.model, targets)
         flight = call.flight = self.budgets.track(key.id, key.team_id, key.customer_id, call.ts_ms)
         budgets = self.budgets.applicable(key.id, key.team_id, key.customer_id)
         if not budgets and not key.rpm and not key.tpm:
@@ -410,9 +446,13 @@ class Gateway:
             return
         if call.route != ROUTE_EMBEDDINGS and _max_tokens_of(body) is None:
             # make the output bound real: the upstream gets the same limit the reservation assumed
-            body[_max_tokens_param(call.inbound, targets)] = self.default_max_tokens
+            body[_max_tokens_param(call.inbound, targets)] = (
+                legacy.DEFAULT_MAX_TOKENS if call.route == ROUTE_COMPLETIONS else self.default_max_tokens)
         price = self._bound_price(targets)
-        prompt_bound, output_bound, bound = cost_bound(body, len(call.raw_body), price, inbound=call.inbound,
+        view = (responses.bound_view(body) if call.route == ROUTE_RESPONSES
+                else legacy.bound_view(body) if call.route == ROUTE_COMPLETIONS else body)
+        prompt_bound, output_bound, bound = cost_bound(view, len(call.raw_body), price,
+                                                       inbound="anthropic" if call.inbound == "anthropic" else "openai",
                                                        default_max_tokens=self.default_max_tokens)
         if key.rpm or key.tpm:
             call.rl_estimate = prompt_bound + output_bound
@@ -422,7 +462,8 @@ class Gateway:
             flight.bound = lambda: bound
             return
         if any(b.hard for b in budgets):
-            unbounded = unbounded_features(body)
+            unbounded = list(dict.fromkeys(unbounded_features(view) + (
+                responses.unbounded(body) if call.route == ROUTE_RESPONSES else [])))
             if unbounded:
                 raise InvalidRequest(f"{', '.join(unbounded)} cannot be cost-bounded before the request runs, so "
                                      "they are refused under a hard budget", code="unbounded_cost")
@@ -432,7 +473,7 @@ class Gateway:
             if not key.clamp:
                 raise
             remaining = self.budgets.remaining(budgets, call.ts_ms)
-            n = int(body.get("n") or 1) if call.inbound == "openai" else 1
+            n = int(view.get("n") or 1) if call.inbound in ("openai", "completions") else 1  # best_of too
             m = clamp_max_tokens(remaining or 0, prompt_bound, price, n)
             if not m:
                 raise
@@ -553,7 +594,8 @@ class Gateway:
                 call.status = 200 if not client_gone else 499
                 await self._record(call)
                 if not client_gone:
-                    await write_eof_quietly(resp, held + error_event(e, call.inbound))
+                    own = getattr(stream, "error_event", None)  # a Responses stream names its response
+                    await write_eof_quietly(resp, held + ((own(e) if own else None) or error_event(e, call.inbound)))
                 return resp
             self._settle_stream(call, state, opened)
             if client_gone:
@@ -562,8 +604,8 @@ class Gateway:
             if call.shadow is not None and self.cache_audit is not None and not client_gone:
                 self.cache_audit.shadow_verdict(call, state.text.encode())
             if call.cache_put is not None and self.cache is not None and not call.usage_estimated:
-                answer = completion_from_stream(call.inbound, call.model or "", state.text, state.finish_reason,
-                                                call.usage)
+                answer = getattr(stream, "answer", None) if call.inbound == "responses" else completion_from_stream(
+                    call.inbound, call.model or "", state.text, state.finish_reason, call.usage)
                 if answer is not None:
                     await self._cache_store(call, answer)
             if not client_gone:
@@ -576,7 +618,15 @@ class Gateway:
             self._record_nowait(call)
             raise
         finally:
+            stored = getattr(stream, "response_id", None)
+            if stored is not None:
+                self._remember_response(call, stored)
             await stream.aclose()
+
+    def _remember_response(self, call: Call, response_id: str) -> None:
+        """A Responses API answer stored at its provider: follow-ups and reads go there, for its owner."""
+        if call.provider is not None and call.key is not None:
+            self.router.origins.remember(response_id, call.provider, responses.owner_of(call.key))
 
     def _settle_stream(self, call: Call, state: StreamState, opened: float) -> None:
         call.upstream_seconds += time.perf_counter() - opened  # the body: still the upstream's time
@@ -766,11 +816,15 @@ def _text(v: Any) -> str | None:
 
 def _max_tokens_of(body: dict[str, Any]) -> Any:
     mct = body.get("max_completion_tokens")
+    if mct is None:
+        mct = body.get("max_output_tokens")  # the Responses API's name
     return mct if mct is not None else body.get("max_tokens")
 
 
 def _max_tokens_param(inbound: str, targets: list[Target]) -> str:
     """OpenAI reasoning models refuse ``max_tokens``; everything else understands it."""
+    if inbound == "responses":
+        return "max_output_tokens"
     if inbound == "openai" and any(t.provider.type == "openai" and t.model.startswith(_REASONING_PREFIXES)
                                    for t in targets):
         return "max_completion_tokens"

@@ -15,7 +15,7 @@ import orjson
 from .errors import InvalidRequest
 
 OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-OPENAI_PARTS = frozenset({"text", "image_url", "refusal"})
+OPENAI_PARTS = frozenset({"text", "image_url", "refusal", "file", "input_audio"})
 ANTHROPIC_BLOCKS = frozenset({"text", "image", "tool_use", "tool_result", "document", "thinking",
                               "redacted_thinking", "server_tool_use", "web_search_tool_result", "search_result"})
 
@@ -215,7 +215,8 @@ def chat_request(body: Any) -> dict[str, Any]:
             ptype = part.get("type")
             if not isinstance(ptype, str) or ptype not in OPENAI_PARTS:
                 shown = repr(ptype[:100]) if isinstance(ptype, str) else _type_name(ptype)
-                raise InvalidRequest(f"{pp}.type: unsupported content part {shown} (supported: text, image_url)",
+                raise InvalidRequest(f"{pp}.type: unsupported content part {shown} (supported: "
+                                     f"{', '.join(sorted(OPENAI_PARTS))})",
                                      param=f"{pp}.type", code="unsupported_content_part")
             if ptype == "text" and not isinstance(part.get("text"), str):
                 raise _bad(f"{pp}.text", "a string", part.get("text"))

@@ -81,8 +81,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on (0 = any free port). Default: server.port (8080).")] = None,
     config: ConfigOpt = None,
     home: HomeOpt = None,
-    demo: Annotated[bool, typer.Option("--demo", help="Mint a demo virtual key and print it, with a curl example "
-                                                        "for the offline demo/echo model.")] = False,
+    demo: Annotated[bool, typer.Option("--demo", help="Add the offline demo provider (demo/echo, demo/lorem, "
+                                                        "demo/embed) and print a demo virtual key with a curl "
+                                                        "example.")] = False,
 ) -> None:
     """Run the gateway daemon (OpenAI- and Anthropic-compatible HTTP API)."""
     import logging
@@ -100,6 +101,8 @@ def serve(
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     h = resolve_home(home)
     cfg = load_config(config, h)
+    if demo:
+        cfg = cfg.with_demo()  # the demo models exist only when asked for or configured
     if demo and "demo" not in cfg.enabled_providers():
         raise ConfigError("--demo needs the demo provider, but the config disables it ([providers.demo] enabled = false)")
     import os

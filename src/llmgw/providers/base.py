@@ -13,15 +13,39 @@ from __future__ import annotations
 
 import fnmatch
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
 
-from ..errors import LlmgwError
+from ..errors import LlmgwError, UpstreamError
 from ..usage import Usage
 from .sse import split_events
+
+#: the client headers of the request being served that go on to its provider (``[server]
+#: forward_headers``), set by the gateway per request; providers add them in their own dialect
+FORWARDED: ContextVar[Mapping[str, str] | None] = ContextVar("llmgw_forwarded_headers", default=None)
+
+
+def forwarded(h: dict[str, str], ptype: str) -> dict[str, str]:
+    """``h`` plus the forwarded client headers meant for a provider of type ``ptype``: ``anthropic-*``
+    ones only for Anthropic, ``openai-*`` ones only for OpenAI-format providers. A client's
+    ``anthropic-beta`` is added to a configured one; other client headers replace configured ones."""
+    fwd = FORWARDED.get()
+    if not fwd:
+        return h
+    skip = "openai-" if ptype == "anthropic" else "anthropic-"
+    for k, v in fwd.items():
+        if k.startswith(skip):
+            continue
+        if k == "anthropic-beta" and h.get(k):
+            h[k] = f"{h[k]},{v}"
+        else:
+            h[k] = v
+    return h
+
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 
@@ -37,6 +61,16 @@ class AttemptFailed(Exception):
         self.retry_after = retry_after
         self.timeout = timeout
         self.error = error
+
+
+class BilledUpstreamError(UpstreamError):
+    """The upstream answered, and billed, something the gateway cannot pass on (e.g. tool call
+    arguments that are not JSON): the row bills ``usage``, and the client is told not to retry
+    (a retry would be billed again)."""
+
+    def __init__(self, message: str, *, usage: Usage, code: str | None = None) -> None:
+        super().__init__(message, code=code or "upstream_bad_answer", headers={"x-should-retry": "false"})
+        self.usage = usage
 
 
 @dataclass(slots=True)
@@ -83,6 +117,7 @@ class Completion:
     body: bytes
     usage: Usage
     status: int = 200
+    response_id: str | None = None  # a Responses API answer stored at the provider under this id
 
 
 class OpenStream(Protocol):
@@ -143,8 +178,14 @@ class Provider(Protocol):
 
     async def embeddings(self, body: dict[str, Any], model: str, timeout: float) -> Completion: ...
 
+    async def count_tokens(self, body: dict[str, Any], model: str, timeout: float) -> int: ...
+
+    async def count_response_tokens(self, body: dict[str, Any], model: str, timeout: float) -> int: ...
+
     def serves(self, model: str) -> bool: ...
 
     def listed_models(self) -> list[str]: ...
+
+    async def list_models(self, timeout: float) -> list[str] | None: ...
 
     async def close(self) -> None: ...

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from ..errors import ModelNotFound
+from . import translate
 from .http import Event
 from .openai import OpenAIFormat
 
@@ -99,7 +100,8 @@ class DemoProvider(OpenAIFormat):
                       "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"] * n},
         })
 
-    async def _open(self, payload: dict[str, Any], timeout: float) -> tuple[AsyncIterator[list[Event] | bytes], Any]:
+    async def _open(self, payload: dict[str, Any], timeout: float,
+                    path: str = "/chat/completions") -> tuple[AsyncIterator[list[Event] | bytes], Any]:
         reply, finish, usage = self._answer(payload)
         cid = "chatcmpl-demo" + format(random.getrandbits(64), "x")
         created = int(time.time())
@@ -121,6 +123,16 @@ class DemoProvider(OpenAIFormat):
             yield tail + [(None, b"[DONE]")]
 
         return gen(), None
+
+    async def list_models(self, timeout: float) -> list[str] | None:
+        return list(MODELS)
+
+    async def count_tokens(self, body: dict[str, Any], model: str, timeout: float) -> int:
+        """The demo's own rule of thumb, the same one its answers report as prompt tokens."""
+        return prompt_tokens(translate.anthropic_request_to_openai(body, model=model)["messages"])
+
+    async def _count_chat(self, chat: dict[str, Any], model: str) -> int:
+        return prompt_tokens(chat.get("messages") or [])
 
     def _embed(self, payload: dict[str, Any]) -> bytes:
         if payload.get("model") != "embed":

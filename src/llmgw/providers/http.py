@@ -103,10 +103,10 @@ def failure_for(provider: str, status: int, data: bytes, headers: Any) -> Except
 
 
 async def post_json(client: UpstreamClient, provider: str, url: str, payload: bytes,
-                    headers: dict[str, str], timeout: float) -> bytes:
+                    headers: dict[str, str], timeout: float, *, method: str = "POST") -> bytes:
     """One non-streaming attempt within ``timeout`` seconds; returns the 2xx body bytes."""
     try:
-        r = await client.post(url, payload, headers, timeout=timeout)
+        r = await client.post(url, payload, headers, timeout=timeout, method=method)
         data = await r.read()
     except TimeoutError as e:
         raise AttemptFailed(f"{provider} did not answer within {timeout:g}s", timeout=True) from e

@@ -19,18 +19,21 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from ..config import Config
-from ..errors import ConfigError, ModelNotFound, UpstreamError, UpstreamRejected, UpstreamTimeout
+from ..errors import ConfigError, LlmgwError, ModelNotFound, UpstreamError, UpstreamRejected, UpstreamTimeout
 from .anthropic import AnthropicProvider
 from .base import AttemptFailed, Provider, Target
 from .demo import DemoProvider
 from .openai import OpenAIProvider
+from .responses import Origins
 from .upstream import UpstreamClient
 
 log = logging.getLogger("llmgw.router")
+#: seconds a provider's models listing is kept before it is asked again
+MODELS_TTL = 600.0
 T = TypeVar("T")
 
 
@@ -42,6 +45,8 @@ class Router:
         self.providers: dict[str, Provider] = {}
         self.timeouts: dict[str, float] = {}
         self.keyless: dict[str, str] = {}  # provider -> the variable(s) that would give it its API key
+        self.origins = Origins()  # which provider stores each Responses API response id relayed
+        self._served: dict[str, tuple[float, list[str]]] = {}  # provider -> (when, models it lists)
         for name, pc in config.providers.items():
             if not pc.enabled:
                 continue
@@ -92,6 +97,39 @@ class Router:
         for pname, p in self.providers.items():
             names.extend(f"{pname}/{m}" for m in p.listed_models())
         return names
+
+    async def served_models(self, priced: Iterable[str]) -> list[tuple[str, str]]:
+        """``(model id, owner)`` of everything a client can ask for: the aliases, then per provider
+        its declared models, else what its models endpoint lists (cached ``MODELS_TTL`` seconds),
+        else (no key to ask with, or the endpoint failed) the price list's models of its type."""
+        out = [(a, "llmgw") for a in self.aliases]
+        now = time.monotonic()
+        names = list(priced)
+        for pname, p in self.providers.items():
+            declared = p.listed_models()
+            if declared:
+                out.extend((f"{pname}/{m}", pname) for m in declared)
+                continue
+            cached = self._served.get(pname)
+            if cached is None or now - cached[0] > MODELS_TTL:
+                models = await self._ask_models(p)
+                if models is None:
+                    prefixes = (f"{p.type}/", f"{pname}/")
+                    models = sorted({k.split("/", 1)[1] for k in names if k.startswith(prefixes)})
+                cached = self._served[pname] = (now, [m for m in models if p.serves(m)])
+            out.extend((f"{pname}/{m}", pname) for m in cached[1])
+        return out
+
+    async def _ask_models(self, p: Provider) -> list[str] | None:
+        ask = getattr(p, "list_models", None)
+        if ask is None:
+            return None
+        try:
+            return await ask(min(self.timeouts.get(p.name, 10.0), 10.0))
+        except (LlmgwError, AttemptFailed, OSError, TimeoutError) as e:
+            log.warning("provider %s: cannot list its models (%s); /v1/models shows its price-list models",
+                        p.name, getattr(e, "message", e))
+            return None
 
     def backoff(self, retry: int) -> float:
         cap = min(self.retry.backoff_max, self.retry.backoff_base * (2 ** retry))

@@ -13,17 +13,31 @@ Choices, OpenAI request -> Anthropic:
 * content is always a list of blocks; empty text (which Anthropic rejects) is dropped, and so are
   messages left empty; consecutive same-role messages merge, so ``role: tool`` results form one
   user turn ahead of any user text that follows them.
-* ``n`` > 1 is rejected; ``seed``, ``stream_options``, ``frequency_penalty``,
-  ``presence_penalty``, ``logprobs`` and other OpenAI-only knobs are dropped; ``temperature`` is
+* ``n`` > 1, ``logprobs``/``top_logprobs``, ``audio`` and non-text ``modalities`` are rejected (the
+  answer could not be what was asked); ``seed``, ``stream_options``, ``frequency_penalty``,
+  ``presence_penalty``, ``logit_bias``, ``prediction`` and other sampling knobs are dropped; ``temperature`` is
   passed unchanged (Anthropic's range is 0..1 and it says so itself); ``tool_choice`` and
   ``parallel_tool_calls`` only matter when ``tools`` are given.
-* ``response_format`` ``json_object``/``json_schema`` has no Anthropic equivalent: an instruction
-  to answer with a single JSON object (plus the schema, if any) is appended to the system prompt.
-  That is a prompt, not a guarantee.
+* ``response_format`` ``json_schema`` becomes Anthropic's native structured output
+  (``output_config.format``) on models that have it (Claude 4.1 and later); for Claude 3.x and 4.0,
+  and for ``json_object`` (any JSON, no schema: no Anthropic counterpart), an instruction to answer
+  with a single JSON object (conforming to the schema, if any) is appended to the system prompt (a
+  prompt, not a guarantee).
+* ``reasoning_effort`` becomes ``output_config.effort`` (``minimal`` → ``low``; ``none`` is Anthropic's
+  default, no thinking); ``web_search_options`` becomes Anthropic's web search server tool.
+* ``file`` parts with inline data (PDFs) become ``document`` blocks; a ``file_id`` (a file stored at
+  OpenAI) is refused.
 
-Anthropic request -> OpenAI: ``thinking``, ``top_k``, ``cache_control`` and thinking blocks echoed
-in assistant history are dropped; a tool result's ``is_error`` has no OpenAI field, only its text
-passes; ``max_tokens`` becomes ``max_completion_tokens`` for reasoning models (o1/o3/o4/gpt-5).
+Anthropic request -> OpenAI: ``output_config.format`` (or the beta ``output_format``) becomes
+``response_format: json_schema`` (``strict`` when the schema allows it: every object closed with
+``additionalProperties: false``); ``output_config.effort`` and ``thinking`` become ``reasoning_effort``
+for OpenAI reasoning models (o1/o3/o4/gpt-5; ``thinking`` by its budget: under 4096 tokens low, under
+16384 medium, else high) and are refused with a 400 for other models; ``document`` blocks with base64
+PDF data become ``file`` parts, text documents text parts, URL and file-id documents are refused;
+the web search server tool becomes ``web_search_options``; ``mcp_servers`` and ``container`` are
+rejected. ``top_k``, ``cache_control`` and thinking
+blocks echoed in assistant history are dropped; a tool result's ``is_error`` has no OpenAI field,
+only its text passes; ``max_tokens`` becomes ``max_completion_tokens`` for reasoning models.
 
 Responses: thinking and server-tool blocks are dropped; tool-call ``arguments`` from an OpenAI
 upstream that are not a JSON object are an :class:`UpstreamError`.
@@ -31,6 +45,7 @@ upstream that are not a JSON object are an :class:`UpstreamError`.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -59,6 +74,22 @@ OPENAI_TO_ANTHROPIC_STOP = {
 _TOOL_CHOICE_TO_ANTHROPIC = {"auto": "auto", "required": "any", "none": "none"}
 _TOOL_CHOICE_TO_OPENAI = {"auto": "auto", "any": "required", "none": "none"}
 _REASONING_MODEL_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+_EFFORT_TO_ANTHROPIC = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh"}
+_EFFORT_TO_OPENAI = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
+#: OpenAI request fields an Anthropic model cannot honour (refused, not dropped: the answer would differ)
+_NO_ANTHROPIC_COUNTERPART = {
+    "logprobs": "Anthropic models return no log probabilities",
+    "top_logprobs": "Anthropic models return no log probabilities",
+    "audio": "Anthropic models have no audio output",
+    "modalities": "Anthropic models answer in text only",
+}
+#: Anthropic request fields an OpenAI model cannot honour
+_NO_OPENAI_COUNTERPART = {
+    "mcp_servers": "MCP servers are run by Anthropic's API; OpenAI Chat Completions has no counterpart",
+    "container": "code execution containers are Anthropic's; OpenAI Chat Completions has no counterpart",
+}
+#: Claude models without structured outputs: 3.x and 4.0 (their json_schema becomes an instruction)
+_LEGACY_CLAUDE = re.compile(r"^claude-(?:3|(?:sonnet|opus)-4-(?:0|20\d{6}))")
 _JSON_INSTRUCTION = "Respond with a single JSON object only: no prose before or after it and no code fences."
 _EMPTY_SCHEMA: Json = {"type": "object", "properties": {}}
 
@@ -117,6 +148,36 @@ def _image_block(part: Json, param: str) -> Json:
     raise InvalidRequest("image_url.url must be an http(s) URL or a base64 data URL", param=param)
 
 
+def _document_block(part: Json, param: str) -> Json:
+    """An OpenAI ``file`` part with inline data as an Anthropic ``document`` block."""
+    held = part.get("file")
+    file: Json = held if isinstance(held, dict) else {}
+    data = file.get("file_data")
+    if not isinstance(data, str):
+        raise InvalidRequest(f"{param}.file: only files given inline (file_data) can be translated for an "
+                             "Anthropic model; file_id names a file stored at OpenAI", param=f"{param}.file")
+    media_type, b64 = "application/pdf", data
+    if data.startswith("data:"):
+        header, sep, b64 = data[5:].partition(",")
+        media_type = header.partition(";")[0] or media_type
+        if not sep or ";base64" not in header:
+            raise InvalidRequest(f"{param}.file.file_data: data URLs must be base64 encoded",
+                                 param=f"{param}.file.file_data")
+    if media_type == "text/plain":
+        import base64
+
+        text = base64.b64decode(b64).decode("utf-8", "replace")
+        block: Json = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
+    elif media_type == "application/pdf":
+        block = {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": b64}}
+    else:
+        raise InvalidRequest(f"{param}.file: {media_type} files cannot be translated for an Anthropic model "
+                             "(PDF and plain text can)", param=f"{param}.file")
+    if file.get("filename"):
+        block["title"] = file["filename"]
+    return block
+
+
 def _content_blocks(content: Any, param: str, *, images: bool) -> list[Json]:
     if content is None or isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
@@ -130,6 +191,8 @@ def _content_blocks(content: Any, param: str, *, images: bool) -> list[Json]:
                 blocks.append({"type": "text", "text": part["text"]})
         elif ptype == "image_url" and images:
             blocks.append(_image_block(part, f"{param}[{i}]"))
+        elif ptype == "file" and images:
+            blocks.append(_document_block(part, f"{param}[{i}]"))
         else:
             raise _unsupported(f"part type {ptype!r}", "Anthropic", f"{param}[{i}]")
     return blocks
@@ -178,9 +241,11 @@ def _anthropic_tool_choice(choice: Any, parallel: Any) -> Json | None:
     return result
 
 
-def _json_instruction(fmt: Any) -> str | None:
+def _json_instruction(fmt: Any, native: bool) -> str | None:
+    """The system-prompt instruction for ``json_object``, or for ``json_schema`` on a model without
+    structured outputs (None: no instruction needed)."""
     ftype = _type_of(fmt)
-    if fmt is None or ftype == "text":
+    if fmt is None or ftype == "text" or (ftype == "json_schema" and native):
         return None
     if ftype == "json_object":
         return _JSON_INSTRUCTION
@@ -192,6 +257,42 @@ def _json_instruction(fmt: Any) -> str | None:
     raise InvalidRequest(f"response_format type {ftype!r} is not supported", param="response_format")
 
 
+def native_structured_output(model: str) -> bool:
+    """Whether an Anthropic model has structured outputs (every Claude from 4.1 on; not 3.x or 4.0)."""
+    return _LEGACY_CLAUDE.match(model) is None
+
+
+def _output_config(req: Json, native: bool) -> Json:
+    """Anthropic ``output_config`` for an OpenAI request's json_schema format and reasoning effort."""
+    out: Json = {}
+    fmt = req.get("response_format")
+    if native and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequest("response_format.json_schema.schema: a JSON schema object is required",
+                                 param="response_format.json_schema.schema")
+        out["format"] = {"type": "json_schema", "schema": schema}
+    effort = req.get("reasoning_effort")
+    if effort is not None and effort != "none":
+        if effort not in _EFFORT_TO_ANTHROPIC:
+            raise InvalidRequest(f"reasoning_effort: {effort!r} is not one of {sorted(_EFFORT_TO_ANTHROPIC)}",
+                                 param="reasoning_effort")
+        out["effort"] = _EFFORT_TO_ANTHROPIC[effort]
+    return out
+
+
+def _web_search_tool(options: Any) -> Json:
+    """OpenAI ``web_search_options`` as Anthropic's web search server tool."""
+    if not isinstance(options, dict):
+        raise InvalidRequest("web_search_options: expected an object", param="web_search_options")
+    tool: Json = {"type": "web_search_20250305", "name": "web_search"}
+    approx = (options.get("user_location") or {}).get("approximate")
+    if isinstance(approx, dict) and approx:
+        tool["user_location"] = {"type": "approximate", **{k: v for k, v in approx.items()
+                                                          if k in ("city", "region", "country", "timezone")}}
+    return tool
+
+
 def openai_to_anthropic_request(req: Json, *, model: str, default_max_tokens: int) -> Json:
     """An OpenAI Chat Completions request body as an Anthropic Messages request body for ``model``."""
     n = req.get("n")
@@ -199,6 +300,9 @@ def openai_to_anthropic_request(req: Json, *, model: str, default_max_tokens: in
         raise InvalidRequest("n > 1 is not supported by Anthropic models", param="n")
     if req.get("functions") or req.get("function_call"):
         raise InvalidRequest("legacy functions are not supported; use tools", param="functions")
+    for name, why in _NO_ANTHROPIC_COUNTERPART.items():
+        if req.get(name) and not (name == "modalities" and req[name] == ["text"]):
+            raise InvalidRequest(f"{name}: {why}", param=name, code="unsupported_parameter")
     messages = req.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("messages must be a non-empty list", param="messages")
@@ -238,7 +342,8 @@ def openai_to_anthropic_request(req: Json, *, model: str, default_max_tokens: in
         else:
             raise InvalidRequest(f"message role {role!r} is not supported", param=f"{param}.role")
 
-    instruction = _json_instruction(req.get("response_format"))
+    native = native_structured_output(model)
+    instruction = _json_instruction(req.get("response_format"), native)
     if instruction:
         system.append(instruction)
     out: Json = {"model": model, "messages": turns}
@@ -261,6 +366,11 @@ def openai_to_anthropic_request(req: Json, *, model: str, default_max_tokens: in
         choice = _anthropic_tool_choice(req.get("tool_choice"), req.get("parallel_tool_calls"))
         if choice:
             out["tool_choice"] = choice
+    if req.get("web_search_options") is not None:
+        out.setdefault("tools", []).append(_web_search_tool(req["web_search_options"]))
+    config = _output_config(req, native)
+    if config:
+        out["output_config"] = config
     return out
 
 
@@ -393,6 +503,20 @@ def _image_part(block: Json, param: str) -> Json:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+def _file_part(block: Json, param: str) -> Json:
+    """An Anthropic ``document`` block as an OpenAI ``file`` part (or a text part for plain text)."""
+    source = block.get("source") or {}
+    stype = source.get("type")
+    if stype == "base64" and source.get("media_type") == "application/pdf":
+        file: Json = {"file_data": f"data:application/pdf;base64,{source.get('data')}",
+                      "filename": str(block.get("title") or "document.pdf")}
+        return {"type": "file", "file": file}
+    if stype == "text":
+        return {"type": "text", "text": str(source.get("data") or "")}
+    raise InvalidRequest(f"{param}.source: {stype} documents cannot be translated for an OpenAI model "
+                         "(base64 PDFs and text can)", param=f"{param}.source")
+
+
 def _user_turn(content: Any, param: str) -> list[Json]:
     """One Anthropic user turn: its tool results as ``tool`` messages first, then its other content."""
     if isinstance(content, str):
@@ -408,6 +532,8 @@ def _user_turn(content: Any, param: str) -> list[Json]:
         elif btype == "tool_result":
             text = "\n\n".join(t for t in _texts(block.get("content"), f"{param}[{i}].content") if t)
             out.append({"role": "tool", "tool_call_id": block.get("tool_use_id") or "", "content": text})
+        elif btype == "document":
+            parts.append(_file_part(block, f"{param}[{i}]"))
         else:
             raise _unsupported(f"block type {btype!r}", "OpenAI", f"{param}[{i}]")
     if len(parts) == 1 and parts[0]["type"] == "text":
@@ -440,6 +566,8 @@ def _openai_tools(tools: list[Any]) -> list[Json]:
     out = []
     for i, tool in enumerate(tools):
         ttype = tool.get("type", "custom") if isinstance(tool, dict) else None
+        if isinstance(ttype, str) and ttype.startswith("web_search_"):
+            continue  # becomes web_search_options (``_search_options``)
         if ttype != "custom":
             raise InvalidRequest(f"tool type {ttype!r} cannot be translated for an OpenAI model",
                                  param=f"tools[{i}]")
@@ -451,8 +579,63 @@ def _openai_tools(tools: list[Any]) -> list[Json]:
     return out
 
 
+def _search_options(tools: Any) -> Json | None:
+    for tool in tools or []:
+        if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search_"):
+            loc = tool.get("user_location") or {}
+            approx = {k: v for k, v in loc.items() if k in ("city", "region", "country", "timezone")}
+            return {"user_location": {"type": "approximate", "approximate": approx}} if approx else {}
+    return None
+
+
+def _strict_ok(schema: Any) -> bool:
+    """Whether OpenAI's strict mode accepts ``schema``: every object closed, every property required."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        if node.get("type") == "object" or "properties" in node:
+            props = node.get("properties") or {}
+            if node.get("additionalProperties") is not False or set(node.get("required") or []) != set(props):
+                return False
+        stack.extend(v for v in node.values() if isinstance(v, dict | list))
+    return True
+
+
+def _reasoning_effort(req: Json, model: str) -> str | None:
+    """OpenAI ``reasoning_effort`` for an Anthropic request's effort or thinking (None: neither)."""
+    effort = (req.get("output_config") or {}).get("effort")
+    thinking = req.get("thinking")
+    if thinking is not None and not isinstance(thinking, dict):
+        raise InvalidRequest("thinking: expected an object", param="thinking")
+    wants = effort is not None or (thinking is not None and thinking.get("type") != "disabled")
+    if not wants:
+        return None
+    param = "output_config.effort" if effort is not None else "thinking"
+    if not model.startswith(_REASONING_MODEL_PREFIXES):
+        raise InvalidRequest(f"{param}: {model} is not an OpenAI reasoning model, so it has no counterpart; "
+                             "remove it or pick a reasoning model", param=param, code="unsupported_parameter")
+    if effort is not None:
+        if effort not in _EFFORT_TO_OPENAI:
+            raise InvalidRequest(f"output_config.effort: {effort!r} is not one of {sorted(_EFFORT_TO_OPENAI)}",
+                                 param="output_config.effort")
+        return _EFFORT_TO_OPENAI[effort]
+    assert thinking is not None
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int):
+        return "medium"  # adaptive thinking: the model decides
+    return "low" if budget < 4096 else "medium" if budget < 16384 else "high"
+
+
 def anthropic_request_to_openai(req: Json, *, model: str) -> Json:
     """An Anthropic Messages request body as an OpenAI Chat Completions request body for ``model``."""
+    for name, why in _NO_OPENAI_COUNTERPART.items():
+        if req.get(name):
+            raise InvalidRequest(f"{name}: {why}", param=name, code="unsupported_parameter")
     messages: list[Json] = []
     system = "\n\n".join(t for t in _texts(req.get("system"), "system") if t)
     if system:
@@ -493,6 +676,23 @@ def anthropic_request_to_openai(req: Json, *, model: str) -> Json:
             raise InvalidRequest(f"tool_choice type {ctype!r} is not supported", param="tool_choice.type")
         if choice.get("disable_parallel_tool_use"):
             out["parallel_tool_calls"] = False
+        if not out["tools"]:
+            del out["tools"]
+            out.pop("tool_choice", None)
+            out.pop("parallel_tool_calls", None)
+        search = _search_options(req["tools"])
+        if search is not None:
+            out["web_search_options"] = search
+    fmt = (req.get("output_config") or {}).get("format") or req.get("output_format")
+    if fmt is not None:
+        if _type_of(fmt) != "json_schema" or not isinstance(fmt.get("schema"), dict):
+            raise InvalidRequest("output_config.format: expected {\"type\": \"json_schema\", \"schema\": {...}}",
+                                 param="output_config.format")
+        out["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": "output", "schema": fmt["schema"], "strict": _strict_ok(fmt["schema"])}}
+    effort = _reasoning_effort(req, model)
+    if effort is not None:
+        out["reasoning_effort"] = effort
     return out
 
 
@@ -550,10 +750,23 @@ class OpenAIStreamToAnthropic:
         self._blocks = 0  # content blocks started so far
         self._open: int | None = None
         self._tool_blocks: dict[int, int] = {}  # OpenAI tool_calls index -> Anthropic block index
+        self._tool_args: dict[int, list[str]] = {}  # OpenAI tool_calls index -> argument fragments
+        self._tool_names: dict[int, str] = {}
 
     @property
     def usage(self) -> Usage:
         return self._usage
+
+    def bad_arguments(self) -> str | None:
+        """The name of the first tool call whose streamed arguments are not a JSON object (None: all are)."""
+        for index, parts in self._tool_args.items():
+            try:
+                value = orjson.loads("".join(parts) or "{}")
+            except orjson.JSONDecodeError:
+                value = None
+            if not isinstance(value, dict):
+                return self._tool_names.get(index, "")
+        return None
 
     @property
     def stop_reason(self) -> str | None:
@@ -617,7 +830,10 @@ class OpenAIStreamToAnthropic:
                          "name": fn.get("name") or "", "input": {}}
                 events += self._open_block(index, block)
                 self._tool_blocks[index] = self._blocks - 1
-            if fn.get("arguments"):  # a late fragment of a closed call keeps its own block index
+                self._tool_names[index] = block["name"]
+                self._tool_args[index] = []
+            if fn.get("arguments"):
+                self._tool_args[index].append(fn["arguments"])  # a late fragment of a closed call keeps its own block index
                 partial = {"type": "input_json_delta", "partial_json": fn["arguments"]}
                 events.append(self._delta(self._tool_blocks[index], partial))
         if choice.get("finish_reason"):

@@ -19,21 +19,30 @@ Semantics the providers rely on:
 - A connection goes back to the pool only when its response was read to the end and both sides
   allow keep-alive; anything else (an abandoned stream, a cancelled call) closes it.
 - gzip/deflate bodies are decoded (the client asks for identity, but some proxies compress anyway).
+- ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY`` (or their lower-case forms) from the environment
+  the client was made with: an https origin is reached through a ``CONNECT`` tunnel, an http one
+  by sending the absolute URL to the proxy (with ``Proxy-Authorization`` from the proxy URL's
+  credentials). Decided once per origin, so the path without a proxy costs nothing more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
+import ipaddress
+import os
 import ssl
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
 from .. import __version__
+from ..errors import ConfigError
 
 USER_AGENT = f"llmgw/{__version__}"
 MAX_IDLE_PER_HOST = 256
@@ -52,10 +61,82 @@ class _Origin:
     host: str
     port: int
     host_header: str
+    proxy: _Proxy | None = None
 
     @property
     def tls(self) -> bool:
         return self.scheme == "https"
+
+
+@dataclass(frozen=True, slots=True)
+class _Proxy:
+    host: str
+    port: int
+    auth: str | None  # the Proxy-Authorization value, from the proxy URL's user:password
+
+
+def _proxy_from(url: str) -> _Proxy:
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    if parts.scheme not in ("http", "") or not parts.hostname:
+        raise ValueError(f"proxy URL {url!r}: only http:// proxies are supported")
+    auth = None
+    if parts.username is not None:
+        raw = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        auth = "Basic " + base64.b64encode(raw).decode()
+    return _Proxy(parts.hostname, parts.port or 80, auth)
+
+
+class ProxySettings:
+    """Which origins go through which proxy: ``HTTPS_PROXY``/``HTTP_PROXY`` and ``NO_PROXY`` (a comma
+    list of host names, domain suffixes with or without a leading dot, IP addresses or networks,
+    optionally with :port; ``*`` bypasses every proxy)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        def get(name: str) -> str:
+            return (environ.get(name.lower()) or environ.get(name) or "").strip()
+
+        try:
+            self.https = _proxy_from(get("HTTPS_PROXY")) if get("HTTPS_PROXY") else None
+            self.http = _proxy_from(get("HTTP_PROXY")) if get("HTTP_PROXY") else None
+        except ValueError as e:
+            raise ConfigError(f"HTTPS_PROXY/HTTP_PROXY: {e}") from None
+        self.no_proxy = [e.strip().lower() for e in get("NO_PROXY").split(",") if e.strip()]
+
+    def __bool__(self) -> bool:
+        return self.https is not None or self.http is not None
+
+    def for_origin(self, scheme: str, host: str, port: int) -> _Proxy | None:
+        proxy = self.https if scheme == "https" else self.http
+        if proxy is None or self._bypass(host.lower(), port):
+            return None
+        return proxy
+
+    def _bypass(self, host: str, port: int) -> bool:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        for entry in self.no_proxy:
+            if entry == "*":
+                return True
+            name, want_port = entry, None
+            if entry.count(":") == 1 and entry.rsplit(":", 1)[1].isdigit():
+                name, p = entry.rsplit(":", 1)
+                want_port = int(p)
+            if want_port is not None and want_port != port:
+                continue
+            name = name.strip("[]")
+            if ip is not None:
+                try:
+                    if ip in ipaddress.ip_network(name, strict=False):
+                        return True
+                except ValueError:
+                    pass
+                continue
+            name = name.lstrip(".")
+            if host == name or host.endswith("." + name):
+                return True
+        return False
 
 
 class _Conn(asyncio.Protocol):
@@ -185,6 +266,31 @@ class _Conn(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+class _ProxyHello(asyncio.Protocol):
+    """Reads a proxy's answer to CONNECT: ``answer`` resolves to its status code."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        end = self._buf.find(b"\r\n\r\n")
+        if end < 0 or self.answer.done():
+            if len(self._buf) > 16384 and not self.answer.done():
+                self.answer.set_exception(UpstreamConnectionError("the proxy's answer to CONNECT is too long"))
+            return
+        line = self._buf.split(b"\r\n", 1)[0].split()
+        try:
+            self.answer.set_result(int(line[1]))
+        except (IndexError, ValueError):
+            self.answer.set_exception(UpstreamConnectionError(f"the proxy answered CONNECT with {line!r}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(UpstreamConnectionError("the proxy closed the connection during CONNECT"))
 
 
 def _expire(fut: asyncio.Future[None]) -> None:
@@ -325,8 +431,10 @@ class UpstreamResponse:
 class UpstreamClient:
     """Pools of idle keep-alive connections by origin; one request per connection at a time."""
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
         self._ssl = ssl_context
+        self._proxies = ProxySettings(os.environ if environ is None else environ)
         self._idle: dict[_Origin, collections.deque[_Conn]] = {}
         self._origins: dict[str, tuple[_Origin, str]] = {}
         self._interned: dict[tuple[str, str, int], _Origin] = {}
@@ -353,10 +461,13 @@ class UpstreamClient:
         ident = (parts.scheme, host, port)
         origin = self._interned.get(ident)
         if origin is None:
-            origin = _Origin(parts.scheme, host, port, shown if port == default else f"{shown}:{port}")
+            proxy = self._proxies.for_origin(parts.scheme, host, port) if self._proxies else None
+            origin = _Origin(parts.scheme, host, port, shown if port == default else f"{shown}:{port}", proxy)
             if len(self._interned) < 1024:
                 self._interned[ident] = origin
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if origin.proxy is not None and not origin.tls:  # a forwarding proxy wants the absolute URL
+            target = f"http://{origin.host_header}{target}"
         if len(self._origins) < 1024:
             self._origins[url] = (origin, target)
         return origin, target
@@ -384,6 +495,8 @@ class UpstreamClient:
         return None
 
     async def _connect(self, origin: _Origin, timeout: float) -> _Conn:
+        if origin.proxy is not None:
+            return await self._connect_via(origin, origin.proxy, timeout)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
@@ -397,9 +510,51 @@ class UpstreamClient:
             raise UpstreamConnectionError(f"cannot connect to {origin.host_header}: {e.strerror or e}") from e
         return conn
 
+    async def _connect_via(self, origin: _Origin, proxy: _Proxy, timeout: float) -> _Conn:
+        """A connection to ``origin`` through ``proxy``: a CONNECT tunnel (then TLS) for https, the
+        proxy connection itself for http."""
+        loop = asyncio.get_running_loop()
+        where = f"{origin.host_header} through the proxy {proxy.host}:{proxy.port}"
+        transport: asyncio.BaseTransport | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                transport, hello = await loop.create_connection(_ProxyHello, proxy.host, proxy.port)
+                conn = _Conn()
+                if origin.tls:
+                    auth = f"proxy-authorization: {proxy.auth}\r\n" if proxy.auth else ""
+                    hostport = f"{origin.host}:{origin.port}" if ":" not in origin.host else \
+                        f"[{origin.host}]:{origin.port}"
+                    transport.write(f"CONNECT {hostport} HTTP/1.1\r\nhost: {hostport}\r\n{auth}\r\n".encode("latin-1"))
+                    status = await hello.answer
+                    if status != 200:
+                        raise UpstreamConnectionError(f"cannot connect to {where}: the proxy answered {status}")
+                    transport.set_protocol(conn)
+                    tls = await loop.start_tls(transport, conn, self._ssl_context(), server_hostname=origin.host)
+                    if tls is None:
+                        raise UpstreamConnectionError(f"cannot connect to {where}: TLS failed")
+                    transport = tls
+                else:
+                    transport.set_protocol(conn)
+                conn.connection_made(transport)
+                return conn
+        except TimeoutError:
+            if transport is not None:
+                transport.close()
+            raise
+        except UpstreamConnectionError:
+            if transport is not None:
+                transport.close()
+            raise
+        except OSError as e:
+            if transport is not None:
+                transport.close()
+            raise UpstreamConnectionError(f"cannot connect to {where}: {e.strerror or e}") from e
+
     async def post(self, url: str, body: bytes, headers: dict[str, str], *, timeout: float | None = None,
-                   read_timeout: float | None = None, connect_timeout: float = 10.0) -> UpstreamResponse:
-        """POST ``body`` and return once the response headers are in.
+                   read_timeout: float | None = None, connect_timeout: float = 10.0,
+                   method: str = "POST") -> UpstreamResponse:
+        """POST ``body`` (or send another ``method``: a models listing is a GET) and return once the
+        response headers are in.
 
         ``timeout`` bounds the whole exchange (connecting, the headers and, through the returned
         response, the body); ``read_timeout`` bounds each wait for the next bytes (a stream's
@@ -410,7 +565,7 @@ class UpstreamClient:
         if timeout is not None:
             connect_timeout = min(connect_timeout, timeout)
         origin, target = self._parse(url)
-        payload = b"".join((self._head(origin, target, headers), b"content-length: %d\r\n\r\n" % len(body), body))
+        payload = b"".join((self._head(origin, target, headers, method), b"content-length: %d\r\n\r\n" % len(body), body))
         while True:
             conn = self._get(origin)
             reused = conn is not None
@@ -433,13 +588,15 @@ class UpstreamClient:
                 conn.close()
                 raise
 
-    def _head(self, origin: _Origin, target: str, headers: dict[str, str]) -> bytes:
+    def _head(self, origin: _Origin, target: str, headers: dict[str, str], method: str = "POST") -> bytes:
         """The request line and headers but content-length, encoded; cached per distinct set (a
         provider sends the same few sets, one per API key of its pool)."""
-        key = (origin, target, *headers.items())
+        key = (method, origin, target, *headers.items())
         head = self._heads.get(key)
         if head is None:
-            lines = [f"POST {target} HTTP/1.1\r\nhost: {origin.host_header}\r\nuser-agent: {USER_AGENT}\r\n"]
+            lines = [f"{method} {target} HTTP/1.1\r\nhost: {origin.host_header}\r\nuser-agent: {USER_AGENT}\r\n"]
+            if origin.proxy is not None and not origin.tls and origin.proxy.auth:
+                lines.append(f"proxy-authorization: {origin.proxy.auth}\r\n")
             for k, v in headers.items():
                 if "\r" in v or "\n" in v or "\r" in k or "\n" in k or ":" in k:
                     raise ValueError(f"header {k!r} contains a line break or a colon in its name")

@@ -15,6 +15,7 @@ import hmac
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
@@ -26,8 +27,16 @@ from .. import housekeeping, paths, redact, validate
 from ..cache.semantic import ResponseCache
 from ..clock import Clock, wall_ms
 from ..config import Config
-from ..errors import LlmgwError, MethodNotAllowed, NotFound, Unauthorized
-from ..gateway import ROUTE_CHAT, ROUTE_EMBEDDINGS, ROUTE_MESSAGES, Gateway, new_request_id
+from ..errors import LlmgwError, MethodNotAllowed, ModelNotFound, NotFound, Unauthorized
+from ..gateway import (
+    ROUTE_CHAT,
+    ROUTE_COMPLETIONS,
+    ROUTE_EMBEDDINGS,
+    ROUTE_MESSAGES,
+    ROUTE_RESPONSES,
+    Gateway,
+    new_request_id,
+)
 from ..governance.budgets import BudgetBook, ledger_raises, ledger_spend, read_budgets
 from ..governance.events import EventSink
 from ..governance.idempotency import Idempotency
@@ -39,7 +48,7 @@ from ..providers.upstream import UpstreamClient
 from ..store import db as store_db
 from ..store.writer import LedgerWriter
 from ..units import window
-from . import openapi
+from . import openapi, unbilled
 from .admin import add_routes as add_admin_routes
 from .http import bearer, error_response, send_and_close
 from .ui import add_routes as add_ui_routes
@@ -100,13 +109,61 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     return await request.app[GATEWAY].handle(request, ROUTE_EMBEDDINGS)
 
 
-async def models(request: web.Request) -> web.Response:
+async def responses_api(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].handle(request, ROUTE_RESPONSES)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].handle(request, ROUTE_COMPLETIONS)
+
+
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    return await unbilled.count_tokens(request.app[GATEWAY], request)
+
+
+async def response_input_tokens(request: web.Request) -> web.StreamResponse:
+    return await unbilled.response_input_tokens(request.app[GATEWAY], request)
+
+
+async def stored_response(request: web.Request) -> web.StreamResponse:
+    return await unbilled.stored_response(request.app[GATEWAY], request)
+
+
+async def _served(request: web.Request) -> list[dict[str, object]]:
+    """The models this key may use, as OpenAI model objects (``Router.served_models``)."""
     gw = request.app[GATEWAY]
     key = await gw.keys.resolve(bearer(request))
     created = gw.clock() // 1000
-    data = [{"id": m, "object": "model", "created": created, "owned_by": m.split("/", 1)[0] if "/" in m else "llmgw"}
-            for m in gw.router.catalogue() if key.allows(m)]
-    return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
+    return [{"id": m, "object": "model", "created": created, "owned_by": owner}
+            for m, owner in await gw.router.served_models(gw.prices) if key.allows(m)]
+
+
+def _anthropic_model(m: dict[str, object]) -> dict[str, object]:
+    """A model object in the Anthropic shape (the Anthropic SDK sends ``anthropic-version``)."""
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(m["created"])))  # type: ignore[call-overload]
+    return {"type": "model", "id": m["id"], "display_name": m["id"], "created_at": created}
+
+
+async def models(request: web.Request) -> web.Response:
+    data = await _served(request)
+    if "anthropic-version" in request.headers:
+        shaped = [_anthropic_model(m) for m in data]
+        body: dict[str, object] = {"data": shaped, "has_more": False,
+                                   "first_id": shaped[0]["id"] if shaped else None,
+                                   "last_id": shaped[-1]["id"] if shaped else None}
+    else:
+        body = {"object": "list", "data": data}
+    return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def model(request: web.Request) -> web.Response:
+    wanted = request.match_info["id"]
+    found = next((m for m in await _served(request) if m["id"] == wanted), None)
+    if found is None:
+        raise ModelNotFound(f"model {wanted!r} is not served here (or not to this key)", param="model")
+    if "anthropic-version" in request.headers:
+        found = _anthropic_model(found)
+    return web.json_response(found, dumps=lambda o: orjson.dumps(o).decode())
 
 
 async def quota(request: web.Request) -> web.Response:
@@ -312,7 +369,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         writer.start()
         reader = store_db.connect(dbfile)
         keys = KeyTable(dbfile, clock)
-        upstream = UpstreamClient()  # provider calls: the hot path (see providers/upstream.py)
+        upstream = UpstreamClient(environ=env)  # provider calls: the hot path (see providers/upstream.py)
         session = aiohttp.ClientSession(  # webhooks
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             json_serialize=lambda o: orjson.dumps(o).decode(), auto_decompress=True)
@@ -375,9 +432,22 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         ("POST", "/v1/chat/completions", chat_completions),
         ("POST", "/chat/completions", chat_completions),
         ("POST", "/v1/messages", messages),
+        ("POST", "/v1/messages/count_tokens", guarded(count_tokens)),
+        ("POST", "/v1/responses", responses_api),
+        ("POST", "/responses", responses_api),
+        ("POST", "/v1/responses/input_tokens", guarded(response_input_tokens)),
+        ("GET", "/v1/responses/{id}", guarded(stored_response)),
+        ("DELETE", "/v1/responses/{id}", guarded(stored_response)),
+        ("GET", "/v1/responses/{id}/input_items", guarded(stored_response)),
+        ("POST", "/v1/completions", completions),
+        ("POST", "/completions", completions),
         ("POST", "/v1/embeddings", embeddings),
+        ("POST", "/embeddings", embeddings),
         ("GET", "/v1/models", guarded(models)),
         ("GET", "/v1/llmgw/quota", guarded(quota)),
+        ("GET", "/models", guarded(models)),
+        ("GET", "/v1/models/{id:.+}", guarded(model)),
+        ("GET", "/models/{id:.+}", guarded(model)),
         ("GET", "/healthz", guarded(healthz)),
         ("GET", "/readyz", guarded(readyz)),
         ("GET", "/metrics", guarded(metrics)),

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from .. import redact
 from ..errors import BodyTimeout, BodyTooLarge, LlmgwError
+from ..providers import responses
 
 JSON = {"Content-Type": "application/json"}
 _SSE = {"content-type": "text/event-stream", "cache-control": "no-cache"}
@@ -62,7 +63,8 @@ def id_headers(request_id: str, inbound: str, *more: Mapping[str, str]) -> dict[
 def error_body(err: LlmgwError, inbound: str) -> bytes:
     """The JSON body of ``err`` for a client of the ``inbound`` dialect, every configured secret
     redacted: an upstream's own error body when it speaks that dialect, else the dialect's envelope."""
-    if err.upstream_body is not None and err.upstream_dialect == inbound:
+    dialect = "openai" if inbound in ("responses", "completions") else inbound  # OpenAI's error envelope too
+    if err.upstream_body is not None and err.upstream_dialect == dialect:
         return redact.data(err.upstream_body)
     body = orjson.dumps(err.anthropic_body() if inbound == "anthropic" else err.openai_body())
     return redact.data(body)
@@ -99,6 +101,8 @@ def error_event(err: LlmgwError, inbound: str) -> bytes:
         data = orjson.dumps(orjson.loads(data))
     if inbound == "anthropic":
         return b"event: error\ndata: " + data + b"\n\n"
+    if inbound == "responses":
+        return responses.error_event(err.code, err.message)
     return b"data: " + data + b"\n\n"
 
 

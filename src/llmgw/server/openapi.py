@@ -201,6 +201,42 @@ def _api(summary: str, request: str, answer: str, envelope: str, *, streams: boo
     }}
 
 
+def _more_routes(plain: Schema) -> Schema:
+    """The Responses API, legacy completions, count_tokens and the routes without /v1 (loose schemas:
+    their checks are the gateway's validators)."""
+    auth: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+
+    def post(summary: str, envelope: str) -> Schema:
+        return {"post": {"summary": summary, "security": auth,
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": {"type": "object"}}}},
+                         "responses": {"200": {**plain, "description": "the answer (SSE when stream: true)"},
+                                       **_errors(envelope)}}}
+
+    def get(summary: str, *methods: str) -> Schema:
+        op = {"summary": summary, "security": auth,
+              "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+              "responses": {"200": {**plain, "description": summary}, **_errors("OpenAIError")}}
+        return {m: op for m in methods}
+
+    responses = post("OpenAI Responses API (streaming or not)", "OpenAIError")
+    completions = post("legacy text completions", "OpenAIError")
+    models = {"get": {"summary": "the models and aliases this key may use", "security": auth,
+                      "responses": {"200": _json(_ref("Models"), "the models", _REQUEST_ID),
+                                    **_errors("OpenAIError")}}}
+    return {
+        "/v1/responses": responses, "/responses": responses,
+        "/v1/responses/input_tokens": post("input tokens of a Responses API request", "OpenAIError"),
+        "/v1/responses/{id}": get("a stored response", "get", "delete"),
+        "/v1/responses/{id}/input_items": get("a stored response's input items", "get"),
+        "/v1/completions": completions, "/completions": completions,
+        "/v1/messages/count_tokens": post("input tokens of an Anthropic Messages request", "AnthropicError"),
+        "/embeddings": _api("OpenAI embeddings", "EmbeddingsRequest", "Embeddings", "OpenAIError", streams=False),
+        "/models": models,
+        "/v1/models/{id}": get("one model", "get"), "/models/{id}": get("one model", "get"),
+    }
+
+
 def document() -> Schema:
     """The OpenAPI document (a new dict each call)."""
     chat = _api("OpenAI Chat Completions (streaming or not)", "ChatRequest", "ChatCompletion", "OpenAIError",
@@ -227,6 +263,7 @@ def document() -> Schema:
                                         "security": [{"bearer": []}, {"apiKey": []}],
                                         "responses": {"200": _json(_ref("Quota"), "the key's quota", _REQUEST_ID),
                                                       **_errors("OpenAIError")}}},
+            **_more_routes(plain),
             "/healthz": {"get": {"summary": "liveness", "responses": {"200": {**plain, "description": "alive"},
                                                                       **_errors("OpenAIError")}}},
             "/readyz": {"get": {"summary": "readiness", "responses": {
