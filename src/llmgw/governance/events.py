@@ -84,8 +84,9 @@ class EventSink:
                 if to_store:
                     fresh += await asyncio.to_thread(self._store, to_store)
                 for ev in fresh:
-                    log.warning("budget event: %s %s %s at %s%%", ev["kind"], ev.get("scope"), ev.get("scope_id"),
-                                ev.get("threshold"))
+                    # a raise's threshold is its number in the window, every other kind's a percentage
+                    at = f"raise #{ev.get('threshold')}" if ev["kind"] == "budget_raised" else f"at {ev.get('threshold')}%"
+                    log.warning("budget event: %s %s %s %s", ev["kind"], ev.get("scope"), ev.get("scope_id"), at)
                     if self.webhook is not None:
                         await self._deliver(ev)
             except Exception:  # never let the sink die: log and go on
