@@ -5,6 +5,7 @@ skipped with the reason printed (CI installs them all in ``.ci/run``)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -29,9 +30,12 @@ def redis_server(tmp: Path) -> Iterator[str]:
         pytest.skip("redis-server not installed (apt-get install redis-server; .ci/run does)")
     redis = pytest.importorskip("redis", reason="redis-py not installed (the test extra has it)")
     port = free_port()
+    # the real clock for the server (the leases run on Redis's own TIME): under libfaketime's
+    # LD_PRELOAD (the suite's any-instant check) redis-server never answers
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("FAKETIME")}
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(tmp), "--protected-mode", "yes"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url, socket_timeout=1)
 
