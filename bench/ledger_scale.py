@@ -163,6 +163,17 @@ def drop_caches_note() -> str:
         return "warm (could not drop the page cache)"
 
 
+def finish(out: list[tuple[str, str]], tmp: Path | None, home: Path, *, keep: bool) -> None:
+    """Print the ``(measure, value)`` table; delete the home this run built unless ``keep``."""
+    width = max(len(k) for k, _ in out)
+    for k, v in out:
+        print(f"{k:<{width}}  {v}")
+    if tmp is not None and not keep:
+        shutil.rmtree(tmp)
+    elif tmp is not None:
+        print(f"kept: --home {home}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -230,13 +241,7 @@ def main() -> None:
     out += [(f"ledger prune --before {cut}", f"{prune_s:.1f} s, {nrows - left:,} rows deleted"),
             ("database size before / after prune", f"{before / 2**20:,.0f} MiB / {after / 2**20:,.0f} MiB"),
             ("the same report after prune: unchanged", f"{'yes' if same else 'NO'} ({rep3_s:.2f} s)")]
-    width = max(len(k) for k, _ in out)
-    for k, v in out:
-        print(f"{k:<{width}}  {v}")
-    if tmp is not None and not args.keep:
-        shutil.rmtree(tmp)
-    elif tmp is not None:
-        print(f"kept: --home {home}")
+    finish(out, tmp, home, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sqlite3
 import statistics
 import sys
@@ -125,13 +124,7 @@ def main() -> None:
                        (start, end)).fetchone()[0]
     conn.close()
     out.append(("the month's total equals the raw SUM", "yes" if got == raw else f"NO: {got} != {raw}"))
-    width = max(len(k) for k, _ in out)
-    for k, v in out:
-        print(f"{k:<{width}}  {v}")
-    if tmp is not None and not args.keep:
-        shutil.rmtree(tmp)
-    elif tmp is not None:
-        print(f"kept: --home {home}")
+    ledger_scale.finish(out, tmp, home, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Invariants:
 - Windows are half-open, ``since_ms <= ts_ms < until_ms``, calendar-aligned in UTC.
 - Money is summed in SQL as integers (``cost_nanos``); the USD strings are derived from that integer
   exactly (``units.usd``: every decimal the amount needs), never through a float. History is read
-  through ``store.rollups.source`` (daily and hourly roll-ups, raw rows only at partial-hour edges),
+  through ``store.rollups.grouped`` (daily and hourly roll-ups, raw rows only at partial-hour edges),
   which equals the raw ledger to the nano-dollar; the groups partition the window's rows and the
   total is their sum.
 - Everything here only reads: it works on a read-only connection next to a running daemon.

@@ -1,20 +1,21 @@
-"""Ledger roll-ups: hourly and daily aggregates that make history cost nothing to read.
+"""Ledger roll-ups: hourly, daily and monthly aggregates that make history cost nothing to read.
 
-Owns: the ``ledger_hourly`` / ``ledger_daily`` tables (created by migration ``m007_rollups``), the
-trigger that keeps them current, the catch-up from raw rows, ``rebuild``/``verify``, and
-``source``: the one query every reader of history (reports, budget spend, ``top``) aggregates over.
+Owns: the ``ledger_hourly`` / ``ledger_daily`` / ``ledger_monthly`` tables and ``ledger_meta``
+(created by migration ``m007_rollups``), the roll-up step the writer process runs (``Roller``,
+``step``), the catch-up from raw rows, ``rebuild``/``verify``, and ``grouped``: the one query every
+reader of history (reports, budget spend, ``top``, the finance page) aggregates over.
 
 Invariants:
 - Roll-ups are derived data. The ledger is the source of truth for every hour that still has its
   raw rows; below ``pruned_before`` (the retention boundary, a UTC midnight) only roll-ups remain.
-- They are maintained by an ``AFTER INSERT`` trigger on ``ledger``: a row and its roll-ups commit in
-  one transaction, whoever inserts it (the daemon's writer process, a test, an import), so they
-  are never behind and never counted twice. Ledger rows are append-only; prune deletes raw rows
-  only and keeps their roll-ups.
+- A watermark (``ledger_meta.rolled_up_to_id``) says which rows they hold: every id up to it, none
+  after. ``step`` adds the next ids and moves the watermark in one transaction; readers read the
+  rows past it raw, in the same statement as the roll-ups, so no row is missed or counted twice.
+  Ledger rows are append-only; prune deletes raw rows (only rolled-up ones) and keeps their roll-ups.
 - A group is (start, customer, team, key, model, provider, status class, cache outcome, error type,
   error code); NULL dimensions are stored as ``''`` (a unique key does not match NULLs) and read back
   as NULL. Every measure is an integer, so a sum over roll-ups equals the raw ``SUM`` exactly.
-- ``source(since, until)`` covers the half-open window with the coarsest pieces that fit: whole
+- ``grouped(since, until, ...)`` covers the half-open window with the coarsest pieces that fit: whole
   UTC days from ``ledger_daily``, whole hours at the day edges from ``ledger_hourly``, and raw rows
   only for the partial hours at the window edges. A window edge inside a pruned partial hour cannot
   be answered exactly: ``UsageError``, never a guess.
@@ -265,7 +266,7 @@ def available(conn: sqlite3.Connection) -> bool:
 # ---- reading: one window as roll-up-shaped rows -----------------------------------------------------
 
 
-Span = tuple[str, int | None, int | None]  # (source: raw | hour | day, since_ms, until_ms)
+Span = tuple[str, int | None, int | None]  # (source: raw | hour | day | month, since_ms, until_ms)
 
 
 def _ceil(ms: int, unit: int) -> int:
@@ -333,7 +334,12 @@ def _where(time_col: str, since: int | None, until: int | None, filters: Filter,
 
 def _branches(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | None, filters: Filter | None,
               hourly: bool) -> list[tuple[str, list[Any]]]:
-    """The window as SELECTs of roll-up-shaped rows, each with its own parameters (see ``source``)."""
+    """The window as SELECTs of roll-up-shaped rows (``DIMS`` with NULL for ``''``, ``MEASURES``,
+    ``last_ms``), each with its own parameters: sums over them equal the raw ledger's in the window.
+
+    ``filters``: dimension -> id or ids. ``hourly``: no row spans more than a clock hour (for per-hour
+    buckets: bucket by ``last_ms``, which lies in the row's hour). Raw rows alone on a database
+    without roll-ups (read-only readers do not migrate)."""
     filters = filters or {}
     if not available(conn):
         pieces: Iterable[Span] = [("raw", since_ms, until_ms)]
@@ -371,20 +377,6 @@ def _branches(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | No
         tail_select = raw_select.replace(" FROM ledger", " FROM ledger NOT INDEXED")
         out.append((tail_select + (f"{where} AND {tail}" if where else f" WHERE {tail}"), params))
     return out
-
-
-def source(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | None,
-           filters: Filter | None = None, *, hourly: bool = False) -> tuple[str, list[Any]]:
-    """A subquery (SQL, params) yielding roll-up-shaped rows (``DIMS`` with NULL for ``''``,
-    ``MEASURES``, ``last_ms``) whose sums over any grouping equal the raw ledger's in the window.
-
-    ``filters``: dimension -> id or ids (``customer_id``, ``team_id``, ``key_id``...). ``hourly``:
-    no row spans more than a clock hour (for per-hour buckets: bucket by ``last_ms``, which lies in
-    the row's hour). Falls back to raw rows alone on a database without roll-ups (read-only readers
-    do not migrate). For grouped totals prefer ``grouped``: it aggregates inside each piece."""
-    branches = _branches(conn, since_ms, until_ms, filters, hourly)
-    return ("(" + " UNION ALL ".join(sql for sql, _ in branches) + ")",
-            [p for _, params in branches for p in params])
 
 
 #: an aggregate column of ``grouped``: (name, SUM or MAX, expression over roll-up-shaped columns)
