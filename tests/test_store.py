@@ -92,7 +92,7 @@ def test_open_creates_dir_sets_pragmas_and_schema(db_path: Path) -> None:
                 "revoked_at",
             },
             "budgets": {"id", "scope", "scope_id", "period", "limit_nanos", "hard", "warn_pct", "grace_nanos",
-                        "created_at", "updated_at", "raise_step_nanos", "ceiling_nanos"},
+                        "created_at", "updated_at", "raise_step_nanos", "ceiling_nanos", "fail_open"},
         }.items():
             assert {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")} == expected
         indexed = {

@@ -45,7 +45,7 @@ GATE_CLASSES = ("negation", "numbers", "languages", "formats", "directions", "po
                 "order")
 #: the governance sections, read by ``llmgw config apply``: kept raw in ``Config.raw``, not checked here
 DECLARED_SECTIONS = ("customers", "teams", "keys", "budgets")
-KNOWN_SECTIONS = ("server", "log", "ledger", "defaults", "retry", "providers", "aliases", "pricing", "cache", "webhooks",
+KNOWN_SECTIONS = ("server", "log", "ledger", "cluster", "defaults", "retry", "providers", "aliases", "pricing", "cache", "webhooks",
                   "admin", "metrics", "ui")
 #: the admin API's token when ``[admin]`` names no other variable
 ADMIN_TOKEN_ENV = "LLMGW_ADMIN_TOKEN"
@@ -100,6 +100,23 @@ class LedgerConfig:
     """``[ledger]``: retention of raw ledger rows (their hourly and daily roll-ups are kept)."""
 
     retain_days: int | None = None  # None: keep every raw row
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ClusterConfig:
+    """``[cluster]``: several instances share exact budget caps, rate limits and in-flight
+    idempotency through Redis (``cluster/``). Off (``redis_url`` None) by default."""
+
+    redis_url: str | None = None  # redis://[:password@]host:port/db (or from redis_url_env)
+    lease_ttl: float = 10.0  # seconds a budget slice outlives its instance (SIGKILL: taken back after this)
+    sync_interval: float = 0.25  # seconds between an instance's reports of spend to Redis
+    timeout: float = 0.5  # seconds a Redis call may take before the shared state counts as unreachable
+    prefix: str = "llmgw"  # Redis key prefix (several clusters on one Redis: one prefix each)
+
+    def __repr__(self) -> str:
+        url = _redact_url(self.redis_url) if self.redis_url else None
+        return (f"ClusterConfig(redis_url={url!r}, lease_ttl={self.lease_ttl}, sync_interval={self.sync_interval}, "
+                f"timeout={self.timeout}, prefix={self.prefix!r})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +256,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
@@ -380,13 +398,14 @@ def _build(c: Checks, path: Path | None, doc: dict[str, Any], env: Mapping[str, 
     server = _server(c, section("server"))
     log = _log(c, section("log"))
     ledger = _ledger(c, section("ledger"))
+    cluster = _cluster(c, section("cluster"), env)
     defaults = _defaults(c, section("defaults"))
     retry = _retry(c, section("retry"))
     providers = _providers(c, doc, env)
     aliases = _aliases(c, section("aliases"), providers)
     pricing = _pricing(c, section("pricing"))
     return Config(
-        path=path, server=server, log=log, ledger=ledger, defaults=defaults, retry=retry, providers=providers, aliases=aliases,
+        path=path, server=server, log=log, ledger=ledger, cluster=cluster, defaults=defaults, retry=retry, providers=providers, aliases=aliases,
         pricing=pricing, cache=_cache(c, section("cache")), webhooks=_webhooks(c, section("webhooks"), env),
         admin_token_env=_token(c, section("admin"), "admin", env),
         metrics_token_env=_token(c, section("metrics"), "metrics", env), ui=_ui(c, section("ui"), env), raw=doc,
@@ -423,6 +442,35 @@ def _log(c: Checks, t: dict[str, Any]) -> LogConfig:
 def _ledger(c: Checks, t: dict[str, Any]) -> LedgerConfig:
     c.unknown(t, ("retain_days",), "ledger")
     return LedgerConfig(retain_days=c.integer(t, "retain_days", "ledger", lo=1))
+
+
+def _cluster(c: Checks, t: dict[str, Any], env: Mapping[str, str]) -> ClusterConfig:
+    c.unknown(t, ("redis_url", "redis_url_env", "lease_ttl", "sync_interval", "timeout", "prefix"), "cluster")
+    d = ClusterConfig()
+    url = c.string(t, "redis_url", "cluster")
+    url_env = c.string(t, "redis_url_env", "cluster")
+    if url is not None and url_env is not None:
+        c.add(("cluster", "redis_url_env"), "give redis_url or redis_url_env, not both")
+    elif url_env is not None:
+        url = env.get(url_env, "").strip() or None
+        if url is None:
+            c.add(("cluster", "redis_url_env"), f"environment variable {_show(url_env)} is not set")
+    if url is not None:
+        scheme = urlsplit(url).scheme if "://" in url else ""
+        if scheme not in ("redis", "rediss", "unix"):
+            c.add(("cluster", "redis_url_env" if url_env else "redis_url"),
+                  f"expected a redis://, rediss:// or unix:// URL, got {_redact_url(url)!r}")
+    ttl = c.number(t, "lease_ttl", "cluster", default=d.lease_ttl, positive=True, hi=3600.0)
+    sync = c.number(t, "sync_interval", "cluster", default=d.sync_interval, positive=True, hi=60.0)
+    if ttl is not None and sync is not None and sync * 4 > ttl:
+        c.add(("cluster", "sync_interval"), f"must be at most a quarter of lease_ttl ({ttl:g} s): an instance "
+                                            "renews its slices every sync")
+    prefix = c.string(t, "prefix", "cluster", default=d.prefix)
+    if prefix is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", prefix):
+        c.add(("cluster", "prefix"), "letters, digits, '_', '.', '-' only (1-64)")
+    return ClusterConfig(redis_url=url, lease_ttl=ttl, sync_interval=sync,
+                         timeout=c.number(t, "timeout", "cluster", default=d.timeout, positive=True, hi=30.0),
+                         prefix=prefix)
 
 
 def _defaults(c: Checks, t: dict[str, Any]) -> DefaultsConfig:

@@ -90,6 +90,11 @@ def set_(
     ceiling: Annotated[str | None, typer.Option(
         "--ceiling", metavar="USD", help="The most --auto-raise may raise the limit to (above --limit); past it "
                                          "requests are refused as without auto-raise.")] = None,
+    fail_open: Annotated[bool | None, typer.Option(
+        "--fail-open/--fail-closed", help="Cluster mode ([cluster] redis_url): while Redis is unreachable, admit on "
+                                          "this instance's own view of the budget (with a governance_degraded "
+                                          "event) instead of refusing with 503 governance_unavailable. Default: "
+                                          "fail closed (kept when updating).")] = None,
     home: HomeOpt = None,
     json: Annotated[bool, typer.Option("--json", help="Print the budget as JSON instead of its id.")] = False,
 ) -> None:
@@ -108,7 +113,8 @@ def set_(
     ceiling_nanos = None if ceiling is None else parse_usd(ceiling, "ceiling")
     with writing(resolve_home(home)) as conn:
         row, created = upsert_budget(conn, scope, value, p, limit_nanos, hard=hard, warn_pct=warn_at,
-                                     grace_nanos=grace_nanos, raise_step_nanos=step_nanos, ceiling_nanos=ceiling_nanos)
+                                     grace_nanos=grace_nanos, raise_step_nanos=step_nanos, ceiling_nanos=ceiling_nanos,
+                                     fail_open=fail_open)
     bid = row["id"]
     err(f"{'created' if created else 'updated'} {bid}: {_describe(row)}")
     if json:

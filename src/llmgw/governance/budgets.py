@@ -78,15 +78,18 @@ class Budget:
     grace_nanos: int = 0
     raise_step_nanos: int = 0  # auto-raise step (0: no auto-raise)
     ceiling_nanos: int = 0  # auto-raise: the most the limit rises to
+    fail_open: bool = False  # cluster mode, shared state unreachable: admit on this instance's view
 
     @classmethod
     def from_row(cls, row: sqlite3.Row | Mapping[str, Any]) -> Budget:
         names = row.keys()
         step = int(row["raise_step_nanos"] or 0) if "raise_step_nanos" in names else 0
         ceiling = int(row["ceiling_nanos"] or 0) if "ceiling_nanos" in names else 0
+        fail_open = bool(row["fail_open"]) if "fail_open" in names else False
         return cls(id=row["id"], scope=row["scope"], scope_id=row["scope_id"], period=row["period"],
                    limit_nanos=int(row["limit_nanos"]), hard=bool(row["hard"]), warn_pct=int(row["warn_pct"]),
-                   grace_nanos=int(row["grace_nanos"]), raise_step_nanos=step, ceiling_nanos=ceiling)
+                   grace_nanos=int(row["grace_nanos"]), raise_step_nanos=step, ceiling_nanos=ceiling,
+                   fail_open=fail_open)
 
     @property
     def auto_raise(self) -> bool:
@@ -227,6 +230,7 @@ class Reservation:
     in_grace: tuple[str, ...] = ()  # budgets that admitted only thanks to their grace
     settled: bool = False
     raised: tuple[Event, ...] = ()  # the auto-raises this admission made (``budget_raised`` events)
+    leases: tuple[Any, ...] = ()  # cluster mode: the instance's slices it was charged on (``SharedBudgets``)
 
 
 @dataclass(slots=True, eq=False)
@@ -248,6 +252,10 @@ class Flight:
 
 class BudgetBook:
     """Spent and reserved per budget in its current window; rebuilt from the ledger by ``load``."""
+
+    #: cluster mode (``cluster.budgets.SharedBudgets``): a hard budget also needs room in this
+    #: instance's slice of it (``_fits``), which ``prepare`` (awaited before ``reserve``) leases
+    shared = False
 
     def __init__(self, *, error_status: int = 429) -> None:
         if error_status not in (402, 429):
@@ -415,17 +423,11 @@ class BudgetBook:
             b = st.budget
             if not b.hard:
                 continue
-            n = st.raises
-            while True:
-                limit = st.limit_after(n)
-                cap = limit + b.grace_nanos
-                if not (st.spent >= cap or st.spent + st.reserved + amount > cap):
-                    break
-                # raise instead of refusing: up to the ceiling, once per step really spent
-                if not (b.auto_raise and limit < b.ceiling_nanos and st.spent >= limit - b.raise_step_nanos):
-                    break
-                n += 1
-            if st.spent >= cap or st.spent + st.reserved + amount > cap:
+            n = self._raises_for(st, amount)  # raise instead of refusing: up to the ceiling, once per step spent
+            limit = st.limit_after(n)
+            cap = limit + b.grace_nanos
+            if st.spent >= cap or st.spent + st.reserved + amount > cap or (
+                    self.shared and not self._fits(st, amount)):
                 refused.append(st)
                 continue
             if n != st.raises:
@@ -444,6 +446,24 @@ class BudgetBook:
             st.reserved += amount
         return Reservation(amount, now_ms, tuple((st.budget.id, st.start_ms) for st in states), tuple(in_grace),
                            raised=tuple(raised))
+
+    def _fits(self, st: _State, amount: int) -> bool:
+        """Cluster mode: does this instance's slice of ``st`` have room for ``amount``?"""
+        return True
+
+    def _raises_for(self, st: _State, amount: int) -> int:
+        """The auto-raises ``st`` would have after admitting ``amount`` on this book's view (what
+        ``reserve`` decides; ``SharedBudgets.prepare`` leases against the limit it gives)."""
+        b = st.budget
+        n = st.raises
+        while True:
+            limit = st.limit_after(n)
+            cap = limit + b.grace_nanos
+            if not (st.spent >= cap or st.spent + st.reserved + amount > cap):
+                return n
+            if not (b.auto_raise and limit < b.ceiling_nanos and st.spent >= limit - b.raise_step_nanos):
+                return n
+            n += 1
 
     def _raised_event(self, st: _State, old_limit: int, now_ms: int) -> Event:
         b = st.budget
@@ -625,13 +645,14 @@ def select_budgets(conn: sqlite3.Connection, scope: str | None = None,
 def upsert_budget(conn: sqlite3.Connection, scope: str, value: str, period: str, limit_nanos: int, *,
                   hard: bool | None = None, warn_pct: int | None = None,
                   grace_nanos: int | None = None, raise_step_nanos: int | None = None,
-                  ceiling_nanos: int | None = None) -> tuple[sqlite3.Row, bool]:
+                  ceiling_nanos: int | None = None, fail_open: bool | None = None) -> tuple[sqlite3.Row, bool]:
     """Create or update the budget of (scope, customer/team/key, period), in the caller's transaction.
 
     An update keeps the budget's id (so a running daemon keeps its spent counter) and the options
     not given (``None``); a new budget defaults to hard, warn at 80 %, no grace. Returns the row and
     whether it was created. Auto-raise: ``raise_step_nanos`` (0 turns it off) with ``ceiling_nanos``,
-    the most the limit may rise to (above the limit; hard budgets only). ``UsageError`` naming the field for a bad option, ``NotFound`` (``param``:
+    the most the limit may rise to (above the limit; hard budgets only). ``fail_open`` (cluster mode):
+    admit on the instance's own view while Redis is unreachable instead of failing closed. ``UsageError`` naming the field for a bad option, ``NotFound`` (``param``:
     the scope) for an unknown customer/team/key (keys by id or name); nothing is written then.
     """
     if scope not in SCOPES:
@@ -661,17 +682,19 @@ def upsert_budget(conn: sqlite3.Connection, scope: str, value: str, period: str,
         bid = "bud_" + uuid.uuid4().hex[:16]
         conn.execute(
             "INSERT INTO budgets (id, scope, scope_id, period, limit_nanos, hard, warn_pct, grace_nanos,"
-            " raise_step_nanos, ceiling_nanos, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " raise_step_nanos, ceiling_nanos, fail_open, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (bid, scope, scope_id, period, limit_nanos, int(hard is not False), 80 if warn_pct is None else warn_pct,
-             grace_nanos or 0, step, ceiling, now, now))
+             grace_nanos or 0, step, ceiling, int(bool(fail_open)), now, now))
     else:
         bid = old["id"]
         conn.execute(
             "UPDATE budgets SET limit_nanos = ?, hard = ?, warn_pct = ?, grace_nanos = ?, raise_step_nanos = ?,"
-            " ceiling_nanos = ?, updated_at = ? WHERE id = ?",
+            " ceiling_nanos = ?, fail_open = ?, updated_at = ? WHERE id = ?",
             (limit_nanos, old["hard"] if hard is None else int(hard),
              old["warn_pct"] if warn_pct is None else warn_pct,
-             old["grace_nanos"] if grace_nanos is None else grace_nanos, step, ceiling, now, bid))
+             old["grace_nanos"] if grace_nanos is None else grace_nanos, step, ceiling,
+             old["fail_open"] if fail_open is None else int(fail_open), now, bid))
     return conn.execute("SELECT * FROM budgets WHERE id = ?", (bid,)).fetchone(), old is None
 
 

@@ -38,6 +38,8 @@ A budget is ``{ period, limit, hard, warn_at, grace, auto_raise, ceiling }``: ``
 USD, as TOML numbers or strings (``"12.50"``, ``"$12.50"``); ``hard`` defaults to true, ``warn_at``
 (percent, 1-100) to 80, ``grace`` to 0. ``auto_raise = STEP`` with ``ceiling = USD`` (above the limit,
 hard budgets only) raises the limit by STEP instead of refusing, up to the ceiling (``budgets``).
+``fail_open = true`` (hard budgets, cluster mode) admits on the instance's own view while Redis is
+unreachable instead of failing closed.
 
 Invariants:
 
@@ -72,7 +74,7 @@ from .keys import CACHE_MODES, PREFIX, STATUSES, validate_models
 CUSTOMER_FIELDS = ("name", "budgets")
 TEAM_FIELDS = ("customer", "name", "budgets")
 KEY_FIELDS = ("customer", "team", "models", "rpm", "tpm", "clamp", "cache", "expires", "status", "budgets")
-BUDGET_FIELDS = ("period", "limit", "hard", "warn_at", "grace", "auto_raise", "ceiling")
+BUDGET_FIELDS = ("period", "limit", "hard", "warn_at", "grace", "auto_raise", "ceiling", "fail_open")
 SCOPE_FIELDS = SCOPES  # a [[budgets]] entry names one of these
 _SECRET_FIELDS = ("secret", "key", "key_hash", "hash", "api_key", "display", "prev_key_hash")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -93,6 +95,7 @@ class BudgetDecl:
     where: tuple[str | int, ...] = ()  # the entry's key path, for problems
     raise_step_nanos: int = 0  # auto_raise
     ceiling_nanos: int = 0
+    fail_open: bool = False  # cluster mode: admit on the instance's view while Redis is unreachable
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,9 @@ def _budget(c: Checks, item: object, scope: str, ref: str, *at: str | int,
         c.add((*at, "grace"), "applies to hard budgets only (hard = false here)")
     step = c.parsed(item, "auto_raise", parse_usd, *at, default=0)
     ceiling = c.parsed(item, "ceiling", parse_usd, *at, default=0)
+    fail_open = c.boolean(item, "fail_open", *at, default=False)
+    if fail_open and not hard:
+        c.add((*at, "fail_open"), "applies to hard budgets only (a soft one never refuses)")
     if len(c.problems) == before:
         try:
             check_auto_raise(limit, step, ceiling, bool(hard))
@@ -182,7 +188,7 @@ def _budget(c: Checks, item: object, scope: str, ref: str, *at: str | int,
             c.add((*at, e.param or "auto_raise"), e.message.split(": ", 1)[-1])
     if len(c.problems) > before or period is None:
         return None
-    return BudgetDecl(scope, ref, period, limit, hard, warn, grace, at, step, ceiling)
+    return BudgetDecl(scope, ref, period, limit, hard, warn, grace, at, step, ceiling, bool(fail_open))
 
 
 def _budgets(c: Checks, t: Mapping[str, Any], scope: str, ref: str, *at: str) -> tuple[BudgetDecl, ...]:

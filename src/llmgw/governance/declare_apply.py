@@ -319,7 +319,8 @@ def _update_key(kid: str, name: str, new: Any, ts: str) -> Callable[[sqlite3.Con
 def _plan_budget(out: Plan, b: BudgetDecl, scope_id: str, row: dict[str, Any] | None) -> None:
     def run(db: sqlite3.Connection) -> None:  # every field as declared, in apply's transaction
         upsert_budget(db, b.scope, scope_id, b.period, b.limit_nanos, hard=b.hard, warn_pct=b.warn_pct,
-                      grace_nanos=b.grace_nanos, raise_step_nanos=b.raise_step_nanos, ceiling_nanos=b.ceiling_nanos)
+                      grace_nanos=b.grace_nanos, raise_step_nanos=b.raise_step_nanos, ceiling_nanos=b.ceiling_nanos,
+                      fail_open=b.fail_open)
 
     if row is None:
         extras = [x for x in ("soft" if not b.hard else "", f"warn at {b.warn_pct}%" if b.warn_pct != 80 else "",
@@ -330,13 +331,16 @@ def _plan_budget(out: Plan, b: BudgetDecl, scope_id: str, row: dict[str, Any] | 
         new = {"limit": b.limit_nanos, "hard": b.hard, "warn_at": b.warn_pct, "grace": b.grace_nanos}
         if b.raise_step_nanos:
             new.update(auto_raise=b.raise_step_nanos, ceiling=b.ceiling_nanos)
+        if b.fail_open:
+            new.update(fail_open=True)
         out.changes.append(Change("create", "budget", b.ref, new=new, scope=b.scope, period=b.period,
                                   detail=detail, run=run))
         return
     pairs = (("limit", int(row["limit_nanos"]), b.limit_nanos), ("hard", bool(row["hard"]), b.hard),
              ("warn_at", int(row["warn_pct"]), b.warn_pct), ("grace", int(row["grace_nanos"]), b.grace_nanos),
              ("auto_raise", int(row.get("raise_step_nanos") or 0), b.raise_step_nanos),
-             ("ceiling", int(row.get("ceiling_nanos") or 0), b.ceiling_nanos))
+             ("ceiling", int(row.get("ceiling_nanos") or 0), b.ceiling_nanos),
+             ("fail_open", bool(row.get("fail_open") or 0), b.fail_open))
     changed = [(name, old, new_value) for name, old, new_value in pairs if old != new_value]
     for i, (name, old, new_value) in enumerate(changed):  # one line each; the first one writes them all
         out.changes.append(Change("update", "budget", b.ref, name, old, new_value, scope=b.scope,
@@ -403,6 +407,8 @@ def _export_budget(row: Mapping[str, Any]) -> dict[str, Any]:
     if int(row["raise_step_nanos"] or 0):
         out["auto_raise"] = _money(int(row["raise_step_nanos"]))
         out["ceiling"] = _money(int(row["ceiling_nanos"]))
+    if int(row["fail_open"] or 0):
+        out["fail_open"] = True
     return out
 
 

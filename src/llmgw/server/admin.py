@@ -335,11 +335,11 @@ class AdminApi:
     async def put_budget(self, request: web.Request) -> web.StreamResponse:
         f = await self.body(request, ("scope", "id", "period", "limit_usd", "limit_nanos", "hard", "warn_pct",
                                       "grace_usd", "grace_nanos", "auto_raise_usd", "auto_raise_nanos", "ceiling_usd",
-                                      "ceiling_nanos"))
+                                      "ceiling_nanos", "fail_open"))
         scope, sid = V.choice(f, "scope", SCOPES, required=True), V.string(f, "id", required=True)
         period, limit = V.choice(f, "period", PERIODS, required=True), _money(f, "limit", required=True)
         hard, warn_pct, grace = V.boolean(f, "hard"), V.integer(f, "warn_pct", lo=1, hi=100), _money(f, "grace")
-        step, ceiling = _money(f, "auto_raise"), _money(f, "ceiling")
+        step, ceiling, fail_open = _money(f, "auto_raise"), _money(f, "ceiling"), V.boolean(f, "fail_open")
         assert scope is not None and sid is not None and period is not None and limit is not None
         now_ms = self.clock()
 
@@ -347,7 +347,8 @@ class AdminApi:
             with _param(customer="id", team="id", key="id", limit="limit_usd", grace="grace_usd", warn_at="warn_pct",
                         auto_raise="auto_raise_usd", ceiling="ceiling_usd"):
                 row, created = upsert_budget(conn, scope, sid, period, limit, hard=hard, warn_pct=warn_pct,
-                                             grace_nanos=grace, raise_step_nanos=step, ceiling_nanos=ceiling)
+                                             grace_nanos=grace, raise_step_nanos=step, ceiling_nanos=ceiling,
+                                             fail_open=fail_open)
             return budget_report(conn, [row], now_ms)[0], created
 
         out, created = await self.db(run, write=True)

@@ -291,9 +291,16 @@ def m009_auto_raise(db: Database) -> None:
     db.execute("ALTER TABLE budgets ADD COLUMN ceiling_nanos INTEGER NOT NULL DEFAULT 0 CHECK (ceiling_nanos >= 0)")
 
 
+def m010_fail_open(db: Database) -> None:
+    """Cluster mode: a hard budget that admits on the instance's own view while Redis is unreachable
+    (1), instead of failing closed with 503 governance_unavailable (0, the default)."""
+    db.execute("ALTER TABLE budgets ADD COLUMN fail_open INTEGER NOT NULL DEFAULT 0 CHECK (fail_open IN (0, 1))")
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial, m002_usage_estimated, m003_governance,
                                                       m004_definitions_version, m005_cache, m006_cache_ledger,
-                                                      m007_rollups, m008_cache_audit, m009_auto_raise)
+                                                      m007_rollups, m008_cache_audit, m009_auto_raise,
+                                                      m010_fail_open)
 
 
 def _migration_set() -> Migrations:
