@@ -154,7 +154,7 @@ _llmgw_spec() {
             _llmgw_args=0 ;;
         "llmgw budget set")
             _llmgw_subs=""
-            _llmgw_opts="--customer --team --key --limit --period --hard --soft --warn-at --grace --auto-raise --ceiling --home --json -h --help"
+            _llmgw_opts="--customer --team --key --limit --period --hard --soft --warn-at --grace --auto-raise --ceiling --fail-open --fail-closed --home --json -h --help"
             _llmgw_vopts="--customer --team --key --limit --period --warn-at --grace --auto-raise --ceiling --home"
             _llmgw_args=0 ;;
         "llmgw budget show")

@@ -343,6 +343,8 @@ complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -l warn-at -x -d 'Warn (h
 complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -l grace -x -d 'USD a hard budget may overrun (with an event), so a batch is not cut mid-way.'
 complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -l auto-raise -x -d 'USD: when the hard limit would refuse a request, raise it by STEP instead (a budget_raised...'
 complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -l ceiling -x -d 'The most --auto-raise may raise the limit to (above --limit); past it requests are refused as...'
+complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -l fail-open -d 'Cluster mode ([cluster] redis_url): while Redis is unreachable, admit on this instance\'s own...'
+complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -l fail-closed -d 'Cluster mode ([cluster] redis_url): while Redis is unreachable, admit on this instance\'s own...'
 complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -l home -r -F -d 'State directory (database, index).'
 complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -l json -d 'Print the budget as JSON instead of its id.'
 complete -c llmgw -n '__llmgw_at \'llmgw budget set\'' -s h -l help -d 'Show this message and exit.'

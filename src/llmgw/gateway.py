@@ -175,6 +175,7 @@ class Gateway:
         self.clock = clock  # business time: budget windows, ledger ts_ms, events, cache TTL
         self.budgets = budgets if budgets is not None else BudgetBook(error_status=config.defaults.budget_error_status)
         self.ratelimiter = RateLimiter()
+        self.shared_limits: Any = None  # cluster mode: node.SharedRateLimiter (every instance's counts)
         self.events = events
         self.default_max_tokens = config.defaults.max_tokens
         self.router = router
@@ -225,7 +226,7 @@ class Gateway:
                 replay = await self._idempotent(call, idem)
                 if replay is not None:
                     return replay
-            self._admit(call, body, targets)
+            await self._admit(call, body, targets)
             if self.cache is not None and route not in _UNCACHED and not (
                     route == ROUTE_RESPONSES and responses.stored_reference(body)):
                 hit = await self._cache_lookup(request, call, body)
@@ -433,7 +434,7 @@ class Gateway:
             raise PermissionDenied(f"this key may not use model {model!r}", code="model_not_allowed",
                                    param="model")
 
-    def _admit(self, call: Call, body: dict[str, Any], targets: list[Target]) -> None:
+    async def _admit(self, call: Call, body: dict[str, Any], targets: list[Target]) -> None:
         key = call.key
         assert key is not None and call.model is not None
         self.authorize(key, call.model, targets)
@@ -456,7 +457,10 @@ class Gateway:
                                                        default_max_tokens=self.default_max_tokens)
         if key.rpm or key.tpm:
             call.rl_estimate = prompt_bound + output_bound
-            info = self.ratelimiter.check(key.id, key.rpm, key.tpm, call.rl_estimate, time.monotonic())
+            if self.shared_limits is not None:
+                info = await self.shared_limits.check(key.id, key.rpm, key.tpm, call.rl_estimate)
+            else:
+                info = self.ratelimiter.check(key.id, key.rpm, key.tpm, call.rl_estimate, time.monotonic())
             call.headers.update(info.headers())
         if not budgets:
             flight.bound = lambda: bound
@@ -467,12 +471,15 @@ class Gateway:
             if unbounded:
                 raise InvalidRequest(f"{', '.join(unbounded)} cannot be cost-bounded before the request runs, so "
                                      "they are refused under a hard budget", code="unbounded_cost")
+        shared = self.budgets.shared
         try:
+            if shared:  # lease enough of each hard budget's shared room first (usually no Redis call)
+                await self.budgets.prepare(budgets, bound, call.ts_ms)
             call.reservation = self.budgets.reserve(budgets, bound, call.ts_ms)
         except BudgetExceeded:
             if not key.clamp:
                 raise
-            remaining = self.budgets.remaining(budgets, call.ts_ms)
+            remaining = self.budgets.admissible(budgets, call.ts_ms)
             n = int(view.get("n") or 1) if call.inbound in ("openai", "completions") else 1  # best_of too
             m = clamp_max_tokens(remaining or 0, prompt_bound, price, n)
             if not m:
@@ -530,7 +537,10 @@ class Gateway:
             self.events.emit([e.as_dict(now) for e in events])
         key = call.key
         if call.rl_estimate and key is not None:
-            self.ratelimiter.settle(key.id, call.rl_estimate, call.usage.total_tokens, time.monotonic())
+            if self.shared_limits is not None:
+                self.shared_limits.settle(key.id, key.tpm, call.rl_estimate, call.usage.total_tokens)
+            else:
+                self.ratelimiter.settle(key.id, call.rl_estimate, call.usage.total_tokens, time.monotonic())
 
     # ---- pieces ----------------------------------------------------------------------------
     async def _read_json(self, request: web.Request, call: Call) -> Any:

@@ -97,7 +97,7 @@ class CacheAudit:
         call.raw_body = hit_call.raw_body
         try:
             targets = gw.router.resolve(call.model or "")
-            gw._admit(call, body, targets)
+            await gw._admit(call, body, targets)
         except LlmgwError:
             gw.metrics.cache_verify["skipped"] += 1  # over budget or rate limit: no verification
             return

@@ -2,7 +2,7 @@
 
 Owns ``SharedBudgets``, a ``BudgetBook`` whose hard budgets admit a request only against this
 instance's slice of the budget window, leased from Redis (``leases``), and the background sync that
-reports spend, renews slices and gives idle ones back. ``cluster.Cluster`` builds it for
+reports spend, renews slices and gives idle ones back. ``node.Cluster`` builds it for
 ``[cluster] redis_url``; without that section the daemon uses the plain ``BudgetBook`` and nothing
 here runs.
 
@@ -16,7 +16,7 @@ How a request is admitted (see ``leases`` for why the sum is exact):
 2. ``reserve`` (synchronous, atomic on the event loop, as ``BudgetBook``'s): the book's own checks
    on its cluster-wide view of the spend, and room in the slice (``_fits``); then the slice is
    charged. ``settle`` moves the reservation to the slice's used part.
-3. Every ``sync_interval`` the instance reports what it used (``LeaseStore.settle``), renews its
+3. Every ``sync_interval`` (``node.Cluster``'s background task) the instance reports what it used (``LeaseStore.settle``), renews its
    slices' TTL and gives back what an idle slice does not need; the answer's spend refreshes the
    book's view, so soft-cap warnings and events see other instances' spend within a sync.
 
@@ -75,6 +75,11 @@ class SharedBudgets(BudgetBook):
         self._degraded: set[tuple[str, int]] = set()  # (budget, window) told about this outage
         self.syncs = 0  # completed sync rounds (tests and metrics)
         self.lease_calls = 0  # acquire calls made (how often Redis was on a request's path)
+        # spend with no slice behind it (a request admitted before its budget was created, counted
+        # by the reload): added to the window in Redis by the next sync
+        self._extra: dict[tuple[str, int], int] = {}
+        self._views: dict[tuple[str, int], int] = {}  # the largest spend Redis reported per window
+        self._epoch: int | None = None  # the Redis start this instance last synced with
 
     # -- admission ---------------------------------------------------------------------------------
 
@@ -111,6 +116,8 @@ class SharedBudgets(BudgetBook):
                 async with s.lock:  # one Redis call per slice at a time (and none while it syncs)
                     if self._slices.get((b.id, s.start_ms)) is not s:
                         continue  # the sync gave it back meanwhile
+                    if s.unreported + s.reserved + amount <= s.slice:
+                        break  # the call this one waited for got enough
                     wait = await self._acquire(st, s, amount)
                 if wait < 0:
                     break  # nothing more to be had: reserve refuses (or admits, fail-open)
@@ -162,9 +169,26 @@ class SharedBudgets(BudgetBook):
 
     def settle(self, reservation: Reservation, actual_nanos: int, now_ms: int) -> list[Event]:
         if not reservation.settled:
+            cost = max(0, actual_nanos)
             for s in reservation.leases:
-                s.settle(reservation.amount, max(0, actual_nanos))
+                s.settle(reservation.amount, cost)
+            sliced = {(s.budget_id, s.start_ms) for s in reservation.leases}
+            for k in reservation.parts:
+                st = self._states.get(k[0])
+                if cost and k not in sliced and st is not None and st.budget.hard:
+                    self._extra[k] = self._extra.get(k, 0) + min(cost, reservation.amount)
         return super().settle(reservation, actual_nanos, now_ms)
+
+    def admissible(self, budgets: Iterable[Budget], now_ms: int) -> int | None:
+        """What a request may still reserve on this instance: ``remaining``, and no more than the room
+        in its slices (the clamp's figure)."""
+        left = self.remaining(budgets, now_ms)
+        for st in self._live(budgets, now_ms):
+            if st.budget.hard and not self._fail_open(st.budget):
+                s = self._slice(st, create=False)
+                room = 0 if s is None else max(0, s.slice - s.unreported - s.reserved)
+                left = room if left is None else min(left, room)
+        return left
 
     def _exceeded(self, refused: list[_State], amount: int) -> Any:
         err = super()._exceeded(refused, amount)
@@ -179,6 +203,8 @@ class SharedBudgets(BudgetBook):
 
     def _saw(self, st: _State | None, s: _Slice, g: Grant) -> None:
         s.seen = max(s.seen, g.spent)
+        k = (s.budget_id, s.start_ms)
+        self._views[k] = max(self._views.get(k, 0), g.spent)
         if st is not None and st.start_ms == s.start_ms:
             st.spent = max(st.spent, g.spent + s.unreported)
 
@@ -209,22 +235,16 @@ class SharedBudgets(BudgetBook):
 
     # -- the sync ----------------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Report, renew and give back every ``sync_interval`` (the daemon's background task)."""
-        while True:
-            try:
-                await self.sync()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug must not stop the reports; the next round tries again
-                log.exception("cluster: budget sync failed")
-            await asyncio.sleep(self.sync_interval)
-
     async def sync(self, *, leave: bool = False) -> None:
         """One round over every slice (``leave``: give everything back, at shutdown)."""
         now = self.now_ms()
         ok = True
-        for k, s in list(self._slices.items()):
+        try:
+            await self._check_epoch()
+        except GovernanceUnavailable as e:
+            self._went_down(str(e))
+            ok = False
+        for k, s in list(self._slices.items()) if ok else ():
             ended = s.end_ms is not None and now >= s.end_ms
             gone = s.budget_id not in self._states
             # an idle slice (nothing reserved since the last round) is given back whole
@@ -241,6 +261,16 @@ class SharedBudgets(BudgetBook):
                 break
             if done:
                 self._slices.pop(k, None)
+        for k, amount in list(self._extra.items()):
+            if not ok:
+                break
+            try:
+                await self.leases.add_async(k[0], k[1], amount, 0)
+            except GovernanceUnavailable as e:
+                self._went_down(str(e))
+                ok = False
+                break
+            self._extra.pop(k, None)
         if ok:
             if not self._slices and self.down is not None:
                 try:
@@ -251,7 +281,29 @@ class SharedBudgets(BudgetBook):
             self._came_back()
         self.syncs += 1
 
+    async def _check_epoch(self) -> None:
+        """A Redis that (re)started since the last round has lost every window: push this instance's
+        last sight of each live hard budget's spend (held slices are re-added by ``_sync_one``),
+        during the hold in which nobody is granted a slice (see ``leases``)."""
+        epoch = await self.leases.epoch_async()
+        if epoch is not None and epoch == self._epoch:
+            return
+        now = self.now_ms()
+        for st in self._live(self.budgets(), now):
+            if not st.budget.hard:
+                continue
+            k = (st.budget.id, st.start_ms)
+            s = self._slices.get(k)
+            mine = 0 if s is None else s.unreported  # not in Redis's figure yet: reported (or re-added) apart
+            view = max(self._views.get(k, 0), st.spent - mine)
+            if view > 0:
+                g = await self.leases.add_async(st.budget.id, st.start_ms, 0, view)
+                epoch = g.epoch
+        self._epoch = epoch
+
     async def _sync_one(self, st: _State | None, s: _Slice, leave: bool) -> None:
+        if not s.epoch and not s.slice and not s.unreported:
+            return  # never granted (asked during a hold): nothing in Redis to report or renew
         sent = s.unreported
         back = 0
         if not leave and not s.busy:

@@ -27,7 +27,8 @@ The design, and why it is exact:
   admitted against its lost slice (settled and still reserved) on top of its last sight of the
   spend; every instance's last sight includes its own reports, and the latest one includes
   everybody's, so the max of the sights plus the re-added amounts is at least what was admitted.
-  For that to be complete before anybody cuts a new slice, no slice is granted for ``hold_ms``
+  Instances holding no slice push their last sight of every window too, when their sync sees a new
+  epoch. For that to be complete before anybody cuts a new slice, no slice is granted for ``hold_ms``
   after Redis first runs a script (``Grant.wait_ms``), a few sync intervals of the instances.
 
 ``cluster.budgets.SharedBudgets`` wires this into the daemon's admission.
@@ -36,12 +37,9 @@ The design, and why it is exact:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import LlmgwError
-
-if TYPE_CHECKING:
-    import redis
 
 
 class GovernanceUnavailable(LlmgwError):
@@ -260,6 +258,16 @@ class AsyncLeaseStore(LeaseStore):
 
     async def add_async(self, budget_id: str, window_start_ms: int, amount: int, view: int) -> Grant:
         return Grant(*await self._arun(*self._add_call(budget_id, window_start_ms, amount, view)))
+
+    async def epoch_async(self) -> int | None:
+        """When this Redis first ran a script (``Grant.epoch``); None before any script ran."""
+        import redis
+
+        try:
+            born = await self.client.get(f"{self.prefix}:born")
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            raise GovernanceUnavailable(f"shared budget state unavailable: {e}") from e
+        return None if born is None else int(born)
 
     async def state_async(self, budget_id: str, window_start_ms: int) -> tuple[int, int, int]:
         s, lz, r = await self._arun(self._state, self._keys(budget_id, window_start_ms), [])

@@ -509,6 +509,13 @@ class BudgetBook:
             best = left if best is None else min(best, left)
         return None if best is None else max(0, best)
 
+    async def prepare(self, budgets: Iterable[Budget], amount_nanos: int, now_ms: int) -> None:
+        """Cluster mode gets shared room here before ``reserve`` (``SharedBudgets``); nothing to do in one process."""
+
+    def admissible(self, budgets: Iterable[Budget], now_ms: int) -> int | None:
+        """What a request may still reserve here (the clamp's figure): ``remaining`` in one process."""
+        return self.remaining(budgets, now_ms)
+
     def settle(self, reservation: Reservation, actual_nanos: int, now_ms: int) -> list[Event]:
         """Release the reservation, add the real cost and return the threshold events it crossed.
 

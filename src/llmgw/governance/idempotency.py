@@ -8,7 +8,8 @@ Scope and rules:
 - The same idempotency key with a different request body is a client bug: 400
   ``idempotency_key_reused``, as Stripe and OpenAI-style APIs do.
 - A duplicate that arrives while the first is still running waits for the first and then gets
-  its answer (in-process; the daemon is a single process).
+  its answer: in-process, and across instances in cluster mode (``shared``: claims in Redis, see
+  ``cluster.node.SharedClaims``).
 - Streaming requests ignore the header (an SSE stream is not replayed from here).
 SQLite work runs in worker threads with short-lived connections: only requests carrying the
 header pay for it.
@@ -24,17 +25,28 @@ import asyncio
 import hashlib
 import logging
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..clock import Clock, wall_ms
-from ..errors import InvalidRequest, ServiceUnavailable
+from ..errors import InvalidRequest, LlmgwError, ServiceUnavailable
 from ..store import db as store_db
 
 log = logging.getLogger("llmgw.idempotency")
 
 TTL_MS = 24 * 3600 * 1000
 MAX_KEY_LEN = 255
+
+
+class IdempotencyElsewhere(LlmgwError):
+    """409: the key's answer is stored by an instance whose store this one cannot read (cluster mode)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "idempotency_key_answered_elsewhere"
+    anthropic_type = "invalid_request_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,8 @@ class Idempotency:
         self.db_path = db_path
         self.clock = clock
         self._in_flight: dict[tuple[str, str], asyncio.Future[Stored | None]] = {}
+        self.shared: Any = None  # cluster mode: node.SharedClaims (claims seen by every instance)
+        self.wait_s = 600.0  # how long a duplicate waits for another instance's run (the request timeout)
 
     @staticmethod
     def check_key(idem_key: str) -> str:
@@ -94,17 +108,28 @@ class Idempotency:
         # hold the slot before the first await, so a duplicate arriving meanwhile waits for us
         mine: asyncio.Future[Stored | None] = asyncio.get_running_loop().create_future()
         self._in_flight[slot] = mine
+        claimed = False
         try:
+            elsewhere = None
+            if self.shared is not None:  # another instance may be running it, or have answered it
+                elsewhere = await self.shared.claim(key_id, idem_key, rhash, time.monotonic() + self.wait_s)
+                claimed = elsewhere is None
             try:
                 found = await asyncio.to_thread(_lookup, self.db_path, key_id, idem_key, self.clock())
             except (sqlite3.Error, OSError) as e:
                 raise ServiceUnavailable(f"Idempotency-Key: the store of earlier answers cannot be read now ({e})",
                                          code="idempotency_unavailable") from e
-            if found is not None and found[0] != rhash:
+            if (found is not None and found[0] != rhash) or (found is None and elsewhere not in (None, rhash)):
                 raise InvalidRequest("this Idempotency-Key was already used with a different request body",
                                      param="Idempotency-Key", code="idempotency_key_reused")
+            if found is None and elsewhere is not None:
+                raise IdempotencyElsewhere(
+                    "this Idempotency-Key was answered by another llmgw instance whose store this one cannot read "
+                    "(share the store with [store] url); it is not run twice")
         except BaseException:
             self._release(slot, None)
+            if claimed:
+                await self.shared.finish(key_id, idem_key, rhash, False)
             raise
         if found is not None:
             self._release(slot, found[1])
@@ -119,11 +144,15 @@ class Idempotency:
     async def finish(self, key_id: str, idem_key: str, raw_body: bytes, stored: Stored | None) -> None:
         """Store a 200 answer (``stored``) or give the slot up (None); wakes waiting duplicates."""
         slot = (key_id, idem_key)
+        rhash = request_hash(raw_body)
+        kept = False
         try:
             if stored is not None and stored.status == 200:
-                await asyncio.to_thread(_store, self.db_path, key_id, idem_key, request_hash(raw_body), stored,
-                                        self.clock())
+                await asyncio.to_thread(_store, self.db_path, key_id, idem_key, rhash, stored, self.clock())
+                kept = True
         except (sqlite3.Error, OSError) as e:
             log.error("could not store the answer for an Idempotency-Key (a retry of it will run again): %s", e)
         finally:
+            if self.shared is not None:
+                await self.shared.finish(key_id, idem_key, rhash, kept)
             self._release(slot, stored)

@@ -224,6 +224,9 @@ async def readyz(request: web.Request) -> web.Response:
     problem = gw.writer.health()
     if problem is not None:
         problems.append(problem)
+    cluster = state.get("cluster")
+    if cluster is not None and (problem := cluster.problem()) is not None:
+        problems.append(problem)
     if problems:
         return web.json_response({"status": "unavailable", "problems": problems}, status=503)
     return web.json_response({"status": "ready", "keys": len(gw.keys), "providers": sorted(gw.router.providers)})
@@ -374,7 +377,16 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             json_serialize=lambda o: orjson.dumps(o).decode(), auto_decompress=True)
         router = Router(config, upstream, env)
-        book = BudgetBook(error_status=config.defaults.budget_error_status)
+        events = EventSink(dbfile, config.webhooks, session, secret)
+        cluster = None
+        if config.cluster.redis_url:  # several instances: caps, rate limits and claims shared in Redis
+            from ..cluster.node import Cluster
+
+            cluster = Cluster(config.cluster, now_ms=clock, error_status=config.defaults.budget_error_status,
+                              request_timeout=config.server.request_timeout, emit=events.emit)
+            book: BudgetBook = cluster.budgets
+        else:
+            book = BudgetBook(error_status=config.defaults.budget_error_status)
         prom = Metrics({
             "llmgw_ledger_queue_depth": ("Ledger rows waiting for the writer.", lambda: writer.queue_depth),
             "llmgw_ledger_last_commit_seconds": ("Duration of the last ledger commit.",
@@ -387,10 +399,14 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             "llmgw_ledger_commit_seconds": ("Ledger writer batch insert + commit duration.",
                                             writer.commit_times.snapshot),
         })
-        events = EventSink(dbfile, config.webhooks, session, secret)
         cache = ResponseCache(home, config.cache)
+        idempotency = Idempotency(dbfile, clock)
         gw = Gateway(config, router, writer, keys, PriceBook.load(config.pricing), prom, budgets=book,
-                     idempotency=Idempotency(dbfile, clock), cache=cache, events=events, clock=clock)
+                     idempotency=idempotency, cache=cache, events=events, clock=clock)
+        if cluster is not None:
+            gw.shared_limits = cluster.ratelimiter
+            idempotency.shared, idempotency.wait_s = cluster.claims, config.server.request_timeout
+            app[STATE]["cluster"] = cluster
         definitions = Definitions(reader, gw, reload_interval)
         definitions.load()
         app[STATE]["definitions"] = definitions
@@ -400,6 +416,8 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         except Exception as e:  # the daemon serves without the cache (each request a miss) rather than not at all
             gw.cache_failed("warm", e)
         app[GATEWAY] = gw
+        if cluster is not None:
+            await cluster.start()
         watcher = asyncio.create_task(definitions.watch())
         keeper = housekeeping.Retention(dbfile, clock, ledger_days=config.ledger.retain_days,
                                         bodies_days=config.log.bodies_retain_days)
@@ -414,6 +432,8 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
                     await task
                 except asyncio.CancelledError:
                     pass
+            if cluster is not None:
+                await cluster.stop()  # the last reports and the slices back before the events go
             await events.drain(5.0)
             await events.close()
             if gw.cache_audit is not None:
