@@ -596,6 +596,17 @@ def test_budget_set_auto_raise_options(cli: Cli) -> None:
     assert res.code == 0 and json.loads(res.out)["raise_step_nanos"] == 0 and json.loads(res.out)["ceiling_nanos"] == 0
 
 
+def test_budget_set_fail_open(cli: Cli) -> None:
+    _home_with_rows(cli)
+    args = ("budget", "set", "--customer", "acme_corporation_worldwide", "--limit", "10", "--period", "week")
+    res = cli(*args, "--fail-open", "--json")
+    assert res.code == 0 and json.loads(res.out)["fail_open"] == 1, res
+    res = cli(*args, "--json")  # an update keeps what is not given
+    assert json.loads(res.out)["fail_open"] == 1
+    assert json.loads(cli(*args, "--fail-closed", "--json").out)["fail_open"] == 0
+    assert_error(cli(*args, "--soft", "--fail-open"), 2, "--fail-open")
+
+
 def test_tail_fits_the_terminal(cli: Cli) -> None:
     import pty
     import sqlite3 as sq

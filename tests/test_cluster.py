@@ -316,6 +316,8 @@ def test_redis_stays_off_the_hot_path_while_a_budget_has_room(tmp_path, upstream
                 assert r.status_code == 200
         book = d.gateway.budgets
         assert book.lease_calls <= 2  # one slice (a sixteenth of the cap) covers all 30
+        scrape = httpx.get(d.url + "/metrics").text
+        assert f"llmgw_cluster_lease_calls {book.lease_calls}" in scrape and "llmgw_cluster_redis_up 1" in scrape
     finally:
         d.stop()
 

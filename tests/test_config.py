@@ -525,3 +525,23 @@ def test_ui_section(in_tmp: Path) -> None:
         'llmgw.toml: ui.rate: expected a decimal string such as "0.92", got "abc"']
     assert problems('[ui]\ntoken_env = "UNSET"\n') == [
         'llmgw.toml: ui.token_env: environment variable "UNSET" is not set']
+
+
+def test_cluster_section(in_tmp: Path) -> None:
+    assert load(write("")).cluster.redis_url is None  # one instance by default
+    c = load(write('[cluster]\nredis_url_env = "R"\nlease_ttl = 4\nsync_interval = 1\nprefix = "prod-eu"\n'),
+             environ={"R": "redis://:hunter2hunter2@redis.internal:6379/0"}).cluster
+    assert (c.redis_url, c.lease_ttl, c.sync_interval, c.timeout, c.prefix) == (
+        "redis://:hunter2hunter2@redis.internal:6379/0", 4.0, 1.0, 0.5, "prod-eu")
+    assert "hunter2" not in repr(c)  # the password never reaches a log line
+    found = problems('[cluster]\nredis_url = "http://:pw-secret-value@r:1/0"\nredis_url_env = "R"\nsync_interval = 3\n'
+                     'prefix = "a b"\nttl = 1\n', {"R": "redis://r"})
+    assert not any("pw-secret-value" in p for p in found), found
+    assert any("cluster.redis_url_env: give redis_url or redis_url_env, not both" in p for p in found), found
+    assert any("cluster.sync_interval: must be at most a quarter of lease_ttl" in p for p in found), found
+    assert any("cluster.prefix: letters, digits" in p for p in found), found
+    assert any("cluster.ttl: unknown key" in p for p in found), found
+    assert problems('[cluster]\nredis_url = "redis.internal:6379"\n') == [
+        "llmgw.toml: cluster.redis_url: expected a redis://, rediss:// or unix:// URL, got 'redis.internal:6379'"]
+    assert problems('[cluster]\nredis_url_env = "UNSET_R"\n') == [
+        'llmgw.toml: cluster.redis_url_env: environment variable "UNSET_R" is not set']

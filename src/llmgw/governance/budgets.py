@@ -658,9 +658,9 @@ def upsert_budget(conn: sqlite3.Connection, scope: str, value: str, period: str,
     An update keeps the budget's id (so a running daemon keeps its spent counter) and the options
     not given (``None``); a new budget defaults to hard, warn at 80 %, no grace. Returns the row and
     whether it was created. Auto-raise: ``raise_step_nanos`` (0 turns it off) with ``ceiling_nanos``,
-    the most the limit may rise to (above the limit; hard budgets only). ``fail_open`` (cluster mode):
-    admit on the instance's own view while Redis is unreachable instead of failing closed. ``UsageError`` naming the field for a bad option, ``NotFound`` (``param``:
-    the scope) for an unknown customer/team/key (keys by id or name); nothing is written then.
+    the most the limit may rise to (above the limit; hard budgets only). ``fail_open`` (cluster mode,
+    hard budgets only): admit on the instance's own view while Redis is unreachable instead of
+    failing closed. ``UsageError`` naming the field for a bad option, ``NotFound`` (``param``: the scope) for an unknown customer/team/key (keys by id or name); nothing is written then.
     """
     if scope not in SCOPES:
         raise UsageError(f"scope: expected one of {', '.join(SCOPES)}, got {scope!r}", param="scope")
@@ -685,6 +685,8 @@ def upsert_budget(conn: sqlite3.Connection, scope: str, value: str, period: str,
         ceiling = 0  # auto-raise turned off
     is_hard = (hard if hard is not None else bool(old["hard"]) if old else True)
     check_auto_raise(limit_nanos, step, ceiling, is_hard)
+    if not is_hard and (fail_open if fail_open is not None else bool(old["fail_open"]) if old else False):
+        raise UsageError("fail_open: applies to hard budgets only (a soft one never refuses)", param="fail_open")
     if old is None:
         bid = "bud_" + uuid.uuid4().hex[:16]
         conn.execute(

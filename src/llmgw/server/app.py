@@ -395,6 +395,14 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
                                        lambda: int(writer.health() is None)),
             "llmgw_ledger_writer_restarts": ("Ledger writer processes restarted after dying.",
                                              lambda: writer.restarts),
+            **({} if cluster is None else {
+                "llmgw_cluster_redis_up": ("Cluster mode: 1 while the shared state (Redis) answers, 0 while it is "
+                                           "unreachable.", lambda: int(cluster.problem() is None)),
+                "llmgw_cluster_budget_slices": ("Cluster mode: budget slices this instance holds now.",
+                                                lambda: len(cluster.budgets._slices)),
+                "llmgw_cluster_lease_calls": ("Cluster mode: lease calls to Redis made on a request's path since "
+                                              "start.", lambda: cluster.budgets.lease_calls),
+            }),
         }, budgets=lambda: [book.status(b, clock()) for b in book.budgets()], histograms={
             "llmgw_ledger_commit_seconds": ("Ledger writer batch insert + commit duration.",
                                             writer.commit_times.snapshot),
