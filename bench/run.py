@@ -3,6 +3,7 @@
     python bench/run.py                                  # mock, forwarder, llmgw; 10 s each mode
     python bench/run.py --targets mock,forwarder --duration 3
     python bench/run.py --peers litellm,portkey          # also the peers, if installed
+    python bench/run.py --cluster                        # one instance with [cluster] (Redis) vs embedded
 
 Starts every server as a subprocess on a free 127.0.0.1 port (own session, logs in a temp dir),
 waits until each answers a real request, then measures each target at --concurrency (32) for
@@ -628,6 +629,67 @@ def run_cache(args: argparse.Namespace, procs: Procs, workdir: Path) -> int:
     return 0
 
 
+def start_redis(procs: Procs) -> str:
+    """A throwaway redis-server (no persistence) on a free loopback port: its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BenchError("--cluster needs redis-server on PATH (apt-get install -y redis-server)")
+    port = free_port()
+    proc = procs.start("redis", [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"])
+
+    def ping() -> tuple[bool, str]:
+        try:
+            with socket.create_connection((HOST, port), timeout=1) as c:
+                c.sendall(b"PING\r\n")
+                got = c.recv(16)
+            return got.startswith(b"+PONG"), repr(got)
+        except OSError as e:
+            return False, str(e)
+
+    wait_ready(proc, ping, 20)
+    return f"redis://{HOST}:{port}/0"
+
+
+def run_cluster(args: argparse.Namespace, procs: Procs, workdir: Path) -> int:
+    """Per-instance throughput with cluster mode on (budgets leased from Redis, the key's rate limits
+    one Redis script per request) against the embedded default, same governance, interleaved rounds.
+    Target: cluster >= 0.8x embedded."""
+    log(f"starting servers (logs in {workdir})")
+    _, mock_port = start_mock(procs)
+    url = start_redis(procs)
+    targets = {
+        "embedded": start_llmgw(procs, mock_port, workdir, args.python, "embedded"),
+        "cluster": start_llmgw(procs, mock_port, workdir, args.python, "cluster",
+                               f'[cluster]\nredis_url = "{url}"\n'),
+    }
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for rnd in range(args.rounds):
+        log(f"round {rnd + 1}/{args.rounds}")
+        for t in targets.values():
+            for mode in MODES:
+                runs.setdefault((t.name, mode), []).append(measure(t, mode, args))
+    final = {(name, mode): combine(rs) for (name, mode), rs in runs.items()}
+    print()
+    print(f"llmgw cluster bench: concurrency {args.concurrency}, {args.duration:g} s per run, median of "
+          f"{args.rounds} round(s), {os.cpu_count()} CPUs; governance on (budgets, rpm/tpm) in both")
+    head = f"{'config':<10} {'mode':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'RSS MB':>7}"
+    print(head)
+    print("-" * len(head))
+    for (name, mode), r in final.items():
+        print(f"{name:<10} {mode:<10} {fmt(r['rps'], '9.0f')} {fmt(r['p50_ms'], '8.2f')} {fmt(r['p99_ms'], '8.2f')} "
+              f"{r['errors']:>7} {fmt(r.get('rss_mb'), '7.1f')}")
+    ratios = {}
+    for mode in MODES:
+        base = final[("embedded", mode)]["rps"]
+        ratios[mode] = final[("cluster", mode)]["rps"] / base if base else float("nan")
+        print(f"cluster / embedded {mode}: {ratios[mode]:.2f}x "
+              f"({'ok' if ratios[mode] >= RPS_TARGET else 'BELOW'} target >= {RPS_TARGET}x)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": {f"{n}/{m}": r for (n, m), r in final.items()},
+                                               "ratios": ratios}, indent=2))
+    return 0
+
+
 def parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     items = [x.strip() for x in text.split(",") if x.strip()]
     bad = [x for x in items if x not in allowed]
@@ -664,6 +726,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--cache", action="store_true",
                         help="instead: llmgw with the response cache off, exact and semantic (misses and hits)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="instead: one llmgw instance with [cluster] (a throwaway redis-server) against the "
+                             "embedded default")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, server logs)")
     args = parser.parse_args(argv)
     targets = parse_list(args.targets, ALL_TARGETS, "target")
@@ -685,9 +750,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     workdir = Path(tempfile.mkdtemp(prefix="llmgw-bench-"))
     procs = Procs(workdir)
-    if args.cache:
+    if args.cache or args.cluster:
         try:
-            return run_cache(args, procs, workdir)
+            return (run_cache if args.cache else run_cluster)(args, procs, workdir)
         except KeyboardInterrupt:
             log("interrupted: stopping servers")
             return 130

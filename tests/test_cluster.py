@@ -341,6 +341,65 @@ def test_rate_limits_are_shared_by_every_instance(tmp_path, upstream, redis_srv)
             d.stop()
 
 
+def test_a_large_rate_limit_takes_cells_in_batches_and_gives_idle_ones_back(tmp_path, upstream, redis_srv):
+    db, key, _ = template(tmp_path, 10**10, rpm=6400)  # batches of 100 cells (1/64 of the limit)
+    [d] = start_nodes(upstream, redis_srv.url, "tb", tmp_path, db, 1)
+    client = redis.Redis.from_url(redis_srv.url)
+    try:
+        limiter = d.gateway.shared_limits
+        with httpx.Client(timeout=30) as c:
+            # the first request waits out the hold of a fresh Redis (its cells go back meanwhile)
+            assert c.post(d.url + CHAT, headers={"Authorization": f"Bearer {key}"}, json=body(0)).status_code == 200
+            wait_until(lambda: not limiter._cells, 30, "the idle cells to go back")
+            before = limiter.calls
+            remaining = []
+            for i in range(30):
+                r = c.post(d.url + CHAT, headers={"Authorization": f"Bearer {key}"}, json=body(i))
+                assert r.status_code == 200
+                remaining.append(int(r.headers["x-ratelimit-remaining-requests"]))
+        assert limiter.calls - before == 1  # one Redis call for 30 requests
+        assert [a - b for a, b in zip(remaining, remaining[1:], strict=False)] == [1] * 29
+        [kid] = [k.decode().rsplit(":", 1)[1] for k in client.scan_iter("tb:rl:*")]
+        assert limiter._cells[kid].req == 70  # the batch of 100 came from the shared bucket at once
+        wait_until(lambda: not limiter._cells, 30, "the unused cells to go back to the bucket")
+    finally:
+        client.close()
+        d.stop()
+
+
+def test_rate_limit_scripts_take_batches_and_take_back_only_what_is_unspent(redis_srv):
+    from llmgw.cluster.node import _GCRA, _GCRA_SETTLE
+
+    client = redis.Redis.from_url(redis_srv.url)
+    try:
+        take, back = client.register_script(_GCRA), client.register_script(_GCRA_SETTLE)
+        iv = 60 / 640  # 94 ms a cell: wide margins for the time the calls take
+
+        def debt() -> float:
+            sec, usec = client.time()
+            return float(client.hget("u:rl:k", "r")) - (sec + usec / 1e6)
+
+        code, _, _, _, gr, gt = take(keys=["u:rl:k"], args=[640, 0, 50, 100, 0])
+        assert (int(code), int(gr), int(gt)) == (0, 100, 0)
+        d1 = debt()
+        assert 99 * iv < d1 <= 100 * iv
+        back(keys=["u:rl:k"], args=[repr(-70 * iv), "0"])  # 70 cells unused
+        assert 29 * iv < debt() <= 30 * iv
+        back(keys=["u:rl:k"], args=[repr(-1000 * iv), "0"])  # never below now: nothing is returned twice
+        assert -0.01 < debt() <= 0
+        # a bucket nearly empty grants what is left (at least this request's cell), then refuses
+        take(keys=["u:rl:k"], args=[640, 0, 0, 630, 0])
+        code, _, _, _, gr, _ = take(keys=["u:rl:k"], args=[640, 0, 0, 100, 0])
+        assert int(code) == 0 and 1 <= int(gr) <= 11
+        code, wait, *_ = take(keys=["u:rl:k"], args=[640, 0, 0, 100, 0])
+        assert int(code) == 1 and float(wait) > 0
+        # tokens: an estimate above the per-minute limit is taken whole, with no batch on top
+        code, _, _, _, _, gt = take(keys=["u:rl:t"], args=[0, 1000, 5000, 0, 5000])
+        assert (int(code), int(gt)) == (0, 5000)
+    finally:
+        client.close()
+
+
 def test_an_idempotency_key_runs_once_across_instances(tmp_path, upstream, redis_srv):
     db, key, _ = template(tmp_path, 10**10)
     nodes = start_nodes(upstream, redis_srv.url, "ti", tmp_path, db, 2)
