@@ -283,7 +283,7 @@ def start_forwarder(procs: Procs, mock_port: int) -> Target:
 
 
 def start_llmgw(procs: Procs, mock_port: int, workdir: Path, python: str, name: str = "llmgw",
-                extra_config: str = "") -> Target:
+                extra_config: str = "", serve_args: tuple[str, ...] = ()) -> Target:
     home = workdir / f"{name}-home"
     home.mkdir()
     cfg = workdir / f"{name}.toml"
@@ -334,6 +334,7 @@ def start_llmgw(procs: Procs, mock_port: int, workdir: Path, python: str, name: 
         str(home),
         "--config",
         str(cfg),
+        *serve_args,
     ]
     proc = procs.start(name, cmd, env={"PYTHONPATH": pythonpath, "MOCK_KEY": "x"}, cwd=workdir)
     base = f"http://{HOST}:{port}"
@@ -651,9 +652,9 @@ def start_redis(procs: Procs) -> str:
 
 
 def run_cluster(args: argparse.Namespace, procs: Procs, workdir: Path) -> int:
-    """Per-instance throughput with cluster mode on (budgets leased from Redis, the key's rate limits
-    one Redis script per request) against the embedded default, same governance, interleaved rounds.
-    Target: cluster >= 0.8x embedded."""
+    """Per-instance throughput with cluster mode on (budgets leased from Redis, the key's rate-limit
+    cells taken in batches) against the embedded default, same governance, interleaved rounds, and
+    ``serve --workers 2`` against one process. Target: cluster >= 0.8x embedded."""
     log(f"starting servers (logs in {workdir})")
     _, mock_port = start_mock(procs)
     url = start_redis(procs)
@@ -661,6 +662,8 @@ def run_cluster(args: argparse.Namespace, procs: Procs, workdir: Path) -> int:
         "embedded": start_llmgw(procs, mock_port, workdir, args.python, "embedded"),
         "cluster": start_llmgw(procs, mock_port, workdir, args.python, "cluster",
                                f'[cluster]\nredis_url = "{url}"\n'),
+        "workers-2": start_llmgw(procs, mock_port, workdir, args.python, "workers-2",
+                                 f'[cluster]\nredis_url = "{url}"\nprefix = "w2"\n', ("--workers", "2")),
     }
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for rnd in range(args.rounds):
@@ -684,6 +687,11 @@ def run_cluster(args: argparse.Namespace, procs: Procs, workdir: Path) -> int:
         ratios[mode] = final[("cluster", mode)]["rps"] / base if base else float("nan")
         print(f"cluster / embedded {mode}: {ratios[mode]:.2f}x "
               f"({'ok' if ratios[mode] >= RPS_TARGET else 'BELOW'} target >= {RPS_TARGET}x)")
+    for mode in MODES:
+        one = final[("cluster", mode)]["rps"]
+        ratios[f"workers-2/{mode}"] = final[("workers-2", mode)]["rps"] / one if one else float("nan")
+        print(f"--workers 2 / one process (both with Redis) {mode}: {ratios[f'workers-2/{mode}']:.2f}x "
+              f"on {os.cpu_count()} CPUs (the load generator and the mock share them)")
     if args.json:
         Path(args.json).write_text(json.dumps({"results": {f"{n}/{m}": r for (n, m), r in final.items()},
                                                "ratios": ratios}, indent=2))

@@ -14,8 +14,8 @@ _llmgw_spec() {
             _llmgw_args=0 ;;
         "llmgw serve")
             _llmgw_subs=""
-            _llmgw_opts="--host --port -c --config --home --demo -h --help"
-            _llmgw_vopts="--host --port -c --config --home"
+            _llmgw_opts="--host --port -c --config --home --demo --workers -h --help"
+            _llmgw_vopts="--host --port -c --config --home --workers"
             _llmgw_args=0 ;;
         "llmgw init")
             _llmgw_subs=""

@@ -27,7 +27,7 @@ end
 function __llmgw_value_options --argument-names path
     switch $path
         case 'llmgw serve'
-            printf '%s\n' --host --port -c --config --home
+            printf '%s\n' --host --port -c --config --home --workers
         case 'llmgw init'
             printf '%s\n' --home --path
         case 'llmgw report'
@@ -156,6 +156,7 @@ complete -c llmgw -n '__llmgw_at \'llmgw serve\'' -l port -x -d 'Port to listen 
 complete -c llmgw -n '__llmgw_at \'llmgw serve\'' -s c -l config -r -F -d 'Config file.'
 complete -c llmgw -n '__llmgw_at \'llmgw serve\'' -l home -r -F -d 'State directory (database, index).'
 complete -c llmgw -n '__llmgw_at \'llmgw serve\'' -l demo -d 'Add the offline demo provider (demo/echo, demo/lorem, demo/embed) and print a demo virtual key...'
+complete -c llmgw -n '__llmgw_at \'llmgw serve\'' -l workers -x -d 'Run this many daemon processes sharing the port (SO_REUSEPORT) and the home, so one machine uses...'
 complete -c llmgw -n '__llmgw_at \'llmgw serve\'' -s h -l help -d 'Show this message and exit.'
 
 # llmgw init

@@ -43,8 +43,19 @@ def db_path(home_dir: Path) -> Path:
     return home_dir / DB_NAME
 
 
+_WORKER: int | None = None  # this process is worker N of ``serve --workers``
+
+
+def set_worker(index: int) -> None:
+    global _WORKER
+    _WORKER = index
+
+
 def cache_index_path(home_dir: Path) -> Path:
-    """The usearch index of the semantic cache, next to the database (rebuilt from it if lost)."""
+    """The usearch index of the semantic cache, next to the database (rebuilt from it if lost); one
+    per worker of ``serve --workers`` (each keeps its own index over the shared entries table)."""
+    if _WORKER is not None:
+        return home_dir / CACHE_INDEX_NAME.replace(".usearch", f".w{_WORKER}.usearch")
     return home_dir / CACHE_INDEX_NAME
 
 

@@ -84,6 +84,12 @@ def serve(
     demo: Annotated[bool, typer.Option("--demo", help="Add the offline demo provider (demo/echo, demo/lorem, "
                                                         "demo/embed) and print a demo virtual key with a curl "
                                                         "example.")] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=256, help=(
+        "Run this many daemon processes sharing the port (SO_REUSEPORT) and the home, so one machine "
+        "uses all its cores. Above 1 needs [cluster] redis_url (the workers share budgets, rate limits "
+        "and Idempotency-Key claims through it)."))] = 1,
+    worker: Annotated[int | None, typer.Option("--worker", hidden=True,
+                                               help="Internal: this process is worker N of --workers.")] = None,
 ) -> None:
     """Run the gateway daemon (OpenAI- and Anthropic-compatible HTTP API)."""
     import logging
@@ -109,8 +115,14 @@ def serve(
 
     os.umask(0o077)  # everything the daemon creates (database, WAL, cache index) is private to its user
     paths.ensure_home(h)  # a home that cannot be one fails here, as one line, before anything starts
+    if workers > 1 and not cfg.cluster.redis_url:
+        raise UsageError(f"--workers {workers}: the workers must share budgets, rate limits and Idempotency-Key "
+                         "claims, so set [cluster] redis_url (a Redis every worker reaches); without it each "
+                         "process would admit a full budget")
+    if worker is not None:
+        paths.set_worker(worker)
     secret = None
-    if demo:
+    if demo and worker is None:
         from ..governance.keys import mint
 
         with writing(h) as conn:
@@ -120,11 +132,16 @@ def serve(
 
     def ready(bound_host: str, bound_port: int) -> None:
         url = f"http://{bound_host}:{bound_port}"
+        if worker is not None:  # the supervisor tells the world
+            err(f"llmgw listening on {url}  (worker {worker}, pid {os.getpid()})")
+            sys.stderr.flush()
+            return
         try:
             daemonfile.write(h, url, iso_utc(now_ms()))
         except OSError as e:
             err(f"llmgw: warning: could not write {daemonfile.path(h)} (doctor will not see this daemon): {e}")
-        err(f"llmgw listening on {url}  (home: {h}, config: {cfg.path or 'none, built-in defaults'})")
+        many = f", {workers} workers" if workers > 1 else ""
+        err(f"llmgw listening on {url}  (home: {h}, config: {cfg.path or 'none, built-in defaults'}{many})")
         if secret:
             err("")
             err(f"demo key: {secret}")
@@ -135,11 +152,21 @@ def serve(
             err("")
         sys.stderr.flush()
 
+    at_host, at_port = host or cfg.server.host, cfg.server.port if port is None else port
+    if workers > 1:
+        from ..server.workers import supervise, worker_argv
+
+        try:
+            code = supervise(worker_argv(cfg.path, h, demo), workers, at_host,
+                             at_port, on_ready=ready, drain_timeout=cfg.server.drain_timeout)
+        finally:
+            daemonfile.remove(h)
+        raise typer.Exit(code)
     try:
-        run(cfg, h, host=host or cfg.server.host, port=cfg.server.port if port is None else port, on_ready=ready,
-            clock=now_ms)
+        run(cfg, h, host=at_host, port=at_port, on_ready=ready, clock=now_ms, worker=worker)
     finally:
-        daemonfile.remove(h)
+        if worker is None:
+            daemonfile.remove(h)
 
 
 @app.command()

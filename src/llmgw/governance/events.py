@@ -61,10 +61,12 @@ class EventSink:
         self._task: asyncio.Task[None] | None = None
         self._conn: sqlite3.Connection | None = None
 
-    def start(self) -> None:
+    def start(self, *, backlog: bool = True) -> None:
+        """Start delivering; ``backlog``: also what a previous run could not deliver (one process of
+        ``serve --workers`` does that)."""
         self._conn = store_db.connect(self.db_path)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="llmgw-events")
-        if self.webhook is not None:  # what a previous run could not deliver
+        if self.webhook is not None and backlog:  # what a previous run could not deliver
             rows = self._conn.execute("SELECT * FROM events WHERE delivered = 0 ORDER BY id").fetchall()
             if rows:
                 self._queue.put_nowait([{"_stored": True, **_from_row(r)} for r in rows])

@@ -212,7 +212,7 @@ async def healthz(request: web.Request) -> web.Response:
     problem = request.app[GATEWAY].writer.health()
     if problem is not None:
         return web.json_response({"status": "unhealthy", "problems": [problem]}, status=503)
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "pid": os.getpid()})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -352,9 +352,11 @@ class Definitions:
 
 
 def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None = None,
-               reload_interval: float = 0.5, clock: Clock = wall_ms) -> web.Application:
+               reload_interval: float = 0.5, clock: Clock = wall_ms, worker: int | None = None) -> web.Application:
     """The daemon's app. ``clock`` (epoch ms) is its business time: budget windows, key expiry,
-    idempotency and cache TTLs, ledger and event timestamps."""
+    idempotency and cache TTLs, ledger and event timestamps. ``worker``: this process is worker N of
+    ``serve --workers`` (only worker 0 delivers an earlier run's webhook backlog and runs retention)."""
+    primary = not worker
     env = dict(os.environ if environ is None else environ)
     redact.register(config, env)  # no configured secret in an answer, a log line or the metrics
     app = web.Application(client_max_size=config.server.max_body_bytes)
@@ -418,7 +420,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         definitions = Definitions(reader, gw, reload_interval)
         definitions.load()
         app[STATE]["definitions"] = definitions
-        events.start()
+        events.start(backlog=primary)
         try:
             await asyncio.to_thread(cache.warm, cache.config.mode == "semantic")
         except Exception as e:  # the daemon serves without the cache (each request a miss) rather than not at all
@@ -430,7 +432,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         keeper = housekeeping.Retention(dbfile, clock, ledger_days=config.ledger.retain_days,
                                         bodies_days=config.log.bodies_retain_days)
         app[STATE]["retention"] = keeper
-        tasks = [watcher, *([asyncio.create_task(keeper.run())] if keeper.enabled else [])]
+        tasks = [watcher, *([asyncio.create_task(keeper.run())] if keeper.enabled and primary else [])]
         try:
             yield
         finally:

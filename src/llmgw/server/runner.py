@@ -43,9 +43,9 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-def listen(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
+def listen(host: str, port: int, backlog: int = 128, *, reuse_port: bool = False) -> list[socket.socket]:
     """Listening sockets for every address ``host`` resolves to (as ``loop.create_server`` would
-    bind them: ``SO_REUSEADDR``, IPv6 sockets v6-only). ``ResourceError`` naming the address when
+    bind them: ``SO_REUSEADDR``, IPv6 sockets v6-only; ``SO_REUSEPORT`` for ``serve --workers``). ``ResourceError`` naming the address when
     it cannot be bound (in use, not local, no such host, port out of range); nothing stays open."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     socks: list[socket.socket] = []
@@ -55,6 +55,8 @@ def listen(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(addr)
@@ -72,10 +74,10 @@ async def serve_async(config: Config, home: Path, *, host: str, port: int,
                       on_ready: Callable[[str, int], None] | None = None,
                       stop: asyncio.Event | None = None, environ: Mapping[str, str] | None = None,
                       on_app: Callable[[web.Application], None] | None = None,
-                      clock: Clock = wall_ms) -> None:
-    sockets = listen(host, port)
+                      clock: Clock = wall_ms, worker: int | None = None) -> None:
+    sockets = listen(host, port, reuse_port=worker is not None)
     try:
-        app = create_app(config, home, environ=environ, clock=clock)
+        app = create_app(config, home, environ=environ, clock=clock, worker=worker)
         runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                shutdown_timeout=config.server.drain_timeout)
     except BaseException:
@@ -120,8 +122,8 @@ async def serve_async(config: Config, home: Path, *, host: str, port: int,
 
 
 def run(config: Config, home: Path, *, host: str, port: int,
-        on_ready: Callable[[str, int], None] | None = None, clock: Clock = wall_ms) -> None:
-    coro = serve_async(config, home, host=host, port=port, on_ready=on_ready, clock=clock)
+        on_ready: Callable[[str, int], None] | None = None, clock: Clock = wall_ms, worker: int | None = None) -> None:
+    coro = serve_async(config, home, host=host, port=port, on_ready=on_ready, clock=clock, worker=worker)
     if sys.platform != "win32":
         import uvloop
 
