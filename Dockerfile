@@ -28,10 +28,12 @@ RUN groupadd --system --gid 10001 llmgw \
     && install -d -o llmgw -g llmgw -m 0750 /var/lib/llmgw \
     && install -d -m 0755 /etc/llmgw
 
+# optional extras, e.g. --build-arg EXTRAS=cluster,postgres (Redis and PostgreSQL drivers)
+ARG EXTRAS=""
 WORKDIR /tmp/llmgw-src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install . \
+RUN if [ -n "$EXTRAS" ]; then pip install ".[$EXTRAS]"; else pip install .; fi \
     && llmgw init --path /etc/llmgw/llmgw.toml \
     && chmod 0644 /etc/llmgw/llmgw.toml \
     && cd / && rm -rf /tmp/llmgw-src

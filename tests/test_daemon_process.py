@@ -91,7 +91,7 @@ def test_serve_demo_as_a_user_would(tmp_path, procs):
     r = chat(p.url, p.key, text="Hello!")
     assert r.status_code == 200
     assert r.json()["choices"][0]["message"]["content"] == "Echo: Hello!"
-    assert httpx.get(p.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(p.url + "/healthz").json() == {"status": "ok", "pid": p.p.pid}  # the pid: which worker answered
     assert httpx.get(p.url + "/readyz").status_code == 200
     p.p.send_signal(signal.SIGTERM)
     assert p.p.wait(20) == 0

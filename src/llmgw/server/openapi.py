@@ -267,8 +267,10 @@ def document() -> Schema:
             "/healthz": {"get": {"summary": "liveness", "responses": {"200": {**plain, "description": "alive"},
                                                                       **_errors("OpenAIError")}}},
             "/readyz": {"get": {"summary": "readiness", "responses": {
-                "200": {**plain, "description": "ready"}, "503": {**plain, "description": "draining, or the "
-                                                                                          "ledger writer is down"},
+                "200": {**plain, "description": "ready"}, "503": {**plain, "description": "draining, the "
+                                                                                          "ledger writer is down, or "
+                                                                                          "(cluster mode) Redis is "
+                                                                                          "unreachable"},
                 **_errors("OpenAIError")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (behind a bearer token when [metrics] token_env "
                                             "is set)",
