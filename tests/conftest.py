@@ -232,3 +232,18 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
 def gw(daemon_factory: Any, upstream: FakeUpstream) -> Daemon:
     """The daemon in front of the fake upstream (providers openai, anthropic, demo)."""
     return daemon_factory(upstream_config(upstream), UPSTREAM_ENV)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """One throwaway PostgreSQL server for the session (``services.postgres_server``); skipped with
+    the reason when its binaries are missing. Tests take a database of their own: ``pg_url``."""
+    from services import postgres_server
+
+    yield from postgres_server()
+
+
+@pytest.fixture
+def pg_url(pg_server: Any) -> str:
+    """The URL (with a password) of a fresh, empty database on the session's PostgreSQL server."""
+    return str(pg_server.database())

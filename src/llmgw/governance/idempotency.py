@@ -25,11 +25,11 @@ import hashlib
 import logging
 import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..clock import Clock, wall_ms
 from ..errors import InvalidRequest, ServiceUnavailable
 from ..store import db as store_db
+from ..store.conn import Target
 
 log = logging.getLogger("llmgw.idempotency")
 
@@ -48,7 +48,7 @@ def request_hash(raw_body: bytes) -> str:
     return hashlib.sha256(raw_body).hexdigest()
 
 
-def _lookup(db_path: Path, key_id: str, idem_key: str, now_ms: int) -> tuple[str, Stored] | None:
+def _lookup(db_path: Target, key_id: str, idem_key: str, now_ms: int) -> tuple[str, Stored] | None:
     conn = store_db.connect(db_path)
     try:
         row = conn.execute("SELECT request_hash, status, content_type, body, created_ms FROM idempotency"
@@ -60,20 +60,23 @@ def _lookup(db_path: Path, key_id: str, idem_key: str, now_ms: int) -> tuple[str
     return row["request_hash"], Stored(row["status"], row["content_type"], bytes(row["body"]))
 
 
-def _store(db_path: Path, key_id: str, idem_key: str, rhash: str, stored: Stored, now_ms: int) -> None:
+def _store(db_path: Target, key_id: str, idem_key: str, rhash: str, stored: Stored, now_ms: int) -> None:
     conn = store_db.connect(db_path)
     try:
         with conn:
             conn.execute("DELETE FROM idempotency WHERE created_ms < ?", (now_ms - TTL_MS,))
-            conn.execute("INSERT OR REPLACE INTO idempotency (key_id, idem_key, request_hash, status, content_type,"
-                         " body, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            conn.execute("INSERT INTO idempotency (key_id, idem_key, request_hash, status, content_type,"
+                         " body, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key_id, idem_key) DO UPDATE"
+                         " SET request_hash = excluded.request_hash, status = excluded.status,"
+                         " content_type = excluded.content_type, body = excluded.body,"
+                         " created_ms = excluded.created_ms",
                          (key_id, idem_key, rhash, stored.status, stored.content_type, stored.body, now_ms))
     finally:
         conn.close()
 
 
 class Idempotency:
-    def __init__(self, db_path: Path, clock: Clock = wall_ms) -> None:
+    def __init__(self, db_path: Target, clock: Clock = wall_ms) -> None:
         self.db_path = db_path
         self.clock = clock
         self._in_flight: dict[tuple[str, str], asyncio.Future[Stored | None]] = {}

@@ -56,9 +56,10 @@ from typing import Any
 import orjson
 
 from llmgw.errors import ResourceError
+from llmgw.store.conn import PgStore, Target
 from llmgw.store.db import open_db
 from llmgw.store.ledger import as_tuple, normalise_row
-from llmgw.store.writer_proc import frame, unframe
+from llmgw.store.writer_proc import PG_MARK, STORE_URL_ENV, frame, unframe
 
 log = logging.getLogger("llmgw.ledger")
 
@@ -118,9 +119,9 @@ class CommitTimes:
 
 
 class LedgerWriter:
-    def __init__(self, db_path: Path, *, max_batch: int = 512, linger: float = 0.0, max_queue: int = 100_000,
+    def __init__(self, db_path: Target, *, max_batch: int = 512, linger: float = 0.0, max_queue: int = 100_000,
                  stall_seconds: float = 5.0) -> None:
-        self.db_path = Path(db_path)
+        self.db_path = db_path if isinstance(db_path, PgStore) else Path(db_path)
         self.max_queue = max_queue
         self.stall_seconds = stall_seconds
         self.max_batch = max_batch
@@ -191,9 +192,12 @@ class LedgerWriter:
         pkg_root = str(Path(__file__).resolve().parents[2])
         boot = (f"import sys; sys.path.append({pkg_root!r}); "
                 "from llmgw.store.writer_proc import main; main()")
+        where, env = str(self.db_path), None
+        if isinstance(self.db_path, PgStore):  # the URL (a password) in the child's environment, not its argv
+            where, env = PG_MARK, {**os.environ, STORE_URL_ENV: self.db_path.url}
         proc = subprocess.Popen(
-            [sys.executable, "-c", boot, str(self.db_path), str(self.max_batch), repr(self.linger)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+            [sys.executable, "-c", boot, where, str(self.max_batch), repr(self.linger)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, env=env)
         assert proc.stdin is not None and proc.stdout is not None
         self._proc = proc
         self._fd_out = proc.stdin.fileno()

@@ -2,6 +2,9 @@
 
     python -m llmgw.store.writer_proc DB_PATH MAX_BATCH LINGER_SECONDS
 
+(DB_PATH ``postgresql``: the PostgreSQL store whose URL is in ``$LLMGW_WRITER_STORE_URL``, read and
+removed from the environment at start: a URL with a password never goes on a command line.)
+
 Started and fed by ``store.writer.LedgerWriter``. It runs in its own process so that SQLite's
 work (binding, B-tree and index updates, the WAL write) never competes with the daemon's event
 loop for the GIL: in a thread it cost the loop ~25 µs per request in GIL hand-offs and delayed
@@ -54,8 +57,14 @@ from typing import Any
 import orjson
 
 from llmgw.store import rollups
+from llmgw.store.conn import PgStore, as_sqlite_error, connect_raw
 from llmgw.store.db import open_db
 from llmgw.store.ledger import insert_sql
+
+#: the environment variable that hands the writer process the PostgreSQL URL
+STORE_URL_ENV = "LLMGW_WRITER_STORE_URL"
+#: DB_PATH meaning "the PostgreSQL store in STORE_URL_ENV"
+PG_MARK = "postgresql"
 
 _INSERT = insert_sql()
 _LEN = struct.Struct("<I")
@@ -159,6 +168,80 @@ def insert(conn: sqlite3.Connection, rows: list[Any], wait: Wait) -> tuple[list[
     return errors, last
 
 
+class PgLedger:
+    """The writer's PostgreSQL side: its own connection with server-side parameters (binary rows,
+    prepared multi-row INSERTs), reconnected after the server went away; ``insert`` has the
+    contract of the SQLite ``insert`` (a psycopg ``OperationalError``, the server down or a lock
+    wait past ``lock_timeout``, is waited out and retried; any other error fails its row alone)."""
+
+    def __init__(self, store: PgStore) -> None:
+        self.store = store
+        self.raw: Any = None
+
+    def _conn(self) -> Any:
+        if self.raw is None or self.raw.closed:
+            self.raw = connect_raw(self.store, client_cursor=False)
+            self.raw.execute(f"SET lock_timeout = {BUSY_TIMEOUT_MS}")
+        return self.raw
+
+    def _fail(self, exc: BaseException) -> sqlite3.OperationalError:
+        if self.raw is not None and self.raw.broken:
+            self.raw = None
+        err = as_sqlite_error(exc, self.store)
+        return err if isinstance(err, sqlite3.OperationalError) else sqlite3.OperationalError(str(err))
+
+    def insert(self, rows: list[Any], wait: Wait) -> tuple[list[BaseException | None], int]:
+        import psycopg
+
+        pieces = [rows[i : i + PIECE_MAX] for i in range(0, len(rows), PIECE_MAX)]
+        while True:
+            try:
+                raw = self._conn()
+                top = 0
+                with raw.transaction():
+                    for piece in pieces:
+                        ids = raw.execute(_insert_sql(len(piece)) + " RETURNING id",
+                                          tuple(itertools.chain.from_iterable(piece))).fetchall()
+                        top = max(top, max(r[0] for r in ids))
+                return [None] * len(rows), top
+            except psycopg.OperationalError as exc:
+                wait(self._fail(exc))
+            except psycopg.Error:
+                break
+        errors: list[BaseException | None] = []
+        last = 0
+        for row in rows:  # rare path: one transaction per row, so one failure cannot undo another
+            while True:
+                try:
+                    got = self._conn().execute(_INSERT + " RETURNING id", row).fetchone()
+                    last = max(last, got[0])
+                    errors.append(None)
+                except psycopg.OperationalError as exc:
+                    wait(self._fail(exc))
+                    continue
+                except psycopg.Error as exc:
+                    errors.append(as_sqlite_error(exc, self.store))
+                break
+        return errors, last
+
+    def already_committed(self, rows: list[Any]) -> tuple[set[int], int]:
+        import psycopg
+
+        ids = [r[0] for r in rows if r is not None]
+        if not ids:
+            return set(), 0
+        try:
+            found = dict(self._conn().execute("SELECT request_id, id FROM ledger WHERE request_id = ANY(%s)",
+                                              (ids,)).fetchall())
+        except psycopg.Error as exc:
+            raise self._fail(exc) from None
+        return {i for i, r in enumerate(rows) if r is not None and r[0] in found}, max(found.values(), default=0)
+
+    def close(self) -> None:
+        if self.raw is not None:
+            self.raw.close()
+
+
 def _already_committed(conn: sqlite3.Connection, rows: list[Any]) -> tuple[set[int], int]:
     """Positions in ``rows`` whose request_id is in the ledger already (a recovery frame), and the
     highest of their ledger ids."""
@@ -174,8 +257,9 @@ class _Writer:
     """The commit loop's state: the connection, the health last reported, the highest rowid it
     confirmed (0 until its first commit: the daemon keeps the maximum)."""
 
-    def __init__(self, conn: sqlite3.Connection, fd_out: int, inp: _Input) -> None:
+    def __init__(self, conn: sqlite3.Connection, fd_out: int, inp: _Input, pg: PgLedger | None = None) -> None:
         self.conn = conn
+        self.pg = pg
         self.fd_out = fd_out
         self.inp = inp
         self.acks = True  # False once the daemon is gone: keep committing what it sent, tell nobody
@@ -214,13 +298,20 @@ class _Writer:
         skip: set[int] = set()
         while recover:
             try:
-                skip, top = _already_committed(self.conn, rows)
+                skip, top = (self.pg.already_committed(rows) if self.pg is not None
+                             else _already_committed(self.conn, rows))
                 self.max_rowid = max(self.max_rowid, top)
                 break
             except sqlite3.OperationalError as exc:
                 self.wait(exc)
         fresh = [r for i, r in enumerate(rows) if i not in skip] if skip else rows
-        errors, last = insert(self.conn, fresh, self.wait) if fresh else ([], 0)
+        errors: list[BaseException | None]
+        if not fresh:
+            errors, last = [], 0
+        elif self.pg is not None:
+            errors, last = self.pg.insert(fresh, self.wait)
+        else:
+            errors, last = insert(self.conn, fresh, self.wait)
         self._delay = RETRY_FIRST
         self._since = None
         if self.unhealthy is not None:
@@ -259,11 +350,17 @@ class _Input:
 
 
 def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int = 1) -> None:
-    conn = open_db(Path(db_path))
-    conn.isolation_level = None  # autocommit: insert() manages its transactions
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    pg: PgLedger | None = None
+    if db_path == PG_MARK:
+        store = PgStore(os.environ.pop(STORE_URL_ENV, ""))
+        conn = open_db(store)  # the roll-ups' connection (and the migration check)
+        pg = PgLedger(store)
+    else:
+        conn = open_db(Path(db_path))
+        conn.isolation_level = None  # autocommit: insert() manages its transactions
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     inp = _Input(fd_in)
-    w = _Writer(conn, fd_out, inp)
+    w = _Writer(conn, fd_out, inp, pg)
     w.tell({"unhealthy": None})  # ready: the database is open (a restarted writer is healthy from here)
     roller = rollups.Roller(conn)
     last_size = 0
@@ -305,6 +402,8 @@ def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int
         roller.run()
     finally:
         conn.close()
+        if pg is not None:
+            pg.close()
 
 
 def _write_all(fd: int, data: bytes) -> None:
