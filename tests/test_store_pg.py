@@ -151,3 +151,294 @@ def test_rows_placeholders_transactions_and_errors_look_like_sqlite(pg_url: str)
         assert store_db.definitions_version(conn) == v + 1
     finally:
         conn.close()
+
+
+# ---- the real daemon and the CLI on one PostgreSQL store ------------------------------------------------
+
+
+def cli(home: Path, *args: str, env: dict[str, str] | None = None, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LLMGW_")}
+    environ.update(LLMGW_HOME=str(home), COLUMNS="200", **(env or {}))
+    r = subprocess.run([sys.executable, "-m", "llmgw", *args], env=environ, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in r.stdout + r.stderr, r.stderr
+    if ok:
+        assert r.returncode == 0, f"{args}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def pg_config(url: str, fake: Any, extra: str = "") -> str:
+    return upstream_config(fake, f'\n[store]\nurl_env = "LLMGW_TEST_STORE_URL"\n{extra}')
+
+
+def chat(base: str, key: str, text: str = "hi", **headers: str) -> httpx.Response:
+    return httpx.post(f"{base}/v1/chat/completions", headers={"authorization": f"Bearer {key}", **headers},
+                      json={"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": text}]},
+                      timeout=30)
+
+
+def test_daemon_on_postgres_writes_one_ledger_row_per_request_and_the_cli_reads_them(
+        daemon_factory: Any, upstream: Any, pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    env = {**UPSTREAM_ENV, "LLMGW_TEST_STORE_URL": pg_url}
+    d = daemon_factory(pg_config(pg_url, upstream), env)
+    assert isinstance(d.target, PgStore)
+    ids = []
+    for i in range(20):
+        r = chat(d.url, d.key, f"hello {i}")
+        assert r.status_code == 200, r.text
+        ids.append(r.headers["x-request-id"])
+    # each response completed after its row was committed: the rows are in PostgreSQL already
+    got = raw_rows(pg_url, "SELECT request_id, status, cost_nanos FROM ledger ORDER BY id")
+    assert [g[0] for g in got] == ids and all(g[1] == 200 and g[2] > 0 for g in got)
+    # nothing went to the home's SQLite file (it holds the response cache only)
+    local = store_db.connect(paths.db_path(d.home))
+    try:
+        assert local.execute("SELECT COUNT(*) FROM ledger").fetchone()[0] == 0
+        assert local.execute("SELECT COUNT(*) FROM keys").fetchone()[0] == 0
+    finally:
+        local.close()
+    spent = sum(g[2] for g in got)
+    cenv = {"LLMGW_TEST_STORE_URL": pg_url}
+    home = d.home
+    # the CLI, with the same config file, reads and writes the same PostgreSQL database
+    stats = json.loads(cli(home, "ledger", "rollup", "--verify", "--json", env=cenv).stdout)
+    assert stats["raw_rows"] == 20 and stats["verified"] and stats["pending"] == 0, stats
+    rep = json.loads(cli(home, "report", "--by", "key", "--format", "json", env=cenv).stdout)
+    assert rep["total"]["requests"] == 20 and rep["total"]["cost_nanos"] == spent, rep
+    # roll-ups run in the writer process on PostgreSQL: the watermark reaches the last row
+    conn = pg(pg_url)
+    try:
+        wait_until(lambda: rollups.rolled_up_to(conn) >= raw_rows(pg_url, "SELECT MAX(id) FROM ledger")[0][0], 10,
+                   "the writer to roll up the ledger")
+        assert rollups.verify(conn) == []
+        assert tuple(conn.execute("SELECT SUM(requests), SUM(cost_nanos) FROM ledger_hourly").fetchone()) == (20, spent)
+    finally:
+        conn.close()
+    assert pg_url.split("@")[0].split(":")[-1] not in caplog.text
+
+
+def test_definitions_made_by_the_cli_reach_the_running_daemon_and_budgets_read_pg_spend(
+        daemon_factory: Any, upstream: Any, pg_url: str) -> None:
+    env = {**UPSTREAM_ENV, "LLMGW_TEST_STORE_URL": pg_url}
+    d = daemon_factory(pg_config(pg_url, upstream), env)
+    cenv = {"LLMGW_TEST_STORE_URL": pg_url}
+    home = d.home
+    cli(home, "customers", "create", "acme", "--name", "Acme", env=cenv)
+    cli(home, "teams", "create", "research", "--customer", "acme", env=cenv)
+    key = cli(home, "keys", "create", "--name", "acme-key", "--customer", "acme", "--team", "research", env=cenv
+              ).stdout.strip()
+    assert key.startswith("sk-")
+    # a key made by the CLI works on its very next request (looked up in PostgreSQL, then reloaded)
+    r = chat(d.url, key)
+    assert r.status_code == 200, r.text
+    cost = raw_rows(pg_url, "SELECT cost_nanos FROM ledger WHERE key_id IS NOT NULL AND customer_id = 'acme'")
+    assert len(cost) == 1 and cost[0][0] > 0
+    # a hard budget below what is already spent: the daemon reloads it with the spend read from PostgreSQL
+    cli(home, "budget", "set", "--customer", "acme", "--limit", "0.000001", "--period", "month", env=cenv)
+    d.synced()
+    r = chat(d.url, key)
+    assert r.status_code == 429 and r.json()["error"]["type"] == "budget_exceeded", r.text
+    shown = json.loads(cli(home, "budget", "show", "--json", env=cenv).stdout)
+    (b,) = [b for b in shown if b["scope"] == "customer"]
+    assert b["spent_nanos"] == cost[0][0]
+    # disabling the key through the CLI reaches the daemon too
+    cli(home, "budget", "delete", "--id", b["id"], env=cenv)
+    cli(home, "keys", "disable", "acme-key", env=cenv)
+    d.synced()
+    r = chat(d.url, key)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "key_disabled", r.text
+    listed = json.loads(cli(home, "keys", "list", "--json", env=cenv).stdout)
+    assert {k["name"]: k["status"] for k in listed}["acme-key"] == "disabled"
+    customers = json.loads(cli(home, "customers", "list", "--json", env=cenv).stdout)
+    assert [c["id"] for c in customers] == ["acme"]
+
+
+def test_restarting_the_daemon_migrates_nothing_again_and_keeps_the_ledger(
+        daemon_factory: Any, upstream: Any, pg_url: str, tmp_path: Path) -> None:
+    env = {**UPSTREAM_ENV, "LLMGW_TEST_STORE_URL": pg_url}
+    home = tmp_path / "same-home"
+    d = daemon_factory(pg_config(pg_url, upstream), env, home=home)
+    assert chat(d.url, d.key).status_code == 200
+    before = raw_rows(pg_url, "SELECT name, applied_at FROM llmgw_migrations ORDER BY name")
+    d.stop()
+    d2 = daemon_factory(pg_config(pg_url, upstream), env, home=home)
+    assert chat(d2.url, d2.key).status_code == 200
+    assert raw_rows(pg_url, "SELECT name, applied_at FROM llmgw_migrations ORDER BY name") == before
+    assert raw_rows(pg_url, "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM ledger")[0] == (2, 2)
+
+
+ADMIN_TOKEN = "adm-" + "p" * 40
+
+
+def test_admin_api_and_config_apply_write_definitions_to_postgres(daemon_factory: Any, upstream: Any,
+                                                                  pg_url: str) -> None:
+    env = {**UPSTREAM_ENV, "LLMGW_TEST_STORE_URL": pg_url, "TEST_ADMIN_TOKEN": ADMIN_TOKEN}
+    d = daemon_factory(pg_config(pg_url, upstream, '\n[admin]\ntoken_env = "TEST_ADMIN_TOKEN"\n'), env)
+    h = httpx.Client(base_url=d.url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+    try:
+        assert h.post("/admin/customers", json={"id": "acme", "name": "Acme"}).status_code == 201
+        assert h.post("/admin/teams", json={"id": "ops", "customer": "acme"}).status_code == 201
+        r = h.post("/admin/keys", json={"customer": "acme", "team": "ops", "name": "vk", "rpm": 600})
+        assert r.status_code == 201, r.text
+        secret = r.json()["secret"]
+        assert chat(d.url, secret).status_code == 200  # the admin change applied before its answer
+        r = h.put("/admin/budgets", json={"scope": "customer", "id": "acme", "limit_usd": "5", "period": "month"})
+        assert r.status_code in (200, 201), r.text
+        got = h.get("/admin/budgets").json()["data"]
+        assert [(b["scope"], b["scope_id"]) for b in got] == [("customer", "acme")]
+        assert got[0]["spent_nanos"] > 0  # the request above, read from the PostgreSQL ledger
+        assert [k["name"] for k in h.get("/admin/keys").json()["data"]] == ["test", "vk"]
+    finally:
+        h.close()
+    assert raw_rows(pg_url, "SELECT id, customer_id FROM teams") == [("ops", "acme")]
+    # `config apply` with the same config file, declarations added: into PostgreSQL, idempotent
+    cfg = d.home / "llmgw.toml"
+    cfg.write_text(cfg.read_text() + '\n[customers.globex]\nname = "Globex"\n'
+                   'budgets = [{ period = "month", limit = 20 }]\n\n[keys.globex-key]\ncustomer = "globex"\n')
+    cenv = {"LLMGW_TEST_STORE_URL": pg_url, **UPSTREAM_ENV, "TEST_ADMIN_TOKEN": ADMIN_TOKEN}
+    out = cli(d.home, "config", "apply", env=cenv)
+    assert "+ customer globex" in out.stdout and "+ key globex-key" in out.stdout, out.stdout
+    assert cli(d.home, "config", "apply", env=cenv).stdout == ""  # nothing left to change
+    assert raw_rows(pg_url, "SELECT id, name FROM customers ORDER BY id") == [("acme", "Acme"), ("globex", "Globex")]
+    assert raw_rows(pg_url, "SELECT scope_id, limit_nanos FROM budgets WHERE scope_id = 'globex'") == [
+        ("globex", 20_000_000_000)]
+    exported = cli(d.home, "config", "export", env=cenv).stdout
+    assert "[customers.globex]" in exported and "[customers.acme]" in exported
+    # `config validate` checks references against PostgreSQL: team ops exists there (made over HTTP)
+    cfg.write_text(cfg.read_text() + '\n[keys.ops-key]\nteam = "ops"\n')
+    assert "ok" in cli(d.home, "config", "validate", env=cenv).stderr
+    cfg.write_text(cfg.read_text() + '\n[keys.nowhere-key]\nteam = "no_such_team"\n')
+    bad = cli(d.home, "config", "validate", env=cenv, ok=False)
+    assert bad.returncode == 2 and "no_such_team" in bad.stdout, bad
+
+
+def test_tail_export_prune_top_and_finance_data_read_postgres(daemon_factory: Any, upstream: Any,
+                                                              pg_url: str) -> None:
+    from llmgw import reports, ui_data
+    from llmgw.tui import data as top_data
+
+    env = {**UPSTREAM_ENV, "LLMGW_TEST_STORE_URL": pg_url}
+    d = daemon_factory(pg_config(pg_url, upstream), env)
+    ids = [chat(d.url, d.key, f"q{i}").headers["x-request-id"] for i in range(5)]
+    cenv = {"LLMGW_TEST_STORE_URL": pg_url}
+    tailed = [json.loads(line) for line in cli(d.home, "tail", "--last", "3", "--no-follow", "--json", env=cenv).stdout.splitlines()]
+    assert [t["request_id"] for t in tailed] == ids[-3:]
+    exported = [json.loads(line) for line in
+                cli(d.home, "ledger", "export", "--format", "jsonl", env=cenv).stdout.splitlines()]
+    assert [e["request_id"] for e in exported] == ids
+    dry = cli(d.home, "ledger", "prune", "--before", "2020-01-01", "--dry-run", env=cenv)
+    assert "0" in dry.stdout + dry.stderr, dry
+    conn = store_db.connect(PgStore(pg_url), readonly=True)
+    try:
+        now = d.clock()
+        snap = top_data.snapshot(conn, now)
+        assert sorted(t["request_id"] for t in snap["tail"]) == sorted(ids)
+        window = ui_data.resolve({}, now)
+        rep = ui_data.report(conn, "key", window, None, None)
+        assert rep["total"]["requests"] == 5, rep
+        assert reports.last_id(conn) == 5
+    finally:
+        conn.close()
+
+
+def test_events_and_idempotency_records_live_in_postgres(daemon_factory: Any, upstream: Any, pg_url: str) -> None:
+    env = {**UPSTREAM_ENV, "LLMGW_TEST_STORE_URL": pg_url}
+    d = daemon_factory(pg_config(pg_url, upstream), env)
+    cenv = {"LLMGW_TEST_STORE_URL": pg_url}
+    cli(d.home, "customers", "create", "acme", env=cenv)
+    key = cli(d.home, "keys", "create", "--customer", "acme", env=cenv).stdout.strip()
+    # a soft budget far below one request's cost: its warnings are stored once each, in PostgreSQL
+    cli(d.home, "budget", "set", "--customer", "acme", "--limit", "0.000001", "--soft", "--warn-at", "50",
+        "--period", "month", env=cenv)
+    d.synced()
+    for _ in range(3):
+        assert chat(d.url, key).status_code == 200
+    got = wait_until(lambda: raw_rows(pg_url, "SELECT kind, threshold FROM events ORDER BY id"), 10,
+                     "the soft-cap events")
+    assert got == [("soft_cap", 50), ("soft_cap", 100)]
+    # an Idempotency-Key: the first answer is stored in PostgreSQL and replayed, one upstream call
+    calls = len(upstream.requests)
+    first = chat(d.url, key, "once", **{"Idempotency-Key": "idem-1"})
+    again = chat(d.url, key, "once", **{"Idempotency-Key": "idem-1"})
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()
+    stored = raw_rows(pg_url, "SELECT idem_key, status, length(body) > 0 FROM idempotency")
+    assert stored == [("idem-1", 200, True)]
+    assert len(upstream.requests) == calls + 1
+    replays = raw_rows(pg_url, "SELECT COUNT(*) FROM ledger WHERE idempotent_replay = 1")
+    assert replays == [(1,)]
+
+
+def test_the_daemon_rides_out_a_postgres_restart(daemon_factory: Any, upstream: Any, pg_server: Any) -> None:
+    url = pg_server.database()
+    env = {**UPSTREAM_ENV, "LLMGW_TEST_STORE_URL": url}
+    d = daemon_factory(pg_config(url, upstream), env)
+    assert chat(d.url, d.key).status_code == 200
+    pg_server.pg_ctl("restart", "-m", "fast", "-w")
+    # the writer reconnects (rows wait, never lost); reloads and key lookups reconnect too
+    wait_until(lambda: chat(d.url, d.key).status_code == 200, 30, "a request to succeed after the restart")
+    cenv = {"LLMGW_TEST_STORE_URL": url}
+    key = cli(d.home, "keys", "create", "--name", "after-restart", env=cenv).stdout.strip()
+    assert chat(d.url, key).status_code == 200
+    d.synced()
+    rows = raw_rows(url, "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM ledger WHERE status = 200")[0]
+    assert rows[0] == rows[1] >= 3
+
+
+def test_a_long_lived_connection_reconnects_after_a_server_restart(pg_server: Any) -> None:
+    import sqlite3
+
+    url = pg_server.database()
+    conn = store_db.open_db(PgStore(url))
+    try:
+        assert store_db.definitions_version(conn) == 0
+        pg_server.pg_ctl("restart", "-m", "fast", "-w")
+        assert store_db.definitions_version(conn) == 0  # outside a transaction: reconnected, run again
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1").fetchone()
+        pg_server.pg_ctl("restart", "-m", "fast", "-w")
+        with pytest.raises(sqlite3.OperationalError):  # inside one: it fails, the caller rolls back
+            conn.execute("SELECT 1")
+        conn.rollback()
+        assert not conn.in_transaction
+        assert conn.execute("SELECT 2").fetchone()[0] == 2
+    finally:
+        conn.close()
+
+
+def test_config_show_and_errors_never_print_the_password(tmp_path: Path, pg_server: Any) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    url = pg_server.url.replace(pg_server.password, "pw-" + pg_server.password)  # a wrong password
+    (home / "llmgw.toml").write_text(f'[store]\nurl = "{url}"\n')
+    shown = json.loads(cli(home, "config", "show").stdout)
+    assert shown["store"] == {"url": f"postgresql://***@127.0.0.1:{pg_server.port}/postgres", "url_env": None,
+                              "kind": "postgresql"}
+    r = cli(home, "keys", "list", ok=False)
+    assert r.returncode != 0 and "password authentication failed" in r.stderr, r.stderr
+    r2 = cli(home, "report", ok=False)
+    assert r2.returncode != 0
+    for out in (r.stdout, r.stderr, r2.stdout, r2.stderr, json.dumps(shown)):
+        assert pg_server.password not in out
+
+
+def test_doctor_checks_the_postgres_store(tmp_path: Path, pg_url: str, pg_server: Any) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "llmgw.toml").write_text('[providers.demo]\ntype = "demo"\n\n[store]\nurl_env = "LLMGW_TEST_STORE_URL"\n')
+    env = {"LLMGW_TEST_STORE_URL": pg_url}
+
+    def checks() -> dict[str, tuple[str, str]]:
+        r = cli(home, "doctor", "--offline", "--json", env=env, ok=False)
+        assert pg_server.password not in r.stdout + r.stderr
+        return {c["check"]: (c["status"], c["detail"]) for c in json.loads(r.stdout)}
+
+    got = checks()
+    assert got["store"][0] == "ok" and "PostgreSQL 1" in got["store"][1]
+    assert got["store migrations"][0] == "warn"
+    cli(home, "customers", "create", "acme", env=env)  # a command that writes migrates the store
+    got = checks()
+    assert got["store migrations"] == ("ok", f"current ({len(store_db.MIGRATIONS)} applied)")
+    assert got["store ledger"] == ("ok", "0 row(s)")
+    env["LLMGW_TEST_STORE_URL"] = pg_url.replace(pg_server.password, "wrong-password-here")
+    got = checks()
+    assert got["store"][0] == "fail" and "wrong-password-here" not in got["store"][1]

@@ -1,6 +1,6 @@
 """Typed settings loaded from ``llmgw.toml`` (``tomllib``); writing back with ``tomli-w``.
 
-Owns the schema of the config file: ``[server]``, ``[log]``, ``[ledger]``, ``[defaults]``, ``[retry]``,
+Owns the schema of the config file: ``[server]``, ``[log]``, ``[ledger]``, ``[store]``, ``[defaults]``, ``[retry]``,
 ``[providers.NAME]``, ``[aliases]``, ``[pricing."provider/model"]``, ``[cache]``, ``[webhooks]``,
 ``[admin]``, ``[metrics]`` and ``[ui]``, with their defaults. The governance sections (``[customers]``,
 ``[teams]``, ``[keys]``, ``[[budgets]]``) belong to ``llmgw config apply`` (``governance/declare.py``)
@@ -916,6 +916,12 @@ bodies = false
 # Delete raw ledger rows older than this many whole days; their hourly and daily roll-ups stay,
 # so reports do not change. Export first to keep them: llmgw ledger export --until DATE
 # retain_days = 400
+
+# PostgreSQL instead of the SQLite file under LLMGW_HOME for definitions and the ledger (pip install
+# 'llmgw[postgres]'); the response cache stays in the home. Name a variable holding the URL, or
+# write it here as url = "postgresql://user:password@host:5432/llmgw".
+# [store]
+# url_env = "LLMGW_STORE_URL"
 
 [defaults]
 # max_tokens sent upstream when the client gave none: Anthropic requires it, and budgets need it

@@ -143,13 +143,14 @@ def open_readonly(home: Path, *, local: bool = False, config: Path | None = None
 
 
 @contextmanager
-def writing(home: Path, *, existing: bool = False, local: bool = False) -> Iterator[Any]:
+def writing(home: Path, *, existing: bool = False, local: bool = False, config: Path | None = None) -> Iterator[Any]:
     """The database of ``home`` for one write transaction: the command's governance calls commit
     together when the block ends, or not at all if it raises; closed afterwards. ``existing``: for
     commands that change what exists, the home must be there already (``NoHome``, nothing created)."""
     from ..store import db
 
-    conn = open_existing_db(home, local=local) if existing else open_db(home, local=local)
+    conn = (open_existing_db(home, local=local, config=config) if existing
+            else open_db(home, local=local, config=config))
     try:
         with db.transaction(conn):
             yield conn

@@ -113,7 +113,7 @@ def serve(
     if demo:
         from ..governance.keys import mint
 
-        with writing(h) as conn:
+        with writing(h, config=config) as conn:
             secret, _ = mint(conn, name="demo", replace=True)
 
     from . import daemonfile

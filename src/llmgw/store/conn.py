@@ -18,6 +18,9 @@ Invariants:
   itself, except INSERT/UPDATE/DELETE, which open one (ended by ``commit``/``rollback``); a plain
   ``BEGIN`` reads one snapshot (REPEATABLE READ). A reader is never left idle in a transaction by
   its SELECTs (it would hold locks that block migrations).
+- A connection the server dropped (a restart) outside a transaction is made again, and the
+  statement run once more; inside one, the statement fails with ``OperationalError`` (the caller
+  rolls back) and the next statement reconnects.
 - Errors surface as the DB-API classes of the ``sqlite3`` module (same hierarchy: ``OperationalError``
   for a server that is down or unreachable, ``IntegrityError`` for a constraint...), so a caller
   catches one family whichever store is configured. Their messages never hold the URL's password.
@@ -243,18 +246,33 @@ class PgConnection:
         self.readonly = readonly
         self.row_factory: Any = None  # accepted and ignored: rows are always ``Row``
         self.isolation_level: str | None = ""  # None: no implicit transaction before DML (the writer)
+        self._closed = False
 
     @property
     def in_transaction(self) -> bool:
         from psycopg.pq import TransactionStatus
 
-        return self.raw.info.transaction_status != TransactionStatus.IDLE
+        # a connection the server dropped holds no transaction any more (the server rolled it back)
+        return self.raw.info.transaction_status != TransactionStatus.IDLE and not self.raw.broken
 
     def _run(self, sql: str, params: Any = None) -> Any:
+        idle = not self.in_transaction
         try:
             return self.raw.execute(sql, params)
         except Exception as e:
-            if _is_driver_error(e):  # a failed statement in a transaction: the caller's rollback ends it
+            if not _is_driver_error(e):
+                raise
+            if not (idle and self.raw.broken and not self._closed):
+                raise as_sqlite_error(e, self.store) from None  # in a transaction: the caller's rollback ends it
+        # the server dropped the connection (a restart, a failover) while no transaction was open: a
+        # long-lived connection (the daemon's definitions reader, key lookups, events, roll-ups)
+        # connects again and runs the statement once more
+        self.raw.close()
+        try:
+            self.raw = connect_raw(self.store, readonly=self.readonly)
+            return self.raw.execute(sql, params)
+        except Exception as e:
+            if _is_driver_error(e):
                 raise as_sqlite_error(e, self.store) from None
             raise
 
@@ -297,6 +315,7 @@ class PgConnection:
             self._run("ROLLBACK")
 
     def close(self) -> None:
+        self._closed = True
         self.raw.close()
 
     def __enter__(self) -> PgConnection:

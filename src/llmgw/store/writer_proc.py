@@ -57,7 +57,7 @@ from typing import Any
 import orjson
 
 from llmgw.store import rollups
-from llmgw.store.conn import PgStore, as_sqlite_error, connect_raw
+from llmgw.store.conn import PgStore, as_sqlite_error, connect_raw, translate
 from llmgw.store.db import open_db
 from llmgw.store.ledger import insert_sql
 
@@ -94,6 +94,12 @@ def unframe(buf: bytearray) -> list[Any]:
 def _insert_sql(n: int) -> str:
     head, _, values = _INSERT.partition(" VALUES ")
     return head + " VALUES " + ", ".join([values] * n)
+
+
+@functools.lru_cache(maxsize=16)
+def _pg_insert_sql(n: int) -> str:
+    """``_insert_sql(n)`` in psycopg's placeholders, returning the new ids."""
+    return translate(_insert_sql(n))[0] + " RETURNING id"
 
 
 #: the writer's own lock wait: a lock held longer makes it report itself unhealthy (the daemon then
@@ -200,7 +206,7 @@ class PgLedger:
                 top = 0
                 with raw.transaction():
                     for piece in pieces:
-                        ids = raw.execute(_insert_sql(len(piece)) + " RETURNING id",
+                        ids = raw.execute(_pg_insert_sql(len(piece)),
                                           tuple(itertools.chain.from_iterable(piece))).fetchall()
                         top = max(top, max(r[0] for r in ids))
                 return [None] * len(rows), top
@@ -213,7 +219,7 @@ class PgLedger:
         for row in rows:  # rare path: one transaction per row, so one failure cannot undo another
             while True:
                 try:
-                    got = self._conn().execute(_INSERT + " RETURNING id", row).fetchone()
+                    got = self._conn().execute(_pg_insert_sql(1), row).fetchone()
                     last = max(last, got[0])
                     errors.append(None)
                 except psycopg.OperationalError as exc:
