@@ -82,6 +82,7 @@ class PgServer:
     datadir: Path
     as_user: list[str]
     bindir: Path
+    options: str = ""  # pg_ctl -o: what a restart after ``pg_ctl stop`` needs again
     _count: int = 0
 
     def database(self) -> str:
@@ -143,7 +144,7 @@ def postgres_server(tmp: Path | None = None) -> Iterator[PgServer]:
     opts = (f"-k {base} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
             " -c max_connections=200")
     server = PgServer(f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres", port, password, datadir,
-                      as_user, bindir)
+                      as_user, bindir, opts)
     subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(base / "log"), "-o", opts,
                     "-w", "-t", "30", "start"], check=True, stdout=subprocess.DEVNULL, env=env)
 

@@ -442,3 +442,106 @@ def test_doctor_checks_the_postgres_store(tmp_path: Path, pg_url: str, pg_server
     env["LLMGW_TEST_STORE_URL"] = pg_url.replace(pg_server.password, "wrong-password-here")
     got = checks()
     assert got["store"][0] == "fail" and "wrong-password-here" not in got["store"][1]
+
+
+# ---- the ledger writer process on PostgreSQL --------------------------------------------------------
+
+
+def lrow(i: int, **kw: Any) -> dict[str, Any]:
+    return {"request_id": f"req-{i}", "ts_ms": 1_700_000_000_000 + i, "route": "/v1/chat/completions",
+            "status": 200, "outcome": "ok", "cost_nanos": 1000 + i, **kw}
+
+
+async def until(cond: Any, timeout: float = 20.0) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_writer_batches_big_frames_and_a_killed_writer_loses_and_repeats_nothing(pg_url: str) -> None:
+    import asyncio
+    import signal
+
+    from llmgw.store.ledger import as_tuple, insert_sql, normalise_row
+    from llmgw.store.writer import LedgerWriter
+    from llmgw.store.writer_proc import frame
+
+    w = LedgerWriter(PgStore(pg_url))
+    w.start()
+    try:
+        assert w._proc is not None and pg_url not in " ".join(w._proc.args)  # the URL is not on its command line
+        await asyncio.gather(*(w.submit(lrow(i)) for i in range(1500)))  # several 512-row INSERTs, one transaction
+        assert raw_rows(pg_url, "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM ledger")[0] == (1500, 1500)
+        # a writer killed with a row in flight: a new one gets it again and commits it once
+        first = w._proc
+        first.send_signal(signal.SIGSTOP)
+        fut = w.submit(lrow(1500))
+        await asyncio.sleep(0)
+        w._backoff = 3600.0
+        first.kill()
+        first.send_signal(signal.SIGCONT)
+        await until(lambda: w._dead is not None)
+        assert w._restart_handle is not None
+        w._restart_handle.cancel()
+        w._restart()
+        await asyncio.wait_for(fut, 20)
+        # a row committed behind the writer's back (its answer lost): the recovery frame skips it
+        with psycopg.connect(pg_url) as c:
+            c.execute(store_db_translate(insert_sql()), as_tuple(normalise_row(lrow(1501))))
+        w._unacked.extend([as_tuple(normalise_row(lrow(1501))), as_tuple(normalise_row(lrow(1502)))])
+        w._deadlines.extend([float("inf")] * 2)
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future(), loop.create_future()]
+        w._futures.update({w._seq + 1: futs[0], w._seq + 2: futs[1]})
+        w._seq += 2
+        w._send(frame([w._acked + 1, list(w._unacked), 1]))
+        await asyncio.wait_for(asyncio.gather(*futs), 20)
+        top = raw_rows(pg_url, "SELECT MAX(id) FROM ledger")[0][0]
+        assert w.committed == (w.last_seq, top)
+    finally:
+        await asyncio.to_thread(w.stop)
+    assert raw_rows(pg_url, "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM ledger")[0] == (1503, 1503)
+
+
+def store_db_translate(sql: str) -> str:
+    from llmgw.store.conn import translate
+
+    return translate(sql)[0]
+
+
+async def test_a_locked_ledger_or_a_stopped_server_makes_the_writer_unhealthy_and_rows_wait(pg_server: Any) -> None:
+    import asyncio
+
+    from llmgw.store.writer import LedgerWriter
+
+    url = pg_server.database()
+    w = LedgerWriter(PgStore(url))
+    w.start()
+    try:
+        await w.write(lrow(0))
+        with psycopg.connect(url) as holder:
+            holder.execute("LOCK TABLE ledger IN EXCLUSIVE MODE")  # held until this transaction ends
+            futs = [w.submit(lrow(i)) for i in range(1, 50)]
+            await until(lambda: w.health() is not None)
+            assert "lock timeout" in (w.health() or ""), w.health()
+            assert not any(f.done() for f in futs)  # retried, not failed
+        await asyncio.wait_for(asyncio.gather(*futs), 20)
+        assert w.health() is None
+        pg_server.pg_ctl("stop", "-m", "fast", "-w")
+        try:
+            futs = [w.submit(lrow(i)) for i in range(50, 80)]
+            await until(lambda: w.health() is not None)
+            assert "cannot commit" in (w.health() or "") and pg_server.password not in (w.health() or "")
+            assert not any(f.done() for f in futs)
+        finally:
+            pg_server.pg_ctl("start", "-w", "-t", "30", "-l", str(pg_server.datadir.parent / "log"), "-o",
+                             pg_server.options)
+        await asyncio.wait_for(asyncio.gather(*futs), 30)
+        assert w.health() is None
+    finally:
+        await asyncio.to_thread(w.stop)
+    assert raw_rows(url, "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM ledger")[0] == (80, 80)

@@ -186,7 +186,12 @@ class PgLedger:
 
     def _conn(self) -> Any:
         if self.raw is None or self.raw.closed:
+            from psycopg.types.numeric import Int8Dumper
+
             self.raw = connect_raw(self.store, client_cursor=False)
+            # every int as bigint: psycopg would pick int2/int4/int8 by value, and each mix of types
+            # is another statement to plan and prepare
+            self.raw.adapters.register_dumper(int, Int8Dumper)
             self.raw.execute(f"SET lock_timeout = {BUSY_TIMEOUT_MS}")
         return self.raw
 
@@ -199,7 +204,12 @@ class PgLedger:
     def insert(self, rows: list[Any], wait: Wait) -> tuple[list[BaseException | None], int]:
         import psycopg
 
-        pieces = [rows[i : i + PIECE_MAX] for i in range(0, len(rows), PIECE_MAX)]
+        pieces: list[list[Any]] = []
+        i = 0
+        while i < len(rows):  # power-of-two sizes: a handful of distinct statements, each prepared once
+            size = 1 << (min(len(rows) - i, PIECE_MAX).bit_length() - 1)
+            pieces.append(rows[i : i + size])
+            i += size
         while True:
             try:
                 raw = self._conn()
