@@ -545,3 +545,90 @@ async def test_a_locked_ledger_or_a_stopped_server_makes_the_writer_unhealthy_an
     finally:
         await asyncio.to_thread(w.stop)
     assert raw_rows(url, "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM ledger")[0] == (80, 80)
+
+
+# ---- PostgreSQL unreachable: rows spool to a local file and drain when it is back ------------------------
+
+
+def test_rows_spool_locally_while_postgres_is_down_and_drain_once_it_is_back(
+        daemon_factory: Any, upstream: Any, pg_server: Any, tmp_path: Path) -> None:
+    url = pg_server.database()
+    env = {**UPSTREAM_ENV, "LLMGW_TEST_STORE_URL": url}
+    home = tmp_path / "spool-home"
+    d = daemon_factory(pg_config(url, upstream), env, home=home)
+    before = [chat(d.url, d.key, f"before {i}").headers["x-request-id"] for i in range(3)]
+    spool = paths.spool_path(home)
+    pg_server.pg_ctl("stop", "-m", "fast", "-w")
+    try:
+        during = []
+        for i in range(10):  # answered: each row is in the fsynced spool file before its response
+            r = chat(d.url, d.key, f"during {i}")
+            assert r.status_code == 200, r.text
+            during.append(r.headers["x-request-id"])
+        assert spool.stat().st_size > 0 and oct(spool.stat().st_mode & 0o777) == "0o600"
+        assert pg_server.password not in spool.read_text(errors="replace")
+        # the daemon stops with rows still spooled: the next one moves them in before it reads the ledger
+        d.stop()
+    finally:
+        pg_server.pg_ctl("start", "-w", "-t", "30", "-l", str(pg_server.datadir.parent / "log"), "-o",
+                         pg_server.options)
+    d2 = daemon_factory(pg_config(url, upstream), env, home=home)
+    assert spool.stat().st_size == 0
+    ids = [r[0] for r in raw_rows(url, "SELECT request_id FROM ledger ORDER BY id")]
+    assert ids[: len(before) + len(during)] == before + during  # in order, each once
+    # and while it runs: down, spooled, back, drained by the running writer (no restart)
+    pg_server.pg_ctl("stop", "-m", "fast", "-w")
+    try:
+        more = [chat(d2.url, d2.key, f"again {i}").headers["x-request-id"] for i in range(5)]
+    finally:
+        pg_server.pg_ctl("start", "-w", "-t", "30", "-l", str(pg_server.datadir.parent / "log"), "-o",
+                         pg_server.options)
+    wait_until(lambda: spool.stat().st_size == 0, 20, "the writer to drain its spool")
+    last = chat(d2.url, d2.key, "after").headers["x-request-id"]
+    got = raw_rows(url, "SELECT request_id FROM ledger ORDER BY id")
+    assert [g[0] for g in got] == [*ids, *more, last]
+    assert raw_rows(url, "SELECT COUNT(*) = COUNT(DISTINCT request_id) FROM ledger") == [(True,)]
+    # the spooled rows are rolled up like any other, and reports count each once
+    conn = pg(url)
+    try:
+        wait_until(lambda: rollups.rolled_up_to(conn) >= raw_rows(url, "SELECT MAX(id) FROM ledger")[0][0], 10,
+                   "the roll-ups to catch up")
+        assert rollups.verify(conn) == []
+    finally:
+        conn.close()
+
+
+async def test_a_writer_restarted_during_an_outage_spools_from_its_start(pg_server: Any, tmp_path: Path) -> None:
+    import asyncio
+
+    from llmgw.store.writer import LedgerWriter
+
+    url = pg_server.database()
+    spool = tmp_path / "spool"
+    w = LedgerWriter(PgStore(url), spool=spool)
+    w.start()
+    try:
+        await w.write(lrow(0))
+        pg_server.pg_ctl("stop", "-m", "fast", "-w")
+        try:
+            await asyncio.wait_for(w.write(lrow(1)), 10)  # spooled: confirmed without the server
+            assert w._proc is not None
+            first = w._proc
+            first.kill()
+            await until(lambda: w._proc is not first and w.alive and w.health() is None, 20)
+            await asyncio.wait_for(asyncio.gather(*(w.submit(lrow(i)) for i in range(2, 40))), 20)
+            assert spool.stat().st_size > 0 and raw_rows_or_none(url) is None
+        finally:
+            pg_server.pg_ctl("start", "-w", "-t", "30", "-l", str(pg_server.datadir.parent / "log"), "-o",
+                             pg_server.options)
+        await until(lambda: spool.stat().st_size == 0, 20)  # drained while idle, no new row needed
+    finally:
+        await asyncio.to_thread(w.stop)
+    assert raw_rows(url, "SELECT request_id FROM ledger ORDER BY id") == [(f"req-{i}",) for i in range(40)]
+
+
+def raw_rows_or_none(url: str) -> Any:
+    try:
+        return raw_rows(url, "SELECT 1")
+    except psycopg.OperationalError:
+        return None

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import ResourceError, UsageError
 from ..units import DAY_MS, iso_utc, window
 from .conn import is_pg
 from .db import transaction
@@ -175,10 +175,14 @@ class Roller:
     block waiting for rows before it should roll up what it committed). Each roll-up is one short
     transaction of at most ``max_rows`` ids, so the writer is never held for long."""
 
-    def __init__(self, conn: sqlite3.Connection, *, interval: float = 0.5, max_rows: int = 50_000) -> None:
-        self.conn, self.interval, self.max_rows = conn, interval, max_rows
+    def __init__(self, conn: sqlite3.Connection | None, *, interval: float = 0.5, max_rows: int = 50_000,
+                 connect: Callable[[], Any] | None = None) -> None:
+        # conn None: made by ``connect`` when first needed (a PostgreSQL writer started while the
+        # server was unreachable)
+        self.conn, self.interval, self.max_rows, self.connect = conn, interval, max_rows, connect
         self.dirty = True  # rows may be pending from before this process
         self._last = 0.0
+        self._failing = False  # one warning per streak of failed steps, not one per attempt
 
     def committed(self) -> None:
         self.dirty = True
@@ -191,11 +195,20 @@ class Roller:
     def run(self) -> None:
         self._last = time.monotonic()
         try:
+            if self.conn is None:
+                if self.connect is None:
+                    return
+                self.conn = self.connect()
             with transaction(self.conn):
                 n = step(self.conn, self.max_rows)
-        except sqlite3.Error as e:  # e.g. locked or disk full: the rows are safe, try again later
-            log.warning("ledger roll-up step failed (will retry): %s", e)
+        except (sqlite3.Error, ResourceError) as e:  # e.g. locked or disk full: the rows are safe, try again later
+            if not self._failing:
+                log.warning("ledger roll-up step failed (will retry): %s", e)
+            self._failing = True
             return
+        if self._failing:
+            log.warning("ledger roll-up steps work again")
+        self._failing = False
         self.dirty = n >= self.max_rows
 
 

@@ -56,6 +56,7 @@ from typing import Any
 
 import orjson
 
+from llmgw.errors import ResourceError
 from llmgw.store import rollups
 from llmgw.store.conn import PgStore, as_sqlite_error, connect_raw, translate
 from llmgw.store.db import open_db
@@ -65,6 +66,8 @@ from llmgw.store.ledger import insert_sql
 STORE_URL_ENV = "LLMGW_WRITER_STORE_URL"
 #: DB_PATH meaning "the PostgreSQL store in STORE_URL_ENV"
 PG_MARK = "postgresql"
+#: the environment variable naming the local spool file for rows PostgreSQL cannot take (optional)
+SPOOL_ENV = "LLMGW_WRITER_SPOOL"
 
 _INSERT = insert_sql()
 _LEN = struct.Struct("<I")
@@ -109,6 +112,8 @@ BUSY_TIMEOUT_MS = 1000
 #: can be larger (a recovery frame), in several statements of one transaction
 PIECE_MAX = 512
 RETRY_FIRST, RETRY_MAX = 0.05, 1.0
+#: how often a writer with spooled rows tries PostgreSQL again while no new rows arrive (seconds)
+SPOOL_RETRY = 0.5
 #: once the daemon is gone (stdin closed) a writer that still cannot commit gives up after this
 #: long, instead of lingering as an orphan; the rows it could not write are counted on stderr
 GIVE_UP_AFTER_EOF = 30.0
@@ -174,83 +179,202 @@ def insert(conn: sqlite3.Connection, rows: list[Any], wait: Wait) -> tuple[list[
     return errors, last
 
 
-class PgLedger:
-    """The writer's PostgreSQL side: its own connection with server-side parameters (binary rows,
-    prepared multi-row INSERTs), reconnected after the server went away; ``insert`` has the
-    contract of the SQLite ``insert`` (a psycopg ``OperationalError``, the server down or a lock
-    wait past ``lock_timeout``, is waited out and retried; any other error fails its row alone)."""
+class _Unreachable(sqlite3.OperationalError):
+    """PostgreSQL cannot be reached: the connection failed or was lost."""
 
-    def __init__(self, store: PgStore) -> None:
+
+class _BadRow(Exception):
+    """A statement failed because of what it inserts (a constraint, a value): not the server's state."""
+
+
+class Spool:
+    """Rows the writer accepted while PostgreSQL was unreachable, in a local file (frames of row
+    lists, as on the pipe), each append fsynced before the rows are confirmed; emptied once every
+    row in it is in the ledger. Created 0600: rows hold request metadata (and logged bodies)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = len(self.rows()) if path.exists() else 0
+
+    def rows(self) -> list[Any]:
+        try:
+            buf = bytearray(self.path.read_bytes())
+        except FileNotFoundError:
+            return []
+        out: list[Any] = []
+        for rows in unframe(buf):  # a torn last frame (a crash mid-append) was never confirmed: dropped
+            out.extend(rows)
+        return out
+
+    def append(self, rows: list[Any]) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            _write_all(fd, frame(rows))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.count += len(rows)
+
+    def clear(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.count = 0
+
+
+class PgLedger:
+    """The writer's PostgreSQL side: its own connection with server-side parameters (prepared
+    multi-row INSERTs), reconnected after the server went away. ``insert`` has the contract of the
+    SQLite ``insert``: a busy server (a lock wait past ``lock_timeout``) is waited out and retried,
+    any other error that is not the server's fails its row alone. An unreachable server: with a
+    ``spool`` the batch goes to the local file (fsynced) and counts as committed, and the file is
+    drained into the ledger, in order and before newer rows, as soon as the server answers again
+    (rows found there already, by ``request_id``, are not inserted twice); without one it is waited
+    out like a busy server."""
+
+    def __init__(self, store: PgStore, spool: Spool | None = None) -> None:
         self.store = store
+        self.spool = spool
         self.raw: Any = None
+        self._retry_at = 0.0  # while spooling: no new connection attempt before this (monotonic)
 
     def _conn(self) -> Any:
         if self.raw is None or self.raw.closed:
             from psycopg.types.numeric import Int8Dumper
 
-            self.raw = connect_raw(self.store, client_cursor=False)
+            try:
+                raw = connect_raw(self.store, client_cursor=False)
+            except sqlite3.OperationalError as e:
+                raise _Unreachable(str(e)) from None
             # every int as bigint: psycopg would pick int2/int4/int8 by value, and each mix of types
             # is another statement to plan and prepare
-            self.raw.adapters.register_dumper(int, Int8Dumper)
-            self.raw.execute(f"SET lock_timeout = {BUSY_TIMEOUT_MS}")
+            raw.adapters.register_dumper(int, Int8Dumper)
+            raw.execute(f"SET lock_timeout = {BUSY_TIMEOUT_MS}")
+            self.raw = raw
         return self.raw
 
-    def _fail(self, exc: BaseException) -> sqlite3.OperationalError:
-        if self.raw is not None and self.raw.broken:
-            self.raw = None
-        err = as_sqlite_error(exc, self.store)
-        return err if isinstance(err, sqlite3.OperationalError) else sqlite3.OperationalError(str(err))
-
-    def insert(self, rows: list[Any], wait: Wait) -> tuple[list[BaseException | None], int]:
+    def _run(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(connection)``, its psycopg errors classified: ``_Unreachable``, a busy
+        ``sqlite3.OperationalError``, or ``_BadRow``."""
         import psycopg
 
+        try:
+            return fn(self._conn())
+        except psycopg.Error as exc:
+            err = as_sqlite_error(exc, self.store)
+            if self.raw is not None and (self.raw.broken or self.raw.closed):
+                self.raw = None
+                raise _Unreachable(str(err)) from None
+            if isinstance(exc, psycopg.OperationalError):
+                raise (err if isinstance(err, sqlite3.OperationalError) else sqlite3.OperationalError(str(err))) from None
+            raise _BadRow(err) from None
+
+    def _insert_all(self, rows: list[Any]) -> int:
+        """All ``rows`` in one transaction (power-of-two pieces: a handful of distinct statements,
+        each prepared once); the highest new id."""
         pieces: list[list[Any]] = []
         i = 0
-        while i < len(rows):  # power-of-two sizes: a handful of distinct statements, each prepared once
+        while i < len(rows):
             size = 1 << (min(len(rows) - i, PIECE_MAX).bit_length() - 1)
             pieces.append(rows[i : i + size])
             i += size
+
+        def run(raw: Any) -> int:
+            top = 0
+            with raw.transaction():
+                for piece in pieces:
+                    ids = raw.execute(_pg_insert_sql(len(piece)), tuple(itertools.chain.from_iterable(piece))).fetchall()
+                    top = max(top, max(r[0] for r in ids))
+            return top
+
+        return int(self._run(run))
+
+    def insert(self, rows: list[Any], wait: Wait) -> tuple[list[BaseException | None], int]:
+        drained = 0
+        if self.spool is not None and self.spool.count:
+            got = self.drain()
+            if got is None:  # still unreachable: behind the spooled rows, in order
+                self.spool.append(rows)
+                return [None] * len(rows), 0
+            drained = got
         while True:
             try:
-                raw = self._conn()
-                top = 0
-                with raw.transaction():
-                    for piece in pieces:
-                        ids = raw.execute(_pg_insert_sql(len(piece)),
-                                          tuple(itertools.chain.from_iterable(piece))).fetchall()
-                        top = max(top, max(r[0] for r in ids))
-                return [None] * len(rows), top
-            except psycopg.OperationalError as exc:
-                wait(self._fail(exc))
-            except psycopg.Error:
+                return [None] * len(rows), max(drained, self._insert_all(rows))
+            except _Unreachable as exc:
+                if self.spool is not None:
+                    self._retry_at = time.monotonic() + SPOOL_RETRY
+                    self._spool(rows, exc)
+                    return [None] * len(rows), drained
+                wait(exc)
+            except sqlite3.OperationalError as exc:
+                wait(exc)
+            except _BadRow:
                 break
         errors: list[BaseException | None] = []
-        last = 0
+        last = drained
         for row in rows:  # rare path: one transaction per row, so one failure cannot undo another
             while True:
                 try:
-                    got = self._conn().execute(_pg_insert_sql(1), row).fetchone()
-                    last = max(last, got[0])
+                    last = max(last, self._insert_all([row]))
                     errors.append(None)
-                except psycopg.OperationalError as exc:
-                    wait(self._fail(exc))
+                except sqlite3.OperationalError as exc:
+                    wait(exc)
                     continue
-                except psycopg.Error as exc:
-                    errors.append(as_sqlite_error(exc, self.store))
+                except _BadRow as exc:
+                    errors.append(exc.args[0])
                 break
         return errors, last
 
-    def already_committed(self, rows: list[Any]) -> tuple[set[int], int]:
-        import psycopg
+    def _spool(self, rows: list[Any], exc: BaseException) -> None:
+        assert self.spool is not None
+        if not self.spool.count:
+            sys.stderr.write(f"llmgw ledger writer: PostgreSQL unreachable ({exc}); spooling rows to "
+                             f"{self.spool.path} until it answers again\n")
+        self.spool.append(rows)
 
+    def drain(self) -> int | None:
+        """Move the spooled rows into the ledger (skipping those already there) and empty the spool;
+        the highest id inserted (0: none), or None while the server is still unreachable (or busy)."""
+        assert self.spool is not None
+        if self.raw is None and time.monotonic() < self._retry_at:
+            return None  # tried a moment ago: no connection attempt (up to connect_timeout) per batch
+        rows = self.spool.rows()
+        top = 0
+        try:
+            for i in range(0, len(rows), PIECE_MAX):
+                chunk = rows[i : i + PIECE_MAX]
+                skip, seen = self.already_committed(chunk)
+                top = max(top, seen)
+                fresh = [r for j, r in enumerate(chunk) if j not in skip]
+                if fresh:
+                    try:
+                        top = max(top, self._insert_all(fresh))
+                    except _BadRow:  # a row that cannot go in (validated before it was spooled: never seen)
+                        for r in fresh:
+                            try:
+                                top = max(top, self._insert_all([r]))
+                            except _BadRow as exc:
+                                sys.stderr.write(f"llmgw ledger writer: spooled row {r[0]} cannot be written:"
+                                                 f" {exc.args[0]}\n")
+        except sqlite3.OperationalError:  # _Unreachable included: try again later
+            self._retry_at = time.monotonic() + SPOOL_RETRY
+            return None
+        n = len(rows)
+        self.spool.clear()
+        sys.stderr.write(f"llmgw ledger writer: PostgreSQL answers again; {n} spooled rows are in the ledger\n")
+        return top
+
+    def already_committed(self, rows: list[Any]) -> tuple[set[int], int]:
         ids = [r[0] for r in rows if r is not None]
         if not ids:
             return set(), 0
         try:
-            found = dict(self._conn().execute("SELECT request_id, id FROM ledger WHERE request_id = ANY(%s)",
-                                              (ids,)).fetchall())
-        except psycopg.Error as exc:
-            raise self._fail(exc) from None
+            found = dict(self._run(lambda raw: raw.execute("SELECT request_id, id FROM ledger WHERE request_id = ANY(%s)",
+                                                           (ids,)).fetchall()))
+        except _BadRow as exc:
+            raise sqlite3.OperationalError(str(exc.args[0])) from None
         return {i for i, r in enumerate(rows) if r is not None and r[0] in found}, max(found.values(), default=0)
 
     def close(self) -> None:
@@ -369,8 +493,19 @@ def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int
     pg: PgLedger | None = None
     if db_path == PG_MARK:
         store = PgStore(os.environ.pop(STORE_URL_ENV, ""))
-        conn = open_db(store)  # the roll-ups' connection (and the migration check)
-        pg = PgLedger(store)
+        spool = os.environ.get(SPOOL_ENV)
+        pg = PgLedger(store, Spool(Path(spool)) if spool else None)
+        conn: Any = None  # the roll-ups' connection (opened with the migration check)
+        try:
+            conn = open_db(store)
+        except ResourceError:
+            if pg.spool is None:
+                raise
+            # unreachable: rows go to the spool from the start; the roll-ups connect once it answers
+            sys.stderr.write(f"llmgw ledger writer: started while PostgreSQL is unreachable ({store.label}); rows "
+                             f"are spooled to {pg.spool.path}\n")
+        if pg.spool is not None and pg.spool.count:
+            pg.drain()
     else:
         conn = open_db(Path(db_path))
         conn.isolation_level = None  # autocommit: insert() manages its transactions
@@ -378,13 +513,20 @@ def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int
     inp = _Input(fd_in)
     w = _Writer(conn, fd_out, inp, pg)
     w.tell({"unhealthy": None})  # ready: the database is open (a restarted writer is healthy from here)
-    roller = rollups.Roller(conn)
+    roller = rollups.Roller(conn, connect=(lambda: open_db(pg.store)) if pg is not None else None)
     last_size = 0
     try:
         while True:
             if not inp.frames:
-                inp.read(block=True, timeout=roller.idle_wait())
+                spooling = pg is not None and pg.spool is not None and pg.spool.count > 0
+                idle = roller.idle_wait()
+                inp.read(block=True, timeout=min(idle, SPOOL_RETRY) if spooling and idle else
+                         (SPOOL_RETRY if spooling else idle))
                 if not inp.frames and not inp.eof:
+                    if spooling:
+                        assert pg is not None
+                        w.max_rowid = max(w.max_rowid, pg.drain() or 0)  # idle: try the server again
+                        continue
                     roller.run()  # idle: roll up what was committed, then wait again
                     continue
                 if not inp.frames:
@@ -414,10 +556,12 @@ def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int
             elapsed = time.perf_counter() - started
             failed = [[batch_first + i, type(e).__name__, str(e)] for i, e in enumerate(errors) if e is not None]
             w.tell([batch_first + len(batch) - 1, failed, elapsed, w.max_rowid])
-            roller.committed()  # after the answer: a roll-up never delays a request
+            if pg is None or pg.spool is None or not pg.spool.count:
+                roller.committed()  # after the answer: a roll-up never delays a request
         roller.run()
     finally:
-        conn.close()
+        if roller.conn is not None:
+            roller.conn.close()
         if pg is not None:
             pg.close()
 
