@@ -401,6 +401,16 @@ def test_a_long_lived_connection_reconnects_after_a_server_restart(pg_server: An
         conn.rollback()
         assert not conn.in_transaction
         assert conn.execute("SELECT 2").fetchone()[0] == 2
+        # down for a while: each statement fails (a reconnect that fails too), until it is back
+        pg_server.pg_ctl("stop", "-m", "fast", "-w")
+        try:
+            for _ in range(2):
+                with pytest.raises(sqlite3.OperationalError):
+                    conn.execute("SELECT 3")
+        finally:
+            pg_server.pg_ctl("start", "-w", "-t", "30", "-l", str(pg_server.datadir.parent / "log"), "-o",
+                             pg_server.options)
+        assert conn.execute("SELECT 4").fetchone()[0] == 4
     finally:
         conn.close()
 
@@ -632,3 +642,37 @@ def raw_rows_or_none(url: str) -> Any:
         return raw_rows(url, "SELECT 1")
     except psycopg.OperationalError:
         return None
+
+
+async def test_prune_rebuild_and_verify_keep_reports_exact_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    import asyncio
+
+    from llmgw.store.writer import LedgerWriter
+    from llmgw.units import parse_time
+
+    w = LedgerWriter(PgStore(pg_url))
+    w.start()
+    try:  # three months of rows, a few per day, through the writer (roll-ups in its process)
+        start = parse_time("2026-08-30T22:00:00Z")
+        await asyncio.gather(*(w.submit(lrow(i, ts_ms=start + i * 7_200_000, customer_id="acme"))
+                               for i in range(900)))
+    finally:
+        await asyncio.to_thread(w.stop)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "llmgw.toml").write_text('[store]\nurl_env = "LLMGW_TEST_STORE_URL"\n')
+    env = {"LLMGW_TEST_STORE_URL": pg_url}
+
+    def report(period: str) -> Any:
+        return json.loads(cli(home, "report", "--period", period, "--format", "json", env=env).stdout)["total"]
+
+    before = {p: report(p) for p in ("2026-09", "2026-10", "2026-08")}
+    assert before["2026-09"]["requests"] == 360 and before["2026-08"]["requests"] == 13
+    status = json.loads(cli(home, "ledger", "rollup", "--rebuild", "--verify", "--json", env=env).stdout)
+    assert status["verified"] and status["mismatches"] == [] and status["pending"] == 0, status
+    cli(home, "ledger", "prune", "--before", "2026-10-01", "--yes", env=env)
+    assert raw_rows(pg_url, "SELECT COUNT(*) FROM ledger WHERE ts_ms < %s", parse_time("2026-10-01"))[0][0] == 0
+    assert {p: report(p) for p in before} == before  # whole months and days: the roll-ups answer
+    status = json.loads(cli(home, "ledger", "rollup", "--rebuild", "--verify", "--json", env=env).stdout)
+    assert status["verified"] and status["pruned_before"].startswith("2026-10-01"), status
+    assert {p: report(p) for p in before} == before

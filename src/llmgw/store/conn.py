@@ -31,6 +31,9 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -253,7 +256,7 @@ class PgConnection:
         from psycopg.pq import TransactionStatus
 
         # a connection the server dropped holds no transaction any more (the server rolled it back)
-        return self.raw.info.transaction_status != TransactionStatus.IDLE and not self.raw.broken
+        return self.raw.info.transaction_status != TransactionStatus.IDLE and not self.raw.closed
 
     def _run(self, sql: str, params: Any = None) -> Any:
         idle = not self.in_transaction
@@ -262,7 +265,7 @@ class PgConnection:
         except Exception as e:
             if not _is_driver_error(e):
                 raise
-            if not (idle and self.raw.broken and not self._closed):
+            if not (idle and self.raw.closed and not self._closed):  # closed: lost, or a reconnect failed
                 raise as_sqlite_error(e, self.store) from None  # in a transaction: the caller's rollback ends it
         # the server dropped the connection (a restart, a failover) while no transaction was open: a
         # long-lived connection (the daemon's definitions reader, key lookups, events, roll-ups)
@@ -388,3 +391,32 @@ def connect_raw(store: PgStore, *, readonly: bool = False, client_cursor: bool =
 
 def connect_pg(store: PgStore, *, readonly: bool = False) -> PgConnection:
     return PgConnection(connect_raw(store, readonly=readonly), store, readonly)
+
+
+_IDLE: dict[PgStore, list[PgConnection]] = {}
+_IDLE_LOCK = threading.Lock()
+POOL_IDLE_MAX = 4
+
+
+@contextmanager
+def borrowed(store: PgStore) -> Iterator[PgConnection]:
+    """A PostgreSQL connection for one short job (a worker thread's Idempotency-Key lookup), taken
+    from a few kept idle per store and given back afterwards: a new connection costs a TCP and SCRAM
+    handshake (milliseconds), a SQLite file's costs nothing, so SQLite callers simply connect."""
+    with _IDLE_LOCK:
+        idle = _IDLE.get(store)
+        conn = idle.pop() if idle else None
+    if conn is None:
+        conn = connect_pg(store)
+    kept = False
+    try:
+        yield conn
+        if not conn.in_transaction and not conn.raw.closed:
+            with _IDLE_LOCK:
+                idle = _IDLE.setdefault(store, [])
+                if len(idle) < POOL_IDLE_MAX:
+                    idle.append(conn)
+                    kept = True
+    finally:
+        if not kept:
+            conn.close()
