@@ -676,3 +676,21 @@ async def test_prune_rebuild_and_verify_keep_reports_exact_on_postgres(pg_url: s
     status = json.loads(cli(home, "ledger", "rollup", "--rebuild", "--verify", "--json", env=env).stdout)
     assert status["verified"] and status["pruned_before"].startswith("2026-10-01"), status
     assert {p: report(p) for p in before} == before
+
+
+def test_the_response_cache_stays_in_the_home_while_its_ledger_view_reads_postgres(
+        daemon_factory: Any, upstream: Any, pg_url: str) -> None:
+    env = {**UPSTREAM_ENV, "LLMGW_TEST_STORE_URL": pg_url}
+    d = daemon_factory(pg_config(pg_url, upstream, '\n[cache]\nmode = "exact"\n'), env)
+    first = chat(d.url, d.key, "cache me")
+    again = chat(d.url, d.key, "cache me")
+    assert first.status_code == again.status_code == 200 and again.json() == first.json()
+    assert raw_rows(pg_url, "SELECT cache FROM ledger ORDER BY id") == [("miss",), ("hit-exact",)]
+    local = store_db.connect(paths.db_path(d.home))
+    try:  # the entry is in the home's SQLite file (per instance), not in PostgreSQL
+        assert local.execute("SELECT COUNT(*) FROM cache_entries").fetchone()[0] == 1
+    finally:
+        local.close()
+    assert raw_rows(pg_url, "SELECT COUNT(*) FROM cache_entries") == [(0,)]
+    stats = json.loads(cli(d.home, "cache", "stats", "--json", env={"LLMGW_TEST_STORE_URL": pg_url}).stdout)
+    assert stats["entries"] == 1 and stats["window"]["by_result"] == {"miss": 1, "hit-exact": 1}, stats

@@ -377,9 +377,14 @@ def stats(
     from .common import open_existing_db, print_json
 
     since_ms = _since(since)
-    conn = open_existing_db(resolve_home(home), local=True)
+    h = resolve_home(home)
+    conn = open_existing_db(h, local=True)  # the cache's entries: the home's own file
     try:
         data = cstore.stats(conn, now_ms())
+    finally:
+        conn.close()
+    conn = open_existing_db(h)  # the ledger: the configured store ([store] url), the same file by default
+    try:
         by = {str(r[0]): int(r[1]) for r in conn.execute(
             "SELECT coalesce(cache, 'off'), count(*) FROM ledger WHERE ts_ms >= ? GROUP BY cache", (since_ms,))}
         saved = int(conn.execute("SELECT coalesce(sum(saved_nanos), 0) FROM ledger WHERE ts_ms >= ?",
@@ -516,12 +521,17 @@ def mark_wrong(
     from ..cache import store as cstore
     from ..clock import now_ms
     from ..errors import NotFound, UsageError
-    from .common import writing
+    from .common import open_existing_db, writing
 
-    with writing(resolve_home(home), existing=True, local=True) as conn:
+    h = resolve_home(home)
+    ledger = open_existing_db(h)  # the configured store ([store] url), the same file by default
+    try:
+        row = ledger.execute("SELECT cache, cache_entry_id, cache_similarity, request_body FROM ledger "
+                             "WHERE request_id = ?", (request_id,)).fetchone()
+    finally:
+        ledger.close()
+    with writing(h, existing=True, local=True) as conn:
         logged = cstore.hit_log(conn, request_id)
-        row = conn.execute("SELECT cache, cache_entry_id, cache_similarity, request_body FROM ledger "
-                           "WHERE request_id = ?", (request_id,)).fetchone()
         if logged is None and row is None:
             raise NotFound(f"REQUEST_ID: no request {request_id!r} in the ledger", param="REQUEST_ID",
                            code="not_found")
