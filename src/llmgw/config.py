@@ -918,10 +918,10 @@ bodies = false
 # retain_days = 400
 
 # PostgreSQL instead of the SQLite file under LLMGW_HOME for definitions and the ledger (pip install
-# 'llmgw[postgres]'); the response cache stays in the home. Name a variable holding the URL, or
-# write it here as url = "postgresql://user:password@host:5432/llmgw".
+# 'llmgw[postgres]'); the response cache stays in the home. A URL with a password belongs in the
+# environment: give url_env, the name of the variable that holds it, instead of url.
 # [store]
-# url_env = "LLMGW_STORE_URL"
+# url = "postgresql://llmgw@localhost:5432/llmgw"
 
 [defaults]
 # max_tokens sent upstream when the client gave none: Anthropic requires it, and budgets need it
