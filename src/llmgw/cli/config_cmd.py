@@ -149,7 +149,14 @@ def apply(
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
     decl, problems = parse_file(path)
-    conn = open_db(h, config=path)
+    try:
+        conn = open_db(h, config=path)
+    except ConfigError:
+        if not problems:
+            raise
+        # the file itself cannot be read (invalid TOML...): its problems are reported below, as for
+        # any file, and nothing is written anywhere
+        conn = open_db(h, local=True)
     try:
         result = apply_decl(conn, decl, dry_run=dry_run, problems_before=problems)
     finally:
