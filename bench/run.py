@@ -283,7 +283,8 @@ def start_forwarder(procs: Procs, mock_port: int) -> Target:
 
 
 def start_llmgw(procs: Procs, mock_port: int, workdir: Path, python: str, name: str = "llmgw",
-                extra_config: str = "", serve_args: tuple[str, ...] = ()) -> Target:
+                extra_config: str = "", store_url: str | None = None,
+                serve_args: tuple[str, ...] = ()) -> Target:
     home = workdir / f"{name}-home"
     home.mkdir()
     cfg = workdir / f"{name}.toml"
@@ -298,6 +299,11 @@ def start_llmgw(procs: Procs, mock_port: int, workdir: Path, python: str, name: 
     env = {**os.environ, **NO_PROXY_ENV, "PYTHONPATH": pythonpath, "MOCK_KEY": "x"}
     env.pop("LLMGW_HOME", None)
     env.pop("LLMGW_CONFIG", None)
+    store_env: dict[str, str] = {}
+    if store_url:  # [store] on PostgreSQL: the URL through the environment, the CLI reads the same config
+        cfg.write_text(cfg.read_text() + '\n[store]\nurl_env = "BENCH_STORE_URL"\n')
+        store_env = {"BENCH_STORE_URL": store_url, "LLMGW_CONFIG": str(cfg)}
+        env.update(store_env)
     # Governance on, as the target demands: the key belongs to a team and a customer, has a
     # monthly budget, the customer a daily one, and the key request and token rate limits (all far
     # above what the run can spend, so every request is admitted but pays for the checks).
@@ -336,7 +342,7 @@ def start_llmgw(procs: Procs, mock_port: int, workdir: Path, python: str, name: 
         str(cfg),
         *serve_args,
     ]
-    proc = procs.start(name, cmd, env={"PYTHONPATH": pythonpath, "MOCK_KEY": "x"}, cwd=workdir)
+    proc = procs.start(name, cmd, env={"PYTHONPATH": pythonpath, "MOCK_KEY": "x", **store_env}, cwd=workdir)
     base = f"http://{HOST}:{port}"
 
     def healthz() -> tuple[bool, str]:
@@ -501,6 +507,14 @@ def report(targets: list[Target], skipped: dict[str, str], args: argparse.Namesp
             )
     else:
         print("llmgw/forwarder ratios: n/a (needs both llmgw and forwarder in --targets)")
+    pg = by_name.get("llmgw-pg")
+    if pg and gw:
+        for mode in ("non-stream", "stream"):
+            p, g = pg.results.get(mode), gw.results.get(mode)
+            if p and g and g["rps"] and g["p99_ms"]:
+                ratios[f"pg-{mode}"] = {"rps": p["rps"] / g["rps"], "p99": p["p99_ms"] / g["p99_ms"]}
+                print(f"llmgw-pg/llmgw  {mode:<10}  rps {p['rps'] / g['rps']:.2f}x   p99 {p['p99_ms'] / g['p99_ms']:.2f}x"
+                      "   (the store on PostgreSQL against the embedded SQLite default)")
     return {
         "tool": tool,
         "concurrency": args.concurrency,
@@ -738,6 +752,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: one llmgw instance with [cluster] (a throwaway redis-server) against the "
                              "embedded default")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, server logs)")
+    parser.add_argument("--store-url", default=os.environ.get("BENCH_STORE_URL"), metavar="URL",
+                        help="also measure llmgw-pg: llmgw with [store] on this (empty) PostgreSQL database "
+                             "(or $BENCH_STORE_URL); its ratio to llmgw is printed")
     args = parser.parse_args(argv)
     targets = parse_list(args.targets, ALL_TARGETS, "target")
     peers = parse_list(args.peers, ALL_PEERS, "peer")
@@ -785,10 +802,13 @@ def main(argv: list[str] | None = None) -> int:
         starters = {
             "forwarder": lambda: start_forwarder(procs, mock_port),
             "llmgw": lambda: start_llmgw(procs, mock_port, workdir, args.python),
+            "llmgw-pg": lambda: start_llmgw(procs, mock_port, workdir, args.python, "llmgw-pg",
+                                            store_url=args.store_url),
             "litellm": lambda: start_litellm(procs, mock_port, workdir, args.litellm_bin),
             "portkey": lambda: start_portkey(procs, mock_port, workdir, args.portkey_dir),
         }
-        for name in [t for t in targets if t != "mock"] + peers:
+        extra_targets = ["llmgw-pg"] if args.store_url else []
+        for name in [t for t in targets if t != "mock"] + extra_targets + peers:
             try:
                 ready.append(starters[name]())
                 log(f"  {name} ready")

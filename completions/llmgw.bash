@@ -69,8 +69,8 @@ _llmgw_spec() {
             _llmgw_args=0 ;;
         "llmgw config export")
             _llmgw_subs=""
-            _llmgw_opts="--home -h --help"
-            _llmgw_vopts="--home"
+            _llmgw_opts="--home -c --config -h --help"
+            _llmgw_vopts="--home -c --config"
             _llmgw_args=0 ;;
         "llmgw keys")
             _llmgw_subs="create list show disable enable revoke rotate"
@@ -269,6 +269,8 @@ _llmgw_values() {
         "llmgw config apply --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw config export --home")
+            compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
+        "llmgw config export -c"|"llmgw config export --config")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;
         "llmgw keys create --home")
             compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$3")) ;;

@@ -45,7 +45,7 @@ function __llmgw_value_options --argument-names path
         case 'llmgw config apply'
             printf '%s\n' -c --config --home
         case 'llmgw config export'
-            printf '%s\n' --home
+            printf '%s\n' --home -c --config
         case 'llmgw keys create'
             printf '%s\n' --home --customer --team --name --models --budget --period --rpm --tpm --expires --cache --cache-threshold
         case 'llmgw keys list'
@@ -139,7 +139,7 @@ complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'version' -d 'Print the llmgw 
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'report' -d 'Totals per group from the ledger: requests, errors, tokens and exact cost...'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'tail' -d 'Print the latest requests, then each new one as it lands: time (UTC)...'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'top' -d 'Live dashboard: customers\' spend against budgets, requests/min, cost per...'
-complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'doctor' -d 'Check the config, the database, the providers and the cache index; say what...'
+complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'doctor' -d 'Check the config, the database (and the PostgreSQL store of [store] url)...'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'config' -d 'Inspect and check the configuration; apply and export declared customers...'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'keys' -d 'Create, list and manage virtual keys.'
 complete -c llmgw -n '__llmgw_at \'llmgw\'' -f -a 'customers' -d 'Create, list and show customers.'
@@ -204,7 +204,7 @@ complete -c llmgw -n '__llmgw_at \'llmgw doctor\'' -s h -l help -d 'Show this me
 
 # llmgw config
 complete -c llmgw -n '__llmgw_at \'llmgw config\'' -f -a 'validate' -d 'Check the config file; print every problem as \'file: key: problem\' and exit...'
-complete -c llmgw -n '__llmgw_at \'llmgw config\'' -f -a 'show' -d 'Print the effective providers and aliases (no secrets: key variables are...'
+complete -c llmgw -n '__llmgw_at \'llmgw config\'' -f -a 'show' -d 'Print the effective providers, aliases and store (no secrets: key variables...'
 complete -c llmgw -n '__llmgw_at \'llmgw config\'' -f -a 'apply' -d 'Create and update the customers, teams, keys and budgets declared in the...'
 complete -c llmgw -n '__llmgw_at \'llmgw config\'' -f -a 'export' -d 'Print the customers, teams, keys and budgets in the database as llmgw.toml...'
 complete -c llmgw -n '__llmgw_at \'llmgw config\'' -s h -l help -d 'Show this message and exit.'
@@ -228,6 +228,7 @@ complete -c llmgw -n '__llmgw_at \'llmgw config apply\'' -s h -l help -d 'Show t
 
 # llmgw config export
 complete -c llmgw -n '__llmgw_at \'llmgw config export\'' -l home -r -F -d 'State directory (database, index).'
+complete -c llmgw -n '__llmgw_at \'llmgw config export\'' -s c -l config -r -F -d 'Config file.'
 complete -c llmgw -n '__llmgw_at \'llmgw config export\'' -s h -l help -d 'Show this message and exit.'
 
 # llmgw keys

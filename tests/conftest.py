@@ -66,8 +66,13 @@ class Daemon:
     def openai_base(self) -> str:
         return self.url + "/v1"
 
+    @property
+    def target(self) -> Any:
+        """The daemon's store: its home's SQLite file, or the PostgreSQL store of ``[store] url``."""
+        return self.extra.get("target") or paths.db_path(self.home)
+
     def db(self) -> sqlite3.Connection:
-        return store_db.connect(paths.db_path(self.home))
+        return store_db.connect(self.target)
 
     def ledger(self) -> list[dict[str, Any]]:
         conn = self.db()
@@ -80,7 +85,7 @@ class Daemon:
         return rows
 
     def mint(self, **kw: Any) -> str:
-        conn = store_db.open_db(paths.db_path(self.home))
+        conn = store_db.open_db(self.target)
         try:
             with conn:  # the caller owns the transaction
                 return mint(conn, **kw)[0]
@@ -121,7 +126,8 @@ def start_daemon(home: Path, config_text: str = "", environ: dict[str, str] | No
     cfg_path.write_text(config_text)
     env = dict(environ or {})
     config = cfgmod.load(cfg_path, environ=env)
-    conn = store_db.open_db(paths.db_path(home))
+    target = store_db.target(config.store.url, home)
+    conn = store_db.open_db(target)
     try:
         with conn:
             key = mint(conn, name="test", replace=True)[0]
@@ -154,7 +160,7 @@ def start_daemon(home: Path, config_text: str = "", environ: dict[str, str] | No
     t.start()
     if not ready.wait(20) or "error" in box:
         raise RuntimeError(f"daemon did not start: {box.get('error')!r}")
-    return Daemon(box["url"], home, key, box["loop"], box["stop"], t, clock, extra={"app": box["app"]})
+    return Daemon(box["url"], home, key, box["loop"], box["stop"], t, clock, extra={"app": box["app"], "target": target})
 
 
 def upstream_config(fake: FakeUpstream, extra: str = "") -> str:
@@ -232,3 +238,18 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
 def gw(daemon_factory: Any, upstream: FakeUpstream) -> Daemon:
     """The daemon in front of the fake upstream (providers openai, anthropic, demo)."""
     return daemon_factory(upstream_config(upstream), UPSTREAM_ENV)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """One throwaway PostgreSQL server for the session (``services.postgres_server``); skipped with
+    the reason when its binaries are missing. Tests take a database of their own: ``pg_url``."""
+    from services import postgres_server
+
+    yield from postgres_server()
+
+
+@pytest.fixture
+def pg_url(pg_server: Any) -> str:
+    """The URL (with a password) of a fresh, empty database on the session's PostgreSQL server."""
+    return str(pg_server.database())

@@ -100,6 +100,7 @@ def test_starter_toml_commented_examples_are_valid(in_tmp: Path) -> None:
     assert cfg.providers["demo"].type == "demo"
     assert cfg.aliases["fast"] == ["openai/gpt-4o-mini"]
     assert cfg.pricing["openai/gpt-4o-mini"].cached_input == Decimal("0.075")
+    assert cfg.store.url == "postgresql://llmgw@localhost:5432/llmgw"
 
 
 # ---- sections, unknown keys, raw sections ---------------------------------------------------

@@ -1,6 +1,6 @@
 """Typed settings loaded from ``llmgw.toml`` (``tomllib``); writing back with ``tomli-w``.
 
-Owns the schema of the config file: ``[server]``, ``[log]``, ``[ledger]``, ``[defaults]``, ``[retry]``,
+Owns the schema of the config file: ``[server]``, ``[log]``, ``[ledger]``, ``[store]``, ``[defaults]``, ``[retry]``,
 ``[providers.NAME]``, ``[aliases]``, ``[pricing."provider/model"]``, ``[cache]``, ``[webhooks]``,
 ``[admin]``, ``[metrics]`` and ``[ui]``, with their defaults. The governance sections (``[customers]``,
 ``[teams]``, ``[keys]``, ``[[budgets]]``) belong to ``llmgw config apply`` (``governance/declare.py``)
@@ -45,7 +45,7 @@ GATE_CLASSES = ("negation", "numbers", "languages", "formats", "directions", "po
                 "order")
 #: the governance sections, read by ``llmgw config apply``: kept raw in ``Config.raw``, not checked here
 DECLARED_SECTIONS = ("customers", "teams", "keys", "budgets")
-KNOWN_SECTIONS = ("server", "log", "ledger", "cluster", "defaults", "retry", "providers", "aliases", "pricing", "cache", "webhooks",
+KNOWN_SECTIONS = ("server", "log", "ledger", "store", "cluster", "defaults", "retry", "providers", "aliases", "pricing", "cache", "webhooks",
                   "admin", "metrics", "ui")
 #: the admin API's token when ``[admin]`` names no other variable
 ADMIN_TOKEN_ENV = "LLMGW_ADMIN_TOKEN"
@@ -100,6 +100,23 @@ class LedgerConfig:
     """``[ledger]``: retention of raw ledger rows (their hourly and daily roll-ups are kept)."""
 
     retain_days: int | None = None  # None: keep every raw row
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class StoreConfig:
+    """``[store]``: where definitions, the ledger and its roll-ups, events and idempotency records
+    live. ``url`` None (the default): the SQLite file under ``LLMGW_HOME``; a ``postgresql://`` URL
+    (or one read from the variable ``url_env`` names): that PostgreSQL database. The response cache
+    stays in the home's SQLite file either way (per instance)."""
+
+    url: str | None = None  # postgresql://user:password@host:port/dbname (never shown unredacted)
+    url_env: str | None = None
+
+    def __repr__(self) -> str:
+        url = _redact_url(self.url) if self.url else None
+        return f"StoreConfig(url={url!r}, url_env={self.url_env!r})"
+
+    __str__ = __repr__
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -256,6 +273,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
@@ -398,6 +416,7 @@ def _build(c: Checks, path: Path | None, doc: dict[str, Any], env: Mapping[str, 
     server = _server(c, section("server"))
     log = _log(c, section("log"))
     ledger = _ledger(c, section("ledger"))
+    store = _store(c, section("store"), env)
     cluster = _cluster(c, section("cluster"), env)
     defaults = _defaults(c, section("defaults"))
     retry = _retry(c, section("retry"))
@@ -405,7 +424,7 @@ def _build(c: Checks, path: Path | None, doc: dict[str, Any], env: Mapping[str, 
     aliases = _aliases(c, section("aliases"), providers)
     pricing = _pricing(c, section("pricing"))
     return Config(
-        path=path, server=server, log=log, ledger=ledger, cluster=cluster, defaults=defaults, retry=retry, providers=providers, aliases=aliases,
+        path=path, server=server, log=log, ledger=ledger, store=store, cluster=cluster, defaults=defaults, retry=retry, providers=providers, aliases=aliases,
         pricing=pricing, cache=_cache(c, section("cache")), webhooks=_webhooks(c, section("webhooks"), env),
         admin_token_env=_token(c, section("admin"), "admin", env),
         metrics_token_env=_token(c, section("metrics"), "metrics", env), ui=_ui(c, section("ui"), env), raw=doc,
@@ -442,6 +461,50 @@ def _log(c: Checks, t: dict[str, Any]) -> LogConfig:
 def _ledger(c: Checks, t: dict[str, Any]) -> LedgerConfig:
     c.unknown(t, ("retain_days",), "ledger")
     return LedgerConfig(retain_days=c.integer(t, "retain_days", "ledger", lo=1))
+
+
+def _store(c: Checks, t: dict[str, Any], env: Mapping[str, str]) -> StoreConfig:
+    c.unknown(t, ("url", "url_env"), "store")
+    url = c.string(t, "url", "store")
+    url_env = c.string(t, "url_env", "store")
+    if url is not None and url_env is not None:
+        c.add(("store", "url_env"), "give url or url_env, not both")
+    elif url_env is not None:
+        if not _ENV_NAME.match(url_env):
+            c.add(("store", "url_env"), f"{_show(url_env)} is not an environment variable name")
+        url = env.get(url_env, "").strip() or None
+        if url is None:
+            c.add(("store", "url_env"), f"environment variable {_show(url_env)} is not set")
+    if url is not None:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (a port that is not a number raises here)
+            bad = parts.scheme not in ("postgresql", "postgres") or "://" not in url
+        except ValueError:
+            bad = True
+        if bad:
+            c.add(("store", "url_env" if url_env else "url"),
+                  f"expected a postgresql:// URL, got {_redact_url(url)!r} (leave [store] out for the SQLite file)")
+            url = None
+    return StoreConfig(url=url, url_env=url_env)
+
+
+def load_store(path: str | os.PathLike[str] | None, *, environ: Mapping[str, str] | None = None) -> StoreConfig:
+    """Only the ``[store]`` section of ``path`` (``None``: no file, the SQLite default), checked:
+    what every CLI command needs to find the store, without the cost (or the complaints) of the
+    rest of the file. ``ConfigError`` for a file that cannot be read or a bad ``[store]``."""
+    if path is None:
+        return StoreConfig()
+    env = os.environ if environ is None else environ
+    p = Path(path)
+    c = Checks(str(p))
+    doc = _read(c, p)
+    store = StoreConfig()
+    if doc is not None and "store" in doc:
+        store = _store(c, c.table(doc["store"], "store") or {}, env)
+    if c.problems:
+        raise ConfigError("\n".join(c.problems))
+    return store
 
 
 def _cluster(c: Checks, t: dict[str, Any], env: Mapping[str, str]) -> ClusterConfig:
@@ -853,6 +916,12 @@ bodies = false
 # Delete raw ledger rows older than this many whole days; their hourly and daily roll-ups stay,
 # so reports do not change. Export first to keep them: llmgw ledger export --until DATE
 # retain_days = 400
+
+# PostgreSQL instead of the SQLite file under LLMGW_HOME for definitions and the ledger (pip install
+# 'llmgw[postgres]'); the response cache stays in the home. A URL with a password belongs in the
+# environment: give url_env, the name of the variable that holds it, instead of url.
+# [store]
+# url = "postgresql://llmgw@localhost:5432/llmgw"
 
 [defaults]
 # max_tokens sent upstream when the client gave none: Anthropic requires it, and budgets need it

@@ -19,10 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from pathlib import Path
 
 from .clock import Clock
 from .store import retention, rollups
+from .store.conn import Target
 from .store.db import open_db
 from .units import DAY_MS, iso_utc
 
@@ -31,7 +31,7 @@ log = logging.getLogger("llmgw.ledger")
 CHECK_SECONDS = 3600.0
 
 
-def catch_up(dbfile: Path) -> int:
+def catch_up(dbfile: Target) -> int:
     """Roll up every pending ledger row (in chunks, logging progress for a big backlog)."""
     conn = open_db(dbfile)
     try:
@@ -56,7 +56,7 @@ def cutoff(now_ms: int, days: int) -> int:
 class Retention:
     """Deletes raw rows older than ``ledger_days`` and erases bodies older than ``bodies_days``."""
 
-    def __init__(self, dbfile: Path, clock: Clock, *, ledger_days: int | None, bodies_days: int | None,
+    def __init__(self, dbfile: Target, clock: Clock, *, ledger_days: int | None, bodies_days: int | None,
                  every: float = CHECK_SECONDS) -> None:
         self.dbfile, self.clock, self.every = dbfile, clock, every
         self.ledger_days, self.bodies_days = ledger_days, bodies_days

@@ -63,6 +63,11 @@ def default_config_path(home_dir: Path) -> Path:
     return home_dir / CONFIG_NAME
 
 
+def spool_path(home_dir: Path) -> Path:
+    """Where the ledger writer keeps rows PostgreSQL could not take yet (``[store] url`` only)."""
+    return home_dir / "ledger-spool"
+
+
 def find_config(explicit: str | os.PathLike[str] | None, home_dir: Path) -> Path | None:
     """``--config``, then ``LLMGW_CONFIG``, then ``LLMGW_HOME/llmgw.toml`` if it exists."""
     if explicit:

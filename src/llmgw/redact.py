@@ -108,6 +108,10 @@ def secrets_of(config: Config, environ: Mapping[str, str]) -> list[str]:
         parts = urlsplit(pc.base_url)
         if parts.password:
             out.extend((parts.password, unquote(parts.password)))
+    if config.store.url:  # the PostgreSQL URL's password ([store] url or url_env)
+        parts = urlsplit(config.store.url)
+        if parts.password:
+            out.extend((parts.password, unquote(parts.password)))
     for section in ("admin", "metrics"):
         try:
             token = config.token(section, environ)

@@ -165,7 +165,7 @@ def _labels(home: Path) -> list[Any]:
 
     if not paths.db_path(home).is_file():
         return []
-    conn = open_readonly(home)
+    conn = open_readonly(home, local=True)
     try:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'cache_labels'").fetchone() is None:
             return []
@@ -377,9 +377,14 @@ def stats(
     from .common import open_existing_db, print_json
 
     since_ms = _since(since)
-    conn = open_existing_db(resolve_home(home))
+    h = resolve_home(home)
+    conn = open_existing_db(h, local=True)  # the cache's entries: the home's own file
     try:
         data = cstore.stats(conn, now_ms())
+    finally:
+        conn.close()
+    conn = open_existing_db(h)  # the ledger: the configured store ([store] url), the same file by default
+    try:
         by = {str(r[0]): int(r[1]) for r in conn.execute(
             "SELECT coalesce(cache, 'off'), count(*) FROM ledger WHERE ts_ms >= ? GROUP BY cache", (since_ms,))}
         saved = int(conn.execute("SELECT coalesce(sum(saved_nanos), 0) FROM ledger WHERE ts_ms >= ?",
@@ -427,7 +432,7 @@ def clear(
     from ..cache import store as cstore
     from .common import open_existing_db
 
-    conn = open_existing_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home), local=True)
     try:
         n = cstore.clear(conn, namespace)
     finally:
@@ -451,7 +456,7 @@ def delete(
 
     if (entry_id is None) == (prompt is None):
         raise UsageError("give exactly one of ID or --prompt TEXT")
-    conn = open_existing_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home), local=True)
     try:
         ids = [entry_id] if entry_id is not None else cstore.ids_by_prompt(conn, prompt or "")
         gone = cstore.delete(conn, ids)
@@ -484,7 +489,7 @@ def hits(
     if sort not in ("time", "similarity"):
         raise UsageError(f"--sort: expected time or similarity, got {sort!r}")
     since_ms = _since(since)
-    conn = open_readonly(resolve_home(home))
+    conn = open_readonly(resolve_home(home), local=True)
     try:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'cache_hit_log'").fetchone() is None:
             rows: list[dict[str, Any]] = []
@@ -516,12 +521,17 @@ def mark_wrong(
     from ..cache import store as cstore
     from ..clock import now_ms
     from ..errors import NotFound, UsageError
-    from .common import writing
+    from .common import open_existing_db, writing
 
-    with writing(resolve_home(home), existing=True) as conn:
+    h = resolve_home(home)
+    ledger = open_existing_db(h)  # the configured store ([store] url), the same file by default
+    try:
+        row = ledger.execute("SELECT cache, cache_entry_id, cache_similarity, request_body FROM ledger "
+                             "WHERE request_id = ?", (request_id,)).fetchone()
+    finally:
+        ledger.close()
+    with writing(h, existing=True, local=True) as conn:
         logged = cstore.hit_log(conn, request_id)
-        row = conn.execute("SELECT cache, cache_entry_id, cache_similarity, request_body FROM ledger "
-                           "WHERE request_id = ?", (request_id,)).fetchone()
         if logged is None and row is None:
             raise NotFound(f"REQUEST_ID: no request {request_id!r} in the ledger", param="REQUEST_ID",
                            code="not_found")
@@ -568,7 +578,7 @@ def inspect(
 
     h = resolve_home(home)
     cfg = load_config(config, h).cache
-    conn = open_existing_db(h)
+    conn = open_existing_db(h, local=True)
     try:
         emb = _embedder(model or cfg.model)
         import numpy as np

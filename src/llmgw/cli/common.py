@@ -42,12 +42,40 @@ def load_config(config: Path | None, home: Path) -> Any:
     return cfg.load(path)
 
 
-def open_db(home: Path) -> Any:
-    """The database under ``home`` for a command that creates things: the home directory and the
-    database are made if missing (``ResourceError`` when they cannot be)."""
+def store_target(home: Path, config: Path | None = None) -> Any:
+    """Where this home's definitions and ledger are: the ``[store] url`` of its config file
+    (``--config``, ``$LLMGW_CONFIG``, ``LLMGW_HOME/llmgw.toml``: only that section is read), else its
+    SQLite file. ``ConfigError`` for an unreadable file or a bad ``[store]``."""
+    from .. import config as cfg
     from .. import paths
     from ..store import db
 
+    path = paths.find_config(config, home)
+    if path is None:
+        return paths.db_path(home)
+    return db.target(cfg.load_store(path).url, home)
+
+
+def _pg(home: Path, local: bool, config: Path | None = None) -> Any:
+    """The PostgreSQL store of ``home`` (None: SQLite, or ``local``: the home's own file, for the cache)."""
+    if local:
+        return None
+    from ..store.conn import PgStore
+
+    t = store_target(home, config)
+    return t if isinstance(t, PgStore) else None
+
+
+def open_db(home: Path, *, local: bool = False, config: Path | None = None) -> Any:
+    """The database of ``home`` for a command that creates things: the home directory and the
+    database are made if missing (``ResourceError`` when they cannot be). With ``[store] url``:
+    that PostgreSQL database, migrated (``local``: the home's SQLite file regardless, for the cache)."""
+    from .. import paths
+    from ..store import db
+
+    pg = _pg(home, local, config)
+    if pg is not None:
+        return db.open_db(pg)
     paths.ensure_home(home)
     return db.open_db(paths.db_path(home))
 
@@ -72,22 +100,35 @@ def existing_db_path(home: Path) -> Path:
     raise NoHome(f"no llmgw home at {home}: {why} (check --home / $LLMGW_HOME)")
 
 
-def open_existing_db(home: Path) -> Any:
+def existing_target(home: Path, *, local: bool = False, config: Path | None = None) -> Any:
+    """``existing_db_path``, or the PostgreSQL store when the config names one (no home file needed)."""
+    pg = _pg(home, local, config)
+    return pg if pg is not None else existing_db_path(home)
+
+
+def open_existing_db(home: Path, *, local: bool = False, config: Path | None = None) -> Any:
     """The database of an existing home, migrated if it is older than this llmgw (``NoHome`` when
-    there is none: nothing is created)."""
+    there is none: nothing is created). With ``[store] url``: that PostgreSQL database, migrated."""
     from ..store import db
 
-    return db.open_db(existing_db_path(home))
+    return db.open_db(existing_target(home, local=local, config=config))
 
 
-def open_readonly(home: Path) -> Any:
+def open_readonly(home: Path, *, local: bool = False, config: Path | None = None) -> Any:
     """A ``mode=ro`` connection to the database of an existing home (never creates or migrates it;
     safe next to a running daemon). ``NoHome`` when there is none, ``ResourceError`` when the file
-    is not a database."""
+    is not a database. With ``[store] url``: a read-only PostgreSQL connection (``ResourceError``
+    when the server cannot be reached)."""
     import sqlite3
 
     from ..store import db
 
+    pg = _pg(home, local, config)
+    if pg is not None:
+        try:
+            return db.connect(pg, readonly=True)
+        except sqlite3.DatabaseError as e:
+            raise db.unusable(pg, e) from e
     path = existing_db_path(home)
     try:
         conn = db.connect(path, readonly=True)
@@ -102,13 +143,14 @@ def open_readonly(home: Path) -> Any:
 
 
 @contextmanager
-def writing(home: Path, *, existing: bool = False) -> Iterator[Any]:
+def writing(home: Path, *, existing: bool = False, local: bool = False, config: Path | None = None) -> Iterator[Any]:
     """The database of ``home`` for one write transaction: the command's governance calls commit
     together when the block ends, or not at all if it raises; closed afterwards. ``existing``: for
     commands that change what exists, the home must be there already (``NoHome``, nothing created)."""
     from ..store import db
 
-    conn = open_existing_db(home) if existing else open_db(home)
+    conn = (open_existing_db(home, local=local, config=config) if existing
+            else open_db(home, local=local, config=config))
     try:
         with db.transaction(conn):
             yield conn

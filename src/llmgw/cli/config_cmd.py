@@ -42,7 +42,10 @@ def validate(config: ConfigOpt = None, home: HomeOpt = None) -> None:
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
     decl, problems = parse_file(path)
-    problems += _against_database(decl, paths.db_path(h))
+    from ..store.conn import PgStore
+
+    url = cfgmod_store_url(path)
+    problems += _against_database(decl, PgStore(url) if url else paths.db_path(h))
     for p in problems:
         sys.stdout.write(p + "\n")
     if problems:
@@ -50,23 +53,43 @@ def validate(config: ConfigOpt = None, home: HomeOpt = None) -> None:
     err(f"{path}: ok")
 
 
-def _against_database(decl: Any, dbfile: Path) -> list[str]:
+def cfgmod_store_url(path: Path) -> str | None:
+    """The ``[store] url`` of the config file ``path`` (None: SQLite, or a [store] problem, which
+    the full check reports)."""
+    from .. import config as cfgmod
+    from ..errors import ConfigError
+
+    try:
+        return cfgmod.load_store(path).url
+    except ConfigError:
+        return None
+
+
+def _against_database(decl: Any, dbfile: Any) -> list[str]:
     """What ``config apply`` would refuse that only the database can tell (read only; an empty
-    database when there is none yet); warnings go to stderr."""
+    database when there is none yet); warnings go to stderr. ``dbfile``: the SQLite file or the
+    PostgreSQL store."""
     import sqlite3
 
     from ..governance.declare_apply import plan
     from ..store import db
+    from ..store.conn import PgStore, label
 
     try:
-        conn = db.connect(dbfile, readonly=True) if dbfile.exists() else db.open_db(Path(":memory:"))
+        if isinstance(dbfile, PgStore):
+            conn = db.connect(dbfile, readonly=True)
+            if not db.applied(conn):  # an empty store: as `config apply` would find it
+                conn.close()
+                conn = db.open_db(Path(":memory:"))
+        else:
+            conn = db.connect(dbfile, readonly=True) if dbfile.exists() else db.open_db(Path(":memory:"))
     except sqlite3.Error as e:
-        err(f"{dbfile}: cannot read the database ({e}): declarations not checked against it")
+        err(f"{label(dbfile)}: cannot read the database ({e}): declarations not checked against it")
         return []
     try:
         result = plan(conn, decl)
     except sqlite3.Error as e:  # e.g. a database from an older llmgw, not migrated yet
-        err(f"{dbfile}: cannot read the database ({e}): declarations not checked against it")
+        err(f"{label(dbfile)}: cannot read the database ({e}): declarations not checked against it")
         return []
     finally:
         conn.close()
@@ -77,7 +100,8 @@ def _against_database(decl: Any, dbfile: Path) -> list[str]:
 
 @app.command()
 def show(config: ConfigOpt = None, home: HomeOpt = None) -> None:
-    """Print the effective providers and aliases (no secrets: key variables are shown by name)."""
+    """Print the effective providers, aliases and store (no secrets: key variables are shown by name,
+    URLs without their password)."""
     from ..config import _redact_url
     from .common import load_config, print_json
 
@@ -87,6 +111,8 @@ def show(config: ConfigOpt = None, home: HomeOpt = None) -> None:
         "providers": {n: {"type": p.type, "base_url": _redact_url(p.base_url), "key_env": [k.env for k in p.keys],
                           "enabled": p.enabled, "models": p.models} for n, p in cfg.providers.items()},
         "aliases": cfg.aliases,
+        "store": {"url": _redact_url(cfg.store.url) if cfg.store.url else None, "url_env": cfg.store.url_env,
+                  "kind": "postgresql" if cfg.store.url else "sqlite"},
     })
 
 
@@ -123,7 +149,14 @@ def apply(
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
     decl, problems = parse_file(path)
-    conn = open_db(h)
+    try:
+        conn = open_db(h, config=path)
+    except ConfigError:
+        if not problems:
+            raise
+        # the file itself cannot be read (invalid TOML...): its problems are reported below, as for
+        # any file, and nothing is written anywhere
+        conn = open_db(h, local=True)
     try:
         result = apply_decl(conn, decl, dry_run=dry_run, problems_before=problems)
     finally:
@@ -145,7 +178,7 @@ def apply(
 
 
 @app.command()
-def export(home: HomeOpt = None) -> None:
+def export(home: HomeOpt = None, config: ConfigOpt = None) -> None:
     """Print the customers, teams, keys and budgets in the database as llmgw.toml sections.
 
     Secrets and their hashes are never exported (revoked keys are left out). Applying the output to
@@ -154,7 +187,7 @@ def export(home: HomeOpt = None) -> None:
     """
     from ..governance.declare_apply import export as export_decl
 
-    conn = open_existing_db(resolve_home(home))
+    conn = open_existing_db(resolve_home(home), config=config)
     try:
         text, notes = export_decl(conn)
     finally:

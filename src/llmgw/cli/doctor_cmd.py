@@ -58,7 +58,8 @@ def doctor(
     timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS", min=0.1,
                                            help="How long each provider call may take.")] = 5.0,
 ) -> None:
-    """Check the config, the database, the providers and the cache index; say what is wrong.
+    """Check the config, the database (and the PostgreSQL store of [store] url), the providers and the
+    cache index; say what is wrong.
 
     Prints one line per check, 'ok|warn|fail  CHECK: DETAIL'. Exit status 0 when no check failed
     (warnings included), 1 when one did. Doctor only reads: it never creates, migrates or repairs
@@ -71,6 +72,8 @@ def doctor(
     checks.append(_check_daemon(h, min(timeout, 2.0)))
     cfg = _check_config(checks, config, h)
     _check_database(checks, h)
+    if cfg is not None and cfg.store.url:
+        _check_store(checks, cfg.store.url)
     if cfg is not None:
         _check_providers(checks, cfg, offline=offline, timeout=timeout)
     else:
@@ -201,6 +204,42 @@ def _check_database(out: list[Check], home: Path) -> None:
                                         "back checkpoints"))
     else:
         out.append(Check("wal", "ok", f"{_size(size)}"))
+
+
+def _check_store(out: list[Check], url: str) -> None:
+    """``[store] url``: the PostgreSQL server answers, its migrations are current, its ledger rows."""
+    import sqlite3
+
+    from ..store import db
+    from ..store.conn import PgStore
+
+    store = PgStore(url)
+    try:
+        conn = db.connect(store, readonly=True)
+    except sqlite3.Error as e:
+        out.append(Check("store", "fail", f"{store.label}: {store.scrub(str(e))}"))
+        return
+    try:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+        out.append(Check("store", "ok", f"{store.label}: PostgreSQL {version}"))
+        known = [fn.__name__ for fn in db.MIGRATIONS]
+        applied = db.applied(conn)
+        missing = [n for n in known if n not in applied]
+        if not applied:
+            out.append(Check("store migrations", "warn", "none applied yet (the first command that writes, or "
+                                                         "llmgw serve, applies them)"))
+        elif missing:
+            out.append(Check("store migrations", "warn", f"{len(missing)} pending ({', '.join(missing)}): applied"
+                                                         " by the next command that writes, or llmgw serve"))
+        else:
+            out.append(Check("store migrations", "ok", f"current ({len(known)} applied)"))
+        if applied:
+            n = conn.execute("SELECT count(*) FROM ledger").fetchone()[0]
+            out.append(Check("store ledger", "ok", f"{n} row(s)"))
+    except sqlite3.Error as e:
+        out.append(Check("store", "fail", f"{store.label}: {store.scrub(str(e))}"))
+    finally:
+        conn.close()
 
 
 def _migrations(conn: Any, db: Any) -> Check:

@@ -125,7 +125,7 @@ def serve(
     if demo and worker is None:
         from ..governance.keys import mint
 
-        with writing(h) as conn:
+        with writing(h, config=config) as conn:
             secret, _ = mint(conn, name="demo", replace=True)
 
     from . import daemonfile

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import HomeOpt, existing_db_path, open_existing_db, resolve_home
+from .common import HomeOpt, existing_target, open_existing_db, resolve_home
 
 
 def top(
@@ -20,7 +20,7 @@ def top(
     Reads the database read-only next to a running daemon; ? lists the keys, q quits."""
     h = resolve_home(home)
     open_existing_db(h).close()  # bring an older database's schema up to date (a no-op otherwise)
-    path = existing_db_path(h)
+    path = existing_target(h)
 
     from ..tui.app import TopApp
 

@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import logging
 import sqlite3
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,6 +28,7 @@ import orjson
 
 from ..config import WebhookConfig
 from ..store import db as store_db
+from ..store.conn import Target, is_pg
 
 log = logging.getLogger("llmgw.events")
 
@@ -37,13 +37,18 @@ def store(conn: sqlite3.Connection, events: list[dict[str, Any]]) -> list[dict[s
     """Insert events, ignoring repeats; return the ones that were new (with their row id). Runs in the
     caller's transaction."""
     new = []
+    pg = is_pg(conn)  # no lastrowid there: the id comes back from RETURNING
     for ev in events:
         cur = conn.execute(
             "INSERT OR IGNORE INTO events (ts_ms, kind, budget_id, scope, scope_id, period_start_ms, threshold,"
-            " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)" + (" RETURNING id" if pg else ""),
             (ev["ts_ms"], ev["kind"], ev.get("budget_id"), ev.get("scope"), ev.get("scope_id"),
              ev.get("period_start_ms"), ev.get("threshold"), orjson.dumps(ev.get("detail") or {}).decode()))
-        if cur.rowcount:
+        if pg:
+            row = cur.fetchone()
+            if row is not None:
+                new.append({**ev, "id": row[0]})
+        elif cur.rowcount:
             new.append({**ev, "id": cur.lastrowid})
     return new
 
@@ -51,7 +56,7 @@ def store(conn: sqlite3.Connection, events: list[dict[str, Any]]) -> list[dict[s
 class EventSink:
     """Stores events off the event loop and delivers new ones to the webhook, in order."""
 
-    def __init__(self, db_path: Path, webhook: WebhookConfig | None, session: aiohttp.ClientSession,
+    def __init__(self, db_path: Target, webhook: WebhookConfig | None, session: aiohttp.ClientSession,
                  secret: bytes | None = None) -> None:
         self.db_path = db_path
         self.webhook = webhook

@@ -11,8 +11,8 @@ Scope and rules:
   its answer: in-process, and across instances in cluster mode (``shared``: claims in Redis, see
   ``cluster.node.SharedClaims``).
 - Streaming requests ignore the header (an SSE stream is not replayed from here).
-SQLite work runs in worker threads with short-lived connections: only requests carrying the
-header pay for it.
+SQLite work runs in worker threads with short-lived connections (PostgreSQL: a few kept
+connections, ``store.conn.borrowed``): only requests carrying the header pay for it.
 - The store failing (disk full, a lock held longer than the busy timeout) never becomes a bare 500:
   ``begin`` raises a typed 503 (``ServiceUnavailable``, code ``idempotency_unavailable``) before the
   request runs; ``finish`` logs and gives the slot up, and the answer is still delivered (it was
@@ -26,13 +26,15 @@ import hashlib
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..clock import Clock, wall_ms
 from ..errors import InvalidRequest, LlmgwError, ServiceUnavailable
 from ..store import db as store_db
+from ..store.conn import PgStore, Target, borrowed
 
 log = logging.getLogger("llmgw.idempotency")
 
@@ -60,32 +62,42 @@ def request_hash(raw_body: bytes) -> str:
     return hashlib.sha256(raw_body).hexdigest()
 
 
-def _lookup(db_path: Path, key_id: str, idem_key: str, now_ms: int) -> tuple[str, Stored] | None:
+@contextmanager
+def _connection(db_path: Target) -> Iterator[Any]:
+    if isinstance(db_path, PgStore):  # a kept connection: a new one is a TCP + SCRAM handshake per request
+        with borrowed(db_path) as conn:
+            yield conn
+        return
     conn = store_db.connect(db_path)
     try:
-        row = conn.execute("SELECT request_hash, status, content_type, body, created_ms FROM idempotency"
-                           " WHERE key_id = ? AND idem_key = ?", (key_id, idem_key)).fetchone()
+        yield conn
     finally:
         conn.close()
+
+
+def _lookup(db_path: Target, key_id: str, idem_key: str, now_ms: int) -> tuple[str, Stored] | None:
+    with _connection(db_path) as conn:
+        row = conn.execute("SELECT request_hash, status, content_type, body, created_ms FROM idempotency"
+                           " WHERE key_id = ? AND idem_key = ?", (key_id, idem_key)).fetchone()
     if row is None or row["created_ms"] < now_ms - TTL_MS:
         return None
     return row["request_hash"], Stored(row["status"], row["content_type"], bytes(row["body"]))
 
 
-def _store(db_path: Path, key_id: str, idem_key: str, rhash: str, stored: Stored, now_ms: int) -> None:
-    conn = store_db.connect(db_path)
-    try:
+def _store(db_path: Target, key_id: str, idem_key: str, rhash: str, stored: Stored, now_ms: int) -> None:
+    with _connection(db_path) as conn:
         with conn:
             conn.execute("DELETE FROM idempotency WHERE created_ms < ?", (now_ms - TTL_MS,))
-            conn.execute("INSERT OR REPLACE INTO idempotency (key_id, idem_key, request_hash, status, content_type,"
-                         " body, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            conn.execute("INSERT INTO idempotency (key_id, idem_key, request_hash, status, content_type,"
+                         " body, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key_id, idem_key) DO UPDATE"
+                         " SET request_hash = excluded.request_hash, status = excluded.status,"
+                         " content_type = excluded.content_type, body = excluded.body,"
+                         " created_ms = excluded.created_ms",
                          (key_id, idem_key, rhash, stored.status, stored.content_type, stored.body, now_ms))
-    finally:
-        conn.close()
 
 
 class Idempotency:
-    def __init__(self, db_path: Path, clock: Clock = wall_ms) -> None:
+    def __init__(self, db_path: Target, clock: Clock = wall_ms) -> None:
         self.db_path = db_path
         self.clock = clock
         self._in_flight: dict[tuple[str, str], asyncio.Future[Stored | None]] = {}

@@ -33,7 +33,6 @@ import secrets
 import sqlite3
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -43,6 +42,7 @@ from ..clock import Clock, wall_ms
 from ..config import CACHE_MODES
 from ..errors import Conflict, NotFound, Unauthorized, UsageError
 from ..store import db as store_db
+from ..store.conn import Target
 from ..units import PERIODS, iso_utc
 from .budgets import upsert_budget
 from .hierarchy import get_customer, get_team
@@ -346,7 +346,7 @@ class KeyTable:
     query at a time.
     """
 
-    def __init__(self, db_path: Path | None = None, clock: Clock = wall_ms,
+    def __init__(self, db_path: Target | None = None, clock: Clock = wall_ms,
                  negative_size: int = NEGATIVE_CACHE_SIZE) -> None:
         self._by_hash: dict[str, _Entry] = {}
         self.db_lookups = 0  # queries made for hashes the table did not know

@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
-from .. import paths, reports
+from .. import reports
 from ..checks import Checks
 from ..clock import Clock
 from ..config import Config
@@ -51,6 +51,7 @@ from ..governance import hierarchy
 from ..governance import keys as govkeys
 from ..governance.budgets import PERIODS, SCOPES, budget_report, delete_budget, select_budgets, upsert_budget
 from ..store import db as store_db
+from ..store.conn import Target
 from ..tomltext import show
 from ..units import MAX_NANOS, parse_time, parse_usd, usd
 from .http import read_body
@@ -127,7 +128,7 @@ def _budget_def(row: sqlite3.Row) -> dict[str, Any]:
 class AdminApi:
     body_timeout: float | None = None  # server.body_timeout, set by add_routes
 
-    def __init__(self, dbfile: Path, token: str, max_body: int, clock: Clock,
+    def __init__(self, dbfile: Target, token: str, max_body: int, clock: Clock,
                  refresh: Callable[[], Awaitable[None]]) -> None:
         self.dbfile = dbfile
         self.clock = clock
@@ -408,7 +409,7 @@ def add_routes(app: web.Application, config: Config, home: Path, environ: Mappin
         return
     if len(token) < 16:
         log.warning("the admin token is short (%d characters): use a long random one", len(token))
-    api = AdminApi(paths.db_path(home), token, config.server.max_body_bytes, clock, refresh)
+    api = AdminApi(store_db.target(config.store.url, home), token, config.server.max_body_bytes, clock, refresh)
     api.body_timeout = config.server.body_timeout
     methods: dict[str, list[str]] = {}
     for method, path, handler in api.routes():

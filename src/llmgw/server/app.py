@@ -368,9 +368,11 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         paths.ensure_home(home)
-        dbfile = paths.db_path(home)
+        dbfile = store_db.target(config.store.url, home)  # the SQLite file, or PostgreSQL ([store] url)
+        if not isinstance(dbfile, Path):  # the response cache stays in the home's own SQLite file
+            await asyncio.to_thread(lambda: store_db.open_db(paths.db_path(home)).close())
         await asyncio.to_thread(housekeeping.catch_up, dbfile)  # roll-ups exact before the budgets load
-        writer = LedgerWriter(dbfile)
+        writer = LedgerWriter(dbfile, spool=paths.spool_path(home))  # (the spool: PostgreSQL only)
         writer.start()
         reader = store_db.connect(dbfile)
         keys = KeyTable(dbfile, clock)

@@ -43,11 +43,12 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 from aiohttp import web
 
-from .. import paths, reports, ui_data
+from .. import reports, ui_data
 from ..clock import Clock
 from ..config import Config
 from ..errors import InvalidRequest, LlmgwError, MethodNotAllowed, NotFound, PermissionDenied, Unauthorized
 from ..store import db as store_db
+from ..store.conn import Target
 from .http import read_body
 
 log = logging.getLogger("llmgw.ui")
@@ -181,7 +182,7 @@ class LoginLimiter:
 
 
 class FinancePage:
-    def __init__(self, dbfile: Path, config: Config, tokens: list[str], clock: Clock,
+    def __init__(self, dbfile: Target, config: Config, tokens: list[str], clock: Clock,
                  now: Callable[[], float] = time.monotonic) -> None:
         assert config.ui is not None
         self.dbfile, self.clock = dbfile, clock
@@ -280,7 +281,7 @@ class FinancePage:
 
     async def db(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:
-            if not self.dbfile.exists():
+            if isinstance(self.dbfile, Path) and not self.dbfile.exists():
                 raise NotFound("nothing recorded yet: no database")
             conn = store_db.connect(self.dbfile, readonly=True)
             try:
@@ -427,7 +428,7 @@ def add_routes(app: web.Application, config: Config, home: Path, environ: dict[s
     if len(token) < 16:
         log.warning("the finance page's token is short (%d characters): use a long random one", len(token))
     admin = config.token("admin", environ)
-    page = FinancePage(paths.db_path(home), config, [token, *([admin] if admin else [])], clock)
+    page = FinancePage(store_db.target(config.store.url, home), config, [token, *([admin] if admin else [])], clock)
     methods: dict[str, list[str]] = {}
     for method, path, handler in page.routes():
         app.router.add_route(method, path, secured(guarded(handler)))

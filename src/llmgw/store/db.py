@@ -1,11 +1,17 @@
-"""Opening the SQLite database and migrating its schema.
+"""Opening the store (a SQLite file, or PostgreSQL with ``[store] url``) and migrating its schema.
 
-Owns: connection pragmas and the append-only migration list.
+Owns: connection pragmas and the append-only migration list, applied to either store.
 
 Invariants:
-- Every connection uses WAL, ``synchronous=NORMAL``, ``busy_timeout=5000`` and ``foreign_keys=ON``.
-- Migrations are ``sqlite_utils.Migrations`` functions in ``MIGRATIONS``. The list is append-only: a
-  released migration is never edited, removed or reordered; a schema change is a new function.
+- ``connect``/``open_db`` take a ``Target``: a SQLite file's ``Path`` (the default) or a
+  ``conn.PgStore``; the PostgreSQL connection looks like a ``sqlite3.Connection`` (``store.conn``).
+- Every SQLite connection uses WAL, ``synchronous=NORMAL``, ``busy_timeout=5000`` and ``foreign_keys=ON``.
+- Migrations are the functions in ``MIGRATIONS``: ONE list for both stores. The list is append-only:
+  a released migration is never edited, removed or reordered; a schema change is a new function. A
+  step is portable SQL (``db.execute(sql)``; on PostgreSQL it is run in its types: ``conn._ddl``)
+  or a per-dialect pair (``_per_dialect``). SQLite applies them as ``sqlite_utils.Migrations``
+  (recorded in ``_sqlite_migrations``); PostgreSQL records them the same way (migration set, name,
+  time) in ``llmgw_migrations``, all pending steps in one transaction under an advisory lock.
 - ``migrate`` is cheap when nothing is pending (one raw query, no sqlite-utils import), and safe
   when two processes (daemon and CLI) race to migrate: check and apply run under one write lock.
 - Money is integer nano-dollars (``cost_nanos``), never a float.
@@ -19,31 +25,42 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import paths
 from ..errors import ResourceError
+from .conn import MIGRATE_LOCK, PgConnection, PgStore, Target, _ddl, connect_pg, is_pg
+from .conn import label as target_label
 
 if TYPE_CHECKING:
     from sqlite_utils import Database, Migrations
 
 MIGRATION_SET = "llmgw"
 MIGRATIONS_TABLE = "_sqlite_migrations"  # sqlite_utils.Migrations.migrations_table
+PG_MIGRATIONS_TABLE = "llmgw_migrations"
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open ``path`` with the project's pragmas; the parent directory is created unless readonly.
+def target(url: str | None, home_dir: Path) -> Target:
+    """The store: PostgreSQL at ``url`` (``[store] url``), else the SQLite file under ``home_dir``."""
+    return PgStore(url) if url else paths.db_path(home_dir)
+
+
+def connect(path: Target, *, readonly: bool = False) -> Any:
+    """Open ``path`` (a ``PgStore``: a PostgreSQL connection, see ``store.conn``) with the project's pragmas; the parent directory is created unless readonly.
 
     Durability: WAL with ``synchronous=NORMAL`` means a committed transaction survives the process
     being killed (even SIGKILL): the commit has reached the WAL file in the OS before ``commit()``
     returns. It is not fsynced on every commit, so an OS crash or power loss may lose the last few
-    transactions (never corrupt the file). Surviving a process kill is our requirement.
+    transactions (never corrupt the file). Surviving a process kill is our requirement. (PostgreSQL:
+    a commit is durable when it returns.)
 
     ``readonly=True`` opens a connection that cannot write (``query_only``; ``mode=ro`` where the
     directory is not writable); the file must already exist. A new database file is created 0600
     (its -wal and -shm files follow), a new parent directory 0700: they hold prompts, answers and
     key hashes.
     """
+    if isinstance(path, PgStore):
+        return connect_pg(path, readonly=readonly)
     path = Path(path)
     if readonly:
         # mode=rw + query_only where we may write the directory: SQLite can then open (or create) the
@@ -93,7 +110,7 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.commit()
 
 
-def data_version(conn: sqlite3.Connection) -> int:
+def data_version(conn: sqlite3.Connection) -> int:  # SQLite only
     """``PRAGMA data_version``: changes when *another* connection commits anything at all."""
     return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
@@ -107,6 +124,27 @@ def definitions_version(conn: sqlite3.Connection) -> int:
 
 
 # ---- migrations (append-only: never edit a released function, add a new one) ---------------------
+
+
+def _dialect(db: Any) -> str:
+    return "postgres" if isinstance(db, _PgMigrationDb) else "sqlite"
+
+
+def _per_dialect(db: Any, *, sqlite: list[str], postgres: list[str]) -> None:
+    """A step written twice: once for each store."""
+    for sql in (postgres if _dialect(db) == "postgres" else sqlite):
+        db.execute(sql)
+
+
+class _PgMigrationDb:
+    """What a migration function is handed on PostgreSQL: ``execute`` runs a SQLite-typed statement
+    in PostgreSQL's types, in the migration's transaction."""
+
+    def __init__(self, conn: PgConnection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        return self.conn.raw.execute(_ddl(sql) if sql.lstrip()[:6].upper() in ("CREATE", "ALTER ") else sql, params)
 
 
 def m001_initial(db: Database) -> None:
@@ -136,6 +174,9 @@ def m001_initial(db: Database) -> None:
         "CREATE INDEX ledger_key_ts ON ledger(key_id, ts_ms)",
     ):
         db.execute(sql)
+    if _dialect(db) == "postgres":  # SQLite's implicit rowid orders rows made in one millisecond
+        for table in ("customers", "teams", "keys"):
+            db.execute(f"ALTER TABLE {table} ADD COLUMN rowid BIGINT GENERATED ALWAYS AS IDENTITY")
 
 
 def m002_usage_estimated(db: Database) -> None:
@@ -202,10 +243,17 @@ def m004_definitions_version(db: Database) -> None:
     """A version counter for definitions, bumped by triggers (see ``definitions_version``)."""
     db.execute("CREATE TABLE definitions_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO definitions_version (version) VALUES (0)")
-    for table in ("customers", "teams", "keys", "budgets"):
-        for op in ("INSERT", "UPDATE", "DELETE"):
-            db.execute(f"CREATE TRIGGER {table}_{op.lower()}_bumps_version AFTER {op} ON {table} "
-                       "BEGIN UPDATE definitions_version SET version = version + 1; END")
+    _per_dialect(db, sqlite=[
+        f"CREATE TRIGGER {table}_{op.lower()}_bumps_version AFTER {op} ON {table} "
+        "BEGIN UPDATE definitions_version SET version = version + 1; END"
+        for table in ("customers", "teams", "keys", "budgets") for op in ("INSERT", "UPDATE", "DELETE")
+    ], postgres=[
+        "CREATE FUNCTION llmgw_bump_definitions_version() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN UPDATE definitions_version SET version = version + 1; RETURN NULL; END $$",
+        *(f"CREATE TRIGGER {table}_bumps_version AFTER INSERT OR UPDATE OR DELETE ON {table}"
+          " FOR EACH ROW EXECUTE FUNCTION llmgw_bump_definitions_version()"
+          for table in ("customers", "teams", "keys", "budgets")),
+    ])
 
 
 def m005_cache(db: Database) -> None:
@@ -320,8 +368,56 @@ def _applied(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in cur}
 
 
-def migrate(conn: sqlite3.Connection) -> None:
+def _applied_pg(conn: PgConnection) -> set[str]:
+    raw = conn.raw
+    row: Any = raw.execute(f"SELECT to_regclass('{PG_MIGRATIONS_TABLE}')").fetchone()
+    if row[0] is None:
+        return set()
+    return {r[0] for r in raw.execute(f"SELECT name FROM {PG_MIGRATIONS_TABLE} WHERE migration_set = %s",
+                                      (MIGRATION_SET,))}
+
+
+def _migrate_pg(conn: PgConnection) -> None:
+    """Every pending step in one transaction, under an advisory lock (racing migrators wait, then
+    find nothing left to do); PostgreSQL's DDL is transactional, so a failed step leaves nothing."""
+    from ..clock import now_ms
+    from ..units import iso_utc
+
+    wanted = [fn.__name__ for fn in MIGRATIONS]
+    if set(wanted) <= _applied_pg(conn):
+        return
+    raw = conn.raw
+    try:
+        with raw.transaction():
+            raw.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            raw.execute(f"CREATE TABLE IF NOT EXISTS {PG_MIGRATIONS_TABLE} (migration_set TEXT NOT NULL,"
+                        " name TEXT NOT NULL, applied_at TEXT NOT NULL, PRIMARY KEY (migration_set, name))")
+            done = _applied_pg(conn)
+            db = _PgMigrationDb(conn)
+            for fn in MIGRATIONS:
+                if fn.__name__ in done:
+                    continue
+                fn(db)  # type: ignore[arg-type]
+                raw.execute(f"INSERT INTO {PG_MIGRATIONS_TABLE} (migration_set, name, applied_at) VALUES (%s, %s, %s)",
+                            (MIGRATION_SET, fn.__name__, iso_utc(now_ms())))
+    except Exception as e:
+        from .conn import _is_driver_error, as_sqlite_error
+
+        if _is_driver_error(e):
+            raise as_sqlite_error(e, conn.store) from None
+        raise
+
+
+def applied(conn: Any) -> set[str]:
+    """The names of the migrations applied to this store."""
+    return _applied_pg(conn) if is_pg(conn) else _applied(conn)
+
+
+def migrate(conn: Any) -> None:
     """Apply pending migrations in one ``BEGIN IMMEDIATE`` transaction (idempotent)."""
+    if is_pg(conn):
+        _migrate_pg(conn)
+        return
     if {fn.__name__ for fn in MIGRATIONS} <= _applied(conn):
         return
     from sqlite_utils import Database
@@ -337,7 +433,7 @@ def migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
-def open_db(path: Path) -> sqlite3.Connection:
+def open_db(path: Target) -> Any:
     """``connect`` + ``migrate``: the way every component opens the database for writing.
 
     A database that cannot be opened or migrated (not a database, unreadable, a full disk, a
@@ -357,6 +453,7 @@ def open_db(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def unusable(path: Path, exc: BaseException) -> ResourceError:
-    """The ``ResourceError`` for a database file that cannot be used."""
-    return ResourceError(f"cannot open the database {path}: {exc}")
+def unusable(path: Target, exc: BaseException) -> ResourceError:
+    """The ``ResourceError`` for a database (file or server) that cannot be used."""
+    msg = path.scrub(str(exc)) if isinstance(path, PgStore) else str(exc)
+    return ResourceError(f"cannot open the database {target_label(path)}: {msg}")

@@ -26,6 +26,7 @@ from typing import Any
 from ..errors import UsageError
 from ..units import DAY_MS, iso_utc
 from . import rollups
+from .conn import is_pg
 from .db import transaction
 
 CHUNK_ROWS = 20_000
@@ -46,7 +47,10 @@ class PruneResult:
 
 
 def db_bytes(conn: sqlite3.Connection) -> int:
-    """The database's size in bytes, free pages excluded (what a full vacuum would leave)."""
+    """The database's size in bytes, free pages excluded (what a full vacuum would leave; PostgreSQL:
+    the database's size as it reports it)."""
+    if is_pg(conn):
+        return int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
     page = int(conn.execute("PRAGMA page_size").fetchone()[0])
     count = int(conn.execute("PRAGMA page_count").fetchone()[0])
     free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
@@ -54,7 +58,9 @@ def db_bytes(conn: sqlite3.Connection) -> int:
 
 
 def file_bytes(conn: sqlite3.Connection) -> int:
-    """The database file's size in bytes (free pages included)."""
+    """The database file's size in bytes (free pages included; PostgreSQL: the database's size)."""
+    if is_pg(conn):
+        return db_bytes(conn)
     return int(conn.execute("PRAGMA page_count").fetchone()[0]) * int(conn.execute("PRAGMA page_size").fetchone()[0])
 
 
@@ -124,13 +130,18 @@ def prune_bodies(conn: sqlite3.Connection, before_ms: int, *, dry_run: bool = Fa
 
 
 def auto_vacuum(conn: sqlite3.Connection) -> str:
+    if is_pg(conn):
+        return "postgresql"  # autovacuum reuses the space of deleted rows; the server owns the files
     return {0: "none", 1: "full", 2: "incremental"}.get(int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]), "?")
 
 
 def reclaim(conn: sqlite3.Connection, *, full: bool = False, pages: int = VACUUM_PAGES) -> bool:
     """Give free pages back to the file system: chunk by chunk on an incremental-vacuum database;
     ``full``: convert an older database with one ``VACUUM`` (holds the write lock while it runs:
-    for a quiet moment). Returns whether the file could shrink."""
+    for a quiet moment). Returns whether the file could shrink. PostgreSQL: nothing to do here
+    (autovacuum makes the space reusable), False."""
+    if is_pg(conn):
+        return False
     if full and auto_vacuum(conn) != "incremental":
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("VACUUM")

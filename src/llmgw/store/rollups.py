@@ -30,8 +30,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import ResourceError, UsageError
 from ..units import DAY_MS, iso_utc, window
+from .conn import is_pg
 from .db import transaction
 
 log = logging.getLogger("llmgw.ledger")
@@ -75,9 +76,30 @@ def schema_sql() -> list[str]:
             "CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"]
 
 
-def _month_sql(ms: str) -> str:
+def _month_sql(ms: str, pg: bool = False) -> str:
     """SQL for the UTC calendar month start (epoch ms) of the epoch-ms expression ``ms``."""
+    if pg:
+        return (f"CAST(EXTRACT(EPOCH FROM date_trunc('month', to_timestamp(({ms}) / 1000) AT TIME ZONE 'UTC'))"
+                " AS BIGINT) * 1000")
     return f"CAST(strftime('%s', ({ms}) / 1000, 'unixepoch', 'start of month') AS INTEGER) * 1000"
+
+
+def _measure(m: str, pg: bool) -> str:
+    """What a raw ledger row contributes to measure ``m`` (PostgreSQL: the error test as 0/1, not a boolean)."""
+    if pg and m == "errors":
+        return f"CAST({_RAW_MEASURE[m]} AS INTEGER)"
+    return _RAW_MEASURE[m]
+
+
+def _upsert(table: str, pg: bool) -> str:
+    """``ON CONFLICT`` adding a group's measures to its row of ``table`` (PostgreSQL names the key,
+    qualifies the old row's columns and says GREATEST)."""
+    if pg:
+        sets = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in MEASURES)
+        return (f" ON CONFLICT (start_ms, {', '.join(DIMS)}) DO UPDATE SET {sets},"
+                f" last_ms = GREATEST({table}.last_ms, excluded.last_ms)")
+    sets = ", ".join(f"{m} = {m} + excluded.{m}" for m in MEASURES)
+    return f" ON CONFLICT DO UPDATE SET {sets}, last_ms = max(last_ms, excluded.last_ms)"
 
 
 # ---- rolling up ------------------------------------------------------------------------------------
@@ -87,23 +109,25 @@ def _aggregate(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> N
     """Add the raw rows matching ``where`` to both tables: one GROUP BY over the raw rows into an
     hourly scratch table, upserted into ``ledger_hourly`` and, grouped by day, into ``ledger_daily``
     (the raw rows are read once)."""
+    pg = is_pg(conn)
     dims = ", ".join(f"{_RAW_DIM[d]}" for d in DIMS)
-    sums = ", ".join(f"SUM({_RAW_MEASURE[m]})" for m in MEASURES)
+    sums = ", ".join(f"SUM({_measure(m, pg)})" for m in MEASURES)
     group = ", ".join(str(i) for i in range(1, len(DIMS) + 2))
     cols = f"start_ms, {', '.join(DIMS)}, {', '.join(MEASURES)}, last_ms"
-    sets = ", ".join(f"{m} = {m} + excluded.{m}" for m in MEASURES)
-    upsert = f" ON CONFLICT DO UPDATE SET {sets}, last_ms = max(last_ms, excluded.last_ms)"
-    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS rollup_scratch AS SELECT {cols} FROM {TABLES['hour']} WHERE 0")
-    conn.execute("DELETE FROM temp.rollup_scratch")
-    conn.execute(f"INSERT INTO temp.rollup_scratch ({cols}) SELECT ts_ms - ts_ms % {HOUR_MS}, {dims}, {sums},"
+    scratch = "pg_temp.rollup_scratch" if pg else "temp.rollup_scratch"
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS rollup_scratch AS SELECT {cols} FROM {TABLES['hour']}"
+                 f" WHERE {'false' if pg else '0'}")
+    conn.execute(f"DELETE FROM {scratch}")
+    conn.execute(f"INSERT INTO {scratch} ({cols}) SELECT ts_ms - ts_ms % {HOUR_MS}, {dims}, {sums},"
                  f" MAX(ts_ms) FROM ledger WHERE {where} GROUP BY {group}", args)
     # "WHERE true": an upsert's SELECT needs a WHERE, or ON CONFLICT would parse as a join constraint
-    conn.execute(f"INSERT INTO {TABLES['hour']} ({cols}) SELECT {cols} FROM temp.rollup_scratch WHERE true{upsert}")
-    for table, start in ((TABLES["day"], f"start_ms - start_ms % {DAY_MS}"), (TABLES["month"], _month_sql("start_ms"))):
+    conn.execute(f"INSERT INTO {TABLES['hour']} ({cols}) SELECT {cols} FROM {scratch} WHERE true{_upsert(TABLES['hour'], pg)}")
+    for table, start in ((TABLES["day"], f"start_ms - start_ms % {DAY_MS}"),
+                         (TABLES["month"], _month_sql("start_ms", pg))):
         conn.execute(f"INSERT INTO {table} ({cols}) SELECT {start}, {', '.join(DIMS)},"
-                     f" {', '.join(f'SUM({m})' for m in MEASURES)}, MAX(last_ms) FROM temp.rollup_scratch"
-                     f" GROUP BY {group}{upsert}")
-    conn.execute("DELETE FROM temp.rollup_scratch")
+                     f" {', '.join(f'SUM({m})' for m in MEASURES)}, MAX(last_ms) FROM {scratch}"
+                     f" GROUP BY {group}{_upsert(table, pg)}")
+    conn.execute(f"DELETE FROM {scratch}")
 
 
 def rolled_up_to(conn: sqlite3.Connection) -> int:
@@ -151,10 +175,14 @@ class Roller:
     block waiting for rows before it should roll up what it committed). Each roll-up is one short
     transaction of at most ``max_rows`` ids, so the writer is never held for long."""
 
-    def __init__(self, conn: sqlite3.Connection, *, interval: float = 0.5, max_rows: int = 50_000) -> None:
-        self.conn, self.interval, self.max_rows = conn, interval, max_rows
+    def __init__(self, conn: sqlite3.Connection | None, *, interval: float = 0.5, max_rows: int = 50_000,
+                 connect: Callable[[], Any] | None = None) -> None:
+        # conn None: made by ``connect`` when first needed (a PostgreSQL writer started while the
+        # server was unreachable)
+        self.conn, self.interval, self.max_rows, self.connect = conn, interval, max_rows, connect
         self.dirty = True  # rows may be pending from before this process
         self._last = 0.0
+        self._failing = False  # one warning per streak of failed steps, not one per attempt
 
     def committed(self) -> None:
         self.dirty = True
@@ -167,11 +195,20 @@ class Roller:
     def run(self) -> None:
         self._last = time.monotonic()
         try:
+            if self.conn is None:
+                if self.connect is None:
+                    return
+                self.conn = self.connect()
             with transaction(self.conn):
                 n = step(self.conn, self.max_rows)
-        except sqlite3.Error as e:  # e.g. locked or disk full: the rows are safe, try again later
-            log.warning("ledger roll-up step failed (will retry): %s", e)
+        except (sqlite3.Error, ResourceError) as e:  # e.g. locked or disk full: the rows are safe, try again later
+            if not self._failing:
+                log.warning("ledger roll-up step failed (will retry): %s", e)
+            self._failing = True
             return
+        if self._failing:
+            log.warning("ledger roll-up steps work again")
+        self._failing = False
         self.dirty = n >= self.max_rows
 
 
@@ -207,12 +244,12 @@ def rebuild(conn: sqlite3.Connection) -> int:
     # what _aggregate adds for the hours from `since`, plus the daily rows of the boundary month before it
     _aggregate(conn, "ts_ms >= ? AND id <= ?", (since, rolled_up_to(conn)))
     if month < since:
+        pg = is_pg(conn)
         cols = f"start_ms, {', '.join(DIMS)}, {', '.join(MEASURES)}, last_ms"
-        sets = ", ".join(f"{m} = {m} + excluded.{m}" for m in MEASURES)
         conn.execute(f"INSERT INTO {TABLES['month']} ({cols}) SELECT {month}, {', '.join(DIMS)},"
                      f" {', '.join(f'SUM({m})' for m in MEASURES)}, MAX(last_ms) FROM {TABLES['day']}"
                      f" WHERE start_ms >= ? AND start_ms < ? GROUP BY {', '.join(DIMS)}"
-                     f" ON CONFLICT DO UPDATE SET {sets}, last_ms = max(last_ms, excluded.last_ms)", (month, since))
+                     f"{_upsert(TABLES['month'], pg)}", (month, since))
     return since
 
 
@@ -233,14 +270,15 @@ def verify(conn: sqlite3.Connection) -> list[Mismatch]:
     one read transaction."""
     since, upto = pruned_before(conn) or 0, rolled_up_to(conn)
     month = window("month", since)[0] if since else 0
-    sums = ", ".join(f"SUM({_RAW_MEASURE[m]})" for m in MEASURES)
+    pg = is_pg(conn)
+    sums = ", ".join(f"SUM({_measure(m, pg)})" for m in MEASURES)
     rsums = ", ".join(f"SUM({m})" for m in MEASURES)
     out: list[Mismatch] = []
     zero = (0,) * len(MEASURES)
     for table, raw_key, key, lo in (
             (TABLES["hour"], f"ts_ms - ts_ms % {DAY_MS}", f"start_ms - start_ms % {DAY_MS}", since),
             (TABLES["day"], f"ts_ms - ts_ms % {DAY_MS}", "start_ms", since),
-            (TABLES["month"], _month_sql("ts_ms"), "start_ms", month)):
+            (TABLES["month"], _month_sql("ts_ms", pg), "start_ms", month)):
         # a month that was partly pruned is checked against its daily rows for the pruned days
         raw = {r[0]: list(r[1:]) for r in conn.execute(
             f"SELECT {raw_key}, {sums} FROM ledger WHERE ts_ms >= ? AND id <= ? GROUP BY 1", (max(lo, since), upto))}
@@ -259,6 +297,8 @@ def verify(conn: sqlite3.Connection) -> list[Mismatch]:
 
 def available(conn: sqlite3.Connection) -> bool:
     """True when the roll-up tables exist (a database migrated to m007 or later)."""
+    if is_pg(conn):
+        return conn.execute("SELECT to_regclass(?)", (TABLES["day"],)).fetchone()[0] is not None
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                         (TABLES["day"],)).fetchone() is not None
 
@@ -351,7 +391,7 @@ def _branches(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | No
                 raise UsageError(f"raw ledger rows before {iso_utc(boundary)} were pruned: only whole hours"
                                  f" can be reported there (the window starts or ends at {iso_utc(lo or 0)})")
     raw_dims = ", ".join(d if d != "status_class" else "status / 100 AS status_class" for d in DIMS)
-    raw_sums = ", ".join(f"{_RAW_MEASURE[m]} AS {m}" for m in MEASURES)
+    raw_sums = ", ".join(f"{_measure(m, is_pg(conn))} AS {m}" for m in MEASURES)
     raw_select = f"SELECT {raw_dims}, {raw_sums}, ts_ms AS last_ms FROM ledger"
     out: list[tuple[str, list[Any]]] = []
     rolled: list[Span] = []
@@ -397,9 +437,9 @@ def grouped(conn: sqlite3.Connection, since_ms: int | None, until_ms: int | None
     by = f" GROUP BY {', '.join(f'g{i}' for i in range(len(group)))}" if group else ""
     parts, params = [], []
     for sql, ps in _branches(conn, since_ms, until_ms, filters, hourly):
-        parts.append(f"SELECT {keys + ', ' if keys else ''}{inner} FROM ({sql}){by}")
+        parts.append(f"SELECT {keys + ', ' if keys else ''}{inner} FROM ({sql}) AS piece{by}")
         params += ps
     outer_keys = ", ".join(f"g{i}" for i in range(len(group)))
     outer = ", ".join(f"{func}({name}) AS {name}" for name, func, _ in aggs)
-    return (f"SELECT {outer_keys + ', ' if outer_keys else ''}{outer} FROM ({' UNION ALL '.join(parts)}){by}",
+    return (f"SELECT {outer_keys + ', ' if outer_keys else ''}{outer} FROM ({' UNION ALL '.join(parts)}) AS pieces{by}",
             params)

@@ -35,6 +35,11 @@ Invariants:
 - Commit durations go into ``commit_times`` (a cumulative histogram behind its own lock, updated
   once per commit answer and read once per scrape by ``/metrics``).
 - The writer is bound to the event loop of its first ``submit``.
+- PostgreSQL (``[store] url``) with a ``spool`` file: while the server is unreachable the writer
+  process appends each batch to that local file (fsynced) and confirms it, so requests go on (a
+  writer restarted meanwhile spools from its start); it drains the file into the ledger, in order
+  and without duplicates (by ``request_id``), once the server answers, and ``start`` drains what a
+  previous daemon left there before anything reads the ledger.
 """
 
 from __future__ import annotations
@@ -56,9 +61,10 @@ from typing import Any
 import orjson
 
 from llmgw.errors import ResourceError
+from llmgw.store.conn import PgStore, Target
 from llmgw.store.db import open_db
 from llmgw.store.ledger import as_tuple, normalise_row
-from llmgw.store.writer_proc import frame, unframe
+from llmgw.store.writer_proc import PG_MARK, SPOOL_ENV, STORE_URL_ENV, frame, unframe
 
 log = logging.getLogger("llmgw.ledger")
 
@@ -118,9 +124,11 @@ class CommitTimes:
 
 
 class LedgerWriter:
-    def __init__(self, db_path: Path, *, max_batch: int = 512, linger: float = 0.0, max_queue: int = 100_000,
-                 stall_seconds: float = 5.0) -> None:
-        self.db_path = Path(db_path)
+    def __init__(self, db_path: Target, *, max_batch: int = 512, linger: float = 0.0, max_queue: int = 100_000,
+                 stall_seconds: float = 5.0, spool: Path | None = None) -> None:
+        self.db_path = db_path if isinstance(db_path, PgStore) else Path(db_path)
+        # PostgreSQL only: the local file rows go to while the server is unreachable (writer_proc.Spool)
+        self.spool = spool if isinstance(db_path, PgStore) else None
         self.max_queue = max_queue
         self.stall_seconds = stall_seconds
         self.max_batch = max_batch
@@ -176,6 +184,8 @@ class LedgerWriter:
             if self._stopped or self._proc is not None:
                 raise RuntimeError("LedgerWriter already started or stopped")
             conn = open_db(self.db_path)  # migrate here: a bad database fails start(), not a request
+            if isinstance(self.db_path, PgStore) and self.spool is not None and self.spool.exists():
+                self._drain_spool()  # rows spooled before a restart: in the ledger before budgets are read
             try:  # every row there is committed: the committed point starts past them
                 self._rowid = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM ledger").fetchone()[0])
             finally:
@@ -185,15 +195,33 @@ class LedgerWriter:
             except OSError as e:
                 raise ResourceError(f"cannot start the ledger writer process ({sys.executable}): {e}") from e
 
+    def _drain_spool(self) -> None:
+        from llmgw.store.writer_proc import PgLedger, Spool
+
+        assert isinstance(self.db_path, PgStore) and self.spool is not None
+        pg = PgLedger(self.db_path, Spool(self.spool))
+        try:
+            if pg.spool is not None and pg.spool.count:
+                n = pg.spool.count
+                if pg.drain() is None:
+                    raise ResourceError(f"cannot move {n} spooled ledger rows from {self.spool} into the store")
+        finally:
+            pg.close()
+
     def _spawn(self) -> None:
         # the same interpreter and the same llmgw as this process: its package directory goes at
         # the END of the child's sys.path (a fallback that never shadows the standard library)
         pkg_root = str(Path(__file__).resolve().parents[2])
         boot = (f"import sys; sys.path.append({pkg_root!r}); "
                 "from llmgw.store.writer_proc import main; main()")
+        where, env = str(self.db_path), None
+        if isinstance(self.db_path, PgStore):  # the URL (a password) in the child's environment, not its argv
+            where, env = PG_MARK, {**os.environ, STORE_URL_ENV: self.db_path.url}
+            if self.spool is not None:
+                env[SPOOL_ENV] = str(self.spool)
         proc = subprocess.Popen(
-            [sys.executable, "-c", boot, str(self.db_path), str(self.max_batch), repr(self.linger)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+            [sys.executable, "-c", boot, where, str(self.max_batch), repr(self.linger)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, env=env)
         assert proc.stdin is not None and proc.stdout is not None
         self._proc = proc
         self._fd_out = proc.stdin.fileno()

@@ -2,6 +2,9 @@
 
     python -m llmgw.store.writer_proc DB_PATH MAX_BATCH LINGER_SECONDS
 
+(DB_PATH ``postgresql``: the PostgreSQL store whose URL is in ``$LLMGW_WRITER_STORE_URL``, read and
+removed from the environment at start: a URL with a password never goes on a command line.)
+
 Started and fed by ``store.writer.LedgerWriter``. It runs in its own process so that SQLite's
 work (binding, B-tree and index updates, the WAL write) never competes with the daemon's event
 loop for the GIL: in a thread it cost the loop ~25 µs per request in GIL hand-offs and delayed
@@ -53,9 +56,18 @@ from typing import Any
 
 import orjson
 
+from llmgw.errors import ResourceError
 from llmgw.store import rollups
+from llmgw.store.conn import PgStore, as_sqlite_error, connect_raw, translate
 from llmgw.store.db import open_db
 from llmgw.store.ledger import insert_sql
+
+#: the environment variable that hands the writer process the PostgreSQL URL
+STORE_URL_ENV = "LLMGW_WRITER_STORE_URL"
+#: DB_PATH meaning "the PostgreSQL store in STORE_URL_ENV"
+PG_MARK = "postgresql"
+#: the environment variable naming the local spool file for rows PostgreSQL cannot take (optional)
+SPOOL_ENV = "LLMGW_WRITER_SPOOL"
 
 _INSERT = insert_sql()
 _LEN = struct.Struct("<I")
@@ -87,6 +99,12 @@ def _insert_sql(n: int) -> str:
     return head + " VALUES " + ", ".join([values] * n)
 
 
+@functools.lru_cache(maxsize=16)
+def _pg_insert_sql(n: int) -> str:
+    """``_insert_sql(n)`` in psycopg's placeholders, returning the new ids."""
+    return translate(_insert_sql(n))[0] + " RETURNING id"
+
+
 #: the writer's own lock wait: a lock held longer makes it report itself unhealthy (the daemon then
 #: refuses requests) and retry, instead of blocking silently for the connection's 5 s default
 BUSY_TIMEOUT_MS = 1000
@@ -94,6 +112,8 @@ BUSY_TIMEOUT_MS = 1000
 #: can be larger (a recovery frame), in several statements of one transaction
 PIECE_MAX = 512
 RETRY_FIRST, RETRY_MAX = 0.05, 1.0
+#: how often a writer with spooled rows tries PostgreSQL again while no new rows arrive (seconds)
+SPOOL_RETRY = 0.5
 #: once the daemon is gone (stdin closed) a writer that still cannot commit gives up after this
 #: long, instead of lingering as an orphan; the rows it could not write are counted on stderr
 GIVE_UP_AFTER_EOF = 30.0
@@ -159,6 +179,209 @@ def insert(conn: sqlite3.Connection, rows: list[Any], wait: Wait) -> tuple[list[
     return errors, last
 
 
+class _Unreachable(sqlite3.OperationalError):
+    """PostgreSQL cannot be reached: the connection failed or was lost."""
+
+
+class _BadRow(Exception):
+    """A statement failed because of what it inserts (a constraint, a value): not the server's state."""
+
+
+class Spool:
+    """Rows the writer accepted while PostgreSQL was unreachable, in a local file (frames of row
+    lists, as on the pipe), each append fsynced before the rows are confirmed; emptied once every
+    row in it is in the ledger. Created 0600: rows hold request metadata (and logged bodies)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = len(self.rows()) if path.exists() else 0
+
+    def rows(self) -> list[Any]:
+        try:
+            buf = bytearray(self.path.read_bytes())
+        except FileNotFoundError:
+            return []
+        out: list[Any] = []
+        for rows in unframe(buf):  # a torn last frame (a crash mid-append) was never confirmed: dropped
+            out.extend(rows)
+        return out
+
+    def append(self, rows: list[Any]) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            _write_all(fd, frame(rows))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.count += len(rows)
+
+    def clear(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.count = 0
+
+
+class PgLedger:
+    """The writer's PostgreSQL side: its own connection with server-side parameters (prepared
+    multi-row INSERTs), reconnected after the server went away. ``insert`` has the contract of the
+    SQLite ``insert``: a busy server (a lock wait past ``lock_timeout``) is waited out and retried,
+    any other error that is not the server's fails its row alone. An unreachable server: with a
+    ``spool`` the batch goes to the local file (fsynced) and counts as committed, and the file is
+    drained into the ledger, in order and before newer rows, as soon as the server answers again
+    (rows found there already, by ``request_id``, are not inserted twice); without one it is waited
+    out like a busy server."""
+
+    def __init__(self, store: PgStore, spool: Spool | None = None) -> None:
+        self.store = store
+        self.spool = spool
+        self.raw: Any = None
+        self._retry_at = 0.0  # while spooling: no new connection attempt before this (monotonic)
+
+    def _conn(self) -> Any:
+        if self.raw is None or self.raw.closed:
+            from psycopg.types.numeric import Int8Dumper
+
+            try:
+                raw = connect_raw(self.store, client_cursor=False)
+            except sqlite3.OperationalError as e:
+                raise _Unreachable(str(e)) from None
+            # every int as bigint: psycopg would pick int2/int4/int8 by value, and each mix of types
+            # is another statement to plan and prepare
+            raw.adapters.register_dumper(int, Int8Dumper)
+            raw.execute(f"SET lock_timeout = {BUSY_TIMEOUT_MS}")
+            self.raw = raw
+        return self.raw
+
+    def _run(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(connection)``, its psycopg errors classified: ``_Unreachable``, a busy
+        ``sqlite3.OperationalError``, or ``_BadRow``."""
+        import psycopg
+
+        try:
+            return fn(self._conn())
+        except psycopg.Error as exc:
+            err = as_sqlite_error(exc, self.store)
+            if self.raw is not None and (self.raw.broken or self.raw.closed):
+                self.raw = None
+                raise _Unreachable(str(err)) from None
+            if isinstance(exc, psycopg.OperationalError):
+                raise (err if isinstance(err, sqlite3.OperationalError) else sqlite3.OperationalError(str(err))) from None
+            raise _BadRow(err) from None
+
+    def _insert_all(self, rows: list[Any]) -> int:
+        """All ``rows`` in one transaction (power-of-two pieces: a handful of distinct statements,
+        each prepared once); the highest new id."""
+        pieces: list[list[Any]] = []
+        i = 0
+        while i < len(rows):
+            size = 1 << (min(len(rows) - i, PIECE_MAX).bit_length() - 1)
+            pieces.append(rows[i : i + size])
+            i += size
+
+        def run(raw: Any) -> int:
+            top = 0
+            with raw.transaction():
+                for piece in pieces:
+                    ids = raw.execute(_pg_insert_sql(len(piece)), tuple(itertools.chain.from_iterable(piece))).fetchall()
+                    top = max(top, max(r[0] for r in ids))
+            return top
+
+        return int(self._run(run))
+
+    def insert(self, rows: list[Any], wait: Wait) -> tuple[list[BaseException | None], int]:
+        drained = 0
+        if self.spool is not None and self.spool.count:
+            got = self.drain()
+            if got is None:  # still unreachable: behind the spooled rows, in order
+                self.spool.append(rows)
+                return [None] * len(rows), 0
+            drained = got
+        while True:
+            try:
+                return [None] * len(rows), max(drained, self._insert_all(rows))
+            except _Unreachable as exc:
+                if self.spool is not None:
+                    self._retry_at = time.monotonic() + SPOOL_RETRY
+                    self._spool(rows, exc)
+                    return [None] * len(rows), drained
+                wait(exc)
+            except sqlite3.OperationalError as exc:
+                wait(exc)
+            except _BadRow:
+                break
+        errors: list[BaseException | None] = []
+        last = drained
+        for row in rows:  # rare path: one transaction per row, so one failure cannot undo another
+            while True:
+                try:
+                    last = max(last, self._insert_all([row]))
+                    errors.append(None)
+                except sqlite3.OperationalError as exc:
+                    wait(exc)
+                    continue
+                except _BadRow as exc:
+                    errors.append(exc.args[0])
+                break
+        return errors, last
+
+    def _spool(self, rows: list[Any], exc: BaseException) -> None:
+        assert self.spool is not None
+        if not self.spool.count:
+            sys.stderr.write(f"llmgw ledger writer: PostgreSQL unreachable ({exc}); spooling rows to "
+                             f"{self.spool.path} until it answers again\n")
+        self.spool.append(rows)
+
+    def drain(self) -> int | None:
+        """Move the spooled rows into the ledger (skipping those already there) and empty the spool;
+        the highest id inserted (0: none), or None while the server is still unreachable (or busy)."""
+        assert self.spool is not None
+        if self.raw is None and time.monotonic() < self._retry_at:
+            return None  # tried a moment ago: no connection attempt (up to connect_timeout) per batch
+        rows = self.spool.rows()
+        top = 0
+        try:
+            for i in range(0, len(rows), PIECE_MAX):
+                chunk = rows[i : i + PIECE_MAX]
+                skip, seen = self.already_committed(chunk)
+                top = max(top, seen)
+                fresh = [r for j, r in enumerate(chunk) if j not in skip]
+                if fresh:
+                    try:
+                        top = max(top, self._insert_all(fresh))
+                    except _BadRow:  # a row that cannot go in (validated before it was spooled: never seen)
+                        for r in fresh:
+                            try:
+                                top = max(top, self._insert_all([r]))
+                            except _BadRow as exc:
+                                sys.stderr.write(f"llmgw ledger writer: spooled row {r[0]} cannot be written:"
+                                                 f" {exc.args[0]}\n")
+        except sqlite3.OperationalError:  # _Unreachable included: try again later
+            self._retry_at = time.monotonic() + SPOOL_RETRY
+            return None
+        n = len(rows)
+        self.spool.clear()
+        sys.stderr.write(f"llmgw ledger writer: PostgreSQL answers again; {n} spooled rows are in the ledger\n")
+        return top
+
+    def already_committed(self, rows: list[Any]) -> tuple[set[int], int]:
+        ids = [r[0] for r in rows if r is not None]
+        if not ids:
+            return set(), 0
+        try:
+            found = dict(self._run(lambda raw: raw.execute("SELECT request_id, id FROM ledger WHERE request_id = ANY(%s)",
+                                                           (ids,)).fetchall()))
+        except _BadRow as exc:
+            raise sqlite3.OperationalError(str(exc.args[0])) from None
+        return {i for i, r in enumerate(rows) if r is not None and r[0] in found}, max(found.values(), default=0)
+
+    def close(self) -> None:
+        if self.raw is not None:
+            self.raw.close()
+
+
 def _already_committed(conn: sqlite3.Connection, rows: list[Any]) -> tuple[set[int], int]:
     """Positions in ``rows`` whose request_id is in the ledger already (a recovery frame), and the
     highest of their ledger ids."""
@@ -174,8 +397,9 @@ class _Writer:
     """The commit loop's state: the connection, the health last reported, the highest rowid it
     confirmed (0 until its first commit: the daemon keeps the maximum)."""
 
-    def __init__(self, conn: sqlite3.Connection, fd_out: int, inp: _Input) -> None:
+    def __init__(self, conn: sqlite3.Connection, fd_out: int, inp: _Input, pg: PgLedger | None = None) -> None:
         self.conn = conn
+        self.pg = pg
         self.fd_out = fd_out
         self.inp = inp
         self.acks = True  # False once the daemon is gone: keep committing what it sent, tell nobody
@@ -214,13 +438,20 @@ class _Writer:
         skip: set[int] = set()
         while recover:
             try:
-                skip, top = _already_committed(self.conn, rows)
+                skip, top = (self.pg.already_committed(rows) if self.pg is not None
+                             else _already_committed(self.conn, rows))
                 self.max_rowid = max(self.max_rowid, top)
                 break
             except sqlite3.OperationalError as exc:
                 self.wait(exc)
         fresh = [r for i, r in enumerate(rows) if i not in skip] if skip else rows
-        errors, last = insert(self.conn, fresh, self.wait) if fresh else ([], 0)
+        errors: list[BaseException | None]
+        if not fresh:
+            errors, last = [], 0
+        elif self.pg is not None:
+            errors, last = self.pg.insert(fresh, self.wait)
+        else:
+            errors, last = insert(self.conn, fresh, self.wait)
         self._delay = RETRY_FIRST
         self._since = None
         if self.unhealthy is not None:
@@ -259,19 +490,43 @@ class _Input:
 
 
 def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int = 1) -> None:
-    conn = open_db(Path(db_path))
-    conn.isolation_level = None  # autocommit: insert() manages its transactions
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    pg: PgLedger | None = None
+    if db_path == PG_MARK:
+        store = PgStore(os.environ.pop(STORE_URL_ENV, ""))
+        spool = os.environ.get(SPOOL_ENV)
+        pg = PgLedger(store, Spool(Path(spool)) if spool else None)
+        conn: Any = None  # the roll-ups' connection (opened with the migration check)
+        try:
+            conn = open_db(store)
+        except ResourceError:
+            if pg.spool is None:
+                raise
+            # unreachable: rows go to the spool from the start; the roll-ups connect once it answers
+            sys.stderr.write(f"llmgw ledger writer: started while PostgreSQL is unreachable ({store.label}); rows "
+                             f"are spooled to {pg.spool.path}\n")
+        if pg.spool is not None and pg.spool.count:
+            pg.drain()
+    else:
+        conn = open_db(Path(db_path))
+        conn.isolation_level = None  # autocommit: insert() manages its transactions
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     inp = _Input(fd_in)
-    w = _Writer(conn, fd_out, inp)
+    w = _Writer(conn, fd_out, inp, pg)
     w.tell({"unhealthy": None})  # ready: the database is open (a restarted writer is healthy from here)
-    roller = rollups.Roller(conn)
+    roller = rollups.Roller(conn, connect=(lambda: open_db(pg.store)) if pg is not None else None)
     last_size = 0
     try:
         while True:
             if not inp.frames:
-                inp.read(block=True, timeout=roller.idle_wait())
+                spooling = pg is not None and pg.spool is not None and pg.spool.count > 0
+                idle = roller.idle_wait()
+                inp.read(block=True, timeout=min(idle, SPOOL_RETRY) if spooling and idle else
+                         (SPOOL_RETRY if spooling else idle))
                 if not inp.frames and not inp.eof:
+                    if spooling:
+                        assert pg is not None
+                        w.max_rowid = max(w.max_rowid, pg.drain() or 0)  # idle: try the server again
+                        continue
                     roller.run()  # idle: roll up what was committed, then wait again
                     continue
                 if not inp.frames:
@@ -301,10 +556,14 @@ def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int
             elapsed = time.perf_counter() - started
             failed = [[batch_first + i, type(e).__name__, str(e)] for i, e in enumerate(errors) if e is not None]
             w.tell([batch_first + len(batch) - 1, failed, elapsed, w.max_rowid])
-            roller.committed()  # after the answer: a roll-up never delays a request
+            if pg is None or pg.spool is None or not pg.spool.count:
+                roller.committed()  # after the answer: a roll-up never delays a request
         roller.run()
     finally:
-        conn.close()
+        if roller.conn is not None:
+            roller.conn.close()
+        if pg is not None:
+            pg.close()
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -19,12 +19,21 @@ from .. import units
 from ..errors import UsageError
 from ..governance import budgets, keys
 from ..store import db
+from ..store.conn import PgStore, Target
 
 
 @contextmanager
-def writable(path: Path) -> Iterator[sqlite3.Connection]:
+def writable(path: Target) -> Iterator[sqlite3.Connection]:
     """A connection for one action in one write transaction (committed when the action succeeds, rolled
     back if it fails), closed afterwards; the database must exist."""
+    if isinstance(path, PgStore):
+        conn = db.connect(path)
+        try:
+            with db.transaction(conn):
+                yield conn
+        finally:
+            conn.close()
+        return
     if not Path(path).exists():
         from ..errors import NotFound
 
@@ -42,7 +51,7 @@ def _opt(value: str | None) -> str | None:
     return value or None
 
 
-def create_key(path: Path, *, customer: str | None, team: str | None = None, name: str | None = None,
+def create_key(path: Target, *, customer: str | None, team: str | None = None, name: str | None = None,
                models: str | None = None, budget_usd: str | None = None,
                period: str | None = None) -> tuple[str, dict[str, Any]]:
     """Mint a key for ``customer`` (or its ``team``); ``models`` is a comma-separated allow-list,
@@ -61,7 +70,7 @@ def create_key(path: Path, *, customer: str | None, team: str | None = None, nam
         return secret, keys.get_key(conn, info.id)
 
 
-def set_budget(path: Path, scope: str, scope_id: str, *, limit_usd: str, period: str | None = "month",
+def set_budget(path: Target, scope: str, scope_id: str, *, limit_usd: str, period: str | None = "month",
                warn_pct: str | None = None, hard: bool | None = None) -> tuple[dict[str, Any], bool]:
     """Create or update the budget of a customer, team or key for ``period``; returns the row and
     whether it was created (``budgets.upsert_budget``: an update keeps the id and unset options)."""
@@ -81,7 +90,7 @@ def set_budget(path: Path, scope: str, scope_id: str, *, limit_usd: str, period:
         return dict(row), created
 
 
-def set_key_status(path: Path, key_id: str, status: str) -> dict[str, Any]:
+def set_key_status(path: Target, key_id: str, status: str) -> dict[str, Any]:
     """Disable (``disabled``) or re-enable (``active``) a key; a revoked key stays revoked."""
     with writable(path) as conn:
         return keys.set_status(conn, key_id, status)

@@ -32,6 +32,7 @@ from textual.widgets import DataTable, Footer, Sparkline, Static
 from ..clock import now_ms
 from ..errors import LlmgwError
 from ..governance.budgets import ADJECTIVE
+from ..store.conn import PgStore, Target
 from ..units import usd
 from . import actions, data, fmt
 from .modals import MODAL_CSS, ConfirmScreen, FormScreen, HelpScreen, SecretScreen
@@ -473,9 +474,9 @@ class TopApp(App[None]):
         Binding("r", "refresh", "Refresh", show=False),
     ]
 
-    def __init__(self, db_path: Path, *, refresh: float = 1.0, clock: Callable[[], int] = now_ms) -> None:
+    def __init__(self, db_path: Target, *, refresh: float = 1.0, clock: Callable[[], int] = now_ms) -> None:
         super().__init__()
-        self.db_path = Path(db_path)
+        self.db_path = db_path if isinstance(db_path, PgStore) else Path(db_path)
         self.refresh_seconds = refresh
         self.clock = clock
         self.drill: str | None = None

@@ -28,6 +28,7 @@ from .. import reports
 from ..errors import NotFound
 from ..governance import budgets as bud
 from ..store import db, rollups
+from ..store.conn import PgStore, Target
 from ..units import PERIODS, window
 
 HOUR_MS = 3_600_000
@@ -41,8 +42,11 @@ _COLUMN = {"customer": "customer_id", "team": "team_id", "key": "key_id"}
 _PERIOD_ORDER = {p: i for i, p in enumerate(PERIODS)}  # day < week < month < total
 
 
-def open_readonly(path: Path) -> sqlite3.Connection:
-    """A ``mode=ro`` connection to the database at ``path``; ``NotFound`` when there is none."""
+def open_readonly(path: Target) -> sqlite3.Connection:
+    """A ``mode=ro`` connection to the database at ``path`` (or the PostgreSQL store); ``NotFound``
+    when there is no file."""
+    if isinstance(path, PgStore):
+        return db.connect(path, readonly=True)
     if not Path(path).exists():
         raise NotFound(f"no database at {path}: nothing recorded yet (check --home / $LLMGW_HOME)")
     return db.connect(Path(path), readonly=True)
