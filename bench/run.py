@@ -561,6 +561,16 @@ SEEDED = "Write a short catalogue caption for this product. sku: SEED-1"
 PARAPHRASE = "Please write a short catalogue caption for the product. sku: SEED-1"
 
 
+def print_table(rows: list[tuple[str, str, dict[str, Any]]], name_w: int, mode_w: int) -> None:
+    """One line per (config, mode): req/s, p50, p99, errors, server RSS."""
+    head = f"{'config':<{name_w}} {'mode':<{mode_w}} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'RSS MB':>7}"
+    print(head)
+    print("-" * len(head))
+    for name, mode, r in rows:
+        print(f"{name:<{name_w}} {mode:<{mode_w}} {fmt(r['rps'], '9.0f')} {fmt(r['p50_ms'], '8.2f')} "
+              f"{fmt(r['p99_ms'], '8.2f')} {r['errors']:>7} {fmt(r.get('rss_mb'), '7.1f')}")
+
+
 def cache_load(t: Target, args: argparse.Namespace, *, fixed: str | None, streams: bool) -> dict[str, Any]:
     """wrk with a fresh prompt per request (every request a cache miss, 1 in 5 streamed when
     ``streams``), or one ``fixed`` prompt (a hit once it is cached)."""
@@ -624,13 +634,7 @@ def run_cache(args: argparse.Namespace, procs: Procs, workdir: Path) -> int:
     print()
     print(f"llmgw cache bench: wrk -t1 -c{args.concurrency}, {args.duration:g} s per run, median of {args.rounds} "
           f"round(s), {os.cpu_count()} CPUs; misses: a new prompt per request, 1 in 5 streamed")
-    head = f"{'config':<15} {'mode':<5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'RSS MB':>7}"
-    print(head)
-    print("-" * len(head))
-    for name, modes in final.items():
-        for mode, r in modes.items():
-            print(f"{name:<15} {mode:<5} {fmt(r['rps'], '9.0f')} {fmt(r['p50_ms'], '8.2f')} {fmt(r['p99_ms'], '8.2f')} "
-                  f"{r['errors']:>7} {fmt(r.get('rss_mb'), '7.1f')}")
+    print_table([(name, mode, r) for name, modes in final.items() for mode, r in modes.items()], 15, 5)
     off = final["cache-off"]["miss"]["rps"]
     sem = final["cache-semantic"]
     ratio = sem["miss"]["rps"] / off if off else float("nan")
@@ -689,12 +693,7 @@ def run_cluster(args: argparse.Namespace, procs: Procs, workdir: Path) -> int:
     print()
     print(f"llmgw cluster bench: concurrency {args.concurrency}, {args.duration:g} s per run, median of "
           f"{args.rounds} round(s), {os.cpu_count()} CPUs; governance on (budgets, rpm/tpm) in both")
-    head = f"{'config':<10} {'mode':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'RSS MB':>7}"
-    print(head)
-    print("-" * len(head))
-    for (name, mode), r in final.items():
-        print(f"{name:<10} {mode:<10} {fmt(r['rps'], '9.0f')} {fmt(r['p50_ms'], '8.2f')} {fmt(r['p99_ms'], '8.2f')} "
-              f"{r['errors']:>7} {fmt(r.get('rss_mb'), '7.1f')}")
+    print_table([(name, mode, r) for (name, mode), r in final.items()], 10, 10)
     ratios = {}
     for mode in MODES:
         base = final[("embedded", mode)]["rps"]

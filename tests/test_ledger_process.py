@@ -39,6 +39,21 @@ async def until(cond: Any, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def resend_unconfirmed(w: LedgerWriter, rows: list[dict[str, Any]], timeout: float = 20.0) -> None:
+    """Send ``rows`` as a recovery frame (rows the daemon holds unconfirmed, as after a writer died
+    between its commit and its answer) and wait until every one is confirmed."""
+    from llmgw.store.ledger import as_tuple, normalise_row
+
+    w._unacked.extend(as_tuple(normalise_row(r)) for r in rows)
+    w._deadlines.extend([float("inf")] * len(rows))
+    loop = asyncio.get_running_loop()
+    futs = [loop.create_future() for _ in rows]
+    w._futures.update({w._seq + 1 + i: f for i, f in enumerate(futs)})
+    w._seq += len(rows)
+    w._send(frame([w._acked + 1, list(w._unacked), 1]))
+    await asyncio.wait_for(asyncio.gather(*futs), timeout)
+
+
 def count(db_path: Path) -> int:
     conn = dbmod.open_db(db_path)
     try:
@@ -129,7 +144,6 @@ async def test_a_dead_writer_is_restarted_and_loses_no_accepted_row(tmp_path: Pa
 async def test_a_restarted_writer_does_not_insert_confirmed_rows_twice(tmp_path: Path) -> None:
     # a writer killed after its commit but before its answer: the recovery frame finds the rows
     from llmgw.store.ledger import as_tuple, normalise_row
-    from llmgw.store.writer_proc import frame
 
     db_path = tmp_path / "llmgw.db"
     w = LedgerWriter(db_path)
@@ -141,15 +155,7 @@ async def test_a_restarted_writer_does_not_insert_confirmed_rows_twice(tmp_path:
         with conn:
             conn.execute(ledger.insert_sql(), as_tuple(normalise_row(row(1))))
         conn.close()
-        w._unacked.append(as_tuple(normalise_row(row(1))))
-        w._unacked.append(as_tuple(normalise_row(row(2))))
-        w._deadlines.extend([float("inf")] * 2)
-        loop = asyncio.get_running_loop()
-        futs = [loop.create_future(), loop.create_future()]
-        w._futures.update({w._seq + 1: futs[0], w._seq + 2: futs[1]})
-        w._seq += 2
-        w._send(frame([w._acked + 1, list(w._unacked), 1]))
-        await asyncio.wait_for(asyncio.gather(*futs), 10)
+        await resend_unconfirmed(w, [row(1), row(2)])
     finally:
         await asyncio.to_thread(w.stop)
     conn = dbmod.open_db(db_path)

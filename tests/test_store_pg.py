@@ -24,6 +24,7 @@ from llmgw.errors import ConfigError, ResourceError
 from llmgw.store import db as store_db
 from llmgw.store import rollups
 from llmgw.store.conn import PgStore, Row
+from test_ledger_process import resend_unconfirmed
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg not installed (the test extra has it)")
 
@@ -481,7 +482,6 @@ async def test_writer_batches_big_frames_and_a_killed_writer_loses_and_repeats_n
 
     from llmgw.store.ledger import as_tuple, insert_sql, normalise_row
     from llmgw.store.writer import LedgerWriter
-    from llmgw.store.writer_proc import frame
 
     w = LedgerWriter(PgStore(pg_url))
     w.start()
@@ -505,14 +505,7 @@ async def test_writer_batches_big_frames_and_a_killed_writer_loses_and_repeats_n
         # a row committed behind the writer's back (its answer lost): the recovery frame skips it
         with psycopg.connect(pg_url) as c:
             c.execute(store_db_translate(insert_sql()), as_tuple(normalise_row(lrow(1501))))
-        w._unacked.extend([as_tuple(normalise_row(lrow(1501))), as_tuple(normalise_row(lrow(1502)))])
-        w._deadlines.extend([float("inf")] * 2)
-        loop = asyncio.get_running_loop()
-        futs = [loop.create_future(), loop.create_future()]
-        w._futures.update({w._seq + 1: futs[0], w._seq + 2: futs[1]})
-        w._seq += 2
-        w._send(frame([w._acked + 1, list(w._unacked), 1]))
-        await asyncio.wait_for(asyncio.gather(*futs), 20)
+        await resend_unconfirmed(w, [lrow(1501), lrow(1502)])
         top = raw_rows(pg_url, "SELECT MAX(id) FROM ledger")[0][0]
         assert w.committed == (w.last_seq, top)
     finally:
@@ -638,6 +631,34 @@ async def test_a_writer_restarted_during_an_outage_spools_from_its_start(pg_serv
     finally:
         await asyncio.to_thread(w.stop)
     assert raw_rows(url, "SELECT request_id FROM ledger ORDER BY id") == [(f"req-{i}",) for i in range(40)]
+
+
+async def test_a_single_process_drains_the_spools_its_workers_left(pg_url: str, tmp_path: Path) -> None:
+    import asyncio
+
+    from llmgw.store.ledger import as_tuple, normalise_row
+    from llmgw.store.writer import LedgerWriter
+    from llmgw.store.writer_proc import Spool
+
+    home = tmp_path / "home"
+    home.mkdir()
+    try:  # two workers of `serve --workers 2` each spooled rows, then died before PostgreSQL came back
+        for worker, ids in ((0, range(0, 3)), (1, range(3, 5))):
+            paths.set_worker(worker)
+            assert paths.spool_path(home).name == f"ledger-spool.w{worker}"
+            Spool(paths.spool_path(home)).append([as_tuple(normalise_row(lrow(i))) for i in ids])
+    finally:
+        paths._WORKER = None
+    orphans = paths.orphan_spools(home)
+    assert [p.name for p in orphans] == ["ledger-spool.w0", "ledger-spool.w1"]
+    w = LedgerWriter(PgStore(pg_url), spool=paths.spool_path(home), adopt=orphans)
+    w.start()  # one process serves the home again: it drains them before anything else
+    try:
+        await w.write(lrow(5))
+    finally:
+        await asyncio.to_thread(w.stop)
+    assert raw_rows(pg_url, "SELECT request_id FROM ledger ORDER BY id") == [(f"req-{i}",) for i in range(6)]
+    assert all(Spool(p).count == 0 for p in orphans)
 
 
 def raw_rows_or_none(url: str) -> Any:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 DB_NAME = "llmgw.db"
 CACHE_INDEX_NAME = "cache.usearch"
+SPOOL_NAME = "ledger-spool"
 CONFIG_NAME = "llmgw.toml"
 HOME_MODE = 0o700
 FILE_MODE = 0o600
@@ -64,8 +65,14 @@ def default_config_path(home_dir: Path) -> Path:
 
 
 def spool_path(home_dir: Path) -> Path:
-    """Where the ledger writer keeps rows PostgreSQL could not take yet (``[store] url`` only)."""
-    return home_dir / "ledger-spool"
+    """Where the ledger writer keeps rows PostgreSQL could not take yet (``[store] url`` only); one
+    per worker of ``serve --workers`` (each worker's writer appends to and drains its own)."""
+    return home_dir / (SPOOL_NAME if _WORKER is None else f"{SPOOL_NAME}.w{_WORKER}")
+
+
+def orphan_spools(home_dir: Path) -> tuple[Path, ...]:
+    """The spools ``serve --workers`` workers left in the home: drained by a single process at start."""
+    return tuple(sorted(home_dir.glob(f"{SPOOL_NAME}.w*"))) if _WORKER is None else ()
 
 
 def find_config(explicit: str | os.PathLike[str] | None, home_dir: Path) -> Path | None:

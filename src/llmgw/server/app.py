@@ -372,7 +372,8 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         if not isinstance(dbfile, Path):  # the response cache stays in the home's own SQLite file
             await asyncio.to_thread(lambda: store_db.open_db(paths.db_path(home)).close())
         await asyncio.to_thread(housekeeping.catch_up, dbfile)  # roll-ups exact before the budgets load
-        writer = LedgerWriter(dbfile, spool=paths.spool_path(home))  # (the spool: PostgreSQL only)
+        writer = LedgerWriter(dbfile, spool=paths.spool_path(home),  # (the spool: PostgreSQL only)
+                              adopt=paths.orphan_spools(home))
         writer.start()
         reader = store_db.connect(dbfile)
         keys = KeyTable(dbfile, clock)

@@ -125,10 +125,13 @@ class CommitTimes:
 
 class LedgerWriter:
     def __init__(self, db_path: Target, *, max_batch: int = 512, linger: float = 0.0, max_queue: int = 100_000,
-                 stall_seconds: float = 5.0, spool: Path | None = None) -> None:
+                 stall_seconds: float = 5.0, spool: Path | None = None, adopt: tuple[Path, ...] = ()) -> None:
         self.db_path = db_path if isinstance(db_path, PgStore) else Path(db_path)
         # PostgreSQL only: the local file rows go to while the server is unreachable (writer_proc.Spool)
         self.spool = spool if isinstance(db_path, PgStore) else None
+        # other spools to drain at start, no writer owning them any more (those of ``serve --workers``
+        # workers, when the home is served by one process again)
+        self.adopt = adopt if isinstance(db_path, PgStore) else ()
         self.max_queue = max_queue
         self.stall_seconds = stall_seconds
         self.max_batch = max_batch
@@ -184,8 +187,9 @@ class LedgerWriter:
             if self._stopped or self._proc is not None:
                 raise RuntimeError("LedgerWriter already started or stopped")
             conn = open_db(self.db_path)  # migrate here: a bad database fails start(), not a request
-            if isinstance(self.db_path, PgStore) and self.spool is not None and self.spool.exists():
-                self._drain_spool()  # rows spooled before a restart: in the ledger before budgets are read
+            for spool in (*self.adopt, self.spool):  # rows spooled before a restart: in the ledger
+                if spool is not None and spool.exists():  # before the budgets are read
+                    self._drain_spool(spool)
             try:  # every row there is committed: the committed point starts past them
                 self._rowid = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM ledger").fetchone()[0])
             finally:
@@ -195,16 +199,16 @@ class LedgerWriter:
             except OSError as e:
                 raise ResourceError(f"cannot start the ledger writer process ({sys.executable}): {e}") from e
 
-    def _drain_spool(self) -> None:
+    def _drain_spool(self, path: Path) -> None:
         from llmgw.store.writer_proc import PgLedger, Spool
 
-        assert isinstance(self.db_path, PgStore) and self.spool is not None
-        pg = PgLedger(self.db_path, Spool(self.spool))
+        assert isinstance(self.db_path, PgStore)
+        pg = PgLedger(self.db_path, Spool(path))
         try:
             if pg.spool is not None and pg.spool.count:
                 n = pg.spool.count
                 if pg.drain() is None:
-                    raise ResourceError(f"cannot move {n} spooled ledger rows from {self.spool} into the store")
+                    raise ResourceError(f"cannot move {n} spooled ledger rows from {path} into the store")
         finally:
             pg.close()
 

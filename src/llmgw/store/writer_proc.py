@@ -130,6 +130,18 @@ def _rollback(conn: sqlite3.Connection) -> None:
 Wait = Callable[[sqlite3.OperationalError], None]
 
 
+def _pieces(rows: list[Any]) -> list[list[Any]]:
+    """``rows`` cut into runs of power-of-two sizes (at most ``PIECE_MAX``): one multi-row INSERT each,
+    so only a handful of distinct statements are ever prepared."""
+    pieces: list[list[Any]] = []
+    i = 0
+    while i < len(rows):
+        size = 1 << (min(len(rows) - i, PIECE_MAX).bit_length() - 1)
+        pieces.append(rows[i : i + size])
+        i += size
+    return pieces
+
+
 def insert(conn: sqlite3.Connection, rows: list[Any], wait: Wait) -> tuple[list[BaseException | None], int]:
     """Insert and commit; return one error (or None) per row, and the last inserted rowid (0: none).
 
@@ -140,12 +152,7 @@ def insert(conn: sqlite3.Connection, rows: list[Any], wait: Wait) -> tuple[list[
     alone. ``sqlite3.OperationalError`` (disk full, locked, I/O) is not a row's fault: ``wait`` is
     called (it reports and backs off) and the same statement is tried again, until it works.
     """
-    pieces: list[list[Any]] = []
-    i = 0
-    while i < len(rows):
-        size = 1 << (min(len(rows) - i, PIECE_MAX).bit_length() - 1)
-        pieces.append(rows[i : i + size])
-        i += size
+    pieces = _pieces(rows)
     while True:
         try:
             if len(pieces) == 1:
@@ -274,12 +281,7 @@ class PgLedger:
     def _insert_all(self, rows: list[Any]) -> int:
         """All ``rows`` in one transaction (power-of-two pieces: a handful of distinct statements,
         each prepared once); the highest new id."""
-        pieces: list[list[Any]] = []
-        i = 0
-        while i < len(rows):
-            size = 1 << (min(len(rows) - i, PIECE_MAX).bit_length() - 1)
-            pieces.append(rows[i : i + size])
-            i += size
+        pieces = _pieces(rows)
 
         def run(raw: Any) -> int:
             top = 0
