@@ -315,7 +315,7 @@ def test_redis_stays_off_the_hot_path_while_a_budget_has_room(tmp_path, upstream
                 r = c.post(d.url + CHAT, headers={"Authorization": f"Bearer {key}"}, json=body(i))
                 assert r.status_code == 200
         book = d.gateway.budgets
-        assert book.lease_calls <= 2  # one slice (a sixteenth of the cap) covers all 30
+        assert book.lease_calls <= 3  # a slice (a sixteenth of the cap) covers them: not a call per request
         scrape = httpx.get(d.url + "/metrics").text
         assert f"llmgw_cluster_lease_calls {book.lease_calls}" in scrape and "llmgw_cluster_redis_up 1" in scrape
     finally:

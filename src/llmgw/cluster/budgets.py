@@ -2,7 +2,7 @@
 
 Owns ``SharedBudgets``, a ``BudgetBook`` whose hard budgets admit a request only against this
 instance's slice of the budget window, leased from Redis (``leases``), and the background sync that
-reports spend, renews slices and gives idle ones back. ``node.Cluster`` builds it for
+reports spend, renews slices and gives back those idle for a few rounds. ``node.Cluster`` builds it for
 ``[cluster] redis_url``; without that section the daemon uses the plain ``BudgetBook`` and nothing
 here runs.
 
@@ -17,7 +17,7 @@ How a request is admitted (see ``leases`` for why the sum is exact):
    on its cluster-wide view of the spend, and room in the slice (``_fits``); then the slice is
    charged. ``settle`` moves the reservation to the slice's used part.
 3. Every ``sync_interval`` (``node.Cluster``'s background task) the instance reports what it used (``LeaseStore.settle``), renews its
-   slices' TTL and gives back what an idle slice does not need; the answer's spend refreshes the
+   slices' TTL and gives back a slice idle for a few rounds; the answer's spend refreshes the
    book's view, so soft-cap warnings and events see other instances' spend within a sync.
 
 Faults. Redis unreachable (a call fails or takes longer than ``[cluster] timeout``): a hard budget
@@ -43,6 +43,7 @@ from .leases import AsyncLeaseStore, GovernanceUnavailable, Grant, LocalLease
 log = logging.getLogger("llmgw.cluster")
 
 CHUNK_DIVISOR = 16  # a lease asks for the request's bound plus cap / 16
+IDLE_SYNCS = 4  # a slice nothing was reserved against for this many syncs goes back to Redis
 
 
 class _Slice(LocalLease):
@@ -53,6 +54,7 @@ class _Slice(LocalLease):
         self.budget_id, self.start_ms, self.end_ms = budget_id, start_ms, end_ms
         self.seen = 0  # the window's spend as Redis last reported it (or the ledger's, before)
         self.busy = False  # reserved since the last sync
+        self.idle = 0  # syncs in a row with nothing reserved
         self.lock = asyncio.Lock()
         self.epoch = 0  # the Redis start its slice was granted in (``Grant.epoch``)
 
@@ -247,8 +249,9 @@ class SharedBudgets(BudgetBook):
         for k, s in list(self._slices.items()) if ok else ():
             ended = s.end_ms is not None and now >= s.end_ms
             gone = s.budget_id not in self._states
-            # an idle slice (nothing reserved since the last round) is given back whole
-            done = (leave or ended or gone or not s.busy) and not s.reserved
+            # a slice idle for IDLE_SYNCS rounds (nothing reserved meanwhile) is given back whole
+            s.idle = 0 if s.busy else s.idle + 1
+            done = (leave or ended or gone or s.idle > IDLE_SYNCS) and not s.reserved
             st = self._states.get(s.budget_id)
             if s.lock.locked():
                 continue  # a lease call is under way: its answer is as good as a report
@@ -305,13 +308,8 @@ class SharedBudgets(BudgetBook):
         if not s.epoch and not s.slice and not s.unreported:
             return  # never granted (asked during a hold): nothing in Redis to report or renew
         sent = s.unreported
-        back = 0
-        if not leave and not s.busy:
-            back = max(0, s.slice - s.unreported - s.reserved)  # idle: give the room back
         s.busy = False
-        s.slice -= back  # before the await: admissions meanwhile cannot use what is being returned
-        g = await self.leases.settle_async(s.budget_id, s.start_ms, self.instance, sent, back, leave=leave,
-                                           epoch=s.epoch)
+        g = await self.leases.settle_async(s.budget_id, s.start_ms, self.instance, sent, leave=leave, epoch=s.epoch)
         if g.granted == -2:  # Redis lost the window (restarted): re-add what this instance admitted
             held = s.unreported + s.reserved
             g = await self.leases.add_async(s.budget_id, s.start_ms, held, s.seen)

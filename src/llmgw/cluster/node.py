@@ -33,6 +33,8 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from ..config import ClusterConfig
 from ..errors import ServiceUnavailable
@@ -308,8 +310,12 @@ class Cluster:
         assert config.redis_url is not None
         self.config = config
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        # one retry on a connection error: after a Redis restart a pooled connection is dead and only
+        # a new one finds out whether Redis is really gone (every script tolerates running twice:
+        # a repeat grants or counts more, never less)
         self.client = aredis.Redis.from_url(config.redis_url, socket_timeout=config.timeout,
-                                            socket_connect_timeout=config.timeout, retry_on_timeout=False)
+                                            socket_connect_timeout=config.timeout, retry_on_timeout=False,
+                                            retry=Retry(NoBackoff(), 1), retry_on_error=[redis.ConnectionError])
         self.down: str | None = None
         hold_ms = int(HOLD_SYNCS * config.sync_interval * 1000) + int(config.timeout * 1000)
         leases = AsyncLeaseStore(self.client, prefix=config.prefix, ttl_ms=int(config.lease_ttl * 1000),
