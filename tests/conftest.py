@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -118,6 +119,17 @@ class Daemon:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(30)
+            if self._thread.is_alive():  # what it waits for, then a failure (not a thread left running)
+                for task in asyncio.all_tasks(self._loop):
+                    print(f"{task!r}, awaiting:", file=sys.stderr)
+                    coro: Any = task.get_coro()
+                    while coro is not None:  # the whole await chain (print_stack shows its top only)
+                        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+                        where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else ""
+                        print(f"  {type(coro).__name__} {getattr(coro, '__qualname__', coro)!s:.200} {where}",
+                              file=sys.stderr)
+                        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+                raise AssertionError(f"the daemon at {self.url} did not stop within 30 s")
 
 
 def start_daemon(home: Path, config_text: str = "", environ: dict[str, str] | None = None) -> Daemon:

@@ -32,6 +32,9 @@ redis = pytest.importorskip("redis", reason="redis-py not installed (the test ex
 
 CHAT = "/v1/chat/completions"
 CAP = 240_000  # a request reserves ~23.6k nano-dollars (its bound) and costs ~5k: ~10 bounds fit at once
+#: every instance's business clock stands here (mid-January 2027): a burst of several seconds must not
+#: straddle a month end (the suite runs at any instant), where the cap would rightly start afresh
+NOW_MS = 1_800_000_000_000
 
 
 @pytest.fixture
@@ -121,8 +124,11 @@ def window(url: str, prefix: str, bid: str) -> tuple[int, int, int]:
 
 def start_nodes(upstream: Any, redis_url: str, prefix: str, tmp: Path, db: Path, n: int = 3,
                 extra: str = "") -> list[Daemon]:
-    return [start_daemon(home, cluster_config(upstream, redis_url, prefix, extra), UPSTREAM_ENV)
-            for home in homes(tmp, db, n)]
+    nodes = [start_daemon(home, cluster_config(upstream, redis_url, prefix, extra), UPSTREAM_ENV)
+             for home in homes(tmp, db, n)]
+    for d in nodes:
+        d.set_clock(NOW_MS)
+    return nodes
 
 
 def test_three_instances_hold_one_cap_under_300_concurrent_requests(tmp_path, upstream, redis_srv):

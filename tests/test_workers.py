@@ -85,7 +85,8 @@ def test_two_workers_share_the_port_one_ledger_and_one_cap(tmp_path: Path, upstr
     with conn:
         hierarchy.create_customer(conn, "burst")
         key = mint(conn, name="burst", customer_id="burst")[0]
-        upsert_budget(conn, "customer", "burst", "month", CAP, hard=True)
+        # a total budget: the workers' clocks are their own, and no window may roll during the burst
+        upsert_budget(conn, "customer", "burst", "total", CAP, hard=True)
     conn.close()
     cfg = upstream_config(upstream, f'[cluster]\nredis_url = "{redis.url}"\nsync_interval = 0.1\nlease_ttl = 2\n'
                                     'timeout = 2\n')

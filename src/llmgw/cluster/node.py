@@ -325,6 +325,7 @@ class Cluster:
         self.ratelimiter = SharedRateLimiter(self)
         self.claims = SharedClaims(self, request_timeout + 30.0)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def went_down(self, why: str) -> None:
         if self.down is None:
@@ -351,24 +352,26 @@ class Cluster:
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.budgets.sync()
                 await self.ratelimiter.flush()
-            except asyncio.CancelledError:
-                raise
             except Exception:  # a bug must not stop the reports; the next round tries again
                 log.exception("cluster: sync failed")
-            await asyncio.sleep(self.config.sync_interval)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.config.sync_interval)
+            except TimeoutError:
+                pass
 
     async def stop(self) -> None:
         """Give every slice back and send the last reports (at shutdown), then close the client."""
+        # the round under way finishes first: a cancel delivered inside a redis-py call can be
+        # absorbed there, and the loop would then go on forever (seen under load)
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            if not (await asyncio.wait({self._task}, timeout=3 * self.config.timeout + 1))[0]:
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1)
         try:
             await asyncio.wait_for(self.budgets.sync(leave=True), 5.0)
             await asyncio.wait_for(self.ratelimiter.flush(leave=True), 2.0)

@@ -105,11 +105,11 @@ def supervise(argv: list[str], workers: int, host: str, port: int, *,
                     sys.stderr.write(f"llmgw: worker {w.index} (pid {w.proc.pid}) exited with status "
                                      f"{w.proc.returncode}; restarting it in {RESTART_DELAY_S:g} s\n")
                     sys.stderr.flush()
-                    if stopping.wait(RESTART_DELAY_S):
+                    if _pause(stopping, RESTART_DELAY_S):
                         break
                     w.restarts += 1
                     w.start()
-            stopping.wait(0.2)
+            _pause(stopping, 0.2)
         return 0
     finally:
         holder.close()
@@ -127,6 +127,16 @@ def supervise(argv: list[str], workers: int, host: str, port: int, *,
                 w.proc.wait(10)
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def _pause(stopping: threading.Event, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``stopping``; True once it is set. Polls with ``time.sleep``
+    rather than ``Event.wait(timeout)``: under libfaketime (the suite's any-instant check) a timed
+    lock wait never times out, and the supervisor would stop restarting workers."""
+    end = time.monotonic() + seconds
+    while not stopping.is_set() and time.monotonic() < end:
+        time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+    return stopping.is_set()
 
 
 def worker_argv(config: Path | None, home: Path, demo: bool) -> list[str]:
