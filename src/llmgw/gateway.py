@@ -107,14 +107,22 @@ DIALECTS = {ROUTE_MESSAGES: "anthropic", ROUTE_RESPONSES: "responses", ROUTE_COM
 _UNCACHED = (ROUTE_EMBEDDINGS, ROUTE_COMPLETIONS)
 
 
-_ID_PREFIX = "req_" + secrets.token_hex(6)
-_ID_COUNTER = itertools.count(1)
+class RequestIds:
+    """Request ids: a prefix unique per source (48 random bits) and a counter, so ids increase
+    within it: cheaper than uuid4 on the hot path, and the ledger's request_id index grows at its end
+    instead of at random. Each ``Gateway`` has its own, so the ledger rows one instance wrote are
+    the ids between ``prefix`` and ``prefix + "~"`` (see ``server.app._spend_after``)."""
+
+    def __init__(self) -> None:
+        self.prefix = "req_" + secrets.token_hex(6)
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self._counter):010x}"
 
 
-def new_request_id() -> str:
-    """Unique per process start (48 random bits) and increasing within it: cheaper than uuid4 on
-    the hot path, and the ledger's request_id index grows at its end instead of at random."""
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
+#: ids of answers that are not a gateway's requests (errors before routing, pass-through reads)
+new_request_id = RequestIds()
 
 
 @dataclass(slots=True)
@@ -172,6 +180,7 @@ class Gateway:
         self.config = config
         self.idempotency = idempotency
         self.cache = cache
+        self.new_request_id = RequestIds()  # this instance's ledger rows carry its prefix
         self.clock = clock  # business time: budget windows, ledger ts_ms, events, cache TTL
         self.budgets = budgets if budgets is not None else BudgetBook(error_status=config.defaults.budget_error_status)
         self.ratelimiter = RateLimiter()
@@ -199,7 +208,7 @@ class Gateway:
 
     # ---- the spine -------------------------------------------------------------------------
     async def handle(self, request: web.Request, route: str) -> web.StreamResponse:
-        call = Call(request_id=new_request_id(), route=route, ts_ms=self.clock(), inbound=DIALECTS.get(route, "openai"))
+        call = Call(request_id=self.new_request_id(), route=route, ts_ms=self.clock(), inbound=DIALECTS.get(route, "openai"))
         call.deadline = time.monotonic() + self.request_timeout
         self.metrics.in_flight += 1
         fwd = self.forwarded(request) if self.forward_headers else None

@@ -89,10 +89,10 @@ class CacheAudit:
 
     async def _verify(self, hit_call: Call, body: dict[str, Any], hit: Hit) -> None:
         from ..errors import LlmgwError
-        from ..gateway import Call, new_request_id
+        from ..gateway import Call
 
         gw = self.gw
-        call = Call(request_id=new_request_id(), route=hit_call.route, ts_ms=gw.clock(), inbound=hit_call.inbound)
+        call = Call(request_id=gw.new_request_id(), route=hit_call.route, ts_ms=gw.clock(), inbound=hit_call.inbound)
         call.key, call.model, call.cache, call.cache_entry_id = hit_call.key, hit_call.model, "verify", hit.entry_id
         call.raw_body = hit_call.raw_body
         try:

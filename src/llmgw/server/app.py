@@ -18,6 +18,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -229,7 +230,10 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append(problem)
     if problems:
         return web.json_response({"status": "unavailable", "problems": problems}, status=503)
-    return web.json_response({"status": "ready", "keys": len(gw.keys), "providers": sorted(gw.router.providers)})
+    body: dict[str, Any] = {"status": "ready", "keys": len(gw.keys), "providers": sorted(gw.router.providers)}
+    if gw.writer.spooled:  # still ready: the rows are durable here and go in once PostgreSQL answers
+        body["ledger_spooled_rows"] = gw.writer.spooled
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -250,15 +254,16 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _read_definitions(conn: sqlite3.Connection, keys: KeyTable, last: int, now_ms: int,
                       known: frozenset[tuple[str, str, str, str]] = frozenset(), upto_rowid: int | None = None,
-                      ) -> tuple[int, list[sqlite3.Row] | None, dict[tuple[str, str, int], int],
+                      mine: str = "") -> tuple[int, list[sqlite3.Row] | None, dict[tuple[str, str, int], int],
                                  dict[tuple[str, int], int], dict[tuple[str, str], str]]:
     """In a worker thread: if definitions changed, reload keys and read the budget rows plus the
     ledger spend of the current window of each budget the daemon does not track yet (``known``:
     (id, scope, scope_id, period) of tracked ones), so the loop never waits on SQLite.
 
-    With ``upto_rowid`` (the ledger writer's committed point when the read began) the spend counts
-    ledger rows with ``id <= upto_rowid`` only: the requests after it are still tracked by the
-    budget book, which adds them (``BudgetBook.reload(committed_seq=)``). One read transaction, so
+    With ``upto_rowid`` (the ledger writer's committed point when the read began) the spend leaves
+    out this instance's rows after it (``mine``: its request-id prefix): those requests are still
+    tracked by the budget book, which adds them (``BudgetBook.reload(committed_seq=)``); every other
+    instance's row on a shared store counts, whatever its id. One read transaction, so
     the spend and what is taken out of it come from the same snapshot."""
     version = store_db.definitions_version(conn)
     if version == last:
@@ -277,7 +282,7 @@ def _read_definitions(conn: sqlite3.Connection, keys: KeyTable, last: int, now_m
             start, _ = window(r["period"], now_ms)
             got = spend(r["scope"], r["scope_id"], start)
             if upto_rowid is not None:
-                got -= _spend_after(conn, r["scope"], r["scope_id"], start, upto_rowid)
+                got -= _spend_after(conn, r["scope"], r["scope_id"], start, upto_rowid, mine)
             spends[(r["scope"], r["scope_id"], start)] = got
             if r["raise_step_nanos"]:
                 raises[(r["id"], start)] = raised(r["id"], start)
@@ -292,11 +297,15 @@ def _read_definitions(conn: sqlite3.Connection, keys: KeyTable, last: int, now_m
 _SCOPE_COLUMN = {"customer": "customer_id", "team": "team_id", "key": "key_id"}
 
 
-def _spend_after(conn: sqlite3.Connection, scope: str, scope_id: str, since_ms: int, rowid: int) -> int:
-    """Ledger spend of one scope since ``since_ms`` in rows after ``rowid`` (a range of the primary key)."""
+def _spend_after(conn: sqlite3.Connection, scope: str, scope_id: str, since_ms: int, rowid: int, mine: str) -> int:
+    """Ledger spend of one scope since ``since_ms`` in this instance's rows (request ids starting
+    ``mine``) after ``rowid``: the rows it committed after the read's committed point, which the
+    budget book still counts as in flight. Other instances' rows on a shared store are the spend
+    the read must keep, whatever their id."""
     # NOT INDEXED: the rowid range (a few rows) and not the scope's index (the whole window's rows)
     row = conn.execute(f"SELECT COALESCE(SUM(cost_nanos), 0) FROM ledger NOT INDEXED WHERE id > ?"
-                       f" AND {_SCOPE_COLUMN[scope]} = ? AND ts_ms >= ?", (rowid, scope_id, since_ms)).fetchone()
+                       f" AND request_id >= ? AND request_id < ? AND {_SCOPE_COLUMN[scope]} = ? AND ts_ms >= ?",
+                       (rowid, mine, mine + "~", scope_id, since_ms)).fetchone()
     return int(row[0])
 
 
@@ -319,13 +328,18 @@ class Definitions:
 
     async def refresh(self) -> None:
         async with self._lock:
+            if self.gw.writer.spooled:
+                # rows answered while PostgreSQL was down are not in it yet: a budget new to this
+                # instance would read a spend without them. The spool drains first thing once the
+                # server answers, and a later round reads the definitions then.
+                return
             book = self.gw.budgets
             known = frozenset((b.id, b.scope, b.scope_id, b.period) for b in book.budgets())
             seq, rowid = self.gw.writer.committed
             book.begin_snapshot(seq)
             try:
                 got = await asyncio.to_thread(_read_definitions, self.conn, self.gw.keys, self.version,
-                                              self.gw.clock(), known, rowid)
+                                              self.gw.clock(), known, rowid, self.gw.new_request_id.prefix)
                 self._apply(*got, committed_seq=seq)
             finally:
                 book.end_snapshot()
@@ -400,6 +414,10 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
                                        lambda: int(writer.health() is None)),
             "llmgw_ledger_writer_restarts": ("Ledger writer processes restarted after dying.",
                                              lambda: writer.restarts),
+            **({} if writer.spool is None else {
+                "llmgw_ledger_spooled_rows": ("PostgreSQL store: rows answered while it was unreachable, in the local "
+                                              "spool file until they are moved into it.", lambda: writer.spooled),
+            }),
             **({} if cluster is None else {
                 "llmgw_cluster_redis_up": ("Cluster mode: 1 while the shared state (Redis) answers, 0 while it is "
                                            "unreachable.", lambda: int(cluster.problem() is None)),

@@ -167,6 +167,8 @@ class LedgerWriter:
         self._problem: str | None = None  # what the writer process reports it cannot do (disk full...)
         self._progress = time.monotonic()  # when the queue last moved (or started to fill)
         self._rowid = 0  # highest ledger id committed, as the writer process reported it
+        #: rows answered while PostgreSQL was unreachable, in the spool file, not in the store yet
+        self.spooled = 0
         self._backoff = 0.0
         self._restart_handle: asyncio.TimerHandle | None = None
         self.restarts = 0
@@ -371,6 +373,9 @@ class LedgerWriter:
 
     def _apply(self, answers: list[Any]) -> None:
         for answer in answers:
+            if isinstance(answer, dict) and "spooled" in answer:
+                self.spooled = int(answer["spooled"])
+                continue
             if isinstance(answer, dict):  # the writer's health changed (or a new one is ready)
                 problem = answer.get("unhealthy")
                 if problem and problem != self._problem:

@@ -25,6 +25,8 @@ Protocol (both directions: frames of a 4-byte little-endian length and an orjson
   ``{"unhealthy": message}`` when a commit fails for a reason that is not the row's (the disk is
   full, the database is locked, an I/O error), and ``{"unhealthy": null}`` once commits work again
   (and once at start, when the database is open).
+  ``{"spooled": n}`` (PostgreSQL with a spool) at start and whenever the number of rows in the spool
+  changes, before the answer of the batch that changed it: rows answered but not yet in the store.
 
 Rows are committed in order, in batches of up to MAX_BATCH rows: whatever arrived during the
 previous commit. With LINGER > 0 it also waits that long for more rows under load (the previous
@@ -407,6 +409,7 @@ class _Writer:
         self.acks = True  # False once the daemon is gone: keep committing what it sent, tell nobody
         self.unhealthy: str | None = None
         self.max_rowid = 0
+        self._spooled = -1  # the spool's row count last told to the daemon
         self._delay = RETRY_FIRST
         self._since: float | None = None  # when commits started failing after the daemon left
 
@@ -416,6 +419,12 @@ class _Writer:
                 _write_all(self.fd_out, frame(obj))
             except BrokenPipeError:
                 self.acks = False
+
+    def tell_spooled(self) -> None:
+        """Tell the daemon how many answered rows wait in the spool, when that changed."""
+        if self.pg is not None and self.pg.spool is not None and self.pg.spool.count != self._spooled:
+            self._spooled = self.pg.spool.count
+            self.tell({"spooled": self._spooled})
 
     def wait(self, exc: sqlite3.OperationalError) -> None:
         """A commit failed for a reason that is not the rows': say so (once), back off, go on."""
@@ -460,6 +469,7 @@ class _Writer:
             self.unhealthy = None
             self.tell({"unhealthy": None})
         self.max_rowid = max(self.max_rowid, last)
+        self.tell_spooled()  # before the batch's answer: its rows may be in the spool only
         if not skip:
             return errors
         it = iter(errors)
@@ -515,6 +525,7 @@ def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int
     inp = _Input(fd_in)
     w = _Writer(conn, fd_out, inp, pg)
     w.tell({"unhealthy": None})  # ready: the database is open (a restarted writer is healthy from here)
+    w.tell_spooled()
     roller = rollups.Roller(conn, connect=(lambda: open_db(pg.store)) if pg is not None else None)
     last_size = 0
     try:
@@ -528,6 +539,7 @@ def run(db_path: str, max_batch: int, linger: float, fd_in: int = 0, fd_out: int
                     if spooling:
                         assert pg is not None
                         w.max_rowid = max(w.max_rowid, pg.drain() or 0)  # idle: try the server again
+                        w.tell_spooled()
                         continue
                     roller.run()  # idle: roll up what was committed, then wait again
                     continue
