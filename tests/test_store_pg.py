@@ -253,6 +253,29 @@ def test_definitions_made_by_the_cli_reach_the_running_daemon_and_budgets_read_p
     assert [c["id"] for c in customers] == ["acme"]
 
 
+def test_a_budget_new_to_an_instance_counts_every_instance_s_rows_on_one_database(
+        daemon_factory: Any, upstream: Any, pg_url: str) -> None:
+    """Two instances, one PostgreSQL: a budget reload leaves out only the reading instance's rows
+    after its committed point (it still tracks those requests), never another writer's rows."""
+    env = {**UPSTREAM_ENV, "LLMGW_TEST_STORE_URL": pg_url}
+    a = daemon_factory(pg_config(pg_url, upstream), env)
+    b = daemon_factory(pg_config(pg_url, upstream), env)
+    cenv = {"LLMGW_TEST_STORE_URL": pg_url}
+    cli(a.home, "customers", "create", "acme", env=cenv)
+    key = cli(a.home, "keys", "create", "--name", "acme-key", "--customer", "acme", env=cenv).stdout.strip()
+    assert chat(b.url, key, "on b").status_code == 200  # b's committed point: this row
+    for i in range(3):  # a's rows: ids above b's committed point
+        assert chat(a.url, key, f"on a {i}").status_code == 200
+    costs = raw_rows(pg_url, "SELECT cost_nanos, request_id FROM ledger WHERE customer_id = 'acme' ORDER BY id")
+    assert len(costs) == 4 and len({c[1][:16] for c in costs}) == 2  # one request-id prefix per instance
+    cli(a.home, "budget", "set", "--customer", "acme", "--limit", "5", "--period", "month", env=cenv)
+    for d in (a, b):
+        d.synced()
+        book = d.gateway.budgets
+        (st,) = [book.status(x, d.clock()) for x in book.budgets() if x.scope_id == "acme"]
+        assert st["spent_nanos"] == sum(c[0] for c in costs), d.url
+
+
 def test_restarting_the_daemon_migrates_nothing_again_and_keeps_the_ledger(
         daemon_factory: Any, upstream: Any, pg_url: str, tmp_path: Path) -> None:
     env = {**UPSTREAM_ENV, "LLMGW_TEST_STORE_URL": pg_url}
@@ -586,10 +609,16 @@ def test_rows_spool_locally_while_postgres_is_down_and_drain_once_it_is_back(
     pg_server.pg_ctl("stop", "-m", "fast", "-w")
     try:
         more = [chat(d2.url, d2.key, f"again {i}").headers["x-request-id"] for i in range(5)]
+        ready = httpx.get(d2.url + "/readyz", timeout=10)  # still ready (the rows are durable here), and says so
+        assert ready.status_code == 200 and ready.json()["ledger_spooled_rows"] == 5, ready.text
+        assert "llmgw_ledger_spooled_rows 5" in httpx.get(d2.url + "/metrics", timeout=10).text
     finally:
         pg_server.pg_ctl("start", "-w", "-t", "30", "-l", str(pg_server.datadir.parent / "log"), "-o",
                          pg_server.options)
     wait_until(lambda: spool.stat().st_size == 0, 20, "the writer to drain its spool")
+    wait_until(lambda: "ledger_spooled_rows" not in httpx.get(d2.url + "/readyz", timeout=10).json(), 10,
+               "the daemon to hear that the spool drained")
+    assert "llmgw_ledger_spooled_rows 0" in httpx.get(d2.url + "/metrics", timeout=10).text
     last = chat(d2.url, d2.key, "after").headers["x-request-id"]
     got = raw_rows(url, "SELECT request_id FROM ledger ORDER BY id")
     assert [g[0] for g in got] == [*ids, *more, last]
