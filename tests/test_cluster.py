@@ -2,8 +2,10 @@
 instances, with an instance SIGKILLed and with Redis restarted mid-burst; Redis unreachable (fail
 closed, fail open with its event); rate limits and Idempotency-Key shared; Redis off the hot path.
 
-Each instance has its own SQLite home holding the same definitions (a copy of one template
-database: what a shared store gives), so the sum of their ledgers is the cluster's spend."""
+The proof tests run twice: on SQLite, each instance has its own home holding the same definitions
+(a copy of one template database), so the sum of their ledgers is the cluster's spend; on one
+PostgreSQL database shared by every instance (``[store] url``), one ledger, each instance's rows
+told apart by its request-id prefix."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from llmgw.governance import hierarchy
 from llmgw.governance.budgets import upsert_budget
 from llmgw.governance.keys import mint
 from llmgw.store import db as store_db
+from llmgw.store.conn import PgStore
 from services import RedisServer
 from test_faults import Served
 
@@ -46,11 +49,20 @@ def redis_srv(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
+STORES = ["sqlite", "postgresql"]
+
+
+def store_url(kind: str, request: pytest.FixtureRequest) -> str | None:
+    """None for SQLite homes; a fresh database on the session's PostgreSQL server for ``postgresql``."""
+    return None if kind == "sqlite" else str(request.getfixturevalue("pg_url"))
+
+
 def template(tmp: Path, cap: int = CAP, *, hard: bool = True, fail_open: bool = False,
-             rpm: int | None = None) -> tuple[Path, str, str]:
-    """A database with customer ``burst``, its key and its monthly budget: (file, key, budget id)."""
+             rpm: int | None = None, url: str | None = None) -> tuple[Path, str, str]:
+    """A database with customer ``burst``, its key and its monthly budget: (file, key, budget id);
+    with ``url`` they are made in that PostgreSQL database (the file is then not created)."""
     db = tmp / "template.db"
-    conn = store_db.open_db(db)
+    conn = store_db.open_db(PgStore(url) if url else db)
     try:
         with conn:
             hierarchy.create_customer(conn, "burst")
@@ -67,9 +79,18 @@ def homes(tmp: Path, db: Path, n: int) -> list[Path]:
     for i in range(n):
         home = tmp / f"node{i}"
         home.mkdir(parents=True)
-        shutil.copy(db, paths.db_path(home))
+        if db.exists():  # SQLite: each home a copy of the definitions
+            shutil.copy(db, paths.db_path(home))
         out.append(home)
     return out
+
+
+def store_section(url: str | None) -> str:
+    return "" if url is None else '\n[store]\nurl_env = "LLMGW_TEST_STORE_URL"\n'
+
+
+def store_env(url: str | None) -> dict[str, str]:
+    return {**UPSTREAM_ENV, **({} if url is None else {"LLMGW_TEST_STORE_URL": url})}
 
 
 def cluster_config(upstream: Any, url: str, prefix: str, extra: str = "") -> str:
@@ -96,12 +117,20 @@ async def burst(urls: list[str], key: str, n: int, tag: str = "c") -> list[tuple
     return [(i % len(urls), r) for i, r in enumerate(rs)]
 
 
-def ledger(home: Path) -> list[dict[str, Any]]:
-    conn = store_db.connect(paths.db_path(home))
+def ledger(home: Path, url: str | None = None, prefix: str = "") -> list[dict[str, Any]]:
+    """Customer ``burst``'s ledger rows of one instance: its home's SQLite file, or (``url``) the
+    shared PostgreSQL ledger's rows whose request id starts with ``prefix``."""
+    conn = store_db.connect(PgStore(url) if url else paths.db_path(home))
     try:
-        return [dict(r) for r in conn.execute("SELECT * FROM ledger WHERE customer_id = 'burst' ORDER BY id")]
+        return [dict(r) for r in conn.execute("SELECT * FROM ledger WHERE customer_id = 'burst' ORDER BY id")
+                if r["request_id"].startswith(prefix)]
     finally:
         conn.close()
+
+
+def node_rows(nodes: list[Daemon], url: str | None) -> list[list[dict[str, Any]]]:
+    """Each in-process instance's ledger rows (on PostgreSQL: by its gateway's request-id prefix)."""
+    return [ledger(d.home, url, d.gateway.new_request_id.prefix if url else "") for d in nodes]
 
 
 def chat_calls(upstream: Any, tag: str | None = None) -> int:
@@ -123,17 +152,19 @@ def window(url: str, prefix: str, bid: str) -> tuple[int, int, int]:
 
 
 def start_nodes(upstream: Any, redis_url: str, prefix: str, tmp: Path, db: Path, n: int = 3,
-                extra: str = "") -> list[Daemon]:
-    nodes = [start_daemon(home, cluster_config(upstream, redis_url, prefix, extra), UPSTREAM_ENV)
-             for home in homes(tmp, db, n)]
+                extra: str = "", url: str | None = None) -> list[Daemon]:
+    nodes = [start_daemon(home, cluster_config(upstream, redis_url, prefix, extra + store_section(url)),
+                          store_env(url)) for home in homes(tmp, db, n)]
     for d in nodes:
         d.set_clock(NOW_MS)
     return nodes
 
 
-def test_three_instances_hold_one_cap_under_300_concurrent_requests(tmp_path, upstream, redis_srv):
-    db, key, bid = template(tmp_path)
-    nodes = start_nodes(upstream, redis_srv.url, "t3", tmp_path, db)
+@pytest.mark.parametrize("kind", STORES)
+def test_three_instances_hold_one_cap_under_300_concurrent_requests(tmp_path, upstream, redis_srv, kind, request):
+    url = store_url(kind, request)
+    db, key, bid = template(tmp_path, url=url)
+    nodes = start_nodes(upstream, redis_srv.url, "t3", tmp_path, db, url=url)
     try:
         results = asyncio.run(burst([d.url for d in nodes], key, 300))
     finally:
@@ -143,7 +174,9 @@ def test_three_instances_hold_one_cap_under_300_concurrent_requests(tmp_path, up
     assert set(codes) <= {200, 429}, codes
     assert all(r.json()["error"]["type"] == "budget_exceeded" for _, r in results if r.status_code == 429)
     ok = codes.count(200)
-    rows = [ledger(d.home) for d in nodes]
+    rows = node_rows(nodes, url)
+    if url:  # one ledger: every row belongs to one of the instances
+        assert sum(map(len, rows)) == len(ledger(tmp_path, url)) == len(results)
     for i, rs in enumerate(rows):  # exactly one row per request, on the instance that took it
         assert len(rs) == sum(1 for j, _ in results if j == i)
         assert len({r["request_id"] for r in rs}) == len(rs)
@@ -156,10 +189,12 @@ def test_three_instances_hold_one_cap_under_300_concurrent_requests(tmp_path, up
     assert (redis_spent, leased, reclaimed) == (spent, 0, 0)  # every cost reported exactly, every slice returned
 
 
-def test_an_instance_killed_mid_burst_never_causes_overspend(tmp_path, upstream, redis_srv):
-    db, key, bid = template(tmp_path)
-    cfg = cluster_config(upstream, redis_srv.url, "tk")
-    nodes = [Served(home, cfg, UPSTREAM_ENV) for home in homes(tmp_path, db, 3)]
+@pytest.mark.parametrize("kind", STORES)
+def test_an_instance_killed_mid_burst_never_causes_overspend(tmp_path, upstream, redis_srv, kind, request):
+    url = store_url(kind, request)
+    db, key, bid = template(tmp_path, url=url)
+    cfg = cluster_config(upstream, redis_srv.url, "tk", store_section(url))
+    nodes = [Served(home, cfg, store_env(url)) for home in homes(tmp_path, db, 3)]
     try:
         victim = nodes[0]
         box: dict[str, Any] = {}
@@ -197,7 +232,15 @@ def test_an_instance_killed_mid_burst_never_causes_overspend(tmp_path, upstream,
     finally:
         for s in nodes:
             s.stop(signal.SIGKILL if s.p.poll() is None else signal.SIGTERM)
-    rows = {i: ledger(s.home) for i, s in enumerate(nodes)}
+    if url:  # one ledger: a survivor's rows carry the request-id prefix of its answers, the rest are the victim's
+        every = ledger(tmp_path, url)
+        mine = {i: {r.headers["x-request-id"][:16] for j, r in [*results, *((j + 1, r) for j, r in late)]
+                    if j == i and isinstance(r, httpx.Response)} for i in (1, 2)}
+        assert all(len(p) == 1 for p in mine.values()), mine
+        rows = {i: [r for r in every if r["request_id"][:16] in mine[i]] for i in (1, 2)}
+        rows[0] = [r for r in every if r["request_id"][:16] not in mine[1] | mine[2]]
+    else:
+        rows = {i: ledger(s.home) for i, s in enumerate(nodes)}
     for i in (1, 2):  # survivors: one row per request they took, upstream calls = their admitted requests
         took = sum(1 for j, _ in results if j == i) + sum(1 for j, _ in late if j == i - 1)
         assert len(rows[i]) == took
@@ -215,9 +258,11 @@ def test_an_instance_killed_mid_burst_never_causes_overspend(tmp_path, upstream,
     assert leased == 0  # the survivors gave theirs back, the victim's was taken back
 
 
-def test_redis_restarted_mid_burst_keeps_the_cap(tmp_path, upstream, redis_srv):
-    db, key, bid = template(tmp_path)
-    nodes = start_nodes(upstream, redis_srv.url, "tr", tmp_path, db)
+@pytest.mark.parametrize("kind", STORES)
+def test_redis_restarted_mid_burst_keeps_the_cap(tmp_path, upstream, redis_srv, kind, request):
+    url = store_url(kind, request)
+    db, key, bid = template(tmp_path, url=url)
+    nodes = start_nodes(upstream, redis_srv.url, "tr", tmp_path, db, url=url)
     try:
         first = asyncio.run(burst([d.url for d in nodes], key, 150, "a"))
         assert any(r.status_code == 429 for _, r in first)  # the cap is reached before Redis goes
@@ -239,8 +284,8 @@ def test_redis_restarted_mid_burst_keeps_the_cap(tmp_path, upstream, redis_srv):
     codes = {r.status_code for _, r in results}
     assert codes <= {200, 429, 503}, codes
     assert all(r.json()["error"]["type"] == "governance_unavailable" for _, r in results if r.status_code == 503)
-    rows = [r for d in nodes for r in ledger(d.home)]
-    assert len(rows) == len(results)
+    rows = [r for rs in node_rows(nodes, url) for r in rs]
+    assert len(rows) == len(results) == len({r["request_id"] for r in rows})
     spent = sum(r["cost_nanos"] for r in rows)
     assert 0 < spent <= CAP
     assert chat_calls(upstream) == sum(1 for _, r in results if r.status_code == 200)
