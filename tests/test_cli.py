@@ -325,6 +325,22 @@ def test_keys_create_list_and_secret_never_stored(cli: Cli) -> None:
             assert secret.encode() not in f.read_bytes(), f
 
 
+def test_keys_list_shows_each_key_s_cache_threshold(cli: Cli) -> None:
+    assert cli("keys", "create", "--name", "strict", "--cache-threshold", "0.97").code == 0
+    assert cli("keys", "create", "--name", "default").code == 0
+    out = cli("keys", "list", env={"COLUMNS": "250"}).out
+    header, *lines = out.splitlines()
+    assert "cache threshold" in header
+    (strict,) = [ln for ln in lines if " strict " in ln]
+    (default,) = [ln for ln in lines if " default " in ln]
+    assert "0.97" in strict and "0.97" not in default
+    csv_rows = cli("keys", "list", "--format", "csv").out.splitlines()
+    col = csv_rows[0].split(",").index("cache_threshold")
+    assert sorted(r.split(",")[col] for r in csv_rows[1:]) == ["", "0.97"]
+    assert {r["name"]: r["cache_threshold"] for r in json.loads(cli("keys", "list", "--json").out)} == {
+        "strict": 0.97, "default": None}
+
+
 def test_keys_create_twice_gives_distinct_secrets(cli: Cli) -> None:
     a = cli("keys", "create", "--name", "one")
     b = cli("keys", "create", "--name", "two")

@@ -94,6 +94,9 @@ LIST_COLUMNS = [
     Column("customer", lambda r: r["customer_id"] or "", keep=True, drop=6, key="customer_id"),
     Column("team", lambda r: r["team_id"] or "", keep=True, drop=8, key="team_id"),
     Column("models", lambda r: ", ".join(r["models"]) or "*", lambda r: ",".join(r["models"]), drop=5),
+    # the key's semantic-cache threshold (--cache-threshold); empty: the config's ([cache] threshold)
+    Column("cache threshold", lambda r: "" if r["cache_threshold"] is None else f"{r['cache_threshold']:g}",
+           lambda r: r["cache_threshold"], drop=10, right=True, key="cache_threshold"),
     Column("expires", lambda r: r["expires_at"] or "", keep=True, drop=7, key="expires_at"),
     Column("created", lambda r: r["created_at"], keep=True, drop=9, key="created_at"),
 ]
