@@ -4,6 +4,7 @@
     python bench/run.py --targets mock,forwarder --duration 3
     python bench/run.py --peers litellm,portkey          # also the peers, if installed
     python bench/run.py --cluster                        # one instance with [cluster] (Redis) vs embedded
+    python bench/run.py --cluster --store-url URL        # ... and one with Redis + PostgreSQL (an empty database)
 
 Starts every server as a subprocess on a free 127.0.0.1 port (own session, logs in a temp dir),
 waits until each answers a real request, then measures each target at --concurrency (32) for
@@ -683,6 +684,10 @@ def run_cluster(args: argparse.Namespace, procs: Procs, workdir: Path) -> int:
         "workers-2": start_llmgw(procs, mock_port, workdir, args.python, "workers-2",
                                  f'[cluster]\nredis_url = "{url}"\nprefix = "w2"\n', ("--workers", "2")),
     }
+    if args.store_url:  # the whole scale-out stack: caps in Redis, definitions and ledger in PostgreSQL
+        targets["cluster-pg"] = start_llmgw(procs, mock_port, workdir, args.python, "cluster-pg",
+                                            f'[cluster]\nredis_url = "{url}"\nprefix = "pg"\n',
+                                            store_url=args.store_url)
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for rnd in range(args.rounds):
         log(f"round {rnd + 1}/{args.rounds}")
@@ -700,6 +705,10 @@ def run_cluster(args: argparse.Namespace, procs: Procs, workdir: Path) -> int:
         ratios[mode] = final[("cluster", mode)]["rps"] / base if base else float("nan")
         print(f"cluster / embedded {mode}: {ratios[mode]:.2f}x "
               f"({'ok' if ratios[mode] >= RPS_TARGET else 'BELOW'} target >= {RPS_TARGET}x)")
+        if "cluster-pg" in targets:
+            r = ratios[f"cluster-pg/{mode}"] = final[("cluster-pg", mode)]["rps"] / base if base else float("nan")
+            print(f"cluster + PostgreSQL / embedded {mode}: {r:.2f}x "
+                  f"({'ok' if r >= RPS_TARGET else 'BELOW'} target >= {RPS_TARGET}x)")
     for mode in MODES:
         one = final[("cluster", mode)]["rps"]
         ratios[f"workers-2/{mode}"] = final[("workers-2", mode)]["rps"] / one if one else float("nan")
