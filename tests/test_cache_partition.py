@@ -175,3 +175,43 @@ def test_partitions_reuse_freed_slots_and_move_a_growing_partition_to_the_index(
     assert parts.is_large(300) and len(parts.index) == EXACT_MAX + 1 and len(parts.free) == EXACT_MAX + 1
     parts.forget(10, 300)
     assert len(parts.index) == EXACT_MAX and 10 not in parts.members(300)
+
+
+class CountingEmbedder:
+    """The real embedder, counting which thread asked for each encode."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.threads: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def encode(self, texts: list[str]) -> object:
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        return self.inner.encode(texts)  # type: ignore[attr-defined]
+
+
+async def test_a_miss_in_an_empty_partition_embeds_off_the_loop_and_is_found_next(tmp_path: Path) -> None:
+    cache = cache_at(tmp_path, threshold=0.9)
+    try:
+        cache._open()
+        cache._semantic()
+        counting = CountingEmbedder(cache.embedder)
+        cache.embedder = counting  # type: ignore[assignment]
+        first = keys("Write a catalogue caption for our linen shirt.")
+        assert (await cache.lookup(first, True, 0.9, NOW)).hit is None
+        assert counting.threads == []  # nothing to compare with: no embedding on the loop
+        await cache.store(first, True, b"caption", "{}", 1, None, NOW)
+        assert counting.threads == ["llmgw-cache-writer"]  # the writer thread embedded it for the entry
+        again = keys("Please write a catalogue caption for our linen shirt.")
+        got = (await cache.lookup(again, True, 0.9, NOW)).hit
+        assert got is not None and got.kind == "semantic" and got.body == b"caption"
+        assert counting.threads[-1] != "llmgw-cache-writer"  # a partition with entries: embedded to compare
+        other = keys("Write a catalogue caption for our linen shirt.", scope="globex")  # another partition
+        assert (await cache.lookup(other, True, 0.9, NOW)).hit is None
+        assert len(counting.threads) == 2
+    finally:
+        cache.close()

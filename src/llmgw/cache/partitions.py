@@ -182,6 +182,10 @@ class Partitions:
     def __len__(self) -> int:
         return len(self.parts)
 
+    def __contains__(self, pk: object) -> bool:
+        """Whether partition ``pk`` holds an entry (none: a lookup there cannot hit)."""
+        return pk in self.parts
+
     def members(self, pk: int) -> list[int]:
         v = self.parts.get(pk)
         if v is None:

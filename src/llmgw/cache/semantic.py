@@ -173,6 +173,8 @@ class _Put:
     cost: int
     ttl_ms: int | None
     now_ms: int
+    vec: Any = None  # the prompt's float32 embedding (the lookup's, or the writer thread's)
+    embed: bool = False  # embed the prompt in the writer thread (the lookup found its partition empty)
 
 
 class _Writer:
@@ -396,8 +398,10 @@ class ResponseCache:
         if not semantic or not keys.prompt.strip():
             return Lookup(None)
         self._semantic()
-        vec = keys.vector = self.embedder.encode([keys.prompt])[0]
         pk = keys.partition()
+        if pk not in self._parts:  # nothing to compare with: no embedding on the loop (the store makes it)
+            return Lookup(None)
+        vec = keys.vector = self.embedder.encode([keys.prompt])[0]
         ranked = self._parts.ranked(pk, vec, threshold)
         if not ranked:
             return Lookup(None)
@@ -471,6 +475,9 @@ class ResponseCache:
         if op == "put":
             p: _Put = args
             k = p.keys
+            if p.embed and p.blob is None:  # here, off the loop (``_put``)
+                p.vec = self.embedder.encode([k.prompt])[0]
+                p.blob = cstore.vector_to_blob(p.vec)
             new_id, replaced = cstore.insert(
                 conn, scope=k.scope, model=k.model, exact_hash=k.exact_hash, context_hash=k.context_hash,
                 response=p.body, content_type="application/json", now_ms=p.now_ms, namespace=k.namespace,
@@ -503,37 +510,41 @@ class ResponseCache:
         return None
 
     def _put(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int, ttl_ms: int | None,
-             now_ms: int) -> tuple[_Put, Any]:
-        vec = None
+             now_ms: int) -> _Put:
+        """What to store. A semantic entry needs the prompt's embedding: the lookup's when it made
+        one; otherwise (its partition was empty) the writer thread makes it, off the loop."""
+        put = _Put(keys, None, bytes(body), usage_json, int(cost), ttl_ms, now_ms)
         if semantic and keys.prompt.strip():
             self._semantic()
-            vec = keys.vector if keys.vector is not None else self.embedder.encode([keys.prompt])[0]
-        blob = None if vec is None else cstore.vector_to_blob(vec)
-        return _Put(keys, blob, bytes(body), usage_json, int(cost), ttl_ms, now_ms), vec
+            if keys.vector is not None:
+                put.vec, put.blob = keys.vector, cstore.vector_to_blob(keys.vector)
+            else:
+                put.embed = True
+        return put
 
-    def _stored(self, put: _Put, vec: Any, result: Any) -> None:
+    def _stored(self, put: _Put, result: Any) -> None:
         """The writer committed ``put``: bring memory in line (on the loop)."""
         new_id, gone, entries = result
         self.entries = entries
         self._forget(gone)
         self._exact[put.keys.exact()] = new_id
-        if self._parts is not None and vec is not None and put.blob is not None:
+        if self._parts is not None and put.vec is not None and put.blob is not None:
             import numpy as np
 
-            self._parts.add(new_id, put.keys.partition(), vec, np.frombuffer(put.blob, dtype=np.float16))
+            self._parts.add(new_id, put.keys.partition(), put.vec, np.frombuffer(put.blob, dtype=np.float16))
 
     def _store(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int, ttl_ms: int | None,
                now_ms: int) -> None:
         """``store`` without the writer thread: for tests and benchmarks."""
         self._open()
-        put, vec = self._put(keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
+        put = self._put(keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
         conn = store_db.connect(paths.db_path(self.home))
         try:
             result = self._apply(conn, "put", put)
             conn.commit()
         finally:
             conn.close()
-        self._stored(put, vec, result)
+        self._stored(put, result)
         if put.blob is not None:
             self._stores_since_trim += 1
             if self._stores_since_trim >= _TRIM_EVERY:
@@ -563,14 +574,14 @@ class ResponseCache:
         """Store an answer; returns once it is committed (the client's next request finds it)."""
         if not self._ready(semantic):
             await self._warm_async(semantic)
-        put, vec = self._put(keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
+        put = self._put(keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
         if self._writer is None:
             self._writer = _Writer(self)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._writer.submit("put", put, loop, fut)
         result = await asyncio.shield(fut)
-        self._stored(put, vec, result)
+        self._stored(put, result)
 
 
 _malloc_trim: Any = None
