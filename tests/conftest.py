@@ -4,6 +4,7 @@ SQLite file under a temp LLMGW_HOME) and the fake upstream (a real aiohttp serve
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import sys
 import threading
@@ -265,3 +266,21 @@ def pg_server() -> Iterator[Any]:
 def pg_url(pg_server: Any) -> str:
     """The URL (with a password) of a fresh, empty database on the session's PostgreSQL server."""
     return str(pg_server.database())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Objects that leak until the very end of the session (a socket, a connection) belong to no
+    test: pytest checks each test's own after it. Collect them here, before pytest's final sweep,
+    and report each on stderr, so a garbage-collection order at exit neither fails the run nor
+    goes unseen."""
+    previous = sys.unraisablehook
+
+    def report(u: Any) -> None:
+        sys.stderr.write(f"tests: left open until the end of the session: {u.exc_value!r}\n")
+
+    sys.unraisablehook = report
+    try:
+        for _ in range(5):
+            gc.collect()
+    finally:
+        sys.unraisablehook = previous
