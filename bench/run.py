@@ -682,7 +682,7 @@ def run_cluster(args: argparse.Namespace, procs: Procs, workdir: Path) -> int:
         "cluster": start_llmgw(procs, mock_port, workdir, args.python, "cluster",
                                f'[cluster]\nredis_url = "{url}"\n'),
         "workers-2": start_llmgw(procs, mock_port, workdir, args.python, "workers-2",
-                                 f'[cluster]\nredis_url = "{url}"\nprefix = "w2"\n', ("--workers", "2")),
+                                 f'[cluster]\nredis_url = "{url}"\nprefix = "w2"\n', serve_args=("--workers", "2")),
     }
     if args.store_url:  # the whole scale-out stack: caps in Redis, definitions and ledger in PostgreSQL
         targets["cluster-pg"] = start_llmgw(procs, mock_port, workdir, args.python, "cluster-pg",
