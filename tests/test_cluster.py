@@ -23,6 +23,7 @@ import pytest
 
 from conftest import UPSTREAM_ENV, Daemon, start_daemon, upstream_config, wait_until
 from llmgw import paths
+from llmgw.gateway import RequestIds
 from llmgw.governance import hierarchy
 from llmgw.governance.budgets import upsert_budget
 from llmgw.governance.keys import mint
@@ -38,6 +39,7 @@ CAP = 240_000  # a request reserves ~23.6k nano-dollars (its bound) and costs ~5
 #: every instance's business clock stands here (mid-January 2027): a burst of several seconds must not
 #: straddle a month end (the suite runs at any instant), where the cap would rightly start afresh
 NOW_MS = 1_800_000_000_000
+PREFIX = len(RequestIds().prefix)  # the part of a request id that names the instance that made it
 
 
 @pytest.fixture
@@ -234,11 +236,11 @@ def test_an_instance_killed_mid_burst_never_causes_overspend(tmp_path, upstream,
             s.stop(signal.SIGKILL if s.p.poll() is None else signal.SIGTERM)
     if url:  # one ledger: a survivor's rows carry the request-id prefix of its answers, the rest are the victim's
         every = ledger(tmp_path, url)
-        mine = {i: {r.headers["x-request-id"][:16] for j, r in [*results, *((j + 1, r) for j, r in late)]
+        mine = {i: {r.headers["x-request-id"][:PREFIX] for j, r in [*results, *((j + 1, r) for j, r in late)]
                     if j == i and isinstance(r, httpx.Response)} for i in (1, 2)}
         assert all(len(p) == 1 for p in mine.values()), mine
-        rows = {i: [r for r in every if r["request_id"][:16] in mine[i]] for i in (1, 2)}
-        rows[0] = [r for r in every if r["request_id"][:16] not in mine[1] | mine[2]]
+        rows = {i: [r for r in every if r["request_id"][:PREFIX] in mine[i]] for i in (1, 2)}
+        rows[0] = [r for r in every if r["request_id"][:PREFIX] not in mine[1] | mine[2]]
     else:
         rows = {i: ledger(s.home) for i, s in enumerate(nodes)}
     for i in (1, 2):  # survivors: one row per request they took, upstream calls = their admitted requests

@@ -475,7 +475,9 @@ class ResponseCache:
         if op == "put":
             p: _Put = args
             k = p.keys
-            if p.embed and p.blob is None:  # here, off the loop (``_put``)
+            # here, off the loop (``_put``); the embedder is shared with the loop's lookups: its
+            # tokenizer is thread-safe and its word cache a dict touched by single operations
+            if p.embed and p.blob is None:
                 p.vec = self.embedder.encode([k.prompt])[0]
                 p.blob = cstore.vector_to_blob(p.vec)
             new_id, replaced = cstore.insert(
