@@ -335,7 +335,7 @@ def measure(home: Path, expansion_search: int, k: int, threshold: float = 0.95) 
         return Keys(q["scope"], MODEL, "", sha(q["scope"], q["context"], q["text"]), q["context"], q["text"], facts)
 
     for q in qs[:50]:  # warm-up: first-call costs (tokenizer caches, SQLite page cache) not measured
-        cache._lookup(keys(q, guard.fingerprint(q["text"])), True, threshold, now_ms)
+        cache.lookup(keys(q, guard.fingerprint(q["text"])), True, threshold, now_ms)
     # what the daemon does once it is up (llmgw.server.runner.tune_gc, not imported here: it would
     # pull aiohttp into this process's RSS): start-up objects out of the collector's sight, and a
     # raised young-generation threshold
@@ -350,7 +350,7 @@ def measure(home: Path, expansion_search: int, k: int, threshold: float = 0.95) 
         a = pc()
         facts = guard.fingerprint(q["text"])
         b = pc()
-        found = cache._lookup(keys(q, facts), True, threshold, now_ms)
+        found = cache.lookup(keys(q, facts), True, threshold, now_ms)
         c = pc()
         t_guard.append(b - a)
         t_lookup.append(c - b)

@@ -169,7 +169,7 @@ def prefill(home: Path, key_id: str, others: list[dict[str, Any]], seed: int) ->
         body = {"model": MODEL, "messages": [{"role": "user", "content": text}]}
         keys = request_keys(body, inbound="openai", scope=f"key:{key_id}", namespace="", use_guard=True, patterns=())
         keys.vector = vec
-        cache._store(keys, True, json.dumps({"choices": [{"message": {"content": "other"}}]}).encode(), "{}", 0,
+        cache.store(keys, True, json.dumps({"choices": [{"message": {"content": "other"}}]}).encode(), "{}", 0,
                      86_400_000, int(time.time() * 1000))
     cache.close()
 

@@ -322,7 +322,7 @@ def test_semantic_store_trims_the_heap(tmp_path: Path, monkeypatch: pytest.Monke
             body = {"model": "m", "messages": [{"role": "user", "content": f"caption product {i}"}]}
             keys = semantic.request_keys(body, inbound="openai", scope="c", namespace="", use_guard=True,
                                          patterns=[])
-            cache._store(keys, mode, b"{}", "{}", 0, None, 1_700_000_000_000)
+            cache.store(keys, mode, b"{}", "{}", 0, None, 1_700_000_000_000)
     finally:
         cache.close()
     assert calls == [0, 0]  # the load and the semantic store trimmed; the exact-only store did not

@@ -35,7 +35,7 @@ def keys(text: str, scope: str = "acme") -> semantic.Keys:
 
 
 def put(cache: semantic.ResponseCache, text: str, scope: str = "acme") -> None:
-    cache._store(keys(text, scope), True, text.encode(), "{}", 1, None, NOW)
+    cache.store(keys(text, scope), True, text.encode(), "{}", 1, None, NOW)
 
 
 COLOURS = ["red", "navy", "olive", "cream", "black", "white", "teal", "rust", "sand", "plum"]
@@ -60,7 +60,7 @@ def recall(home: Path, unrelated: list[str], scope_of_unrelated: str) -> tuple[i
             put(cache, u, scope_of_unrelated)
         right = wrong = 0
         for q, t in zip(QUERIES, TARGETS, strict=True):
-            got = cache._lookup(keys(q), True, 0.9, NOW + 1).hit
+            got = cache.lookup(keys(q), True, 0.9, NOW + 1).hit
             if got is not None:
                 right += got.body == t.encode()
                 wrong += got.body != t.encode()
@@ -87,7 +87,7 @@ def test_a_large_partition_uses_the_index_and_a_small_one_memory(tmp_path: Path)
         assert cache._parts.is_large(big) and len(cache._index) == len(cache._parts.members(big))
         small = keys("Describe the teapot. sku: 555").partition()
         assert not cache._parts.is_large(small) and len(cache._parts.members(small)) == 1
-        hit = cache._lookup(keys("Please describe the teapot. sku: 555"), True, 0.9, NOW + 1).hit
+        hit = cache.lookup(keys("Please describe the teapot. sku: 555"), True, 0.9, NOW + 1).hit
         assert hit is not None and hit.kind == "semantic"
     finally:
         cache.close()
@@ -99,7 +99,7 @@ def test_entries_deleted_by_another_process_are_forgotten_at_once(tmp_path: Path
         for u in other_products(semantic.EXACT_MAX + 10, 4):
             put(cache, u)
         put(cache, TARGETS[0])
-        first = cache._lookup(keys(QUERIES[0]), True, 0.9, NOW + 1).hit
+        first = cache.lookup(keys(QUERIES[0]), True, 0.9, NOW + 1).hit
         assert first is not None
         before = len(cache._index)
         conn = dbmod.connect(paths.db_path(tmp_path))
@@ -107,7 +107,7 @@ def test_entries_deleted_by_another_process_are_forgotten_at_once(tmp_path: Path
             assert cstore.delete(conn, [first.entry_id]) == [first.entry_id]  # e.g. llmgw cache delete
         finally:
             conn.close()
-        again = cache._lookup(keys(QUERIES[0]), True, 0.9, NOW + 2).hit
+        again = cache.lookup(keys(QUERIES[0]), True, 0.9, NOW + 2).hit
         assert again is None or again.entry_id != first.entry_id
         assert not cache._parts.contains(first.entry_id, keys(QUERIES[0]).partition())
         assert len(cache._index) == before - 1
@@ -123,7 +123,7 @@ def test_restart_reloads_partitions_and_rebuilds_an_index_of_the_large_ones(tmp_
     cache.close()
     again = semantic.ResponseCache(tmp_path, CacheConfig(mode="semantic", threshold=0.9))
     try:
-        hit = again._lookup(keys(QUERIES[3]), True, 0.9, NOW + 1).hit
+        hit = again.lookup(keys(QUERIES[3]), True, 0.9, NOW + 1).hit
         assert hit is not None and hit.body == TARGETS[3].encode()
         assert len(again._index) == semantic.EXACT_MAX + 6
     finally:
@@ -134,12 +134,12 @@ def test_the_gate_refuses_a_closer_candidate_and_serves_the_next(tmp_path: Path)
     cache = cache_at(tmp_path, threshold=0.85)
     try:
         put(cache, "Write a product caption for the linen shirt in French.")
-        found = cache._lookup(keys("Write a product caption for the linen shirt."), True, 0.85, NOW + 1)
+        found = cache.lookup(keys("Write a product caption for the linen shirt."), True, 0.85, NOW + 1)
         assert found.hit is None and found.blocked == "languages" and found.best is not None and found.best > 0.9
         put(cache, "Could you write a product caption for our linen shirt?")
-        found = cache._lookup(keys("Write a product caption for the linen shirt."), True, 0.85, NOW + 1)
+        found = cache.lookup(keys("Write a product caption for the linen shirt."), True, 0.85, NOW + 1)
         assert found.hit is not None and found.hit.body == b"Could you write a product caption for our linen shirt?"
-        assert cache._lookup(keys("Write a product caption for the linen shirt in German."), True, 0.85,
+        assert cache.lookup(keys("Write a product caption for the linen shirt in German."), True, 0.85,
                              NOW + 1).hit is None
     finally:
         cache.close()
@@ -178,23 +178,21 @@ def test_partitions_reuse_freed_slots_and_move_a_growing_partition_to_the_index(
 
 
 class CountingEmbedder:
-    """The real embedder, counting which thread asked for each encode."""
+    """The real embedder, counting the texts it embedded."""
 
     def __init__(self, inner: object) -> None:
         self.inner = inner
-        self.threads: list[str] = []
+        self.texts: list[str] = []
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
     def encode(self, texts: list[str]) -> object:
-        import threading
-
-        self.threads.append(threading.current_thread().name)
+        self.texts.extend(texts)
         return self.inner.encode(texts)  # type: ignore[attr-defined]
 
 
-async def test_a_miss_in_an_empty_partition_embeds_off_the_loop_and_is_found_next(tmp_path: Path) -> None:
+def test_a_miss_in_an_empty_partition_embeds_only_once_it_is_stored_and_is_found_next(tmp_path: Path) -> None:
     cache = cache_at(tmp_path, threshold=0.9)
     try:
         cache._open()
@@ -202,16 +200,18 @@ async def test_a_miss_in_an_empty_partition_embeds_off_the_loop_and_is_found_nex
         counting = CountingEmbedder(cache.embedder)
         cache.embedder = counting  # type: ignore[assignment]
         first = keys("Write a catalogue caption for our linen shirt.")
-        assert (await cache.lookup(first, True, 0.9, NOW)).hit is None
-        assert counting.threads == []  # nothing to compare with: no embedding on the loop
-        await cache.store(first, True, b"caption", "{}", 1, None, NOW)
-        assert counting.threads == ["llmgw-cache-writer"]  # the writer thread embedded it for the entry
+        assert cache.lookup(first, True, 0.9, NOW).hit is None
+        assert counting.texts == []  # nothing to compare with: no embedding for the lookup
+        cache.store(first, True, b"caption", "{}", 1, None, NOW)
+        assert counting.texts == [first.prompt]  # the store embedded it for the entry
         again = keys("Please write a catalogue caption for our linen shirt.")
-        got = (await cache.lookup(again, True, 0.9, NOW)).hit
+        got = cache.lookup(again, True, 0.9, NOW).hit
         assert got is not None and got.kind == "semantic" and got.body == b"caption"
-        assert counting.threads[-1] != "llmgw-cache-writer"  # a partition with entries: embedded to compare
+        assert counting.texts[-1] == again.prompt  # a partition with entries: embedded to compare
+        cache.store(again, True, b"caption 2", "{}", 1, None, NOW)
+        assert len(counting.texts) == 2  # the lookup's embedding is reused by the store
         other = keys("Write a catalogue caption for our linen shirt.", scope="globex")  # another partition
-        assert (await cache.lookup(other, True, 0.9, NOW)).hit is None
-        assert len(counting.threads) == 2
+        assert cache.lookup(other, True, 0.9, NOW).hit is None
+        assert len(counting.texts) == 2
     finally:
         cache.close()

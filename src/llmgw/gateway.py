@@ -36,8 +36,9 @@ from aiohttp import web
 
 from . import validate
 from .cache.replay import completion_from_stream, replay_stream
-from .cache.semantic import Hit, Keys, ResponseCache, request_keys
+from .cache.semantic import Hit, Keys
 from .cache.semantic import request_options as cache_request_options
+from .cache.sidecar import CacheSidecar, CacheUnavailable
 from .cache.verdict import CacheAudit
 from .clock import Clock, wall_ms
 from .config import Config
@@ -176,7 +177,7 @@ class Gateway:
     def __init__(self, config: Config, router: Router, writer: LedgerWriter, keys: KeyTable,
                  prices: PriceBook, metrics: Metrics, budgets: BudgetBook | None = None,
                  events: EventSink | None = None, idempotency: Idempotency | None = None,
-                 cache: ResponseCache | None = None, clock: Clock = wall_ms) -> None:
+                 cache: CacheSidecar | None = None, clock: Clock = wall_ms) -> None:
         self.config = config
         self.idempotency = idempotency
         self.cache = cache
@@ -263,7 +264,7 @@ class Gateway:
             if call.shadow is not None and completion.status == 200 and self.cache_audit is not None:
                 self.cache_audit.shadow_verdict(call, completion.body)
             if call.cache_put is not None and completion.status == 200:
-                await self._cache_store(call, completion.body)
+                self._cache_store(call, completion.body)
             return web.Response(body=completion.body, status=completion.status,
                                 headers=id_headers(call.request_id, call.inbound, JSON, call.headers))
         except LlmgwError as e:
@@ -344,27 +345,27 @@ class Gateway:
             body = {**{k: v for k, v in body.items() if k not in ("input", "instructions")},
                     **responses.bound_view(body)}
         semantic = mode == "semantic"
-        keys = request_keys(body, inbound=call.inbound, scope=scope, namespace=namespace,
-                            use_guard=cfg.guard and semantic, patterns=cfg.guard_patterns)
-        call.cache_put = (keys, semantic, ttl_ms) if do_store else None
+        hit = None
+        try:  # the keys (guard facts included) and the lookup are made in the cache process
+            keys, found, took, failed = await self.cache.lookup(
+                body, inbound=call.inbound, scope=scope, namespace=namespace, use_guard=cfg.guard and semantic,
+                patterns=cfg.guard_patterns, semantic=semantic, threshold=threshold if do_lookup else None,
+                now_ms=call.ts_ms, request_id=call.request_id, log_hit=not cfg.shadow)
+        except Exception as e:  # a failing cache is a miss, never a failed request
+            keys, found, took, failed = None, None, 0.0, e
+        call.cache_put = (keys, semantic, ttl_ms) if do_store and keys is not None else None
+        if failed is not None:
+            self.cache_failed("lookup", failed)
         if not do_lookup:
             call.cache = "bypass"
             call.headers["x-llmgw-cache"] = "bypass"
             return None
-        t0 = time.perf_counter()
-        try:
-            found = await self.cache.lookup(keys, semantic, threshold, call.ts_ms, call.request_id,
-                                            log_hit=not cfg.shadow)
-        except Exception as e:  # a failing cache is a miss, never a failed request
-            self.cache_failed("lookup", e)
-            hit = None
-        else:
+        if found is not None:
             hit = found.hit
             if hit is not None and hit.kind == "semantic" and cfg.shadow:
                 call.shadow, hit = hit, None  # shadow mode: record what would have been served, serve fresh
-            self.metrics.observe_cache(hit.kind if hit else None, time.perf_counter() - t0,
-                                       hit.cost_nanos if hit else 0, similarity=found.best if semantic else None,
-                                       blocked=found.blocked)
+            self.metrics.observe_cache(hit.kind if hit else None, took, hit.cost_nanos if hit else 0,
+                                       similarity=found.best if semantic else None, blocked=found.blocked)
             self.metrics.cache_entries = self.cache.entries
         if call.shadow is not None:
             call.cache = "shadow"
@@ -376,13 +377,14 @@ class Gateway:
             call.headers["x-llmgw-cache"] = "miss"
         return hit
 
-    async def _cache_store(self, call: Call, answer: bytes) -> None:
-        """Store a complete answer in the cache; a failure only costs the entry."""
+    def _cache_store(self, call: Call, answer: bytes) -> None:
+        """Hand a complete answer to the cache (not awaited; this daemon's next lookup finds it);
+        a failure only costs the entry."""
         assert self.cache is not None and call.cache_put is not None
         keys, semantic, ttl_ms = call.cache_put
         try:
-            await self.cache.store(keys, semantic, answer, orjson.dumps(call.usage.to_openai()).decode(),
-                                   call.cost, ttl_ms, call.ts_ms)
+            self.cache.store(keys, semantic, answer, orjson.dumps(call.usage.to_openai()).decode(),
+                             call.cost, ttl_ms, call.ts_ms)
         except Exception as e:  # the request already has its answer
             self.cache_failed("store", e)
 
@@ -395,7 +397,7 @@ class Gateway:
         if what in self._cache_errors_logged or len(self._cache_errors_logged) >= _CACHE_ERRORS_LOGGED:
             return
         self._cache_errors_logged.add(what)
-        expected = isinstance(exc, LlmgwError | ImportError | OSError | sqlite3.Error)  # a bug gets its traceback
+        expected = isinstance(exc, LlmgwError | ImportError | OSError | sqlite3.Error | CacheUnavailable)  # a bug gets its traceback
         log.error("response cache %s failed, requests go on without the cache: %s (logged once; every failure "
                   "is counted in llmgw_cache_errors_total)", op, what, exc_info=None if expected else exc)
 
@@ -626,7 +628,7 @@ class Gateway:
                 answer = getattr(stream, "answer", None) if call.inbound == "responses" else completion_from_stream(
                     call.inbound, call.model or "", state.text, state.finish_reason, call.usage)
                 if answer is not None:
-                    await self._cache_store(call, answer)
+                    self._cache_store(call, answer)
             if not client_gone:
                 await write_eof_quietly(resp, _with_cost(held + stream.terminal(), call.inbound, call.headers))
             return resp

@@ -12,9 +12,10 @@ Isolation, for both layers:
   hash, parameters: everything that is not the embedded text) and the *facts* fingerprint of the
   field guard (``brand: null`` vs ``brand: Nike`` can never hit each other).
 
-Only complete 200 answers are stored (never an errored or truncated stream). Lookups run on the
-event loop (an indexed SQLite read, one embedding, an exact scan of the partition or a widened ANN
-search: ~0.1-0.5 ms); every write goes to the cache's writer thread, which commits in batches.
+Only complete 200 answers are stored (never an errored or truncated stream). In the daemon all of
+it (the request's keys and guard facts, one embedding, an exact scan of the partition or a widened
+ANN search, SQLite: ~0.1-0.5 ms a lookup) runs in the cache process (``sidecar.py``), not on the
+HTTP event loop.
 Semantic search is inside the partition (scope, model, namespace, context, facts), so recall does not
 depend on unrelated entries; the instruction gate (``gate.py``) then vets each candidate. ``warm``,
 ``lookup`` and ``store`` raise whatever failed (a model that cannot be
@@ -28,12 +29,8 @@ or hub id; default the bundled one), ``charge_hits`` (false: hits cost the custo
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
-import queue
-import sys
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,15 +153,14 @@ class Lookup:
     blocked: str | None = None  # a gate class that refused a candidate above the threshold
 
 
-_TRIM_EVERY = 32  # semantic store batches between two malloc_trim calls
-_GATHER_SECONDS = 0.005  # hit touches, the hit log and labels wait this long to go to the writer together
+_TRIM_EVERY = 32  # semantic stores between two malloc_trim calls
 _HIT_LOG_MAX = 100_000  # rows of cache_hit_log kept (the oldest are pruned)
 _FEATURES_MAX = 20_000  # gate features of stored prompts kept in memory
 
 
 @dataclass(slots=True)
 class _Put:
-    """One answer to store (what ``ResponseCache.store`` hands the cache's writer thread)."""
+    """One answer to store."""
 
     keys: Keys
     blob: bytes | None
@@ -173,106 +169,17 @@ class _Put:
     cost: int
     ttl_ms: int | None
     now_ms: int
-    vec: Any = None  # the prompt's float32 embedding (the lookup's, or the writer thread's)
-    embed: bool = False  # embed the prompt in the writer thread (the lookup found its partition empty)
-
-
-class _Writer:
-    """The cache's one writer thread, with its own connection: stores (awaited, so a client's next
-    request finds its answer), hit touches, the hit log and labels (not awaited) go through a queue
-    and commit in batches (group commit). ``on_error(op, exc)`` runs on the loop for the writes no
-    request awaits."""
-
-    def __init__(self, cache: ResponseCache) -> None:
-        self.cache = cache
-        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.thread: threading.Thread | None = None
-        self.conn: Any = None
-
-    def start(self) -> None:
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._run, name="llmgw-cache-writer", daemon=True)
-            self.thread.start()
-
-    def submit(self, op: str, args: Any, loop: asyncio.AbstractEventLoop | None = None,
-               fut: asyncio.Future[Any] | None = None) -> None:
-        self.start()
-        self.queue.put((op, args, loop, fut))
-
-    def stop(self) -> None:
-        if self.thread is not None:
-            self.queue.put(None)
-            self.thread.join(30)
-            self.thread = None
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-    def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < 512:
-                try:
-                    nxt = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._process(batch)
-            if stop:
-                return
-
-    def _process(self, batch: list[Any]) -> None:
-        try:
-            if self.conn is None:
-                self.conn = store_db.connect(paths.db_path(self.cache.home))
-            results = [self.cache._apply(self.conn, op, args) for op, args, _, _ in batch]
-            self.conn.commit()
-        except Exception:
-            if self.conn is not None:
-                self.conn.rollback()
-            if len(batch) > 1:  # find the item that failed: one transaction each
-                for item in batch:
-                    self._process([item])
-                return
-            op, _, loop, fut = batch[0]
-            exc = sys.exc_info()[1]
-            assert exc is not None
-            if fut is not None and loop is not None:
-                loop.call_soon_threadsafe(_settle_future, fut, None, exc)
-            elif loop is not None and self.cache.on_error is not None:
-                loop.call_soon_threadsafe(self.cache.on_error, "record", exc)
-            return
-        for (_, _, loop, fut), result in zip(batch, results, strict=True):
-            if fut is not None and loop is not None:
-                loop.call_soon_threadsafe(_settle_future, fut, result, None)
-        if any(op == "put" and args.blob is not None for op, args, _, _ in batch):
-            self.cache._stores_since_trim += 1
-            if self.cache._stores_since_trim >= _TRIM_EVERY:
-                self.cache._stores_since_trim = 0
-                trim_heap()
-
-
-def _settle_future(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(result)
+    vec: Any = None  # the prompt's float32 embedding (the lookup's, or made by the store)
 
 
 @dataclass
 class ResponseCache:
-    """The response cache of one daemon. Lookups run on the event loop (SQLite reads in WAL never
-    wait for a writer; the embedding and the partition scan take ~0.1 ms); every write goes through
-    the writer thread (``_Writer``). The in-memory partitions are changed on the loop only."""
+    """The response cache: single-threaded, synchronous, one SQLite connection for reads and writes.
+
+    The daemon runs it in its own process (``sidecar.CacheSidecar``), so its work (the guard, the
+    embedding, the search, SQLite) never competes with the HTTP event loop for the GIL; CLI tools,
+    tests and benchmarks use it in-process. ``autocommit`` (the default) commits each write; the
+    cache process sets it to False and calls ``commit`` after each request it handles."""
 
     home: Path
     config: CacheConfig
@@ -287,10 +194,17 @@ class ResponseCache:
     _stores: int = 0
     _stores_since_trim: int = _TRIM_EVERY - 1  # the first semantic store trims
     _hit_logs: int = 0
-    _writer: _Writer | None = None
-    _pending: list[tuple[str, Any]] = field(default_factory=list)  # writes gathered on the loop
-    _loading: asyncio.Lock | None = None
-    on_error: Any = None  # (op, exc) for writes no request awaits: Gateway.cache_failed
+    autocommit: bool = True
+    #: ``autocommit = False``: stores and writes waiting for ``commit`` (in order), and the exact
+    #: and partition digests of those stores (a lookup there commits them first)
+    _queued: list[tuple[str, Any]] = field(default_factory=list)
+    _queued_keys: set[int] = field(default_factory=set)
+    commit_error: Exception | None = None  # what the last failed ``commit`` raised (the cache process reads it)
+
+    @property
+    def queued(self) -> int:
+        """Stores and writes waiting for ``commit``."""
+        return len(self._queued)
 
     @property
     def truncated_searches(self) -> int:
@@ -335,33 +249,42 @@ class ResponseCache:
 
     def warm(self, semantic: bool) -> None:
         """Open the database (and for semantic mode load the model and the partitions): before the
-        daemon serves, in a worker thread."""
+        daemon serves."""
         self._open()
         if semantic:
             self._semantic()
 
+    def commit(self) -> None:
+        """``autocommit = False``: write what was stored and recorded since the last commit, in one
+        short transaction (SQLite's write lock is never held while the cache embeds or searches),
+        then bring memory in line. On a failure nothing of it is kept, and it raises."""
+        queued, self._queued = self._queued, []
+        self._queued_keys.clear()
+        if not queued:
+            return
+        self._open()
+        try:
+            results = [self._apply(self._conn, op, args) for op, args in queued]
+            self._conn.commit()
+        except Exception as e:
+            self._conn.rollback()
+            self.commit_error = e
+            raise
+        for (op, args), result in zip(queued, results, strict=True):
+            if op == "put":
+                self._stored(args, result)
+
     def close(self) -> None:
-        if self._writer is not None:
-            self._hand_over(None)  # hits not handed over yet (the writer drains its queue before it stops)
-            self._writer.stop()
-        if self._index is not None:
-            self._index.save()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        try:
+            self.commit()
+        finally:
+            if self._index is not None:
+                self._index.save()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
-    def _ready(self, semantic: bool) -> bool:
-        return self._conn is not None and (not semantic or self._index is not None)
-
-    async def _warm_async(self, semantic: bool) -> None:
-        """Load what ``warm`` did not (a cache that failed to warm tries again, off the loop)."""
-        if self._loading is None:
-            self._loading = asyncio.Lock()
-        async with self._loading:
-            if not self._ready(semantic):
-                await asyncio.to_thread(self.warm, semantic)
-
-    # ---- partitions in memory (on the loop) ---------------------------------------------------
+    # ---- partitions in memory ------------------------------------------------------------------
     def _forget(self, gone: Iterable[tuple[int, int, int]]) -> None:
         """Entries gone from SQLite (replaced, evicted, deleted by another process, expired), as
         ``(id, partition digest, exact digest)``: their memory and index slots are freed now."""
@@ -380,10 +303,12 @@ class ResponseCache:
             got = self._features[entry.id] = gate.features(entry.prompt_text or "")
         return got
 
-    # ---- lookup (on the loop) ----------------------------------------------------------------
-    def _lookup(self, keys: Keys, semantic: bool, threshold: float, now_ms: int, request_id: str = "",
-                log_hit: bool = True) -> Lookup:
+    # ---- lookup --------------------------------------------------------------------------------
+    def lookup(self, keys: Keys, semantic: bool, threshold: float, now_ms: int, request_id: str = "",
+               log_hit: bool = True) -> Lookup:
         self._open()
+        if self._queued_keys and (keys.exact() in self._queued_keys or keys.partition() in self._queued_keys):
+            self.commit()  # a store not written yet may answer this lookup
         eid = self._exact.get(keys.exact())
         e = None
         if eid is not None:
@@ -440,46 +365,20 @@ class ResponseCache:
                               cand.prompt_text, keys.prompt), max(best, sim), blocked)
         return Lookup(None, max(best, scored[0][0]) if scored else best, blocked)
 
-    # ---- writes (the writer thread; ``_apply`` runs there, inside the batch's transaction) -----
+    # ---- writes ---------------------------------------------------------------------------------
     def _write(self, op: str, args: Any) -> None:
-        """A write no request waits for (touch, hit log, label)."""
-        if self._writer is None:
-            self._writer = _Writer(self)
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:  # called outside the daemon (tests, benchmarks): write now
-            loop = None
-        if loop is None:
-            conn = store_db.connect(paths.db_path(self.home))
-            try:
-                self._apply(conn, op, args)
-                conn.commit()
-            finally:
-                conn.close()
+        """A write no answer depends on (touch, hit log, label)."""
+        if not self.autocommit:
+            self._queued.append((op, args))
             return
-        # gathered for a few milliseconds: one hand-over to the writer thread for many hits
-        self._pending.append((op, args))
-        if len(self._pending) == 1:
-            loop.call_later(_GATHER_SECONDS, self._hand_over, loop)
-
-    def _hand_over(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        items, self._pending = self._pending, []
-        if items and self._writer is not None:
-            self._writer.submit("many", items, loop)
+        self._open()
+        self._apply(self._conn, op, args)
+        self._conn.commit()
 
     def _apply(self, conn: Any, op: str, args: Any) -> Any:
-        if op == "many":
-            for item_op, item_args in args:
-                self._apply(conn, item_op, item_args)
-            return None
         if op == "put":
             p: _Put = args
             k = p.keys
-            # here, off the loop (``_put``); the embedder is shared with the loop's lookups: its
-            # tokenizer is thread-safe and its word cache a dict touched by single operations
-            if p.embed and p.blob is None:
-                p.vec = self.embedder.encode([k.prompt])[0]
-                p.blob = cstore.vector_to_blob(p.vec)
             new_id, replaced = cstore.insert(
                 conn, scope=k.scope, model=k.model, exact_hash=k.exact_hash, context_hash=k.context_hash,
                 response=p.body, content_type="application/json", now_ms=p.now_ms, namespace=k.namespace,
@@ -514,18 +413,17 @@ class ResponseCache:
     def _put(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int, ttl_ms: int | None,
              now_ms: int) -> _Put:
         """What to store. A semantic entry needs the prompt's embedding: the lookup's when it made
-        one; otherwise (its partition was empty) the writer thread makes it, off the loop."""
+        one; otherwise (its partition was empty, so the lookup did not embed) the store makes it."""
         put = _Put(keys, None, bytes(body), usage_json, int(cost), ttl_ms, now_ms)
         if semantic and keys.prompt.strip():
             self._semantic()
-            if keys.vector is not None:
-                put.vec, put.blob = keys.vector, cstore.vector_to_blob(keys.vector)
-            else:
-                put.embed = True
+            if keys.vector is None:
+                keys.vector = self.embedder.encode([keys.prompt])[0]
+            put.vec, put.blob = keys.vector, cstore.vector_to_blob(keys.vector)
         return put
 
     def _stored(self, put: _Put, result: Any) -> None:
-        """The writer committed ``put``: bring memory in line (on the loop)."""
+        """``put`` is in SQLite: bring memory in line."""
         new_id, gone, entries = result
         self.entries = entries
         self._forget(gone)
@@ -534,28 +432,27 @@ class ResponseCache:
             import numpy as np
 
             self._parts.add(new_id, put.keys.partition(), put.vec, np.frombuffer(put.blob, dtype=np.float16))
-
-    def _store(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int, ttl_ms: int | None,
-               now_ms: int) -> None:
-        """``store`` without the writer thread: for tests and benchmarks."""
-        self._open()
-        put = self._put(keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
-        conn = store_db.connect(paths.db_path(self.home))
-        try:
-            result = self._apply(conn, "put", put)
-            conn.commit()
-        finally:
-            conn.close()
-        self._stored(put, result)
-        if put.blob is not None:
             self._stores_since_trim += 1
             if self._stores_since_trim >= _TRIM_EVERY:
                 self._stores_since_trim = 0
                 trim_heap()
 
+    def store(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int, ttl_ms: int | None,
+              now_ms: int) -> None:
+        """Store a complete answer (replacing the entry of the same exact request)."""
+        self._open()
+        put = self._put(keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
+        if not self.autocommit:  # written by the next ``commit``
+            self._queued.append(("put", put))
+            self._queued_keys.update((keys.exact(), keys.partition()))
+            return
+        result = self._apply(self._conn, "put", put)
+        self._conn.commit()
+        self._stored(put, result)
+
     def record_label(self, source: str, request_id: str, entry_id: int | None, similarity: float | None,
                      cached_prompt: str | None, asked_prompt: str | None, label: int | None, now_ms: int) -> None:
-        """Keep a labelled pair for ``ablate`` (not awaited): ``source`` shadow | verify | mark-wrong;
+        """Keep a labelled pair for ``ablate``: ``source`` shadow | verify | mark-wrong;
         ``label`` 1 when the cached answer was right for the asked prompt, 0 when wrong."""
         self._write("label", {"source": source, "request_id": request_id, "entry_id": entry_id,
                               "similarity": similarity, "cached_prompt": cached_prompt,
@@ -563,27 +460,6 @@ class ResponseCache:
 
     def log_shadow(self, request_id: str, now_ms: int, hit: Hit, prompt: str) -> None:
         self._write("log", (request_id, now_ms, hit.entry_id, hit.similarity, prompt, "shadow"))
-
-    # ---- the loop-side API -------------------------------------------------------------------
-    async def lookup(self, keys: Keys, semantic: bool, threshold: float, now_ms: int, request_id: str = "",
-                     log_hit: bool = True) -> Lookup:
-        if not self._ready(semantic):
-            await self._warm_async(semantic)
-        return self._lookup(keys, semantic, threshold, now_ms, request_id, log_hit)
-
-    async def store(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int,
-                    ttl_ms: int | None, now_ms: int) -> None:
-        """Store an answer; returns once it is committed (the client's next request finds it)."""
-        if not self._ready(semantic):
-            await self._warm_async(semantic)
-        put = self._put(keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
-        if self._writer is None:
-            self._writer = _Writer(self)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._writer.submit("put", put, loop, fut)
-        result = await asyncio.shield(fut)
-        self._stored(put, result)
 
 
 _malloc_trim: Any = None

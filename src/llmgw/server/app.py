@@ -25,7 +25,7 @@ import orjson
 from aiohttp import web
 
 from .. import housekeeping, paths, redact, validate
-from ..cache.semantic import ResponseCache
+from ..cache.sidecar import CacheSidecar
 from ..clock import Clock, wall_ms
 from ..config import Config
 from ..errors import LlmgwError, MethodNotAllowed, ModelNotFound, NotFound, Unauthorized
@@ -430,7 +430,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             "llmgw_ledger_commit_seconds": ("Ledger writer batch insert + commit duration.",
                                             writer.commit_times.snapshot),
         })
-        cache = ResponseCache(home, config.cache)
+        cache = CacheSidecar(home, config.cache)
         idempotency = Idempotency(dbfile, clock)
         gw = Gateway(config, router, writer, keys, PriceBook.load(config.pricing), prom, budgets=book,
                      idempotency=idempotency, cache=cache, events=events, clock=clock)
@@ -443,7 +443,8 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
         app[STATE]["definitions"] = definitions
         events.start(backlog=primary)
         try:
-            await asyncio.to_thread(cache.warm, cache.config.mode == "semantic")
+            if cache.config.mode != "off":  # else started by the first key with a cache mode of its own
+                await cache.start()
         except Exception as e:  # the daemon serves without the cache (each request a miss) rather than not at all
             gw.cache_failed("warm", e)
         app[GATEWAY] = gw
@@ -469,7 +470,7 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             await events.close()
             if gw.cache_audit is not None:
                 await gw.cache_audit.drain()  # shadow verdicts and verifications under way
-            await asyncio.to_thread(cache.close)
+            await cache.close()
             await router.close()
             await upstream.close()
             await session.close()
