@@ -7,9 +7,10 @@ cache_bench.py measures a bare lookup process; this starts ``llmgw serve`` itsel
 home (the demo provider, ``[cache] mode = "semantic"``, ``max_entries`` = the entry count, so
 every miss also evicts), sends ``--misses`` distinct requests (each: a lookup, a demo answer, a
 store, an eviction) and prints the memory after start-up and after the misses:
-- RSS of the daemon's main process and of its ledger writer process;
-- PSS of the two together (proportional set size, /proc/PID/smaps_rollup): the pages they
-  share (the interpreter, libraries) counted once, which is what the pair really costs.
+- RSS of the daemon's main process and of its child processes (the ledger writer and the
+  response cache process, which holds the model, the partitions and the index);
+- PSS of all of them together (proportional set size, /proc/PID/smaps_rollup): the pages they
+  share (the interpreter, libraries) counted once, which is what the daemon really costs.
 Loopback only; the daemon is stopped at the end, and a home this script built is deleted.
 """
 
@@ -54,7 +55,7 @@ def memory(pid: int) -> dict[str, float]:
     kids = children(pid)
     return {
         "main_rss_mb": kb(pid, "VmRSS") / 1024,
-        "writer_rss_mb": sum(kb(c, "VmRSS") for c in kids) / 1024,
+        "children_rss_mb": sum(kb(c, "VmRSS") for c in kids) / 1024,
         "tree_pss_mb": (kb(pid, "Pss", "smaps_rollup") + sum(kb(c, "Pss", "smaps_rollup") for c in kids)) / 1024,
     }
 
@@ -146,12 +147,12 @@ def main() -> int:
             shutil.rmtree(built, ignore_errors=True)
     print(f"llmgw daemon with {entries:,} semantic cache entries; {args.misses} misses "
           f"(lookup + demo answer + store + eviction) in {elapsed:.1f} s")
-    print(f"{'':22}{'main RSS':>10}{'writer RSS':>12}{'both PSS':>10}   (MB)")
+    print(f"{'':22}{'main RSS':>10}{'children RSS':>14}{'all PSS':>10}   (MB)")
     for name, m in (("after start-up", start), (f"after {args.misses} misses", after)):
-        print(f"{name:22}{m['main_rss_mb']:>10.1f}{m['writer_rss_mb']:>12.1f}{m['tree_pss_mb']:>10.1f}")
+        print(f"{name:22}{m['main_rss_mb']:>10.1f}{m['children_rss_mb']:>14.1f}{m['tree_pss_mb']:>10.1f}")
     worst = max(start["tree_pss_mb"], after["tree_pss_mb"])
     verdict = "ok" if worst <= TARGET_MB else "ABOVE"
-    print(f"target daemon memory <= {TARGET_MB:.0f} MB at {entries:,} entries (PSS of main + writer): "
+    print(f"target daemon memory <= {TARGET_MB:.0f} MB at {entries:,} entries (PSS of main + children): "
           f"{worst:.1f} MB  {verdict}")
     if args.json:
         data = json.dumps({"entries": entries, "misses": args.misses, "start": start, "after": after}, indent=1)

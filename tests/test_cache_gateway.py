@@ -269,3 +269,57 @@ def test_a_broken_cache_table_makes_misses_not_errors(daemon_factory, upstream, 
     assert errors["record"] in (0, 1)
     logs = cache_error_logs(caplog)
     assert len(logs) == 1 and "no such table: cache_entries" in logs[0], logs
+
+
+def cache_process(d) -> int:
+    """The pid of the daemon's cache process (a child of this test process, for its home)."""
+    import os
+    from pathlib import Path
+
+    mine = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[1]) == os.getpid() and b"llmgw.cache.sidecar" in b" ".join(argv) and \
+                str(d.home).encode() in argv:
+            mine.append(int(pid))
+    assert len(mine) == 1, mine
+    return mine[0]
+
+
+def test_a_killed_cache_process_makes_misses_and_a_new_one_serves_the_stored_entries(semantic, upstream):
+    """The cache runs in its own process: SIGKILL it under a running daemon. Requests get their
+    upstream answers as misses (never an error), a new process starts after the restart delay,
+    and the entries stored before the kill are served again."""
+    import os
+    import signal
+    import time
+
+    d = semantic
+    assert ask(d, d.key, PROMPT).headers["x-llmgw-cache"] == "miss"
+    assert ask(d, d.key, PROMPT).headers["x-llmgw-cache"] == "hit-exact"  # the store was not awaited, yet found
+    first = cache_process(d)
+    os.kill(first, signal.SIGKILL)
+    before = calls(upstream)
+    r = ask(d, d.key, PROMPT)
+    assert r.status_code == 200 and r.headers["x-llmgw-cache"] == "miss", r.text
+    deadline = time.monotonic() + 60
+    while True:  # until the restart delay is over and the new process has loaded the model
+        r = ask(d, d.key, PROMPT)
+        assert r.status_code == 200, r.text
+        if r.headers["x-llmgw-cache"] == "hit-exact":
+            break
+        assert r.headers["x-llmgw-cache"] == "miss"
+        assert time.monotonic() < deadline, "no new cache process served the stored entry"
+        time.sleep(0.05)
+    assert cache_process(d) != first
+    misses = calls(upstream) - before
+    assert misses >= 1 and sum(1 for row in d.ledger() if row["cache"] == "miss") == 1 + misses
+    assert cache_errors(d)["lookup"] >= 1
+    text = httpx.get(d.url + "/metrics", timeout=10).text
+    assert "llmgw_cache_process_restarts 1.0" in text

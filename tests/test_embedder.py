@@ -196,10 +196,33 @@ def test_word_cache_tokens_equal_the_tokenizer(model: Model2VecEmbedder) -> None
 
 
 def test_single_text_fast_path_matches_the_library(model: Model2VecEmbedder) -> None:
-    """One text (the cache's hot path) skips StaticModel.encode; the vector is the library's."""
-    for text in _fuzz_texts()[::10] + ["word " * 700, "a" * 5000]:
-        fast = model.encode([text])
-        lib = model._model.encode([text], show_progress_bar=False, use_multiprocessing=False)
+    """One text (the cache's hot path) skips StaticModel.encode, and the bundled model loads without
+    model2vec (``_PlainModel``); the vector is still the library's."""
+    from model2vec import StaticModel
+
+    import llmgw
+
+    library = StaticModel.from_pretrained(Path(llmgw.__file__).parent / "data" / "embeddings" / BUNDLED_MODEL,
+                                          normalize=True, force_download=False)
+    plain = Model2VecEmbedder()
+    for text in _fuzz_texts()[::10] + ["word " * 700, "a" * 5000, "é" * 3000 + " prix: 12 €"]:
+        fast = plain.encode([text])
+        lib = library.encode([text], show_progress_bar=False, use_multiprocessing=False)
         lib = lib / max(float(np.linalg.norm(lib)), 1e-30)
         assert fast.shape == (1, BUNDLED_DIM) and fast.dtype == np.float32 and fast.flags.c_contiguous
         np.testing.assert_allclose(fast[0], lib[0], atol=1e-6, err_msg=repr(text))
+
+
+def test_the_bundled_model_embeds_one_text_without_importing_model2vec() -> None:
+    """The daemon's cache process only embeds one text at a time: it never pays for model2vec's
+    imports (huggingface_hub, httpx, trio: ~40 MB); a batch still goes through the library."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from llmgw.cache.embedder import Model2VecEmbedder; e = Model2VecEmbedder(); "
+            "v = e.encode(['brand: Nike; a red running shoe']); "
+            "print(v.shape, 'model2vec' in sys.modules, 'huggingface_hub' in sys.modules); "
+            "e.encode(['a', 'b']); print('model2vec' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == [f"(1, {BUNDLED_DIM}) False False", "True"], out.stdout

@@ -82,9 +82,16 @@ class Keys:
     context_hash: str
     prompt: str
     facts: str = ""
-    vector: Any = None  # the prompt's embedding, once a semantic lookup computed it (the store reuses it)
+    vector: Any = None  # the prompt's embedding (float32, numpy or bytes), once a lookup made it (the store reuses it)
     _pk: int | None = None
     _ek: int | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as a plain tuple, the vector as bytes (keys cross the pipe to the cache process
+        twice per miss: the generic dataclass pickle took ~25 µs, and numpy in the daemon)."""
+        vec = self.vector
+        return Keys, (self.scope, self.model, self.namespace, self.exact_hash, self.context_hash, self.prompt,
+                      self.facts, vec if vec is None or isinstance(vec, bytes) else vec.tobytes(), self._pk, self._ek)
 
     def partition(self) -> int:
         """The semantic partition as a 64-bit digest: scope, model, namespace, context and facts."""
@@ -142,6 +149,10 @@ class Hit:
     prompt: str | None = None  # the stored prompt that answers
     asked: str = ""  # the prompt of the request (a semantic hit)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Hit, (self.kind, self.similarity, self.body, self.usage_json, self.cost_nanos, self.entry_id,
+                     self.prompt, self.asked)
+
 
 @dataclass(slots=True)
 class Lookup:
@@ -151,6 +162,9 @@ class Lookup:
     hit: Hit | None
     best: float | None = None
     blocked: str | None = None  # a gate class that refused a candidate above the threshold
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Lookup, (self.hit, self.best, self.blocked)
 
 
 _TRIM_EVERY = 32  # semantic stores between two malloc_trim calls
@@ -188,8 +202,6 @@ class ResponseCache:
     _index: Any = None
     entries: int = 0
     _parts: Any = None  # a partitions.Partitions once the semantic layer is loaded
-    #: exact keys (``Keys.exact``) -> entry id: a miss never touches SQLite
-    _exact: dict[int, int] = field(default_factory=dict)
     _features: dict[int, gate.Features] = field(default_factory=dict)
     _stores: int = 0
     _stores_since_trim: int = _TRIM_EVERY - 1  # the first semantic store trims
@@ -216,12 +228,7 @@ class ResponseCache:
         if self._conn is not None:
             return
         conn = store_db.connect(paths.db_path(self.home))
-        exact: dict[int, int] = {}
-        for eid, scope, model, ns, exact_hash in conn.execute(
-                "SELECT id, scope, model, namespace, exact_hash FROM cache_entries"):
-            exact[partition_key(scope, model, ns, exact_hash, "")] = int(eid)
-        self._exact = exact
-        self.entries = len(exact)
+        self.entries = int(conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
         self._conn = conn
 
     def _semantic(self) -> Any:
@@ -285,13 +292,11 @@ class ResponseCache:
                 self._conn = None
 
     # ---- partitions in memory ------------------------------------------------------------------
-    def _forget(self, gone: Iterable[tuple[int, int, int]]) -> None:
+    def _forget(self, gone: Iterable[tuple[int, int]]) -> None:
         """Entries gone from SQLite (replaced, evicted, deleted by another process, expired), as
-        ``(id, partition digest, exact digest)``: their memory and index slots are freed now."""
-        for eid, pk, ek in gone:
+        ``(id, partition digest)``: their memory and index slots are freed now."""
+        for eid, pk in gone:
             self._features.pop(eid, None)
-            if self._exact.get(ek) == eid:
-                del self._exact[ek]
             if self._parts is not None:
                 self._parts.forget(eid, pk)
 
@@ -309,14 +314,9 @@ class ResponseCache:
         self._open()
         if self._queued_keys and (keys.exact() in self._queued_keys or keys.partition() in self._queued_keys):
             self.commit()  # a store not written yet may answer this lookup
-        eid = self._exact.get(keys.exact())
-        e = None
-        if eid is not None:
-            e = cstore.get(self._conn, eid)
-            if e is None:
-                self._forget([(eid, keys.partition(), keys.exact())])  # deleted by another process
-            elif e.expires_ms is not None and e.expires_ms <= now_ms:
-                e = None  # expired: the next store of this request replaces it
+        # the exact entry from SQLite's unique index (~10 µs; an in-memory map of 100k keys cost ~15 MB)
+        e = cstore.lookup_exact(self._conn, scope=keys.scope, model=keys.model, exact_hash=keys.exact_hash,
+                                now_ms=now_ms, namespace=keys.namespace)  # an expired one: a miss
         if e is not None:
             self._write("touch", (e.id, now_ms))
             return Lookup(Hit("exact", 1.0, e.response, e.usage_json, e.cost_nanos, e.id, e.prompt_text), 1.0)
@@ -391,10 +391,10 @@ class ResponseCache:
                                     rows=True) if recount or total > self.config.max_entries else []
             entries = int(conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0]) if recount \
                 else total - len(gone)
-            keyed = [(eid, partition_key(sc, mo, ns, ctx, fa), partition_key(sc, mo, ns, ex, ""))
-                     for eid, sc, mo, ns, ctx, fa, ex in gone]
+            keyed = [(eid, partition_key(sc, mo, ns, ctx, fa))
+                     for eid, sc, mo, ns, ctx, fa, _ex in gone]
             if replaced is not None:
-                keyed.append((replaced, k.partition(), k.exact()))
+                keyed.append((replaced, k.partition()))
             return new_id, keyed, entries
         if op == "touch":
             cstore.touch(conn, args[0], args[1], commit=False)
@@ -419,6 +419,10 @@ class ResponseCache:
             self._semantic()
             if keys.vector is None:
                 keys.vector = self.embedder.encode([keys.prompt])[0]
+            elif isinstance(keys.vector, bytes):  # back from the daemon (``Keys.__reduce__``)
+                import numpy as np
+
+                keys.vector = np.frombuffer(keys.vector, dtype=np.float32)
             put.vec, put.blob = keys.vector, cstore.vector_to_blob(keys.vector)
         return put
 
@@ -427,7 +431,6 @@ class ResponseCache:
         new_id, gone, entries = result
         self.entries = entries
         self._forget(gone)
-        self._exact[put.keys.exact()] = new_id
         if self._parts is not None and put.vec is not None and put.blob is not None:
             import numpy as np
 

@@ -173,7 +173,7 @@ class CacheSidecar:
             return None
         now = time.monotonic()
         if now < self._retry_at:
-            raise CacheUnavailable(f"the cache process died; the next one starts in {self._retry_at - now:.1f} s")
+            raise CacheUnavailable("the cache process died; a new one starts after the restart delay")
         self._loop = asyncio.get_running_loop()
         pkg_root = str(Path(__file__).resolve().parents[2])
         boot = f"import sys; sys.path.append({pkg_root!r}); from llmgw.cache.sidecar import main; main()"
@@ -414,9 +414,8 @@ def serve(home: Path, fd_in: int, fd_out: int) -> None:
         if not data:
             break
         buf += data
-        answers: list[tuple[int, Exception | None, Any]] = []
-        unwritten: list[int] = []  # answers of the writes not committed yet
-
+        ready: list[tuple[int, Exception | None, Any]] = []  # answers to send
+        unwritten: list[int] = []  # the writes waiting for the commit
         for batch in unframe(buf):
             for seq, op, args in batch:
                 try:
@@ -432,31 +431,36 @@ def serve(home: Path, fd_in: int, fd_out: int) -> None:
                         if cache is None:
                             raise CacheUnavailable("the cache process got an operation before init")
                         result = _handle(cache, op, args)
-                    answers.append((seq, None, result))
+                    if op in _WRITES:
+                        unwritten.append(seq)
+                    else:
+                        ready.append((seq, None, result))
                 except Exception as e:
                     _log_bug(e, op)
-                    answers.append((seq, _portable(e), None))
-                if cache is not None:
+                    ready.append((seq, _portable(e), None))
+                if cache is not None and unwritten:
                     if cache.commit_error is not None:  # a lookup's early commit failed
-                        _fail(answers, unwritten, cache.commit_error)
-                        cache.commit_error = None
-                    elif not cache.queued:
-                        unwritten.clear()  # committed by a lookup that needed them
-                    if op in _WRITES and answers[-1][1] is None:
-                        unwritten.append(len(answers) - 1)
-        if cache is not None:
+                        ready.extend((w, _portable(cache.commit_error), None) for w in unwritten)
+                        unwritten.clear()
+                    elif not cache.queued:  # committed by a lookup that needed them
+                        ready.extend((w, None, None) for w in unwritten)
+                        unwritten.clear()
+                if cache is not None:
+                    cache.commit_error = None
+                if op not in _WRITES and ready:  # a lookup's answer goes now, not after the batch
+                    _send(fd_out, cache, ready)
+                    ready = []
+        if cache is not None and (unwritten or cache.queued):  # a hit's touch and log are queued too
             try:
                 cache.commit()
+                ready.extend((w, None, None) for w in unwritten)
             except Exception as e:
                 _log_bug(e, "commit")
-                _fail(answers, unwritten, e)
+                # seq 0 (no operation): touches and hit logs, which the daemon counts as "record"
+                ready.extend((w, _portable(e), None) for w in unwritten or [0])
             cache.commit_error = None
-        if not answers:
-            continue  # a frame not complete yet
-        out = frame((0 if cache is None else cache.entries, answers))
-        while out:
-            n = os.write(fd_out, out)
-            out = out[n:]
+        if ready:
+            _send(fd_out, cache, ready)
     if cache is not None:
         cache.close()
 
@@ -464,11 +468,11 @@ def serve(home: Path, fd_in: int, fd_out: int) -> None:
 _WRITES = frozenset({"store", "label", "shadow"})
 
 
-def _fail(answers: list[tuple[int, Exception | None, Any]], unwritten: list[int], exc: Exception) -> None:
-    """The writes answered at ``unwritten`` were not committed: answer them with ``exc``."""
-    for i in unwritten:
-        answers[i] = (answers[i][0], _portable(exc), None)
-    unwritten.clear()
+def _send(fd: int, cache: Any, answers: list[tuple[int, Exception | None, Any]]) -> None:
+    out = frame((0 if cache is None else cache.entries, answers))
+    while out:
+        n = os.write(fd, out)
+        out = out[n:]
 
 
 def main() -> None:

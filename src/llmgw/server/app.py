@@ -406,7 +406,10 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             book: BudgetBook = cluster.budgets
         else:
             book = BudgetBook(error_status=config.defaults.budget_error_status)
+        cache = CacheSidecar(home, config.cache)
         prom = Metrics({
+            "llmgw_cache_process_restarts": ("Response cache processes restarted after dying.",
+                                             lambda: cache.restarts),
             "llmgw_ledger_queue_depth": ("Ledger rows waiting for the writer.", lambda: writer.queue_depth),
             "llmgw_ledger_last_commit_seconds": ("Duration of the last ledger commit.",
                                                  lambda: writer.last_commit_seconds),
@@ -430,7 +433,6 @@ def create_app(config: Config, home: Path, *, environ: Mapping[str, str] | None 
             "llmgw_ledger_commit_seconds": ("Ledger writer batch insert + commit duration.",
                                             writer.commit_times.snapshot),
         })
-        cache = CacheSidecar(home, config.cache)
         idempotency = Idempotency(dbfile, clock)
         gw = Gateway(config, router, writer, keys, PriceBook.load(config.pricing), prom, budgets=book,
                      idempotency=idempotency, cache=cache, events=events, clock=clock)
