@@ -225,3 +225,26 @@ def test_fast_enough() -> None:
         extract_facts(text)
     per = (time.perf_counter() - t0) / n
     assert per < 1e-3  # generous bound for slow CI; measured ~110 us here
+
+
+def test_the_windowed_token_scan_finds_what_the_plain_scan_finds() -> None:
+    """``guard._tokens`` scans only around digits; on random mixes of the pieces the token
+    patterns care about (times with am/pm after a space, currency signs before one, ids, lists,
+    decimals, newlines) it returns exactly the matches of the plain ``_TOKEN.finditer``."""
+    import random
+
+    from llmgw.cache import guard as g
+
+    pieces = ["10:30", "am", "a.m.", "PM", "€", "€5", "£ 12", "-3", "3-4", "v2.1", "1,000", "1,000.50", "12%",
+              "20 %", "abc-12", "x1", "1x", "SKU-1234/B", "3.5kg", "move", "3", "units", "warehouse", "7", "\n",
+              "the", "brand:", "Nike;", "(", ")", "'12'", '"AB-1"', "12:00:00", "1.5", "5.", ".5", "#12", "@3",
+              "2024-01-02", "x_1", "-", "–", "1e5", "٣", "½", "²"]
+    rnd = random.Random(7)
+    checked = 0
+    for _ in range(20_000):
+        text = "".join(rnd.choice(pieces) + rnd.choice([" ", "", " ", "\n", "  ", ", ", "\t"])
+                       for _ in range(rnd.randint(1, 14)))
+        plain = [(m.lastgroup, m.span()) for m in g._TOKEN.finditer(text)]
+        assert [(m.lastgroup, m.span()) for m in g._tokens(text)] == plain, repr(text)
+        checked += bool(plain)
+    assert checked > 15_000  # most texts had tokens to find

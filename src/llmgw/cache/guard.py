@@ -55,7 +55,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 
 Facts = frozenset[tuple[str, str]]
@@ -400,7 +400,7 @@ def fact_list(text: str, extra_patterns: ExtraPatterns = ()) -> list[tuple[str, 
         out.append(("#quote", _SPACES.sub(" ", q).strip()))  # codes in quotes keep their case
     sequence: list[str] = []
     scan = re.sub(r"\ue000\d+\ue001", " ", text) if urls else text
-    for m in (_TOKEN.finditer(scan) if _HAS_DIGIT.search(scan) else ()):  # every token kind has a digit
+    for m in _tokens(scan):
         kind = m.lastgroup or ""
         tok = m.group(0)
         if kind == "time":
@@ -418,6 +418,35 @@ def fact_list(text: str, extra_patterns: ExtraPatterns = ()) -> list[tuple[str, 
     if len(sequence) >= 2:
         tokens.append(("#order", " ".join(sequence)))
     return fields + tokens
+_CHUNK = re.compile(r"\S+")
+
+
+def _tokens(text: str) -> Iterator[re.Match[str]]:
+    """``_TOKEN.finditer(text)``, scanning only near digits: every token kind has a digit and no
+    whitespace, except a time's ``am``/``pm`` (the next chunk) and a currency sign before it (the
+    chunk before), so each whitespace-separated chunk with a digit is scanned together with its
+    neighbours (merged where they touch). A window ends where its last chunk ends, so a lookahead
+    there sees the end of the string where the whole text has whitespace: both pass every one of
+    ``_TOKEN``'s negative lookaheads; lookbehinds see the whole text. Same matches, a fraction of
+    the work on prose (a test compares it with the plain scan on many texts)."""
+    if _HAS_DIGIT.search(text) is None:
+        return
+    chunks = [(m.start(), m.end()) for m in _CHUNK.finditer(text)]
+    start = end = -1
+    for i, (a, b) in enumerate(chunks):
+        if _HAS_DIGIT.search(text, a, b) is None:
+            continue
+        ws, we = chunks[i - 1][0] if i else a, chunks[i + 1][1] if i + 1 < len(chunks) else b
+        if ws <= end:
+            end = max(end, we)
+            continue
+        if end >= 0:
+            yield from _TOKEN.finditer(text, start, end)
+        start, end = ws, we
+    if end >= 0:
+        yield from _TOKEN.finditer(text, start, end)
+
+
 def fingerprint_facts(facts: Facts | Sequence[tuple[str, str]]) -> str:
     """A stable hex digest of a fact set (or ``fact_list``): equal iff equal (up to BLAKE2)."""
     h = hashlib.blake2b(digest_size=16)
