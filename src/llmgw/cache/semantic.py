@@ -168,6 +168,7 @@ class Lookup:
 
 
 _TRIM_EVERY = 32  # semantic stores between two malloc_trim calls
+_EXACT_FOLD = 4096  # exact digests stored since the sorted array was built, then folded into it
 _HIT_LOG_MAX = 100_000  # rows of cache_hit_log kept (the oldest are pruned)
 _FEATURES_MAX = 20_000  # gate features of stored prompts kept in memory
 
@@ -203,6 +204,12 @@ class ResponseCache:
     entries: int = 0
     _parts: Any = None  # a partitions.Partitions once the semantic layer is loaded
     _features: dict[int, gate.Features] = field(default_factory=dict)
+    #: exact digests (``Keys.exact``) of the entries this cache knows of: a sorted uint64 array and
+    #: the ones stored since it was built. A digest in neither has no entry (a miss without SQLite);
+    #: one in them may (the entry may be gone since: SQLite decides). 8 bytes an entry, where a dict
+    #: of 100k keys cost ~15 MB
+    _exact_sorted: Any = None
+    _exact_new: set[int] = field(default_factory=set)
     _stores: int = 0
     _stores_since_trim: int = _TRIM_EVERY - 1  # the first semantic store trims
     _hit_logs: int = 0
@@ -228,8 +235,31 @@ class ResponseCache:
         if self._conn is not None:
             return
         conn = store_db.connect(paths.db_path(self.home))
-        self.entries = int(conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
+        self._exact_new = {partition_key(scope, model, ns, exact_hash, "") for scope, model, ns, exact_hash in
+                           conn.execute("SELECT scope, model, namespace, exact_hash FROM cache_entries")}
+        self.entries = len(self._exact_new)
+        self._exact_sorted = None
+        self._fold_exact()
         self._conn = conn
+
+    def _fold_exact(self) -> None:
+        import numpy as np
+
+        new = np.fromiter(self._exact_new, dtype=np.uint64, count=len(self._exact_new))
+        old = self._exact_sorted
+        self._exact_sorted = np.unique(new if old is None else np.concatenate((old, new)))
+        self._exact_new = set()
+
+    def _may_have_exact(self, digest: int) -> bool:
+        if digest in self._exact_new:
+            return True
+        import numpy as np
+
+        known = self._exact_sorted
+        if known is None or not len(known):
+            return False
+        i = int(np.searchsorted(known, np.uint64(digest)))
+        return i < len(known) and int(known[i]) == digest
 
     def _semantic(self) -> Any:
         if self._index is None:
@@ -314,9 +344,10 @@ class ResponseCache:
         self._open()
         if self._queued_keys and (keys.exact() in self._queued_keys or keys.partition() in self._queued_keys):
             self.commit()  # a store not written yet may answer this lookup
-        # the exact entry from SQLite's unique index (~10 µs; an in-memory map of 100k keys cost ~15 MB)
+        # the exact entry from SQLite's unique index, when the digests say there may be one (~30 µs a probe)
         e = cstore.lookup_exact(self._conn, scope=keys.scope, model=keys.model, exact_hash=keys.exact_hash,
-                                now_ms=now_ms, namespace=keys.namespace)  # an expired one: a miss
+                                now_ms=now_ms, namespace=keys.namespace) \
+            if self._may_have_exact(keys.exact()) else None  # an expired one: a miss
         if e is not None:
             self._write("touch", (e.id, now_ms))
             return Lookup(Hit("exact", 1.0, e.response, e.usage_json, e.cost_nanos, e.id, e.prompt_text), 1.0)
@@ -431,6 +462,9 @@ class ResponseCache:
         new_id, gone, entries = result
         self.entries = entries
         self._forget(gone)
+        self._exact_new.add(put.keys.exact())
+        if len(self._exact_new) >= _EXACT_FOLD:
+            self._fold_exact()
         if self._parts is not None and put.vec is not None and put.blob is not None:
             import numpy as np
 
