@@ -36,7 +36,7 @@ from aiohttp import web
 
 from . import validate
 from .cache.replay import completion_from_stream, replay_stream
-from .cache.semantic import Hit, Keys
+from .cache.semantic import Hit
 from .cache.semantic import request_options as cache_request_options
 from .cache.sidecar import CacheSidecar, CacheUnavailable
 from .cache.verdict import CacheAudit
@@ -168,7 +168,7 @@ class Call:
     cache_entry_id: int | None = None  # the entry that answered (or, in shadow mode, would have)
     shadow: Hit | None = None  # shadow mode: the semantic hit that was not served
     saved: int = 0
-    cache_put: tuple[Keys, bool, int | None] | None = None  # where to store the answer (keys, semantic, ttl)
+    cache_put: tuple[bool, int | None] | None = None  # store the answer: (semantic, ttl); the cache kept the keys
     response: web.StreamResponse | None = None  # a stream already sent to the client
     recorded: bool = False
 
@@ -347,13 +347,13 @@ class Gateway:
         semantic = mode == "semantic"
         hit = None
         try:  # the keys (guard facts included) and the lookup are made in the cache process
-            keys, found, took, failed = await self.cache.lookup(
+            found, took, failed = await self.cache.lookup(
                 body, inbound=call.inbound, scope=scope, namespace=namespace, use_guard=cfg.guard and semantic,
                 patterns=cfg.guard_patterns, semantic=semantic, threshold=threshold if do_lookup else None,
-                now_ms=call.ts_ms, request_id=call.request_id, log_hit=not cfg.shadow)
+                now_ms=call.ts_ms, request_id=call.request_id, log_hit=not cfg.shadow, remember=do_store)
+            call.cache_put = (semantic, ttl_ms) if do_store else None
         except Exception as e:  # a failing cache is a miss, never a failed request
-            keys, found, took, failed = None, None, 0.0, e
-        call.cache_put = (keys, semantic, ttl_ms) if do_store and keys is not None else None
+            found, took, failed = None, 0.0, e
         if failed is not None:
             self.cache_failed("lookup", failed)
         if not do_lookup:
@@ -381,9 +381,9 @@ class Gateway:
         """Hand a complete answer to the cache (not awaited; this daemon's next lookup finds it);
         a failure only costs the entry."""
         assert self.cache is not None and call.cache_put is not None
-        keys, semantic, ttl_ms = call.cache_put
+        semantic, ttl_ms = call.cache_put
         try:
-            self.cache.store(keys, semantic, answer, orjson.dumps(call.usage.to_openai()).decode(),
+            self.cache.store(call.request_id, semantic, answer, orjson.dumps(call.usage.to_openai()).decode(),
                              call.cost, ttl_ms, call.ts_ms)
         except Exception as e:  # the request already has its answer
             self.cache_failed("store", e)

@@ -128,19 +128,21 @@ class CacheSidecar:
 
     async def lookup(self, body: dict[str, Any], *, inbound: str, scope: str, namespace: str, use_guard: bool,
                      patterns: tuple[str, ...] | list[str], semantic: bool, threshold: float | None, now_ms: int,
-                     request_id: str, log_hit: bool) -> tuple[Keys, Lookup | None, float, Exception | None]:
-        """``(keys, what the lookup found, seconds it took in the process, what made the lookup
-        fail)``; ``threshold`` None: only the keys (a ``no-cache`` request that may still be
-        stored). Raises when not even the keys came back."""
+                     request_id: str, log_hit: bool, remember: bool) -> tuple[Lookup | None, float, Exception | None]:
+        """``(what the lookup found, seconds it took in the process, what made the lookup fail)``;
+        ``threshold`` None: no lookup (a ``no-cache`` request that may still be stored).
+        ``remember``: the process keeps the request's keys for its ``store`` (by ``request_id``), so
+        they never cross the pipe. Raises when the process did not answer."""
         fut = self._call("lookup", (body, inbound, scope, namespace, use_guard, tuple(patterns), semantic,
-                                    threshold, now_ms, request_id, log_hit), wait=True)
+                                    threshold, now_ms, request_id, log_hit, remember), wait=True)
         assert fut is not None
         return await fut
 
-    def store(self, keys: Keys, semantic: bool, body: bytes, usage_json: str, cost: int, ttl_ms: int | None,
+    def store(self, request_id: str, semantic: bool, body: bytes, usage_json: str, cost: int, ttl_ms: int | None,
               now_ms: int) -> None:
-        """Store a complete answer (not awaited: a later lookup of this daemon finds it)."""
-        self._call("store", (keys, semantic, bytes(body), usage_json, int(cost), ttl_ms, now_ms), wait=False)
+        """Store the complete answer of the request whose lookup remembered its keys (not awaited:
+        a later lookup of this daemon finds it)."""
+        self._call("store", (request_id, semantic, bytes(body), usage_json, int(cost), ttl_ms, now_ms), wait=False)
 
     def record_label(self, source: str, request_id: str, entry_id: int | None, similarity: float | None,
                      cached_prompt: str | None, asked_prompt: str | None, label: int | None, now_ms: int) -> None:
@@ -345,14 +347,26 @@ class CacheSidecar:
 # ---- the process ------------------------------------------------------------------------------
 
 
+#: requests whose keys the process keeps for their store, oldest first (a lookup with
+#: ``remember``; popped by the store; beyond ``REMEMBER_MAX`` the oldest are dropped: a request
+#: that never stores, because it failed, must not hold memory for ever)
+_remembered: dict[str, Keys] = {}
+REMEMBER_MAX = 8192
+
+
 def _handle(cache: Any, op: str, args: Any) -> Any:
     if op == "lookup":
         from .semantic import request_keys
 
-        body, inbound, scope, namespace, use_guard, patterns, semantic, threshold, now_ms, request_id, log_hit = args
+        (body, inbound, scope, namespace, use_guard, patterns, semantic, threshold, now_ms, request_id, log_hit,
+         remember) = args
         t0 = time.perf_counter()
         keys = request_keys(body, inbound=inbound, scope=scope, namespace=namespace, use_guard=use_guard,
                             patterns=patterns)
+        if remember:
+            if len(_remembered) >= REMEMBER_MAX:
+                del _remembered[next(iter(_remembered))]
+            _remembered[request_id] = keys
         found: Any = None
         failed = None
         if threshold is not None:
@@ -361,9 +375,15 @@ def _handle(cache: Any, op: str, args: Any) -> Any:
             except Exception as e:  # the keys still go back: the answer may still be stored
                 failed = _portable(e)
                 _log_bug(e, op)
-        return keys, found, time.perf_counter() - t0, failed
+        return found, time.perf_counter() - t0, failed
     if op == "store":
-        cache.store(*args)
+        request_id, *rest = args
+        kept = _remembered.get(request_id)
+        if kept is None:
+            raise CacheUnavailable("the request's cache keys are gone (the cache process restarted since its "
+                                   f"lookup, or more than {REMEMBER_MAX} requests waited to be stored)")
+        del _remembered[request_id]
+        cache.store(kept, *rest)
         return None
     if op == "label":
         cache.record_label(*args)
