@@ -234,8 +234,8 @@ class Spool:
 
 
 class PgLedger:
-    """The writer's PostgreSQL side: its own connection with server-side parameters (prepared
-    multi-row INSERTs), reconnected after the server went away. ``insert`` has the contract of the
+    """The writer's PostgreSQL side: its own connection with server-side parameters (one prepared
+    INSERT, pipelined for a batch), reconnected after the server went away. ``insert`` has the contract of the
     SQLite ``insert``: a busy server (a lock wait past ``lock_timeout``) is waited out and retried,
     any other error that is not the server's fails its row alone. An unreachable server: with a
     ``spool`` the batch goes to the local file (fsynced) and counts as committed, and the file is
