@@ -508,7 +508,7 @@ def trim_heap() -> None:
     A usearch ``add`` between searches leaves the glibc heap fragmented: measured at 100k entries,
     each miss (lookup + store) kept ~0.3 MB that ``malloc_trim`` returned, so a full cache under
     steady misses grew by 100 MB per 300 requests (163 -> 261 MB), with the trim after every store
-    it peaks at 166 MB. It costs ~0.4 ms in the cache's worker thread (ctypes releases the GIL),
+    it peaks at 166 MB. It costs ~0.4 ms in the cache process (off the daemon's event loop),
     small next to the upstream call a miss has just made. Other C libraries have no malloc_trim:
     then this does nothing (said once in the log).
     """

@@ -47,7 +47,6 @@ import os
 import pickle
 import select
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -55,6 +54,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import framing
 from ..config import CacheConfig
 from .semantic import Keys, Lookup
 
@@ -64,31 +64,20 @@ RESTART_FIRST = 1.0  # seconds after a crash before the next process may start
 RESTART_MAX = 30.0
 STOP_TIMEOUT = 30.0  # seconds ``close`` waits for the process to finish its queue
 
-_LEN = struct.Struct("<I")
-
-
 class CacheUnavailable(RuntimeError):
     """The cache process is not running (it died, or restarts too often); the request is a miss."""
 
 
 def frame(obj: Any) -> bytes:
-    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return _LEN.pack(len(payload)) + payload
+    return framing.frame(obj, _dumps)
 
 
 def unframe(buf: bytearray) -> list[Any]:
-    """Complete frames at the start of ``buf`` (removed from it), decoded."""
-    out = []
-    pos = 0
-    while len(buf) - pos >= 4:
-        (n,) = _LEN.unpack_from(buf, pos)
-        if len(buf) - pos - 4 < n:
-            break
-        out.append(pickle.loads(memoryview(buf)[pos + 4 : pos + 4 + n]))
-        pos += 4 + n
-    if pos:
-        del buf[:pos]
-    return out
+    return framing.unframe(buf, pickle.loads)
+
+
+def _dumps(obj: Any) -> bytes:
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 # ---- the daemon's side ------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def insert(conn: sqlite3.Connection, *, scope: str, model: str, exact_hash: str,
     """Store an entry; returns ``(new id, id it replaced or None)``. The replaced id (same scope,
     model, namespace and exact hash) must be removed from the index by the caller. ``vector`` may
     be a numpy vector, a sequence of floats or float16 bytes; ``ttl_ms`` None means no expiry.
-    ``commit=False``: part of the caller's transaction (the cache writer's batch)."""
+    ``commit=False``: part of the caller's transaction (``ResponseCache.commit``)."""
     blob = None if vector is None else (bytes(vector) if isinstance(vector, bytes | bytearray | memoryview)
                                         else vector_to_blob(vector))
     expires_ms = None if ttl_ms is None else now_ms + int(ttl_ms)

@@ -48,7 +48,6 @@ import os
 import select
 import signal
 import sqlite3
-import struct
 import sys
 import time
 from collections import deque
@@ -59,6 +58,7 @@ from typing import Any
 import orjson
 
 from llmgw.errors import ResourceError
+from llmgw.framing import frame, unframe
 from llmgw.store import rollups
 from llmgw.store.conn import PgStore, as_sqlite_error, connect_raw, translate
 from llmgw.store.db import open_db
@@ -72,27 +72,8 @@ PG_MARK = "postgresql"
 SPOOL_ENV = "LLMGW_WRITER_SPOOL"
 
 _INSERT = insert_sql()
-_LEN = struct.Struct("<I")
 
 
-def frame(obj: Any) -> bytes:
-    payload = orjson.dumps(obj)
-    return _LEN.pack(len(payload)) + payload
-
-
-def unframe(buf: bytearray) -> list[Any]:
-    """Complete frames at the start of ``buf`` (removed from it), decoded."""
-    out = []
-    pos = 0
-    while len(buf) - pos >= 4:
-        (n,) = _LEN.unpack_from(buf, pos)
-        if len(buf) - pos - 4 < n:
-            break
-        out.append(orjson.loads(memoryview(buf)[pos + 4 : pos + 4 + n]))
-        pos += 4 + n
-    if pos:
-        del buf[:pos]
-    return out
 
 
 @functools.lru_cache(maxsize=16)
