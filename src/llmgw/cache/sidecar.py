@@ -243,7 +243,7 @@ class CacheSidecar:
 
     def _on_readable(self) -> None:
         try:
-            data = os.read(self._fd_in, 1 << 20)
+            data = os.read(self._fd_in, framing.READ_SIZE)
         except BlockingIOError:
             return
         except OSError as e:
@@ -446,7 +446,7 @@ def serve(home: Path, fd_in: int, fd_out: int) -> None:
             if not select.select([fd_in], [], [], max(0.0, due - time.monotonic()))[0]:
                 commit()
                 continue
-        data = os.read(fd_in, 1 << 20)
+        data = os.read(fd_in, framing.READ_SIZE)
         if not data:
             break
         buf += data

@@ -64,6 +64,7 @@ from llmgw.errors import ResourceError
 from llmgw.store.conn import PgStore, Target
 from llmgw.store.db import open_db
 from llmgw.store.ledger import as_tuple, normalise_row
+from llmgw import framing
 from llmgw.store.writer_proc import PG_MARK, SPOOL_ENV, STORE_URL_ENV, frame, unframe
 
 log = logging.getLogger("llmgw.ledger")
@@ -359,7 +360,7 @@ class LedgerWriter:
 
     def _on_answers(self) -> None:
         try:
-            data = os.read(self._fd_in, 1 << 16)
+            data = os.read(self._fd_in, framing.READ_SIZE)
         except BlockingIOError:
             return
         except OSError as e:
@@ -583,7 +584,7 @@ class LedgerWriter:
             self._close_input()
             while True:
                 try:
-                    data = os.read(self._fd_in, 1 << 16)
+                    data = os.read(self._fd_in, framing.READ_SIZE)
                 except OSError:
                     data = b""
                 if not data:

@@ -58,6 +58,7 @@ from typing import Any
 import orjson
 
 from llmgw.errors import ResourceError
+from llmgw import framing
 from llmgw.framing import frame, unframe
 from llmgw.store import rollups
 from llmgw.store.conn import PgStore, as_sqlite_error, connect_raw, translate
@@ -477,7 +478,7 @@ class _Input:
         while not self.eof:
             if not select.select([self.fd], [], [], timeout if block else 0)[0]:
                 return
-            data = os.read(self.fd, 1 << 20)
+            data = os.read(self.fd, framing.READ_SIZE)
             if not data:
                 self.eof = True
                 return
