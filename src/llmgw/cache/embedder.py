@@ -152,7 +152,8 @@ class Model2VecEmbedder:
         if ids:
             emb = self._embedding
             # the mean's direction: an exact integer sum for int8 weights, then one normalisation
-            out[0] = np.take(emb, ids, axis=0).sum(axis=0, dtype=np.int32 if emb.dtype == np.int8 else None)
+            # ndarray methods and the ufunc itself: numpy's Python-level wrappers cost ~2 µs a call
+            out[0] = np.add.reduce(emb.take(ids, axis=0), axis=0, dtype=np.int32 if emb.dtype == np.int8 else None)
             norm = float(np.sqrt(out[0] @ out[0]))
             if norm > 0:
                 out /= norm

@@ -56,7 +56,7 @@ from typing import Any
 
 from .. import framing
 from ..config import CacheConfig
-from .semantic import Keys, Lookup
+from .semantic import Keys, Lookup, request_keys
 
 log = logging.getLogger("llmgw.cache")
 
@@ -345,8 +345,6 @@ REMEMBER_MAX = 8192
 
 def _handle(cache: Any, op: str, args: Any) -> Any:
     if op == "lookup":
-        from .semantic import request_keys
-
         (body, inbound, scope, namespace, use_guard, patterns, semantic, threshold, now_ms, request_id, log_hit,
          remember) = args
         t0 = time.perf_counter()
@@ -485,10 +483,7 @@ def serve(home: Path, fd_in: int, fd_out: int) -> None:
                 cache.commit_error = None
                 if cache.queued and not queued:
                     due = time.monotonic() + COMMIT_EVERY
-                if op not in _WRITES and ready:  # a lookup's answer goes now
-                    _send(fd_out, cache, ready)
-                    ready = []
-        if ready:
+        if ready:  # the answers to everything this read brought, in one frame (one wakeup of the loop)
             _send(fd_out, cache, ready)
     commit()
     if cache is not None:
