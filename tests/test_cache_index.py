@@ -202,6 +202,22 @@ def test_insert_replaces_same_exact_hash_and_reports_the_old_id(conn: sqlite3.Co
     assert store.stats(conn)["entries"] == 1
 
 
+@pytest.mark.parametrize("commit", [True, False])
+def test_a_fresh_insert_that_meets_an_entry_after_all_replaces_it(conn: sqlite3.Connection, commit: bool) -> None:
+    """``fresh``: the caller's digests knew of no entry (one written by another process): the
+    unique index refuses the first INSERT, the entry is replaced as usual, the transaction goes on."""
+    first = put(conn, "h", response=b"1")
+    other = put(conn, "k", response=b"k")
+    new_id, replaced = store.insert(conn, scope="cust", model="m", exact_hash="h", context_hash="ctx",
+                                    response=b"2", content_type="application/json", now_ms=2000, fresh=True,
+                                    commit=commit)
+    conn.commit()
+    assert replaced == first and new_id > other
+    hit = store.lookup_exact(conn, scope="cust", model="m", exact_hash="h", now_ms=2000)
+    assert hit is not None and hit.response == b"2"
+    assert store.stats(conn)["entries"] == 2
+
+
 def test_candidates_filter_by_partition_context_facts_and_ttl(conn: sqlite3.Connection) -> None:
     good = put(conn, "a", namespace="n", facts="brand=nike")
     ids = {

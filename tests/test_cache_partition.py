@@ -6,6 +6,7 @@ tests/test_cache_audit.py)."""
 from __future__ import annotations
 
 import random
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -213,5 +214,26 @@ def test_a_miss_in_an_empty_partition_embeds_only_once_it_is_stored_and_is_found
         other = keys("Write a catalogue caption for our linen shirt.", scope="globex")  # another partition
         assert cache.lookup(other, True, 0.9, NOW).hit is None
         assert len(counting.texts) == 2
+    finally:
+        cache.close()
+
+
+def test_stores_of_one_request_queued_for_one_commit_leave_one_entry_the_last(tmp_path: Path) -> None:
+    """The cache process's queued writes: the second store of the same request in one transaction
+    replaces the first (its digest is not known yet), and a lookup finds the second answer."""
+    dbmod.open_db(paths.db_path(tmp_path)).close()
+    cache = semantic.ResponseCache(tmp_path, CacheConfig(mode="semantic"), autocommit=False)
+    try:
+        k = keys("Write a catalogue caption for our linen shirt.")
+        cache.store(k, True, b"first", "{}", 1, None, NOW)
+        cache.store(keys(k.prompt), True, b"second", "{}", 1, None, NOW)
+        assert cache.queued == 2
+        cache.commit()
+        assert cache.entries == 1
+        got = cache.lookup(keys(k.prompt), True, 0.95, NOW).hit
+        assert got is not None and got.kind == "exact" and got.body == b"second"
+        conn = sqlite3.connect(paths.db_path(tmp_path))
+        assert conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0] == 1
+        conn.close()
     finally:
         cache.close()

@@ -218,6 +218,10 @@ class ResponseCache:
     #: and partition digests of those stores (a lookup there commits them first)
     _queued: list[tuple[str, Any]] = field(default_factory=list)
     _queued_keys: set[int] = field(default_factory=set)
+    #: exact digests of the stores applied in the transaction not yet committed (not in the
+    #: digests yet: a second store of the same request there replaces the first)
+    _applied: set[int] = field(default_factory=set)
+    _entries_applied: int | None = None  # the entry count after the stores applied in that transaction
     commit_error: Exception | None = None  # what the last failed ``commit`` raised (the cache process reads it)
 
     @property
@@ -307,6 +311,9 @@ class ResponseCache:
             self._conn.rollback()
             self.commit_error = e
             raise
+        finally:
+            self._applied.clear()
+            self._entries_applied = None
         for (op, args), result in zip(queued, results, strict=True):
             if op == "put":
                 self._stored(args, result)
@@ -410,13 +417,17 @@ class ResponseCache:
         if op == "put":
             p: _Put = args
             k = p.keys
+            ek = k.exact()
+            fresh = ek not in self._applied and not self._may_have_exact(ek)  # no entry to replace
+            self._applied.add(ek)
             new_id, replaced = cstore.insert(
                 conn, scope=k.scope, model=k.model, exact_hash=k.exact_hash, context_hash=k.context_hash,
                 response=p.body, content_type="application/json", now_ms=p.now_ms, namespace=k.namespace,
                 facts=k.facts, prompt_text=k.prompt, vector=p.blob, usage_json=p.usage_json, cost_nanos=p.cost,
-                ttl_ms=p.ttl_ms, commit=False)
+                ttl_ms=p.ttl_ms, commit=False, fresh=fresh)
             self._stores += 1
-            total = self.entries + (1 if replaced is None else 0)
+            before = self.entries if self._entries_applied is None else self._entries_applied
+            total = before + (1 if replaced is None else 0)
             recount = self._stores % 1000 == 0
             gone = cstore.evict_lru(conn, self.config.max_entries, commit=False, total=None if recount else total,
                                     rows=True) if recount or total > self.config.max_entries else []
@@ -426,6 +437,7 @@ class ResponseCache:
                      for eid, sc, mo, ns, ctx, fa, _ex in gone]
             if replaced is not None:
                 keyed.append((replaced, k.partition()))
+            self._entries_applied = entries
             return new_id, keyed, entries
         if op == "touch":
             cstore.touch(conn, args[0], args[1], commit=False)
@@ -483,7 +495,11 @@ class ResponseCache:
             self._queued.append(("put", put))
             self._queued_keys.update((keys.exact(), keys.partition()))
             return
-        result = self._apply(self._conn, "put", put)
+        try:
+            result = self._apply(self._conn, "put", put)
+        finally:
+            self._applied.clear()
+            self._entries_applied = None
         self._conn.commit()
         self._stored(put, result)
 

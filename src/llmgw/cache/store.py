@@ -91,28 +91,42 @@ def iter_vectors(conn: sqlite3.Connection) -> Iterator[tuple[int, Any]]:
 # ---- entries -------------------------------------------------------------------------------------
 
 
+_INSERT = ("INSERT INTO cache_entries (scope, model, namespace, context_hash, exact_hash, facts, prompt_text, vector,"
+           " response, content_type, usage_json, cost_nanos, created_ms, expires_ms, last_hit_ms, hits)"
+           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)")
+
+
 def insert(conn: sqlite3.Connection, *, scope: str, model: str, exact_hash: str, context_hash: str,
            response: bytes, content_type: str, now_ms: int, namespace: str = "", facts: str = "",
            prompt_text: str | None = None, vector: Any = None, usage_json: str | None = None,
-           cost_nanos: int = 0, ttl_ms: int | None = None, commit: bool = True) -> tuple[int, int | None]:
+           cost_nanos: int = 0, ttl_ms: int | None = None, commit: bool = True,
+           fresh: bool = False) -> tuple[int, int | None]:
     """Store an entry; returns ``(new id, id it replaced or None)``. The replaced id (same scope,
     model, namespace and exact hash) must be removed from the index by the caller. ``vector`` may
     be a numpy vector, a sequence of floats or float16 bytes; ``ttl_ms`` None means no expiry.
-    ``commit=False``: part of the caller's transaction (``ResponseCache.commit``)."""
+    ``commit=False``: part of the caller's transaction (``ResponseCache.commit``). ``fresh``: the
+    caller knows of no entry with this exact key, so the INSERT is tried first, without looking
+    for one to replace (a statement less per store); should one exist after all, the unique index
+    refuses the row and the entry is replaced as usual."""
     blob = None if vector is None else (bytes(vector) if isinstance(vector, bytes | bytearray | memoryview)
                                         else vector_to_blob(vector))
     expires_ms = None if ttl_ms is None else now_ms + int(ttl_ms)
+    row = (scope, model, namespace, context_hash, exact_hash, facts, prompt_text, blob, bytes(response),
+           content_type, usage_json, int(cost_nanos), now_ms, expires_ms, now_ms)
     with conn if commit else contextlib.nullcontext(conn):
+        if fresh:
+            try:
+                cur = conn.execute(_INSERT, row)
+            except sqlite3.IntegrityError:  # only this statement is undone, not the transaction
+                pass
+            else:
+                assert cur.lastrowid is not None
+                return int(cur.lastrowid), None
         old = conn.execute("SELECT id FROM cache_entries WHERE scope = ? AND model = ? AND namespace = ? "
                            "AND exact_hash = ?", (scope, model, namespace, exact_hash)).fetchone()
         if old is not None:
             conn.execute("DELETE FROM cache_entries WHERE id = ?", (old[0],))
-        cur = conn.execute(
-            "INSERT INTO cache_entries (scope, model, namespace, context_hash, exact_hash, facts, prompt_text,"
-            " vector, response, content_type, usage_json, cost_nanos, created_ms, expires_ms, last_hit_ms,"
-            " hits) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
-            (scope, model, namespace, context_hash, exact_hash, facts, prompt_text, blob, bytes(response),
-             content_type, usage_json, int(cost_nanos), now_ms, expires_ms, now_ms))
+        cur = conn.execute(_INSERT, row)
     new_id = cur.lastrowid
     assert new_id is not None
     return int(new_id), (None if old is None else int(old[0]))
