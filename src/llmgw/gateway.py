@@ -35,7 +35,7 @@ import orjson
 from aiohttp import web
 
 from . import validate
-from .cache.replay import completion_from_stream, replay_stream
+from .cache.replay import StreamedText, cacheable_finish, completion_from_stream, replay_stream
 from .cache.semantic import Hit
 from .cache.semantic import request_options as cache_request_options
 from .cache.sidecar import CacheSidecar, CacheUnavailable
@@ -377,7 +377,7 @@ class Gateway:
             call.headers["x-llmgw-cache"] = "miss"
         return hit
 
-    def _cache_store(self, call: Call, answer: bytes) -> None:
+    def _cache_store(self, call: Call, answer: bytes | StreamedText) -> None:
         """Hand a complete answer to the cache (not awaited; this daemon's next lookup finds it);
         a failure only costs the entry."""
         assert self.cache is not None and call.cache_put is not None
@@ -625,8 +625,17 @@ class Gateway:
             if call.shadow is not None and self.cache_audit is not None and not client_gone:
                 self.cache_audit.shadow_verdict(call, state.text.encode())
             if call.cache_put is not None and self.cache is not None and not call.usage_estimated:
-                answer = getattr(stream, "answer", None) if call.inbound == "responses" else completion_from_stream(
-                    call.inbound, call.model or "", state.text, state.finish_reason, call.usage)
+                answer: bytes | StreamedText | None
+                if call.inbound == "responses":
+                    answer = getattr(stream, "answer", None)
+                elif not cacheable_finish(state.finish_reason):
+                    answer = None
+                elif state.openai_sse:  # the cache process parses the events
+                    answer = StreamedText(call.inbound, call.model or "", b"".join(state.openai_sse),
+                                          state.finish_reason)
+                else:
+                    answer = completion_from_stream(call.inbound, call.model or "", state.text, state.finish_reason,
+                                                    call.usage)
                 if answer is not None:
                     self._cache_store(call, answer)
             if not client_gone:

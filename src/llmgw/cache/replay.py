@@ -9,17 +9,38 @@ stream in its dialect, terminal event included.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from ..providers import sse
+from ..providers.base import openai_sse_text
 from ..usage import Usage
+
+
+def cacheable_finish(finish: str | None) -> bool:
+    """Whether a stream that ended so is stored (text answers only)."""
+    return finish not in (None, "tool_calls", "tool_use", "function_call")
+
+
+class StreamedText(NamedTuple):
+    """A finished OpenAI-format text stream, as its raw SSE events: the cache process turns it into
+    the entry (``completion``), so the daemon's loop never parses the events of an answer it stores
+    (measured ~35 µs a stream of 16 tokens)."""
+
+    inbound: str
+    model: str
+    sse: bytes
+    finish: str | None
+
+    def completion(self, usage_json: str) -> bytes | None:
+        return completion_from_stream(self.inbound, self.model, openai_sse_text(self.sse), self.finish,
+                                      Usage.from_openai(orjson.loads(usage_json)))
 
 
 def completion_from_stream(inbound: str, model: str, text: str, finish: str | None, usage: Usage) -> bytes | None:
     """The non-streamed answer equivalent to a finished text stream (None: not cacheable)."""
-    if finish in (None, "tool_calls", "tool_use", "function_call"):
+    if not cacheable_finish(finish):
         return None
     if inbound == "anthropic":
         return orjson.dumps({"id": "msg_cached", "type": "message", "role": "assistant", "model": model,

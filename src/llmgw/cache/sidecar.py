@@ -56,6 +56,7 @@ from typing import Any
 
 from .. import framing
 from ..config import CacheConfig
+from .replay import StreamedText
 from .semantic import Keys, Lookup, request_keys
 
 log = logging.getLogger("llmgw.cache")
@@ -127,11 +128,12 @@ class CacheSidecar:
         assert fut is not None
         return await fut
 
-    def store(self, request_id: str, semantic: bool, body: bytes, usage_json: str, cost: int, ttl_ms: int | None,
-              now_ms: int) -> None:
+    def store(self, request_id: str, semantic: bool, body: bytes | StreamedText, usage_json: str, cost: int,
+              ttl_ms: int | None, now_ms: int) -> None:
         """Store the complete answer of the request whose lookup remembered its keys (not awaited:
-        a later lookup of this daemon finds it)."""
-        self._call("store", (request_id, semantic, bytes(body), usage_json, int(cost), ttl_ms, now_ms), wait=False)
+        a later lookup of this daemon finds it); a ``StreamedText`` becomes the answer there."""
+        self._call("store", (request_id, semantic, body if isinstance(body, StreamedText) else bytes(body),
+                             usage_json, int(cost), ttl_ms, now_ms), wait=False)
 
     def record_label(self, source: str, request_id: str, entry_id: int | None, similarity: float | None,
                      cached_prompt: str | None, asked_prompt: str | None, label: int | None, now_ms: int) -> None:
@@ -370,7 +372,12 @@ def _handle(cache: Any, op: str, args: Any) -> Any:
             raise CacheUnavailable("the request's cache keys are gone (the cache process restarted since its "
                                    f"lookup, or more than {REMEMBER_MAX} requests waited to be stored)")
         del _remembered[request_id]
-        cache.store(kept, *rest)
+        semantic, body, usage_json, *more = rest
+        if isinstance(body, StreamedText):
+            body = body.completion(usage_json)
+            if body is None:
+                return None
+        cache.store(kept, semantic, body, usage_json, *more)
         return None
     if op == "label":
         cache.record_label(*args)

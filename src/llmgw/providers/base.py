@@ -96,18 +96,24 @@ class StreamState:
     @property
     def text(self) -> str:
         if self.openai_sse:
-            parts = []
-            for _, data in split_events(b"".join(self.openai_sse)):
-                try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    continue
-                for choice in (chunk.get("choices") or [])[:1] if isinstance(chunk, dict) else []:
-                    content = (choice.get("delta") or {}).get("content")
-                    if isinstance(content, str):
-                        parts.append(content)
-            return "".join(parts)
+            return openai_sse_text(b"".join(self.openai_sse))
         return "".join(self.text_parts)
+
+
+def openai_sse_text(raw: bytes) -> str:
+    """The text of the first choice of a run of OpenAI-format SSE events (``StreamState.text``;
+    the cache process calls it for a streamed answer it stores, off the daemon's loop)."""
+    parts = []
+    for _, data in split_events(raw):
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue
+        for choice in (chunk.get("choices") or [])[:1] if isinstance(chunk, dict) else []:
+            content = (choice.get("delta") or {}).get("content")
+            if isinstance(content, str):
+                parts.append(content)
+    return "".join(parts)
 
 
 @dataclass(slots=True)

@@ -60,11 +60,11 @@ from typing import Any
 
 import orjson
 
+from llmgw import framing
 from llmgw.errors import ResourceError
 from llmgw.store.conn import PgStore, Target
 from llmgw.store.db import open_db
 from llmgw.store.ledger import as_tuple, normalise_row
-from llmgw import framing
 from llmgw.store.writer_proc import PG_MARK, SPOOL_ENV, STORE_URL_ENV, frame, unframe
 
 log = logging.getLogger("llmgw.ledger")

@@ -57,8 +57,8 @@ from typing import Any
 
 import orjson
 
-from llmgw.errors import ResourceError
 from llmgw import framing
+from llmgw.errors import ResourceError
 from llmgw.framing import frame, unframe
 from llmgw.store import rollups
 from llmgw.store.conn import PgStore, as_sqlite_error, connect_raw, translate
