@@ -323,3 +323,32 @@ def test_a_killed_cache_process_makes_misses_and_a_new_one_serves_the_stored_ent
     assert cache_errors(d)["lookup"] >= 1
     text = httpx.get(d.url + "/metrics", timeout=10).text
     assert "llmgw_cache_process_restarts 1.0" in text
+
+
+def test_a_streamed_answer_handed_over_as_events_becomes_the_same_entry():
+    """``StreamedText``: the cache process builds the entry from the raw SSE events; it is the
+    answer the daemon would have built from the parsed text (first choice only, bad events skipped)."""
+    import orjson
+
+    from llmgw.cache.replay import StreamedText, completion_from_stream
+    from llmgw.providers import sse
+    from llmgw.providers.base import StreamState
+    from llmgw.usage import Usage
+
+    state = StreamState()
+    for piece in ("Light", "weight ", "linen — ", "cool."):
+        state.openai_sse.append(sse.openai_event({"choices": [{"index": 0, "delta": {"content": piece}},
+                                                              {"index": 1, "delta": {"content": "other"}}]}))
+    state.openai_sse.append(b"data: {not json\n\n")
+    state.openai_sse.append(sse.openai_event({"choices": [], "usage": {"prompt_tokens": 9}}))
+    usage = Usage(prompt_tokens=9, completion_tokens=4, cached_tokens=2, cache_write_tokens=1)
+    usage_json = orjson.dumps(usage.to_openai()).decode()
+    for inbound in ("openai", "anthropic"):
+        got = StreamedText(inbound, "m", b"".join(state.openai_sse), "stop").completion(usage_json)
+        want = completion_from_stream(inbound, "m", state.text, "stop", usage)
+        assert got is not None and want is not None
+        g, w = orjson.loads(got), orjson.loads(want)
+        g.pop("created", None), w.pop("created", None)
+        assert g == w
+    assert state.text == "Lightweight linen — cool."
+    assert StreamedText("openai", "m", b"".join(state.openai_sse), "tool_calls").completion(usage_json) is None
