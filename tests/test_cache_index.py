@@ -334,11 +334,14 @@ def test_semantic_store_trims_the_heap(tmp_path: Path, monkeypatch: pytest.Monke
     dbmod.open_db(paths.db_path(tmp_path)).close()  # migrated, as the daemon's start leaves it
     cache = semantic.ResponseCache(tmp_path, CacheConfig(mode="semantic"))
     try:
-        for i, mode in enumerate((True, False)):
+        for i, mode in enumerate((True, False, True)):
             body = {"model": "m", "messages": [{"role": "user", "content": f"caption product {i}"}]}
             keys = semantic.request_keys(body, inbound="openai", scope="c", namespace="", use_guard=True,
                                          patterns=[])
+            if i == 0:  # embedded by its lookup (the last: stored without a vector, nothing added)
+                cache.warm(True)
+                keys.vector = cache.embedder.encode([keys.prompt])[0]
             cache.store(keys, mode, b"{}", "{}", 0, None, 1_700_000_000_000)
     finally:
         cache.close()
-    assert calls == [0, 0]  # the load and the semantic store trimmed; the exact-only store did not
+    assert calls == [0, 0]  # the load and the semantic store with a vector trimmed; the others did not

@@ -85,6 +85,9 @@ def test_a_large_partition_uses_the_index_and_a_small_one_memory(tmp_path: Path)
             put(cache, u)
         put(cache, "Describe the teapot. sku: 555")  # its own partition (facts)
         big = keys(TARGETS[0]).partition()
+        assert len(cache._parts.pending[big]) == semantic._PENDING_MAX  # stored before any lookup there
+        cache.lookup(keys(TARGETS[0]), True, 0.9, NOW + 1)  # the first lookup embeds them
+        assert big not in cache._parts.pending
         assert cache._parts.is_large(big) and len(cache._index) == len(cache._parts.members(big))
         small = keys("Describe the teapot. sku: 555").partition()
         assert not cache._parts.is_large(small) and len(cache._parts.members(small)) == 1
@@ -193,7 +196,20 @@ class CountingEmbedder:
         return self.inner.encode(texts)  # type: ignore[attr-defined]
 
 
-def test_a_miss_in_an_empty_partition_embeds_only_once_it_is_stored_and_is_found_next(tmp_path: Path) -> None:
+def vector_of(home: Path, entry_id: int) -> bytes | None:
+    conn = sqlite3.connect(paths.db_path(home))
+    try:
+        row = conn.execute("SELECT vector FROM cache_entries WHERE id = ?", (entry_id,)).fetchone()
+        return None if row is None else row[0]
+    finally:
+        conn.close()
+
+
+def test_the_first_entry_of_a_partition_is_embedded_by_the_first_lookup_there(tmp_path: Path) -> None:
+    """A miss in an empty partition embeds nothing, and neither does its store (most partitions,
+    with fields in the prompt, never see a second request): the entry is stored without a vector,
+    and the first lookup in its partition embeds it, finds it and writes the vector; from then on
+    a store reuses its lookup's embedding."""
     cache = cache_at(tmp_path, threshold=0.9)
     try:
         cache._open()
@@ -202,13 +218,19 @@ def test_a_miss_in_an_empty_partition_embeds_only_once_it_is_stored_and_is_found
         cache.embedder = counting  # type: ignore[assignment]
         first = keys("Write a catalogue caption for our linen shirt.")
         assert cache.lookup(first, True, 0.9, NOW).hit is None
-        assert counting.texts == []  # nothing to compare with: no embedding for the lookup
         cache.store(first, True, b"caption", "{}", 1, None, NOW)
-        assert counting.texts == [first.prompt]  # the store embedded it for the entry
+        assert counting.texts == []  # no embedding for the lookup, none for the store
+        entry = cache.lookup(first, True, 0.9, NOW).hit  # the same request: an exact hit, no embedding
+        assert entry is not None and entry.kind == "exact" and counting.texts == []
+        assert vector_of(tmp_path, entry.entry_id) == b""  # stored without a vector, not as exact-only
+        assert cache._parts.pending[first.partition()] == [entry.entry_id]
         again = keys("Please write a catalogue caption for our linen shirt.")
         got = cache.lookup(again, True, 0.9, NOW).hit
         assert got is not None and got.kind == "semantic" and got.body == b"caption"
-        assert counting.texts[-1] == again.prompt  # a partition with entries: embedded to compare
+        assert sorted(counting.texts) == sorted([again.prompt, first.prompt])  # the asked one, the stored one
+        assert first.partition() not in cache._parts.pending
+        stored = vector_of(tmp_path, entry.entry_id)
+        assert stored is not None and len(stored) == 2 * cache.embedder.dim  # float16, written back
         cache.store(again, True, b"caption 2", "{}", 1, None, NOW)
         assert len(counting.texts) == 2  # the lookup's embedding is reused by the store
         other = keys("Write a catalogue caption for our linen shirt.", scope="globex")  # another partition
@@ -216,6 +238,32 @@ def test_a_miss_in_an_empty_partition_embeds_only_once_it_is_stored_and_is_found
         assert len(counting.texts) == 2
     finally:
         cache.close()
+
+
+def test_entries_stored_without_a_vector_survive_a_restart_and_a_delete(tmp_path: Path) -> None:
+    cache = cache_at(tmp_path, threshold=0.9)
+    put(cache, "Write a catalogue caption for our wool coat. sku: 71")
+    put(cache, "Write a catalogue caption for our rain jacket. sku: 72")
+    cache.close()
+    again = cache_at(tmp_path, threshold=0.9)
+    try:
+        again._open()
+        again._semantic()
+        assert len(again._parts.pending) == 2 and again._parts.top == 0  # no matrix row for them
+        coat = again.lookup(keys("Please write a catalogue caption for our wool coat. sku: 71"), True, 0.9,
+                            NOW + 1).hit
+        assert coat is not None and coat.kind == "semantic" and coat.body.startswith(b"Write a catalogue caption for our wool")
+        jacket = keys("Please write a catalogue caption for our rain jacket. sku: 72")
+        conn = dbmod.connect(paths.db_path(tmp_path))
+        try:  # deleted by another process (llmgw cache delete) before any lookup embedded it
+            gone = conn.execute("SELECT id FROM cache_entries WHERE vector = X''").fetchone()[0]
+            assert cstore.delete(conn, [gone]) == [gone]
+        finally:
+            conn.close()
+        assert again.lookup(jacket, True, 0.9, NOW + 2).hit is None
+        assert jacket.partition() not in again._parts
+    finally:
+        again.close()
 
 
 def test_stores_of_one_request_queued_for_one_commit_leave_one_entry_the_last(tmp_path: Path) -> None:

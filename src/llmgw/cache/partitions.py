@@ -12,6 +12,11 @@ one-entry partition is a single int (its matrix slot) in one dict, the slot's en
 array. Invariants: ``ids[slot] == 0`` for a free slot (entry ids start at 1); a small partition is
 a slot (int) or a list of 2..``EXACT_MAX`` slots; a large one a ``_Large`` with its member ids.
 Loop-side only (no locking): the cache changes it on the event loop.
+
+Entries not embedded yet (``pending``): the first entries of a partition are stored without a
+vector (``vector = X''`` in SQLite; ``semantic.ResponseCache._put``), because most partitions, with
+fields in the prompts, never see a second request; the first lookup there embeds them
+(``ResponseCache._embed_pending``). A pending entry has no slot and no row of the matrix.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class Partitions:
         self.index: Any = None
         #: lookups whose widened ANN search stopped at ``_WIDEN_MAX`` without reaching the partition
         self.truncated_searches = 0
+        #: partition digest -> its entries not embedded yet, oldest first
+        self.pending: dict[int, list[int]] = {}
 
     # ---- slots ---------------------------------------------------------------------------------
     def _grow(self, need: int) -> None:
@@ -88,6 +95,9 @@ class Partitions:
         self._grow(count)
         groups: dict[int, list[int]] = {}
         for eid, pk, blob in rows:
+            if not blob:  # stored before any lookup there: embedded by the first one
+                self.pending.setdefault(pk, []).append(int(eid))
+                continue
             slot = self._put(int(eid), np.frombuffer(blob, dtype=np.float16))
             groups.setdefault(pk, []).append(slot)
         large = {pk: slots for pk, slots in groups.items() if len(slots) > EXACT_MAX}
@@ -129,8 +139,22 @@ class Partitions:
             v.members.add(eid)
             self.index.add(eid, vec)
 
+    def add_pending(self, eid: int, pk: int) -> None:
+        """Entry ``eid`` of partition ``pk`` is stored without a vector."""
+        self.pending.setdefault(pk, []).append(eid)
+
+    def embedded(self, pk: int) -> bool:
+        """Whether partition ``pk`` holds an entry with a vector."""
+        return pk in self.parts
+
     def forget(self, eid: int, pk: int) -> None:
         """Entry ``eid`` of partition ``pk`` is gone: its slot (or index slot) is free now."""
+        waiting = self.pending.get(pk)
+        if waiting is not None and eid in waiting:
+            waiting.remove(eid)
+            if not waiting:
+                del self.pending[pk]
+            return
         v = self.parts.get(pk)
         if v is None:
             return
@@ -180,21 +204,23 @@ class Partitions:
 
     # ---- introspection (tests, benchmarks, stats) ------------------------------------------------
     def __len__(self) -> int:
-        return len(self.parts)
+        return len(self.parts) + sum(1 for pk in self.pending if pk not in self.parts)
 
     def __contains__(self, pk: object) -> bool:
-        """Whether partition ``pk`` holds an entry (none: a lookup there cannot hit)."""
-        return pk in self.parts
+        """Whether partition ``pk`` holds an entry, embedded or not (none: a lookup there cannot hit)."""
+        return pk in self.parts or pk in self.pending
 
     def members(self, pk: int) -> list[int]:
+        """The partition's entry ids, pending ones included."""
+        waiting = self.pending.get(pk, [])
         v = self.parts.get(pk)
         if v is None:
-            return []
+            return sorted(waiting)
         if isinstance(v, int):
-            return [int(self.ids[v])]
+            return sorted([int(self.ids[v]), *waiting])
         if isinstance(v, list):
-            return [int(self.ids[s]) for s in v]
-        return sorted(v.members)
+            return sorted([*(int(self.ids[s]) for s in v), *waiting])
+        return sorted([*v.members, *waiting])
 
     def is_large(self, pk: int) -> bool:
         return isinstance(self.parts.get(pk), _Large)

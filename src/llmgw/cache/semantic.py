@@ -168,6 +168,9 @@ class Lookup:
 
 
 _TRIM_EVERY = 32  # semantic stores between two malloc_trim calls
+#: entries of one partition stored without a vector at most (stores without a lookup, ``no-cache``,
+#: could pile them up for one lookup to embed); beyond that a store embeds its own
+_PENDING_MAX = 16
 _EXACT_FOLD = 4096  # exact digests stored since the sorted array was built, then folded into it
 _HIT_LOG_MAX = 100_000  # rows of cache_hit_log kept (the oldest are pruned)
 _FEATURES_MAX = 20_000  # gate features of stored prompts kept in memory
@@ -274,8 +277,8 @@ class ResponseCache:
             if self.embedder is None:
                 self.embedder = Model2VecEmbedder(self.config.model)
             parts = Partitions(self.embedder.dim, paths.cache_index_path(self.home))
-            count = int(self._conn.execute("SELECT count(*) FROM cache_entries WHERE vector IS NOT NULL")
-                        .fetchone()[0])
+            count = int(self._conn.execute("SELECT count(*) FROM cache_entries WHERE length(vector) > 0")
+                        .fetchone()[0])  # the matrix's rows: entries not embedded yet take none
             rows = ((eid, partition_key(scope, model, ns, ctx, facts), bytes(blob))
                     for eid, scope, model, ns, ctx, facts, blob in self._conn.execute(
                         "SELECT id, scope, model, namespace, context_hash, facts, vector FROM cache_entries "
@@ -362,9 +365,10 @@ class ResponseCache:
             return Lookup(None)
         self._semantic()
         pk = keys.partition()
-        if pk not in self._parts:  # nothing to compare with: no embedding on the loop (the store makes it)
+        if pk not in self._parts:  # nothing to compare with: no embedding (the store does without one)
             return Lookup(None)
         vec = keys.vector = self.embedder.encode([keys.prompt])[0]
+        made = self._embed_pending(pk) if pk in self._parts.pending else {}
         ranked = self._parts.ranked(pk, vec, threshold)
         if not ranked:
             return Lookup(None)
@@ -382,8 +386,9 @@ class ResponseCache:
                     self._features.pop(i, None)
                     self._parts.forget(i, pk)
         # the threshold applies to the exact cosine against the stored float16 vector
-        scored = sorted(((float(vec @ cstore.blob_to_vector(f.vector)), f) for f in found if f.vector),
-                        key=lambda x: -x[0])
+        # (an entry embedded just now has its vector in ``made``: the write is queued)
+        scored = sorted(((float(vec @ cstore.blob_to_vector(f.vector or made[f.id])), f) for f in found
+                         if f.vector or f.id in made), key=lambda x: -x[0])
         blocked = None
         classes = self.config.gate_classes if self.config.gate else ()
         mine = gate.features(keys.prompt) if classes else None
@@ -402,6 +407,26 @@ class ResponseCache:
             return Lookup(Hit("semantic", sim, cand.response, cand.usage_json, cand.cost_nanos, cand.id,
                               cand.prompt_text, keys.prompt), max(best, sim), blocked)
         return Lookup(None, max(best, scored[0][0]) if scored else best, blocked)
+
+    def _embed_pending(self, pk: int) -> dict[int, bytes]:
+        """The first lookup in a partition whose entries were stored without a vector embeds them
+        (their vectors join the partition now; the rows get them with the next commit):
+        ``{entry id: float16 vector bytes}``. An entry gone from SQLite is skipped."""
+        import numpy as np
+
+        ids = self._parts.pending.pop(pk)
+        marks = ", ".join("?" * len(ids))
+        made: dict[int, bytes] = {}
+        for eid, prompt in self._conn.execute(
+                f"SELECT id, prompt_text FROM cache_entries WHERE id IN ({marks}) AND vector = X''", ids):
+            v = self.embedder.encode([prompt or ""])[0]
+            blob = cstore.vector_to_blob(v)
+            self._parts.add(int(eid), pk, v, np.frombuffer(blob, dtype=np.float16))
+            self._write("vector", (int(eid), blob))
+            made[int(eid)] = blob
+        if made and not self.autocommit:
+            self._queued_keys.add(pk)  # the next lookup here commits the vectors first
+        return made
 
     # ---- writes ---------------------------------------------------------------------------------
     def _write(self, op: str, args: Any) -> None:
@@ -441,6 +466,8 @@ class ResponseCache:
             return new_id, keyed, entries
         if op == "touch":
             cstore.touch(conn, args[0], args[1], commit=False)
+        elif op == "vector":  # an entry stored without one, embedded by a lookup
+            conn.execute("UPDATE cache_entries SET vector = ? WHERE id = ? AND vector = X''", (args[1], args[0]))
         elif op == "log":
             request_id, now_ms, entry_id, sim, prompt, kind = args
             conn.execute("INSERT OR REPLACE INTO cache_hit_log (request_id, ts_ms, entry_id, similarity, prompt,"
@@ -460,6 +487,11 @@ class ResponseCache:
         put = _Put(keys, None, bytes(body), usage_json, int(cost), ttl_ms, now_ms)
         if semantic and keys.prompt.strip():
             self._semantic()
+            pk = keys.partition()
+            if keys.vector is None and not self._parts.embedded(pk) and \
+                    len(self._parts.pending.get(pk, ())) < _PENDING_MAX:
+                put.blob = b""  # not embedded until a lookup in its partition needs it
+                return put
             if keys.vector is None:
                 keys.vector = self.embedder.encode([keys.prompt])[0]
             elif isinstance(keys.vector, bytes):  # back from the daemon (``Keys.__reduce__``)
@@ -477,7 +509,9 @@ class ResponseCache:
         self._exact_new.add(put.keys.exact())
         if len(self._exact_new) >= _EXACT_FOLD:
             self._fold_exact()
-        if self._parts is not None and put.vec is not None and put.blob is not None:
+        if self._parts is not None and put.blob == b"":
+            self._parts.add_pending(new_id, put.keys.partition())
+        elif self._parts is not None and put.vec is not None and put.blob is not None:
             import numpy as np
 
             self._parts.add(new_id, put.keys.partition(), put.vec, np.frombuffer(put.blob, dtype=np.float16))

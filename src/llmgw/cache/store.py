@@ -78,14 +78,21 @@ def blob_to_vector(blob: bytes) -> Any:
 
 def vector_count(conn: sqlite3.Connection) -> int:
     """Entries that carry a vector: what the index must hold."""
-    return int(conn.execute("SELECT count(*) FROM cache_entries WHERE vector IS NOT NULL").fetchone()[0])
+    return int(conn.execute("SELECT count(*) FROM cache_entries WHERE length(vector) > 0").fetchone()[0])
 
 
 def iter_vectors(conn: sqlite3.Connection) -> Iterator[tuple[int, Any]]:
     """``(id, vector)`` of every entry with a vector, for ``VectorIndex.rebuild``."""
-    cur = conn.execute("SELECT id, vector FROM cache_entries WHERE vector IS NOT NULL ORDER BY id")
+    cur = conn.execute("SELECT id, vector FROM cache_entries WHERE length(vector) > 0 ORDER BY id")
     for row in cur:
         yield int(row[0]), blob_to_vector(row[1])
+
+
+def iter_pending(conn: sqlite3.Connection) -> Iterator[tuple[int, str]]:
+    """``(id, prompt)`` of every semantic entry stored without a vector yet (``vector = X''``: the
+    first lookup in its partition embeds it)."""
+    for row in conn.execute("SELECT id, prompt_text FROM cache_entries WHERE vector = X'' ORDER BY id"):
+        yield int(row[0]), row[1] or ""
 
 
 # ---- entries -------------------------------------------------------------------------------------

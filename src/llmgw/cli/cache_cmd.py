@@ -588,6 +588,11 @@ def inspect(
         for eid, vec in cstore.iter_vectors(conn):
             ids.append(eid)
             vecs.append(vec)
+        pending = list(cstore.iter_pending(conn))  # stored before any lookup in their partition
+        if pending:
+            ids.extend(eid for eid, _ in pending)
+            vecs.extend(cstore.blob_to_vector(cstore.vector_to_blob(v))  # as float16, like the stored ones
+                        for v in emb.encode([text for _, text in pending]))
         rows = []
         if ids:
             q = emb.encode([prompt])[0]
