@@ -285,3 +285,23 @@ def test_stores_of_one_request_queued_for_one_commit_leave_one_entry_the_last(tm
         conn.close()
     finally:
         cache.close()
+
+
+def test_an_entry_whose_vector_never_reached_sqlite_is_embedded_again(tmp_path: Path) -> None:
+    """The lookup that embedded a pending entry queued its vector; if that write is lost (its
+    commit failed), the entry is in memory with a vector and in SQLite without one: the next
+    lookup that meets it embeds it again, serves it and writes the vector."""
+    cache = cache_at(tmp_path, threshold=0.9)
+    try:
+        put(cache, "Write a catalogue caption for our linen shirt.")
+        first = cache.lookup(keys("Please write a catalogue caption for our linen shirt."), True, 0.9, NOW).hit
+        assert first is not None and len(vector_of(tmp_path, first.entry_id) or b"") > 0
+        conn = sqlite3.connect(paths.db_path(tmp_path))
+        conn.execute("UPDATE cache_entries SET vector = X'' WHERE id = ?", (first.entry_id,))  # the lost write
+        conn.commit()
+        conn.close()
+        again = cache.lookup(keys("Kindly write a catalogue caption for our linen shirt."), True, 0.9, NOW).hit
+        assert again is not None and again.entry_id == first.entry_id
+        assert len(vector_of(tmp_path, first.entry_id) or b"") == 2 * cache.embedder.dim
+    finally:
+        cache.close()

@@ -386,6 +386,10 @@ class ResponseCache:
                     self._features.pop(i, None)
                     self._parts.forget(i, pk)
         # the threshold applies to the exact cosine against the stored float16 vector
+        for f in found:  # embedded once, but its vector never reached SQLite (that commit failed): again
+            if not f.vector and f.vector is not None and f.id not in made:
+                made[f.id] = cstore.vector_to_blob(self.embedder.encode([f.prompt_text or ""])[0])
+                self._write("vector", (f.id, made[f.id]))
         # (an entry embedded just now has its vector in ``made``: the write is queued)
         scored = sorted(((float(vec @ cstore.blob_to_vector(f.vector or made[f.id])), f) for f in found
                          if f.vector or f.id in made), key=lambda x: -x[0])
