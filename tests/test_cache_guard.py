@@ -248,3 +248,32 @@ def test_the_windowed_token_scan_finds_what_the_plain_scan_finds() -> None:
         assert [(m.lastgroup, m.span()) for m in g._tokens(text)] == plain, repr(text)
         checked += bool(plain)
     assert checked > 15_000  # most texts had tokens to find
+
+
+def test_the_key_search_and_the_field_lead_decide_what_their_regexes_decide() -> None:
+    """``guard._kv_head`` starts its search after the prose before a separator and
+    ``guard._field_lead`` replaces an end-anchored regex; on random mixes of keys, separators,
+    blanks, bullets, quotes, URLs and times both give exactly what the plain regexes give, from
+    every start position."""
+    import random
+
+    from llmgw.cache import guard as g
+
+    pieces = ["brand", "Brand", "sku", "in_stock", "a.b-c", '"key"', "'k'", "x" * 70, "y" * 40, '"' + "q" * 64 + '"', "ключ", "_id", "10", "10:30",
+              ":", "=", "://", " : ", "=//", "-", "*", "•", ",", ";", "|", "(", "[", "{", "http://a.b/c", "Nike",
+              "the product", "@", "#", "/", "?", "&", ".", "é", "\t"]
+    rnd = random.Random(11)
+    heads = leads = 0
+    for _ in range(6_000):
+        text = "".join(rnd.choice(pieces) + rnd.choice([" ", "", " ", "\n", "  ", "\t", ": ", "- "])
+                       for _ in range(rnd.randint(1, 12)))
+        for at in range(len(text) + 1):
+            plain = g._KV_HEAD.search(text, at)
+            fast = g._kv_head(text, at)
+            assert (plain and plain.span(), plain and plain.group(1)) == (fast and fast.span(), fast and fast.group(1)), \
+                (text, at)
+            heads += plain is not None
+            part = text[at:].split("\n")[0]
+            assert g._field_lead(part) == (g._FIELD_LEAD.search(part) is not None), repr(part)
+            leads += g._field_lead(part)
+    assert heads > 20_000 and leads > 5_000  # both sides of each decision were exercised

@@ -100,6 +100,7 @@ _UNITS = ("kg|g|mg|lb|lbs|oz|cm|mm|m|km|in|ft|ml|l|gb|mb|tb|kb|w|kw|v|mah|hz|khz
 _UNIT_GAP = re.compile(rf"(\d)[ \t]+(%|(?:{_UNITS})\b)", re.IGNORECASE)
 # the same for ASCII text, where \d is [0-9]: a character set lets the regex engine skip ahead (~40 % faster)
 _UNIT_GAP_ASCII = re.compile(rf"([0-9])[ \t]+(%|(?:{_UNITS})\b)", re.IGNORECASE)
+_DIGIT_BLANK = re.compile(r"\d[ \t]")
 _DOLLAR = re.compile(r"(?:US)?\$[ \t]?(?=\d)")
 _EMPHASIS = re.compile(r"\*\*|__|`")
 _LIST_MARKER = re.compile(r"^([ \t]*)\d{1,2}[.)][ \t]+", re.MULTILINE)  # "1. " in a numbered list
@@ -152,7 +153,7 @@ def normalise_text(text: str) -> str:
     if not words.isdisjoint(NUMBER_WORDS):
         text = _NUMBER_WORD.sub(_number_word, text)
         digits = True
-    if digits:
+    if digits and _DIGIT_BLANK.search(text) is not None:  # a digit, a blank: maybe "1.5 kg"
         text = (_UNIT_GAP_ASCII if text.isascii() else _UNIT_GAP).sub(r"\1\2", text)
     british = words.intersection(_SPELLING)
     if british:
@@ -285,7 +286,43 @@ def _split_value(raw: str) -> tuple[str, str]:
 
 
 _VALUE_CUT = re.compile(r",(?!\d)[ \t]+|(?<=[.!?])[ \t]+")
-_FIELD_LEAD = re.compile(r"(?:^|[,;|(\[{])[ \t]*(?:[-*•][ \t]+)?$")
+_FIELD_LEAD = re.compile(r"(?:^|[,;|(\[{])[ \t]*(?:[-*•][ \t]+)?$")  # what ``_field_lead`` decides
+_KEY_MAX = 66  # characters of a key, its quotes included (``_KEY``)
+
+
+def _kv_head(text: str, at: int) -> re.Match[str] | None:
+    """``_KV_HEAD.search(text, at)``, without scanning the prose before a separator: a key holds no
+    whitespace, ``:`` or ``=`` and is at most ``_KEY_MAX`` characters, so a match that uses the
+    first separator at or after ``at`` starts after the last blank before that separator's key and
+    no more than ``_KEY_MAX`` characters before it (none can start earlier); the search starts
+    there and finds the same match (later separators' included) as one from ``at``."""
+    colon = text.find(":", at)
+    equals = text.find("=", at)
+    j = colon if equals < 0 or 0 <= colon < equals else equals
+    if j < 0:
+        return None
+    k = j
+    while k > at and text[k - 1] in " \t":
+        k -= 1
+    lo = max(at, k - _KEY_MAX)
+    start = max(lo, text.rfind(" ", lo, k) + 1, text.rfind("\t", lo, k) + 1, text.rfind("\n", lo, k) + 1)
+    return _KV_HEAD.search(text, start)
+
+
+_BULLETS = "-*•"
+_LEADS = ",;|([{"
+
+
+def _field_lead(s: str) -> bool:
+    """``s`` ends in a field's lead: nothing, or one of ``,;|([{``, then blanks and optionally a list
+    bullet followed by blanks (``_FIELD_LEAD``, without a regex that tries every position of ``s``)."""
+    t = s.rstrip(" \t")
+    if not t or t[-1] in _LEADS:
+        return True
+    if t[-1] in _BULLETS and len(t) < len(s):  # a bullet needs a blank after it
+        u = t[:-1].rstrip(" \t")
+        return not u or u[-1] in _LEADS
+    return False
 
 
 def _is_field(text: str, start: int, previous_end: int) -> bool:
@@ -295,8 +332,7 @@ def _is_field(text: str, start: int, previous_end: int) -> bool:
     before = text[max(line_start, previous_end if previous_end > line_start else line_start):start]
     if previous_end >= line_start and not before.strip(" \t,;|"):
         return True
-    return _FIELD_LEAD.search(text[line_start:start]) is not None or \
-        (previous_end >= line_start and _FIELD_LEAD.search(before) is not None)
+    return _field_lead(text[line_start:start]) or (previous_end >= line_start and _field_lead(before))
 
 
 @lru_cache(maxsize=4096)
@@ -400,12 +436,14 @@ def fact_list(text: str, extra_patterns: ExtraPatterns = ()) -> list[tuple[str, 
     rest: list[str] = []
     pos = 0
     field_end = -1
-    at = 0 if (":" in text or "=" in text) else len(text)
-    while (kv := _KV_HEAD.search(text, at)) is not None:
+    at = 0
+    while (kv := _kv_head(text, at)) is not None:
         vstart = kv.end()
         end = _VALUE_END.search(text, vstart)
         vend = end.start() if end else len(text)
-        nxt = _NEXT_KEY.search(text, vstart, vend)  # the next "key:" on the line ends this value
+        # the next "key:" on the line ends this value (it needs a separator in the value)
+        nxt = _NEXT_KEY.search(text, vstart, vend) if (text.find(":", vstart, vend) >= 0 or
+                                                       text.find("=", vstart, vend) >= 0) else None
         if nxt is not None:
             vend = nxt.start()
         at = max(vend, kv.end())
