@@ -308,7 +308,44 @@ def test_migration_applies_on_an_existing_database(tmp_path: Path) -> None:
     try:
         uniq = [ix["name"] for ix in conn.execute("PRAGMA index_list(cache_entries)") if ix["unique"]]
         cols_u = {tuple(c["name"] for c in conn.execute(f"PRAGMA index_info({n})")) for n in uniq}
-        assert ("scope", "model", "namespace", "exact_hash") in cols_u
+        assert ("exact_key",) in cols_u  # m011: the digest of (scope, model, namespace, exact_hash)
+        assert ("scope", "model", "namespace", "exact_hash") not in cols_u
+    finally:
+        conn.close()
+
+
+def test_entries_stored_before_the_exact_key_get_it_from_the_migration(tmp_path: Path) -> None:
+    """m011 gives rows stored under the four-column unique index their digest: exact lookups find
+    them, and storing the same request again replaces them instead of adding a second row."""
+    path = tmp_path / "old.db"
+    conn = dbmod.connect(path)
+    original = dbmod.MIGRATIONS
+    try:
+        dbmod.MIGRATIONS = original[:original.index(dbmod.m011_cache_exact_key)]
+        dbmod.migrate(conn)
+    finally:
+        dbmod.MIGRATIONS = original
+    for i, (scope, ns) in enumerate([("cust", ""), ("cust", "sku-1"), ("*", "")]):
+        conn.execute("INSERT INTO cache_entries (scope, model, namespace, context_hash, exact_hash, response,"
+                     " content_type, created_ms, last_hit_ms) VALUES (?, 'm', ?, 'ctx', 'h', ?, 'application/json',"
+                     " 1, 1)", (scope, ns, f"old-{i}".encode()))
+    conn.commit()
+    conn.close()
+    conn = dbmod.open_db(path)
+    try:
+        for i, (scope, ns) in enumerate([("cust", ""), ("cust", "sku-1"), ("*", "")]):
+            hit = store.lookup_exact(conn, scope=scope, model="m", namespace=ns, exact_hash="h", now_ms=2)
+            assert hit is not None and hit.response == f"old-{i}".encode()
+        keys = [r[0] for r in conn.execute("SELECT exact_key FROM cache_entries ORDER BY id")]
+        assert keys == [store.exact_key(store.exact_digest(sc, "m", ns, "h"))
+                        for sc, ns in [("cust", ""), ("cust", "sku-1"), ("*", "")]]
+        assert len(set(keys)) == 3
+        new_id, replaced = store.insert(conn, scope="cust", model="m", namespace="sku-1", exact_hash="h",
+                                        context_hash="ctx", response=b"new", content_type="application/json",
+                                        now_ms=3, fresh=True)
+        assert replaced == 2 and conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0] == 3
+        assert store.lookup_exact(conn, scope="cust", model="m", namespace="sku-1", exact_hash="h",
+                                  now_ms=4).response == b"new"
     finally:
         conn.close()
 

@@ -345,10 +345,28 @@ def m010_fail_open(db: Database) -> None:
     db.execute("ALTER TABLE budgets ADD COLUMN fail_open INTEGER NOT NULL DEFAULT 0 CHECK (fail_open IN (0, 1))")
 
 
+def m011_cache_exact_key(db: Database) -> None:
+    """Cache entries keyed by the 64-bit digest of their exact key (``cache.store.exact_digest``):
+    a unique index on one INTEGER instead of four text columns (a store wrote a random ~90-byte key
+    into a wide index; the digest is 8 bytes). Existing rows get their digest here; should two of
+    them collide, the newer one stays (the older is only a cache entry)."""
+    from ..cache.store import exact_digest, exact_key
+
+    db.execute("ALTER TABLE cache_entries ADD COLUMN exact_key INTEGER")
+    mark = "%s" if _dialect(db) == "postgres" else "?"
+    rows = [(exact_key(exact_digest(scope, model, ns, exact_hash)), int(eid)) for eid, scope, model, ns, exact_hash
+            in db.execute("SELECT id, scope, model, namespace, exact_hash FROM cache_entries")]
+    for row in rows:
+        db.execute(f"UPDATE cache_entries SET exact_key = {mark} WHERE id = {mark}", row)
+    db.execute("DELETE FROM cache_entries WHERE id NOT IN (SELECT max(id) FROM cache_entries GROUP BY exact_key)")
+    db.execute("DROP INDEX cache_entries_exact")
+    db.execute("CREATE UNIQUE INDEX cache_entries_exact_key ON cache_entries(exact_key)")
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial, m002_usage_estimated, m003_governance,
                                                       m004_definitions_version, m005_cache, m006_cache_ledger,
                                                       m007_rollups, m008_cache_audit, m009_auto_raise,
-                                                      m010_fail_open)
+                                                      m010_fail_open, m011_cache_exact_key)
 
 
 def _migration_set() -> Migrations:
