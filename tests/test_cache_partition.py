@@ -287,6 +287,32 @@ def test_stores_of_one_request_queued_for_one_commit_leave_one_entry_the_last(tm
         cache.close()
 
 
+def test_a_lookup_commits_the_queued_stores_only_when_they_may_answer_it(tmp_path: Path) -> None:
+    """Queued stores are committed by a lookup they may answer: the same request (exact), or a
+    semantic store in the lookup's partition when the lookup is semantic. An exact lookup of another
+    request leaves them queued (they share a partition, but an exact store is no semantic candidate)."""
+    dbmod.open_db(paths.db_path(tmp_path)).close()
+    cache = semantic.ResponseCache(tmp_path, CacheConfig(mode="semantic"), autocommit=False)
+
+    def stores() -> int:  # queued stores (a hit queues its touch too)
+        return sum(op == "put" for op, _ in cache._queued)
+
+    try:
+        cache.store(keys("Write a catalogue caption for our linen shirt."), False, b"shirt", "{}", 1, None, NOW)
+        other = keys("Write a catalogue caption for our wool coat.")
+        assert other.partition() == keys("Write a catalogue caption for our linen shirt.").partition()
+        assert cache.lookup(other, False, 0.95, NOW).hit is None
+        assert stores() == 1  # not committed for a lookup it cannot answer
+        got = cache.lookup(keys("Write a catalogue caption for our linen shirt."), False, 0.95, NOW).hit
+        assert stores() == 0 and got is not None and got.body == b"shirt"  # committed, then found
+        cache.store(keys("Write a catalogue caption for our silk scarf."), True, b"scarf", "{}", 1, None, NOW)
+        assert cache.lookup(other, False, 0.95, NOW).hit is None and stores() == 1
+        cache.lookup(keys("Please write a catalogue caption for our silk scarf."), True, 0.95, NOW)
+        assert stores() == 0  # a semantic lookup in the partition of a queued semantic store
+    finally:
+        cache.close()
+
+
 def test_an_entry_whose_vector_never_reached_sqlite_is_embedded_again(tmp_path: Path) -> None:
     """The lookup that embedded a pending entry queued its vector; if that write is lost (its
     commit failed), the entry is in memory with a vector and in SQLite without one: the next

@@ -100,9 +100,10 @@ class Keys:
         return self._pk
 
     def exact(self) -> int:
-        """The exact entry's key as a 64-bit digest: scope, model, namespace and exact hash."""
+        """The exact entry's key as a 64-bit digest: scope, model, namespace and exact hash
+        (``store.exact_digest``, the ``exact_key`` column)."""
         if self._ek is None:
-            self._ek = partition_key(self.scope, self.model, self.namespace, self.exact_hash, "")
+            self._ek = cstore.exact_digest(self.scope, self.model, self.namespace, self.exact_hash)
         return self._ek
 
 
@@ -242,8 +243,8 @@ class ResponseCache:
         if self._conn is not None:
             return
         conn = store_db.connect(paths.db_path(self.home))
-        self._exact_new = {partition_key(scope, model, ns, exact_hash, "") for scope, model, ns, exact_hash in
-                           conn.execute("SELECT scope, model, namespace, exact_hash FROM cache_entries")}
+        self._exact_new = {k + (1 << 64) if k < 0 else k for (k,) in conn.execute(
+            "SELECT exact_key FROM cache_entries")}  # the signed column back to the unsigned digest
         self.entries = len(self._exact_new)
         self._exact_sorted = None
         self._fold_exact()
@@ -352,11 +353,12 @@ class ResponseCache:
     def lookup(self, keys: Keys, semantic: bool, threshold: float, now_ms: int, request_id: str = "",
                log_hit: bool = True) -> Lookup:
         self._open()
-        if self._queued_keys and (keys.exact() in self._queued_keys or keys.partition() in self._queued_keys):
+        queued = self._queued_keys
+        if queued and (keys.exact() in queued or (semantic and keys.partition() in queued)):
             self.commit()  # a store not written yet may answer this lookup
         # the exact entry from SQLite's unique index, when the digests say there may be one (~30 µs a probe)
         e = cstore.lookup_exact(self._conn, scope=keys.scope, model=keys.model, exact_hash=keys.exact_hash,
-                                now_ms=now_ms, namespace=keys.namespace) \
+                                now_ms=now_ms, namespace=keys.namespace, digest=keys.exact()) \
             if self._may_have_exact(keys.exact()) else None  # an expired one: a miss
         if e is not None:
             self._write("touch", (e.id, now_ms))
@@ -453,7 +455,7 @@ class ResponseCache:
                 conn, scope=k.scope, model=k.model, exact_hash=k.exact_hash, context_hash=k.context_hash,
                 response=p.body, content_type="application/json", now_ms=p.now_ms, namespace=k.namespace,
                 facts=k.facts, prompt_text=k.prompt, vector=p.blob, usage_json=p.usage_json, cost_nanos=p.cost,
-                ttl_ms=p.ttl_ms, commit=False, fresh=fresh)
+                ttl_ms=p.ttl_ms, commit=False, fresh=fresh, digest=ek)
             self._stores += 1
             before = self.entries if self._entries_applied is None else self._entries_applied
             total = before + (1 if replaced is None else 0)
@@ -531,7 +533,9 @@ class ResponseCache:
         put = self._put(keys, semantic, body, usage_json, cost, ttl_ms, now_ms)
         if not self.autocommit:  # written by the next ``commit``
             self._queued.append(("put", put))
-            self._queued_keys.update((keys.exact(), keys.partition()))
+            self._queued_keys.add(keys.exact())
+            if semantic:  # an exact store is no semantic candidate: exact lookups in its partition need not wait
+                self._queued_keys.add(keys.partition())
             return
         try:
             result = self._apply(self._conn, "put", put)
