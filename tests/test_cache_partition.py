@@ -331,3 +331,26 @@ def test_an_entry_whose_vector_never_reached_sqlite_is_embedded_again(tmp_path: 
         assert len(vector_of(tmp_path, first.entry_id) or b"") == 2 * cache.embedder.dim
     finally:
         cache.close()
+
+
+def test_a_prompt_that_comes_back_is_not_embedded_again(tmp_path: Path) -> None:
+    """The paraphrase that keeps hitting an entry is embedded once: later lookups reuse its vector
+    (read-only, so no caller can change what the others get) and find the same entry."""
+    cache = cache_at(tmp_path, threshold=0.9)
+    try:
+        put(cache, "Write a catalogue caption for our linen shirt.")
+        put(cache, "Write a catalogue caption for our wool coat.")
+        embedded: list[str] = []
+        encode = cache.embedder.encode
+        cache.embedder.encode = lambda texts: embedded.extend(texts) or encode(texts)  # counts, then embeds
+        asked = "Please write a catalogue caption for our linen shirt."
+        hits = [cache.lookup(keys(asked), True, 0.9, NOW).hit for _ in range(3)]
+        assert all(h is not None and h.body.startswith(b"Write a catalogue caption for our linen") for h in hits)
+        assert embedded.count(asked) == 1  # the stored prompts once each (pending), the asked one once
+        assert sorted(embedded) == sorted([asked, "Write a catalogue caption for our linen shirt.",
+                                           "Write a catalogue caption for our wool coat."])
+        vec = cache._embed(asked)
+        with pytest.raises(ValueError):
+            vec[0] = 1.0
+    finally:
+        cache.close()

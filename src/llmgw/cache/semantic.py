@@ -175,6 +175,7 @@ _PENDING_MAX = 16
 _EXACT_FOLD = 4096  # exact digests stored since the sorted array was built, then folded into it
 _HIT_LOG_MAX = 100_000  # rows of cache_hit_log kept (the oldest are pruned)
 _FEATURES_MAX = 20_000  # gate features of stored prompts kept in memory
+_EMBEDDED_MAX = 1024  # recent texts' embeddings kept (1 KB each at 256 dimensions)
 
 
 @dataclass(slots=True)
@@ -208,6 +209,7 @@ class ResponseCache:
     entries: int = 0
     _parts: Any = None  # a partitions.Partitions once the semantic layer is loaded
     _features: dict[int, gate.Features] = field(default_factory=dict)
+    _embedded: dict[str, Any] = field(default_factory=dict)  # ``_embed``'s recent texts, oldest first
     #: exact digests (``Keys.exact``) of the entries this cache knows of: a sorted uint64 array and
     #: the ones stored since it was built. A digest in neither has no entry (a miss without SQLite);
     #: one in them may (the entry may be gone since: SQLite decides). 8 bytes an entry, where a dict
@@ -369,7 +371,7 @@ class ResponseCache:
         pk = keys.partition()
         if pk not in self._parts:  # nothing to compare with: no embedding (the store does without one)
             return Lookup(None)
-        vec = keys.vector = self.embedder.encode([keys.prompt])[0]
+        vec = keys.vector = self._embed(keys.prompt)
         made = self._embed_pending(pk) if pk in self._parts.pending else {}
         ranked = self._parts.ranked(pk, vec, threshold)
         if not ranked:
@@ -390,7 +392,7 @@ class ResponseCache:
         # the threshold applies to the exact cosine against the stored float16 vector
         for f in found:  # embedded once, but its vector never reached SQLite (that commit failed): again
             if not f.vector and f.vector is not None and f.id not in made:
-                made[f.id] = cstore.vector_to_blob(self.embedder.encode([f.prompt_text or ""])[0])
+                made[f.id] = cstore.vector_to_blob(self._embed(f.prompt_text or ""))
                 self._write("vector", (f.id, made[f.id]))
         # (an entry embedded just now has its vector in ``made``: the write is queued)
         scored = sorted(((float(vec @ cstore.blob_to_vector(f.vector or made[f.id])), f) for f in found
@@ -414,6 +416,19 @@ class ResponseCache:
                               cand.prompt_text, keys.prompt), max(best, sim), blocked)
         return Lookup(None, max(best, scored[0][0]) if scored else best, blocked)
 
+    def _embed(self, text: str) -> Any:
+        """The float32 embedding of ``text``; the last ``_EMBEDDED_MAX`` texts' are kept (a prompt
+        that comes back, a retry, a popular question or the paraphrase that keeps hitting an entry,
+        is not embedded again: ~40-60 us each time)."""
+        got = self._embedded.get(text)
+        if got is None:
+            if len(self._embedded) >= _EMBEDDED_MAX:
+                del self._embedded[next(iter(self._embedded))]  # the oldest first
+            got = self.embedder.encode([text])[0]
+            got.flags.writeable = False  # shared by every lookup of the text: nobody may change it
+            self._embedded[text] = got
+        return got
+
     def _embed_pending(self, pk: int) -> dict[int, bytes]:
         """The first lookup in a partition whose entries were stored without a vector embeds them
         (their vectors join the partition now; the rows get them with the next commit):
@@ -425,7 +440,7 @@ class ResponseCache:
         made: dict[int, bytes] = {}
         for eid, prompt in self._conn.execute(
                 f"SELECT id, prompt_text FROM cache_entries WHERE id IN ({marks}) AND vector = X''", ids):
-            v = self.embedder.encode([prompt or ""])[0]
+            v = self._embed(prompt or "")
             blob = cstore.vector_to_blob(v)
             self._parts.add(int(eid), pk, v, np.frombuffer(blob, dtype=np.float16))
             self._write("vector", (int(eid), blob))
@@ -499,7 +514,7 @@ class ResponseCache:
                 put.blob = b""  # not embedded until a lookup in its partition needs it
                 return put
             if keys.vector is None:
-                keys.vector = self.embedder.encode([keys.prompt])[0]
+                keys.vector = self._embed(keys.prompt)
             elif isinstance(keys.vector, bytes):  # back from the daemon (``Keys.__reduce__``)
                 import numpy as np
 
