@@ -354,3 +354,17 @@ def test_a_prompt_that_comes_back_is_not_embedded_again(tmp_path: Path) -> None:
             vec[0] = 1.0
     finally:
         cache.close()
+
+
+def test_a_prompt_that_comes_back_keeps_its_facts_without_a_second_parse() -> None:
+    """The guard's fingerprint is memoised by prompt and patterns: the same prompt gives the same
+    facts without parsing it again, other patterns give their own."""
+    semantic._facts.cache_clear()
+    a = keys("Write a catalogue caption for our linen shirt. sku: 4711")
+    b = keys("Write a catalogue caption for our linen shirt. sku: 4711")
+    assert a.facts == b.facts and semantic._facts.cache_info().hits == 1
+    assert keys("Write a catalogue caption for our linen shirt. sku: 4712").facts != a.facts
+    body = {"model": "m", "messages": [{"role": "user", "content": "Write a catalogue caption. code AB-12"}]}
+    plain, coded = (semantic.request_keys(body, inbound="openai", scope="acme", namespace="", use_guard=True,
+                                          patterns=p) for p in ((), (r"[A-Z]{2}-\d+",)))
+    assert plain.facts != coded.facts and semantic._facts.cache_info().misses == 4  # 4711, 4712, two patterns
