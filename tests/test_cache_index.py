@@ -283,16 +283,21 @@ def test_stats(conn: sqlite3.Connection) -> None:
     assert store.stats(conn, now_ms=1100)["expired"] == 1
 
 
-def test_migration_applies_on_an_existing_database(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
+def migrated_before(path: Path, step: Any) -> sqlite3.Connection:
+    """A database at ``path`` migrated up to (not including) migration ``step``."""
     conn = dbmod.connect(path)
-    # a database migrated before the cache existed
     original = dbmod.MIGRATIONS
     try:
-        dbmod.MIGRATIONS = original[:original.index(dbmod.m005_cache)]
+        dbmod.MIGRATIONS = original[:original.index(step)]
         dbmod.migrate(conn)
     finally:
         dbmod.MIGRATIONS = original
+    return conn
+
+
+def test_migration_applies_on_an_existing_database(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = migrated_before(path, dbmod.m005_cache)  # a database migrated before the cache existed
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'cache_entries'").fetchone() is None
     conn.close()
     for _ in range(2):  # open_db twice: applies m005 once, then nothing pending
@@ -315,39 +320,38 @@ def test_migration_applies_on_an_existing_database(tmp_path: Path) -> None:
 
 
 def test_entries_stored_before_the_exact_key_get_it_from_the_migration(tmp_path: Path) -> None:
-    """m011 gives rows stored under the four-column unique index their digest: exact lookups find
-    them, and storing the same request again replaces them instead of adding a second row."""
-    path = tmp_path / "old.db"
-    conn = dbmod.connect(path)
-    original = dbmod.MIGRATIONS
-    try:
-        dbmod.MIGRATIONS = original[:original.index(dbmod.m011_cache_exact_key)]
-        dbmod.migrate(conn)
-    finally:
-        dbmod.MIGRATIONS = original
-    for i, (scope, ns) in enumerate([("cust", ""), ("cust", "sku-1"), ("*", "")]):
+    """m011 gives rows stored under the four-column unique index their digest: the cache loads
+    them as known exact keys (signed column, unsigned digest) and serves them as exact hits, and
+    storing the same request again replaces the row instead of adding a second one."""
+    from llmgw.cache import semantic
+
+    prompts = [f"Write a catalogue caption for product {i}." for i in range(8)]
+    asked = [semantic.request_keys({"model": "m", "messages": [{"role": "user", "content": p}]}, inbound="openai",
+                                   scope="cust", namespace="sku-1" if i % 2 else "", use_guard=False, patterns=())
+             for i, p in enumerate(prompts)]
+    conn = migrated_before(paths.db_path(tmp_path), dbmod.m011_cache_exact_key)
+    for i, k in enumerate(asked):
         conn.execute("INSERT INTO cache_entries (scope, model, namespace, context_hash, exact_hash, response,"
-                     " content_type, created_ms, last_hit_ms) VALUES (?, 'm', ?, 'ctx', 'h', ?, 'application/json',"
-                     " 1, 1)", (scope, ns, f"old-{i}".encode()))
+                     " content_type, created_ms, last_hit_ms) VALUES (?, ?, ?, ?, ?, ?, 'application/json', 1, 1)",
+                     (k.scope, k.model, k.namespace, k.context_hash, k.exact_hash, f"old-{i}".encode()))
     conn.commit()
     conn.close()
-    conn = dbmod.open_db(path)
+    dbmod.open_db(paths.db_path(tmp_path)).close()  # applies m011
+    cache = semantic.ResponseCache(tmp_path, CacheConfig(mode="exact"))
     try:
-        for i, (scope, ns) in enumerate([("cust", ""), ("cust", "sku-1"), ("*", "")]):
-            hit = store.lookup_exact(conn, scope=scope, model="m", namespace=ns, exact_hash="h", now_ms=2)
-            assert hit is not None and hit.response == f"old-{i}".encode()
-        keys = [r[0] for r in conn.execute("SELECT exact_key FROM cache_entries ORDER BY id")]
-        assert keys == [store.exact_key(store.exact_digest(sc, "m", ns, "h"))
-                        for sc, ns in [("cust", ""), ("cust", "sku-1"), ("*", "")]]
-        assert len(set(keys)) == 3
-        new_id, replaced = store.insert(conn, scope="cust", model="m", namespace="sku-1", exact_hash="h",
-                                        context_hash="ctx", response=b"new", content_type="application/json",
-                                        now_ms=3, fresh=True)
-        assert replaced == 2 and conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0] == 3
-        assert store.lookup_exact(conn, scope="cust", model="m", namespace="sku-1", exact_hash="h",
-                                  now_ms=4).response == b"new"
+        for i, k in enumerate(asked):
+            hit = cache.lookup(k, False, 0.95, 2).hit
+            assert hit is not None and hit.kind == "exact" and hit.body == f"old-{i}".encode()
+        conn = cache._conn
+        stored = [r[0] for r in conn.execute("SELECT exact_key FROM cache_entries ORDER BY id")]
+        assert stored == [store.exact_key(k.exact()) for k in asked]
+        assert min(stored) < 0 < max(stored)  # both halves of the signed column came back right
+        cache.store(asked[3], False, b"new", "{}", 1, None, 3)
+        assert conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0] == len(asked)
+        hit = cache.lookup(asked[3], False, 0.95, 4).hit
+        assert hit is not None and hit.body == b"new"
     finally:
-        conn.close()
+        cache.close()
 
 
 def test_trim_heap_finds_malloc_trim_on_glibc() -> None:

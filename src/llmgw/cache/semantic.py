@@ -109,8 +109,7 @@ class Keys:
 
 
 def partition_key(scope: str, model: str, namespace: str, context_hash: str, facts: str) -> int:
-    raw = "\x1f".join((scope, model, namespace, context_hash, facts)).encode("utf-8", "surrogatepass")
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+    return cstore.digest(scope, model, namespace, context_hash, facts)
 
 
 @lru_cache(maxsize=1024)
@@ -253,8 +252,7 @@ class ResponseCache:
         if self._conn is not None:
             return
         conn = store_db.connect(paths.db_path(self.home))
-        self._exact_new = {k + (1 << 64) if k < 0 else k for (k,) in conn.execute(
-            "SELECT exact_key FROM cache_entries")}  # the signed column back to the unsigned digest
+        self._exact_new = {cstore.exact_digest_of(k) for (k,) in conn.execute("SELECT exact_key FROM cache_entries")}
         self.entries = len(self._exact_new)
         self._exact_sorted = None
         self._fold_exact()
@@ -368,7 +366,7 @@ class ResponseCache:
             self.commit()  # a store not written yet may answer this lookup
         # the exact entry from SQLite's unique index, when the digests say there may be one (~30 µs a probe)
         e = cstore.lookup_exact(self._conn, scope=keys.scope, model=keys.model, exact_hash=keys.exact_hash,
-                                now_ms=now_ms, namespace=keys.namespace, digest=keys.exact()) \
+                                now_ms=now_ms, namespace=keys.namespace, exact=keys.exact()) \
             if self._may_have_exact(keys.exact()) else None  # an expired one: a miss
         if e is not None:
             self._write("touch", (e.id, now_ms))
@@ -400,7 +398,7 @@ class ResponseCache:
         # the threshold applies to the exact cosine against the stored float16 vector
         for f in found:  # embedded once, but its vector never reached SQLite (that commit failed): again
             if not f.vector and f.vector is not None and f.id not in made:
-                made[f.id] = cstore.vector_to_blob(self._embed(f.prompt_text or ""))
+                made[f.id] = cstore.vector_to_blob(self.embedder.encode([f.prompt_text or ""])[0])
                 self._write("vector", (f.id, made[f.id]))
         # (an entry embedded just now has its vector in ``made``: the write is queued)
         scored = sorted(((float(vec @ cstore.blob_to_vector(f.vector or made[f.id])), f) for f in found
@@ -425,9 +423,10 @@ class ResponseCache:
         return Lookup(None, max(best, scored[0][0]) if scored else best, blocked)
 
     def _embed(self, text: str) -> Any:
-        """The float32 embedding of ``text``; the last ``_EMBEDDED_MAX`` texts' are kept (a prompt
+        """The float32 embedding of an asked prompt; the last ``_EMBEDDED_MAX`` are kept (a prompt
         that comes back, a retry, a popular question or the paraphrase that keeps hitting an entry,
-        is not embedded again: ~40-60 us each time)."""
+        is not embedded again: ~40-60 us each time). Stored prompts are embedded once each, without
+        it: a stored prompt asked again is an exact hit."""
         got = self._embedded.get(text)
         if got is None:
             if len(self._embedded) >= _EMBEDDED_MAX:
@@ -448,7 +447,7 @@ class ResponseCache:
         made: dict[int, bytes] = {}
         for eid, prompt in self._conn.execute(
                 f"SELECT id, prompt_text FROM cache_entries WHERE id IN ({marks}) AND vector = X''", ids):
-            v = self._embed(prompt or "")
+            v = self.embedder.encode([prompt or ""])[0]
             blob = cstore.vector_to_blob(v)
             self._parts.add(int(eid), pk, v, np.frombuffer(blob, dtype=np.float16))
             self._write("vector", (int(eid), blob))
@@ -478,7 +477,7 @@ class ResponseCache:
                 conn, scope=k.scope, model=k.model, exact_hash=k.exact_hash, context_hash=k.context_hash,
                 response=p.body, content_type="application/json", now_ms=p.now_ms, namespace=k.namespace,
                 facts=k.facts, prompt_text=k.prompt, vector=p.blob, usage_json=p.usage_json, cost_nanos=p.cost,
-                ttl_ms=p.ttl_ms, commit=False, fresh=fresh, digest=ek)
+                ttl_ms=p.ttl_ms, commit=False, fresh=fresh, exact=ek)
             self._stores += 1
             before = self.entries if self._entries_applied is None else self._entries_applied
             total = before + (1 if replaced is None else 0)
@@ -522,7 +521,7 @@ class ResponseCache:
                 put.blob = b""  # not embedded until a lookup in its partition needs it
                 return put
             if keys.vector is None:
-                keys.vector = self._embed(keys.prompt)
+                keys.vector = self.embedder.encode([keys.prompt])[0]
             elif isinstance(keys.vector, bytes):  # back from the daemon (``Keys.__reduce__``)
                 import numpy as np
 

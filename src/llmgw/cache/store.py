@@ -108,37 +108,48 @@ _INSERT = ("INSERT INTO cache_entries (scope, model, namespace, context_hash, ex
 _SIGN = 1 << 63
 
 
-def exact_digest(scope: str, model: str, namespace: str, exact_hash: str) -> int:
-    """The exact entry's key as an unsigned 64-bit BLAKE2b digest of scope, model, namespace and
-    the exact hash (``semantic.Keys.exact``; the cache keeps these in memory)."""
-    raw = "\x1f".join((scope, model, namespace, exact_hash, "")).encode("utf-8", "surrogatepass")
+def digest(*parts: str) -> int:
+    """An unsigned 64-bit BLAKE2b digest of ``parts`` (joined by U+001F): exact keys and semantic
+    partitions (``semantic.partition_key``)."""
+    raw = "\x1f".join(parts).encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
 
 
-def exact_key(digest: int) -> int:
+def exact_digest(scope: str, model: str, namespace: str, exact_hash: str) -> int:
+    """The exact entry's key: the digest of scope, model, namespace and the exact hash
+    (``semantic.Keys.exact``; the cache keeps these in memory)."""
+    return digest(scope, model, namespace, exact_hash, "")
+
+
+def exact_key(unsigned: int) -> int:
     """``exact_digest`` as SQLite's signed INTEGER (the ``exact_key`` column). Why a digest: the
     unique index on the four text columns (~90 bytes a row, random order) cost a random index page
     per store, ~12 us of insert and commit a row measured at 20k entries; the 8-byte key ~6 us."""
-    return digest - (_SIGN << 1) if digest >= _SIGN else digest
+    return unsigned - (_SIGN << 1) if unsigned >= _SIGN else unsigned
+
+
+def exact_digest_of(key: int) -> int:
+    """The ``exact_key`` column back to ``exact_digest`` (the inverse of ``exact_key``)."""
+    return key + (_SIGN << 1) if key < 0 else key
 
 
 def insert(conn: sqlite3.Connection, *, scope: str, model: str, exact_hash: str, context_hash: str,
            response: bytes, content_type: str, now_ms: int, namespace: str = "", facts: str = "",
            prompt_text: str | None = None, vector: Any = None, usage_json: str | None = None,
            cost_nanos: int = 0, ttl_ms: int | None = None, commit: bool = True,
-           fresh: bool = False, digest: int | None = None) -> tuple[int, int | None]:
+           fresh: bool = False, exact: int | None = None) -> tuple[int, int | None]:
     """Store an entry; returns ``(new id, id it replaced or None)``. The replaced id (same scope,
     model, namespace and exact hash) must be removed from the index by the caller. ``vector`` may
     be a numpy vector, a sequence of floats or float16 bytes; ``ttl_ms`` None means no expiry.
     ``commit=False``: part of the caller's transaction (``ResponseCache.commit``). ``fresh``: the
     caller knows of no entry with this exact key, so the INSERT is tried first, without looking
     for one to replace (a statement less per store); should one exist after all, the unique index
-    refuses the row and the entry is replaced as usual. ``digest``: the caller's ``exact_digest``
+    refuses the row and the entry is replaced as usual. ``exact``: the caller's ``exact_digest``
     of the entry (computed here when None)."""
     blob = None if vector is None else (bytes(vector) if isinstance(vector, bytes | bytearray | memoryview)
                                         else vector_to_blob(vector))
     expires_ms = None if ttl_ms is None else now_ms + int(ttl_ms)
-    key = exact_key(exact_digest(scope, model, namespace, exact_hash) if digest is None else digest)
+    key = exact_key(exact_digest(scope, model, namespace, exact_hash) if exact is None else exact)
     row = (scope, model, namespace, context_hash, exact_hash, facts, prompt_text, blob, bytes(response),
            content_type, usage_json, int(cost_nanos), now_ms, expires_ms, now_ms, key)
     with conn if commit else contextlib.nullcontext(conn):
@@ -165,10 +176,10 @@ def get(conn: sqlite3.Connection, entry_id: int) -> Entry | None:
 
 
 def lookup_exact(conn: sqlite3.Connection, *, scope: str, model: str, exact_hash: str, now_ms: int,
-                 namespace: str = "", digest: int | None = None) -> Entry | None:
-    """The live entry with this exact hash in the partition, or None (``digest``: the caller's
+                 namespace: str = "", exact: int | None = None) -> Entry | None:
+    """The live entry with this exact hash in the partition, or None (``exact``: the caller's
     ``exact_digest``)."""
-    key = exact_key(exact_digest(scope, model, namespace, exact_hash) if digest is None else digest)
+    key = exact_key(exact_digest(scope, model, namespace, exact_hash) if exact is None else exact)
     row = conn.execute(f"{_SELECT} WHERE exact_key = ? AND +scope = ? AND +model = ? AND +namespace = ? "
                        f"AND +exact_hash = ? AND {_LIVE}", (key, scope, model, namespace, exact_hash, now_ms)).fetchone()
     return None if row is None else _entry(row)
